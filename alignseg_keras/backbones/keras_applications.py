@@ -1,0 +1,25 @@
+"""ResNet-50 / ResNet-101 from `keras.applications` as feature extractors."""
+
+import keras
+
+# Last layer of each stage (strides 4, 8, 16, 32) in keras.applications.
+STAGE_OUTPUTS = {
+    "resnet50": ["conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"],
+    "resnet101": ["conv2_block3_out", "conv3_block4_out", "conv4_block23_out", "conv5_block3_out"],
+}
+CONSTRUCTORS = {
+    "resnet50": keras.applications.ResNet50,
+    "resnet101": keras.applications.ResNet101,
+}
+
+
+def applications_resnet(name="resnet101", weights=None, input_shape=(None, None, 3)):
+    """`keras.applications.ResNet50/101` returning `[C2, C3, C4, C5]`.
+
+    `weights="imagenet"` downloads (or reads from the Keras cache) the ImageNet
+    weights; those were trained on Caffe-style input (BGR, mean subtracted, no
+    std), which is what AlignSeg's default normalisation for these backbones does.
+    """
+    base = CONSTRUCTORS[name](include_top=False, weights=weights, input_shape=input_shape)
+    outputs = [base.get_layer(layer).output for layer in STAGE_OUTPUTS[name]]
+    return keras.Model(base.input, outputs, name=name)

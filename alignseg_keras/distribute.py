@@ -1,0 +1,10 @@
+"""TensorFlow `tf.distribute` helpers (TensorFlow backend only)."""
+
+
+def replicas_in_sync():
+    """Number of replicas of the current `tf.distribute` strategy (1 outside one)."""
+    import tensorflow as tf
+
+    if not tf.distribute.has_strategy():
+        return 1
+    return tf.distribute.get_strategy().num_replicas_in_sync

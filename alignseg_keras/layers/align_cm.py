@@ -1,0 +1,140 @@
+"""AlignCM, the aligned context modeling module of AlignSeg (paper Eq. 3)."""
+
+import keras
+from keras import ops
+
+from alignseg_keras.layers.adaptive_pooling import AdaptiveAveragePooling2D
+from alignseg_keras.layers.alignment import AlignmentLayer
+from alignseg_keras.layers.alignment import resize_bilinear
+from alignseg_keras.layers.conv_norm_activation import ConvNormActivation
+from alignseg_keras.layers.conv_norm_activation import check_activation
+from alignseg_keras.layers.offset_head import OffsetHead
+
+MERGE_MODES = ("sum", "concat")
+
+
+@keras.saving.register_keras_serializable(package="alignseg_keras")
+class AlignCM(keras.layers.Layer):
+    """Aligned Context Modeling, paper Sec. 3.3, Fig. 2(c) and Eq. 3.
+
+    Context is average-pooled into `bins x bins` bins (PyTorch's adaptive bin
+    boundaries) and projected (1x1 conv to `hidden_filters`, 3x3 conv to
+    `filters`, each with BN + activation); the local feature gets the same two
+    convolutions. An offset head looks at `[local, up(context)]` and every
+    pixel picks its context by sampling the pooled map at a learned position,
+    `U(context, Delta)` (Eq. 2) at the local size. The result is merged with the
+    local feature: `merge="sum"` as the authors' code (`filters` channels) or
+    `merge="concat"` as the paper's Eq. 3 (`2 * filters` channels). This is the
+    authors' `CAM` module.
+
+    Args:
+        filters: int, output channels of each branch (256).
+        bins: int, pooled grid size K (the paper tries 2, 3 and 6; the code uses 3).
+        hidden_filters: int or None, channels of the two 1x1 convolutions; None
+            keeps the input channels (2048 for ResNet-50/101), as the code.
+        merge: `"sum"` or `"concat"`.
+        offset_filters: int, hidden channels of the offset head (256).
+        alignment: `"standard"` or `"official"`, the `AlignmentLayer` mode.
+        activation: `"relu"` or `"leaky_relu"`.
+        sync_batchnorm: bool, synchronise BatchNorm across replicas.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: `(B, H, W, C_in)` stride-32 backbone features.
+        return_offsets: bool; if True, also return the offsets `(B, H, W, 2)`.
+
+    Example:
+    ```python
+    features = np.random.rand(1, 16, 16, 2048).astype("float32")
+    context = AlignCM(256, bins=3)(features)  # (1, 16, 16, 256)
+    ```
+    """
+
+    def __init__(
+        self,
+        filters=256,
+        bins=3,
+        hidden_filters=None,
+        merge="sum",
+        offset_filters=256,
+        alignment="standard",
+        activation="relu",
+        sync_batchnorm=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if merge not in MERGE_MODES:
+            raise ValueError(
+                f"AlignCM: `merge` must be one of {MERGE_MODES}; received {merge!r}."
+            )
+        if int(bins) < 1:
+            raise ValueError(f"AlignCM: `bins` must be at least 1; received {bins!r}.")
+        self.filters = filters
+        self.bins = int(bins)
+        self.hidden_filters = hidden_filters
+        self.merge = merge
+        self.offset_filters = offset_filters
+        self.alignment = alignment
+        self.activation = check_activation(activation)
+        self.sync_batchnorm = sync_batchnorm
+        self.pool = AdaptiveAveragePooling2D(self.bins, name="pool")
+        self.offset_head = OffsetHead(
+            offset_filters,
+            activation=activation,
+            sync_batchnorm=sync_batchnorm,
+            name="offset_head",
+        )
+        self.align = AlignmentLayer(alignment, name="align")
+
+    def build(self, input_shape):
+        hidden = self.hidden_filters or input_shape[-1]
+        args = dict(activation=self.activation, sync_batchnorm=self.sync_batchnorm)
+        self.context_reduce = ConvNormActivation(hidden, 1, name="context_reduce", **args)
+        self.context_project = ConvNormActivation(
+            self.filters, 3, name="context_project", **args
+        )
+        self.local_reduce = ConvNormActivation(hidden, 1, name="local_reduce", **args)
+        self.local_project = ConvNormActivation(
+            self.filters, 3, name="local_project", **args
+        )
+        reduced_shape = tuple(input_shape[:-1]) + (hidden,)
+        for reduce, project in (
+            (self.context_reduce, self.context_project),
+            (self.local_reduce, self.local_project),
+        ):
+            reduce.build(input_shape)
+            project.build(reduced_shape)
+        self.offset_head.build(tuple(input_shape[:-1]) + (2 * self.filters,))
+
+    def call(self, inputs, training=None, return_offsets=False):
+        context = self.context_reduce(self.pool(inputs), training=training)
+        context = self.context_project(context, training=training)
+        local = self.local_reduce(inputs, training=training)
+        local = self.local_project(local, training=training)
+        size = (ops.shape(local)[1], ops.shape(local)[2])
+        concat = ops.concatenate([local, resize_bilinear(context, size)], axis=-1)
+        offsets = self.offset_head(concat, training=training)
+        aligned = self.align([context, offsets])
+        if self.merge == "sum":
+            output = local + aligned
+        else:
+            output = ops.concatenate([local, aligned], axis=-1)
+        if return_offsets:
+            return output, offsets
+        return output
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "bins": self.bins,
+                "hidden_filters": self.hidden_filters,
+                "merge": self.merge,
+                "offset_filters": self.offset_filters,
+                "alignment": self.alignment,
+                "activation": self.activation,
+                "sync_batchnorm": self.sync_batchnorm,
+            }
+        )
+        return config

@@ -1,0 +1,243 @@
+"""The alignment function U(F, Delta) of AlignSeg (paper Eq. 2) and bilinear resizing.
+
+Everything here uses `keras.ops` only, so it runs on every Keras backend.
+Sampling positions are always computed in float32, also under a mixed-precision
+policy, and sampled rows are gathered from a flattened `(B * H * W, C)` table:
+one gather of whole channel rows per bilinear tap is much faster than an
+element-wise gather with a broadcast index.
+"""
+
+import keras
+from keras import ops
+
+ALIGNMENT_MODES = ("standard", "official")
+
+
+def _as_float(value):
+    return ops.cast(value, "float32")
+
+
+def _standard_scale(in_size, out_size):
+    """(in - 1) / (out - 1): the align_corners=True scale; 1 when out == 1."""
+    in_size, out_size = _as_float(in_size), _as_float(out_size)
+    return ops.where(
+        out_size > 1.0, (in_size - 1.0) / ops.maximum(out_size - 1.0, 1.0), 1.0
+    )
+
+
+def _official_scale(in_size, out_size):
+    """in / (out - 1): the authors' legacy grid scale; 0 when out == 1."""
+    in_size, out_size = _as_float(in_size), _as_float(out_size)
+    return ops.where(
+        out_size > 1.0, in_size / ops.maximum(out_size - 1.0, 1.0), 0.0
+    )
+
+
+def bilinear_sample(features, y, x):
+    """Bilinear samples of `features` at float positions, zero outside the map.
+
+    Args:
+        features: tensor `(B, H_in, W_in, C)`.
+        y: float32 tensor `(B, H_out, W_out)` of row positions in input pixels.
+        x: float32 tensor `(B, H_out, W_out)` of column positions.
+
+    Returns:
+        Tensor `(B, H_out, W_out, C)` with the dtype of `features`.
+    """
+    batch, in_h, in_w, channels = ops.shape(features)
+    out_h, out_w = ops.shape(y)[1], ops.shape(y)[2]
+    table = ops.reshape(features, (-1, channels))
+    # Positions beyond one pixel outside the map only see zeros; clipping them
+    # keeps the integer conversion defined for any offset.
+    y = ops.clip(y, -1.0, _as_float(in_h))
+    x = ops.clip(x, -1.0, _as_float(in_w))
+    y0 = ops.floor(y)
+    x0 = ops.floor(x)
+    wy1, wx1 = y - y0, x - x0
+    y0 = ops.cast(y0, "int32")
+    x0 = ops.cast(x0, "int32")
+    base = ops.reshape(ops.arange(batch, dtype="int32") * (in_h * in_w), (-1, 1, 1))
+    output = None
+    for row, wy in ((y0, 1.0 - wy1), (y0 + 1, wy1)):
+        row_valid = ops.logical_and(row >= 0, row < in_h)
+        row_index = base + ops.clip(row, 0, in_h - 1) * in_w
+        for col, wx in ((x0, 1.0 - wx1), (x0 + 1, wx1)):
+            valid = ops.logical_and(row_valid, ops.logical_and(col >= 0, col < in_w))
+            index = row_index + ops.clip(col, 0, in_w - 1)
+            weight = wy * wx * ops.cast(valid, "float32")
+            rows = ops.take(table, ops.reshape(index, (-1,)), axis=0)
+            term = rows * ops.cast(ops.reshape(weight, (-1, 1)), rows.dtype)
+            output = term if output is None else output + term
+    return ops.reshape(output, (batch, out_h, out_w, channels))
+
+
+def _resize_taps(in_size, out_size, align_corners):
+    """Source indices and weights of 1-D linear interpolation."""
+    positions = ops.arange(out_size, dtype="float32")
+    if align_corners:
+        positions = positions * _standard_scale(in_size, out_size)
+        positions = ops.where(_as_float(out_size) > 1.0, positions, 0.0)
+    else:
+        ratio = _as_float(in_size) / _as_float(out_size)
+        positions = ops.maximum((positions + 0.5) * ratio - 0.5, 0.0)
+    lower = ops.floor(positions)
+    weight = positions - lower
+    lower = ops.minimum(ops.cast(lower, "int32"), in_size - 1)
+    upper = ops.minimum(lower + 1, in_size - 1)
+    return lower, upper, weight
+
+
+def _interpolate_axis(x, out_size, axis, align_corners):
+    lower, upper, weight = _resize_taps(ops.shape(x)[axis], out_size, align_corners)
+    shape = [1, 1, 1, 1]
+    shape[axis] = -1
+    weight = ops.cast(ops.reshape(weight, shape), x.dtype)
+    return ops.take(x, lower, axis=axis) * (1.0 - weight) + ops.take(
+        x, upper, axis=axis
+    ) * weight
+
+
+def resize_bilinear(images, size, align_corners=True):
+    """Bilinear resizing of `(B, H, W, C)` images to `size = (height, width)`.
+
+    `align_corners=True` maps the corner pixels onto each other (PyTorch's
+    `align_corners=True`); it equals `AlignmentLayer(mode="standard")` with zero
+    offsets. `align_corners=False` uses half-pixel centres (TensorFlow's and
+    PyTorch's default). An output of size 1 samples the first input pixel with
+    `align_corners=True`. Separable: one gather per axis.
+    """
+    height, width = size
+    images = _interpolate_axis(images, height, 1, align_corners)
+    return _interpolate_axis(images, width, 2, align_corners)
+
+
+@keras.saving.register_keras_serializable(package="alignseg_keras")
+class AlignmentLayer(keras.layers.Layer):
+    """The alignment function U(F, Delta) of AlignSeg, paper Eq. 2.
+
+    Every output pixel (i, j) bilinearly samples the feature map F at a position
+    displaced by a learned offset, with zeros outside F:
+    `U(F, Delta)[i, j] = sum_{h, w} F[h, w] max(0, 1 - |y - h|) max(0, 1 - |x - w|)`.
+    The output takes its size from the offsets, so one call can upsample and
+    align at once.
+
+    Modes:
+        - `"standard"` (the paper, and the authors' recommended sampler): offsets
+          are in output pixels, channel 0 vertical (dy), channel 1 horizontal
+          (dx); `y = (i + dy) * (H_in - 1) / (H_out - 1)` and
+          `x = (j + dx) * (W_in - 1) / (W_out - 1)`. With zero offsets it is
+          bilinear resizing with align_corners=True, and the identity when the
+          sizes match.
+        - `"official"` (what the authors' released checkpoints were trained
+          with): channel 0 horizontal, channel 1 vertical, in half pixels;
+          `x = j * W_in / (W_out - 1) - 0.5 + Delta[0] / 2` and
+          `y = i * H_in / (H_out - 1) - 0.5 + Delta[1] / 2`. Not the identity
+          at zero offsets (a slight stretch).
+
+    Degenerate sizes: when `H_out == 1` (or `W_out == 1`) the grid has a single
+    row (column) at input row (column) 0. In `"standard"` mode the offset of
+    that row is then counted in input pixels (`y = dy`), so the identity still
+    holds for `H_in == H_out == 1` and offsets keep their gradient; in
+    `"official"` mode `y = -0.5 + Delta[1] / 2`, the limit of the authors'
+    formula. With `H_in == 1` and `H_out > 1` the standard scale is 0 and every
+    row samples input row 0.
+
+    Args:
+        mode: `"standard"` or `"official"`, see above.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: a list `[features, offsets]`: features `(B, H_in, W_in, C)`,
+            offsets `(B, H_out, W_out, 2)`.
+
+    Returns:
+        Tensor `(B, H_out, W_out, C)`.
+
+    Example:
+    ```python
+    features = np.random.rand(2, 16, 16, 64).astype("float32")
+    offsets = np.zeros((2, 32, 32, 2), "float32")
+    upsampled = AlignmentLayer()([features, offsets])  # (2, 32, 32, 64)
+    ```
+    """
+
+    def __init__(self, mode="standard", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ALIGNMENT_MODES:
+            raise ValueError(
+                f"AlignmentLayer: `mode` must be one of {ALIGNMENT_MODES}; "
+                f"received mode={mode!r}."
+            )
+        self.mode = mode
+
+    def sampling_positions(self, features_shape, offsets):
+        """Float32 `(y, x)` sampling positions, each `(B, H_out, W_out)`."""
+        offsets = ops.cast(offsets, "float32")
+        in_h, in_w = features_shape[1], features_shape[2]
+        out_h, out_w = ops.shape(offsets)[1], ops.shape(offsets)[2]
+        rows = ops.reshape(ops.arange(out_h, dtype="float32"), (1, -1, 1))
+        cols = ops.reshape(ops.arange(out_w, dtype="float32"), (1, 1, -1))
+        if self.mode == "standard":
+            y = (rows + offsets[..., 0]) * _standard_scale(in_h, out_h)
+            x = (cols + offsets[..., 1]) * _standard_scale(in_w, out_w)
+        else:
+            y = rows * _official_scale(in_h, out_h) - 0.5 + offsets[..., 1] * 0.5
+            x = cols * _official_scale(in_w, out_w) - 0.5 + offsets[..., 0] * 0.5
+        return y, x
+
+    def call(self, inputs):
+        features, offsets = inputs
+        y, x = self.sampling_positions(ops.shape(features), offsets)
+        return bilinear_sample(features, y, x)
+
+    def compute_output_shape(self, input_shape):
+        features_shape, offsets_shape = input_shape
+        return (features_shape[0], offsets_shape[1], offsets_shape[2], features_shape[3])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"mode": self.mode})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="alignseg_keras")
+class BilinearResize(keras.layers.Layer):
+    """Bilinear resizing to the spatial size of a reference tensor.
+
+    With `align_corners=True` (the authors' `F.interpolate(..., align_corners=True)`)
+    this is `AlignmentLayer(mode="standard")` with zero offsets, computed
+    separably; `keras.ops.image.resize` offers only half-pixel centres.
+
+    Args:
+        align_corners: bool, corner-aligned (True) or half-pixel (False) grid.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: a list `[images, reference]`; `images` `(B, H, W, C)` is resized
+            to the height and width of `reference` `(B, H_ref, W_ref, ...)`.
+
+    Example:
+    ```python
+    low = np.random.rand(1, 8, 8, 19).astype("float32")
+    image = np.zeros((1, 33, 47, 3), "float32")
+    logits = BilinearResize()([low, image])  # (1, 33, 47, 19)
+    ```
+    """
+
+    def __init__(self, align_corners=True, **kwargs):
+        super().__init__(**kwargs)
+        self.align_corners = bool(align_corners)
+
+    def call(self, inputs):
+        images, reference = inputs
+        size = (ops.shape(reference)[1], ops.shape(reference)[2])
+        return resize_bilinear(images, size, self.align_corners)
+
+    def compute_output_shape(self, input_shape):
+        images_shape, reference_shape = input_shape
+        return (images_shape[0], reference_shape[1], reference_shape[2], images_shape[3])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"align_corners": self.align_corners})
+        return config

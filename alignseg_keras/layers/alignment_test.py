@@ -1,0 +1,173 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alignseg_keras.layers.alignment import AlignmentLayer
+from alignseg_keras.layers.alignment import BilinearResize
+from alignseg_keras.layers.alignment import resize_bilinear
+
+
+def reference_alignment(features, offsets, mode):
+    """A slow loop over Eq. 2: bilinear samples with zeros outside the map."""
+    batch, in_h, in_w, channels = features.shape
+    _, out_h, out_w, _ = offsets.shape
+    output = np.zeros((batch, out_h, out_w, channels), np.float64)
+    for b in range(batch):
+        for i in range(out_h):
+            for j in range(out_w):
+                d0, d1 = offsets[b, i, j]
+                if mode == "standard":
+                    sy = (in_h - 1) / (out_h - 1) if out_h > 1 else 1.0
+                    sx = (in_w - 1) / (out_w - 1) if out_w > 1 else 1.0
+                    y, x = (i + d0) * sy, (j + d1) * sx
+                else:
+                    sy = in_h / (out_h - 1) if out_h > 1 else 0.0
+                    sx = in_w / (out_w - 1) if out_w > 1 else 0.0
+                    y = i * sy - 0.5 + d1 / 2
+                    x = j * sx - 0.5 + d0 / 2
+                for h in range(in_h):
+                    wy = max(0.0, 1.0 - abs(y - h))
+                    if wy == 0.0:
+                        continue
+                    for w in range(in_w):
+                        wx = max(0.0, 1.0 - abs(x - w))
+                        output[b, i, j] += features[b, h, w] * wy * wx
+    return output
+
+
+SIZES = [
+    # (H_in, W_in, H_out, W_out)
+    (5, 7, 5, 7),  # same size
+    (4, 6, 9, 11),  # upsampling
+    (9, 8, 4, 3),  # downsampling
+    (3, 3, 8, 8),  # a small context grid to a large output, as AlignCM
+    (1, 5, 4, 6),  # input of height 1
+    (6, 4, 1, 5),  # output of height 1
+    (5, 6, 3, 1),  # output of width 1
+    (1, 1, 1, 1),
+    (1, 1, 3, 2),
+]
+
+
+@pytest.mark.parametrize("mode", ["standard", "official"])
+@pytest.mark.parametrize("in_h,in_w,out_h,out_w", SIZES)
+def test_matches_reference_loop(mode, in_h, in_w, out_h, out_w):
+    rng = np.random.default_rng(in_h * 100 + out_w)
+    features = rng.normal(size=(2, in_h, in_w, 3)).astype("float32")
+    # Offsets reach well outside the map, to test the zero padding.
+    offsets = rng.uniform(-3, 3, size=(2, out_h, out_w, 2)).astype("float32")
+    result = AlignmentLayer(mode)([features, offsets])
+    expected = reference_alignment(features, offsets, mode)
+    np.testing.assert_allclose(np.asarray(result), expected, atol=1e-5)
+
+
+def test_identity_at_zero_offsets_when_sizes_match():
+    features = np.random.default_rng(0).normal(size=(2, 6, 9, 4)).astype("float32")
+    offsets = np.zeros((2, 6, 9, 2), "float32")
+    result = AlignmentLayer("standard")([features, offsets])
+    np.testing.assert_allclose(np.asarray(result), features, atol=1e-6)
+
+
+def test_official_mode_is_not_identity_at_zero_offsets():
+    features = np.random.default_rng(0).normal(size=(1, 6, 6, 2)).astype("float32")
+    result = AlignmentLayer("official")([features, np.zeros((1, 6, 6, 2), "float32")])
+    assert not np.allclose(np.asarray(result), features, atol=1e-3)
+
+
+@pytest.mark.parametrize("in_size,out_size", [((4, 6), (9, 11)), ((9, 8), (4, 3)), ((5, 5), (1, 1))])
+def test_zero_offsets_equal_align_corners_resize(in_size, out_size):
+    features = np.random.default_rng(1).normal(size=(2, *in_size, 5)).astype("float32")
+    offsets = np.zeros((2, *out_size, 2), "float32")
+    aligned = AlignmentLayer("standard")([features, offsets])
+    resized = resize_bilinear(features, out_size, align_corners=True)
+    np.testing.assert_allclose(np.asarray(aligned), np.asarray(resized), atol=1e-5)
+    if min(out_size) > 1:
+        # TF1's align_corners=True resize, computed independently.
+        expected = tf.compat.v1.image.resize_bilinear(features, out_size, align_corners=True)
+        np.testing.assert_allclose(np.asarray(resized), expected.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("in_size,out_size", [((4, 6), (9, 11)), ((9, 8), (4, 3))])
+def test_half_pixel_resize_matches_tensorflow(in_size, out_size):
+    images = np.random.default_rng(2).normal(size=(1, *in_size, 3)).astype("float32")
+    resized = resize_bilinear(images, out_size, align_corners=False)
+    expected = tf.image.resize(images, out_size, method="bilinear", antialias=False)
+    np.testing.assert_allclose(np.asarray(resized), expected.numpy(), atol=1e-5)
+
+
+def test_bilinear_resize_layer_takes_reference_size():
+    layer = BilinearResize()
+    out = layer([np.ones((1, 4, 5, 2), "float32"), np.zeros((1, 13, 7, 3), "float32")])
+    assert tuple(out.shape) == (1, 13, 7, 2)
+    np.testing.assert_allclose(np.asarray(out), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["standard", "official"])
+def test_gradients_match_finite_differences(mode):
+    rng = np.random.default_rng(3)
+    features = tf.constant(rng.normal(size=(1, 4, 5, 2)), tf.float64)
+    # Offsets away from integer sampling positions, where Eq. 2 is not differentiable.
+    offsets = tf.constant(rng.uniform(-1.2, 1.2, size=(1, 3, 6, 2)) + 0.013, tf.float64)
+    weights = tf.constant(rng.normal(size=(1, 3, 6, 2)), tf.float64)
+    layer = AlignmentLayer(mode, dtype="float64")
+
+    def objective(f, o):
+        return tf.reduce_sum(tf.cast(layer([f, o]), tf.float64) * weights)
+
+    with tf.GradientTape() as tape:
+        tape.watch([features, offsets])
+        value = objective(features, offsets)
+    grad_f, grad_o = tape.gradient(value, [features, offsets])
+    # Sampling positions are float32 by design; the objective is piecewise
+    # linear in each offset, so a larger step inside a cell stays exact.
+    eps = 1e-3
+    for tensor, grad, index in (
+        (features, grad_f, (0, 2, 3, 1)),
+        (features, grad_f, (0, 0, 0, 0)),
+        (offsets, grad_o, (0, 1, 2, 0)),
+        (offsets, grad_o, (0, 2, 4, 1)),
+    ):
+        delta = np.zeros(tensor.shape)
+        delta[index] = eps
+        if tensor is features:
+            plus, minus = objective(features + delta, offsets), objective(features - delta, offsets)
+        else:
+            plus, minus = objective(features, offsets + delta), objective(features, offsets - delta)
+        numeric = (plus - minus).numpy() / (2 * eps)
+        np.testing.assert_allclose(grad.numpy()[index], numeric, rtol=1e-3, atol=1e-5)
+    assert np.abs(grad_o.numpy()).sum() > 0
+
+
+def test_coordinates_stay_float32_under_mixed_precision():
+    # Large maps: float16 positions would be off by whole pixels (spacing 0.5 above 1024).
+    features = np.arange(1500, dtype="float32").reshape(1, 1, 1500, 1)
+    offsets = np.zeros((1, 1, 1500, 2), "float32")
+    offsets[..., 1] = 0.25  # horizontal
+    layer = AlignmentLayer("standard", dtype="mixed_float16")
+    result = np.asarray(layer([features, offsets])).astype("float32")[0, 0, :-1, 0]
+    expected = np.arange(1499) + 0.25
+    # float16 outputs hold values above 1024 to within 1.
+    np.testing.assert_allclose(result, expected, atol=1.0)
+    np.testing.assert_allclose(result[:500], expected[:500], atol=0.25)
+
+
+def test_config_round_trip_and_bad_mode():
+    layer = AlignmentLayer("official", name="u")
+    restored = AlignmentLayer.from_config(layer.get_config())
+    assert restored.mode == "official" and restored.name == "u"
+    with pytest.raises(ValueError, match="mode"):
+        AlignmentLayer("nearest")
+
+
+def test_dynamic_shapes_in_a_tf_function():
+    layer = AlignmentLayer()
+
+    @tf.function(input_signature=[
+        tf.TensorSpec((None, None, None, 3)), tf.TensorSpec((None, None, None, 2))
+    ])
+    def run(features, offsets):
+        return layer([features, offsets])
+
+    out = run(tf.ones((2, 5, 6, 3)), tf.zeros((2, 9, 4, 2)))
+    assert tuple(out.shape) == (2, 9, 4, 3)
+    np.testing.assert_allclose(out.numpy(), 1.0, atol=1e-6)

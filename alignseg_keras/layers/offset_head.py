@@ -1,0 +1,67 @@
+"""The offset generator shared by AlignFA and AlignCM (the code's `delta_gen`)."""
+
+import keras
+
+from alignseg_keras.layers.conv_norm_activation import ConvNormActivation
+from alignseg_keras.layers.conv_norm_activation import check_activation
+
+
+@keras.saving.register_keras_serializable(package="alignseg_keras")
+class OffsetHead(keras.layers.Layer):
+    """Predicts a 2-channel offset field, paper Sec. 3.2 and 3.3.
+
+    A 1x1 convolution to `filters` with BN + activation, then a 3x3 convolution
+    to 2 channels without bias whose kernel starts at zero, so that at
+    initialisation every offset is zero and alignment is plain (bilinear)
+    upsampling.
+
+    Args:
+        filters: int, hidden channels (256 in the paper).
+        activation: `"relu"` or `"leaky_relu"`.
+        sync_batchnorm: bool, synchronise BatchNorm across replicas.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Example:
+    ```python
+    head = OffsetHead(256)
+    offsets = head(np.ones((1, 32, 32, 512), "float32"))  # (1, 32, 32, 2), zeros
+    ```
+    """
+
+    def __init__(self, filters=256, activation="relu", sync_batchnorm=False, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.activation = check_activation(activation)
+        self.sync_batchnorm = sync_batchnorm
+        self.hidden = ConvNormActivation(
+            filters, 1, activation=activation, sync_batchnorm=sync_batchnorm, name="hidden"
+        )
+        self.offsets = keras.layers.Conv2D(
+            2,
+            3,
+            padding="same",
+            use_bias=False,
+            kernel_initializer="zeros",
+            name="offsets",
+        )
+
+    def build(self, input_shape):
+        self.hidden.build(input_shape)
+        self.offsets.build(self.hidden.compute_output_shape(input_shape))
+
+    def call(self, inputs, training=None):
+        return self.offsets(self.hidden(inputs, training=training))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (2,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "activation": self.activation,
+                "sync_batchnorm": self.sync_batchnorm,
+            }
+        )
+        return config

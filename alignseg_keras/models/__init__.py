@@ -1,0 +1,1 @@
+from alignseg_keras.models.alignseg import AlignSeg

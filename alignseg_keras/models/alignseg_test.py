@@ -1,0 +1,116 @@
+import keras
+import numpy as np
+import pytest
+
+from alignseg_keras import AlignSeg
+from alignseg_keras import layers
+
+
+def tiny_model(**kwargs):
+    args = dict(num_classes=4, backbone="resnet18", decoder_channels=16, context_hidden_channels=32)
+    args.update(kwargs)
+    return AlignSeg(**args)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.mark.parametrize("height,width", [(32, 32), (37, 50), (65, 33), (1, 1), (95, 129)])
+def test_logits_at_input_size_for_any_size(model, height, width):
+    images = np.random.randint(0, 256, (2, height, width, 3)).astype("uint8")
+    logits = model.predict(images, verbose=0)
+    assert logits.shape == (2, height, width, 4)
+    assert logits.dtype == np.float32
+    assert np.isfinite(logits).all()
+
+
+def test_uint8_and_float_inputs_agree(model):
+    images = np.random.randint(0, 256, (1, 40, 48, 3)).astype("uint8")
+    np.testing.assert_allclose(
+        np.asarray(model(images)), np.asarray(model(images.astype("float32"))), atol=1e-5
+    )
+
+
+def test_training_returns_auxiliary_logits_and_prediction_does_not(model):
+    images = np.zeros((1, 40, 48, 3), "float32")
+    train_out = model(images, training=True)
+    assert set(train_out) == {"logits", "aux_logits"}
+    assert tuple(train_out["aux_logits"].shape) == (1, 40, 48, 4)
+    assert not isinstance(model(images), dict)
+    assert not isinstance(model.predict(images, verbose=0), dict)
+    plain = tiny_model(deep_supervision=False)
+    assert tuple(plain(images, training=True).shape) == (1, 40, 48, 4)
+
+
+def test_wrong_channels_raise_a_clear_error(model):
+    with pytest.raises(ValueError, match="channels"):
+        model(np.zeros((1, 32, 32, 4), "float32"))
+    with pytest.raises(ValueError, match="channels"):
+        model.predict(np.zeros((1, 32, 32, 1), "float32"), verbose=0)
+    with pytest.raises(ValueError, match="3 channels"):
+        tiny_model(input_shape=(None, None, 1))
+
+
+def test_offset_model_exposes_every_alignment_module(model):
+    offsets = model.offset_model()(np.zeros((1, 64, 64, 3), "float32"))
+    assert {k: tuple(v.shape) for k, v in offsets.items()} == {
+        "align_fa2": (1, 16, 16, 4),
+        "align_fa3": (1, 16, 16, 4),
+        "align_fa4": (1, 16, 16, 4),
+        "align_fa5": (1, 16, 16, 4),
+        "align_cm": (1, 2, 2, 2),
+    }
+
+
+def test_decoder_wiring_uses_every_module(model):
+    names = {layer.name for layer in model.layers}
+    for name in ["rcb1a", "rcb2a", "rcb2b", "rcb3a", "rcb3b", "rcb4a", "rcb4b", "rcb5a", "rcb5b",
+                 "align_fa2", "align_fa3", "align_fa4", "align_fa5", "align_cm", "head",
+                 "auxiliary_head"]:
+        assert name in names
+    assert isinstance(model.get_layer("align_cm"), layers.AlignCM)
+
+
+def test_normalization_defaults_follow_the_backbone():
+    assert tiny_model().normalization["bgr"] is False
+    custom = tiny_model(mean=(0, 0, 0), std=(255, 255, 255))
+    assert custom.normalization["std"] == [255.0, 255.0, 255.0]
+
+
+def test_keras_round_trip(tmp_path):
+    model = tiny_model(context_merge="concat", alignment="official", activation="leaky_relu")
+    rng = np.random.default_rng(0)
+    for weight in model.weights:  # non-trivial weights and BN statistics
+        value = rng.normal(scale=0.05, size=weight.shape) + ("variance" in weight.path)
+        weight.assign(value.astype("float32"))
+    images = rng.integers(0, 256, (2, 45, 38, 3)).astype("uint8")
+    expected = model.predict(images, verbose=0)
+    path = tmp_path / "alignseg.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)  # no custom_objects
+    assert isinstance(restored, AlignSeg)
+    assert restored.get_config() == model.get_config()
+    np.testing.assert_array_equal(restored.predict(images, verbose=0), expected)
+
+
+def test_keras_round_trip_with_custom_backbone(tmp_path):
+    inputs = keras.Input((None, None, 3))
+    outs = [keras.layers.Conv2D(8, 3, strides=s, padding="same")(inputs) for s in (4, 8, 16, 32)]
+    model = AlignSeg(3, backbone=keras.Model(inputs, outs), decoder_channels=8)
+    images = np.random.rand(1, 64, 64, 3).astype("float32") * 255
+    expected = model.predict(images, verbose=0)
+    model.save(tmp_path / "custom.keras")
+    restored = keras.saving.load_model(tmp_path / "custom.keras")
+    np.testing.assert_allclose(restored.predict(images, verbose=0), expected, atol=1e-6)
+
+
+def test_resnet101_has_the_authors_parameter_count():
+    model = AlignSeg(19, backbone="resnet101")
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    # The authors' model: 66,846,310 weights and biases (Keras' ResNet-101 has
+    # conv biases and a 7x7 stem, hence a small difference).
+    assert abs(trainable - 66_846_310) / 66_846_310 < 0.01
+    deep_stem = AlignSeg(19, backbone="resnet101_deepstem", pad_to_multiple=None)
+    assert sum(int(np.prod(w.shape)) for w in deep_stem.trainable_weights) == 66_846_310
