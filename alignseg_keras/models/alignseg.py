@@ -13,6 +13,7 @@ from alignseg_keras.layers.preprocessing import ImageNormalization
 from alignseg_keras.layers.preprocessing import PadToMultiple
 from alignseg_keras.layers.residual_conv_block import ResidualConvBlock
 from alignseg_keras.layers.segmentation_head import SegmentationHead
+from alignseg_keras.models.presets import PRESETS
 
 OFFSET_MODULES = ("align_fa2", "align_fa3", "align_fa4", "align_cm", "align_fa5")
 
@@ -263,6 +264,26 @@ class AlignSeg(keras.Model):
         the AlignCM field 2, at stride 4 (AlignCM at stride 32) of the padded input.
         """
         return keras.Model(self.inputs[0], self.offset_outputs, name=f"{self.name}_offsets")
+
+    @classmethod
+    def from_preset(cls, preset, num_classes=19, **kwargs):
+        """Builds a named configuration from `alignseg_keras.models.presets.PRESETS`.
+
+        Args:
+            preset: e.g. `"alignseg_resnet101_official"` (the authors' released
+                model), `"alignseg_resnet101"` (the paper on Keras' ResNet-101) or
+                `"alignseg_resnet18_small"`.
+            num_classes: int, number of classes.
+            **kwargs: any `AlignSeg` argument, overriding the preset.
+
+        Example:
+        ```python
+        model = AlignSeg.from_preset("alignseg_resnet101_official", num_classes=19)
+        ```
+        """
+        if preset not in PRESETS:
+            raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
+        return cls(num_classes=num_classes, **{**PRESETS[preset], **kwargs})
 
     def get_config(self):
         backbone = self.backbone_name

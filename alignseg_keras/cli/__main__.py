@@ -1,0 +1,5 @@
+import sys
+
+from alignseg_keras.cli import main
+
+sys.exit(main())
