@@ -1,0 +1,278 @@
+"""Test-time prediction: whole image, sliding window, multi-scale with flip.
+
+Every function takes a batch of RGB images `(B, H, W, 3)` with values 0..255
+(uint8 or float), or a single image `(H, W, 3)`, and returns per-pixel class
+probabilities (float32, softmax over the last axis) at the input size, with
+the same leading shape as the input.
+
+The network runs through `model.predict_on_batch`, Keras' compiled predict
+step: every sliding-window tile has the same shape, so the step is traced
+once per tile shape rather than once per image, and tiles from all images of
+the batch are stacked `batch_size` at a time. Overlapping windows, flipped
+copies and scales are combined by averaging logits, as the authors' evaluation
+code does; the softmax comes last.
+
+The paper's test-time settings (Cityscapes): sliding windows of 769x769 with
+1/3 overlap on full 1024x2048 images, and for multi-scale testing the scales
+0.75, 1.0, 1.25, 1.5, 1.75 with horizontal flip:
+
+```python
+probabilities = predict_multiscale(model, images, scales=PAPER_SCALES, flip=True,
+                                   sliding=769)
+labels = probabilities.argmax(-1)
+```
+"""
+
+import math
+
+import numpy as np
+from keras import ops
+
+from alignseg_keras.layers.alignment import resize_bilinear
+
+PAPER_SCALES = (0.75, 1.0, 1.25, 1.5, 1.75)
+PAPER_OVERLAP = 1.0 / 3.0
+DEFAULT_BATCH_SIZE = 4
+
+
+def _as_image_batch(images):
+    """Returns `(images (B, H, W, 3), was_single_image)`, or raises a clear error."""
+    images = np.asarray(images)
+    single = images.ndim == 3
+    if single:
+        images = images[None]
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(
+            "`images` must be RGB images of shape (batch, height, width, 3) or "
+            f"(height, width, 3); received shape {images.shape}."
+        )
+    if min(images.shape[:3]) == 0:
+        raise ValueError(f"`images` is empty; received shape {images.shape}.")
+    return images, single
+
+
+def _as_tile_size(tile_size):
+    """`tile_size` as a pair of positive ints `(height, width)`."""
+    pair = (tile_size, tile_size) if np.isscalar(tile_size) else tuple(tile_size)
+    if len(pair) != 2 or any(int(v) != v or v < 1 for v in pair):
+        raise ValueError(
+            "`tile_size` must be a positive int or a pair (height, width) of "
+            f"positive ints; received {tile_size!r}."
+        )
+    return int(pair[0]), int(pair[1])
+
+
+def _check_batch_size(batch_size):
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int; received {batch_size!r}.")
+    return int(batch_size)
+
+
+def _softmax(logits, single):
+    probabilities = ops.convert_to_numpy(ops.softmax(logits, axis=-1)).astype("float32")
+    return probabilities[0] if single else probabilities
+
+
+def _padding_colour(model):
+    """The RGB value the model normalises to zero: its mean, else black.
+
+    The authors pad normalised images with zeros, i.e. with the mean colour.
+    """
+    normalization = getattr(model, "normalization", None) or {}
+    return np.asarray(normalization.get("mean", (0.0, 0.0, 0.0)), "float32")
+
+
+def _model_logits(model, images, batch_size):
+    """Float32 logits of `model` for same-size `images`, `batch_size` at a time."""
+    logits = [
+        ops.convert_to_numpy(model.predict_on_batch(images[start : start + batch_size]))
+        for start in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(logits).astype("float32", copy=False)
+
+
+def window_starts(size, tile, overlap=PAPER_OVERLAP):
+    """Start offsets of the sliding windows along one axis.
+
+    Windows advance by `ceil(tile * (1 - overlap))`; the last one is shifted
+    back to end at the border, so every window lies inside the image (the
+    authors' scheme). An image no larger than the tile has one window.
+
+    Args:
+        size: int, image size along the axis.
+        tile: int, window size along the axis.
+        overlap: float in [0, 1), fraction of a window shared with the next.
+
+    Example:
+    ```python
+    window_starts(1024, 769)  # [0, 255]
+    window_starts(2048, 769)  # [0, 513, 1026, 1279]
+    ```
+    """
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"`overlap` must be in [0, 1); received {overlap!r}.")
+    if size <= tile:
+        return [0]
+    stride = math.ceil(tile * (1.0 - overlap))
+    count = math.ceil((size - tile) / stride) + 1
+    return [min(index * stride, size - tile) for index in range(count)]
+
+
+def _sliding_logits(model, images, tile_size, overlap, batch_size):
+    """Logits averaged over overlapping windows, `(B, H, W, classes)`.
+
+    Windows of every image are gathered into batches of `batch_size` tiles of
+    exactly `tile_size`; an image smaller than the tile is padded at the bottom
+    and right with the model's mean colour, and the padding is cropped off.
+    """
+    batch, height, width, _ = images.shape
+    tile_h, tile_w = tile_size
+    crop_h, crop_w = min(tile_h, height), min(tile_w, width)
+    windows = [
+        (y, x)
+        for y in window_starts(height, tile_h, overlap)
+        for x in window_starts(width, tile_w, overlap)
+    ]
+    tiles = [(index, y, x) for index in range(batch) for y, x in windows]
+    counts = np.zeros((height, width, 1), "float32")
+    for y, x in windows:
+        counts[y : y + crop_h, x : x + crop_w] += 1.0
+    padding = _padding_colour(model)
+    total = None
+    for start in range(0, len(tiles), batch_size):
+        chunk = tiles[start : start + batch_size]
+        inputs = np.empty((len(chunk), tile_h, tile_w, 3), "float32")
+        inputs[...] = padding
+        for k, (index, y, x) in enumerate(chunk):
+            inputs[k, :crop_h, :crop_w] = images[index, y : y + crop_h, x : x + crop_w]
+        logits = ops.convert_to_numpy(model.predict_on_batch(inputs))
+        if total is None:
+            total = np.zeros((batch, height, width, logits.shape[-1]), "float32")
+        for k, (index, y, x) in enumerate(chunk):
+            total[index, y : y + crop_h, x : x + crop_w] += logits[k, :crop_h, :crop_w]
+    return total / counts
+
+
+def predict_whole(model, images, batch_size=DEFAULT_BATCH_SIZE):
+    """Class probabilities from one forward pass over each whole image.
+
+    Args:
+        model: a Keras model from RGB images (0..255) to logits
+            `(B, H, W, classes)` at the input size, such as `AlignSeg`.
+        images: `(B, H, W, 3)` or `(H, W, 3)` array, uint8 or float.
+        batch_size: int, images per forward pass.
+
+    Returns:
+        float32 probabilities `(B, H, W, classes)` (or `(H, W, classes)`).
+
+    Example:
+    ```python
+    probabilities = predict_whole(model, images)  # images: (8, 512, 1024, 3) uint8
+    labels = probabilities.argmax(-1)
+    ```
+    """
+    images, single = _as_image_batch(images)
+    return _softmax(_model_logits(model, images, _check_batch_size(batch_size)), single)
+
+
+def predict_sliding(
+    model, images, tile_size, overlap=PAPER_OVERLAP, batch_size=DEFAULT_BATCH_SIZE
+):
+    """Class probabilities from overlapping windows (the paper's single-scale test).
+
+    Windows of `tile_size` advance by `ceil(tile * (1 - overlap))`, the last
+    one ending at the border (see `window_starts`); their logits are averaged
+    where they overlap. An image smaller than a tile is padded with the
+    model's mean colour and the padding cropped off. Tiles of all images are
+    batched together, `batch_size` per forward pass.
+
+    Args:
+        model: a Keras model from RGB images (0..255) to logits at input size.
+        images: `(B, H, W, 3)` or `(H, W, 3)` array, uint8 or float.
+        tile_size: int or `(height, width)`, window size (769 in the paper).
+        overlap: float in [0, 1), fraction shared by neighbouring windows (1/3).
+        batch_size: int, tiles per forward pass.
+
+    Returns:
+        float32 probabilities `(B, H, W, classes)` (or `(H, W, classes)`).
+
+    Example:
+    ```python
+    probabilities = predict_sliding(model, image, tile_size=769)  # (1024, 2048, 19)
+    ```
+    """
+    images, single = _as_image_batch(images)
+    logits = _sliding_logits(
+        model, images, _as_tile_size(tile_size), overlap, _check_batch_size(batch_size)
+    )
+    return _softmax(logits, single)
+
+
+def _scaled_size(size, scale):
+    return max(1, int(size * scale + 0.5))
+
+
+def predict_multiscale(
+    model,
+    images,
+    scales=PAPER_SCALES,
+    flip=True,
+    sliding=None,
+    overlap=PAPER_OVERLAP,
+    batch_size=DEFAULT_BATCH_SIZE,
+):
+    """Class probabilities averaged over image scales and horizontal flips.
+
+    Each image is resized by every scale (bilinear, align_corners=True, like
+    the authors' `ndimage.zoom(order=1)`), predicted whole or with sliding
+    windows, and its logits resized back to the input size; with `flip` the
+    mirrored image is predicted too (in the same batches) and its logits
+    mirrored back. All logits are averaged, then the softmax is taken.
+
+    Args:
+        model: a Keras model from RGB images (0..255) to logits at input size.
+        images: `(B, H, W, 3)` or `(H, W, 3)` array, uint8 or float.
+        scales: positive floats (the paper: 0.75, 1.0, 1.25, 1.5, 1.75).
+        flip: bool, also average the horizontally flipped prediction.
+        sliding: None to predict each scaled image whole, or a tile size
+            (int or `(height, width)`) for sliding windows at every scale.
+        overlap: float, window overlap when `sliding` is set.
+        batch_size: int, images (or tiles) per forward pass.
+
+    Returns:
+        float32 probabilities `(B, H, W, classes)` (or `(H, W, classes)`).
+
+    Example:
+    ```python
+    probabilities = predict_multiscale(model, image, sliding=769)  # paper's MS+flip
+    ```
+    """
+    images, single = _as_image_batch(images)
+    batch_size = _check_batch_size(batch_size)
+    tile_size = None if sliding is None else _as_tile_size(sliding)
+    scales = tuple(scales)
+    if not scales or any(not scale > 0 for scale in scales):
+        raise ValueError(f"`scales` must be positive numbers; received {scales!r}.")
+    batch, height, width, _ = images.shape
+    if flip:
+        images = np.concatenate([images, np.flip(images, axis=2)])
+    total = 0.0
+    for scale in scales:
+        size = (_scaled_size(height, scale), _scaled_size(width, scale))
+        scaled = images
+        if size != (height, width):
+            scaled = ops.convert_to_numpy(
+                resize_bilinear(images.astype("float32"), size, align_corners=True)
+            )
+        if tile_size is None:
+            logits = _model_logits(model, scaled, batch_size)
+        else:
+            logits = _sliding_logits(model, scaled, tile_size, overlap, batch_size)
+        if size != (height, width):
+            logits = ops.convert_to_numpy(
+                resize_bilinear(logits, (height, width), align_corners=True)
+            )
+        total = total + logits
+    if flip:
+        total = (total[:batch] + np.flip(total[batch:], axis=2)) / 2.0
+    return _softmax(total / len(scales), single)

@@ -1,0 +1,180 @@
+import keras
+import numpy as np
+import pytest
+
+from alignseg_keras import AlignSeg
+from alignseg_keras.inference import predict_multiscale
+from alignseg_keras.inference import predict_sliding
+from alignseg_keras.inference import predict_whole
+from alignseg_keras.inference import window_starts
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(0)
+    return AlignSeg(
+        num_classes=4, backbone="resnet18", decoder_channels=16, context_hidden_channels=32
+    )
+
+
+@pytest.fixture(scope="module")
+def pointwise_model():
+    """A per-pixel (1x1 conv) model: its prediction of a pixel ignores the context,
+    so any correct tiling must reproduce the whole-image prediction exactly."""
+    keras.utils.set_random_seed(1)
+    return keras.Sequential(
+        [keras.Input((None, None, 3)), keras.layers.Rescaling(1 / 255.0), keras.layers.Conv2D(5, 1)]
+    )
+
+
+def random_images(shape, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, shape).astype("uint8")
+
+
+def spy_on_batches(monkeypatch, model):
+    """Records the input shape of every forward pass of `model`."""
+    shapes = []
+    original = model.predict_on_batch
+
+    def predict_on_batch(x):
+        shapes.append(tuple(np.shape(x)))
+        return original(x)
+
+    monkeypatch.setattr(model, "predict_on_batch", predict_on_batch)
+    return shapes
+
+
+def test_window_starts_follow_the_authors_scheme():
+    assert window_starts(1024, 769) == [0, 255]
+    assert window_starts(2048, 769) == [0, 513, 1026, 1279]
+    assert window_starts(500, 769) == [0]
+    assert window_starts(10, 4, overlap=0.0) == [0, 4, 6]
+    with pytest.raises(ValueError, match="overlap"):
+        window_starts(10, 4, overlap=1.0)
+
+
+def test_whole_returns_probabilities_at_input_size(model):
+    images = random_images((3, 37, 50, 3))
+    probabilities = predict_whole(model, images, batch_size=2)
+    assert probabilities.shape == (3, 37, 50, 4)
+    assert probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+    # Eager and compiled forward passes differ by float rounding only.
+    logits = np.asarray(model(images))
+    np.testing.assert_allclose(
+        probabilities, np.asarray(keras.ops.softmax(logits, axis=-1)), atol=1e-4
+    )
+
+
+def test_single_image_convenience(model):
+    image = random_images((40, 48, 3))
+    single = predict_whole(model, image)
+    assert single.shape == (40, 48, 4)
+    np.testing.assert_allclose(single, predict_whole(model, image[None])[0], atol=1e-6)
+
+
+def test_sliding_over_an_image_no_larger_than_a_tile_equals_whole(model):
+    # The model pads 40x50 to 64x64 with its mean colour; so does a 64x64 tile.
+    images = random_images((2, 40, 50, 3))
+    np.testing.assert_allclose(
+        predict_sliding(model, images, tile_size=64),
+        predict_whole(model, images),
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(
+        predict_sliding(model, images, tile_size=(40, 50)),
+        predict_whole(model, images),
+        atol=1e-5,
+    )
+
+
+def test_sliding_reassembles_tiles_exactly_for_a_pointwise_model(pointwise_model):
+    # 70x100 with 32x48 tiles: uneven windows, shifted last windows, overlaps.
+    images = random_images((2, 70, 100, 3))
+    np.testing.assert_allclose(
+        predict_sliding(pointwise_model, images, tile_size=(32, 48), batch_size=5),
+        predict_whole(pointwise_model, images),
+        atol=1e-5,
+    )
+    # Taller than the image: tiles are padded and the padding cropped off.
+    np.testing.assert_allclose(
+        predict_sliding(pointwise_model, images, tile_size=(96, 48)),
+        predict_whole(pointwise_model, images),
+        atol=1e-5,
+    )
+
+
+def test_sliding_batches_fixed_size_tiles_across_images(monkeypatch, pointwise_model):
+    shapes = spy_on_batches(monkeypatch, pointwise_model)
+    predict_sliding(pointwise_model, random_images((2, 70, 100, 3)), (32, 48), batch_size=5)
+    # 3 x 3 windows per image, 18 tiles in batches of 5.
+    assert shapes == [(5, 32, 48, 3)] * 3 + [(3, 32, 48, 3)]
+
+
+def test_sliding_with_overlap_on_a_larger_image(model):
+    images = random_images((1, 100, 130, 3))
+    probabilities = predict_sliding(model, images, tile_size=64, batch_size=6)
+    assert probabilities.shape == (1, 100, 130, 4)
+    assert np.isfinite(probabilities).all()
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+
+
+def test_multiscale_with_one_scale_and_no_flip_equals_whole(model):
+    images = random_images((2, 40, 50, 3))
+    np.testing.assert_allclose(
+        predict_multiscale(model, images, scales=(1.0,), flip=False),
+        predict_whole(model, images),
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(
+        predict_multiscale(model, images, scales=(1.0,), flip=False, sliding=64),
+        predict_sliding(model, images, tile_size=64),
+        atol=1e-5,
+    )
+
+
+def test_flip_average_is_mirror_symmetric(model):
+    image = random_images((40, 48, 3))
+    flipped = predict_multiscale(model, image[:, ::-1], scales=(1.0,), flip=True)
+    plain = predict_multiscale(model, image, scales=(1.0,), flip=True)
+    np.testing.assert_allclose(flipped, plain[:, ::-1], atol=1e-5)
+    symmetric = np.concatenate([image, image[:, ::-1]], axis=1)
+    probabilities = predict_multiscale(model, symmetric, scales=(1.0,), flip=True)
+    np.testing.assert_allclose(probabilities, probabilities[:, ::-1], atol=1e-5)
+
+
+def test_multiscale_averages_logits_over_scales(pointwise_model):
+    # For a pointwise model, resizing an image and resizing its logits back
+    # commute only approximately, but a constant image stays constant.
+    image = np.full((1, 30, 40, 3), 90, "uint8")
+    probabilities = predict_multiscale(pointwise_model, image, scales=(0.5, 1.0, 1.5))
+    np.testing.assert_allclose(probabilities, predict_whole(pointwise_model, image), atol=1e-5)
+
+
+def test_multiscale_runs_scales_with_sliding_windows(model, monkeypatch):
+    images = random_images((1, 48, 64, 3))
+    shapes = spy_on_batches(monkeypatch, model)
+    probabilities = predict_multiscale(model, images, scales=(0.75, 1.5), sliding=64)
+    assert probabilities.shape == (1, 48, 64, 4)
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+    # Every forward pass sees 64x64 tiles; flipped copies share the batches.
+    assert {shape[1:] for shape in shapes} == {(64, 64, 3)}
+    # Per image and its mirror: one padded tile at 36x48, 2 x 2 windows at 72x96.
+    assert sum(shape[0] for shape in shapes) == 2 * (1 + 4)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda m: predict_whole(m, np.zeros((2, 8, 8, 4))), "shape"),
+        (lambda m: predict_whole(m, np.zeros((8, 8))), "shape"),
+        (lambda m: predict_whole(m, np.zeros((1, 8, 8, 3)), batch_size=0), "batch_size"),
+        (lambda m: predict_sliding(m, np.zeros((1, 8, 8, 3)), tile_size=(4, 0)), "tile_size"),
+        (lambda m: predict_sliding(m, np.zeros((1, 8, 8, 3)), 4, overlap=1.5), "overlap"),
+        (lambda m: predict_multiscale(m, np.zeros((1, 8, 8, 3)), scales=()), "scales"),
+        (lambda m: predict_multiscale(m, np.zeros((1, 8, 8, 3)), scales=(1, -1)), "scales"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(pointwise_model, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(pointwise_model)
