@@ -14,6 +14,8 @@ from alignseg_keras.layers.preprocessing import PadToMultiple
 from alignseg_keras.layers.residual_conv_block import ResidualConvBlock
 from alignseg_keras.layers.segmentation_head import SegmentationHead
 from alignseg_keras.models.presets import PRESETS
+from alignseg_keras.models.training import count_training_steps
+from alignseg_keras.models.training import resolve_poly_schedule
 
 OFFSET_MODULES = ("align_fa2", "align_fa3", "align_fa4", "align_cm", "align_fa5")
 
@@ -252,9 +254,110 @@ class AlignSeg(keras.Model):
         self._check_data(x)
         return super().evaluate(x, *args, **kwargs)
 
-    def fit(self, x=None, *args, **kwargs):
+    def compile(
+        self,
+        optimizer=None,
+        loss=None,
+        metrics=None,
+        aux_loss_weight=0.4,
+        learning_rate=1e-2,
+        total_steps=None,
+        warmup_steps=0,
+        weight_decay=1e-4,
+        ignore_index=255,
+        **kwargs,
+    ):
+        """Configures training; each of `optimizer`, `loss` and `metrics` falls
+        back to the paper's recipe when left out.
+
+        Args:
+            optimizer: a Keras optimizer, or None for SGD with momentum 0.9,
+                weight decay `weight_decay` and poly decay (power 0.9) from
+                `learning_rate`, with `warmup_steps` of linear warm-up.
+            loss: a Keras loss on (labels, logits), or None for
+                `SegmentationCrossEntropy(ignore_index)`. With deep supervision it
+                is applied to both heads: `loss(y, logits) + aux_loss_weight *
+                loss(y, aux_logits)`.
+            metrics: a list of metrics, or None for `MeanIoU(num_classes)`.
+            aux_loss_weight: float, weight of the deep-supervision loss (0.4).
+            learning_rate: float, base rate of the default optimizer (1e-2).
+            total_steps: int or None, steps of the poly schedule; None lets the
+                first `fit` call derive it from its epochs and steps.
+            warmup_steps: int, linear warm-up steps of the default optimizer.
+            weight_decay: float, PyTorch-style weight decay of the default optimizer.
+            ignore_index: int, label ignored by the default loss and metric.
+            **kwargs: other `keras.Model.compile` arguments (`jit_compile`, ...).
+        """
+        from alignseg_keras.losses import SegmentationCrossEntropy
+        from alignseg_keras.metrics import MeanIoU
+        from alignseg_keras.optimizers import paper_sgd
+
+        if optimizer is None:
+            optimizer = paper_sgd(learning_rate, total_steps, warmup_steps, weight_decay=weight_decay)
+        if loss is None:
+            loss = SegmentationCrossEntropy(ignore_index=ignore_index)
+        if metrics is None:
+            metrics = [MeanIoU(self.num_classes, ignore_index=ignore_index)]
+        self.aux_loss_weight = float(aux_loss_weight) if self.deep_supervision else 0.0
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
+    def fit(
+        self,
+        x=None,
+        y=None,
+        batch_size=None,
+        epochs=1,
+        initial_epoch=0,
+        steps_per_epoch=None,
+        validation_split=0.0,
+        **kwargs,
+    ):
         self._check_data(x)
-        return super().fit(x, *args, **kwargs)
+        if getattr(self, "optimizer", None) is not None:
+            steps = count_training_steps(
+                x, batch_size, epochs, initial_epoch, steps_per_epoch, validation_split
+            )
+            resolve_poly_schedule(self.optimizer, steps)
+        return super().fit(
+            x,
+            y,
+            batch_size=batch_size,
+            epochs=epochs,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps_per_epoch,
+            validation_split=validation_split,
+            **kwargs,
+        )
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config:
+            config["aux_loss_weight"] = self.aux_loss_weight
+        return config
+
+    def compile_from_config(self, config):
+        """Restores the compiled state saved in a `.keras` file (optimizer included)."""
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """The compiled loss on the main logits, plus the weighted deep-supervision loss."""
+        aux_logits = None
+        if isinstance(y_pred, dict):
+            aux_logits = y_pred.get("aux_logits")
+            y_pred = y_pred["logits"]
+        loss = super().compute_loss(x, y, y_pred, sample_weight, training)
+        weight = getattr(self, "aux_loss_weight", 0.0)
+        if aux_logits is not None and weight and self._compile_loss is not None:
+            loss = loss + weight * self._compile_loss(y, aux_logits, sample_weight)
+        return loss
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        if isinstance(y_pred, dict):
+            y_pred = y_pred["logits"]
+        return super().compute_metrics(x, y, y_pred, sample_weight)
 
     def offset_model(self):
         """A `keras.Model` from images to the offset field of every alignment module.

@@ -1,0 +1,82 @@
+"""compile() defaults, fit on arrays and datasets, and saving of the compiled state."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from alignseg_keras import AlignSeg
+from alignseg_keras.losses import OhemCrossEntropy
+from alignseg_keras.losses import SegmentationCrossEntropy
+from alignseg_keras.metrics import MeanIoU
+from alignseg_keras.optimizers import WarmupPolynomialDecay
+
+
+def tiny_model(**kwargs):
+    return AlignSeg(3, backbone="resnet18", decoder_channels=16, context_hidden_channels=32, **kwargs)
+
+
+def toy_data(n=4, size=32):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, size, size, 3)).astype("uint8")
+    masks = (images[..., 0] // 86).astype("int32")  # classes 0..2 from the red channel
+    masks[:, :2] = 255
+    return images, masks
+
+
+def test_compile_defaults_are_the_paper_recipe():
+    model = tiny_model()
+    model.compile()
+    assert isinstance(model.optimizer, keras.optimizers.SGD)
+    assert model.optimizer.momentum == 0.9
+    assert isinstance(model.optimizer._learning_rate, WarmupPolynomialDecay)
+    assert model.optimizer._learning_rate.power == 0.9
+    assert isinstance(model.loss, SegmentationCrossEntropy)
+    assert model.aux_loss_weight == 0.4
+    metrics = model._compile_config.config["metrics"]
+    assert len(metrics) == 1 and isinstance(metrics[0], MeanIoU)
+    assert metrics[0].num_classes == 3
+
+
+def test_fit_arrays_sets_the_poly_steps_and_adds_the_aux_loss():
+    images, masks = toy_data()
+    model = tiny_model()
+    model.compile(aux_loss_weight=0.0)
+    x = images[:2]
+    y = masks[:2]
+    main_only = float(model.compute_loss(x=x, y=y, y_pred=model(x, training=False)))
+    outputs = {"logits": model(x, training=False), "aux_logits": model(x, training=False)}
+    model.aux_loss_weight = 0.5
+    np.testing.assert_allclose(
+        float(model.compute_loss(x=x, y=y, y_pred=outputs)), 1.5 * main_only, rtol=1e-5
+    )
+    history = model.fit(images, masks, batch_size=2, epochs=2, verbose=0)
+    assert model.optimizer._learning_rate.decay_steps == 4
+    assert np.isfinite(history.history["loss"]).all()
+    assert "mean_iou" in history.history
+
+
+def test_fit_a_dataset_with_ohem_and_evaluate():
+    images, masks = toy_data()
+    dataset = tf.data.Dataset.from_tensor_slices((images, masks)).batch(2)
+    model = tiny_model()
+    model.compile(loss=OhemCrossEntropy(min_kept=100), total_steps=10)
+    model.fit(dataset, epochs=1, verbose=0)
+    loss, miou = model.evaluate(dataset, verbose=0)
+    assert np.isfinite(loss) and 0.0 <= miou <= 1.0
+    assert model.optimizer._learning_rate.decay_steps == 10
+
+
+def test_compiled_model_round_trips_through_keras_file(tmp_path):
+    images, masks = toy_data()
+    model = tiny_model()
+    model.compile(loss=OhemCrossEntropy(min_kept=50), aux_loss_weight=0.1)
+    model.fit(images, masks, batch_size=2, epochs=1, verbose=0)
+    model.save(tmp_path / "trained.keras")
+    restored = keras.saving.load_model(tmp_path / "trained.keras")
+    assert isinstance(restored.loss, OhemCrossEntropy)
+    assert restored.aux_loss_weight == 0.1
+    assert restored.optimizer._learning_rate.decay_steps == 2
+    np.testing.assert_allclose(
+        restored.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-5
+    )
+    restored.fit(images, masks, batch_size=2, epochs=1, verbose=0)  # training resumes
