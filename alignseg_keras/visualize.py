@@ -1,0 +1,414 @@
+"""Pictures of segmentations and offset fields, with NumPy and Pillow.
+
+Label maps become colour images with a palette (`colorize_labels`, `overlay`);
+offset fields become Middlebury colour-wheel pictures (`flow_to_color`, the
+visualisation of the paper's Fig. 1), where hue is the direction and
+saturation the magnitude of the displacement; `offset_images` draws every
+alignment module of an `AlignSeg` model. Only `offset_images` runs a model;
+everything else works on NumPy arrays and can be used in notebooks.
+
+Example:
+```python
+image = load_image("frankfurt_000000_000294_leftImg8bit.png")
+labels = predict_whole(model, image).argmax(-1)
+save_png("labels.png", colorize_labels(labels, cityscapes_palette()))
+save_png("overlay.png", overlay(image, labels, cityscapes_palette()))
+for name, picture in offset_images(model, image).items():
+    save_png(f"offsets_{name}.png", picture)
+```
+"""
+
+import math
+import pathlib
+
+import numpy as np
+from PIL import Image
+from PIL import UnidentifiedImageError
+
+# Cityscapes' 19 evaluated classes by train id: (name, label id, RGB colour),
+# from cityscapesscripts/helpers/labels.py.
+CITYSCAPES_CLASSES = (
+    ("road", 7, (128, 64, 128)),
+    ("sidewalk", 8, (244, 35, 232)),
+    ("building", 11, (70, 70, 70)),
+    ("wall", 12, (102, 102, 156)),
+    ("fence", 13, (190, 153, 153)),
+    ("pole", 17, (153, 153, 153)),
+    ("traffic light", 19, (250, 170, 30)),
+    ("traffic sign", 20, (220, 220, 0)),
+    ("vegetation", 21, (107, 142, 35)),
+    ("terrain", 22, (152, 251, 152)),
+    ("sky", 23, (70, 130, 180)),
+    ("person", 24, (220, 20, 60)),
+    ("rider", 25, (255, 0, 0)),
+    ("car", 26, (0, 0, 142)),
+    ("truck", 27, (0, 0, 70)),
+    ("bus", 28, (0, 60, 100)),
+    ("train", 31, (0, 80, 100)),
+    ("motorcycle", 32, (0, 0, 230)),
+    ("bicycle", 33, (119, 11, 32)),
+)
+
+# The ADE20K (SceneParsing, 150 classes) palette used by the CSAIL toolkit
+# and mmsegmentation, by class index (label - 1).
+_ADE20K_COLOURS = (
+    "787878 b47878 06e6e6 503232 04c803 787850 8c8c8c cc05ff e6e6e6 04fa07 "
+    "e005ff ebff07 96053d 787846 08ff33 ff0652 8fff8c ccff04 ff3307 cc4603 "
+    "0066c8 3de6fa ff0633 0b66ff ff0747 ff09e0 0907e6 dcdcdc ff095c 7009ff "
+    "08ffd6 07ffe0 ffb806 0aff47 ff290a 07ffff e0ff08 6608ff ff3d06 ffc207 "
+    "ff7a08 00ff14 ff0829 ff0599 0633ff eb0cff a09614 00a3ff 8c8c8c fa0a0f "
+    "14ff00 1fff00 ff1f00 ffe000 99ff00 0000ff ff4700 00ebff 00adff 1f00ff "
+    "0bc8c8 ff5200 00fff5 003dff 00ff70 00ff85 ff0000 ffa300 ff6600 c2ff00 "
+    "008fff 33ff00 0052ff 00ff29 00ffad 0a00ff adff00 00ff99 ff5c00 ff00ff "
+    "ff00f5 ff0066 ffad00 ff0014 ffb8b8 001fff 00ff3d 0047ff ff00cc 00ffc2 "
+    "00ff52 000aff 0070ff 3300ff 00c2ff 007aff 00ffa3 ff9900 00ff0a ff7000 "
+    "8fff00 5200ff a3ff00 ffeb00 08b8aa 8500ff 00ff5c b800ff ff001f 00b8ff "
+    "00d6ff ff0070 5cff00 00e0ff 70e0ff 46b8a0 a300ff 9900ff 47ff00 ff00a3 "
+    "ffcc00 ff008f 00ffeb 85ff00 ff00eb f500ff ff007a fff500 0abed4 d6ff00 "
+    "00ccff 1400ff ffff00 0099ff 0029ff 00ffcc 2900ff 29ff00 ad00ff 00f5ff "
+    "4700ff 7a00ff 00ffb8 005cff b8ff00 0085ff ffd600 19c2c2 66ff00 5c00ff"
+)
+
+# Middlebury colour wheel (Baker et al., "A Database and Evaluation Methodology
+# for Optical Flow", 2011): hue segments and their number of steps.
+_WHEEL_SEGMENTS = (
+    ("red", "yellow", 15),
+    ("yellow", "green", 6),
+    ("green", "cyan", 4),
+    ("cyan", "blue", 11),
+    ("blue", "magenta", 13),
+    ("magenta", "red", 6),
+)
+_WHEEL_ANCHORS = {
+    "red": (255, 0, 0),
+    "yellow": (255, 255, 0),
+    "green": (0, 255, 0),
+    "cyan": (0, 255, 255),
+    "blue": (0, 0, 255),
+    "magenta": (255, 0, 255),
+}
+PALETTES = ("cityscapes", "ade20k", "auto")
+
+
+def cityscapes_palette():
+    """The official colours of Cityscapes' 19 train ids, uint8 `(19, 3)`.
+
+    Example:
+    ```python
+    cityscapes_palette()[0]  # road: [128, 64, 128]
+    ```
+    """
+    return np.array([colour for _, _, colour in CITYSCAPES_CLASSES], "uint8")
+
+
+def ade20k_palette():
+    """The ADE20K colours of its 150 classes (label k - 1), uint8 `(150, 3)`.
+
+    Example:
+    ```python
+    ade20k_palette()[0]  # wall: [120, 120, 120]
+    ```
+    """
+    return np.array(
+        [[int(code[i : i + 2], 16) for i in (0, 2, 4)] for code in _ADE20K_COLOURS.split()],
+        "uint8",
+    )
+
+
+def generated_palette(num_classes):
+    """Deterministic, distinct, non-black colours for any number of classes.
+
+    Class k gets the PASCAL VOC colour of k + 1: the bits of k + 1 are spread
+    over the high bits of red, green and blue, so colours never repeat
+    (up to 2**24 - 1 classes) and black stays free for ignored pixels.
+
+    Example:
+    ```python
+    generated_palette(3)  # [[128, 0, 0], [0, 128, 0], [128, 128, 0]]
+    ```
+    """
+    if int(num_classes) != num_classes or not 1 <= num_classes < 2**24:
+        raise ValueError(
+            f"`num_classes` must be an int in [1, 2**24); received {num_classes!r}."
+        )
+    ids = np.arange(1, int(num_classes) + 1)
+    palette = np.zeros((len(ids), 3), "int64")
+    for bit in range(8):
+        for channel in range(3):
+            palette[:, channel] |= ((ids >> (3 * bit + channel)) & 1) << (7 - bit)
+    return palette.astype("uint8")
+
+
+def get_palette(name, num_classes):
+    """The palette called `name` for a model with `num_classes` classes.
+
+    Args:
+        name: `"cityscapes"`, `"ade20k"` or `"auto"` (Cityscapes for 19
+            classes, ADE20K for 150, else `generated_palette`).
+        num_classes: int, number of classes the palette must cover.
+
+    Example:
+    ```python
+    palette = get_palette("auto", model.num_classes)
+    ```
+    """
+    if name == "auto":
+        if num_classes == len(CITYSCAPES_CLASSES):
+            return cityscapes_palette()
+        return ade20k_palette() if num_classes == 150 else generated_palette(num_classes)
+    palettes = {"cityscapes": cityscapes_palette, "ade20k": ade20k_palette}
+    if name not in palettes:
+        raise ValueError(f"Unknown palette {name!r}; choose one of {PALETTES}.")
+    palette = palettes[name]()
+    if len(palette) < num_classes:
+        raise ValueError(
+            f"The {name} palette has {len(palette)} colours, too few for "
+            f"{num_classes} classes; use --palette auto."
+        )
+    return palette
+
+
+def _check_labels(labels, palette, ignore_index):
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"`labels` must be integers; received dtype {labels.dtype}.")
+    unknown = (labels < 0) | (labels >= len(palette))
+    if ignore_index is not None:
+        unknown &= labels != ignore_index
+    if unknown.any():
+        raise ValueError(
+            f"`labels` contains {labels[unknown].flat[0]}, outside the palette's "
+            f"{len(palette)} classes (ignore_index={ignore_index})."
+        )
+    return labels
+
+
+def colorize_labels(labels, palette, ignore_index=255):
+    """Colours a label map: uint8 RGB `(..., 3)`, black where `ignore_index`.
+
+    Args:
+        labels: integer array of class indices, any shape (e.g. `(H, W)`).
+        palette: `(num_classes, 3)` uint8 colours.
+        ignore_index: int or None, label drawn black.
+
+    Example:
+    ```python
+    colours = colorize_labels(labels, cityscapes_palette())  # (H, W, 3) uint8
+    ```
+    """
+    palette = np.asarray(palette, "uint8")
+    labels = _check_labels(labels, palette, ignore_index)
+    known = (labels >= 0) & (labels < len(palette))
+    colours = palette[np.where(known, labels, 0)]
+    colours[~known] = 0
+    return colours
+
+
+def overlay(image, labels, palette, alpha=0.5, ignore_index=255):
+    """Blends label colours over an image: `(1 - alpha) * image + alpha * colour`.
+
+    Ignored pixels keep the image's own colour.
+
+    Args:
+        image: `(H, W, 3)` RGB image, 0..255.
+        labels: `(H, W)` integer label map.
+        palette: `(num_classes, 3)` uint8 colours.
+        alpha: float in [0, 1], opacity of the labels.
+        ignore_index: int or None, label left uncoloured.
+
+    Example:
+    ```python
+    picture = overlay(image, labels, cityscapes_palette(), alpha=0.6)
+    ```
+    """
+    image = np.asarray(image)
+    labels = np.asarray(labels)
+    if image.ndim != 3 or image.shape[-1] != 3 or image.shape[:2] != labels.shape:
+        raise ValueError(
+            "`image` must be (H, W, 3) and `labels` (H, W) of the same size; "
+            f"received {image.shape} and {labels.shape}."
+        )
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"`alpha` must be in [0, 1]; received {alpha!r}.")
+    colours = colorize_labels(labels, palette, ignore_index).astype("float32")
+    blended = (1.0 - alpha) * image.astype("float32") + alpha * colours
+    if ignore_index is not None:
+        blended[labels == ignore_index] = image[labels == ignore_index]
+    return np.clip(np.round(blended), 0, 255).astype("uint8")
+
+
+def _colour_wheel():
+    """The 55 Middlebury wheel colours, float `(55, 3)` in 0..255."""
+    steps = []
+    for start, end, count in _WHEEL_SEGMENTS:
+        start, end = np.array(_WHEEL_ANCHORS[start]), np.array(_WHEEL_ANCHORS[end])
+        ramp = np.floor(255 * np.arange(count) / count)
+        steps.append(start + ramp[:, None] * ((end - start) // 255))
+    return np.concatenate(steps).astype("float32")
+
+
+def flow_to_color(offsets, max_magnitude=None):
+    """Middlebury colour-wheel picture of a displacement field, uint8 `(H, W, 3)`.
+
+    The hue gives the direction (right red, down yellow, left cyan, up blue)
+    and the saturation the length: white is no displacement, full colour a
+    displacement of `max_magnitude`; longer ones are drawn darker.
+
+    Args:
+        offsets: `(H, W, 2)` float array of displacements `(dy, dx)`.
+        max_magnitude: float or None; None normalises by the longest
+            displacement of the field.
+
+    Example:
+    ```python
+    picture = flow_to_color(np.stack([dy, dx], axis=-1))
+    ```
+    """
+    offsets = np.asarray(offsets, "float32")
+    if offsets.ndim != 3 or offsets.shape[-1] != 2:
+        raise ValueError(
+            f"`offsets` must have shape (height, width, 2) as (dy, dx); received {offsets.shape}."
+        )
+    if max_magnitude is None:
+        max_magnitude = float(np.sqrt((offsets**2).sum(-1)).max())
+    if not max_magnitude >= 0:
+        raise ValueError(f"`max_magnitude` must be >= 0; received {max_magnitude!r}.")
+    dy, dx = np.moveaxis(offsets, -1, 0) / (max_magnitude + 1e-5)
+    wheel = _colour_wheel()
+    position = (np.arctan2(-dy, -dx) / np.pi + 1.0) / 2.0 * (len(wheel) - 1)
+    lower = np.floor(position).astype("int64")
+    upper = (lower + 1) % len(wheel)
+    fraction = (position - lower)[..., None]
+    colour = ((1.0 - fraction) * wheel[lower] + fraction * wheel[upper]) / 255.0
+    radius = np.sqrt(dy**2 + dx**2)[..., None]
+    colour = np.where(radius <= 1.0, 1.0 - radius * (1.0 - colour), colour * 0.75)
+    return np.floor(255.0 * colour).astype("uint8")
+
+
+def _fields_in_pixels(field, alignment):
+    """Splits a module's offset channels into `(dy, dx)` fields in pixels.
+
+    `"standard"` offsets are `(dy, dx)` in output pixels already; `"official"`
+    offsets are `(dx, dy)` in half pixels of the sampled map.
+    """
+    fields = []
+    for start in range(0, field.shape[-1], 2):
+        pair = field[..., start : start + 2]
+        if alignment == "official":
+            pair = pair[..., ::-1] / 2.0
+        fields.append(pair)
+    return fields
+
+
+def _image_area(field, image_shape, pad_to_multiple):
+    """Crops a field of the padded input to the part that covers the image."""
+    keep = []
+    for axis, size in enumerate(image_shape[:2]):
+        padded = -(-size // pad_to_multiple) * pad_to_multiple if pad_to_multiple else size
+        keep.append(min(field.shape[axis], math.ceil(field.shape[axis] * size / padded)))
+    return field[: keep[0], : keep[1]]
+
+
+def _resize_nearest(picture, height, width):
+    return np.asarray(Image.fromarray(picture).resize((width, height), Image.NEAREST))
+
+
+def offset_images(model, image, max_magnitude=None, separator=4):
+    """Colour-wheel pictures of the offset fields of every alignment module.
+
+    Runs `model.offset_model()` on one image, converts each field to `(dy,
+    dx)` in pixels following `model.alignment` (standard: output pixels;
+    official: half pixels of the sampled map, halved), crops it to the image
+    area and scales it to the image size (nearest neighbour), then draws it
+    with `flow_to_color`. An AlignFA picture shows its two fields side by
+    side, Delta_F (for the upsampled low-resolution stream) on the left and
+    Delta_A (for the high-resolution stream) on the right, with a white gap.
+
+    Args:
+        model: an `AlignSeg` model.
+        image: `(H, W, 3)` RGB image, 0..255.
+        max_magnitude: float or None; None normalises each field by its own
+            longest offset, so that its directions are visible.
+        separator: int, width in pixels of the white gap between fields.
+
+    Returns:
+        dict from module name (`align_fa2`, ..., `align_cm`) to uint8 RGB
+        pictures `(H, W, 3)` (AlignCM) or `(H, 2 W + separator, 3)` (AlignFA).
+
+    Example:
+    ```python
+    pictures = offset_images(model, image)
+    save_png("align_fa5.png", pictures["align_fa5"])
+    ```
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"`image` must have shape (height, width, 3); received {image.shape}.")
+    height, width = image.shape[:2]
+    outputs = model.offset_model()(image[None].astype("float32"), training=False)
+    gap = np.full((height, separator, 3), 255, "uint8")
+    pictures = {}
+    for name, field in outputs.items():
+        field = _image_area(np.asarray(field)[0], image.shape, model.pad_to_multiple)
+        drawn = [
+            _resize_nearest(flow_to_color(pair, max_magnitude), height, width)
+            for pair in _fields_in_pixels(field, model.alignment)
+        ]
+        parts = [drawn[0]]
+        for picture in drawn[1:]:
+            parts += [gap, picture]
+        pictures[name] = np.concatenate(parts, axis=1)
+    return pictures
+
+
+def train_ids_to_label_ids(labels):
+    """Cityscapes train ids (0..18, ignore 255) to label ids, for the benchmark server.
+
+    Ignored pixels become 0 ("unlabeled").
+
+    Example:
+    ```python
+    save_png("berlin_000000_000019_leftImg8bit.png", train_ids_to_label_ids(labels))
+    ```
+    """
+    table = np.zeros(256, "uint8")
+    table[: len(CITYSCAPES_CLASSES)] = [label_id for _, label_id, _ in CITYSCAPES_CLASSES]
+    labels = _check_labels(labels, CITYSCAPES_CLASSES, ignore_index=255)
+    return table[labels]
+
+
+def load_image(path):
+    """Reads an image file as uint8 RGB `(H, W, 3)`.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not an image Pillow can read.
+    """
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"No such image file: {path}") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"Cannot read image {path}: {error}") from None
+
+
+def save_png(path, array):
+    """Writes a uint8 `(H, W)` or `(H, W, 3)` array as a PNG, creating its folder.
+
+    Example:
+    ```python
+    save_png("out/labels.png", colorize_labels(labels, cityscapes_palette()))
+    ```
+    """
+    array = np.asarray(array)
+    if array.dtype != np.uint8 or not (
+        array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))
+    ):
+        raise ValueError(
+            "save_png needs a uint8 array of shape (H, W), (H, W, 3) or (H, W, 4); "
+            f"received dtype {array.dtype} and shape {array.shape} for {path}."
+        )
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format="PNG")

@@ -1,0 +1,162 @@
+import numpy as np
+import pytest
+
+from alignseg_keras import AlignSeg
+from alignseg_keras.visualize import ade20k_palette
+from alignseg_keras.visualize import cityscapes_palette
+from alignseg_keras.visualize import colorize_labels
+from alignseg_keras.visualize import flow_to_color
+from alignseg_keras.visualize import generated_palette
+from alignseg_keras.visualize import get_palette
+from alignseg_keras.visualize import load_image
+from alignseg_keras.visualize import offset_images
+from alignseg_keras.visualize import overlay
+from alignseg_keras.visualize import save_png
+from alignseg_keras.visualize import train_ids_to_label_ids
+
+
+def distinct_rows(array):
+    return len(np.unique(array, axis=0)) == len(array)
+
+
+def test_dataset_palettes():
+    cityscapes = cityscapes_palette()
+    assert cityscapes.shape == (19, 3) and cityscapes.dtype == np.uint8
+    assert cityscapes[0].tolist() == [128, 64, 128]  # road
+    assert cityscapes[13].tolist() == [0, 0, 142]  # car
+    assert distinct_rows(cityscapes)
+    ade20k = ade20k_palette()
+    assert ade20k.shape == (150, 3) and ade20k.dtype == np.uint8
+    assert ade20k[0].tolist() == [120, 120, 120]  # wall
+
+
+def test_generated_palette_is_deterministic_distinct_and_never_black():
+    palette = generated_palette(1000)
+    assert palette.shape == (1000, 3) and palette.dtype == np.uint8
+    assert distinct_rows(palette)
+    assert (palette.max(axis=1) > 0).all()
+    np.testing.assert_array_equal(generated_palette(7), palette[:7])
+    with pytest.raises(ValueError, match="num_classes"):
+        generated_palette(0)
+
+
+def test_get_palette_auto_follows_the_number_of_classes():
+    np.testing.assert_array_equal(get_palette("auto", 19), cityscapes_palette())
+    np.testing.assert_array_equal(get_palette("auto", 150), ade20k_palette())
+    np.testing.assert_array_equal(get_palette("auto", 5), generated_palette(5))
+    with pytest.raises(ValueError, match="too few"):
+        get_palette("cityscapes", 21)
+    with pytest.raises(ValueError, match="Unknown palette 'voc'"):
+        get_palette("voc", 21)
+
+
+def test_colorize_labels_draws_ignored_pixels_black():
+    palette = generated_palette(3)
+    labels = np.array([[0, 1], [2, 255]])
+    colours = colorize_labels(labels, palette)
+    assert colours.shape == (2, 2, 3) and colours.dtype == np.uint8
+    np.testing.assert_array_equal(colours[0, 1], palette[1])
+    np.testing.assert_array_equal(colours[1, 1], [0, 0, 0])
+    with pytest.raises(ValueError, match="contains 3"):
+        colorize_labels(np.array([[3]]), palette)
+    with pytest.raises(ValueError, match="integers"):
+        colorize_labels(np.array([[0.5]]), palette)
+
+
+def test_overlay_blends_and_keeps_ignored_pixels():
+    image = np.full((2, 2, 3), 100, "uint8")
+    labels = np.array([[0, 1], [1, 255]])
+    palette = np.array([[200, 0, 0], [0, 200, 0]], "uint8")
+    np.testing.assert_array_equal(overlay(image, labels, palette, alpha=0.0), image)
+    blended = overlay(image, labels, palette, alpha=0.5)
+    np.testing.assert_array_equal(blended[0, 0], [150, 50, 50])
+    np.testing.assert_array_equal(blended[1, 1], [100, 100, 100])
+    with pytest.raises(ValueError, match="same size"):
+        overlay(image, labels[:1], palette)
+
+
+def test_flow_to_color_follows_the_middlebury_wheel():
+    assert flow_to_color(np.zeros((3, 4, 2))).tolist() == np.full((3, 4, 3), 255).tolist()
+    # (dy, dx): right, down, left, up, each of length 1.
+    field = np.array([[[0, 1], [1, 0], [0, -1], [-1, 0]]], "float32")
+    right, down, left, up = flow_to_color(field)[0]
+    assert right.tolist() == [255, 0, 0]  # red
+    assert down[0] == 255 and down[1] > 200 and down[2] == 0  # yellow
+    assert left[0] == 0 and left[1] > 200 and left[2] == 255  # cyan
+    assert up[0] < 100 and up[1] == 0 and up[2] == 255  # blue-violet
+
+
+def test_flow_to_color_normalises_by_the_longest_or_a_given_magnitude():
+    field = np.random.default_rng(0).normal(size=(5, 6, 2)).astype("float32")
+    np.testing.assert_array_equal(flow_to_color(field), flow_to_color(10 * field))
+    short = flow_to_color(np.array([[[0, 0.5]]]), max_magnitude=1.0)[0, 0]
+    full = flow_to_color(np.array([[[0, 1.0]]]), max_magnitude=1.0)[0, 0]
+    beyond = flow_to_color(np.array([[[0, 2.0]]]), max_magnitude=1.0)[0, 0]
+    assert short[1] > full[1] and short[2] > full[2]  # paler
+    assert beyond[0] < full[0]  # darker
+    with pytest.raises(ValueError, match=r"\(dy, dx\)"):
+        flow_to_color(np.zeros((4, 4, 3)))
+
+
+class FixedOffsetModel:
+    """Stands in for AlignSeg: a constant offset field for one module."""
+
+    def __init__(self, field, alignment):
+        self.field = np.asarray(field, "float32")
+        self.alignment = alignment
+        self.pad_to_multiple = None
+
+    def offset_model(self):
+        return lambda images, training: {"align_cm": self.field[None]}
+
+
+def test_offset_images_read_the_alignment_convention():
+    # One pixel to the right: standard (dy, dx) = (0, 1); official (dx, dy)
+    # in half pixels = (2, 0). The right half moves, the left half stays.
+    standard = np.zeros((4, 4, 2), "float32")
+    standard[:, 2:, 1] = 1.0
+    official = np.zeros((4, 4, 2), "float32")
+    official[:, 2:, 0] = 2.0
+    image = np.zeros((8, 8, 3), "uint8")
+    expected = offset_images(FixedOffsetModel(standard, "standard"), image)["align_cm"]
+    assert expected.shape == (8, 8, 3)
+    np.testing.assert_array_equal(expected[:, :4], 255)
+    np.testing.assert_array_equal(expected[:, 4:], np.broadcast_to([255, 0, 0], (8, 4, 3)))
+    np.testing.assert_array_equal(
+        offset_images(FixedOffsetModel(official, "official"), image)["align_cm"], expected
+    )
+
+
+def test_offset_images_of_an_alignseg_model():
+    model = AlignSeg(
+        num_classes=3, backbone="resnet18", decoder_channels=16, context_hidden_channels=32
+    )
+    image = np.random.default_rng(0).integers(0, 256, (40, 52, 3)).astype("uint8")
+    pictures = offset_images(model, image, separator=2)
+    assert set(pictures) == {"align_fa2", "align_fa3", "align_fa4", "align_fa5", "align_cm"}
+    for name, picture in pictures.items():
+        width = 52 if name == "align_cm" else 2 * 52 + 2
+        assert picture.shape == (40, width, 3) and picture.dtype == np.uint8
+
+
+def test_train_ids_to_label_ids():
+    labels = np.array([[0, 13, 18, 255]])
+    np.testing.assert_array_equal(train_ids_to_label_ids(labels), [[7, 26, 33, 0]])
+    with pytest.raises(ValueError, match="contains 19"):
+        train_ids_to_label_ids(np.array([[19]]))
+
+
+def test_png_round_trip_and_clear_errors(tmp_path):
+    picture = np.random.default_rng(0).integers(0, 256, (5, 7, 3)).astype("uint8")
+    save_png(tmp_path / "nested" / "picture.png", picture)
+    np.testing.assert_array_equal(load_image(tmp_path / "nested" / "picture.png"), picture)
+    gray = np.arange(12, dtype="uint8").reshape(3, 4)
+    save_png(tmp_path / "gray.png", gray)
+    assert load_image(tmp_path / "gray.png").shape == (3, 4, 3)
+    with pytest.raises(ValueError, match="uint8"):
+        save_png(tmp_path / "float.png", picture.astype("float32"))
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(ValueError, match="notes.png"):
+        load_image(tmp_path / "notes.png")
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        load_image(tmp_path / "missing.png")
