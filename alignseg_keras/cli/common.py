@@ -1,0 +1,56 @@
+"""Arguments and dataset loading shared by `alignseg train` and `alignseg evaluate`."""
+
+import glob
+
+DATASETS = ("synthetic", "cityscapes", "ade20k", "files")
+
+
+def add_dataset_arguments(parser):
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", choices=DATASETS, default="synthetic",
+                       help="which data to read (default: the embedded synthetic scenes)")
+    group.add_argument("--data-dir", help="dataset root (Cityscapes or ADEChallengeData2016)")
+    group.add_argument("--images", help="glob of image files, for --dataset files")
+    group.add_argument("--masks", help="glob of label PNGs (same sort order), for --dataset files")
+    group.add_argument("--num-classes", type=int,
+                       help="number of classes, for --dataset files")
+    group.add_argument("--synthetic-images", type=int, default=400,
+                       help="number of synthetic scenes (default 400)")
+    group.add_argument("--synthetic-size", type=int, nargs=2, default=(128, 256),
+                       metavar=("HEIGHT", "WIDTH"), help="synthetic scene size")
+
+
+def _sorted_glob(pattern, what):
+    if not pattern:
+        raise ValueError(f"--dataset files needs --{what} (a glob pattern).")
+    paths = sorted(glob.glob(pattern))
+    if not paths:
+        raise FileNotFoundError(f"--{what} {pattern!r} matches no file.")
+    return paths
+
+
+def load_dataset(args, split):
+    """Returns `(dataset, num_classes, class_names)` for `split` ("train" or "val")."""
+    from alignseg_keras import data
+
+    if args.dataset == "synthetic":
+        seed = 0 if split == "train" else 1
+        count = args.synthetic_images if split == "train" else max(args.synthetic_images // 4, 8)
+        dataset = data.synthetic_scenes(count, image_size=tuple(args.synthetic_size), seed=seed)
+        return dataset, len(data.SYNTHETIC_CLASSES), list(data.SYNTHETIC_CLASSES)
+    if args.dataset in ("cityscapes", "ade20k") and not args.data_dir:
+        raise ValueError(f"--dataset {args.dataset} needs --data-dir.")
+    if args.dataset == "cityscapes":
+        dataset = data.load_cityscapes(args.data_dir, split=split)
+        return dataset, len(data.CITYSCAPES_CLASSES), list(data.CITYSCAPES_CLASSES)
+    if args.dataset == "ade20k":
+        ade_split = "training" if split == "train" else "validation"
+        dataset = data.load_ade20k(args.data_dir, split=ade_split)
+        names = [str(i) for i in range(data.ADE20K_NUM_CLASSES)]
+        return dataset, data.ADE20K_NUM_CLASSES, names
+    if not args.num_classes:
+        raise ValueError("--dataset files needs --num-classes.")
+    images = _sorted_glob(args.images, "images")
+    masks = _sorted_glob(args.masks, "masks")
+    dataset = data.from_files(images, masks, num_classes=args.num_classes)
+    return dataset, args.num_classes, [str(i) for i in range(args.num_classes)]

@@ -1,0 +1,140 @@
+"""`alignseg train`: the paper's training recipe from the command line."""
+
+import math
+import os
+import sys
+
+PRECISIONS = {"float32": None, "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
+
+
+def add_parser(subparsers):
+    from alignseg_keras.cli.common import add_dataset_arguments
+
+    parser = subparsers.add_parser(
+        "train",
+        help="train AlignSeg",
+        description="Train AlignSeg with SGD, poly LR, deep supervision and optional OHEM. "
+        "Re-running the same command with the same --output-dir resumes after a crash or kill.",
+    )
+    add_dataset_arguments(parser)
+    model = parser.add_argument_group("model")
+    model.add_argument("--backbone", default="resnet101")
+    model.add_argument("--backbone-weights", choices=("imagenet",), default=None)
+    model.add_argument("--decoder-channels", type=int, default=256)
+    model.add_argument("--context-hidden-channels", type=int, default=None)
+    model.add_argument("--alignment", choices=("standard", "official"), default="standard")
+    train = parser.add_argument_group("training")
+    train.add_argument("--crop-size", type=int, nargs=2, default=(769, 769), metavar=("H", "W"))
+    train.add_argument("--scale-range", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"))
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--steps", type=int, default=40000, help="total optimizer steps")
+    train.add_argument("--checkpoint-every", type=int, default=1000,
+                       help="steps between checkpoints, logs and resumable backups")
+    train.add_argument("--lr", type=float, default=1e-2, help="base learning rate of the poly schedule")
+    train.add_argument("--warmup-steps", type=int, default=0)
+    train.add_argument("--weight-decay", type=float, default=1e-4)
+    train.add_argument("--aux-weight", type=float, default=0.4, help="deep-supervision loss weight")
+    train.add_argument("--ohem", action="store_true", help="OHEM cross-entropy")
+    train.add_argument("--ohem-threshold", type=float, default=0.7)
+    train.add_argument("--ohem-min-kept", type=int, default=100000)
+    train.add_argument("--precision", choices=sorted(PRECISIONS), default="float32",
+                       help="float16/bfloat16: mixed precision")
+    train.add_argument("--xla", action="store_true", help="compile training steps with XLA")
+    train.add_argument("--distribute", choices=("none", "mirrored", "multi_worker"), default="none",
+                       help="tf.distribute strategy; BatchNorm is synchronised across replicas")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--output-dir", default="runs/train")
+    parser.set_defaults(func=run)
+
+
+def _strategy(name):
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _build_model(args, num_classes):
+    from alignseg_keras import AlignSeg
+    from alignseg_keras.losses import OhemCrossEntropy
+
+    model = AlignSeg(
+        num_classes,
+        backbone=args.backbone,
+        backbone_weights=args.backbone_weights,
+        decoder_channels=args.decoder_channels,
+        context_hidden_channels=args.context_hidden_channels,
+        alignment=args.alignment,
+    )
+    loss = None
+    if args.ohem:
+        loss = OhemCrossEntropy(threshold=args.ohem_threshold, min_kept=args.ohem_min_kept)
+    model.compile(
+        loss=loss,
+        learning_rate=args.lr,
+        total_steps=args.steps,
+        warmup_steps=args.warmup_steps,
+        weight_decay=args.weight_decay,
+        aux_loss_weight=args.aux_weight,
+        jit_compile=args.xla,
+    )
+    return model
+
+
+def callbacks(output_dir):
+    """NaN detection, resumable backups, the latest model and TensorBoard logs."""
+    import keras
+
+    from alignseg_keras.callbacks import StopOnNaN
+
+    return [
+        StopOnNaN(),
+        keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
+        keras.callbacks.ModelCheckpoint(os.path.join(output_dir, "checkpoint.keras")),
+        keras.callbacks.TensorBoard(os.path.join(output_dir, "logs")),
+        keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv"), append=True),
+    ]
+
+
+def run(args):
+    import keras
+
+    from alignseg_keras.callbacks import NonFiniteLossError
+    from alignseg_keras.cli.common import load_dataset
+    from alignseg_keras.data import training_pipeline
+
+    if args.steps < 1 or args.checkpoint_every < 1 or args.batch_size < 1:
+        raise ValueError("--steps, --checkpoint-every and --batch-size must be positive.")
+    keras.utils.set_random_seed(args.seed)
+    if PRECISIONS[args.precision]:
+        keras.mixed_precision.set_global_policy(PRECISIONS[args.precision])
+    os.makedirs(args.output_dir, exist_ok=True)
+    dataset, num_classes, _ = load_dataset(args, "train")
+    strategy = _strategy(args.distribute)
+    batches = training_pipeline(
+        dataset,
+        crop_size=tuple(args.crop_size),
+        batch_size=args.batch_size,
+        scale_range=tuple(args.scale_range),
+        seed=args.seed,
+    )
+    with strategy.scope():
+        model = _build_model(args, num_classes)
+    epochs = math.ceil(args.steps / args.checkpoint_every)
+    try:
+        model.fit(
+            batches,
+            epochs=epochs,
+            steps_per_epoch=args.checkpoint_every,
+            callbacks=callbacks(args.output_dir),
+        )
+    except NonFiniteLossError as error:
+        print(error, file=sys.stderr)
+        return 1
+    path = os.path.join(args.output_dir, "model.keras")
+    model.save(path)
+    print(f"Saved the trained model to {path}")
+    return 0
