@@ -318,6 +318,9 @@ class AlignSeg(keras.Model):
                 x, batch_size, epochs, initial_epoch, steps_per_epoch, validation_split
             )
             resolve_poly_schedule(self.optimizer, steps)
+        if hasattr(x, "element_spec"):
+            # A tf.data pipeline shuffles itself; avoids Keras' warning about it.
+            kwargs.setdefault("shuffle", False)
         return super().fit(
             x,
             y,
