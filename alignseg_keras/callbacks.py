@@ -38,3 +38,23 @@ class StopOnNaN(keras.callbacks.Callback):
             "bfloat16 or float32). The checkpoints of the last good epoch are kept; "
             "training resumes from them when run again."
         )
+
+
+def training_callbacks(output_dir):
+    """The callbacks of a long training run, all writing under `output_dir`.
+
+    `StopOnNaN`; `keras.callbacks.BackupAndRestore` in `backup/` (rerunning the
+    same `fit` resumes from the last completed epoch after a crash or kill);
+    `ModelCheckpoint` to `checkpoint.keras` after every epoch; TensorBoard logs
+    in `logs/`; and `history.csv`. Use epochs as checkpoint intervals
+    (`steps_per_epoch` = steps between checkpoints).
+    """
+    import os
+
+    return [
+        StopOnNaN(),
+        keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
+        keras.callbacks.ModelCheckpoint(os.path.join(output_dir, "checkpoint.keras")),
+        keras.callbacks.TensorBoard(os.path.join(output_dir, "logs")),
+        keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv"), append=True),
+    ]

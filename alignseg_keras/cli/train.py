@@ -84,25 +84,11 @@ def _build_model(args, num_classes):
     return model
 
 
-def callbacks(output_dir):
-    """NaN detection, resumable backups, the latest model and TensorBoard logs."""
-    import keras
-
-    from alignseg_keras.callbacks import StopOnNaN
-
-    return [
-        StopOnNaN(),
-        keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
-        keras.callbacks.ModelCheckpoint(os.path.join(output_dir, "checkpoint.keras")),
-        keras.callbacks.TensorBoard(os.path.join(output_dir, "logs")),
-        keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv"), append=True),
-    ]
-
-
 def run(args):
     import keras
 
     from alignseg_keras.callbacks import NonFiniteLossError
+    from alignseg_keras.callbacks import training_callbacks
     from alignseg_keras.cli.common import load_dataset
     from alignseg_keras.data import training_pipeline
 
@@ -129,7 +115,7 @@ def run(args):
             batches,
             epochs=epochs,
             steps_per_epoch=args.checkpoint_every,
-            callbacks=callbacks(args.output_dir),
+            callbacks=training_callbacks(args.output_dir),
         )
     except NonFiniteLossError as error:
         print(error, file=sys.stderr)
