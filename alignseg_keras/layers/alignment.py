@@ -46,29 +46,85 @@ def bilinear_sample(features, y, x):
     """
     batch, in_h, in_w, channels = ops.shape(features)
     out_h, out_w = ops.shape(y)[1], ops.shape(y)[2]
-    table = ops.reshape(features, (-1, channels))
     # Positions beyond one pixel outside the map only see zeros; clipping them
     # keeps the integer conversion defined for any offset.
     y = ops.clip(y, -1.0, _as_float(in_h))
     x = ops.clip(x, -1.0, _as_float(in_w))
     y0 = ops.floor(y)
     x0 = ops.floor(x)
-    wy1, wx1 = y - y0, x - x0
+    index, valid = _tap_rows(batch, in_h, in_w, y0, x0)
+    output = _sample_rows(
+        ops.reshape(features, (-1, channels)),
+        index,
+        valid,
+        ops.reshape(y - y0, (-1,)),
+        ops.reshape(x - x0, (-1,)),
+    )
+    return ops.reshape(output, (batch, out_h, out_w, channels))
+
+
+def _tap_rows(batch, in_h, in_w, y0, x0):
+    """Table rows `(4, N)` of the taps (y0, x0), (y0, x0+1), (y0+1, x0), (y0+1, x0+1),
+    clipped into the map, and float32 masks `(4, N)` that are 0 for taps outside it."""
     y0 = ops.cast(y0, "int32")
     x0 = ops.cast(x0, "int32")
     base = ops.reshape(ops.arange(batch, dtype="int32") * (in_h * in_w), (-1, 1, 1))
-    output = None
-    for row, wy in ((y0, 1.0 - wy1), (y0 + 1, wy1)):
+    index, valid = [], []
+    for row in (y0, y0 + 1):
         row_valid = ops.logical_and(row >= 0, row < in_h)
         row_index = base + ops.clip(row, 0, in_h - 1) * in_w
-        for col, wx in ((x0, 1.0 - wx1), (x0 + 1, wx1)):
-            valid = ops.logical_and(row_valid, ops.logical_and(col >= 0, col < in_w))
-            index = row_index + ops.clip(col, 0, in_w - 1)
-            weight = wy * wx * ops.cast(valid, "float32")
-            rows = ops.take(table, ops.reshape(index, (-1,)), axis=0)
-            term = rows * ops.cast(ops.reshape(weight, (-1, 1)), rows.dtype)
-            output = term if output is None else output + term
-    return ops.reshape(output, (batch, out_h, out_w, channels))
+        for col in (x0, x0 + 1):
+            col_valid = ops.logical_and(col >= 0, col < in_w)
+            valid.append(ops.reshape(ops.logical_and(row_valid, col_valid), (-1,)))
+            index.append(ops.reshape(row_index + ops.clip(col, 0, in_w - 1), (-1,)))
+    return ops.stack(index), ops.cast(ops.stack(valid), "float32")
+
+
+def _tap_weights(valid, wy1, wx1):
+    """Bilinear weights `(4, N)` of the taps, and the row and column factors."""
+    wy = (1.0 - wy1, wy1)
+    wx = (1.0 - wx1, wx1)
+    weights = ops.stack([wy[i] * wx[j] for i in (0, 1) for j in (0, 1)]) * valid
+    return weights, wy, wx
+
+
+@ops.custom_gradient
+def _sample_rows(table, index, valid, wy1, wx1):
+    """`sum_t weight_t * table[index_t]` over the 4 taps, with a hand-written gradient.
+
+    Autodiff of the 4 gathers would keep 4 gathered copies of the output for
+    the backward pass and reduce over channels with slow row reductions; here
+    the feature gradient is one scatter of the 4 weighted upstream copies, and
+    the weight gradients are channel sums computed as matrix-vector products
+    (fast on every backend, also under XLA) from re-gathered rows.
+    """
+    weights, wy, wx = _tap_weights(valid, wy1, wx1)
+    output = None
+    for tap in range(4):
+        rows = ops.take(table, index[tap], axis=0)
+        term = rows * ops.cast(ops.expand_dims(weights[tap], -1), rows.dtype)
+        output = term if output is None else output + term
+
+    def grad(*args, upstream=None):
+        if upstream is None:
+            (upstream,) = args
+        channels = ops.shape(upstream)[-1]
+        updates = ops.cast(ops.expand_dims(weights, -1), upstream.dtype) * upstream
+        table_grad = ops.scatter(
+            ops.reshape(index, (-1, 1)), ops.reshape(updates, (-1, channels)), ops.shape(table)
+        )
+        ones = ops.ones((channels, 1), upstream.dtype)
+        # d output / d weight_t, summed over channels against the upstream gradient.
+        tap_grad = [
+            ops.cast(ops.matmul(ops.take(table, index[tap], axis=0) * upstream, ones), "float32")[:, 0]
+            * valid[tap]
+            for tap in range(4)
+        ]
+        wy1_grad = wx[0] * (tap_grad[2] - tap_grad[0]) + wx[1] * (tap_grad[3] - tap_grad[1])
+        wx1_grad = wy[0] * (tap_grad[1] - tap_grad[0]) + wy[1] * (tap_grad[3] - tap_grad[2])
+        return table_grad, None, None, wy1_grad, wx1_grad
+
+    return output, grad
 
 
 def _resize_taps(in_size, out_size, align_corners):
