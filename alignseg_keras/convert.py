@@ -1,0 +1,480 @@
+"""The authors' released PyTorch checkpoints (speedinghzl/AlignSeg) in Keras, and back.
+
+The authors' network (`networks/alignseg.py`) names its modules `conv1`,
+`layer3.22.conv2`, `RRB2a.residual.1`, `CAB3.delta_gen1.2`, `CAM.pool.3`,
+`dsn.0`, `head.3`, ...; `OFFICIAL_PRESETS` builds the same network in Keras and
+`official_weight_map` pairs every PyTorch tensor with its Keras variable:
+
+    PyTorch module            Keras layer
+    conv1, bn1, ...           conv1, bn1, ... (backbone)
+    layerS.B.convK / bnK      layerS_B_convK / layerS_B_bnK
+    layerS.B.downsample.0/1   layerS_B_downsample_0 / _1
+    RRBxy.unify               rcbxy/unify
+    RRBxy.residual.0/1/2      rcbxy/residual_reduce/conv, .../norm, rcbxy/residual_expand
+    RRBxy.norm                rcbxy/norm
+    CABx.delta_gen1.0/1/2     align_fax/low_resolution_offsets/hidden/conv, .../norm, .../offsets
+    CABx.delta_gen2.*         align_fax/high_resolution_offsets/*
+    CAM.pool.1/2/3/4          align_cm/context_reduce/conv, /norm, context_project/conv, /norm
+    CAM.adapt.0/1/2/3         align_cm/local_reduce/conv, /norm, local_project/conv, /norm
+    CAM.delta_gen.0/1/2       align_cm/offset_head/hidden/conv, .../norm, .../offsets
+    head.0/1/3, dsn.0/1/3     head/hidden/conv, /norm, head/classifier (dsn: auxiliary_head)
+
+Convolution weights go from PyTorch's (out, in, kh, kw) to Keras' (kh, kw, in,
+out); BatchNorm (and InPlaceABN) `weight`, `bias`, `running_mean` and
+`running_var` become `gamma`, `beta`, `moving_mean` and `moving_variance`;
+`num_batches_tracked` carries no information for inference and is ignored.
+"""
+
+import os
+
+import keras
+import numpy as np
+
+OFFICIAL_PRESETS = {
+    50: "alignseg_resnet50_official",
+    101: "alignseg_resnet101_official",
+}
+# Bottleneck blocks per stage of the deep-stem ResNets.
+STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+BACKBONE_DEPTHS = {"resnet50_deepstem": 50, "resnet101_deepstem": 101}
+
+CONV = (("weight", "kernel"),)
+CONV_WITH_BIAS = (("weight", "kernel"), ("bias", "bias"))
+NORM = (
+    ("weight", "gamma"),
+    ("bias", "beta"),
+    ("running_mean", "moving_mean"),
+    ("running_var", "moving_variance"),
+)
+# Counts training batches in PyTorch's BatchNorm; no Keras counterpart.
+BATCH_COUNTER = "num_batches_tracked"
+CLASSIFIERS = ("head.3", "dsn.3")
+TORCH_INSTALL_HINT = (
+    "Reading a PyTorch checkpoint needs PyTorch: `pip install alignseg-keras[torch]` "
+    "(or `pip install torch`), or pass a dict of NumPy arrays instead."
+)
+
+
+def _backbone_modules(stage_blocks):
+    """(PyTorch module, Keras layer, parameters) of the deep-stem ResNet."""
+    modules = []
+    for index in (1, 2, 3):
+        modules += [(f"conv{index}", f"conv{index}", CONV), (f"bn{index}", f"bn{index}", NORM)]
+    for stage, blocks in enumerate(stage_blocks, start=1):
+        for block in range(blocks):
+            prefix = f"layer{stage}.{block}"
+            for index in (1, 2, 3):
+                for kind, params in (("conv", CONV), ("bn", NORM)):
+                    name = f"{prefix}.{kind}{index}"
+                    modules.append((name, name.replace(".", "_"), params))
+            if block == 0:
+                for index, params in ((0, CONV), (1, NORM)):
+                    name = f"{prefix}.downsample.{index}"
+                    modules.append((name, name.replace(".", "_"), params))
+    return modules
+
+
+def _residual_block_modules(official, keras_name):
+    """The code's `RRB` and the Keras `ResidualConvBlock`."""
+    return [
+        (f"{official}.unify", f"{keras_name}/unify", CONV),
+        (f"{official}.residual.0", f"{keras_name}/residual_reduce/conv", CONV),
+        (f"{official}.residual.1", f"{keras_name}/residual_reduce/norm", NORM),
+        (f"{official}.residual.2", f"{keras_name}/residual_expand", CONV),
+        (f"{official}.norm", f"{keras_name}/norm", NORM),
+    ]
+
+
+def _offset_head_modules(official, keras_name):
+    """The code's `delta_gen` (conv, ABN, conv) and the Keras `OffsetHead`."""
+    return [
+        (f"{official}.0", f"{keras_name}/hidden/conv", CONV),
+        (f"{official}.1", f"{keras_name}/hidden/norm", NORM),
+        (f"{official}.2", f"{keras_name}/offsets", CONV),
+    ]
+
+
+def _conv_norm_pair(official, conv_index, keras_name):
+    """A conv at `official.i` and its ABN at `official.(i+1)`: a `ConvNormActivation`."""
+    return [
+        (f"{official}.{conv_index}", f"{keras_name}/conv", CONV),
+        (f"{official}.{conv_index + 1}", f"{keras_name}/norm", NORM),
+    ]
+
+
+def _context_modules():
+    """The code's `CAM` and the Keras `AlignCM` (index 0 of `CAM.pool` is the pooling)."""
+    return (
+        _conv_norm_pair("CAM.pool", 1, "align_cm/context_reduce")
+        + _conv_norm_pair("CAM.pool", 3, "align_cm/context_project")
+        + _conv_norm_pair("CAM.adapt", 0, "align_cm/local_reduce")
+        + _conv_norm_pair("CAM.adapt", 2, "align_cm/local_project")
+        + _offset_head_modules("CAM.delta_gen", "align_cm/offset_head")
+    )
+
+
+def _head_modules(official, keras_name):
+    """The code's `head` / `dsn` (conv, ABN, dropout, conv) and `SegmentationHead`."""
+    return [
+        (f"{official}.0", f"{keras_name}/hidden/conv", CONV_WITH_BIAS),
+        (f"{official}.1", f"{keras_name}/hidden/norm", NORM),
+        (f"{official}.3", f"{keras_name}/classifier", CONV_WITH_BIAS),
+    ]
+
+
+def official_module_map(depth=101):
+    """Every parametrised module of the authors' network and its Keras layer.
+
+    Args:
+        depth: 50 or 101, the backbone's depth.
+
+    Returns:
+        A list of `(pytorch_module, keras_layer_path, parameters)` in the order
+        of the authors' `state_dict`; `parameters` pairs PyTorch parameter names
+        with Keras variable names.
+
+    Example:
+    ```python
+    modules = official_module_map(101)
+    # ("RRB2a.residual.1", "rcb2a/residual_reduce/norm", NORM) is among them.
+    ```
+    """
+    modules = _backbone_modules(_stage_blocks(depth)) + _context_modules()
+    for stage in (5, 4, 3, 2):
+        modules += _residual_block_modules(f"RRB{stage}a", f"rcb{stage}a")
+        for offsets, keras_name in (("delta_gen1", "low"), ("delta_gen2", "high")):
+            modules += _offset_head_modules(
+                f"CAB{stage}.{offsets}", f"align_fa{stage}/{keras_name}_resolution_offsets"
+            )
+        modules += _residual_block_modules(f"RRB{stage}b", f"rcb{stage}b")
+    modules += _residual_block_modules("RRB1a", "rcb1a")
+    return modules + _head_modules("dsn", "auxiliary_head") + _head_modules("head", "head")
+
+
+def official_weight_map(depth=101):
+    """PyTorch tensor name -> Keras variable path, in the authors' `state_dict` order.
+
+    `num_batches_tracked` entries are left out (they have no Keras counterpart).
+
+    Example:
+    ```python
+    official_weight_map(101)["CAB3.delta_gen1.2.weight"]
+    # 'align_fa3/low_resolution_offsets/offsets/kernel'
+    ```
+    """
+    return {
+        f"{module}.{torch_name}": f"{layer}/{keras_name}"
+        for module, layer, params in official_module_map(depth)
+        for torch_name, keras_name in params
+    }
+
+
+def _batch_counters(depth):
+    """The `num_batches_tracked` names of every BatchNorm of the authors' network."""
+    return [
+        f"{module}.{BATCH_COUNTER}"
+        for module, _, params in official_module_map(depth)
+        if params is NORM
+    ]
+
+
+def _stage_blocks(depth):
+    if depth not in STAGE_BLOCKS:
+        raise ValueError(f"The authors' backbone is ResNet-50 or -101; received depth={depth!r}.")
+    return STAGE_BLOCKS[depth]
+
+
+KERAS_TO_TORCH_AXES = (3, 2, 0, 1)  # conv kernels: (kh, kw, in, out) -> (out, in, kh, kw)
+TORCH_TO_KERAS_AXES = (2, 3, 1, 0)
+
+
+def _is_conv_weight(name, shape):
+    return name.endswith(".weight") and len(shape) == 4
+
+
+def torch_to_keras(name, array):
+    """Converts one PyTorch tensor (NumPy) to its Keras layout: conv OIHW -> HWIO."""
+    array = np.asarray(array)
+    return array.transpose(TORCH_TO_KERAS_AXES) if _is_conv_weight(name, array.shape) else array
+
+
+def keras_to_torch(name, array):
+    """Converts one Keras variable (NumPy) to the PyTorch layout: conv HWIO -> OIHW."""
+    array = np.asarray(array)
+    return array.transpose(KERAS_TO_TORCH_AXES) if _is_conv_weight(name, array.shape) else array
+
+
+def torch_shape(name, keras_shape):
+    """The PyTorch shape of the tensor `name` whose Keras variable has `keras_shape`."""
+    keras_shape = tuple(int(size) for size in keras_shape)
+    if _is_conv_weight(name, keras_shape):
+        return tuple(keras_shape[axis] for axis in KERAS_TO_TORCH_AXES)
+    return keras_shape
+
+
+def _to_numpy(value):
+    """A NumPy array from a NumPy array, a list or a (CPU or GPU) torch tensor."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu()
+        if value.is_floating_point():
+            value = value.float()
+        return value.numpy()
+    return np.asarray(value)
+
+
+def _torch_load(path):
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError(TORCH_INSTALL_HINT) from error
+    # weights_only=True: tensors and plain containers only, never arbitrary code.
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_state_dict(source):
+    """Reads a checkpoint into a dict of name -> NumPy array.
+
+    Args:
+        source: a path to a PyTorch `.pth`/`.pt` file (read with
+            `torch.load(..., weights_only=True)`) or an `.npz` file, or a dict
+            of name -> NumPy array or torch tensor. A checkpoint that wraps its
+            weights in `{"state_dict": ...}` or `{"model": ...}` is unwrapped,
+            and a `module.` prefix (DistributedDataParallel) is removed.
+
+    Example:
+    ```python
+    state = read_state_dict("CS_scenes_60000.pth")
+    state["head.3.weight"].shape  # (19, 256, 1, 1)
+    ```
+    """
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No checkpoint file at {path!r}.")
+        if path.endswith(".npz"):
+            with np.load(path) as archive:
+                source = {name: archive[name] for name in archive.files}
+        else:
+            source = _torch_load(path)
+    if not isinstance(source, dict):
+        raise ValueError(
+            "A checkpoint must be a path or a dict of name -> array; "
+            f"received {type(source).__name__}."
+        )
+    for wrapper in ("state_dict", "model"):
+        if isinstance(source.get(wrapper), dict):
+            source = source[wrapper]
+            break
+    if source and all(str(name).startswith("module.") for name in source):
+        source = {name[len("module."):]: value for name, value in source.items()}
+    return {str(name): _to_numpy(value) for name, value in source.items()}
+
+
+def infer_depth(state_dict):
+    """50 or 101 from the number of `layer3` blocks; None when it cannot be told."""
+    blocks = {name.split(".")[1] for name in state_dict if name.startswith("layer3.")}
+    count = len(blocks)
+    return next((depth for depth, stages in STAGE_BLOCKS.items() if stages[2] == count), None)
+
+
+def infer_num_classes(state_dict):
+    """The number of classes from `head.3.weight`; None when it is absent."""
+    weight = state_dict.get("head.3.weight")
+    return None if weight is None or weight.ndim < 1 else int(weight.shape[0])
+
+
+def _model_variables(model):
+    variables = {}
+    for variable in model.weights:
+        if variable.path in variables:
+            raise ValueError(
+                f"The model has two variables at {variable.path!r}; it is not an "
+                "AlignSeg official configuration."
+            )
+        variables[variable.path] = variable
+    return variables
+
+
+def _check_model_covered(weight_map, variables, preset):
+    uncovered = sorted(set(variables) - set(weight_map.values()))
+    absent = sorted(set(weight_map.values()) - set(variables))
+    if uncovered or absent:
+        raise ValueError(
+            f"The model is not the authors' network ({preset}): "
+            + "; ".join(
+                f"{label}: {', '.join(paths)}"
+                for label, paths in (
+                    ("Keras weights with no PyTorch counterpart", uncovered),
+                    ("Keras weights the mapping expects but the model lacks", absent),
+                )
+                if paths
+            )
+        )
+
+
+def _mismatch_report(state_dict, expected_shapes, optional):
+    """Missing, unexpected and mis-shaped names, formatted; None when all match."""
+    missing = [name for name in expected_shapes if name not in state_dict]
+    unexpected = [
+        name for name in state_dict if name not in expected_shapes and name not in optional
+    ]
+    wrong_shape = [
+        f"{name}: checkpoint {tuple(state_dict[name].shape)}, expected {shape}"
+        for name, shape in expected_shapes.items()
+        if name in state_dict and tuple(state_dict[name].shape) != shape
+    ]
+    sections = [
+        f"{label} ({len(items)}):\n    " + "\n    ".join(items)
+        for label, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("wrong shape", wrong_shape),
+        )
+        if items
+    ]
+    return "\n  ".join(sections) if sections else None
+
+
+def load_official_checkpoint(source, num_classes=None, preset=None, **model_kwargs):
+    """Builds the authors' AlignSeg and loads one of their PyTorch checkpoints.
+
+    The model is `AlignSeg.from_preset(preset)`, the exact network of the
+    authors' code (deep-stem ResNet, InPlaceABN as BN + LeakyReLU(0.01), their
+    legacy sampler, BGR input minus their mean): in inference mode it returns
+    the same logits as their PyTorch model. Loading is strict (see
+    `load_official_weights`).
+
+    Args:
+        source: a `.pth` path (needs PyTorch; read with `weights_only=True`),
+            an `.npz` path, or a dict of name -> NumPy array or torch tensor.
+            A `module.` prefix (DistributedDataParallel) is removed.
+        num_classes: int or None. None takes it from the checkpoint
+            (`head.3.weight`). A different number keeps every pretrained weight
+            but the two 1x1 classifiers (`head.3`, `dsn.3`), which stay freshly
+            initialised: the starting point for fine-tuning on other classes.
+        preset: `"alignseg_resnet101_official"`, `"alignseg_resnet50_official"`,
+            or None to tell the depth from the checkpoint's `layer3` blocks.
+        **model_kwargs: `AlignSeg` arguments overriding the preset, e.g.
+            `pad_to_multiple=32` or, for fine-tuning, `alignment="standard"`.
+            Arguments that change the weights' shapes make loading fail.
+
+    Returns:
+        An `AlignSeg` model with the checkpoint's weights.
+
+    Raises:
+        ImportError: a `.pth` file and no PyTorch.
+        ValueError: the checkpoint does not match the network.
+
+    Example:
+    ```python
+    model = load_official_checkpoint("CS_scenes_60000.pth")
+    logits = model.predict(rgb_images)  # (B, H, W, 19)
+    ```
+    """
+    from alignseg_keras.models.alignseg import AlignSeg
+
+    state_dict = read_state_dict(source)
+    if preset is None:
+        preset = OFFICIAL_PRESETS[infer_depth(state_dict) or 101]
+    if preset not in OFFICIAL_PRESETS.values():
+        raise ValueError(
+            f"`preset` must be one of {sorted(OFFICIAL_PRESETS.values())}; received {preset!r}."
+        )
+    checkpoint_classes = infer_num_classes(state_dict)
+    new_classifiers = num_classes is not None and checkpoint_classes not in (None, num_classes)
+    if num_classes is None:
+        num_classes = checkpoint_classes or 19
+    model = AlignSeg.from_preset(preset, num_classes=num_classes, **model_kwargs)
+    load_official_weights(model, state_dict, skip_classifiers=new_classifiers)
+    return model
+
+
+def load_official_weights(model, source, skip_classifiers=False):
+    """Loads the authors' tensors into an AlignSeg of an official configuration, in place.
+
+    Strict: every tensor the model needs must be present with the right shape,
+    and nothing else may be (`num_batches_tracked` is optional); all missing,
+    unexpected and mis-shaped names are listed in one error, and no weight is
+    changed when there is one.
+
+    Args:
+        model: an `AlignSeg` with the authors' backbone (`resnet50_deepstem` or
+            `resnet101_deepstem`), e.g. from an official preset.
+        source: a checkpoint path or dict, as for `read_state_dict`.
+        skip_classifiers: bool, leave the two 1x1 classifiers (`head.3`,
+            `dsn.3`) as they are and ignore them in the checkpoint, to start
+            fine-tuning on other classes.
+
+    Example:
+    ```python
+    model = AlignSeg.from_preset("alignseg_resnet101_official", num_classes=19)
+    load_official_weights(model, "CS_scenes_60000.pth")
+    ```
+    """
+    state_dict = read_state_dict(source)
+    depth = _model_depth(model)
+    weight_map = official_weight_map(depth)
+    variables = _model_variables(model)
+    _check_model_covered(weight_map, variables, OFFICIAL_PRESETS[depth])
+    if skip_classifiers:
+        skipped = {name for name in state_dict if name.rsplit(".", 1)[0] in CLASSIFIERS}
+        skipped |= {name for name in weight_map if name.rsplit(".", 1)[0] in CLASSIFIERS}
+        weight_map = {name: path for name, path in weight_map.items() if name not in skipped}
+        state_dict = {name: value for name, value in state_dict.items() if name not in skipped}
+    expected_shapes = {
+        name: torch_shape(name, variables[path].shape) for name, path in weight_map.items()
+    }
+    report = _mismatch_report(state_dict, expected_shapes, set(_batch_counters(depth)))
+    if report:
+        raise ValueError(
+            f"The checkpoint does not match {OFFICIAL_PRESETS[depth]} with "
+            f"{model.num_classes} classes:\n  {report}"
+        )
+    for name, path in weight_map.items():
+        variable = variables[path]
+        variable.assign(torch_to_keras(name, state_dict[name]).astype(variable.dtype))
+
+
+def _model_depth(model):
+    depth = BACKBONE_DEPTHS.get(getattr(model, "backbone_name", None))
+    if depth is None:
+        raise ValueError(
+            "Only AlignSeg models with the authors' backbone (resnet50_deepstem or "
+            "resnet101_deepstem) match their checkpoints; received backbone "
+            f"{getattr(model, 'backbone_name', None)!r}."
+        )
+    return depth
+
+
+def export_official_state_dict(model):
+    """The weights of an official-configuration AlignSeg with the authors' names.
+
+    The inverse of `load_official_checkpoint`: a dict of name -> NumPy array in
+    PyTorch layout, in the order of the authors' `state_dict`, with every key
+    of it (`num_batches_tracked` set to 0), so that
+    `torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})`
+    loads it strictly.
+
+    Args:
+        model: an `AlignSeg` built from an official preset (deep-stem backbone).
+
+    Example:
+    ```python
+    state = export_official_state_dict(model)
+    state["head.3.weight"].shape  # (19, 256, 1, 1)
+    ```
+    """
+    depth = _model_depth(model)
+    weight_map = official_weight_map(depth)
+    variables = _model_variables(model)
+    _check_model_covered(weight_map, variables, OFFICIAL_PRESETS[depth])
+    counters = set(_batch_counters(depth))
+    state = {}
+    for module, _, params in official_module_map(depth):
+        for torch_name, _ in params:
+            name = f"{module}.{torch_name}"
+            value = keras.ops.convert_to_numpy(variables[weight_map[name]])
+            state[name] = keras_to_torch(name, value)
+        if f"{module}.{BATCH_COUNTER}" in counters:
+            state[f"{module}.{BATCH_COUNTER}"] = np.array(0, dtype="int64")
+    return state
