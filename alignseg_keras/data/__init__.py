@@ -1,0 +1,19 @@
+"""Datasets (Cityscapes, ADE20K, your own files, synthetic scenes) and the
+`tf.data` augmentation pipeline. Every reader yields `(image uint8 (H, W, 3),
+mask uint8 (H, W))` with train ids and 255 for ignore."""
+
+from alignseg_keras.data.ade20k import ADE20K_NUM_CLASSES
+from alignseg_keras.data.ade20k import load_ade20k
+from alignseg_keras.data.augment import PHOTOMETRIC_DEFAULTS
+from alignseg_keras.data.augment import evaluation_pipeline
+from alignseg_keras.data.augment import training_pipeline
+from alignseg_keras.data.cityscapes import CITYSCAPES_CLASSES
+from alignseg_keras.data.cityscapes import CITYSCAPES_COLORS
+from alignseg_keras.data.cityscapes import cityscapes_to_train_ids
+from alignseg_keras.data.cityscapes import load_cityscapes
+from alignseg_keras.data.files import from_files
+from alignseg_keras.data.synthetic import SYNTHETIC_CLASSES
+from alignseg_keras.data.synthetic import SYNTHETIC_COLORS
+from alignseg_keras.data.synthetic import synthetic_scene_arrays
+from alignseg_keras.data.synthetic import synthetic_scenes
+from alignseg_keras.data.validation import IGNORE_INDEX

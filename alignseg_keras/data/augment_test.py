@@ -1,0 +1,176 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alignseg_keras.data import augment
+
+FILL = (123.675, 116.28, 103.53)
+# Class c is painted with PALETTE[c]; none equals FILL.
+PALETTE = np.array([[10 + 30 * c, 220 - 25 * c, (60 + 70 * c) % 250] for c in range(6)], np.float32)
+
+
+def block_scenes(count=4, size=(48, 64), block=8, seed=0):
+    """Masks made of `block`-sized squares of classes 0..5; images = PALETTE[mask]."""
+    rng = np.random.default_rng(seed)
+    grid = rng.integers(0, len(PALETTE), (count, size[0] // block, size[1] // block))
+    masks = np.repeat(np.repeat(grid, block, axis=1), block, axis=2).astype(np.uint8)
+    images = PALETTE[masks].astype(np.uint8)
+    return tf.data.Dataset.from_tensor_slices((images, masks))
+
+
+def take(dataset, batches):
+    pairs = [(x.numpy(), y.numpy()) for x, y in dataset.take(batches)]
+    return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+
+
+def interior(masks, radius=2):
+    """Pixels whose (2r+1)^2 neighbourhood lies in the crop and holds one label (not 255)."""
+    padded = np.pad(masks, ((0, 0), (radius, radius), (radius, radius)), constant_values=-1)
+    height, width = masks.shape[1:]
+    same = np.ones(masks.shape, bool)
+    for dy in range(2 * radius + 1):
+        for dx in range(2 * radius + 1):
+            same &= padded[:, dy : dy + height, dx : dx + width] == masks
+    return same & (masks != 255)
+
+
+def pipeline(dataset, **kwargs):
+    args = dict(crop_size=(40, 56), batch_size=4, scale_range=(0.5, 2.0), seed=0, shuffle=4)
+    return augment.training_pipeline(dataset, **{**args, **kwargs})
+
+
+def test_output_shapes_and_dtypes():
+    images, masks = take(pipeline(block_scenes()), 1)
+    assert images.shape == (4, 40, 56, 3) and images.dtype == np.float32
+    assert masks.shape == (4, 40, 56) and masks.dtype == np.int32
+
+
+def test_masks_stay_aligned_with_images():
+    images, masks = take(pipeline(block_scenes(), photometric=False), 6)
+    inside = interior(masks)
+    assert inside.mean() > 0.3
+    np.testing.assert_allclose(images[inside], PALETTE[masks[inside]], atol=0.5)
+
+
+def test_padding_is_mean_and_ignore():
+    # Scales below 1 make 48x64 images smaller than the 40x56 crop.
+    images, masks = take(pipeline(block_scenes(), scale_range=(0.3, 0.6)), 3)
+    padding = masks == 255
+    assert padding.any()
+    np.testing.assert_allclose(images[padding], np.broadcast_to(FILL, images[padding].shape), atol=1e-4)
+    # The padding is at the bottom and right only (then possibly flipped).
+    assert padding[:, -1].all()
+
+
+def test_nearest_neighbour_masks_hold_only_input_values():
+    _, masks = take(pipeline(block_scenes(), scale_range=(0.37, 1.93)), 6)
+    assert set(np.unique(masks)) <= set(range(len(PALETTE))) | {255}
+
+
+def test_scale_step_draws_from_the_grid():
+    dataset = block_scenes(count=1, size=(40, 40), block=8)
+    kwargs = dict(crop_size=(80, 80), batch_size=1, flip=False, scale_range=(1.0, 2.0), scale_step=0.5)
+    _, masks = take(pipeline(dataset, **kwargs), 12)
+    heights = (masks != 255).any(axis=2).sum(axis=1)
+    assert set(heights) <= {40, 60, 80} and len(set(heights)) > 1
+
+
+def test_same_seed_reproduces_and_other_seed_differs():
+    kwargs = dict(photometric=True)
+    first = take(pipeline(block_scenes(), seed=7, **kwargs), 3)
+    again = take(pipeline(block_scenes(), seed=7, **kwargs), 3)
+    other = take(pipeline(block_scenes(), seed=8, **kwargs), 3)
+    np.testing.assert_array_equal(first[0], again[0])
+    np.testing.assert_array_equal(first[1], again[1])
+    assert not np.array_equal(first[1], other[1])
+
+
+def test_flip_mirrors_image_and_mask_together():
+    dataset = block_scenes(count=1, size=(32, 48))
+    original_image, original_mask = next(iter(dataset))
+    kwargs = dict(crop_size=(32, 48), batch_size=8, scale_range=(1.0, 1.0), shuffle=0)
+    images, masks = take(pipeline(dataset, **kwargs), 2)
+    flipped = np.array([np.array_equal(mask, original_mask[:, ::-1]) for mask in masks])
+    kept = np.array([np.array_equal(mask, original_mask) for mask in masks])
+    assert (flipped | kept).all() and flipped.any() and kept.any()
+    np.testing.assert_array_equal(images[flipped], np.broadcast_to(original_image.numpy()[:, ::-1], images[flipped].shape))
+    np.testing.assert_array_equal(images[kept], np.broadcast_to(original_image.numpy(), images[kept].shape))
+
+
+def test_no_flip_keeps_orientation():
+    dataset = block_scenes(count=1, size=(32, 48))
+    _, original_mask = next(iter(dataset))
+    kwargs = dict(crop_size=(32, 48), batch_size=4, scale_range=(1.0, 1.0), flip=False, shuffle=0)
+    _, masks = take(pipeline(dataset, **kwargs), 2)
+    assert all(np.array_equal(mask, original_mask) for mask in masks)
+
+
+def test_photometric_changes_images_only():
+    plain = take(pipeline(block_scenes(), seed=3), 2)
+    jittered = take(pipeline(block_scenes(), seed=3, photometric=True), 2)
+    np.testing.assert_array_equal(plain[1], jittered[1])
+    assert np.abs(plain[0] - jittered[0]).mean() > 1.0
+    assert jittered[0].min() >= 0 and jittered[0].max() <= 255
+    # Padding stays the mean.
+    padding = jittered[1] == 255
+    np.testing.assert_allclose(jittered[0][padding], np.broadcast_to(FILL, jittered[0][padding].shape), atol=1e-4)
+
+
+def test_photometric_dict_selects_jitters():
+    plain = take(pipeline(block_scenes(), seed=3), 1)[0]
+    brighter = take(pipeline(block_scenes(), seed=3, photometric={"brightness": 60.0}), 1)[0]
+    valid = plain != np.float32(FILL[0])
+    delta = (brighter - plain)[:, :, :, 0][valid[..., 0]]
+    assert np.abs(delta).max() > 1.0
+
+
+def test_masks_with_a_channel_axis_are_accepted():
+    images, masks = next(iter(block_scenes(count=2)))
+    dataset = tf.data.Dataset.from_tensors((images, masks[..., None]))
+    batch = next(iter(augment.evaluation_pipeline(dataset)))
+    assert batch[1].shape == (1, 48, 64)
+
+
+def test_evaluation_pipeline_batches_without_changes():
+    dataset = block_scenes(count=3)
+    images, masks = take(augment.evaluation_pipeline(dataset, batch_size=2), 2)
+    expected = [(x.numpy(), y.numpy()) for x, y in dataset]
+    assert images.dtype == np.float32 and masks.dtype == np.int32
+    np.testing.assert_array_equal(images, np.stack([e[0] for e in expected]).astype(np.float32))
+    np.testing.assert_array_equal(masks, np.stack([e[1] for e in expected]))
+
+
+def test_finite_pipeline_without_repeat():
+    batches = list(pipeline(block_scenes(count=6), repeat=False, batch_size=4))
+    assert len(batches) == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(crop_size=(0, 10)), "crop_size"),
+        (dict(crop_size=64), "crop_size"),
+        (dict(scale_range=(2.0, 0.5)), "scale_range"),
+        (dict(scale_range=(0.0, 1.0)), "scale_range"),
+        (dict(scale_step=-0.1), "scale_step"),
+        (dict(photometric={"blur": 1.0}), "photometric"),
+        (dict(fill_mean=(1.0, 2.0)), "fill_mean"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(ignore_index=300), "ignore_index"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pipeline(block_scenes(count=1), **kwargs)
+
+
+def test_bad_datasets():
+    images, masks = block_scenes(count=2).batch(2).get_single_element()
+    with pytest.raises(ValueError, match="unbatched"):
+        augment.training_pipeline(tf.data.Dataset.from_tensors((images, masks)))
+    with pytest.raises(ValueError, match="pairs"):
+        augment.evaluation_pipeline(tf.data.Dataset.from_tensors(images))
+    with pytest.raises(ValueError, match="tf.data.Dataset"):
+        augment.evaluation_pipeline((images, masks))
+    with pytest.raises(ValueError, match="masks"):
+        augment.evaluation_pipeline(tf.data.Dataset.from_tensors((images[0], images[0])))

@@ -1,0 +1,83 @@
+"""Reading image and label files into NumPy arrays (Pillow), with clear errors.
+
+Label maps are read with Pillow rather than `tf.io.decode_png` because
+palette PNGs (Pascal VOC style) must yield their palette indices, not the
+palette colours, and because every error here can name the file it concerns.
+"""
+
+import numpy as np
+from PIL import Image
+
+from alignseg_keras.data.validation import IGNORE_INDEX
+from alignseg_keras.data.validation import check_label_values
+from alignseg_keras.data.validation import check_same_size
+
+# Pillow modes that hold one class id per pixel.
+LABEL_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L")
+
+
+def _open(path, description):
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"Cannot read {description} '{path}': {error}") from None
+    return image
+
+
+def read_image(path):
+    """Reads an image file (PNG, JPEG, ...) as uint8 RGB `(H, W, 3)`.
+
+    Example:
+    ```python
+    image = read_image("leftImg8bit/val/lindau/lindau_000000_000019_leftImg8bit.png")
+    ```
+    """
+    with _open(path, "image file") as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def read_label_map(path):
+    """Reads a single-channel label file (8-bit, palette or 16-bit PNG) as an
+    integer array `(H, W)` of the stored values (palette indices for palette PNGs).
+
+    Example:
+    ```python
+    label_ids = read_label_map("gtFine/val/lindau/lindau_000000_000019_gtFine_labelIds.png")
+    ```
+    """
+    with _open(path, "label file") as label:
+        if label.mode not in LABEL_MODES:
+            raise ValueError(
+                f"Label file '{path}' has Pillow mode {label.mode!r} "
+                f"({len(label.getbands())} channel(s)); expected one class id per pixel "
+                "(an 8-bit, palette or 16-bit single-channel PNG), not a colour image."
+            )
+        return np.asarray(label).astype(np.int64)
+
+
+def read_example(image_path, mask_path, mapping=None, num_classes=None):
+    """Reads an image and its label file and returns validated train ids.
+
+    Args:
+        image_path: image file.
+        mask_path: label file, or None for an unlabelled image (every pixel 255).
+        mapping: a `LabelMapping` from stored values to train ids, or None.
+        num_classes: int or None, train ids must be below it (or 255).
+
+    Returns:
+        `(image uint8 (H, W, 3), mask uint8 (H, W))`.
+
+    Example:
+    ```python
+    image, mask = read_example("a.jpg", "a.png", num_classes=150)
+    ```
+    """
+    image = read_image(image_path)
+    if mask_path is None:
+        return image, np.full(image.shape[:2], IGNORE_INDEX, np.uint8)
+    values = read_label_map(mask_path)
+    check_same_size(image.shape, values.shape, image_path, mask_path)
+    mask = values if mapping is None else mapping(values, mask_path)
+    check_label_values(mask, num_classes, f"Label file '{mask_path}'", mapped=mapping is not None)
+    return image, mask.astype(np.uint8)

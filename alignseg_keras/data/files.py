@@ -1,0 +1,119 @@
+"""`tf.data` datasets of (image, mask) pairs read from files, and `from_files`."""
+
+import os
+
+import tensorflow as tf
+
+from alignseg_keras.data.decoding import read_example
+from alignseg_keras.data.labels import label_mapping
+from alignseg_keras.data.validation import require_files
+
+# Stands for "no label file" in the path tensor: the mask is all ignore (255).
+UNLABELLED = ""
+
+
+def _reader(mapping, num_classes):
+    def read(image_path, mask_path):
+        mask_path = os.fsdecode(mask_path)
+        return read_example(
+            os.fsdecode(image_path), mask_path or None, mapping, num_classes
+        )
+
+    return read
+
+
+def paired_dataset(image_paths, mask_paths, mapping=None, num_classes=None,
+                   shuffle_files=False, seed=None):
+    """A dataset that reads and validates `(image, mask)` files in parallel.
+
+    Files are decoded by Pillow inside `tf.numpy_function`, so that a bad file
+    fails with a message naming it (surfacing as a `tf.errors.OpError` whose
+    message holds the `ValueError` text).
+
+    Args:
+        image_paths: list of image files.
+        mask_paths: list of label files (same length), or None for unlabelled
+            images whose masks are all 255.
+        mapping: a `LabelMapping` from stored values to train ids, or None.
+        num_classes: int or None, train ids must be below it (or 255).
+        shuffle_files: bool, shuffle the file order on every iteration
+            (cheaper than shuffling decoded images).
+        seed: int or None, seed of the file shuffle.
+
+    Returns:
+        A dataset of `(image uint8 (H, W, 3), mask uint8 (H, W))`.
+
+    Example:
+    ```python
+    dataset = paired_dataset(["a.jpg"], ["a.png"], num_classes=150)
+    ```
+    """
+    image_paths = [os.fspath(path) for path in image_paths]
+    if mask_paths is None:
+        mask_paths = [UNLABELLED] * len(image_paths)
+    mask_paths = [os.fspath(path) for path in mask_paths]
+    dataset = tf.data.Dataset.from_tensor_slices((image_paths, mask_paths))
+    if shuffle_files:
+        dataset = dataset.shuffle(len(image_paths), seed=seed, reshuffle_each_iteration=True)
+    read = _reader(mapping, num_classes)
+
+    def decode(image_path, mask_path):
+        image, mask = tf.numpy_function(
+            read, [image_path, mask_path], (tf.uint8, tf.uint8), stateful=False
+        )
+        return tf.ensure_shape(image, (None, None, 3)), tf.ensure_shape(mask, (None, None))
+
+    return dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def from_files(image_paths, mask_paths, num_classes=None, label_map=None,
+               shuffle_files=False, seed=None):
+    """A segmentation dataset from your own image and label files.
+
+    Images may be PNG, JPEG or anything Pillow reads (converted to RGB); label
+    files must hold one class id per pixel (8-bit, palette or 16-bit PNG; a
+    palette PNG gives its palette indices). Every label map must have its
+    image's size and, after `label_map`, values in [0, num_classes) or 255.
+
+    Args:
+        image_paths: list of image files.
+        mask_paths: list of label files, one per image in the same order, or
+            None for unlabelled images (masks all 255, for prediction).
+        num_classes: int or None; labels must be below it (or 255). None
+            checks only that labels fit in 0..255: pass it to catch bad labels.
+        label_map: None, a dict `{stored value: train id}` (values not listed
+            become 255), or a 1-D integer lookup array `label_map[stored]`
+            (values beyond its end are an error).
+        shuffle_files: bool, shuffle the file order on every iteration.
+        seed: int or None, seed of the file shuffle.
+
+    Returns:
+        A `tf.data.Dataset` of `(image uint8 (H, W, 3), mask uint8 (H, W))`.
+
+    Raises:
+        FileNotFoundError: an image or label file does not exist.
+        ValueError: the lists differ in length or are empty, or `label_map` or
+            `num_classes` is invalid. Unreadable files, size mismatches and
+            out-of-range labels raise, while iterating, a `tf.errors.OpError`
+            whose message names the file and the value.
+
+    Example:
+    ```python
+    dataset = from_files(["a.jpg", "b.jpg"], ["a.png", "b.png"], num_classes=3,
+                         label_map={0: 255, 1: 0, 2: 1, 3: 2})
+    ```
+    """
+    image_paths = list(image_paths)
+    if not image_paths:
+        raise ValueError("`image_paths` is empty: no images to read.")
+    if mask_paths is not None:
+        mask_paths = list(mask_paths)
+        if len(mask_paths) != len(image_paths):
+            raise ValueError(
+                f"`image_paths` has {len(image_paths)} files but `mask_paths` has "
+                f"{len(mask_paths)}; give one label file per image."
+            )
+        require_files(mask_paths, "Label")
+    require_files(image_paths, "Image")
+    mapping, num_classes = label_mapping(label_map, num_classes)
+    return paired_dataset(image_paths, mask_paths, mapping, num_classes, shuffle_files, seed)

@@ -1,0 +1,138 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from alignseg_keras import data
+
+SIZE = (10, 14)
+
+
+@pytest.fixture
+def pair(tmp_path, write_image, random_image):
+    """Writes an image and a label file with `values`; returns their paths."""
+
+    def make(values, name="a", image_suffix=".png", mode=None):
+        image = write_image(tmp_path / f"{name}{image_suffix}", random_image(*SIZE))
+        label = write_image(tmp_path / f"{name}_label.png", np.asarray(values), mode)
+        return image, label
+
+    return make
+
+
+def stored_values():
+    return (np.arange(SIZE[0] * SIZE[1]).reshape(SIZE) % 4).astype(np.uint8)
+
+
+def only(dataset):
+    (image, mask), = list(dataset)
+    return image.numpy(), mask.numpy()
+
+
+def test_reads_png_and_jpeg_images(pair):
+    for suffix in (".png", ".jpg"):
+        image_path, label_path = pair(stored_values(), name=suffix[1:], image_suffix=suffix)
+        image, mask = only(data.from_files([image_path], [label_path], num_classes=4))
+        assert image.shape == (*SIZE, 3) and image.dtype == np.uint8
+        np.testing.assert_array_equal(mask, stored_values())
+        if suffix == ".png":
+            np.testing.assert_array_equal(image, np.asarray(Image.open(image_path)))
+
+
+def test_dict_label_map_and_unlisted_values_ignored(pair):
+    paths = pair(stored_values())
+    _, mask = only(data.from_files(*[[p] for p in paths], label_map={1: 0, 2: 1}))
+    np.testing.assert_array_equal(mask, np.array([255, 0, 1, 255], np.uint8)[stored_values()])
+
+
+def test_array_label_map(pair):
+    paths = pair(stored_values())
+    _, mask = only(data.from_files(*[[p] for p in paths], label_map=np.array([255, 2, 1, 0])))
+    np.testing.assert_array_equal(mask, np.array([255, 2, 1, 0])[stored_values()])
+
+
+def test_palette_png_gives_indices(tmp_path, pair):
+    palette_image = Image.fromarray(stored_values(), "P")
+    palette_image.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255, 9, 9, 9] + [0] * 756)
+    image_path, label_path = pair(stored_values())
+    palette_image.save(label_path)
+    _, mask = only(data.from_files([image_path], [label_path], num_classes=4))
+    np.testing.assert_array_equal(mask, stored_values())
+
+
+def test_sixteen_bit_labels_through_a_map(pair):
+    stored = stored_values().astype(np.uint16) * 1000
+    image_path, label_path = pair(stored)
+    assert Image.open(label_path).mode.startswith("I")
+    _, mask = only(data.from_files([image_path], [label_path], label_map={0: 255, 1000: 0, 2000: 1, 3000: 2}))
+    np.testing.assert_array_equal(mask, np.array([255, 0, 1, 2])[stored_values()])
+
+
+def test_unlabelled_images(pair):
+    image_path, _ = pair(stored_values())
+    _, mask = only(data.from_files([image_path], None))
+    assert (mask == 255).all()
+
+
+def test_out_of_range_label_names_file_and_value(pair):
+    image_path, label_path = pair(stored_values())
+    with pytest.raises(tf.errors.OpError, match=rf"{label_path}.*\[3\] outside \[0, 3\)"):
+        list(data.from_files([image_path], [label_path], num_classes=3))
+
+
+def test_value_beyond_lookup_array(pair):
+    image_path, label_path = pair(stored_values())
+    with pytest.raises(tf.errors.OpError, match=rf"{label_path}.*\[3\].*0\.\.2"):
+        list(data.from_files([image_path], [label_path], label_map=np.array([255, 0, 1])))
+
+
+def test_size_mismatch_names_both_files(pair, write_image):
+    image_path, label_path = pair(stored_values())
+    write_image(label_path, np.zeros((SIZE[0], SIZE[1] + 1), np.uint8))
+    with pytest.raises(tf.errors.OpError, match=f"{label_path}.*10x15.*{image_path}.*10x14"):
+        list(data.from_files([image_path], [label_path]))
+
+
+def test_colour_label_file_is_rejected(pair, random_image, write_image):
+    image_path, label_path = pair(stored_values())
+    write_image(label_path, random_image(*SIZE))
+    with pytest.raises(tf.errors.OpError, match=f"{label_path}.*'RGB'"):
+        list(data.from_files([image_path], [label_path]))
+
+
+def test_corrupt_image_names_the_file(pair):
+    image_path, label_path = pair(stored_values())
+    with open(image_path, "r+b") as file:
+        file.truncate(60)
+    with pytest.raises(tf.errors.OpError, match=f"Cannot read image file '{image_path}'"):
+        list(data.from_files([image_path], [label_path]))
+
+
+def test_listing_errors_are_eager(tmp_path, pair):
+    image_path, label_path = pair(stored_values())
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        data.from_files([image_path], [str(tmp_path / "missing.png")])
+    with pytest.raises(FileNotFoundError, match="nothing.jpg"):
+        data.from_files([str(tmp_path / "nothing.jpg")], [label_path])
+    with pytest.raises(ValueError, match="1 files but `mask_paths` has 2"):
+        data.from_files([image_path], [label_path, label_path])
+    with pytest.raises(ValueError, match="empty"):
+        data.from_files([], [])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_classes=0), "num_classes"),
+        (dict(num_classes=256), "num_classes"),
+        (dict(label_map={1: 7}, num_classes=3), r"label_map.*\[7\]"),
+        (dict(label_map={"a": 1}), "ints"),
+        (dict(label_map={}), "at least one"),
+        (dict(label_map=np.zeros((2, 2), int)), "1-D integer"),
+        (dict(label_map=[0.5, 1.5]), "1-D integer"),
+    ],
+)
+def test_bad_label_arguments(pair, kwargs, message):
+    image_path, label_path = pair(stored_values())
+    with pytest.raises(ValueError, match=message):
+        data.from_files([image_path], [label_path], **kwargs)
