@@ -1,0 +1,83 @@
+import importlib.util
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alignseg_keras import AlignSeg
+from alignseg_keras.export import export_model
+from alignseg_keras.export import missing_requirements
+
+
+def tiny_model():
+    # pad_to_multiple=None: PadToMultiple's dynamic padding hides the channel
+    # count from the TFLite converter and tf2onnx truncates its negative modulo.
+    keras.utils.set_random_seed(0)
+    return AlignSeg(
+        num_classes=3,
+        backbone="resnet18",
+        decoder_channels=16,
+        context_hidden_channels=32,
+        pad_to_multiple=None,
+    )
+
+
+def random_images(shape):
+    return np.random.default_rng(0).integers(0, 256, shape).astype("float32")
+
+
+def assert_logits_close(actual, expected):
+    # Untrained logits reach several hundred; compare relative to their scale.
+    np.testing.assert_allclose(actual, expected, atol=1e-5 * np.abs(expected).max())
+
+
+def test_format_checks_name_the_problem(tmp_path):
+    with pytest.raises(ValueError, match="Unknown export format 'torchscript'"):
+        export_model(None, tmp_path / "model", format="torchscript")
+    with pytest.raises(ValueError, match=r"ends with \.tflite"):
+        export_model(None, tmp_path / "model", format="litert")
+    assert missing_requirements("saved_model") == []
+
+
+@pytest.mark.skipif(
+    not missing_requirements("onnx"), reason="the ONNX exporter's packages are installed"
+)
+def test_onnx_without_its_packages_says_what_to_install(tmp_path):
+    with pytest.raises(ValueError, match="pip install .*tf2onnx"):
+        export_model(None, tmp_path / "model.onnx", format="onnx")
+
+
+def test_litert_export_matches_the_keras_model(tmp_path):
+    model = tiny_model()
+    path = tmp_path / "alignseg.tflite"
+    export_model(model, path, format="litert")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+        interpreter = tf.lite.Interpreter(model_path=str(path))
+    images = random_images((2, 40, 52, 3))
+    source = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(source["index"], images.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(source["index"], images)
+    interpreter.invoke()
+    logits = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    assert_logits_close(logits, np.asarray(model(images)))
+
+
+@pytest.mark.skipif(
+    bool(missing_requirements("onnx")) or importlib.util.find_spec("onnxruntime") is None,
+    reason="ONNX export needs tf2onnx and onnx, and this test onnxruntime "
+    "(pip install tf2onnx onnx onnxruntime)",
+)
+def test_onnx_export_matches_the_keras_model(tmp_path):
+    import onnxruntime
+
+    model = tiny_model()
+    path = tmp_path / "alignseg.onnx"
+    export_model(model, path, format="onnx")
+    session = onnxruntime.InferenceSession(str(path))
+    images = random_images((2, 40, 52, 3))
+    (logits,) = session.run(None, {session.get_inputs()[0].name: images})
+    assert_logits_close(logits, np.asarray(model(images)))
