@@ -25,29 +25,8 @@ import numpy as np
 from PIL import Image
 from PIL import UnidentifiedImageError
 
-# Cityscapes' 19 evaluated classes by train id: (name, label id, RGB colour),
-# from cityscapesscripts/helpers/labels.py.
-CITYSCAPES_CLASSES = (
-    ("road", 7, (128, 64, 128)),
-    ("sidewalk", 8, (244, 35, 232)),
-    ("building", 11, (70, 70, 70)),
-    ("wall", 12, (102, 102, 156)),
-    ("fence", 13, (190, 153, 153)),
-    ("pole", 17, (153, 153, 153)),
-    ("traffic light", 19, (250, 170, 30)),
-    ("traffic sign", 20, (220, 220, 0)),
-    ("vegetation", 21, (107, 142, 35)),
-    ("terrain", 22, (152, 251, 152)),
-    ("sky", 23, (70, 130, 180)),
-    ("person", 24, (220, 20, 60)),
-    ("rider", 25, (255, 0, 0)),
-    ("car", 26, (0, 0, 142)),
-    ("truck", 27, (0, 0, 70)),
-    ("bus", 28, (0, 60, 100)),
-    ("train", 31, (0, 80, 100)),
-    ("motorcycle", 32, (0, 0, 230)),
-    ("bicycle", 33, (119, 11, 32)),
-)
+from alignseg_keras.data.cityscapes import CITYSCAPES_COLORS
+from alignseg_keras.data.cityscapes import LABEL_ID_TO_TRAIN_ID
 
 # The ADE20K (SceneParsing, 150 classes) palette used by the CSAIL toolkit
 # and mmsegmentation, by class index (label - 1).
@@ -98,7 +77,7 @@ def cityscapes_palette():
     cityscapes_palette()[0]  # road: [128, 64, 128]
     ```
     """
-    return np.array([colour for _, _, colour in CITYSCAPES_CLASSES], "uint8")
+    return np.array(CITYSCAPES_COLORS, "uint8")
 
 
 def ade20k_palette():
@@ -153,7 +132,7 @@ def get_palette(name, num_classes):
     ```
     """
     if name == "auto":
-        if num_classes == len(CITYSCAPES_CLASSES):
+        if num_classes == len(CITYSCAPES_COLORS):
             return cityscapes_palette()
         return ade20k_palette() if num_classes == 150 else generated_palette(num_classes)
     palettes = {"cityscapes": cityscapes_palette, "ade20k": ade20k_palette}
@@ -371,9 +350,10 @@ def train_ids_to_label_ids(labels):
     save_png("berlin_000000_000019_leftImg8bit.png", train_ids_to_label_ids(labels))
     ```
     """
+    label_ids = np.flatnonzero(LABEL_ID_TO_TRAIN_ID != 255)
     table = np.zeros(256, "uint8")
-    table[: len(CITYSCAPES_CLASSES)] = [label_id for _, label_id, _ in CITYSCAPES_CLASSES]
-    labels = _check_labels(labels, CITYSCAPES_CLASSES, ignore_index=255)
+    table[LABEL_ID_TO_TRAIN_ID[label_ids]] = label_ids
+    labels = _check_labels(labels, CITYSCAPES_COLORS, ignore_index=255)
     return table[labels]
 
 
