@@ -176,16 +176,6 @@ def test_a_different_class_count_is_a_shape_error_unless_classifiers_are_skipped
     )
 
 
-def test_other_num_classes_keeps_all_but_the_classifiers(r50_state):
-    model = convert.load_official_checkpoint(r50_state, num_classes=5)
-    assert model.num_classes == 5
-    assert tuple(model.get_layer("head").classifier.kernel.shape) == (1, 1, 256, 5)
-    exported = convert.export_official_state_dict(model)
-    assert exported["dsn.3.weight"].shape == (5, 256, 1, 1)
-    np.testing.assert_array_equal(exported["head.0.weight"], r50_state["head.0.weight"])
-    np.testing.assert_array_equal(exported["dsn.1.running_var"], r50_state["dsn.1.running_var"])
-
-
 def test_npz_files_and_bad_sources(tmp_path, r50_state):
     path = tmp_path / "weights.npz"
     np.savez(path, **r50_state)
