@@ -1,0 +1,32 @@
+"""`alignseg export`: a trained model as a TF Serving SavedModel, ONNX or LiteRT file."""
+
+from alignseg_keras.export import EXPORT_FORMATS
+
+
+def add_parser(subparsers):
+    parser = subparsers.add_parser(
+        "export",
+        help="export a saved model for serving (SavedModel, ONNX, LiteRT)",
+        description="Export a .keras model. saved_model (default) writes a SavedModel whose "
+        "serving_default signature takes uint8 images [batch, height, width, 3] and returns "
+        "int32 labels and float32 probabilities; for TF Serving give a numbered version "
+        "folder, e.g. models/alignseg/1. onnx (file *.onnx, needs tf2onnx) and litert "
+        "(file *.tflite) export the model as it is: float32 images in, logits out.",
+    )
+    parser.add_argument("model", help="a .keras file saved by alignseg")
+    parser.add_argument("export_path", metavar="EXPORT_DIR",
+                        help="SavedModel folder, or the .onnx / .tflite file to write")
+    parser.add_argument("--format", choices=EXPORT_FORMATS, default="saved_model",
+                        help="export format (default saved_model)")
+    parser.set_defaults(func=run)
+
+
+def run(args):
+    import keras
+
+    from alignseg_keras.export import export_model
+
+    model = keras.saving.load_model(args.model)
+    export_model(model, args.export_path, format=args.format)
+    print(f"Exported {args.model} ({args.format}) to {args.export_path}")
+    return 0

@@ -1,0 +1,35 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alignseg_keras import AlignSeg
+from alignseg_keras.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    model = AlignSeg(
+        num_classes=3, backbone="resnet18", decoder_channels=16, context_hidden_channels=32
+    )
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    model.save(path)
+    return str(path)
+
+
+def test_export_writes_a_serving_saved_model(model_path, tmp_path, capsys):
+    export_dir = tmp_path / "alignseg" / "1"
+    assert main(["export", model_path, str(export_dir)]) == 0
+    assert str(export_dir) in capsys.readouterr().out
+    serve = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
+    outputs = serve(images=tf.zeros((1, 24, 40, 3), tf.uint8))
+    assert outputs["labels"].shape == (1, 24, 40)
+    np.testing.assert_allclose(outputs["probabilities"].numpy().sum(-1), 1.0, atol=1e-5)
+
+
+def test_export_errors_name_the_file(model_path, tmp_path, capsys):
+    assert main(["export", str(tmp_path / "absent.keras"), str(tmp_path / "out")]) == 2
+    assert "absent.keras" in capsys.readouterr().err
+    assert main(["export", model_path, str(tmp_path / "model"), "--format", "litert"]) == 2
+    assert ".tflite" in capsys.readouterr().err

@@ -1,0 +1,116 @@
+"""`alignseg predict`: label pictures, overlays and offset fields for image files.
+
+For every image `DIR/NAME.png` it writes, into `--output`:
+
+    NAME_color.png      the predicted labels in the palette's colours
+    NAME_overlay.png    the colours blended over the image
+    NAME_labelIds.png   with --label-ids: Cityscapes label ids (benchmark format)
+    NAME_MODULE.png     with --offsets: the offset field of each alignment module
+
+An image that cannot be read is reported on stderr and skipped; the exit code
+is then 1.
+"""
+
+import pathlib
+import sys
+
+from alignseg_keras.visualize import PALETTES
+
+
+def add_parser(subparsers):
+    parser = subparsers.add_parser(
+        "predict",
+        help="predict label maps of image files and draw them",
+        description="Predict image files with a .keras model and write colour label "
+        "pictures and overlays (and optionally Cityscapes labelIds PNGs and offset-field "
+        "pictures). Without --sliding/--scales/--flip each image is predicted whole; "
+        "--sliding 769 --scales 0.75 1.0 1.25 1.5 1.75 --flip is the paper's test.",
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG)")
+    parser.add_argument("--model", required=True, help="a .keras file saved by alignseg")
+    parser.add_argument("--output", required=True, help="folder for the pictures")
+    parser.add_argument("--palette", choices=PALETTES, default="auto",
+                        help="label colours; auto: Cityscapes for 19 classes, ADE20K for "
+                        "150, else generated (default auto)")
+    parser.add_argument("--label-ids", action="store_true",
+                        help="also write Cityscapes labelIds PNGs (19-class models)")
+    parser.add_argument("--offsets", action="store_true",
+                        help="also draw the offset fields of every AlignFA/AlignCM module")
+    parser.add_argument("--sliding", type=int, nargs="+", metavar="TILE",
+                        help="sliding-window tile size (one value, or height and width)")
+    parser.add_argument("--overlap", type=float, default=1 / 3,
+                        help="sliding-window overlap (default 1/3)")
+    parser.add_argument("--scales", type=float, nargs="+", help="multi-scale test scales")
+    parser.add_argument("--flip", action="store_true", help="average with the flipped image")
+    parser.add_argument("--batch-size", type=int, default=4,
+                        help="images or tiles per forward pass (default 4)")
+    parser.add_argument("--alpha", type=float, default=0.5,
+                        help="opacity of the labels in the overlay (default 0.5)")
+    parser.set_defaults(func=run)
+
+
+def output_names(paths):
+    """File stems of `paths`, which name the outputs; two equal stems are an error."""
+    stems = {}
+    for path in paths:
+        stem = pathlib.Path(path).stem
+        if stem in stems:
+            raise ValueError(
+                f"{stems[stem]} and {path} have the same name {stem!r}; their pictures "
+                "would overwrite each other. Predict them into different --output folders."
+            )
+        stems[stem] = path
+    return {path: stem for stem, path in stems.items()}
+
+
+def write_pictures(model, image, labels, palette, args, stem):
+    """Writes the pictures of one image; returns their paths."""
+    from alignseg_keras import visualize
+
+    output = pathlib.Path(args.output)
+    pictures = {
+        "color": visualize.colorize_labels(labels, palette),
+        "overlay": visualize.overlay(image, labels, palette, alpha=args.alpha),
+    }
+    if args.label_ids:
+        pictures["labelIds"] = visualize.train_ids_to_label_ids(labels)
+    if args.offsets:
+        pictures.update(visualize.offset_images(model, image))
+    paths = []
+    for suffix, picture in pictures.items():
+        path = output / f"{stem}_{suffix}.png"
+        visualize.save_png(path, picture)
+        paths.append(str(path))
+    return paths
+
+
+def run(args):
+    import keras
+
+    from alignseg_keras.cli.evaluate import predict_probabilities
+    from alignseg_keras.visualize import get_palette
+    from alignseg_keras.visualize import load_image
+
+    stems = output_names(args.images)
+    model = keras.saving.load_model(args.model)
+    palette = get_palette(args.palette, model.num_classes)
+    if args.label_ids and model.num_classes != 19:
+        raise ValueError(
+            f"--label-ids writes Cityscapes label ids and needs a 19-class model; "
+            f"{args.model} predicts {model.num_classes} classes."
+        )
+    failures = 0
+    for path in args.images:
+        try:
+            image = load_image(path)
+        except (FileNotFoundError, ValueError) as error:
+            print(f"alignseg predict: skipping {path}: {error}", file=sys.stderr)
+            failures += 1
+            continue
+        labels = predict_probabilities(model, image, args).argmax(-1)
+        written = write_pictures(model, image, labels, palette, args, stems[path])
+        print(f"{path}: wrote {', '.join(written)}")
+    if failures:
+        print(f"alignseg predict: {failures} of {len(args.images)} images failed.",
+              file=sys.stderr)
+    return 1 if failures else 0
