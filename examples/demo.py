@@ -48,14 +48,10 @@ def train(args, num_classes):
         seed=args.seed,
     )
     model = AlignSeg.from_preset("alignseg_resnet18_small", num_classes=num_classes)
-    model.compile(learning_rate=args.lr, total_steps=args.steps, warmup_steps=args.steps // 20)
-    steps_per_epoch = max(1, args.steps // 6)
-    model.fit(
-        batches,
-        epochs=-(-args.steps // steps_per_epoch),
-        steps_per_epoch=steps_per_epoch,
-        verbose=2,
-    )
+    epochs = 4
+    steps_per_epoch = -(-args.steps // epochs)
+    model.compile(learning_rate=args.lr, warmup_steps=args.steps // 20)
+    model.fit(batches, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=2)
     return model
 
 

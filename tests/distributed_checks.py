@@ -7,6 +7,7 @@ Prints "OK" and exits 0 when the check passes.
 import sys
 
 import numpy as np
+
 import tensorflow as tf
 
 cpus = tf.config.list_physical_devices("CPU")

@@ -6,15 +6,16 @@ import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).with_name("distributed_checks.py")
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
 
 
 def run_check(name, timeout=600):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), name], capture_output=True, text=True, timeout=timeout, env=env
+        [sys.executable, str(SCRIPT), name], capture_output=True, text=True, timeout=timeout, env=ENV
     )
     assert result.returncode == 0 and "OK" in result.stdout, result.stdout + result.stderr[-5000:]
 
 
 def test_synchronized_batchnorm_matches_one_device_with_the_whole_batch():
     run_check("sync_batchnorm")
+
