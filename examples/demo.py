@@ -65,16 +65,38 @@ def evaluate(model, images, masks, class_names):
     return predictions, miou
 
 
+def stack_rows(rows, gap=4):
+    """Stacks pictures of any widths vertically on a white background."""
+    width = max(row.shape[1] for row in rows)
+    canvas = [np.full((gap, width, 3), 255, np.uint8)]
+    for row in rows:
+        padded = np.full((row.shape[0], width, 3), 255, np.uint8)
+        padded[:, : row.shape[1]] = row
+        canvas += [padded, np.full((gap, width, 3), 255, np.uint8)]
+    return np.concatenate(canvas)
+
+
 def write_pictures(model, images, masks, predictions, output, count):
+    """Per sample: input, ground truth, prediction, offset fields; plus a summary panel."""
     palette = np.asarray(data.SYNTHETIC_COLORS, np.uint8)
+    panel_rows = []
     for index in range(min(count, len(images))):
         prefix = os.path.join(output, f"sample{index}")
         image = images[index]
+        truth = visualize.overlay(image, masks[index], palette)
+        prediction = visualize.overlay(image, predictions[index], palette)
         visualize.save_png(f"{prefix}_input.png", image)
-        visualize.save_png(f"{prefix}_ground_truth.png", visualize.overlay(image, masks[index], palette))
-        visualize.save_png(f"{prefix}_prediction.png", visualize.overlay(image, predictions[index], palette))
-        for module, picture in visualize.offset_images(model, image).items():
+        visualize.save_png(f"{prefix}_ground_truth.png", truth)
+        visualize.save_png(f"{prefix}_prediction.png", prediction)
+        offsets = visualize.offset_images(model, image)
+        for module, picture in offsets.items():
             visualize.save_png(f"{prefix}_offsets_{module}.png", picture)
+        if index < 2:
+            white = np.full((image.shape[0], 4, 3), 255, np.uint8)
+            panel_rows.append(np.concatenate([image, white, truth, white, prediction], axis=1))
+            panel_rows.append(offsets["align_fa5"])
+    # Rows: input | ground truth | prediction, then AlignFA5's two offset fields.
+    visualize.save_png(os.path.join(output, "demo.png"), stack_rows(panel_rows))
 
 
 def main():
