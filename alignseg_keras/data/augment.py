@@ -76,9 +76,9 @@ def _check_fill_mean(fill_mean):
     return values
 
 
-def _standard_pairs(dataset):
-    """Checks that `dataset` yields unbatched (image, mask) pairs and casts them
-    to float32 images `(H, W, 3)` and int32 masks `(H, W)`."""
+def _standardiser(dataset):
+    """Checks that `dataset` yields unbatched (image, mask) pairs; returns the
+    function that casts one to a float32 image `(H, W, 3)` and an int32 mask `(H, W)`."""
     if not isinstance(dataset, tf.data.Dataset):
         raise ValueError(
             f"`dataset` must be a tf.data.Dataset of (image, mask); received {type(dataset).__name__}."
@@ -104,7 +104,7 @@ def _standard_pairs(dataset):
         mask = tf.squeeze(mask, -1) if squeeze else mask
         return tf.cast(image, tf.float32), tf.cast(mask, tf.int32)
 
-    return dataset.map(standardise, num_parallel_calls=tf.data.AUTOTUNE)
+    return standardise
 
 
 def random_scale(image, mask, scale_range, seed, scale_step=None):
@@ -298,7 +298,7 @@ def training_pipeline(
         raise ValueError(f"`batch_size` must be a positive int; received {batch_size!r}.")
     if not 0 <= int(ignore_index) <= IGNORE_INDEX:
         raise ValueError(f"`ignore_index` must be in 0..255; received {ignore_index!r}.")
-    dataset = _standard_pairs(dataset)
+    standardise = _standardiser(dataset)
     seed = random.SystemRandom().randrange(2**31) if seed is None else int(seed)
     if shuffle:
         dataset = dataset.shuffle(int(shuffle), seed=seed, reshuffle_each_iteration=True)
@@ -307,7 +307,7 @@ def training_pipeline(
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
     def augment(example, element_seed):
-        image, mask = example
+        image, mask = standardise(*example)
         scale_seed, jitter_seed, crop_seed = tf.unstack(tf.random.split(element_seed, 3))
         image, mask = random_scale(image, mask, scale_range, scale_seed, scale_step)
         if jitter:
@@ -342,5 +342,6 @@ def evaluation_pipeline(dataset, batch_size=1):
     """
     if int(batch_size) < 1:
         raise ValueError(f"`batch_size` must be a positive int; received {batch_size!r}.")
-    dataset = _standard_pairs(dataset)
+    standardise = _standardiser(dataset)
+    dataset = dataset.map(standardise, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.batch(int(batch_size)).prefetch(tf.data.AUTOTUNE)

@@ -189,7 +189,7 @@ def _draw_ground(canvas, road):
 
 
 def _draw_pole(canvas, x, base_y, scale):
-    width = max(int(round(canvas.width * 0.012 * scale)), 2)
+    width = max(int(round(canvas.width * 0.016 * scale)), 3)
     height = int(canvas.height * (0.35 + 0.45 * scale))
     gray = np.float32(canvas.rng.uniform(48, 62))
     canvas.paint(base_y - height, x, _box(height, width), POLE, gray)
