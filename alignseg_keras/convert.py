@@ -243,7 +243,7 @@ def read_state_dict(source):
 
     Example:
     ```python
-    state = read_state_dict("CS_scenes_60000.pth")
+    state = read_state_dict("alignseg_cityscapes.pth")
     state["head.3.weight"].shape  # (19, 256, 1, 1)
     ```
     """
@@ -367,7 +367,7 @@ def load_official_checkpoint(source, num_classes=None, preset=None, **model_kwar
 
     Example:
     ```python
-    model = load_official_checkpoint("CS_scenes_60000.pth")
+    model = load_official_checkpoint("alignseg_cityscapes.pth")
     logits = model.predict(rgb_images)  # (B, H, W, 19)
     ```
     """
@@ -408,7 +408,7 @@ def load_official_weights(model, source, skip_classifiers=False):
     Example:
     ```python
     model = AlignSeg.from_preset("alignseg_resnet101_official", num_classes=19)
-    load_official_weights(model, "CS_scenes_60000.pth")
+    load_official_weights(model, "alignseg_cityscapes.pth")
     ```
     """
     state_dict = read_state_dict(source)

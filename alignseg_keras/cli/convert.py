@@ -14,7 +14,9 @@ def add_parser(subparsers):
         "`keras.saving.load_model` read. Reading .pth files needs PyTorch "
         "(pip install alignseg-keras[torch]); .npz files of the same tensors do not.",
     )
-    parser.add_argument("checkpoint", help="the authors' .pth checkpoint (or an .npz of its tensors)")
+    parser.add_argument(
+        "checkpoint", help="the authors' .pth checkpoint (or an .npz of its tensors)"
+    )
     parser.add_argument("--output", required=True, help="the .keras file to write")
     parser.add_argument(
         "--num-classes", type=int,

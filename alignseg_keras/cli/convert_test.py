@@ -33,6 +33,6 @@ def test_convert_reports_bad_arguments(tmp_path, capsys):
     assert "No checkpoint file at" in capsys.readouterr().err
     assert main(["convert", str(missing), "--output", str(tmp_path / "m.h5")]) == 2
     assert "--output must be a .keras file" in capsys.readouterr().err
-    arguments = ["convert", str(missing), "--output", str(tmp_path / "m.keras"), "--num-classes", "0"]
-    assert main(arguments) == 2
+    output = str(tmp_path / "m.keras")
+    assert main(["convert", str(missing), "--output", output, "--num-classes", "0"]) == 2
     assert "--num-classes must be positive" in capsys.readouterr().err
