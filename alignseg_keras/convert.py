@@ -227,8 +227,15 @@ def _torch_load(path):
         import torch
     except ImportError as error:
         raise ImportError(TORCH_INSTALL_HINT) from error
-    # weights_only=True: tensors and plain containers only, never arbitrary code.
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        # weights_only=True: tensors and plain containers only, never arbitrary code.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for unreadable files
+        raise ValueError(
+            f"Cannot read {path!r} as a PyTorch checkpoint: {error}\nOnly tensors and "
+            "plain containers are read (weights_only=True); for a file you trust that "
+            "holds other objects, torch.load it yourself and pass its state_dict."
+        ) from error
 
 
 def read_state_dict(source):

@@ -196,6 +196,25 @@ def test_pth_without_torch_says_how_to_install_it(tmp_path, monkeypatch):
         convert.read_state_dict(path)
 
 
+def test_a_model_with_other_weights_is_rejected(r50_state):
+    class FakeVariable:
+        def __init__(self, path):
+            self.path = path
+
+    paths = list(convert.official_weight_map(50).values())
+    paths = [path for path in paths if not path.startswith("auxiliary_head/")]
+    model = SimpleNamespace(
+        backbone_name="resnet50_deepstem",
+        weights=[FakeVariable(path) for path in paths + ["extra/kernel"]],
+    )
+    with pytest.raises(ValueError) as info:
+        convert.load_official_weights(model, r50_state)
+    message = str(info.value)
+    assert "not the authors' network (alignseg_resnet50_official)" in message
+    assert "no PyTorch counterpart: extra/kernel" in message
+    assert "the model lacks: auxiliary_head/classifier/bias" in message
+
+
 def test_export_and_load_need_the_authors_backbone():
     model = SimpleNamespace(backbone_name="resnet18")  # what is checked first
     with pytest.raises(ValueError, match="resnet50_deepstem or resnet101_deepstem.*'resnet18'"):

@@ -67,6 +67,13 @@ def test_legacy_grid_sample_equals_the_official_alignment(in_h, in_w, out_h, out
     np.testing.assert_allclose(keras_sampled, sampled, atol=1e-5)
 
 
+def test_a_file_that_is_no_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "broken.pth"
+    path.write_bytes(b"this is not a PyTorch file")
+    with pytest.raises(ValueError, match="Cannot read .*broken.pth.* as a PyTorch checkpoint"):
+        load_official_checkpoint(path)
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A ResNet-101 reference with random weights, saved as a DDP-style .pth file."""
