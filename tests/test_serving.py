@@ -76,6 +76,12 @@ def test_signature_takes_uint8_images_and_returns_labels_and_probabilities(servi
     assert outputs["probabilities"].shape.as_list() == [None, None, None, 3]
 
 
+def test_saved_model_stores_every_weight_once(model, export_dir):
+    stored = tf.train.list_variables(str(export_dir / "variables" / "variables"))
+    values = sum(int(np.prod(shape)) for name, shape in stored if "VARIABLE_VALUE" in name)
+    assert values == model.count_params()
+
+
 def test_serves_in_a_process_without_alignseg_keras(model, export_dir, tmp_path):
     rng = np.random.default_rng(0)
     inputs = {
