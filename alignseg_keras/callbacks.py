@@ -43,8 +43,9 @@ class StopOnNaN(keras.callbacks.Callback):
 def training_callbacks(output_dir):
     """The callbacks of a long training run, all writing under `output_dir`.
 
-    `StopOnNaN`; `keras.callbacks.BackupAndRestore` in `backup/` (rerunning the
-    same `fit` resumes from the last completed epoch after a crash or kill);
+    `StopOnNaN`; `keras.callbacks.BackupAndRestore` in `backup/` with two
+    alternating backups (rerunning the same `fit` resumes from the last completed
+    epoch after a crash or kill, also one that hits while a backup is written);
     `ModelCheckpoint` to `checkpoint.keras` after every epoch; TensorBoard logs
     in `logs/`; and `history.csv`. Use epochs as checkpoint intervals
     (`steps_per_epoch` = steps between checkpoints).
@@ -53,7 +54,8 @@ def training_callbacks(output_dir):
 
     return [
         StopOnNaN(),
-        keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
+        # Two backups: a kill while one is being written leaves the other intact.
+        keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup"), double_checkpoint=True),
         keras.callbacks.ModelCheckpoint(os.path.join(output_dir, "checkpoint.keras")),
         keras.callbacks.TensorBoard(os.path.join(output_dir, "logs")),
         keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv"), append=True),
