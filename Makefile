@@ -1,10 +1,16 @@
-# make test: the whole suite; make demo: train + evaluate a small AlignSeg on embedded data.
-# Both create a local virtual environment (.venv) and install what they need.
+# make test: the whole suite; make demo: train + evaluate a small AlignSeg on embedded data;
+# make bench: the benchmark suite. Each creates a local virtual environment (.venv) and
+# installs what it needs.
 PYTHON ?= python3
 VENV ?= .venv
+# TensorFlow flavour: tensorflow-cpu (small, CI), tensorflow, or cuda (GPU).
 TF_EXTRA ?= tensorflow-cpu
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(TF_EXTRA)
+TEST_STAMP := $(VENV)/.installed-test
+# PyTorch is an optional peer (checkpoint conversion, equivalence test, benchmarks); this
+# pin is the CPU build that installs quickly here.
+TORCH ?= torch==2.13.0
 PYTEST_ARGS ?= -n 2
 
 .PHONY: install test demo bench clean
@@ -14,10 +20,14 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[$(TF_EXTRA),dev]"
+	$(PY) -m pip install -q -e ".[$(TF_EXTRA)]"
 	touch $(STAMP)
 
-test: $(STAMP)
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[$(TF_EXTRA),dev]" "$(TORCH)"
+	touch $(TEST_STAMP)
+
+test: $(TEST_STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
