@@ -9,8 +9,8 @@ The network runs through `model.predict_on_batch`, Keras' compiled predict
 step: every sliding-window tile has the same shape, so the step is traced
 once per tile shape rather than once per image, and tiles from all images of
 the batch are stacked `batch_size` at a time. Overlapping windows, flipped
-copies and scales are combined by averaging logits, as the authors' evaluation
-code does; the softmax comes last.
+copies and scales are combined by averaging logits (the paper's sliding-window
+test averages overlapping logits); the softmax comes last.
 
 The paper's test-time settings (Cityscapes): sliding windows of 769x769 with
 1/3 overlap on full 1024x2048 images, and for multi-scale testing the scales
@@ -76,7 +76,8 @@ def _softmax(logits, single):
 def _padding_colour(model):
     """The RGB value the model normalises to zero: its mean, else black.
 
-    The authors pad normalised images with zeros, i.e. with the mean colour.
+    PSPNet/CCNet-style evaluation code pads normalised images with zeros,
+    i.e. with the mean colour.
     """
     normalization = getattr(model, "normalization", None) or {}
     return np.asarray(normalization.get("mean", (0.0, 0.0, 0.0)), "float32")
@@ -96,7 +97,8 @@ def window_starts(size, tile, overlap=PAPER_OVERLAP):
 
     Windows advance by `ceil(tile * (1 - overlap))`; the last one is shifted
     back to end at the border, so every window lies inside the image (the
-    authors' scheme). An image no larger than the tile has one window.
+    scheme of PSPNet/CCNet-style evaluation code). An image no larger than
+    the tile has one window.
 
     Args:
         size: int, image size along the axis.
@@ -223,8 +225,8 @@ def predict_multiscale(
 ):
     """Class probabilities averaged over image scales and horizontal flips.
 
-    Each image is resized by every scale (bilinear, align_corners=True, like
-    the authors' `ndimage.zoom(order=1)`), predicted whole or with sliding
+    Each image is resized by every scale (bilinear, align_corners=True),
+    predicted whole or with sliding
     windows, and its logits resized back to the input size; with `flip` the
     mirrored image is predicted too (in the same batches) and its logits
     mirrored back. All logits are averaged, then the softmax is taken.
