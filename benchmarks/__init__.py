@@ -1,0 +1,1 @@
+"""Benchmarks of alignseg_keras: `python -m benchmarks.run --help` (or `make bench`)."""

@@ -1,0 +1,181 @@
+"""The results store (benchmarks/results.json) and the Markdown tables of docs/benchmarks.md.
+
+Every run updates the entries it measured and keeps the others, so
+`--only alignment` refreshes the alignment rows alone. The tables are written
+between two marker lines of docs/benchmarks.md; the text around them is kept.
+"""
+
+import json
+import os
+
+BEGIN = "<!-- BEGIN GENERATED RESULTS: python -m benchmarks.run -->"
+END = "<!-- END GENERATED RESULTS -->"
+
+# Goals on the project's 2-core CPU machine (docs/benchmarks.md explains them).
+ALIGNMENT_GOAL = 0.5  # AlignmentLayer fwd+bwd / PyTorch grid_sample fwd+bwd
+INFERENCE_GOAL = 1.6  # AlignSeg-R101 / ResNet-101 trunk, inference at 512x512
+TRAINING_GOAL = 10.0  # seconds per training step, 512x512, batch 2 (authors: 14.6 s)
+DATA_GOAL = 5.0  # tf.data images/s over the images/s a training step consumes
+
+
+def load(path):
+    if not os.path.exists(path):
+        return {"sections": {}, "entries": {}}
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def save(store, path):
+    with open(path, "w") as handle:
+        json.dump(store, handle, indent=1, sort_keys=True)
+        handle.write("\n")
+
+
+def record(store, section, entries, machine, load_before, load_after):
+    store["sections"][section] = {
+        "machine": machine,
+        "load_before": load_before,
+        "load_after": load_after,
+    }
+    for entry in entries:
+        store["entries"][entry["key"]] = entry
+
+
+def _entries(store, section):
+    return [e for e in store["entries"].values() if e["section"] == section]
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
+def _met(value, goal, lower_is_better=True):
+    if value is None:
+        return "not measured"
+    ok = value <= goal if lower_is_better else value >= goal
+    return "yes" if ok else "no"
+
+
+def _fmt(value, digits=2, unit=""):
+    return "n/a" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def _best(entries, key, **match):
+    values = [e[key] for e in entries if key in e and all(e.get(k) == v for k, v in match.items())]
+    return min(values) if values else None
+
+
+def target_rows(store):
+    alignment = _entries(store, "alignment")
+    inference = _entries(store, "inference")
+    training = [e for e in _entries(store, "training") if e.get("model") == "AlignSeg-R101"]
+    data = _entries(store, "data")
+    rows = []
+    for mode in sorted({e["mode"] for e in alignment if "ratio_to_pytorch" in e}):
+        ratios = [e["ratio_to_pytorch"] for e in alignment if e["kind"] == "forward+backward" and e["mode"] == mode]
+        worst = max(ratios) if ratios else None
+        rows.append(
+            [f"AlignmentLayer fwd+bwd ({mode}), worst shape", f"<= {ALIGNMENT_GOAL}x PyTorch grid_sample",
+             _fmt(worst, unit="x"), _met(worst, ALIGNMENT_GOAL)]
+        )
+    for mode in sorted({e["mode"] for e in inference}):
+        ratio = _best(inference, "ratio_to_trunk", model="AlignSeg-R101", mode=mode)
+        rows.append(
+            [f"AlignSeg-R101 inference 512x512 ({mode})", f"<= {INFERENCE_GOAL}x ResNet-101 trunk",
+             _fmt(ratio, unit="x"), _met(ratio, INFERENCE_GOAL)]
+        )
+    step = min(training, key=lambda e: e["seconds"]) if training else None
+    rows.append(
+        ["Training step 512x512, batch 2 (best configuration)", f"<= {TRAINING_GOAL:.0f} s (authors' PyTorch: 14.6 s)",
+         "n/a" if step is None else f"{step['seconds']:.2f} s ({step['config']})",
+         _met(step and step["seconds"], TRAINING_GOAL)]
+    )
+    ratio = None
+    if step and data:
+        ratio = data[0]["images_per_second"] / (step["batch"] / step["seconds"])
+    rows.append(
+        ["tf.data full augmentation vs a training step's consumption", f">= {DATA_GOAL:.0f}x",
+         _fmt(ratio, 1, "x"), _met(ratio, DATA_GOAL, lower_is_better=False)]
+    )
+    return _table(["Target", "Goal", "Measured", "Met"], rows)
+
+
+def section_lines(store):
+    lines = []
+    alignment = sorted(_entries(store, "alignment"), key=lambda e: (e["shape"], e["kind"], e["mode"]))
+    if alignment:
+        lines += ["", "### AlignmentLayer vs PyTorch `F.grid_sample` (bilinear, zeros, align_corners=True)", ""]
+        lines += _table(
+            ["Shape (B, H, W, C)", "Pass", "Implementation", "Time (ms)", "x PyTorch"],
+            [[tuple(e["shape"]), e["kind"], e["mode"], _fmt(e["seconds"] * 1e3, 1),
+              _fmt(e.get("ratio_to_pytorch"))] for e in alignment],
+        )
+    inference = sorted(_entries(store, "inference"), key=lambda e: (e["mode"], e["model"]))
+    if inference:
+        lines += ["", "### Inference at 512x512, batch 1", ""]
+        lines += _table(
+            ["Model", "Mode", "Time (s)", "x trunk"],
+            [[e["model"], e["mode"], _fmt(e["seconds"], 3), _fmt(e.get("ratio_to_trunk"))] for e in inference],
+        )
+    training = sorted(_entries(store, "training"), key=lambda e: (e["model"], e["config"]))
+    if training:
+        lines += ["", "### Training step (`train_on_batch`), minimum over the timed steps", ""]
+        lines += _table(
+            ["Model", "Size", "Batch", "Configuration", "Step (s)", "First step (s)", "Peak RSS (GiB)"],
+            [[e["model"], "x".join(map(str, e["size"])), e["batch"], e["config"], _fmt(e["seconds"]),
+              _fmt(e["first_step_seconds"], 1), _fmt(e["peak_rss_mib"] / 1024)] for e in training],
+        )
+    for entry in _entries(store, "data"):
+        lines += ["", "### tf.data training pipeline", ""]
+        lines += _table(
+            ["Pipeline", "Batches", "Images/s"],
+            [[entry["key"], entry["batches"], _fmt(entry["images_per_second"], 1)]],
+        )
+    sliding = _entries(store, "sliding")
+    if sliding:
+        lines += ["", "### Sliding-window inference (`predict_sliding`, 1/3 overlap)", ""]
+        lines += _table(
+            ["Model", "Image", "Tile", "Time per image (s)"],
+            [[e["model"], "x".join(map(str, e["size"])), e["tile"], _fmt(e["seconds"], 1)] for e in sliding],
+        )
+    throughput = _entries(store, "throughput")
+    if throughput:
+        lines += ["", "### Throughput at 1024x2048", ""]
+        lines += _table(
+            ["Model", "Pass", "Mode", "Batch", "Images/s"],
+            [[e["model"], e.get("kind", "inference"), e["mode"], e["batch"], _fmt(e["images_per_second"], 2)]
+             for e in sorted(throughput, key=lambda e: e["key"])],
+        )
+    return lines
+
+
+def machine_lines(store):
+    lines = ["", "### Where and when", ""]
+    rows = []
+    for section, info in sorted(store["sections"].items()):
+        machine = info["machine"]
+        versions = ", ".join(f"{k} {v}" for k, v in sorted(machine["versions"].items()))
+        gpus = ", ".join(machine["gpus"]) or "none"
+        rows.append(
+            [section, machine["date"], f"{machine['cpu']}, {machine['cores']} cores, GPU: {gpus}",
+             machine["backend"], f"{info['load_before']:.1f} / {info['load_after']:.1f}", versions]
+        )
+    return lines + _table(["Section", "Measured", "Machine", "Backend", "Load avg before / after", "Versions"], rows)
+
+
+def markdown(store):
+    return "\n".join(
+        [BEGIN, "", "### Targets", ""] + target_rows(store) + section_lines(store) + machine_lines(store) + ["", END]
+    )
+
+
+def write_markdown(store, path):
+    text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n" + BEGIN + "\n" + END + "\n"
+    if BEGIN not in text or END not in text:
+        text = text.rstrip("\n") + "\n\n" + BEGIN + "\n" + END + "\n"
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    with open(path, "w") as handle:
+        handle.write(head + markdown(store) + tail)

@@ -1,0 +1,170 @@
+"""Benchmarks of alignseg_keras, side by side in one run; writes docs/benchmarks.md.
+
+    python -m benchmarks.run                      # everything (about an hour on 2 CPU cores)
+    python -m benchmarks.run --quick              # fewer repeats and configurations (minutes)
+    python -m benchmarks.run --only alignment,inference
+
+Sections: alignment (AlignmentLayer vs PyTorch grid_sample), inference
+(AlignSeg-R101 vs the Keras ResNet-101 trunk at 512x512), training (steps at
+512x512 batch 2 in float32 and mixed precision, XLA on and off, peak RSS),
+data (tf.data augmentation throughput), sliding (1024x2048 sliding window) and
+throughput (1024x2048 inference and training, for JAX on a GPU). Every figure
+is the minimum over repeats; candidates of a section run round-robin so that
+load from other processes hits them alike. The backend is TensorFlow when it
+is installed, else JAX (set KERAS_BACKEND to choose).
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+from benchmarks import backends
+
+BACKEND = backends.select_backend()
+
+from benchmarks import report  # noqa: E402
+from benchmarks import timing  # noqa: E402
+
+SECTIONS = ("alignment", "inference", "training", "data", "sliding", "throughput")
+DEFAULT_SECTIONS = {
+    "tensorflow": ("alignment", "inference", "training", "data", "sliding"),
+    "jax": ("alignment", "inference", "training", "throughput"),
+}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def training_configs(quick):
+    """(policy, xla) pairs: mixed precision only where the hardware may gain from it."""
+    if BACKEND == "jax":
+        return [("float32", 1)] if quick else [("float32", 1), ("mixed_bfloat16", 1)]
+    if quick:
+        return [("float32", 0)]
+    return [("float32", 0), ("float32", 1), ("mixed_bfloat16", 0), ("mixed_bfloat16", 1), ("mixed_float16", 0)]
+
+
+def train_step(model, policy, xla, size, batch, repeats):
+    """Runs `benchmarks.train_step` in a fresh process; returns its entry."""
+    command = [
+        sys.executable, "-m", "benchmarks.train_step", "--model", model, "--policy", policy,
+        "--xla", str(xla), "--size", str(size[0]), str(size[1]), "--batch", str(batch),
+        "--repeats", str(repeats),
+    ]
+    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
+    entry = json.loads(result.stdout.strip().splitlines()[-1])
+    mode = backends.mode_name(bool(xla))
+    name = "AlignSeg-R101" if model == "alignseg" else "ResNet-101 trunk"
+    entry.update(model=name, policy=policy, mode=mode, config=f"{policy}, {mode}", size=list(size), batch=batch)
+    return entry
+
+
+def training(repeats, quick):
+    entries = []
+    for policy, xla in training_configs(quick):
+        entry = train_step("alignseg", policy, xla, (512, 512), 2, repeats)
+        entry.update(section="training", key=f"training 512x512 b2 AlignSeg-R101 {entry['config']}")
+        entries.append(entry)
+        print(f"  {entry['config']}: {entry['seconds']:.2f} s", flush=True)
+    return entries
+
+
+def throughput(repeats, quick, size):
+    from benchmarks import models
+
+    entries = models.throughput(repeats, size)
+    for model in ("alignseg", "trunk"):
+        for policy, xla in training_configs(quick):
+            entry = train_step(model, policy, xla, size, 1, repeats)
+            entry.update(
+                section="throughput",
+                kind="training",
+                images_per_second=1.0 / entry["seconds"],
+                key=f"throughput training {size[0]}x{size[1]} {entry['model']} {entry['config']}",
+            )
+            entries.append(entry)
+    return entries
+
+
+def run_section(section, args):
+    repeats = args.repeats or (2 if args.quick else 5)
+    if section == "alignment":
+        from benchmarks import alignment
+
+        return alignment.run(repeats, args.quick)
+    if section == "inference":
+        from benchmarks import models
+
+        return models.inference(repeats, args.quick)
+    if section == "training":
+        return training(max(2, repeats - 2), args.quick)
+    if section == "data":
+        from benchmarks import data
+
+        return data.pipeline_throughput(batches=10 if args.quick else 40)
+    if section == "sliding":
+        from benchmarks import models
+
+        return models.sliding_window(1 if args.quick else 2)
+    if section == "throughput":
+        return throughput(max(2, repeats - 2), args.quick, tuple(args.throughput_size))
+    raise ValueError(section)
+
+
+def available(section):
+    """Sections that need a part of the project or a backend say why they cannot run."""
+    if section in ("data", "sliding") and BACKEND != "tensorflow":
+        return "tf.data and the sliding-window predictor are timed on the TensorFlow backend"
+    if section == "data" and importlib.util.find_spec("alignseg_keras.data") is None:
+        return "alignseg_keras.data is not there yet"
+    if section == "sliding" and importlib.util.find_spec("alignseg_keras.inference") is None:
+        return "alignseg_keras.inference is not there yet"
+    return None
+
+
+def parse(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=None, help=f"comma-separated sections of {', '.join(SECTIONS)}")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and configurations")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per candidate")
+    parser.add_argument("--throughput-size", type=int, nargs=2, default=(1024, 2048))
+    parser.add_argument("--results", default=os.path.join(ROOT, "benchmarks", "results.json"))
+    parser.add_argument("--markdown", default=os.path.join(ROOT, "docs", "benchmarks.md"))
+    parser.add_argument("--no-write", action="store_true", help="print results, write nothing")
+    args = parser.parse_args(argv)
+    sections = args.only.split(",") if args.only else list(DEFAULT_SECTIONS[BACKEND])
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
+    args.sections = sections
+    return args
+
+
+def main(argv=None):
+    args = parse(argv)
+    store = report.load(args.results)
+    machine = timing.machine_info(BACKEND)
+    print(f"{machine['cpu']}, {machine['cores']} cores, backend {BACKEND}", flush=True)
+    for section in args.sections:
+        reason = available(section)
+        if reason:
+            print(f"[{section}] skipped: {reason}", flush=True)
+            continue
+        print(f"[{section}] load average {timing.load_average():.1f}", flush=True)
+        load_before = timing.load_average()
+        entries = run_section(section, args)
+        report.record(store, section, entries, machine, load_before, timing.load_average())
+        for entry in entries:
+            print(f"  {entry['key']}: {entry['seconds']:.4f} s", flush=True)
+        if not args.no_write:
+            report.save(store, args.results)
+            report.write_markdown(store, args.markdown)
+    print("\n".join(report.target_rows(store)))
+
+
+if __name__ == "__main__":
+    main()

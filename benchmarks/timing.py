@@ -1,0 +1,101 @@
+"""Timing and machine facts shared by the benchmarks."""
+
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+
+PACKAGES = ("keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "torch", "numpy")
+
+
+def interleaved_minimum(candidates, repeats, warmup=1):
+    """Minimum wall time in seconds of each callable, run round-robin.
+
+    Args:
+        candidates: dict name -> callable taking no argument; each call must
+            block until its result is computed.
+        repeats: timed rounds; every round runs every candidate once, so
+            that load from other processes hits all candidates alike.
+        warmup: untimed rounds first (tracing, compilation, allocation).
+    """
+    for _ in range(warmup):
+        for function in candidates.values():
+            function()
+    best = {name: float("inf") for name in candidates}
+    for _ in range(repeats):
+        for name, function in candidates.items():
+            start = time.perf_counter()
+            function()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def load_average():
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def peak_rss_mib():
+    """Peak resident memory of this process (VmHWM), in MiB."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError("VmHWM is not available on this system.")
+
+
+def current_rss_mib():
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError("VmRSS is not available on this system.")
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_names():
+    try:
+        output = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in output.splitlines() if line.strip()]
+
+
+def versions():
+    found = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def machine_info(backend):
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "gpus": gpu_names(),
+        "backend": backend,
+        "versions": versions(),
+        "platform": platform.platform(),
+        "command": " ".join(sys.argv),
+    }
