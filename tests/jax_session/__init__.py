@@ -1,0 +1,1 @@
+"""Helpers of the JAX test session (tests/test_jax_backend.py)."""

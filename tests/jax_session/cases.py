@@ -1,0 +1,120 @@
+"""Models and inputs shared by the JAX test session and its TensorFlow reference.
+
+Everything here is backend-neutral: `tf_reference.py` builds these on
+TensorFlow, randomises and saves them, and `tests/test_jax_backend.py` loads
+them on JAX and compares outputs computed from the same weights.
+"""
+
+import keras
+import numpy as np
+
+from alignseg_keras import AlignSeg
+from alignseg_keras import layers
+
+NUM_CLASSES = 5
+IMAGE_SHAPE = (2, 64, 80, 3)
+# Layer inputs: a fine and a coarse feature map, an offset field at the fine
+# size and a deep feature map for AlignCM.
+LAYER_INPUT_SHAPES = {
+    "fine": (2, 12, 14, 8),
+    "coarse": (2, 6, 7, 8),
+    "offsets": (2, 12, 14, 2),
+    "deep": (2, 5, 6, 24),
+}
+FILES = {
+    "layers": "layers.keras",
+    "layer_inputs": "layer_inputs.npz",
+    "layer_outputs": "layer_outputs.npz",
+    "alignment_gradients": "alignment_gradients.npz",
+    "model": "model.keras",
+    "model_outputs": "model_outputs.npz",
+    "trained_weights": "trained_weights.npz",
+    "jax_model": "jax_model.keras",
+    "jax_model_outputs": "jax_model_outputs.npz",
+}
+
+
+def layer_inputs(seed=0):
+    rng = np.random.default_rng(seed)
+    inputs = {name: rng.normal(size=shape).astype("float32") for name, shape in LAYER_INPUT_SHAPES.items()}
+    # Offsets of a few pixels, reaching outside the map.
+    inputs["offsets"] *= 2.0
+    return inputs
+
+
+def layer_model():
+    """One functional model holding every AlignSeg layer, outputs keyed by layer."""
+    tensors = {name: keras.Input(shape[1:], name=name) for name, shape in LAYER_INPUT_SHAPES.items()}
+    fine, coarse, offsets, deep = (tensors[name] for name in LAYER_INPUT_SHAPES)
+    outputs = {
+        "align_standard": layers.AlignmentLayer("standard")([coarse, offsets]),
+        "align_official": layers.AlignmentLayer("official")([coarse, offsets]),
+        "resize_align_corners": layers.BilinearResize(True)([coarse, fine]),
+        "resize_half_pixel": layers.BilinearResize(False)([coarse, fine]),
+        "align_fa": layers.AlignFA(offset_filters=8)([fine, coarse]),
+        "align_fa_official": layers.AlignFA(offset_filters=8, alignment="official")([fine, coarse]),
+        "align_cm_sum": layers.AlignCM(8, bins=3, hidden_filters=16, offset_filters=8)(deep),
+        "align_cm_concat": layers.AlignCM(
+            8, bins=2, hidden_filters=16, merge="concat", offset_filters=8, activation="leaky_relu"
+        )(deep),
+        "residual_conv_block": layers.ResidualConvBlock(16)(fine),
+        "segmentation_head": layers.SegmentationHead(NUM_CLASSES, 8, dropout=0.0)(fine),
+        "adaptive_pooling": layers.AdaptiveAveragePooling2D(3)(deep),
+    }
+    return keras.Model(tensors, outputs, name="alignseg_layers")
+
+
+def tiny_alignseg():
+    """A tiny AlignSeg without dropout, so that training-mode outputs are deterministic."""
+    return AlignSeg(
+        NUM_CLASSES,
+        backbone="resnet18",
+        decoder_channels=16,
+        context_hidden_channels=32,
+        dropout=0.0,
+    )
+
+
+def randomize_weights(model, seed=0):
+    """Random weights everywhere, so that no layer is trivial in the comparison.
+
+    The offset heads start at zero (plain upsampling); random small kernels
+    give offsets of a few pixels. BatchNorm statistics get random values so
+    that inference-mode normalisation is exercised.
+    """
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        shape = tuple(variable.shape)
+        name = variable.path
+        if "moving_variance" in name or name.endswith("gamma"):
+            value = rng.uniform(0.5, 1.5, size=shape)
+        elif "moving_mean" in name or name.endswith("beta") or name.endswith("bias"):
+            value = rng.normal(0.0, 0.1, size=shape)
+        else:
+            fan_in = max(int(np.prod(shape[:-1])), 1)
+            value = rng.normal(0.0, np.sqrt(1.0 / fan_in), size=shape)
+        variable.assign(value.astype(variable.dtype))
+
+
+def images(seed=0):
+    return np.random.default_rng(seed).uniform(0, 255, size=IMAGE_SHAPE).astype("float32")
+
+
+def labels(seed=0):
+    values = np.random.default_rng(seed).integers(0, NUM_CLASSES, size=IMAGE_SHAPE[:3])
+    values[:, :4] = 255  # some ignored pixels
+    return values.astype("int32")
+
+
+def compile_for_one_step(model, **kwargs):
+    """Plain SGD with the default loss: one step gives the same weights on every backend."""
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.05), metrics=[], **kwargs)
+
+
+def alignment_objective(output):
+    """A non-linear scalar of the alignment output, for gradient comparisons."""
+    return keras.ops.sum(output * keras.ops.cos(output))
+
+
+def weights_by_path(model):
+    return {variable.path: np.asarray(variable) for variable in model.weights}
