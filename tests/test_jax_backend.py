@@ -192,3 +192,8 @@ def test_data_parallel_step_equals_single_device_step():
     assert result["devices"] == 2
     assert result["max_weight_difference"] <= 1e-4 * max(result["weight_scale"], 1.0)
     assert abs(result["parallel_loss"] - result["single_loss"]) <= 1e-4 * abs(result["single_loss"])
+
+
+def test_alignseg_works_without_tensorflow():
+    output = run_helper("without_tensorflow.py", env={"KERAS_BACKEND": "jax"})
+    assert output.strip().splitlines()[-1] == "ok"
