@@ -78,9 +78,11 @@ def torch_candidates(features, offsets):
         with torch.no_grad():
             sample(f, o)
 
+    f_leaf, o_leaf = f.clone().requires_grad_(True), o.clone().requires_grad_(True)
+
     def run_both():
-        f_grad, o_grad = f.clone().requires_grad_(True), o.clone().requires_grad_(True)
-        sample(f_grad, o_grad).square().sum().backward()
+        f_leaf.grad = o_leaf.grad = None
+        sample(f_leaf, o_leaf).square().sum().backward()
 
     return {("forward", "PyTorch"): run_forward, ("forward+backward", "PyTorch"): run_both}
 

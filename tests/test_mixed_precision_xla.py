@@ -138,3 +138,56 @@ def test_mixed_precision_training_step_follows_float32(float32_model, policy):
     assert abs(loss - expected_loss) < LOSS_TOLERANCE[policy] * expected_loss
     assert all(w.dtype == "float32" for w in model.trainable_weights)
     assert np.all(np.isfinite(update)) and np.linalg.norm(update) > 0
+
+
+def autodiff_alignment(layer, features, offsets):
+    """The same sampling as `AlignmentLayer`, differentiated by TensorFlow itself:
+    the reference for the layer's hand-written gradient."""
+    import tensorflow as tf
+
+    batch, in_h, in_w, _ = features.shape
+    y, x = layer.sampling_positions(tf.shape(features), offsets)
+    y = tf.clip_by_value(y, -1.0, float(in_h))
+    x = tf.clip_by_value(x, -1.0, float(in_w))
+    y0, x0 = tf.floor(y), tf.floor(x)
+    output = 0.0
+    for row, wy in ((y0, 1.0 - (y - y0)), (y0 + 1.0, y - y0)):
+        for col, wx in ((x0, 1.0 - (x - x0)), (x0 + 1.0, x - x0)):
+            inside = (row >= 0) & (row < in_h) & (col >= 0) & (col < in_w)
+            r = tf.cast(tf.clip_by_value(row, 0, in_h - 1), "int32")
+            c = tf.cast(tf.clip_by_value(col, 0, in_w - 1), "int32")
+            b = tf.broadcast_to(tf.reshape(tf.range(batch), (-1, 1, 1)), tf.shape(r))
+            taps = tf.gather_nd(features, tf.stack([b, r, c], axis=-1))
+            output += taps * tf.expand_dims(wy * wx * tf.cast(inside, "float32"), -1)
+    return output
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("mode", ["standard", "official"])
+@pytest.mark.parametrize("in_size,out_size", [((5, 7), (5, 7)), ((4, 6), (9, 11)), ((3, 3), (8, 8)), ((9, 8), (1, 6))])
+def test_alignment_gradients_equal_autodiff(mode, in_size, out_size, jit_compile):
+    import tensorflow as tf
+
+    from alignseg_keras.layers import AlignmentLayer
+
+    rng = np.random.default_rng(7)
+    features = tf.constant(rng.normal(size=(2, *in_size, 6)).astype("float32"))
+    offsets = tf.constant(rng.uniform(-3, 3, size=(2, *out_size, 2)).astype("float32"))
+    upstream = tf.constant(rng.normal(size=(2, *out_size, 6)).astype("float32"))
+    layer = AlignmentLayer(mode)
+
+    def gradients(function):
+        @tf.function(jit_compile=jit_compile)
+        def run(f, o):
+            with tf.GradientTape() as tape:
+                tape.watch([f, o])
+                value = tf.reduce_sum(function(f, o) * upstream)
+            return tape.gradient(value, [f, o])
+
+        return [g.numpy() for g in run(features, offsets)]
+
+    result = gradients(lambda f, o: layer([f, o]))
+    expected = gradients(lambda f, o: autodiff_alignment(layer, f, o))
+    for actual, reference in zip(result, expected):
+        np.testing.assert_allclose(actual, reference, rtol=1e-5, atol=1e-5)
+    assert np.abs(result[1]).max() > 0
