@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e ".[$(TF_EXTRA),dev]" "$(TORCH)"
+	$(PY) -m pip install -q -e ".[$(TF_EXTRA),dev,onnx]" "$(TORCH)"
 	touch $(TEST_STAMP)
 
 test: $(TEST_STAMP)

@@ -12,15 +12,12 @@ from alignseg_keras.export import missing_requirements
 
 
 def tiny_model():
-    # pad_to_multiple=None: PadToMultiple's dynamic padding hides the channel
-    # count from the TFLite converter and tf2onnx truncates its negative modulo.
     keras.utils.set_random_seed(0)
     return AlignSeg(
         num_classes=3,
         backbone="resnet18",
         decoder_channels=16,
         context_hidden_channels=32,
-        pad_to_multiple=None,
     )
 
 

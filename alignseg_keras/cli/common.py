@@ -54,3 +54,35 @@ def load_dataset(args, split):
     masks = _sorted_glob(args.masks, "masks")
     dataset = data.from_files(images, masks, num_classes=args.num_classes)
     return dataset, args.num_classes, [str(i) for i in range(args.num_classes)]
+
+
+def add_test_time_arguments(parser):
+    """--sliding, --overlap, --scales, --flip and --batch-size (predict and evaluate)."""
+    group = parser.add_argument_group("test-time procedure")
+    group.add_argument("--sliding", type=int, nargs="+", metavar="TILE",
+                       help="sliding-window tile size (one value, or height and width)")
+    group.add_argument("--overlap", type=float, default=1 / 3,
+                       help="sliding-window overlap (default 1/3)")
+    group.add_argument("--scales", type=float, nargs="+", help="multi-scale test scales")
+    group.add_argument("--flip", action="store_true", help="average with the flipped image")
+    group.add_argument("--batch-size", type=int, default=4,
+                       help="images or tiles per forward pass (default 4)")
+
+
+def predict_probabilities(model, image, args):
+    """Probabilities for one image with the test-time procedure the arguments ask for."""
+    from alignseg_keras import inference
+
+    tile = None
+    if args.sliding:
+        tile = args.sliding[0] if len(args.sliding) == 1 else tuple(args.sliding[:2])
+    if args.scales or args.flip:
+        return inference.predict_multiscale(
+            model, image, scales=args.scales or (1.0,), flip=args.flip, sliding=tile,
+            overlap=args.overlap, batch_size=args.batch_size,
+        )
+    if tile is not None:
+        return inference.predict_sliding(
+            model, image, tile_size=tile, overlap=args.overlap, batch_size=args.batch_size
+        )
+    return inference.predict_whole(model, image, batch_size=args.batch_size)

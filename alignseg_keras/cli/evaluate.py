@@ -5,6 +5,7 @@ import numpy as np
 
 def add_parser(subparsers):
     from alignseg_keras.cli.common import add_dataset_arguments
+    from alignseg_keras.cli.common import add_test_time_arguments
 
     parser = subparsers.add_parser(
         "evaluate",
@@ -16,33 +17,9 @@ def add_parser(subparsers):
     parser.add_argument("--model", required=True, help="a .keras file saved by alignseg")
     add_dataset_arguments(parser)
     parser.add_argument("--split", default="val", choices=("train", "val"))
-    parser.add_argument("--sliding", type=int, nargs="+", metavar="TILE",
-                        help="sliding-window tile size (one value, or height and width)")
-    parser.add_argument("--overlap", type=float, default=1 / 3)
-    parser.add_argument("--scales", type=float, nargs="+", help="multi-scale test scales")
-    parser.add_argument("--flip", action="store_true", help="average with the flipped image")
-    parser.add_argument("--batch-size", type=int, default=4, help="images or tiles per forward pass")
+    add_test_time_arguments(parser)
     parser.add_argument("--limit", type=int, help="evaluate only the first N images")
     parser.set_defaults(func=run)
-
-
-def predict_probabilities(model, image, args):
-    """Probabilities for one image with the test-time procedure the arguments ask for."""
-    from alignseg_keras import inference
-
-    tile = None
-    if args.sliding:
-        tile = args.sliding[0] if len(args.sliding) == 1 else tuple(args.sliding[:2])
-    if args.scales or args.flip:
-        return inference.predict_multiscale(
-            model, image, scales=args.scales or (1.0,), flip=args.flip, sliding=tile,
-            overlap=args.overlap, batch_size=args.batch_size,
-        )
-    if tile is not None:
-        return inference.predict_sliding(
-            model, image, tile_size=tile, overlap=args.overlap, batch_size=args.batch_size
-        )
-    return inference.predict_whole(model, image, batch_size=args.batch_size)
 
 
 def format_table(class_names, ious, pixel_accuracy, miou):
@@ -60,6 +37,7 @@ def run(args):
     import keras
 
     from alignseg_keras.cli.common import load_dataset
+    from alignseg_keras.cli.common import predict_probabilities
     from alignseg_keras.metrics import MeanIoU
 
     model = keras.saving.load_model(args.model)

@@ -14,6 +14,7 @@ is then 1.
 import pathlib
 import sys
 
+from alignseg_keras.cli.common import add_test_time_arguments
 from alignseg_keras.visualize import PALETTES
 
 
@@ -36,14 +37,7 @@ def add_parser(subparsers):
                         help="also write Cityscapes labelIds PNGs (19-class models)")
     parser.add_argument("--offsets", action="store_true",
                         help="also draw the offset fields of every AlignFA/AlignCM module")
-    parser.add_argument("--sliding", type=int, nargs="+", metavar="TILE",
-                        help="sliding-window tile size (one value, or height and width)")
-    parser.add_argument("--overlap", type=float, default=1 / 3,
-                        help="sliding-window overlap (default 1/3)")
-    parser.add_argument("--scales", type=float, nargs="+", help="multi-scale test scales")
-    parser.add_argument("--flip", action="store_true", help="average with the flipped image")
-    parser.add_argument("--batch-size", type=int, default=4,
-                        help="images or tiles per forward pass (default 4)")
+    add_test_time_arguments(parser)
     parser.add_argument("--alpha", type=float, default=0.5,
                         help="opacity of the labels in the overlay (default 0.5)")
     parser.set_defaults(func=run)
@@ -87,7 +81,7 @@ def write_pictures(model, image, labels, palette, args, stem):
 def run(args):
     import keras
 
-    from alignseg_keras.cli.evaluate import predict_probabilities
+    from alignseg_keras.cli.common import predict_probabilities
     from alignseg_keras.visualize import get_palette
     from alignseg_keras.visualize import load_image
 

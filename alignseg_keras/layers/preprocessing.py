@@ -72,9 +72,14 @@ class PadToMultiple(keras.layers.Layer):
 
     def call(self, inputs):
         shape = ops.shape(inputs)
-        pad_h = (-shape[1]) % self.multiple
-        pad_w = (-shape[2]) % self.multiple
-        return ops.pad(inputs, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+        # Non-negative operands only: tf2onnx truncates the modulo of negative numbers.
+        pad_h = (self.multiple - shape[1] % self.multiple) % self.multiple
+        pad_w = (self.multiple - shape[2] % self.multiple) % self.multiple
+        padded = ops.pad(inputs, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+        # Dynamic paddings hide every static dimension; keep the channels known
+        # (TFLite's builtin Conv2D needs them).
+        channels = inputs.shape[-1] if inputs.shape[-1] is not None else -1
+        return ops.reshape(padded, (shape[0], shape[1] + pad_h, shape[2] + pad_w, channels))
 
     def compute_output_shape(self, input_shape):
         def padded(size):
