@@ -118,7 +118,8 @@ def run(repeats, quick=False):
         for (kind, mode), seconds in best.items():
             entry = {
                 "section": "alignment",
-                "key": f"alignment {shape} {kind} {mode}",
+                "key": f"alignment {shape} {kind} {mode}, {backends.backend()} run",
+                "run": backends.backend(),
                 "shape": list(shape),
                 "kind": kind,
                 "mode": mode,

@@ -32,7 +32,7 @@ def save(store, path):
 
 
 def record(store, section, entries, machine, load_before, load_after):
-    store["sections"][section] = {
+    store["sections"][f"{section}, {machine['backend']}"] = {
         "machine": machine,
         "load_before": load_before,
         "load_after": load_after,
@@ -104,12 +104,14 @@ def target_rows(store):
 
 def section_lines(store):
     lines = []
-    alignment = sorted(_entries(store, "alignment"), key=lambda e: (e["shape"], e["kind"], e["mode"]))
+    alignment = sorted(
+        _entries(store, "alignment"), key=lambda e: (e["run"], e["shape"], e["kind"], e["mode"])
+    )
     if alignment:
         lines += ["", "### AlignmentLayer vs PyTorch `F.grid_sample` (bilinear, zeros, align_corners=True)", ""]
         lines += _table(
-            ["Shape (B, H, W, C)", "Pass", "Implementation", "Time (ms)", "x PyTorch"],
-            [[tuple(e["shape"]), e["kind"], e["mode"], _fmt(e["seconds"] * 1e3, 1),
+            ["Run (Keras backend)", "Shape (B, H, W, C)", "Pass", "Implementation", "Time (ms)", "x PyTorch"],
+            [[e["run"], tuple(e["shape"]), e["kind"], e["mode"], _fmt(e["seconds"] * 1e3, 1),
               _fmt(e.get("ratio_to_pytorch"))] for e in alignment],
         )
     inference = sorted(_entries(store, "inference"), key=lambda e: (e["mode"], e["model"]))
@@ -123,9 +125,11 @@ def section_lines(store):
     if training:
         lines += ["", "### Training step (`train_on_batch`), minimum over the timed steps", ""]
         lines += _table(
-            ["Model", "Size", "Batch", "Configuration", "Step (s)", "First step (s)", "Peak RSS (GiB)"],
+            ["Model", "Size", "Batch", "Configuration", "Step (s)", "First step (s)",
+             "RSS before the first step (GiB)", "Peak RSS (GiB)"],
             [[e["model"], "x".join(map(str, e["size"])), e["batch"], e["config"], _fmt(e["seconds"]),
-              _fmt(e["first_step_seconds"], 1), _fmt(e["peak_rss_mib"] / 1024)] for e in training],
+              _fmt(e["first_step_seconds"], 1), _fmt(e["rss_before_mib"] / 1024),
+              _fmt(e["peak_rss_mib"] / 1024)] for e in training],
         )
     for entry in _entries(store, "data"):
         lines += ["", "### tf.data training pipeline", ""]
