@@ -12,6 +12,7 @@ TEST_STAMP := $(VENV)/.installed-test
 # pin is the CPU build that installs quickly here.
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?= -n 2
+BENCH_ARGS ?=
 
 .PHONY: install test demo bench clean
 
@@ -24,11 +25,18 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e ".[$(TF_EXTRA),dev,onnx]" "$(TORCH)"
+	$(PY) -m pip install -q -e ".[$(TF_EXTRA),dev,onnx,jax]" "$(TORCH)"
 	touch $(TEST_STAMP)
 
+# The TensorFlow session, then a small JAX session (Keras fixes its backend per process).
 test: $(TEST_STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest $(PYTEST_ARGS)
+	KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest tests/test_jax_backend.py
+
+# BENCH_ARGS="--quick" takes minutes; "--only alignment,inference" runs a subset.
+bench: $(STAMP)
+	$(PY) -m pip install -q "$(TORCH)" jax
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m benchmarks.run $(BENCH_ARGS)
 
 demo: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) examples/demo.py --output runs/demo

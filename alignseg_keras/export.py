@@ -83,6 +83,12 @@ def export_saved_model(model, export_dir):
     labels = served(images=tf.zeros((1, 512, 1024, 3), tf.uint8))["labels"]
     ```
     """
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "export_saved_model builds its serving function with TensorFlow ops and needs "
+            f"KERAS_BACKEND=tensorflow (current: {keras.backend.backend()!r}); save a .keras "
+            "file on this backend and export it from a TensorFlow process."
+        )
     archive = keras.export.ExportArchive()
     # The endpoint tracks the variables it uses. `archive.track(model)` would
     # also store the model's Keras variables a second time (Keras 3.15),

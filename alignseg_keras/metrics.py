@@ -72,7 +72,10 @@ class MeanIoU(keras.metrics.Metric):
         valid = ops.logical_and(valid, labels != self.ignore_index)
         # Index label * C + prediction only for valid pixels: no overflow, no stray bins.
         index = ops.where(valid, labels * self.num_classes + predictions, 0)
-        counts = ops.bincount(index, weights=ops.cast(valid, "int32"), minlength=self.num_classes**2)
+        # A static output size: compiles under jax.jit too (ops.bincount does not).
+        counts = ops.segment_sum(
+            ops.cast(valid, "int32"), index, num_segments=self.num_classes**2
+        )
         low = self.low + ops.reshape(ops.cast(counts, "int32"), self.low.shape)
         carry = low // _CARRY
         self.low.assign(low - carry * _CARRY)
@@ -99,8 +102,8 @@ class MeanIoU(keras.metrics.Metric):
         return float(np.trace(confusion) / max(confusion.sum(), 1))
 
     def reset_state(self):
-        self.low.assign(ops.zeros_like(self.low))
-        self.high.assign(ops.zeros_like(self.high))
+        self.low.assign(ops.zeros(self.low.shape, "int32"))
+        self.high.assign(ops.zeros(self.high.shape, "int32"))
 
     def get_config(self):
         config = super().get_config()

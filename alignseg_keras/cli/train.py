@@ -48,6 +48,13 @@ def add_parser(subparsers):
 
 
 def _strategy(name):
+    import keras
+
+    if name != "none" and keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            f"--distribute {name} uses tf.distribute and needs KERAS_BACKEND=tensorflow; "
+            "on JAX use keras.distribution.DataParallel (docs/jax.md)."
+        )
     import tensorflow as tf
 
     if name == "mirrored":

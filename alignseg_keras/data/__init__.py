@@ -2,6 +2,14 @@
 `tf.data` augmentation pipeline. Every reader yields `(image uint8 (H, W, 3),
 mask uint8 (H, W))` with train ids and 255 for ignore."""
 
+try:
+    import tensorflow  # noqa: F401
+except ImportError as error:
+    raise ImportError(
+        "alignseg_keras.data builds tf.data pipelines and needs TensorFlow "
+        "(pip install tensorflow-cpu); the pipelines feed fit on any Keras backend."
+    ) from error
+
 from alignseg_keras.data.ade20k import ADE20K_NUM_CLASSES
 from alignseg_keras.data.ade20k import load_ade20k
 from alignseg_keras.data.augment import PHOTOMETRIC_DEFAULTS
