@@ -2,19 +2,16 @@ import keras
 import numpy as np
 import pytest
 
-from alignseg_keras import AlignSeg
 from alignseg_keras.inference import predict_multiscale
 from alignseg_keras.inference import predict_sliding
 from alignseg_keras.inference import predict_whole
 from alignseg_keras.inference import window_starts
+from alignseg_keras.testing import tiny_alignseg
 
 
 @pytest.fixture(scope="module")
 def model():
-    keras.utils.set_random_seed(0)
-    return AlignSeg(
-        num_classes=4, backbone="resnet18", decoder_channels=16, context_hidden_channels=32
-    )
+    return tiny_alignseg(num_classes=4)
 
 
 @pytest.fixture(scope="module")

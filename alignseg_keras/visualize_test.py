@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-from alignseg_keras import AlignSeg
 from alignseg_keras.visualize import ade20k_palette
 from alignseg_keras.visualize import cityscapes_palette
 from alignseg_keras.visualize import colorize_labels
@@ -13,6 +12,7 @@ from alignseg_keras.visualize import offset_images
 from alignseg_keras.visualize import overlay
 from alignseg_keras.visualize import save_png
 from alignseg_keras.visualize import train_ids_to_label_ids
+from alignseg_keras.testing import tiny_alignseg
 
 
 def distinct_rows(array):
@@ -128,9 +128,7 @@ def test_offset_images_read_the_alignment_convention():
 
 
 def test_offset_images_of_an_alignseg_model():
-    model = AlignSeg(
-        num_classes=3, backbone="resnet18", decoder_channels=16, context_hidden_channels=32
-    )
+    model = tiny_alignseg(num_classes=3, seed=None)
     image = np.random.default_rng(0).integers(0, 256, (40, 52, 3)).astype("uint8")
     pictures = offset_images(model, image, separator=2)
     assert set(pictures) == {"align_fa2", "align_fa3", "align_fa4", "align_fa5", "align_cm"}

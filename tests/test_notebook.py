@@ -1,6 +1,5 @@
 """Runs examples/quickstart.ipynb end to end on a tiny setting."""
 
-import os
 from pathlib import Path
 
 import pytest

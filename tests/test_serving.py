@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alignseg_keras import AlignSeg
 from alignseg_keras.export import export_saved_model
+from alignseg_keras.testing import tiny_alignseg
 
 # Loads the SavedModel in a process where importing alignseg_keras fails, and
 # saves what `serving_default` returns for each input batch.
@@ -46,10 +46,7 @@ SERVE_WITHOUT_ALIGNSEG = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def model():
-    keras.utils.set_random_seed(0)
-    return AlignSeg(
-        num_classes=3, backbone="resnet18", decoder_channels=16, context_hidden_channels=32
-    )
+    return tiny_alignseg(num_classes=3)
 
 
 @pytest.fixture(scope="module")

@@ -1,18 +1,14 @@
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from alignseg_keras import AlignSeg
 from alignseg_keras.cli import main
+from alignseg_keras.testing import tiny_alignseg
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    keras.utils.set_random_seed(0)
-    model = AlignSeg(
-        num_classes=3, backbone="resnet18", decoder_channels=16, context_hidden_channels=32
-    )
+    model = tiny_alignseg(num_classes=3)
     path = tmp_path_factory.mktemp("model") / "model.keras"
     model.save(path)
     return str(path)

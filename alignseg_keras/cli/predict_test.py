@@ -1,23 +1,18 @@
-import keras
 import numpy as np
 import pytest
 
-from alignseg_keras import AlignSeg
 from alignseg_keras.cli import main
 from alignseg_keras.data.cityscapes import LABEL_ID_TO_TRAIN_ID
 from alignseg_keras.visualize import cityscapes_palette
 from alignseg_keras.visualize import load_image
+from alignseg_keras.models.alignseg import OFFSET_MODULES
+from alignseg_keras.testing import tiny_alignseg
 from alignseg_keras.visualize import save_png
-
-OFFSET_MODULES = ("align_fa2", "align_fa3", "align_fa4", "align_fa5", "align_cm")
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    keras.utils.set_random_seed(0)
-    model = AlignSeg(
-        num_classes=19, backbone="resnet18", decoder_channels=16, context_hidden_channels=32
-    )
+    model = tiny_alignseg(num_classes=19)
     path = tmp_path_factory.mktemp("model") / "model.keras"
     model.save(path)
     return str(path)

@@ -17,6 +17,7 @@ from alignseg_keras.models.presets import PRESETS
 from alignseg_keras.models.training import count_training_steps
 from alignseg_keras.models.training import resolve_poly_schedule
 
+# Keys of `AlignSeg.offset_model()` outputs: every alignment module.
 OFFSET_MODULES = ("align_fa2", "align_fa3", "align_fa4", "align_cm", "align_fa5")
 
 

@@ -4,12 +4,11 @@ import pytest
 
 from alignseg_keras import AlignSeg
 from alignseg_keras import layers
+from alignseg_keras.testing import tiny_alignseg
 
 
 def tiny_model(**kwargs):
-    args = dict(num_classes=4, backbone="resnet18", decoder_channels=16, context_hidden_channels=32)
-    args.update(kwargs)
-    return AlignSeg(**args)
+    return tiny_alignseg(num_classes=4, seed=None, **kwargs)
 
 
 @pytest.fixture(scope="module")
