@@ -3,10 +3,10 @@ import pytest
 
 from alignseg_keras.cli import main
 from alignseg_keras.data.cityscapes import LABEL_ID_TO_TRAIN_ID
-from alignseg_keras.visualize import cityscapes_palette
-from alignseg_keras.visualize import load_image
 from alignseg_keras.models.alignseg import OFFSET_MODULES
 from alignseg_keras.testing import tiny_alignseg
+from alignseg_keras.visualize import cityscapes_palette
+from alignseg_keras.visualize import load_image
 from alignseg_keras.visualize import save_png
 
 
