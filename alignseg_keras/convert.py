@@ -20,11 +20,19 @@ The authors' network (`networks/alignseg.py`) names its modules `conv1`,
     head.0/1/3, dsn.0/1/3     head/hidden/conv, /norm, head/classifier (dsn: auxiliary_head)
 
 Convolution weights go from PyTorch's (out, in, kh, kw) to Keras' (kh, kw, in,
-out); BatchNorm (and InPlaceABN) `weight`, `bias`, `running_mean` and
-`running_var` become `gamma`, `beta`, `moving_mean` and `moving_variance`;
-`num_batches_tracked` carries no information for inference and is ignored.
+out). Every normalisation layer of the authors' network, the backbone's too, is
+an `InPlaceABNSync` (mapillary/inplace_abn), which is not plain BatchNorm: its
+forward pass scales by `(|weight| + eps) / sqrt(running_var + eps)` (eps 1e-5),
+so that its in-place backward can invert the affine map. Its `weight` w becomes
+the Keras BatchNormalization `gamma = |w| + eps` (a trained network can hold
+negative weights; the library uses their absolute value), and `bias`,
+`running_mean` and `running_var` become `beta`, `moving_mean` and
+`moving_variance`; `num_batches_tracked` carries no information for inference
+and is ignored. Export writes `w = gamma - eps`, which the library reads back
+as the same `gamma`.
 """
 
+import dataclasses
 import os
 
 import keras
@@ -49,6 +57,14 @@ NORM = (
 # Counts training batches in PyTorch's BatchNorm; no Keras counterpart.
 BATCH_COUNTER = "num_batches_tracked"
 CLASSIFIERS = ("head.3", "dsn.3")
+# InPlaceABN's default eps, which the authors keep. The Keras BatchNormalization
+# layers use the same value (`conv_norm_activation.BN_EPSILON`, checked by a
+# test), so the variance term `sqrt(var + eps)` matches as well.
+INPLACE_ABN_EPSILON = 1e-5
+# The ImageNet classifier of a backbone checkpoint; a segmentation model has none.
+IMAGENET_CLASSIFIER = ("fc.weight", "fc.bias")
+# Cityscapes' 19 train ids: the authors' checkpoints and the default of new models.
+DEFAULT_NUM_CLASSES = 19
 TORCH_INSTALL_HINT = (
     "Reading a PyTorch checkpoint needs PyTorch: `pip install alignseg-keras[torch]` "
     "(or `pip install torch`), or pass a dict of NumPy arrays instead."
@@ -162,20 +178,34 @@ def official_weight_map(depth=101):
     # 'align_fa3/low_resolution_offsets/offsets/kernel'
     ```
     """
+    return _weight_map(official_module_map(depth))
+
+
+def backbone_weight_map(depth=101):
+    """PyTorch tensor name -> Keras variable path for the deep-stem ResNet alone.
+
+    The names of an ImageNet checkpoint of the authors' backbone (`conv1`,
+    `bn1`, ..., `layer4.2.bn3`), without its `fc` classifier.
+
+    Example:
+    ```python
+    backbone_weight_map(101)["layer3.22.bn2.weight"]  # 'layer3_22_bn2/gamma'
+    ```
+    """
+    return _weight_map(_backbone_modules(_stage_blocks(depth)))
+
+
+def _weight_map(modules):
     return {
         f"{module}.{torch_name}": f"{layer}/{keras_name}"
-        for module, layer, params in official_module_map(depth)
+        for module, layer, params in modules
         for torch_name, keras_name in params
     }
 
 
-def _batch_counters(depth):
-    """The `num_batches_tracked` names of every BatchNorm of the authors' network."""
-    return [
-        f"{module}.{BATCH_COUNTER}"
-        for module, _, params in official_module_map(depth)
-        if params is NORM
-    ]
+def _batch_counters(modules):
+    """The `num_batches_tracked` names of every BatchNorm among `modules`."""
+    return [f"{module}.{BATCH_COUNTER}" for module, _, params in modules if params is NORM]
 
 
 def _stage_blocks(depth):
@@ -210,6 +240,36 @@ def torch_shape(name, keras_shape):
     if _is_conv_weight(name, keras_shape):
         return tuple(keras_shape[axis] for axis in KERAS_TO_TORCH_AXES)
     return keras_shape
+
+
+def abn_weight_to_gamma(weight):
+    """The Keras BatchNormalization `gamma` that computes what InPlaceABN does with `weight`.
+
+    InPlaceABN scales by `(|weight| + eps) / sqrt(var + eps)`
+    (mapillary/inplace_abn, `forward_cpu` and its CUDA kernel), so the
+    equivalent plain BatchNorm has `gamma = |weight| + eps`, computed in float32
+    as the library does.
+
+    Example:
+    ```python
+    abn_weight_to_gamma(np.array([0.5, -0.5], "float32"))  # [0.50001, 0.50001]
+    ```
+    """
+    return np.abs(np.asarray(weight, "float32")) + np.float32(INPLACE_ABN_EPSILON)
+
+
+def gamma_to_abn_weight(gamma):
+    """The InPlaceABN `weight` whose `|weight| + eps` is `gamma`: `gamma - eps`.
+
+    Exact for `gamma >= eps` (up to float32 rounding); smaller or negative
+    scales have no InPlaceABN equivalent (`export_official_state_dict` refuses
+    them).
+    """
+    return np.asarray(gamma, "float32") - np.float32(INPLACE_ABN_EPSILON)
+
+
+def _is_gamma(keras_path):
+    return keras_path.endswith("/gamma")
 
 
 def _to_numpy(value):
@@ -290,6 +350,44 @@ def infer_num_classes(state_dict):
     return None if weight is None or weight.ndim < 1 else int(weight.shape[0])
 
 
+@dataclasses.dataclass(frozen=True)
+class ConversionReport:
+    """What loading a checkpoint did.
+
+    Attributes:
+        loaded: int, the number of tensors assigned to Keras weights.
+        ignored: tuple of the checkpoint's names that were read but not used
+            (`num_batches_tracked`, an ImageNet `fc`, skipped classifiers).
+        negative_weights: dict of normalisation layer (PyTorch name) -> the
+            number of its `weight` entries that are negative; InPlaceABN uses
+            their absolute value, and so does the converted `gamma`.
+    """
+
+    loaded: int
+    ignored: tuple
+    negative_weights: dict
+
+    @property
+    def negative_count(self):
+        """The number of negative normalisation weights, over all layers."""
+        return sum(self.negative_weights.values())
+
+    def __str__(self):
+        text = (
+            f"Loaded {self.loaded} tensors; normalisation weights w read as InPlaceABN "
+            f"does (gamma = |w| + {INPLACE_ABN_EPSILON:g}): {self.negative_count} negative "
+            f"in {len(self.negative_weights)} layers"
+        )
+        if self.ignored:
+            text += f"; ignored {len(self.ignored)} ({_summarise(self.ignored)})"
+        return text + "."
+
+
+def _summarise(names, shown=3):
+    kinds = sorted({name.rsplit(".", 1)[-1] for name in names})
+    return ", ".join(kinds[:shown]) + (", ..." if len(kinds) > shown else "")
+
+
 def _model_variables(model):
     variables = {}
     for variable in model.weights:
@@ -302,8 +400,9 @@ def _model_variables(model):
     return variables
 
 
-def _check_model_covered(weight_map, variables, preset):
-    uncovered = sorted(set(variables) - set(weight_map.values()))
+def _check_model_covered(weight_map, variables, preset, whole_model=True):
+    """Every mapped path is a model weight; with `whole_model`, every weight is mapped."""
+    uncovered = sorted(set(variables) - set(weight_map.values())) if whole_model else []
     absent = sorted(set(weight_map.values()) - set(variables))
     if uncovered or absent:
         raise ValueError(
@@ -320,7 +419,7 @@ def _check_model_covered(weight_map, variables, preset):
 
 
 def _mismatch_report(state_dict, expected_shapes, optional):
-    """Missing, unexpected and mis-shaped names, formatted; None when all match."""
+    """Missing, unexpected, mis-shaped and non-finite tensors, formatted; None when all match."""
     missing = [name for name in expected_shapes if name not in state_dict]
     unexpected = [
         name for name in state_dict if name not in expected_shapes and name not in optional
@@ -330,26 +429,73 @@ def _mismatch_report(state_dict, expected_shapes, optional):
         for name, shape in expected_shapes.items()
         if name in state_dict and tuple(state_dict[name].shape) != shape
     ]
+    not_finite = [
+        f"{name}: {int(np.sum(~np.isfinite(state_dict[name])))} NaN or infinite values"
+        for name in expected_shapes
+        if name in state_dict
+        and np.issubdtype(state_dict[name].dtype, np.floating)
+        and not np.all(np.isfinite(state_dict[name]))
+    ]
     sections = [
         f"{label} ({len(items)}):\n    " + "\n    ".join(items)
         for label, items in (
             ("missing", missing),
             ("unexpected", unexpected),
             ("wrong shape", wrong_shape),
+            ("not finite", not_finite),
         )
         if items
     ]
     return "\n  ".join(sections) if sections else None
 
 
-def load_official_checkpoint(source, num_classes=None, preset=None, **model_kwargs):
+def _assign_strictly(variables, state_dict, weight_map, optional, target, hint=""):
+    """Checks every tensor first, then assigns them all; returns a `ConversionReport`."""
+    expected_shapes = {
+        name: torch_shape(name, variables[path].shape) for name, path in weight_map.items()
+    }
+    report = _mismatch_report(state_dict, expected_shapes, optional)
+    if report:
+        raise ValueError(f"The checkpoint does not match {target}:\n  {report}{hint}")
+    negative_weights = {}
+    for name, path in weight_map.items():
+        value = torch_to_keras(name, state_dict[name])
+        if _is_gamma(path):
+            if negative := int(np.sum(value < 0)):
+                negative_weights[name.rsplit(".", 1)[0]] = negative
+            value = abn_weight_to_gamma(value)
+        variables[path].assign(value.astype(variables[path].dtype))
+    ignored = tuple(name for name in state_dict if name not in weight_map)
+    return ConversionReport(len(weight_map), ignored, negative_weights)
+
+
+def _is_classifier(name):
+    return name.rsplit(".", 1)[0] in CLASSIFIERS
+
+
+def _official_model(preset, depth, num_classes, model_kwargs):
+    """`AlignSeg.from_preset` for the given official preset, or the one of `depth`."""
+    from alignseg_keras.models.alignseg import AlignSeg
+
+    if preset is None:
+        preset = OFFICIAL_PRESETS[depth or 101]
+    if preset not in OFFICIAL_PRESETS.values():
+        raise ValueError(
+            f"`preset` must be one of {sorted(OFFICIAL_PRESETS.values())}; received {preset!r}."
+        )
+    return AlignSeg.from_preset(preset, num_classes=num_classes, **model_kwargs)
+
+
+def load_official_checkpoint(
+    source, num_classes=None, preset=None, verbose=False, **model_kwargs
+):
     """Builds the authors' AlignSeg and loads one of their PyTorch checkpoints.
 
     The model is `AlignSeg.from_preset(preset)`, the exact network of the
-    authors' code (deep-stem ResNet, InPlaceABN as BN + LeakyReLU(0.01), their
-    legacy sampler, BGR input minus their mean): in inference mode it returns
-    the same logits as their PyTorch model. Loading is strict (see
-    `load_official_weights`).
+    authors' code (deep-stem ResNet, InPlaceABN as BN + LeakyReLU(0.01) with
+    `gamma = |weight| + eps`, their legacy sampler, BGR input minus their
+    mean): in inference mode it returns the same logits as their PyTorch
+    model. Loading is strict (see `load_official_weights`).
 
     Args:
         source: a `.pth` path (needs PyTorch; read with `weights_only=True`),
@@ -361,6 +507,8 @@ def load_official_checkpoint(source, num_classes=None, preset=None, **model_kwar
             initialised: the starting point for fine-tuning on other classes.
         preset: `"alignseg_resnet101_official"`, `"alignseg_resnet50_official"`,
             or None to tell the depth from the checkpoint's `layer3` blocks.
+        verbose: bool, print the `ConversionReport` (tensors loaded, negative
+            normalisation weights, ignored names).
         **model_kwargs: `AlignSeg` arguments overriding the preset, e.g.
             `pad_to_multiple=32` or, for fine-tuning, `alignment="standard"`.
             Arguments that change the weights' shapes make loading fail.
@@ -378,31 +526,26 @@ def load_official_checkpoint(source, num_classes=None, preset=None, **model_kwar
     logits = model.predict(rgb_images)  # (B, H, W, 19)
     ```
     """
-    from alignseg_keras.models.alignseg import AlignSeg
-
     state_dict = read_state_dict(source)
-    if preset is None:
-        preset = OFFICIAL_PRESETS[infer_depth(state_dict) or 101]
-    if preset not in OFFICIAL_PRESETS.values():
-        raise ValueError(
-            f"`preset` must be one of {sorted(OFFICIAL_PRESETS.values())}; received {preset!r}."
-        )
     checkpoint_classes = infer_num_classes(state_dict)
     new_classifiers = num_classes is not None and checkpoint_classes not in (None, num_classes)
     if num_classes is None:
-        num_classes = checkpoint_classes or 19
-    model = AlignSeg.from_preset(preset, num_classes=num_classes, **model_kwargs)
-    load_official_weights(model, state_dict, skip_classifiers=new_classifiers)
+        num_classes = checkpoint_classes or DEFAULT_NUM_CLASSES
+    model = _official_model(preset, infer_depth(state_dict), num_classes, model_kwargs)
+    report = load_official_weights(model, state_dict, skip_classifiers=new_classifiers)
+    if verbose:
+        print(report)
     return model
 
 
 def load_official_weights(model, source, skip_classifiers=False):
     """Loads the authors' tensors into an AlignSeg of an official configuration, in place.
 
-    Strict: every tensor the model needs must be present with the right shape,
-    and nothing else may be (`num_batches_tracked` is optional); all missing,
-    unexpected and mis-shaped names are listed in one error, and no weight is
-    changed when there is one.
+    Strict: every tensor the model needs must be present with the right shape
+    and finite values, and nothing else may be (`num_batches_tracked` is
+    optional); all missing, unexpected, mis-shaped and non-finite names are
+    listed in one error, and no weight is changed when there is one. Each
+    InPlaceABN `weight` w becomes `gamma = |w| + eps` (see `abn_weight_to_gamma`).
 
     Args:
         model: an `AlignSeg` with the authors' backbone (`resnet50_deepstem` or
@@ -412,10 +555,13 @@ def load_official_weights(model, source, skip_classifiers=False):
             `dsn.3`) as they are and ignore them in the checkpoint, to start
             fine-tuning on other classes.
 
+    Returns:
+        A `ConversionReport`.
+
     Example:
     ```python
     model = AlignSeg.from_preset("alignseg_resnet101_official", num_classes=19)
-    load_official_weights(model, "alignseg_cityscapes.pth")
+    print(load_official_weights(model, "alignseg_cityscapes.pth"))
     ```
     """
     state_dict = read_state_dict(source)
@@ -423,23 +569,90 @@ def load_official_weights(model, source, skip_classifiers=False):
     weight_map = official_weight_map(depth)
     variables = _model_variables(model)
     _check_model_covered(weight_map, variables, OFFICIAL_PRESETS[depth])
+    optional = set(_batch_counters(official_module_map(depth)))
     if skip_classifiers:
-        skipped = {name for name in state_dict if name.rsplit(".", 1)[0] in CLASSIFIERS}
-        skipped |= {name for name in weight_map if name.rsplit(".", 1)[0] in CLASSIFIERS}
-        weight_map = {name: path for name, path in weight_map.items() if name not in skipped}
-        state_dict = {name: value for name, value in state_dict.items() if name not in skipped}
-    expected_shapes = {
-        name: torch_shape(name, variables[path].shape) for name, path in weight_map.items()
-    }
-    report = _mismatch_report(state_dict, expected_shapes, set(_batch_counters(depth)))
-    if report:
-        raise ValueError(
-            f"The checkpoint does not match {OFFICIAL_PRESETS[depth]} with "
-            f"{model.num_classes} classes:\n  {report}"
+        weight_map = {n: p for n, p in weight_map.items() if not _is_classifier(n)}
+        optional |= {name for name in state_dict if _is_classifier(name)}
+    target = f"{OFFICIAL_PRESETS[depth]} with {model.num_classes} classes"
+    return _assign_strictly(variables, state_dict, weight_map, optional, target)
+
+
+def load_backbone_checkpoint(
+    source, num_classes=DEFAULT_NUM_CLASSES, preset=None, verbose=False, **model_kwargs
+):
+    """Builds the authors' AlignSeg on their ImageNet-pretrained deep-stem ResNet.
+
+    The authors train from the "MIT ImageNet-pretrained" ResNet-101
+    (`resnet101-imagenet.pth` of CSAILVision's semantic-segmentation-pytorch;
+    names `conv1, bn1, conv2, bn2, conv3, bn3, layer1..layer4, fc`). This
+    builds `AlignSeg.from_preset(preset)` and loads such a file into its
+    backbone (`load_backbone_weights`); the decoder keeps its fresh
+    initialisation, as in the authors' training.
+
+    Args:
+        source: a `.pth` / `.npz` path or a dict, as for `read_state_dict`.
+        num_classes: int, classes of the new model (19, Cityscapes).
+        preset: an official preset, or None to tell the depth from `layer3`.
+        verbose: bool, print the `ConversionReport`.
+        **model_kwargs: `AlignSeg` arguments overriding the preset.
+
+    Example:
+    ```python
+    model = load_backbone_checkpoint("resnet101-imagenet.pth", num_classes=19)
+    model.compile()
+    ```
+    """
+    state_dict = read_state_dict(source)
+    model = _official_model(preset, infer_depth(state_dict), num_classes, model_kwargs)
+    report = load_backbone_weights(model, state_dict)
+    if verbose:
+        print(report)
+    return model
+
+
+def load_backbone_weights(model, source):
+    """Loads an ImageNet checkpoint of the deep-stem ResNet into the model's backbone.
+
+    Strict like `load_official_weights`: every backbone tensor must be present,
+    finite and of the right shape, and nothing but `fc.weight`, `fc.bias` (the
+    ImageNet classifier) and `num_batches_tracked` may be extra. The decoder's
+    weights are left as they are.
+
+    The file holds plain BatchNorm weights, but the authors' model reads them
+    through InPlaceABN, which scales by `|weight| + eps`; this loader does the
+    same (`gamma = |weight| + eps`), so that the Keras model starts exactly
+    where the authors' training starts. (Read as plain BatchNorm, the two
+    differ by eps and wherever a weight is negative.)
+
+    Args:
+        model: an `AlignSeg` with the authors' backbone (`resnet50_deepstem` or
+            `resnet101_deepstem`).
+        source: a checkpoint path or dict, as for `read_state_dict`.
+
+    Returns:
+        A `ConversionReport`.
+
+    Example:
+    ```python
+    model = AlignSeg.from_preset("alignseg_resnet101_official", num_classes=19)
+    print(load_backbone_weights(model, "resnet101-imagenet.pth"))
+    ```
+    """
+    state_dict = read_state_dict(source)
+    depth = _model_depth(model)
+    weight_map = backbone_weight_map(depth)
+    variables = _model_variables(model)
+    _check_model_covered(weight_map, variables, OFFICIAL_PRESETS[depth], whole_model=False)
+    modules = _backbone_modules(_stage_blocks(depth))
+    optional = set(_batch_counters(modules)) | set(IMAGENET_CLASSIFIER)
+    hint = ""
+    if "head.3.weight" in state_dict:
+        hint = (
+            "\nThis is a whole AlignSeg checkpoint, not a backbone: load it with "
+            "load_official_checkpoint (alignseg convert without --backbone-only)."
         )
-    for name, path in weight_map.items():
-        variable = variables[path]
-        variable.assign(torch_to_keras(name, state_dict[name]).astype(variable.dtype))
+    target = f"the backbone of {OFFICIAL_PRESETS[depth]}"
+    return _assign_strictly(variables, state_dict, weight_map, optional, target, hint)
 
 
 def _model_depth(model):
@@ -460,10 +673,17 @@ def export_official_state_dict(model):
     PyTorch layout, in the order of the authors' `state_dict`, with every key
     of it (`num_batches_tracked` set to 0), so that
     `torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})`
-    loads it strictly.
+    loads it strictly. Each normalisation `gamma` is written as the InPlaceABN
+    weight `gamma - eps` (`gamma_to_abn_weight`): the authors' library computes
+    `|weight| + eps` from it, the same `gamma`. A checkpoint's negative weights
+    come back as their absolute values, which the library treats alike.
 
     Args:
         model: an `AlignSeg` built from an official preset (deep-stem backbone).
+
+    Raises:
+        ValueError: some `gamma` is below eps (or negative), which InPlaceABN
+            cannot represent; the error lists the layers.
 
     Example:
     ```python
@@ -472,16 +692,28 @@ def export_official_state_dict(model):
     ```
     """
     depth = _model_depth(model)
-    weight_map = official_weight_map(depth)
+    modules = official_module_map(depth)
+    weight_map = _weight_map(modules)
     variables = _model_variables(model)
     _check_model_covered(weight_map, variables, OFFICIAL_PRESETS[depth])
-    counters = set(_batch_counters(depth))
-    state = {}
-    for module, _, params in official_module_map(depth):
+    counters = set(_batch_counters(modules))
+    state, unrepresentable = {}, []
+    for module, _, params in modules:
         for torch_name, _ in params:
             name = f"{module}.{torch_name}"
-            value = keras.ops.convert_to_numpy(variables[weight_map[name]])
-            state[name] = keras_to_torch(name, value)
+            path = weight_map[name]
+            value = keras_to_torch(name, keras.ops.convert_to_numpy(variables[path]))
+            if _is_gamma(path):
+                if below := int(np.sum(value < np.float32(INPLACE_ABN_EPSILON))):
+                    unrepresentable.append(f"{path} ({module}): {below} of {value.size}")
+                value = gamma_to_abn_weight(value)
+            state[name] = value
         if f"{module}.{BATCH_COUNTER}" in counters:
             state[f"{module}.{BATCH_COUNTER}"] = np.array(0, dtype="int64")
+    if unrepresentable:
+        raise ValueError(
+            f"InPlaceABN scales by |weight| + {INPLACE_ABN_EPSILON:g}, so it cannot represent "
+            f"a BatchNormalization gamma below {INPLACE_ABN_EPSILON:g}; these layers have "
+            "such values (count of the layer's channels):\n    " + "\n    ".join(unrepresentable)
+        )
     return state

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from alignseg_keras import convert
+from alignseg_keras.layers.conv_norm_activation import BN_EPSILON
 
 SHAPES_FILE = Path(__file__).parents[1] / "tests" / "data" / "official_state_dict_shapes.json"
 
@@ -25,7 +26,10 @@ def official_shapes(depth):
 
 
 def random_state_dict(depth, seed=0, shapes=None):
-    """Random tensors with the official names; conv weights He-scaled, BN statistics non-trivial."""
+    """Random tensors with the official names; conv weights He-scaled, BN statistics non-trivial.
+
+    A quarter of the normalisation weights are negative, as in trained InPlaceABN networks.
+    """
     rng = np.random.default_rng(seed)
     state = {}
     for name, shape in (shapes or official_shapes(depth)).items():
@@ -36,11 +40,28 @@ def random_state_dict(depth, seed=0, shapes=None):
         elif len(shape) == 4:
             fan_in = np.prod(shape[1:])
             state[name] = (rng.standard_normal(shape) * 0.5 * np.sqrt(2 / fan_in)).astype("float32")
-        elif name.endswith(".weight"):  # BatchNorm gamma
-            state[name] = rng.uniform(0.5, 1.5, shape).astype("float32")
+        elif is_norm_weight(name, shape):
+            sign = np.where(rng.uniform(size=shape) < 0.25, -1.0, 1.0)
+            state[name] = (sign * rng.uniform(0.5, 1.5, shape)).astype("float32")
         else:  # biases and running means
             state[name] = (rng.standard_normal(shape) * 0.1).astype("float32")
     return state
+
+
+def is_norm_weight(name, shape):
+    return name.endswith(".weight") and len(shape) == 1
+
+
+def assert_exported_equals(exported, state, names=None):
+    """Every tensor as given; normalisation weights as |w|, within an ulp of |w| + eps."""
+    for name in names or state:
+        array = state[name]
+        if name.endswith("num_batches_tracked"):
+            assert exported[name].shape == ()
+        elif is_norm_weight(name, array.shape):
+            np.testing.assert_allclose(exported[name], np.abs(array), rtol=0, atol=2e-7)
+        else:
+            np.testing.assert_array_equal(exported[name], array, err_msg=name)
 
 
 @pytest.fixture(scope="module")
@@ -88,19 +109,62 @@ def test_resnet101_round_trip_gives_back_every_array(r101_state, r101_model):
     exported = convert.export_official_state_dict(r101_model)
     # The authors' keys, in their order, num_batches_tracked included.
     assert list(exported) == list(official_shapes(101))
-    for name, array in r101_state.items():
-        if name.endswith("num_batches_tracked"):
-            assert exported[name].shape == ()
-        else:
-            np.testing.assert_array_equal(exported[name], array, err_msg=name)
+    assert_exported_equals(exported, r101_state)
 
 
 def test_conv_kernels_are_transposed_to_keras_layout(r101_state, r101_model):
     kernel = r101_model.get_layer("align_fa3").high_resolution_offsets.offsets.kernel
     torch_weight = r101_state["CAB3.delta_gen2.2.weight"]  # (out, in, kh, kw)
     np.testing.assert_array_equal(np.asarray(kernel)[2, 0, 17, 1], torch_weight[1, 17, 2, 0])
-    gamma = r101_model.get_layer("align_cm").local_reduce.norm.gamma
-    np.testing.assert_array_equal(np.asarray(gamma), r101_state["CAM.adapt.1.weight"])
+
+
+
+def test_inplace_abn_weights_become_their_absolute_value_plus_eps(r101_state, r101_model):
+    """mapillary/inplace_abn scales by (|weight| + eps) / sqrt(var + eps)."""
+    weight = r101_state["CAM.adapt.1.weight"]
+    assert (weight < 0).any()
+    gamma = np.asarray(r101_model.get_layer("align_cm").local_reduce.norm.gamma)
+    np.testing.assert_array_equal(gamma, np.abs(weight) + np.float32(1e-5))
+    backbone_gamma = np.asarray(r101_model.backbone.get_layer("layer3_7_bn2").gamma)
+    np.testing.assert_array_equal(
+        backbone_gamma, np.abs(r101_state["layer3.7.bn2.weight"]) + np.float32(1e-5)
+    )
+    # The variance term needs the same eps in the Keras layers.
+    assert convert.INPLACE_ABN_EPSILON == BN_EPSILON
+    assert r101_model.get_layer("align_cm").local_reduce.norm.epsilon == BN_EPSILON
+
+
+def test_the_report_says_what_was_loaded(r50_state, r50_built):
+    report = convert.load_official_weights(r50_built, r50_state)
+    negative = {
+        name.rsplit(".", 1)[0]: int((array < 0).sum())
+        for name, array in r50_state.items()
+        if is_norm_weight(name, array.shape) and (array < 0).any()
+    }
+    assert report.negative_weights == negative and report.negative_count > 0
+    assert report.loaded == len(convert.official_weight_map(50))
+    assert set(report.ignored) == {n for n in r50_state if n.endswith("num_batches_tracked")}
+    text = str(report)
+    assert f"Loaded {report.loaded} tensors" in text
+    assert f"{report.negative_count} negative in {len(negative)} layers" in text
+
+
+def test_export_refuses_scales_that_inplace_abn_cannot_represent(r50_model):
+    norm = r50_model.get_layer("rcb3b").norm
+    gamma = np.asarray(norm.gamma).copy()
+    gamma[[3, 7]] = [-0.2, 4e-6]
+    norm.gamma.assign(gamma)
+    listed = r"below 1e-05.*\n\s+rcb3b/norm/gamma \(RRB3b\.norm\): 2 of 256"
+    with pytest.raises(ValueError, match=listed):
+        convert.export_official_state_dict(r50_model)
+
+
+def test_non_finite_tensors_are_refused(r50_state, r50_model):
+    state = dict(r50_state)
+    state["CAM.pool.2.running_var"] = np.full_like(state["CAM.pool.2.running_var"], np.nan)
+    listed = r"not finite \(1\):\s+CAM\.pool\.2\.running_var: 2048 NaN"
+    with pytest.raises(ValueError, match=listed):
+        convert.load_official_weights(r50_model, state)
 
 
 @pytest.mark.parametrize("height,width", [(65, 97), (33, 47)])
@@ -117,8 +181,9 @@ def test_depth_and_classes_are_read_from_the_checkpoint(r50_state, r50_model):
     assert r50_model.num_classes == 19
     exported = convert.export_official_state_dict(r50_model)
     assert list(exported) == list(r50_state)
-    for name in ("layer3.5.conv2.weight", "head.3.bias", "CAM.pool.3.weight"):
-        np.testing.assert_array_equal(exported[name], r50_state[name])
+    assert_exported_equals(
+        exported, r50_state, ("layer3.5.conv2.weight", "head.3.bias", "CAM.pool.3.weight")
+    )
 
 
 def test_ddp_prefix_and_state_dict_wrapper_are_removed(r50_state, r50_model):
@@ -229,3 +294,64 @@ def test_infer_depth_and_classes():
     assert convert.infer_depth({"conv1.weight": 0}) is None
     assert convert.infer_num_classes({"head.3.weight": np.zeros((150, 256, 1, 1))}) == 150
     assert convert.infer_num_classes({}) is None
+
+
+def imagenet_backbone_state(depth, seed):
+    """What an ImageNet deep-stem ResNet file holds: the backbone and `fc`, no counters."""
+    shapes = {
+        name: shape
+        for name, shape in official_shapes(depth).items()
+        if name.startswith(("conv", "bn", "layer")) and not name.endswith("num_batches_tracked")
+    }
+    state = random_state_dict(depth, seed=seed, shapes=shapes)
+    state["fc.weight"] = np.zeros((1000, 2048), "float32")
+    state["fc.bias"] = np.zeros((1000,), "float32")
+    return state
+
+
+def test_backbone_weights_load_into_the_backbone_only(r50_model):
+    state = imagenet_backbone_state(50, seed=7)
+    assert set(convert.backbone_weight_map(50)) == set(state) - {"fc.weight", "fc.bias"}
+    head_before = np.asarray(r50_model.get_layer("head").hidden.conv.kernel)
+    report = convert.load_backbone_weights(r50_model, state)
+    assert report.loaded == len(state) - 2 and report.ignored == ("fc.weight", "fc.bias")
+    assert report.negative_count == sum(
+        int((a < 0).sum()) for n, a in state.items() if is_norm_weight(n, a.shape)
+    )
+    backbone = r50_model.backbone
+    np.testing.assert_array_equal(
+        np.asarray(backbone.get_layer("layer2_3_conv2").kernel),
+        state["layer2.3.conv2.weight"].transpose(2, 3, 1, 0),
+    )
+    np.testing.assert_array_equal(
+        np.asarray(backbone.get_layer("bn2").gamma), np.abs(state["bn2.weight"]) + np.float32(1e-5)
+    )
+    np.testing.assert_array_equal(
+        np.asarray(r50_model.get_layer("head").hidden.conv.kernel), head_before
+    )
+
+
+def test_backbone_loading_is_strict(r50_model, r50_state):
+    state = imagenet_backbone_state(50, seed=8)
+    del state["layer4.2.bn3.running_mean"]
+    state["layer1.0.conv1.weight"] = state["layer1.0.conv1.weight"][:32]
+    state["layer5.0.conv1.weight"] = np.zeros((1,), "float32")
+    with pytest.raises(ValueError) as info:
+        convert.load_backbone_weights(r50_model, state)
+    message = str(info.value)
+    assert "the backbone of alignseg_resnet50_official" in message
+    assert re.search(r"missing \(1\):\s+layer4\.2\.bn3\.running_mean", message)
+    assert re.search(r"unexpected \(1\):\s+layer5\.0\.conv1\.weight", message)
+    assert "layer1.0.conv1.weight: checkpoint (32, 128, 1, 1), expected (64, 128, 1, 1)" in message
+    with pytest.raises(ValueError, match="whole AlignSeg checkpoint.*load_official_checkpoint"):
+        convert.load_backbone_weights(r50_model, r50_state)
+
+
+def test_backbone_checkpoint_builds_the_official_model_of_its_depth(r50_built):
+    state = imagenet_backbone_state(50, seed=9)
+    model = convert.load_backbone_checkpoint(state, num_classes=3)
+    assert model.backbone_name == "resnet50_deepstem" and model.num_classes == 3
+    np.testing.assert_array_equal(
+        np.asarray(model.backbone.get_layer("conv3").kernel),
+        state["conv3.weight"].transpose(2, 3, 1, 0),
+    )

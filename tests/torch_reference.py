@@ -8,7 +8,11 @@ ResNet-101), so `alignseg_keras.convert` can be checked against real PyTorch:
 - deep-stem ResNet (3x3 convs 3->64 /2, 64->64, 64->128, each BN + ReLU; a
   3x3/2 max-pool with padding 1 and ceil_mode), torchvision bottlenecks with
   the stride on the 3x3 conv;
-- "ABN" (their InPlaceABN) = BatchNorm (eps 1e-5) then LeakyReLU(0.01), one module;
+- every normalisation layer, the backbone's included, is an InPlaceABN
+  (mapillary/inplace_abn), modelled in inference as that library's
+  `forward_cpu` computes it: scale = (|weight| + eps) / sqrt(running_var + eps),
+  shift = bias - running_mean * scale, x * scale + shift (eps 1e-5), then
+  LeakyReLU(0.01) ("ABN"), or no activation in the backbone;
 - RRB: unify 1x1 -> 256; residual 3x3 -> 64, ABN, 3x3 -> 256; ABN(unify + residual);
 - CAB: upsample the coarse stream (align_corners=True), two offset generators
   on [fine, coarse], out = U(coarse, delta_gen1) + U(fine, delta_gen2);
@@ -31,11 +35,34 @@ BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)
 STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
 
-class ABN(nn.BatchNorm2d):
-    """BatchNorm followed by LeakyReLU(0.01), with BatchNorm's state_dict keys."""
+class InPlaceABN(nn.BatchNorm2d):
+    """mapillary/inplace_abn's InPlaceABN in inference, with BatchNorm's state_dict keys.
+
+    Not plain BatchNorm: the library scales by `|weight| + eps`, so negative
+    weights act as their absolute value. Inference only (running statistics).
+    """
+
+    def __init__(self, channels, activation="leaky_relu"):
+        super().__init__(channels, eps=1e-5)
+        self.activation = activation
 
     def forward(self, x):
-        return F.leaky_relu(super().forward(x), 0.01)
+        if self.training:
+            raise NotImplementedError("the reference InPlaceABN models inference only")
+        scale = (self.weight.abs() + self.eps) / torch.sqrt(self.running_var + self.eps)
+        shift = self.bias - self.running_mean * scale
+        x = x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+        return F.leaky_relu(x, 0.01) if self.activation == "leaky_relu" else x
+
+
+def ABN(channels):
+    """The decoder's normalisation: InPlaceABN with LeakyReLU(0.01)."""
+    return InPlaceABN(channels, "leaky_relu")
+
+
+def BatchNorm2d(channels):
+    """The backbone's normalisation: InPlaceABN without activation (as the authors define it)."""
+    return InPlaceABN(channels, "identity")
 
 
 def conv(in_channels, out_channels, kernel_size, stride=1, bias=False):
@@ -65,15 +92,15 @@ class Bottleneck(nn.Module):
     def __init__(self, in_channels, width, stride):
         super().__init__()
         self.conv1 = conv(in_channels, width, 1)
-        self.bn1 = nn.BatchNorm2d(width)
+        self.bn1 = BatchNorm2d(width)
         self.conv2 = conv(width, width, 3, stride)
-        self.bn2 = nn.BatchNorm2d(width)
+        self.bn2 = BatchNorm2d(width)
         self.conv3 = conv(width, width * 4, 1)
-        self.bn3 = nn.BatchNorm2d(width * 4)
+        self.bn3 = BatchNorm2d(width * 4)
         self.downsample = None
         if stride != 1 or in_channels != width * 4:
             self.downsample = nn.Sequential(
-                conv(in_channels, width * 4, 1, stride), nn.BatchNorm2d(width * 4)
+                conv(in_channels, width * 4, 1, stride), BatchNorm2d(width * 4)
             )
 
     def forward(self, x):
@@ -157,11 +184,11 @@ class ReferenceAlignSeg(nn.Module):
     def __init__(self, num_classes=19, depth=101):
         super().__init__()
         self.conv1 = conv(3, 64, 3, 2)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.bn1 = BatchNorm2d(64)
         self.conv2 = conv(64, 64, 3)
-        self.bn2 = nn.BatchNorm2d(64)
+        self.bn2 = BatchNorm2d(64)
         self.conv3 = conv(64, 128, 3)
-        self.bn3 = nn.BatchNorm2d(128)
+        self.bn3 = BatchNorm2d(128)
         self.maxpool = nn.MaxPool2d(3, 2, padding=1, ceil_mode=True)
         in_channels = 128
         for stage, blocks in enumerate(STAGE_BLOCKS[depth]):
@@ -206,12 +233,14 @@ class ReferenceAlignSeg(nn.Module):
         return upsample(self.head(d5), size), upsample(self.dsn(d3), size)
 
 
-def randomize(model, seed=0, offset_scale=1.0):
+def randomize(model, seed=0, offset_scale=1.0, negative_fraction=0.25):
     """Random weights with non-trivial BatchNorm statistics, keeping activations O(1).
 
     Convolutions get He-normal weights scaled by 0.5 (residual sums stay
-    bounded) and small biases; every BatchNorm gets gamma in [0.5, 1.5], beta
-    ~ N(0, 0.1), running mean ~ N(0, 0.1) and running variance in [0.5, 2].
+    bounded) and small biases; every normalisation layer gets a weight of
+    magnitude in [0.5, 1.5], negative with probability `negative_fraction`
+    (trained InPlaceABN networks hold such weights), bias ~ N(0, 0.1), running
+    mean ~ N(0, 0.1) and running variance in [0.5, 2].
     The last conv of each offset generator (zero at the authors'
     initialisation) is scaled so that offsets reach about `offset_scale` x 2
     half-pixels, so the sampler is really exercised.
@@ -236,6 +265,8 @@ def randomize(model, seed=0, offset_scale=1.0):
                     normal(module.bias, 0.1)
             elif isinstance(module, nn.BatchNorm2d):
                 uniform(module.weight, 0.5, 1.5)
+                negative = torch.rand(module.weight.shape, generator=generator) < negative_fraction
+                module.weight.mul_(1.0 - 2.0 * negative.float())
                 normal(module.bias, 0.1)
                 normal(module.running_mean, 0.1)
                 uniform(module.running_var, 0.5, 2.0)
