@@ -1,12 +1,46 @@
-"""Training callbacks."""
+"""Training callbacks: NaN stop, exact step counts, and crash-safe checkpoints and backups."""
 
+import importlib.util
 import math
+import os
+import re
+import sys
 
 import keras
+import numpy as np
+
+from alignseg_keras.atomic import atomic_path
+from alignseg_keras.atomic import move_aside
+
+BACKUP_NAME = re.compile(r"^epoch-(\d+)\.keras$")
+
+
+def list_backups(backup_dir):
+    """`(epochs done, path)` of the `ResumableBackup` files in `backup_dir`, newest first."""
+    if not os.path.isdir(backup_dir):
+        return []
+    found = []
+    for name in os.listdir(backup_dir):
+        match = BACKUP_NAME.match(name)
+        if match:
+            found.append((int(match[1]), os.path.join(backup_dir, name)))
+    return sorted(found, reverse=True)
 
 
 class NonFiniteLossError(RuntimeError):
-    """Raised by `StopOnNaN` when the training loss becomes NaN or infinite."""
+    """Raised when the training loss or the weights become NaN or infinite.
+
+    `step` is the optimizer step (1-based) whose loss was not finite, or after
+    which the weights were not finite.
+    """
+
+    def __init__(self, message, step=None):
+        super().__init__(message)
+        self.step = step
+
+
+def _step(model):
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
 class StopOnNaN(keras.callbacks.Callback):
@@ -14,8 +48,8 @@ class StopOnNaN(keras.callbacks.Callback):
 
     It raises `NonFiniteLossError` with a message naming the step and the usual
     causes. Raising (rather than `keras.callbacks.TerminateOnNaN`'s quiet stop)
-    keeps the checkpoints and the `BackupAndRestore` state of the last good
-    epoch untouched: nothing is saved from the broken weights.
+    keeps the checkpoints and the backups of the last good epoch untouched:
+    nothing is saved from the broken weights.
 
     Example:
     ```python
@@ -30,33 +64,219 @@ class StopOnNaN(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is None or math.isfinite(float(loss)):
             return
-        step = int(self.model.optimizer.iterations.numpy())
+        step = _step(self.model)
         raise NonFiniteLossError(
             f"Training stopped: the loss became {float(loss)} at step {step}. Usual "
             "causes: a learning rate too high for the batch size, label values outside "
             "[0, num_classes) that are not the ignore label, or float16 overflow (try "
-            "bfloat16 or float32). The checkpoints of the last good epoch are kept; "
-            "training resumes from them when run again."
+            "bfloat16 or float32). Nothing was saved from the diverged weights.",
+            step=step,
         )
 
 
-def training_callbacks(output_dir):
+def check_finite_state(model):
+    """Raises `NonFiniteLossError` naming the first model or optimizer variable with NaN or inf."""
+    variables = list(model.variables)
+    if model.optimizer is not None:
+        variables += list(model.optimizer.variables)
+    for variable in variables:
+        value = keras.ops.convert_to_numpy(variable)
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            step = _step(model)
+            raise NonFiniteLossError(
+                f"Training stopped: {variable.path} became NaN or infinite by step {step} "
+                "(the loss was still finite: the training diverged). This state is not "
+                "saved.",
+                step=step,
+            )
+
+
+class StopAtStep(keras.callbacks.Callback):
+    """Ends training once the optimizer has made `total_steps` steps.
+
+    With checkpoints every `steps_per_epoch` steps, `fit(epochs=ceil(total /
+    steps_per_epoch))` alone would run whole epochs past `total_steps`; this
+    callback ends the last, shorter epoch (its end-of-epoch checkpoints run).
+    """
+
+    def __init__(self, total_steps):
+        super().__init__()
+        self.total_steps = int(total_steps)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if _step(self.model) >= self.total_steps:
+            self.model.stop_training = True
+
+
+def save_model(model, path):
+    """`model.save(path)`, atomically: `path` is the old file or the complete new one."""
+    with atomic_path(path) as temporary:
+        model.save(temporary)
+
+
+class AtomicModelCheckpoint(keras.callbacks.Callback):
+    """Saves the whole model to `path` (a ".keras" file) after every epoch, atomically.
+
+    Unlike `keras.callbacks.ModelCheckpoint`, a kill or a full disk during the
+    save leaves the previous checkpoint intact.
+    """
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_end(self, epoch, logs=None):
+        save_model(self.model, self.path)
+
+
+class ResumableBackup(keras.callbacks.BackupAndRestore):
+    """`keras.callbacks.BackupAndRestore` whose backups survive kills, full disks,
+    divergence and a changed model.
+
+    After every epoch it saves the model with its optimizer state to
+    `backup_dir/epoch-NNNN.keras` (N epochs done) through a temporary file and
+    an atomic rename, after checking that the weights are finite, and keeps the
+    newest `keep` backups. (A `.keras` file is written by Python's zip writer,
+    which fails cleanly on a full disk, where HDF5 writing straight to a
+    `.weights.h5` file can crash the process.) At the start of `fit` it resumes
+    from the newest backup that loads; one that does not (a torn file, or a
+    model changed since it was written) is renamed to
+    `epoch-NNNN.unusable-<time>.keras`, with
+    a message saying where, and the next older one is tried; with none left,
+    training starts from the beginning. Backups are kept at the end of `fit`:
+    call `discard()` once the final model is safely saved.
+
+    Example:
+    ```python
+    backup = ResumableBackup("runs/a/backup")
+    model.fit(dataset, epochs=10, steps_per_epoch=100, callbacks=[backup, StopOnNaN()])
+    save_model(model, "runs/a/model.keras")
+    backup.discard()
+    ```
+    """
+
+    def __init__(self, backup_dir, keep=2):
+        super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
+        self.keep = max(int(keep), 1)
+        self.restored = None
+        self._restore_tried = False
+        self._newest = None  # (path, optimizer step) of the newest backup this process saw
+
+    def backups(self):
+        """`(epochs done, path)` of the backups in `backup_dir`, newest first."""
+        return list_backups(self.backup_dir)
+
+    def on_train_begin(self, logs=None):
+        if not self._restore_tried:
+            self.restore()
+
+    def restore(self):
+        """Loads the newest usable backup into the model; returns its path, or None.
+
+        Backups that cannot be loaded are moved aside (see the class docstring).
+        It runs once: `fit`'s `on_train_begin` does nothing after an explicit call.
+        """
+        self._restore_tried = True
+        candidates = self.backups()
+        if not candidates:
+            return None
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        initial = _snapshot(self.model)
+        for epoch, path in candidates:
+            try:
+                self.model.load_weights(path)
+            except Exception as error:  # a torn file (OSError), a changed model (ValueError), ...
+                _assign(self.model, initial)
+                self._move_aside(path, "unusable", "cannot be restored into this model "
+                                 f"(a torn file, or a model changed since): {_first_line(error)}")
+                continue
+            self.model._initial_epoch = epoch
+            self.restored = path
+            self._newest = (path, _step(self.model))
+            return path
+        return None
+
+    def _save_model(self):
+        check_finite_state(self.model)
+        os.makedirs(self.backup_dir, exist_ok=True)
+        path = os.path.join(self.backup_dir, f"epoch-{self._current_epoch:04d}.keras")
+        save_model(self.model, path)
+        self._newest = (path, _step(self.model))
+        for _, old in self.backups()[self.keep:]:
+            os.remove(old)
+
+    def set_aside_if_diverged(self, step):
+        """Moves the newest backup aside when the first step after it (`step`) was not finite.
+
+        Resuming from that backup would diverge again at once, whatever the
+        learning rate. Returns the new path, or None when nothing was moved.
+        """
+        if self._newest is None or step != self._newest[1] + 1:
+            return None
+        path = self._newest[0]
+        if not os.path.exists(path):
+            return None
+        self._newest = None
+        return self._move_aside(path, "diverged", f"led to a non-finite loss at step {step}")
+
+    def discard(self):
+        """Deletes the backups (once the final model is saved); moved-aside files stay."""
+        for _, path in self.backups():
+            os.remove(path)
+        try:
+            os.rmdir(self.backup_dir)
+        except OSError:
+            pass  # absent, or holds files moved aside
+
+    def _move_aside(self, path, label, reason):
+        target = move_aside(path, label)
+        print(f"Backup {path} {reason}. Moved it to {target}; it is not used.", file=sys.stderr)
+        return target
+
+
+def _snapshot(model):
+    variables = list(model.variables) + list(model.optimizer.variables if model.optimizer else [])
+    return [(variable, keras.ops.convert_to_numpy(variable)) for variable in variables]
+
+
+def _assign(model, snapshot):
+    for variable, value in snapshot:
+        variable.assign(value)
+
+
+def _first_line(error):
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
+
+
+def tensorboard_available():
+    """Whether TensorBoard logs can be written (the tensorboard and tensorflow packages)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("tensorboard", "tensorflow"))
+
+
+def training_callbacks(output_dir, total_steps=None):
     """The callbacks of a long training run, all writing under `output_dir`.
 
-    `StopOnNaN`; `keras.callbacks.BackupAndRestore` in `backup/` with two
-    alternating backups (rerunning the same `fit` resumes from the last completed
-    epoch after a crash or kill, also one that hits while a backup is written);
-    `ModelCheckpoint` to `checkpoint.keras` after every epoch; TensorBoard logs
-    in `logs/`; and `history.csv`. Use epochs as checkpoint intervals
+    `ResumableBackup` in `backup/` (rerunning the same `fit` resumes from the
+    last completed epoch after a crash, a kill or a full disk; torn or
+    incompatible backups are moved aside); `StopOnNaN`; with `total_steps`,
+    `StopAtStep`; `AtomicModelCheckpoint` to `checkpoint.keras` after every
+    epoch; TensorBoard logs in `logs/` (skipped with a message when TensorBoard
+    is not installed); and `history.csv`. Use epochs as checkpoint intervals
     (`steps_per_epoch` = steps between checkpoints).
     """
-    import os
-
-    return [
+    callbacks = [
+        ResumableBackup(os.path.join(output_dir, "backup")),
         StopOnNaN(),
-        # Two backups: a kill while one is being written leaves the other intact.
-        keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup"), double_checkpoint=True),
-        keras.callbacks.ModelCheckpoint(os.path.join(output_dir, "checkpoint.keras")),
-        keras.callbacks.TensorBoard(os.path.join(output_dir, "logs")),
+        AtomicModelCheckpoint(os.path.join(output_dir, "checkpoint.keras")),
         keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv"), append=True),
     ]
+    if total_steps is not None:
+        callbacks.insert(2, StopAtStep(total_steps))
+    if tensorboard_available():
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(output_dir, "logs")))
+    else:
+        print("TensorBoard is not installed: no logs are written to "
+              f"{os.path.join(output_dir, 'logs')} (pip install tensorboard).", file=sys.stderr)
+    return callbacks

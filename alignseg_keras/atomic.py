@@ -1,0 +1,104 @@
+"""Atomic file writes: a temporary file in the destination's folder, then `os.replace`.
+
+Every file that `alignseg` writes and a user may lose (checkpoints, backups, the
+final model, pictures) goes through `atomic_path`: a reader, a second process
+writing the same file, or a re-run after a kill or a full disk sees the old
+file or the new one, never a torn one.
+"""
+
+import contextlib
+import errno
+import os
+import pathlib
+import secrets
+
+TEMP_PREFIX = ".tmp-"
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path next to `path`; on success it replaces `path` in one step.
+
+    The temporary file is in the same folder (so `os.replace` is atomic) and its
+    name ends with the name of `path` (so savers that check the extension, such
+    as `model.save(...)` for ".keras" or `save_weights` for ".weights.h5",
+    accept it). When the block ends without an error the file is flushed to
+    disk and renamed over `path`; when it raises, the temporary file is removed
+    and `path` is left as it was.
+
+    Example:
+    ```python
+    with atomic_path("runs/a/model.keras") as temporary:
+        model.save(temporary)
+    ```
+    """
+    path = pathlib.Path(path)
+    temporary = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
+    try:
+        yield temporary
+        _fsync(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
+    _fsync(path.parent)
+
+
+def _fsync(path):
+    """Flushes a file or folder to disk (where the platform allows it)."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def remove_temporaries(folder):
+    """Removes the temporary files a killed writer left in `folder`.
+
+    Only for folders with a single writer (a training run's output folder):
+    in a shared folder the temporaries may belong to a running process.
+    """
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        return
+    for path in folder.glob(f"{TEMP_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def is_disk_full(error):
+    """Whether an exception (or one it was raised from) says the disk is full."""
+    while error is not None:
+        if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(error) or "Disk quota exceeded" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def move_aside(path, label):
+    """Renames `path` to a free name with `label` and a time stamp; returns the new path.
+
+    `runs/a/checkpoint.keras` becomes `runs/a/checkpoint.unusable-20250101-120000.keras`
+    for the label "unusable". Used to keep a file that must not be used or
+    overwritten, without deleting it.
+    """
+    import time
+
+    path = pathlib.Path(path)
+    stem, dot, extension = path.name.partition(".")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for count in range(1000):
+        suffix = f"-{count}" if count else ""
+        target = path.with_name(f"{stem}.{label}-{stamp}{suffix}{dot}{extension}")
+        if not target.exists():
+            os.replace(path, target)
+            return target
+    raise FileExistsError(f"No free name to move {path} aside.")

@@ -1,0 +1,173 @@
+"""ResumableBackup, StopOnNaN, StopAtStep and atomic writes, on a two-weight Keras model."""
+
+import errno
+import os
+import subprocess
+
+import keras
+import numpy as np
+import pytest
+
+from alignseg_keras.atomic import atomic_path
+from alignseg_keras.atomic import is_disk_full
+from alignseg_keras.callbacks import AtomicModelCheckpoint
+from alignseg_keras.callbacks import NonFiniteLossError
+from alignseg_keras.callbacks import ResumableBackup
+from alignseg_keras.callbacks import StopAtStep
+from alignseg_keras.callbacks import StopOnNaN
+from alignseg_keras.callbacks import check_finite_state
+
+X = np.linspace(-1, 1, 12, dtype="float32").reshape(4, 3)  # two batches of two: 2 steps an epoch
+Y = np.zeros((4, 2), "float32")
+
+
+def small_model(hidden=False):
+    keras.utils.set_random_seed(0)
+    layers = [keras.layers.Dense(4)] if hidden else []
+    model = keras.Sequential([keras.Input((3,)), *layers, keras.layers.Dense(2)])
+    model.compile(keras.optimizers.SGD(0.01, momentum=0.9), "mse")
+    return model
+
+
+def fit(model, backup, epochs, x=X, **kwargs):
+    callbacks = [backup, StopOnNaN(), *kwargs.pop("callbacks", [])]
+    return model.fit(x, Y, batch_size=2, epochs=epochs, shuffle=False, verbose=0,
+                     callbacks=callbacks, **kwargs)
+
+
+def steps(model):
+    return int(model.optimizer.iterations.numpy())
+
+
+def names(folder):
+    return sorted(os.listdir(folder))
+
+
+def test_backups_are_kept_after_fit_and_resumed(tmp_path):
+    folder = str(tmp_path / "backup")
+    fit(small_model(), ResumableBackup(folder), epochs=3)
+    assert names(folder) == ["epoch-0002.keras", "epoch-0003.keras"]
+    model, backup = small_model(), ResumableBackup(folder)
+    history = fit(model, backup, epochs=4)
+    assert backup.restored.endswith("epoch-0003.keras")
+    assert len(history.history["loss"]) == 1 and steps(model) == 8
+    backup.discard()
+    assert not os.path.exists(folder)
+
+
+def test_a_torn_backup_is_moved_aside_and_the_older_one_used(tmp_path, capsys):
+    folder = tmp_path / "backup"
+    fit(small_model(), ResumableBackup(str(folder)), epochs=3)
+    newest = folder / "epoch-0003.keras"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    model, backup = small_model(), ResumableBackup(str(folder))
+    fit(model, backup, epochs=3)
+    assert backup.restored.endswith("epoch-0002.keras") and steps(model) == 6
+    err = capsys.readouterr().err
+    assert str(newest) in err and "epoch-0003.unusable-" in err
+    assert any(name.startswith("epoch-0003.unusable-") for name in names(folder))
+
+
+def test_an_incompatible_backup_is_moved_aside_and_training_starts_over(tmp_path, capsys):
+    folder = tmp_path / "backup"
+    fit(small_model(), ResumableBackup(str(folder)), epochs=2)
+    model = small_model(hidden=True)  # the model changed; same folder
+    initial = [weight.copy() for weight in model.get_weights()]
+    backup = ResumableBackup(str(folder))
+    backup.set_model(model)
+    assert backup.restore() is None
+    for before, after in zip(initial, model.get_weights()):  # nothing half-loaded
+        np.testing.assert_array_equal(before, after)
+    assert "cannot be restored into this model" in capsys.readouterr().err
+    history = fit(model, backup, epochs=2)
+    assert len(history.history["loss"]) == 2
+    assert sum(name.count(".unusable-") for name in names(folder)) == 2
+
+
+def test_nan_stop_keeps_the_state_before_the_divergence(tmp_path, capsys):
+    folder = str(tmp_path / "backup")
+    fit(small_model(), ResumableBackup(folder), epochs=2)  # backups after steps 2 and 4
+    bad = X.copy()
+    bad[0, 0] = np.nan
+    backup = ResumableBackup(folder)
+    with pytest.raises(NonFiniteLossError) as stop:
+        fit(small_model(), backup, epochs=4, x=bad)  # resumes at step 4; step 5 is NaN
+    assert stop.value.step == 5
+    assert backup.set_aside_if_diverged(stop.value.step) is not None
+    assert "epoch-0002.diverged-" in capsys.readouterr().err
+    model, backup = small_model(), ResumableBackup(folder)
+    fit(model, backup, epochs=4)  # the re-run resumes from before the divergence
+    assert backup.restored.endswith("epoch-0001.keras")
+    assert steps(model) == 8 and all(np.isfinite(w).all() for w in model.get_weights())
+
+
+def test_non_finite_weights_are_named_and_not_saved(tmp_path):
+    model = small_model()
+    model.layers[0].kernel.assign(np.full((3, 2), np.inf, "float32"))
+    with pytest.raises(NonFiniteLossError, match="kernel became NaN or infinite"):
+        check_finite_state(model)
+    backup = ResumableBackup(str(tmp_path / "backup"))
+    backup.set_model(model)
+    with pytest.raises(NonFiniteLossError):
+        backup.on_epoch_end(0)
+    assert not (tmp_path / "backup").exists() or not names(tmp_path / "backup")
+
+
+def test_stop_at_step_ends_the_last_epoch_early(tmp_path):
+    model, backup = small_model(), ResumableBackup(str(tmp_path / "backup"))
+    fit(model, backup, epochs=4, callbacks=[StopAtStep(7)])  # 2 steps an epoch; 7 is not 8
+    assert steps(model) == 7
+    assert backup.backups()[0][1].endswith("epoch-0004.keras")
+
+
+def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "picture.png"
+    path.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as temporary:
+            temporary.write_bytes(b"half")
+            raise RuntimeError("killed")
+    assert path.read_bytes() == b"old" and names(tmp_path) == ["picture.png"]
+    with atomic_path(path) as temporary:
+        assert temporary.parent == path.parent and temporary.name.endswith("picture.png")
+        temporary.write_bytes(b"new")
+    assert path.read_bytes() == b"new" and names(tmp_path) == ["picture.png"]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MiB tmpfs (needs root and mount rights), unmounted afterwards."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill up: {mounted.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_full_disk_keeps_the_last_backup_and_checkpoint(tiny_disk):
+    model, backup = small_model(), ResumableBackup(str(tiny_disk / "backup"))
+    checkpoint = AtomicModelCheckpoint(str(tiny_disk / "checkpoint.keras"))
+    fit(model, backup, epochs=1, callbacks=[checkpoint])
+    saved = {name: (tiny_disk / name).read_bytes() for name in ("checkpoint.keras",)}
+    free = os.statvfs(tiny_disk).f_bavail * os.statvfs(tiny_disk).f_frsize
+    (tiny_disk / "filler").write_bytes(b"\0" * (free - 4096))
+    with pytest.raises(OSError) as error:
+        fit(model, backup, epochs=3, callbacks=[checkpoint])
+    assert is_disk_full(error.value)
+    assert names(tiny_disk / "backup") == ["epoch-0001.keras"]
+    assert (tiny_disk / "checkpoint.keras").read_bytes() == saved["checkpoint.keras"]
+    assert not [name for name in names(tiny_disk) if name.startswith(".tmp-")]
+
+
+def test_is_disk_full_looks_through_wrapped_errors():
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as inner:
+            raise RuntimeError("h5py: write failed") from inner
+    except RuntimeError as outer:
+        assert is_disk_full(outer)
+    assert not is_disk_full(PermissionError(errno.EACCES, "Permission denied"))
