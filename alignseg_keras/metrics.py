@@ -4,6 +4,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from alignseg_keras.checks import check_class_count
+
 # Confusion counts are kept exactly as `high * 2**20 + low` in two int32
 # variables: any backend, no float rounding and no int32 overflow (up to 2**51).
 _CARRY = 2**20
@@ -34,7 +36,8 @@ class MeanIoU(keras.metrics.Metric):
     `confusion_matrix()` give the rest, as NumPy values.
 
     Args:
-        num_classes: int, number of classes.
+        num_classes: int, number of classes (at most
+            `alignseg_keras.checks.MAX_CLASSES`).
         ignore_index: int, label value to ignore (255).
         name: metric name.
 
@@ -48,7 +51,8 @@ class MeanIoU(keras.metrics.Metric):
 
     def __init__(self, num_classes, ignore_index=255, name="mean_iou", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.num_classes = int(num_classes)
+        # Refuses counts whose confusion matrix would not fit in memory.
+        self.num_classes = check_class_count(num_classes, minimum=1)
         self.ignore_index = int(ignore_index)
         shape = (self.num_classes, self.num_classes)
         self.low = self.add_variable(shape, initializer="zeros", dtype="int32", name="confusion_low")

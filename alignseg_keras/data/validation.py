@@ -7,9 +7,8 @@ crash deep inside TensorFlow or a silent NaN in the loss.
 
 import os
 
-import numpy as np
-
-IGNORE_INDEX = 255
+from alignseg_keras.checks import IGNORE_INDEX
+from alignseg_keras.checks import label_value_error
 
 
 def require_directory(path, description):
@@ -97,12 +96,7 @@ def check_label_values(mask, num_classes, source, mapped=False):
     ```
     """
     limit = IGNORE_INDEX if num_classes is None else num_classes
-    bad = ((mask < 0) | (mask >= limit)) & (mask != IGNORE_INDEX)
-    if bad.any():
-        values = np.unique(mask[bad])[:10].tolist()
-        after = " after `label_map`" if mapped else ""
-        raise ValueError(
-            f"{source} contains value(s) {values}{after} outside [0, {limit}) "
-            f"in {int(bad.sum())} pixel(s); labels must be class ids below {limit} "
-            f"or {IGNORE_INDEX} (ignore)."
-        )
+    after = " after `label_map`" if mapped else ""
+    error = label_value_error(mask, limit, f"{source}{after}")
+    if error:
+        raise error

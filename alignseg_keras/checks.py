@@ -1,0 +1,197 @@
+"""Checks on what enters the model, with errors that name the culprit and the fix.
+
+NumPy only, so they run on every Keras backend (and without TensorFlow): class
+counts, image pixels and label maps. `alignseg_keras.data.validation` uses the
+label check for files, `AlignSeg.fit`/`evaluate`/`predict` and the inference
+functions use the others for arrays, generators and (through
+`alignseg_keras.models.tf_data_checks`) `tf.data` pipelines.
+"""
+
+import numbers
+
+import numpy as np
+
+IGNORE_INDEX = 255
+
+# The largest class count AlignSeg accepts. The biggest public segmentation
+# label sets have a few thousand classes (ADE20K-full: 3688). At 4096 classes
+# the logits of one 512x512 image already take 4 GiB (float32), and MeanIoU's
+# confusion matrix 8 * 4096**2 bytes = 128 MiB; a count far beyond this is
+# almost always raw ids used as a class count, and would only fail later as an
+# out-of-memory error (100000 classes: an 80 GB confusion matrix).
+MAX_CLASSES = 4096
+
+# Images checked at once, so that a check never allocates more than a few
+# images' worth of temporary memory.
+_CHUNK = 8
+
+
+def check_class_count(num_classes, minimum=2):
+    """Returns `num_classes` as an int in [minimum, MAX_CLASSES], or raises `ValueError`.
+
+    Args:
+        num_classes: the number of classes asked for.
+        minimum: 2 for a softmax head (one class makes every loss 0 and every
+            mIoU 1), 1 for a metric.
+
+    Example:
+    ```python
+    check_class_count(19)  # 19
+    ```
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        raise ValueError(f"`num_classes` must be an int; received {num_classes!r}.")
+    num_classes = int(num_classes)
+    if num_classes == 1 and minimum > 1:
+        raise ValueError(
+            "`num_classes=1`: a softmax over one class is always 1, so the loss is 0 and "
+            "the mIoU 1.0 whatever the model learns. A binary task (object vs background) "
+            "needs num_classes=2, with masks of 0 (background) and 1 (object)."
+        )
+    if num_classes < minimum:
+        raise ValueError(f"`num_classes` must be at least {minimum}; received {num_classes}.")
+    if num_classes > MAX_CLASSES:
+        logits_gib = 512 * 512 * 4 * num_classes / 2**30
+        confusion_gib = 8 * num_classes**2 / 2**30
+        raise ValueError(
+            f"`num_classes={num_classes}` is more than {MAX_CLASSES}: the logits of one "
+            f"512x512 image would take {logits_gib:.0f} GiB and the mIoU confusion matrix "
+            f"{confusion_gib:.0f} GiB. The largest segmentation label sets have a few "
+            "thousand classes (ADE20K-full: 3688); map raw label ids to consecutive "
+            "train ids 0..C-1 and pass that C."
+        )
+    return num_classes
+
+
+def _dtype_kind(array):
+    """The NumPy kind ("f", "i", "u", ...) of a NumPy, TensorFlow or JAX array's dtype."""
+    dtype = getattr(array, "dtype", None)
+    return np.dtype(getattr(dtype, "as_numpy_dtype", dtype)).kind
+
+
+def _chunks(array):
+    """`(start, block)` pairs over the first axis, `_CHUNK` items at a time."""
+    for start in range(0, len(array), _CHUNK):
+        yield start, np.asarray(array[start : start + _CHUNK])
+
+
+def check_finite_images(images, source="`images`"):
+    """Raises `ValueError` if a float image batch holds a NaN or infinite value.
+
+    One such pixel makes every logit NaN (and every label 0), or every weight
+    NaN after a training step. Integer images are always finite.
+
+    Args:
+        images: array `(batch, height, width, 3)`.
+        source: what holds the images, for the message.
+
+    Example:
+    ```python
+    check_finite_images(np.zeros((2, 8, 8, 3), "float32"))
+    ```
+    """
+    if _dtype_kind(images) not in "fc" or len(np.shape(images)) == 0:
+        return
+    for start, block in _chunks(images):
+        finite = np.isfinite(block)
+        if not finite.all():
+            index = start + int(np.argmin(finite.reshape(len(block), -1).all(axis=1)))
+            raise ValueError(
+                f"{source} contains {int(finite.size - finite.sum())} NaN or infinite "
+                f"value(s), the first in image {index}; AlignSeg takes finite RGB values 0..255. "
+                "Check how the images were loaded or normalised (a division by zero?)."
+            )
+
+
+def label_value_error(mask, limit, source, ignore_index=IGNORE_INDEX, hint=""):
+    """A `ValueError` naming the labels outside [0, limit) other than `ignore_index`, or None."""
+    bad = ((mask < 0) | (mask >= limit)) & (mask != ignore_index)
+    if not bad.any():
+        return None
+    values = np.unique(mask[bad])[:10].tolist()
+    return ValueError(
+        f"{source} contains value(s) {values} outside [0, {limit}) in {int(bad.sum())} "
+        f"pixel(s); labels must be class ids below {limit} or {ignore_index} (ignore).{hint}"
+    )
+
+
+def _mask_shape_error(image_shape, mask_shape):
+    """A `ValueError` when masks are not `(batch, H, W)` or `(batch, H, W, 1)` for images `(batch, H, W, 3)`."""
+    rank_ok = len(mask_shape) == 3 or (len(mask_shape) == 4 and mask_shape[-1] == 1)
+    if rank_ok and tuple(mask_shape[1:3]) == tuple(image_shape[1:3]):
+        return None
+    swapped = ""
+    if tuple(mask_shape[1:3]) == tuple(image_shape[2:0:-1]):
+        swapped = " (height and width swapped?)"
+    return ValueError(
+        f"Masks of shape {tuple(mask_shape)} do not fit images of shape {tuple(image_shape)}"
+        f"{swapped}: each mask must be (batch, height, width) or (batch, height, width, 1) "
+        f"with its image's height and width, {image_shape[1]}x{image_shape[2]}."
+    )
+
+
+def _fraction_error(block, num_classes, ignore_index):
+    """A `ValueError` when float masks hold non-integer values (masks divided by 255?)."""
+    fractional = block != np.floor(block)
+    if not fractional.any():
+        return None
+    examples = np.unique(block[fractional])[:5].tolist()
+    return ValueError(
+        f"Masks hold fractional values {examples} in {int(fractional.sum())} pixel(s); "
+        f"masks are integer class ids 0..{num_classes - 1} ({ignore_index} = ignore). "
+        "Were they divided by 255? Pass the integer ids, e.g. "
+        "`np.rint(masks * 255).astype('uint8')`."
+    )
+
+
+def check_masks(images_shape, masks, num_classes, ignore_index=IGNORE_INDEX):
+    """Checks training masks against their images and the class count.
+
+    Raises `ValueError` for masks whose height and width differ from the
+    images', fractional float values (masks divided by 255), or labels outside
+    [0, num_classes) that are not `ignore_index` (raw Cityscapes label ids,
+    -1 for "unlabelled"), naming the values, the class count and the fix.
+
+    Args:
+        images_shape: shape of the image batch, `(batch, H, W, 3)`.
+        masks: array `(batch, H, W)` or `(batch, H, W, 1)`.
+        num_classes: int, the model's number of classes.
+        ignore_index: int, the label the loss ignores (255).
+
+    Example:
+    ```python
+    check_masks((2, 8, 8, 3), np.zeros((2, 8, 8), "uint8"), num_classes=19)
+    ```
+    """
+    error = _mask_shape_error(tuple(images_shape), tuple(np.shape(masks)))
+    if error:
+        raise error
+    for _, block in _chunks(masks):
+        error = _mask_value_error(block, num_classes, ignore_index)
+        if error:
+            raise error
+
+
+def _mask_value_error(block, num_classes, ignore_index):
+    """A `ValueError` for fractional labels or labels outside the classes, or None."""
+    if _dtype_kind(block) in "fc":
+        error = _fraction_error(block, num_classes, ignore_index)
+        if error:
+            return error
+    hint = (
+        f" The model has num_classes={num_classes}: map raw label ids to train ids "
+        "(Cityscapes: alignseg_keras.data.cityscapes_to_train_ids), mark unlabelled "
+        f"pixels {ignore_index} rather than -1, or build the model with more classes."
+    )
+    return label_value_error(block, num_classes, "A mask", ignore_index, hint)
+
+
+def squeeze_masks(masks):
+    """`(batch, H, W, 1)` masks as `(batch, H, W)`; others unchanged.
+
+    One mask layout for every `fit` call, so that a second `fit` with the
+    other layout does not retrace the training step with an unknown rank.
+    """
+    if len(np.shape(masks)) == 4 and np.shape(masks)[-1] == 1:
+        return masks[..., 0]
+    return masks

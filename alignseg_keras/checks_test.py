@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+
+from alignseg_keras.checks import MAX_CLASSES
+from alignseg_keras.checks import check_class_count
+from alignseg_keras.checks import check_finite_images
+from alignseg_keras.checks import check_masks
+from alignseg_keras.checks import squeeze_masks
+from alignseg_keras.metrics import MeanIoU
+from alignseg_keras.testing import tiny_alignseg
+
+
+def test_class_counts():
+    assert check_class_count(19) == 19
+    assert check_class_count(np.int64(2)) == 2
+    assert check_class_count(1, minimum=1) == 1
+    with pytest.raises(ValueError, match="binary task .* needs num_classes=2"):
+        check_class_count(1)
+    with pytest.raises(ValueError, match="at least 2"):
+        check_class_count(0)
+    with pytest.raises(ValueError, match="must be an int"):
+        check_class_count(2.5)
+    assert check_class_count(MAX_CLASSES) == MAX_CLASSES
+    with pytest.raises(ValueError, match=r"100000.* confusion matrix 75 GiB.*ADE20K-full"):
+        check_class_count(100000)
+
+
+def test_model_and_metric_refuse_bad_class_counts_before_allocating():
+    with pytest.raises(ValueError, match="num_classes=2"):
+        tiny_alignseg(num_classes=1)
+    with pytest.raises(ValueError, match="more than 4096"):
+        tiny_alignseg(num_classes=100000)
+    with pytest.raises(ValueError, match="more than 4096"):
+        MeanIoU(num_classes=100000)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_pixels_name_the_image(value):
+    images = np.zeros((10, 4, 4, 3), "float32")
+    check_finite_images(images)
+    check_finite_images(np.zeros((2, 4, 4, 3), "uint8"))
+    images[9, 1, 2, 0] = value
+    with pytest.raises(ValueError, match=r"1 NaN or infinite value\(s\), the first in image 9"):
+        check_finite_images(images)
+
+
+@pytest.mark.parametrize(
+    "masks, message",
+    [
+        (np.full((2, 4, 6), 33), r"value\(s\) \[33\] outside \[0, 19\).*num_classes=19.*train ids"),
+        (np.full((2, 4, 6), -1), r"\[-1\].*unlabelled pixels 255 rather than -1"),
+        (np.full((2, 4, 6, 1), 3 / 255.0), r"fractional values \[0.0117.*divided by 255"),
+        (np.zeros((2, 6, 4)), r"\(2, 6, 4\) do not fit .*\(height and width swapped\?\)"),
+        (np.zeros((2, 4, 6, 2)), r"\(2, 4, 6, 2\) do not fit"),
+        (np.zeros((2, 4)), r"\(2, 4\) do not fit"),
+    ],
+)
+def test_bad_masks_name_value_class_count_and_fix(masks, message):
+    with pytest.raises(ValueError, match=message):
+        check_masks((2, 4, 6, 3), masks, num_classes=19)
+
+
+def test_good_masks_pass_and_lose_their_channel_axis():
+    masks = np.array([0, 18, 255, 7] * 12, "float32").reshape(2, 4, 6, 1)
+    check_masks((2, 4, 6, 3), masks, num_classes=19)
+    check_masks((2, 4, 6, 3), np.full((2, 4, 6), -1), num_classes=19, ignore_index=-1)
+    assert squeeze_masks(masks).shape == (2, 4, 6)
+    assert squeeze_masks(masks[..., 0]).shape == (2, 4, 6)
