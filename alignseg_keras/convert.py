@@ -32,6 +32,7 @@ and is ignored. Export writes `w = gamma - eps`, which the library reads back
 as the same `gamma`.
 """
 
+import collections
 import dataclasses
 import os
 
@@ -383,9 +384,12 @@ class ConversionReport:
         return text + "."
 
 
-def _summarise(names, shown=3):
-    kinds = sorted({name.rsplit(".", 1)[-1] for name in names})
-    return ", ".join(kinds[:shown]) + (", ..." if len(kinds) > shown else "")
+def _summarise(names, listed=4):
+    """A few names as they are; more as counts of their last part."""
+    if len(names) <= listed:
+        return ", ".join(names)
+    kinds = collections.Counter(name.rsplit(".", 1)[-1] for name in names)
+    return ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
 
 
 def _model_variables(model):

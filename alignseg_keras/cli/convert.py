@@ -2,7 +2,8 @@
 
 import sys
 
-PRESET_CHOICES = ("alignseg_resnet101_official", "alignseg_resnet50_official")
+from alignseg_keras.convert import DEFAULT_NUM_CLASSES
+from alignseg_keras.convert import OFFICIAL_PRESETS
 
 
 def add_parser(subparsers):
@@ -17,20 +18,28 @@ def add_parser(subparsers):
     parser.add_argument(
         "checkpoint", help="the authors' .pth checkpoint (or an .npz of its tensors)"
     )
+    parser.add_argument(
+        "--backbone-only", action="store_true",
+        help="the checkpoint is an ImageNet deep-stem ResNet (e.g. resnet101-imagenet.pth, "
+        "the authors' start): load it into the backbone of a new official model whose "
+        "decoder is freshly initialised (fc is ignored)",
+    )
     parser.add_argument("--output", required=True, help="the .keras file to write")
     parser.add_argument(
         "--num-classes", type=int,
-        help="classes of the converted model (default: the checkpoint's); a different "
-        "number leaves the two 1x1 classifiers freshly initialised, for fine-tuning",
+        help="classes of the converted model (default: the checkpoint's, or "
+        f"{DEFAULT_NUM_CLASSES} with --backbone-only); a different number leaves the two 1x1 "
+        "classifiers freshly initialised, for fine-tuning",
     )
     parser.add_argument(
-        "--preset", choices=PRESET_CHOICES,
+        "--preset", choices=sorted(OFFICIAL_PRESETS.values()),
         help="the network to build (default: told from the checkpoint's ResNet depth)",
     )
     parser.set_defaults(func=run)
 
 
 def run(args):
+    from alignseg_keras.convert import load_backbone_checkpoint
     from alignseg_keras.convert import load_official_checkpoint
 
     if not args.output.endswith(".keras"):
@@ -38,9 +47,15 @@ def run(args):
     if args.num_classes is not None and args.num_classes < 1:
         raise ValueError(f"--num-classes must be positive; received {args.num_classes}.")
     try:
-        model = load_official_checkpoint(
-            args.checkpoint, num_classes=args.num_classes, preset=args.preset
-        )
+        if args.backbone_only:
+            model = load_backbone_checkpoint(
+                args.checkpoint, num_classes=args.num_classes or DEFAULT_NUM_CLASSES,
+                preset=args.preset, verbose=True,
+            )
+        else:
+            model = load_official_checkpoint(
+                args.checkpoint, num_classes=args.num_classes, preset=args.preset, verbose=True
+            )
     except ImportError as error:
         print(f"alignseg convert: error: {error}", file=sys.stderr)
         return 2

@@ -3,6 +3,9 @@ import numpy as np
 
 from alignseg_keras.cli import main
 from alignseg_keras.convert import export_official_state_dict
+from alignseg_keras.convert_test import assert_exported_equals
+from alignseg_keras.convert_test import imagenet_backbone_state
+from alignseg_keras.convert_test import is_norm_weight
 from alignseg_keras.convert_test import random_state_dict
 
 
@@ -13,7 +16,10 @@ def test_convert_with_new_classes_writes_a_keras_model_of_the_checkpoint(tmp_pat
     output = tmp_path / "alignseg.keras"
     arguments = ["convert", str(checkpoint), "--output", str(output), "--num-classes", "5"]
     assert main(arguments) == 0
-    assert "resnet50_deepstem, 5 classes" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "resnet50_deepstem, 5 classes" in out
+    negative = sum(int((a < 0).sum()) for n, a in state.items() if is_norm_weight(n, a.shape))
+    assert f"(gamma = |w| + 1e-05): {negative} negative" in out
     model = keras.saving.load_model(output)
     assert model.backbone_name == "resnet50_deepstem" and model.num_classes == 5
     # The reloaded model still maps to the authors' names: every weight but the
@@ -22,9 +28,28 @@ def test_convert_with_new_classes_writes_a_keras_model_of_the_checkpoint(tmp_pat
     assert list(exported) == list(state)
     for name in ("head.3.weight", "dsn.3.weight"):
         assert exported[name].shape == (5, 256, 1, 1)
-    for name, array in state.items():
-        if not name.startswith(("head.3.", "dsn.3.")) and array.ndim:
-            np.testing.assert_array_equal(exported[name], array, err_msg=name)
+    kept = [name for name in state if not name.startswith(("head.3.", "dsn.3."))]
+    assert_exported_equals(exported, state, kept)
+
+
+def test_convert_backbone_only_starts_from_an_imagenet_resnet(tmp_path, capsys):
+    state = imagenet_backbone_state(50, seed=11)
+    checkpoint = tmp_path / "resnet50-imagenet.npz"
+    np.savez(checkpoint, **state)
+    output = tmp_path / "start.keras"
+    arguments = ["convert", str(checkpoint), "--backbone-only", "--output", str(output)]
+    assert main(arguments) == 0
+    out = capsys.readouterr().out
+    assert "ignored 2 (fc.weight, fc.bias)" in out and "resnet50_deepstem, 19 classes" in out
+    model = keras.saving.load_model(output)
+    np.testing.assert_array_equal(
+        np.asarray(model.backbone.get_layer("layer4_1_conv3").kernel),
+        state["layer4.1.conv3.weight"].transpose(2, 3, 1, 0),
+    )
+    whole = tmp_path / "whole.npz"
+    np.savez(whole, **random_state_dict(50, seed=12))
+    assert main(["convert", str(whole), "--backbone-only", "--output", str(output)]) == 2
+    assert "whole AlignSeg checkpoint" in capsys.readouterr().err
 
 
 def test_convert_reports_bad_arguments(tmp_path, capsys):
