@@ -6,6 +6,8 @@ from keras import ops
 ACTIVATIONS = ("relu", "leaky_relu", None)
 # InPlaceABN's default slope, used by the authors wherever they write "ABN".
 LEAKY_RELU_SLOPE = 0.01
+# Also InPlaceABN's eps, so the authors' variance term sqrt(var + eps) matches
+# (alignseg_keras.convert maps their scale |w| + eps onto gamma).
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9  # PyTorch's momentum 0.1 expressed the Keras way.
 
