@@ -11,7 +11,10 @@ and returns
     probabilities: float32 [batch, height, width, num_classes]  (softmax)
 
 Normalisation and padding happen inside the model, so clients send raw
-pixels. The SavedModel is self-contained: TF Serving, `saved_model_cli` or
+pixels. Being uint8, they are always finite: a NaN or infinite pixel cannot
+reach the model (float images are refused by the signature's dtype). An empty
+batch or 0-sized images return empty `labels` and `probabilities` of the
+matching shape, without running the network. The SavedModel is self-contained: TF Serving, `saved_model_cli` or
 `tf.saved_model.load` use it without Keras or alignseg_keras.
 
 ONNX and LiteRT go through Keras' own `model.export(format=...)` and keep the
@@ -29,6 +32,8 @@ import importlib.util
 
 import keras
 import tensorflow as tf
+
+from alignseg_keras.inference import output_classes
 
 EXPORT_FORMATS = ("saved_model", "onnx", "litert")
 SERVING_INPUT = "images"
@@ -52,14 +57,21 @@ def serving_function(model):
 
     Returns:
         A Python function of a uint8 `images` tensor returning
-        `{"labels": int32 (B, H, W), "probabilities": float32 (B, H, W, C)}`.
+        `{"labels": int32 (B, H, W), "probabilities": float32 (B, H, W, C)}`;
+        empty for an empty batch or 0-sized images.
     """
+
+    num_classes = output_classes(model)
 
     def serve(images):
         # The signature declares the shape, but TensorFlow only checks the
         # dtype when called; this names a wrong rank or channel count clearly.
         images = tf.ensure_shape(images, [None, None, None, 3], name=SERVING_INPUT)
-        logits = tf.cast(model(images, training=False), tf.float32)
+        logits = tf.cond(
+            tf.size(images) > 0,
+            lambda: tf.cast(model(images, training=False), tf.float32),
+            lambda: tf.zeros(tf.concat([tf.shape(images)[:3], [num_classes]], 0)),
+        )
         return {
             "labels": tf.argmax(logits, axis=-1, output_type=tf.int32),
             "probabilities": tf.nn.softmax(logits, axis=-1),

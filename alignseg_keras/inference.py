@@ -3,7 +3,9 @@
 Every function takes a batch of RGB images `(B, H, W, 3)` with values 0..255
 (uint8 or float), or a single image `(H, W, 3)`, and returns per-pixel class
 probabilities (float32, softmax over the last axis) at the input size, with
-the same leading shape as the input.
+the same leading shape as the input. Images with a NaN or infinite value are
+refused with a `ValueError` naming the image; an empty batch or 0-sized images
+give empty probabilities `(B, H, W, classes)` without running the model.
 
 The network runs through `model.predict_on_batch`, Keras' compiled predict
 step: every sliding-window tile has the same shape, so the step is traced
@@ -25,9 +27,11 @@ labels = probabilities.argmax(-1)
 
 import math
 
+import keras
 import numpy as np
 from keras import ops
 
+from alignseg_keras.checks import check_finite_images
 from alignseg_keras.layers.alignment import resize_bilinear
 
 PAPER_SCALES = (0.75, 1.0, 1.25, 1.5, 1.75)
@@ -36,7 +40,11 @@ DEFAULT_BATCH_SIZE = 4
 
 
 def _as_image_batch(images):
-    """Returns `(images (B, H, W, 3), was_single_image)`, or raises a clear error."""
+    """Returns `(images (B, H, W, 3), was_single_image)`, or raises a clear error.
+
+    Non-finite pixels are refused; an empty batch or 0-sized images pass (the
+    predict functions return empty probabilities for them).
+    """
     images = np.asarray(images)
     single = images.ndim == 3
     if single:
@@ -46,9 +54,22 @@ def _as_image_batch(images):
             "`images` must be RGB images of shape (batch, height, width, 3) or "
             f"(height, width, 3); received shape {images.shape}."
         )
-    if min(images.shape[:3]) == 0:
-        raise ValueError(f"`images` is empty; received shape {images.shape}.")
+    check_finite_images(images)
     return images, single
+
+
+def output_classes(model):
+    """The number of classes `model` predicts: its `num_classes`, else its output's last axis."""
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes is None:
+        num_classes = keras.tree.flatten(model.outputs)[0].shape[-1]
+    return int(num_classes)
+
+
+def _empty_probabilities(model, images, single):
+    """Probabilities for an empty batch or 0-sized images: zeros of shape (B, H, W, classes)."""
+    probabilities = np.zeros(images.shape[:3] + (output_classes(model),), "float32")
+    return probabilities[0] if single else probabilities
 
 
 def _as_tile_size(tile_size):
@@ -174,7 +195,10 @@ def predict_whole(model, images, batch_size=DEFAULT_BATCH_SIZE):
     ```
     """
     images, single = _as_image_batch(images)
-    return _softmax(_model_logits(model, images, _check_batch_size(batch_size)), single)
+    batch_size = _check_batch_size(batch_size)
+    if images.size == 0:
+        return _empty_probabilities(model, images, single)
+    return _softmax(_model_logits(model, images, batch_size), single)
 
 
 def predict_sliding(
@@ -204,10 +228,10 @@ def predict_sliding(
     ```
     """
     images, single = _as_image_batch(images)
-    logits = _sliding_logits(
-        model, images, _as_tile_size(tile_size), overlap, _check_batch_size(batch_size)
-    )
-    return _softmax(logits, single)
+    tile_size, batch_size = _as_tile_size(tile_size), _check_batch_size(batch_size)
+    if images.size == 0:
+        return _empty_probabilities(model, images, single)
+    return _softmax(_sliding_logits(model, images, tile_size, overlap, batch_size), single)
 
 
 def _scaled_size(size, scale):
@@ -255,6 +279,8 @@ def predict_multiscale(
     scales = tuple(scales)
     if not scales or any(not scale > 0 for scale in scales):
         raise ValueError(f"`scales` must be positive numbers; received {scales!r}.")
+    if images.size == 0:
+        return _empty_probabilities(model, images, single)
     batch, height, width, _ = images.shape
     if flip:
         images = np.concatenate([images, np.flip(images, axis=2)])

@@ -11,17 +11,30 @@ class WarmupPolynomialDecay(keras.optimizers.schedules.PolynomialDecay):
     After `warmup_steps`, `lr = initial * (1 - step / decay_steps) ** power` (the
     paper's poly schedule with power 0.9 and `end_learning_rate=0`); during the
     warm-up the rate rises linearly from `initial * warmup_start` to that value.
-    `decay_steps=None` means "not known yet": `AlignSeg.fit` sets it from the
-    number of epochs and steps of the first `fit` call.
+    `step` is the optimizer's iteration count, over all `fit` calls.
+
+    The length:
+    - `decay_steps=N`: a fixed plan of N steps; later steps train at
+      `end_learning_rate` (`AlignSeg.fit` warns when a `fit` starts past it).
+    - `decay_steps=None`: the length comes from `fit`. Every `AlignSeg.fit`
+      sets it to the steps done so far plus the steps of that `fit`, so the
+      first `fit` runs a full poly decay and a second `fit` ("train some
+      more") continues the decay from where the iteration count is, ending at
+      the end of that `fit`, instead of training at rate 0. Until a `fit` has
+      set a length (`compile()` then `train_on_batch`, or a custom loop), the
+      rate is constant: `initial_learning_rate`, after the warm-up.
 
     Args:
         initial_learning_rate: float, base learning rate (1e-2 for Cityscapes).
-        decay_steps: int or None, total number of training steps.
+        decay_steps: int or None, total number of training steps (see above).
         power: float, the poly exponent (0.9).
         end_learning_rate: float, the final rate (0).
         warmup_steps: int, length of the linear warm-up (0: none).
         warmup_start: float, warm-up starting fraction of the rate (0.1).
         name: schedule name.
+        length_from_fit: bool or None, whether `AlignSeg.fit` sets the length;
+            None means `decay_steps is None`. Saved with the schedule, so a
+            reloaded model keeps extending it.
 
     Example:
     ```python
@@ -38,6 +51,7 @@ class WarmupPolynomialDecay(keras.optimizers.schedules.PolynomialDecay):
         warmup_steps=0,
         warmup_start=0.1,
         name="WarmupPolynomialDecay",
+        length_from_fit=None,
     ):
         super().__init__(
             initial_learning_rate,
@@ -46,18 +60,28 @@ class WarmupPolynomialDecay(keras.optimizers.schedules.PolynomialDecay):
             power=power,
             name=name,
         )
-        self.decay_steps = decay_steps
+        self.decay_steps = None if decay_steps is None else int(decay_steps)
+        if self.decay_steps is not None and self.decay_steps < 1:
+            raise ValueError(
+                f"WarmupPolynomialDecay: `decay_steps` must be a positive int or None; "
+                f"received {decay_steps!r}."
+            )
+        self.length_from_fit = decay_steps is None if length_from_fit is None else bool(length_from_fit)
         self.warmup_steps = int(warmup_steps)
         self.warmup_start = float(warmup_start)
 
+    def extend(self, steps_done, new_steps):
+        """Sets the length to `steps_done + new_steps` (what `AlignSeg.fit` calls); True if it changed."""
+        length = int(steps_done) + int(new_steps)
+        changed = length != self.decay_steps
+        self.decay_steps = length
+        return changed
+
     def __call__(self, step):
         if self.decay_steps is None:
-            raise ValueError(
-                "WarmupPolynomialDecay: `decay_steps` (the total number of training "
-                "steps) is not set; pass it, or `total_steps` to AlignSeg.compile, or "
-                "let AlignSeg.fit derive it from `epochs` and `steps_per_epoch`."
-            )
-        rate = super().__call__(step)
+            rate = ops.convert_to_tensor(self.initial_learning_rate, "float32")
+        else:
+            rate = super().__call__(step)
         if not self.warmup_steps:
             return rate
         progress = ops.minimum(ops.cast(step, "float32") / self.warmup_steps, 1.0)
@@ -72,6 +96,7 @@ class WarmupPolynomialDecay(keras.optimizers.schedules.PolynomialDecay):
                 "decay_steps": self.decay_steps,
                 "warmup_steps": self.warmup_steps,
                 "warmup_start": self.warmup_start,
+                "length_from_fit": self.length_from_fit,
             }
         )
         return config

@@ -1,6 +1,7 @@
 """The AlignSeg segmentation model (paper Fig. 2)."""
 
 import keras
+import numpy as np
 
 from alignseg_keras.backbones import default_normalization
 from alignseg_keras.backbones import get_backbone
@@ -13,8 +14,15 @@ from alignseg_keras.layers.preprocessing import ImageNormalization
 from alignseg_keras.layers.preprocessing import PadToMultiple
 from alignseg_keras.layers.residual_conv_block import ResidualConvBlock
 from alignseg_keras.layers.segmentation_head import SegmentationHead
+from alignseg_keras.checks import IGNORE_INDEX
+from alignseg_keras.checks import check_class_count
+from alignseg_keras.models.data_checks import checked_data
+from alignseg_keras.models.data_checks import checked_validation_data
+from alignseg_keras.models.data_checks import data_errors
+from alignseg_keras.models.data_checks import is_empty_array
 from alignseg_keras.models.presets import PRESETS
 from alignseg_keras.models.training import count_training_steps
+from alignseg_keras.models.training import require_training_data
 from alignseg_keras.models.training import resolve_poly_schedule
 
 # Keys of `AlignSeg.offset_model()` outputs: every alignment module.
@@ -64,7 +72,8 @@ class AlignSeg(keras.Model):
     main logits alone.
 
     Args:
-        num_classes: int, number of classes.
+        num_classes: int, number of classes, 2 to 4096
+            (`alignseg_keras.checks.MAX_CLASSES`); a binary task has 2.
         backbone: `"resnet18"`, `"resnet34"`, `"resnet50"`, `"resnet101"`,
             `"resnet50_deepstem"`, `"resnet101_deepstem"`, or a `keras.Model`
             from images to four feature maps at strides 4, 8, 16 and 32.
@@ -119,8 +128,7 @@ class AlignSeg(keras.Model):
         name="alignseg",
         **kwargs,
     ):
-        if int(num_classes) < 1:
-            raise ValueError(f"`num_classes` must be a positive int; received {num_classes!r}.")
+        num_classes = check_class_count(num_classes)
         if alignment not in ALIGNMENT_MODES:
             raise ValueError(
                 f"`alignment` must be one of {ALIGNMENT_MODES}; received {alignment!r}."
@@ -247,13 +255,29 @@ class AlignSeg(keras.Model):
             return outputs["logits"]
         return outputs
 
-    def predict(self, x, *args, **kwargs):
-        self._check_data(x)
-        return super().predict(x, *args, **kwargs)
+    def _ignore_index(self):
+        """The label the compiled loss ignores (255 unless the loss says otherwise)."""
+        return getattr(getattr(self, "loss", None), "ignore_index", IGNORE_INDEX)
 
-    def evaluate(self, x=None, *args, **kwargs):
+    def predict(self, x, *args, **kwargs):
+        """Keras' `predict`, after checking that the images are finite.
+
+        An empty batch or 0-sized images give empty logits
+        `(batch, height, width, num_classes)` without running the network.
+        """
         self._check_data(x)
-        return super().evaluate(x, *args, **kwargs)
+        if is_empty_array(x):
+            return np.zeros(tuple(x.shape[:3]) + (self.num_classes,), "float32")
+        x, _ = checked_data(x)
+        with data_errors(x):
+            return super().predict(x, *args, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """Keras' `evaluate`, after checking images and masks as `fit` does."""
+        self._check_data(x)
+        x, y = checked_data(x, y, self.num_classes, self._ignore_index())
+        with data_errors(x):
+            return super().evaluate(x, y, *args, **kwargs)
 
     def compile(
         self,
@@ -282,8 +306,11 @@ class AlignSeg(keras.Model):
             metrics: a list of metrics, or None for `MeanIoU(num_classes)`.
             aux_loss_weight: float, weight of the deep-supervision loss (0.4).
             learning_rate: float, base rate of the default optimizer (1e-2).
-            total_steps: int or None, steps of the poly schedule; None lets the
-                first `fit` call derive it from its epochs and steps.
+            total_steps: int or None, steps of the poly schedule (a fixed plan);
+                None lets every `fit` extend the schedule over its own epochs and
+                steps, starting from the current iteration, and keeps the rate
+                constant before any `fit` (`train_on_batch`, custom loops). See
+                `alignseg_keras.optimizers.WarmupPolynomialDecay`.
             warmup_steps: int, linear warm-up steps of the default optimizer.
             weight_decay: float, PyTorch-style weight decay of the default optimizer.
             ignore_index: int, label ignored by the default loss and metric.
@@ -313,25 +340,43 @@ class AlignSeg(keras.Model):
         validation_split=0.0,
         **kwargs,
     ):
+        """Keras' `fit`, with the data checked and the poly schedule fitted to it.
+
+        Arrays are checked up front, `tf.data` pipelines, generators and
+        `PyDataset`s batch by batch: images must be finite, masks must have
+        their images' height and width and hold class ids below `num_classes`
+        or the ignore label (see `alignseg_keras.models.data_checks`). A
+        default poly schedule compiled without `total_steps` is extended over
+        this call's steps (see `WarmupPolynomialDecay`), so a second `fit`
+        trains on.
+        """
         self._check_data(x)
-        if getattr(self, "optimizer", None) is not None:
-            steps = count_training_steps(
-                x, batch_size, epochs, initial_epoch, steps_per_epoch, validation_split
+        steps = count_training_steps(
+            x, batch_size, epochs, initial_epoch, steps_per_epoch, validation_split
+        )
+        require_training_data(steps, epochs, initial_epoch)
+        if getattr(self, "optimizer", None) is not None and resolve_poly_schedule(self.optimizer, steps):
+            self.train_function = None  # the schedule's length is traced into the step
+        ignore_index = self._ignore_index()
+        if "validation_data" in kwargs:
+            kwargs["validation_data"] = checked_validation_data(
+                kwargs["validation_data"], self.num_classes, ignore_index
             )
-            resolve_poly_schedule(self.optimizer, steps)
         if hasattr(x, "element_spec"):
             # A tf.data pipeline shuffles itself; avoids Keras' warning about it.
             kwargs.setdefault("shuffle", False)
-        return super().fit(
-            x,
-            y,
-            batch_size=batch_size,
-            epochs=epochs,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=steps_per_epoch,
-            validation_split=validation_split,
-            **kwargs,
-        )
+        x, y = checked_data(x, y, self.num_classes, ignore_index)
+        with data_errors(x):
+            return super().fit(
+                x,
+                y,
+                batch_size=batch_size,
+                epochs=epochs,
+                initial_epoch=initial_epoch,
+                steps_per_epoch=steps_per_epoch,
+                validation_split=validation_split,
+                **kwargs,
+            )
 
     def get_compile_config(self):
         config = super().get_compile_config()

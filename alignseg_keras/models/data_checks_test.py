@@ -1,0 +1,113 @@
+"""Bad data given to AlignSeg.fit/evaluate/predict as arrays, generators and PyDatasets."""
+
+import keras
+import numpy as np
+import pytest
+
+from alignseg_keras.inference import predict_multiscale
+from alignseg_keras.inference import predict_sliding
+from alignseg_keras.inference import predict_whole
+from alignseg_keras.testing import tiny_alignseg
+
+RNG = np.random.default_rng(0)
+IMAGES = RNG.integers(0, 256, (4, 32, 40, 3)).astype("uint8")
+MASKS = RNG.integers(0, 3, (4, 32, 40)).astype("int32")
+NAN_IMAGES = IMAGES.astype("float32")
+NAN_IMAGES[2, 5, 6, 1] = np.nan
+
+# Each bad mask array and the words its error must contain.
+BAD_MASKS = {
+    "cityscapes_label_ids": (MASKS + 24, r"\[24, 25, 26\] outside \[0, 3\).*num_classes=3"),
+    "minus_one": (np.where(MASKS == 0, -1, MASKS), r"\[-1\] outside .*rather than -1"),
+    "divided_by_255": (MASKS / 255.0, "fractional values.*divided by 255"),
+    "swapped": (np.swapaxes(MASKS, 1, 2), "height and width swapped"),
+}
+
+
+@pytest.fixture(scope="module")
+def model():
+    model = tiny_alignseg(num_classes=3)
+    model.compile()
+    return model
+
+
+def trainable_weights(model):
+    return [np.array(weight) for weight in model.trainable_weights]
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MASKS))
+def test_fit_and_evaluate_refuse_bad_mask_arrays_before_training(model, case):
+    masks, message = BAD_MASKS[case]
+    before = trainable_weights(model)
+    with pytest.raises(ValueError, match=message):
+        model.fit(IMAGES, masks, batch_size=2, verbose=0)
+    with pytest.raises(ValueError, match=message):
+        model.evaluate(IMAGES, masks, batch_size=2, verbose=0)
+    with pytest.raises(ValueError, match=message):
+        model.fit(IMAGES, MASKS, validation_data=(IMAGES, masks), verbose=0)
+    for old, new in zip(before, trainable_weights(model)):
+        np.testing.assert_array_equal(old, new)
+
+
+def test_generators_and_py_datasets_are_checked_batch_by_batch(model):
+    masks, message = BAD_MASKS["cityscapes_label_ids"]
+
+    def batches():
+        yield IMAGES[:2], MASKS[:2]
+        yield IMAGES[2:], masks[2:]
+
+    with pytest.raises(ValueError, match=message):
+        model.fit(batches(), steps_per_epoch=2, verbose=0)
+
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            return NAN_IMAGES[2 * index : 2 * index + 2], MASKS[2 * index : 2 * index + 2]
+
+    with pytest.raises(ValueError, match=r"NaN or infinite value\(s\), the first in image 0"):
+        model.fit(Batches(), verbose=0)
+
+
+def test_non_finite_pixels_are_refused_everywhere(model):
+    message = r"1 NaN or infinite value\(s\), the first in image 2"
+    with pytest.raises(ValueError, match=message):
+        model.fit(NAN_IMAGES, MASKS, batch_size=2, verbose=0)
+    with pytest.raises(ValueError, match=message):
+        model.evaluate(NAN_IMAGES, MASKS, verbose=0)
+    with pytest.raises(ValueError, match=message):
+        model.predict(NAN_IMAGES, verbose=0)
+    inf_images = NAN_IMAGES.copy()
+    inf_images[2] = np.where(np.isnan(inf_images[2]), np.inf, inf_images[2])
+    for predict in (predict_whole, lambda m, x: predict_sliding(m, x, 16), predict_multiscale):
+        with pytest.raises(ValueError, match=message):
+            predict(model, inf_images)
+
+
+def test_fit_on_no_images_is_refused(model):
+    before = trainable_weights(model)
+    with pytest.raises(ValueError, match="no training batches"):
+        model.fit(IMAGES[:0], MASKS[:0], verbose=0)
+    with pytest.raises(ValueError, match="no training batches"):
+        model.fit(IMAGES[:1], MASKS[:1], validation_split=0.5, verbose=0)
+    for old, new in zip(before, trainable_weights(model)):
+        np.testing.assert_array_equal(old, new)
+
+
+@pytest.mark.parametrize("shape", [(0, 32, 40, 3), (2, 0, 0, 3), (1, 5, 0, 3)])
+def test_empty_inputs_give_empty_results(model, shape):
+    images = np.zeros(shape, "uint8")
+    logits = model.predict(images, verbose=0)
+    assert logits.shape == shape[:3] + (3,) and logits.dtype == np.float32
+    for predict in (predict_whole, lambda m, x: predict_sliding(m, x, 16), predict_multiscale):
+        assert predict(model, images).shape == shape[:3] + (3,)
+    assert predict_whole(model, images[0] if shape[0] else images).ndim in (3, 4)
+
+
+def test_a_second_fit_may_drop_the_mask_channel_axis():
+    model = tiny_alignseg(num_classes=3)
+    model.compile(total_steps=10)
+    first = model.fit(IMAGES, MASKS[..., None], batch_size=2, verbose=0)
+    second = model.fit(IMAGES, MASKS, batch_size=2, verbose=0)
+    assert np.isfinite(first.history["loss"] + second.history["loss"]).all()

@@ -1,0 +1,101 @@
+"""The checks of `alignseg_keras.models.data_checks` on `tf.data` pipelines (TensorFlow only).
+
+Every batch is tested in the pipeline with a few TensorFlow reductions (finite
+images, masks of the images' size, integer labels in range); only a batch that
+fails goes to the NumPy check of `alignseg_keras.checks`, which raises the
+`ValueError` that names the values. The check runs in `tf.data`, outside the
+training step, so it also holds under XLA and on the JAX backend.
+"""
+
+import contextlib
+import functools
+import re
+
+import tensorflow as tf
+
+from alignseg_keras.checks import check_finite_images
+from alignseg_keras.checks import check_masks
+
+def _masks_rank_ok(masks):
+    rank = masks.shape.rank
+    return rank == 3 or (rank == 4 and masks.shape[-1] in (1, None))
+
+
+def _mask_problem(images, masks, num_classes, ignore_index):
+    """A boolean tensor: masks of another size, fractional, or with labels out of range."""
+    if not _masks_rank_ok(masks):
+        return tf.constant(True)
+    size_differs = tf.reduce_any(tf.shape(images)[1:3] != tf.shape(masks)[1:3])
+    if masks.dtype.is_floating:
+        labels = masks
+        fractional = tf.reduce_any(masks != tf.floor(masks))
+    else:
+        labels = masks if masks.dtype == tf.int64 else tf.cast(masks, tf.int32)
+        fractional = tf.constant(False)
+    outside = (labels < 0) | (labels >= tf.cast(num_classes, labels.dtype))
+    out_of_range = tf.reduce_any(outside & (labels != tf.cast(ignore_index, labels.dtype)))
+    return size_differs | fractional | out_of_range
+
+
+def _raise_batch_error(images, masks=None, num_classes=None, ignore_index=255):
+    """The NumPy check of a batch the fast check flagged; raises its `ValueError`."""
+    check_finite_images(images, "A batch of images")
+    if masks is not None:
+        check_masks(images.shape, masks, num_classes, ignore_index)
+    return True
+
+
+def _check_element(*element, num_classes, ignore_index):
+    images, rest = element[0], list(element[1:])
+    masks = rest[0] if rest and num_classes is not None else None
+    problem = tf.constant(False)
+    if images.dtype.is_floating:
+        problem = ~tf.reduce_all(tf.math.is_finite(images))
+    if masks is not None:
+        problem = problem | _mask_problem(images, masks, num_classes, ignore_index)
+    report = functools.partial(_raise_batch_error, num_classes=num_classes, ignore_index=ignore_index)
+    inputs = [images] if masks is None else [images, masks]
+    checked = tf.cond(
+        problem,
+        lambda: tf.numpy_function(report, inputs, tf.bool),
+        lambda: tf.constant(True),
+    )
+    with tf.control_dependencies([checked]):
+        images = tf.identity(images)
+    if masks is not None and masks.shape.rank == 4:
+        rest[0] = masks[..., 0]
+    return (images, *rest) if rest else images
+
+
+def checked_dataset(dataset, num_classes=None, ignore_index=255):
+    """`dataset` with every batch checked (images, and masks when `num_classes` is set).
+
+    Elements are `images` or `(images, masks[, sample_weights])` tensors;
+    other structures (dicts) pass unchecked.
+
+    Example:
+    ```python
+    train = checked_dataset(train, num_classes=19)
+    ```
+    """
+    spec = dataset.element_spec
+    first = spec[0] if isinstance(spec, tuple) else spec
+    if not isinstance(first, tf.TensorSpec) or (isinstance(spec, tuple) and not all(
+        isinstance(item, tf.TensorSpec) for item in spec
+    )):
+        return dataset
+    check = functools.partial(_check_element, num_classes=num_classes, ignore_index=ignore_index)
+    return dataset.map(check, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+@contextlib.contextmanager
+def data_errors_as_value_errors():
+    """Re-raises a failed pipeline check as the plain `ValueError` it raised inside `tf.data`."""
+    try:
+        yield
+    except tf.errors.OpError as error:
+        message = error.message or ""
+        found = re.search(r"ValueError: (.*)", message)
+        if _raise_batch_error.__name__ not in message or found is None:
+            raise
+        raise ValueError(found.group(1)) from None
