@@ -158,7 +158,8 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     def __init__(self, backup_dir, keep=2):
         super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False)
         self.keep = max(int(keep), 1)
-        self.restored = None
+        self.restored = None  # the backup training resumed from
+        self.epochs_done = 0  # the epochs it had completed
         self._restore_tried = False
         self._newest = None  # (path, optimizer step) of the newest backup this process saw
 
@@ -192,7 +193,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                                  f"(a torn file, or a model changed since): {_first_line(error)}")
                 continue
             self.model._initial_epoch = epoch
-            self.restored = path
+            self.restored, self.epochs_done = path, epoch
             self._newest = (path, _step(self.model))
             return path
         return None
@@ -258,22 +259,23 @@ def tensorboard_available():
 def training_callbacks(output_dir, total_steps=None):
     """The callbacks of a long training run, all writing under `output_dir`.
 
-    `ResumableBackup` in `backup/` (rerunning the same `fit` resumes from the
-    last completed epoch after a crash, a kill or a full disk; torn or
-    incompatible backups are moved aside); `StopOnNaN`; with `total_steps`,
-    `StopAtStep`; `AtomicModelCheckpoint` to `checkpoint.keras` after every
-    epoch; TensorBoard logs in `logs/` (skipped with a message when TensorBoard
-    is not installed); and `history.csv`. Use epochs as checkpoint intervals
+    `StopOnNaN`; `ResumableBackup` in `backup/` (rerunning the same `fit`
+    resumes from the last completed epoch after a crash, a kill or a full disk;
+    torn or incompatible backups are moved aside); `history.csv`;
+    `AtomicModelCheckpoint` to `checkpoint.keras` after every epoch; with
+    `total_steps`, `StopAtStep`; and TensorBoard logs in `logs/` (skipped with a
+    message when TensorBoard is not installed). Use epochs as checkpoint intervals
     (`steps_per_epoch` = steps between checkpoints).
     """
     callbacks = [
-        ResumableBackup(os.path.join(output_dir, "backup")),
         StopOnNaN(),
-        AtomicModelCheckpoint(os.path.join(output_dir, "checkpoint.keras")),
+        ResumableBackup(os.path.join(output_dir, "backup")),
+        # After the backup: a row for every epoch a re-run will not redo.
         keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv"), append=True),
+        AtomicModelCheckpoint(os.path.join(output_dir, "checkpoint.keras")),
     ]
     if total_steps is not None:
-        callbacks.insert(2, StopAtStep(total_steps))
+        callbacks.append(StopAtStep(total_steps))
     if tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(output_dir, "logs")))
     else:

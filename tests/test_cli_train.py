@@ -1,6 +1,8 @@
-"""`alignseg train` and `alignseg evaluate` end to end: resume after a kill, NaN stop, tables."""
+"""`alignseg train` and `alignseg evaluate` end to end: resume after a kill, a full disk or a
+kill during the final save, exact step counts, NaN stop, tables."""
 
 import csv
+import errno
 import os
 import signal
 import subprocess
@@ -60,8 +62,96 @@ def test_train_stops_with_a_clear_message_on_nan(tmp_path, capsys):
     code = main(["train", *TINY, "--steps", "4", "--checkpoint-every", "2", "--lr", "1e30",
                  "--output-dir", output])
     assert code == 1
-    assert "the loss became" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "the loss became" in err
+    assert "re-running the command starts over" in err and "--lr 1e+29" in err
     assert not os.path.exists(os.path.join(output, "model.keras"))
+    assert not os.path.exists(os.path.join(output, "checkpoint.keras"))
+
+
+class Killed(BaseException):
+    """Stands for a SIGKILL: nothing in alignseg catches it."""
+
+
+def iterations(path):
+    return int(keras.saving.load_model(path).optimizer.iterations.numpy())
+
+
+@pytest.fixture
+def small_disk(tmp_path, monkeypatch):
+    """`(folder, grow)`: a 150 MiB tmpfs that fills up at the first checkpoint; `grow()`
+    makes room.
+
+    Without the rights to mount one, ENOSPC is simulated at the first checkpoint.
+    """
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=150m", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode == 0:
+        try:
+            yield folder, lambda: subprocess.run(
+                ["mount", "-o", "remount,size=800m", str(folder)], check=True)
+        finally:
+            subprocess.run(["umount", str(folder)], check=False)
+        return
+    from alignseg_keras.callbacks import AtomicModelCheckpoint
+
+    def full(self, epoch, logs=None):
+        raise OSError(errno.ENOSPC, "No space left on device (simulated)", self.path)
+
+    monkeypatch.setattr(AtomicModelCheckpoint, "on_epoch_end", full)
+    yield folder, monkeypatch.undo
+
+
+def test_full_disk_and_a_kill_during_the_final_save_lose_nothing(small_disk, monkeypatch,
+                                                                 capsys):
+    from alignseg_keras import callbacks
+
+    disk, grow = small_disk
+    output = str(disk / "run")
+    command = ["train", *TINY, "--steps", "3", "--checkpoint-every", "2", "--output-dir", output]
+    backup = os.path.join(output, "backup")
+
+    # 1. No TensorBoard: said up front. The disk fills up at the first checkpoint.
+    monkeypatch.setattr(callbacks, "tensorboard_available", lambda: False)
+    assert main(command) == 1
+    err = capsys.readouterr().err
+    assert "TensorBoard is not installed" in err and "the disk is full" in err
+    assert "run the same command again to resume" in err
+    assert os.listdir(backup) == ["epoch-0001.keras"]
+    assert not [name for name in os.listdir(output) if name.startswith(".tmp-")]
+
+    # 2. Room again; the re-run resumes, then is killed while writing model.keras.
+    grow()
+    save = keras.Model.save
+
+    def killed_in_final_save(model, path, *args, **kwargs):
+        if str(path).endswith("-model.keras"):
+            open(path, "wb").write(b"torn")
+            raise Killed()
+        return save(model, path, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save", killed_in_final_save)
+    with pytest.raises(Killed):
+        main(command)
+    monkeypatch.setattr(keras.Model, "save", save)
+    assert not os.path.exists(os.path.join(output, "model.keras"))
+    assert sorted(os.listdir(backup)) == ["epoch-0001.keras", "epoch-0002.keras"]
+    assert iterations(os.path.join(output, "checkpoint.keras")) == 3  # 3 steps, not 4
+
+    # 3. The re-run trains nothing more, writes model.keras, then drops the backups.
+    open(os.path.join(output, ".tmp-1-dead-model.keras"), "wb").write(b"left by a kill")
+    assert main(command) == 0
+    assert iterations(os.path.join(output, "model.keras")) == 3
+    assert not os.path.exists(backup)
+    assert not [name for name in os.listdir(output) if name.startswith(".tmp-")]
+    assert epochs_in_history(output) == [0, 1]
+
+    # 4. A finished run is not started over (which would overwrite checkpoint.keras).
+    capsys.readouterr()
+    assert main(command) == 2
+    assert "has finished" in capsys.readouterr().err
 
 
 def test_evaluate_prints_a_table_with_miou(tmp_path, capsys):

@@ -91,20 +91,87 @@ def _build_model(args, num_classes):
     return model
 
 
+def _check_arguments(args):
+    if args.steps < 1 or args.checkpoint_every < 1 or args.batch_size < 1:
+        raise ValueError("--steps, --checkpoint-every and --batch-size must be positive.")
+
+
+def _prepare_output(args):
+    """Checks --output-dir and clears what a killed run left; returns the final model's path."""
+    from alignseg_keras.atomic import remove_temporaries
+    from alignseg_keras.callbacks import list_backups
+    from alignseg_keras.cli.common import prepare_output_dir
+
+    output = prepare_output_dir(args.output_dir, "--output-dir")
+    backup_dir = os.path.join(output, "backup")
+    remove_temporaries(output)
+    remove_temporaries(backup_dir)
+    final_path = os.path.join(output, "model.keras")
+    if os.path.exists(final_path) and not list_backups(backup_dir):
+        raise ValueError(
+            f"{final_path} exists: the training in {output} has finished. Use another "
+            "--output-dir to train again, or move that folder away."
+        )
+    return final_path
+
+
+def _set_aside_previous_run(output_dir):
+    """Moves the checkpoint and history of an earlier run aside before training starts over."""
+    from alignseg_keras.atomic import move_aside
+
+    for name in ("checkpoint.keras", "history.csv"):
+        path = os.path.join(output_dir, name)
+        if os.path.exists(path):
+            target = move_aside(path, "previous")
+            print(f"No usable backup to resume from: training starts over; the earlier "
+                  f"{path} was moved to {target}.", file=sys.stderr)
+
+
+def _nan_message(error, backup, args):
+    """The NaN stop's message, with where a re-run resumes and how to avoid diverging again."""
+    backup.set_aside_if_diverged(error.step)
+    left = backup.backups()
+    if left:
+        resume = (f"Re-running the same command resumes from {left[0][1]} (before the "
+                  "divergence)")
+    else:
+        resume = "No backup from before the divergence is left: re-running the command starts over"
+    return (f"{error}\n{resume}; give it a lower learning rate, e.g. --lr {args.lr / 10:g}, "
+            "or it may diverge again.")
+
+
+def _disk_full_message(error, output_dir):
+    return (f"alignseg train: error: the disk is full ({error}). Nothing was lost: the last "
+            f"complete backup in {os.path.join(output_dir, 'backup')} is kept. Free some space "
+            "and run the same command again to resume.")
+
+
+def _train(model, batches, callbacks, backup, args, final_path):
+    """Trains what the backup has not done yet, then saves the final model atomically."""
+    from alignseg_keras.callbacks import save_model
+
+    epochs = math.ceil(args.steps / args.checkpoint_every)
+    if backup.epochs_done < epochs:
+        model.fit(batches, epochs=epochs, steps_per_epoch=args.checkpoint_every,
+                  callbacks=callbacks)
+    save_model(model, final_path)
+
+
 def run(args):
     import keras
 
+    from alignseg_keras.atomic import is_disk_full
     from alignseg_keras.callbacks import NonFiniteLossError
+    from alignseg_keras.callbacks import ResumableBackup
     from alignseg_keras.callbacks import training_callbacks
     from alignseg_keras.cli.common import load_dataset
     from alignseg_keras.data import training_pipeline
 
-    if args.steps < 1 or args.checkpoint_every < 1 or args.batch_size < 1:
-        raise ValueError("--steps, --checkpoint-every and --batch-size must be positive.")
+    _check_arguments(args)
+    final_path = _prepare_output(args)
     keras.utils.set_random_seed(args.seed)
     if PRECISIONS[args.precision]:
         keras.mixed_precision.set_global_policy(PRECISIONS[args.precision])
-    os.makedirs(args.output_dir, exist_ok=True)
     dataset, num_classes, _ = load_dataset(args, "train")
     strategy = _strategy(args.distribute)
     batches = training_pipeline(
@@ -114,20 +181,23 @@ def run(args):
         scale_range=tuple(args.scale_range),
         seed=args.seed,
     )
+    callbacks = training_callbacks(args.output_dir, total_steps=args.steps)
+    backup = next(callback for callback in callbacks if isinstance(callback, ResumableBackup))
     with strategy.scope():
         model = _build_model(args, num_classes)
-    epochs = math.ceil(args.steps / args.checkpoint_every)
+    backup.set_model(model)
+    if backup.restore() is None:
+        _set_aside_previous_run(args.output_dir)
     try:
-        model.fit(
-            batches,
-            epochs=epochs,
-            steps_per_epoch=args.checkpoint_every,
-            callbacks=training_callbacks(args.output_dir),
-        )
+        _train(model, batches, callbacks, backup, args, final_path)
     except NonFiniteLossError as error:
-        print(error, file=sys.stderr)
+        print(_nan_message(error, backup, args), file=sys.stderr)
         return 1
-    path = os.path.join(args.output_dir, "model.keras")
-    model.save(path)
-    print(f"Saved the trained model to {path}")
+    except OSError as error:
+        if not is_disk_full(error):
+            raise
+        print(_disk_full_message(error, args.output_dir), file=sys.stderr)
+        return 1
+    backup.discard()
+    print(f"Saved the trained model to {final_path}")
     return 0
