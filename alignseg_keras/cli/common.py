@@ -86,3 +86,37 @@ def predict_probabilities(model, image, args):
             model, image, tile_size=tile, overlap=args.overlap, batch_size=args.batch_size
         )
     return inference.predict_whole(model, image, batch_size=args.batch_size)
+
+
+def prepare_output_dir(path, option):
+    """Creates the folder `path` if needed and checks that files can be written in it.
+
+    Raises a `ValueError` naming `option` and `path` when `path` is an existing
+    file, or when the folder cannot be created or written (read-only place,
+    no permission, a parent that is a file).
+    """
+    import os
+    import tempfile
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{option} {path} is a file, not a folder; give a folder (created "
+                         "if needed).")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ValueError(f"{option} {path} cannot be written: {reason}. Choose a folder you "
+                         "can write to.") from None
+    return path
+
+
+def prepare_output_file(path, option):
+    """Checks that the file `path` can be written: its folder is writable, it is not a folder."""
+    import os
+
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path} is a folder; give a file name.")
+    prepare_output_dir(os.path.dirname(path) or ".", f"the folder of {option}")
+    return path
