@@ -376,6 +376,9 @@ def load_image(path):
 def save_png(path, array):
     """Writes a uint8 `(H, W)` or `(H, W, 3)` array as a PNG, creating its folder.
 
+    The file is written atomically (a temporary file, then a rename): readers
+    and concurrent writers see a whole PNG, the old one or the new one.
+
     Example:
     ```python
     save_png("out/labels.png", colorize_labels(labels, cityscapes_palette()))
@@ -389,6 +392,9 @@ def save_png(path, array):
             "save_png needs a uint8 array of shape (H, W), (H, W, 3) or (H, W, 4); "
             f"received dtype {array.dtype} and shape {array.shape} for {path}."
         )
+    from alignseg_keras.atomic import atomic_path
+
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format="PNG")
+    with atomic_path(path) as temporary:  # never a torn PNG, even with concurrent writers
+        Image.fromarray(array).save(temporary, format="PNG")

@@ -7,14 +7,19 @@ For every image `DIR/NAME.png` it writes, into `--output`:
     NAME_labelIds.png   with --label-ids: Cityscapes label ids (benchmark format)
     NAME_MODULE.png     with --offsets: the offset field of each alignment module
 
-An image that cannot be read is reported on stderr and skipped; the exit code
-is then 1.
+Pictures are written atomically (a temporary file, then a rename), so runs
+writing into the same folder at the same time never leave a torn PNG.
+
+An image that cannot be read, has more than --max-pixels pixels (checked before
+it is decoded) or fails to predict is reported on stderr with its name and
+skipped; the others are predicted, and the exit code is then 1.
 """
 
 import pathlib
 import sys
 
 from alignseg_keras.cli.common import add_test_time_arguments
+from alignseg_keras.data.decoding import MAX_PIXELS
 from alignseg_keras.visualize import PALETTES
 
 
@@ -40,6 +45,9 @@ def add_parser(subparsers):
     add_test_time_arguments(parser)
     parser.add_argument("--alpha", type=float, default=0.5,
                         help="opacity of the labels in the overlay (default 0.5)")
+    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                        help="refuse images with more pixels, before decoding them "
+                        f"(default {MAX_PIXELS:,})")
     parser.set_defaults(func=run)
 
 
@@ -78,14 +86,24 @@ def write_pictures(model, image, labels, palette, args, stem):
     return paths
 
 
+def predict_file(model, path, palette, args, stem):
+    """Reads, predicts and draws one image file; returns the paths written."""
+    from alignseg_keras.cli.common import predict_probabilities
+    from alignseg_keras.data.decoding import read_image
+
+    image = read_image(path, max_pixels=args.max_pixels)
+    labels = predict_probabilities(model, image, args).argmax(-1)
+    return write_pictures(model, image, labels, palette, args, stem)
+
+
 def run(args):
     import keras
 
-    from alignseg_keras.cli.common import predict_probabilities
+    from alignseg_keras.cli.common import prepare_output_dir
     from alignseg_keras.visualize import get_palette
-    from alignseg_keras.visualize import load_image
 
     stems = output_names(args.images)
+    prepare_output_dir(args.output, "--output")
     model = keras.saving.load_model(args.model)
     palette = get_palette(args.palette, model.num_classes)
     if args.label_ids and model.num_classes != 19:
@@ -96,13 +114,11 @@ def run(args):
     failures = 0
     for path in args.images:
         try:
-            image = load_image(path)
-        except (FileNotFoundError, ValueError) as error:
+            written = predict_file(model, path, palette, args, stems[path])
+        except (ValueError, OSError, MemoryError) as error:
             print(f"alignseg predict: skipping {path}: {error}", file=sys.stderr)
             failures += 1
             continue
-        labels = predict_probabilities(model, image, args).argmax(-1)
-        written = write_pictures(model, image, labels, palette, args, stems[path])
         print(f"{path}: wrote {', '.join(written)}")
     if failures:
         print(f"alignseg predict: {failures} of {len(args.images)} images failed.",

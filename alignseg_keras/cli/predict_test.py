@@ -1,9 +1,17 @@
+import os
+import struct
+import subprocess
+import sys
+import time
+import zlib
+
 import numpy as np
 import pytest
 
 from alignseg_keras.cli import main
 from alignseg_keras.data.cityscapes import LABEL_ID_TO_TRAIN_ID
 from alignseg_keras.models.alignseg import OFFSET_MODULES
+from alignseg_keras.testing import read_only_folder
 from alignseg_keras.testing import tiny_alignseg
 from alignseg_keras.visualize import cityscapes_palette
 from alignseg_keras.visualize import load_image
@@ -69,3 +77,98 @@ def test_predict_refuses_images_whose_pictures_would_collide(tmp_path, capsys):
                  "--output", str(tmp_path)])
     assert code == 2
     assert "same name 'scene'" in capsys.readouterr().err
+
+
+def huge_png(path, width=20000, height=20000):
+    """A valid grayscale PNG of `width` x `height` zero pixels, a few hundred kB on disk."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor, rows = zlib.compressobj(9), b"\0" * ((width + 1) * 1000)
+    data = b"".join(compressor.compress(rows) for _ in range(height // 1000)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data)
+                     + chunk(b"IEND", b""))
+
+
+def test_predict_refuses_a_huge_image_names_it_and_goes_on(model_path, images, tmp_path, capsys):
+    huge = tmp_path / "in" / "huge.png"
+    huge_png(huge)
+    output = tmp_path / "out"
+    code = main(["predict", images[0], str(huge), images[1], "--model", model_path,
+                 "--output", str(output)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "huge.png' has 400,000,000 pixels, more than the limit of" in err
+    assert "1 of 3 images failed" in err
+    assert (output / "first_color.png").exists() and (output / "second_color.png").exists()
+
+
+def test_predict_output_must_be_a_writable_folder(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    assert main(["predict", "x.png", "--model", "unused.keras", "--output", str(a_file)]) == 2
+    assert f"--output {a_file} is a file, not a folder" in capsys.readouterr().err
+    with read_only_folder(tmp_path / "read_only") as folder:
+        code = main(["predict", "x.png", "--model", "unused.keras",
+                     "--output", str(folder / "out")])
+    assert code == 2
+    assert f"--output {folder / 'out'} cannot be written" in capsys.readouterr().err
+
+
+# Creates the file argv[1] once imported, then waits for the file argv[2], so that both runs
+# write at the same time.
+CONCURRENT_RUN = (
+    "import os, sys, time\n"
+    "from alignseg_keras.cli import main\n"
+    "open(sys.argv[1], 'w').close()\n"
+    "while not os.path.exists(sys.argv[2]): time.sleep(0.01)\n"
+    "sys.exit(main(sys.argv[3:]))\n"
+)
+
+
+def test_concurrent_predict_runs_never_tear_pictures(model_path, tmp_path):
+    rng = np.random.default_rng(1)
+    paths = []
+    for index in range(8):
+        paths.append(str(tmp_path / "in" / f"scene{index}.png"))
+        save_png(paths[-1], rng.integers(0, 256, (48, 64, 3)).astype("uint8"))
+    other = tmp_path / "other.keras"
+    tiny_alignseg(num_classes=19, seed=1).save(other)
+    flags = ["--label-ids", "--offsets"]
+    for name, model in (("a", model_path), ("b", str(other))):  # each run alone
+        assert main(["predict", *paths, "--model", model, "--output", str(tmp_path / name),
+                     *flags]) == 0
+    start = str(tmp_path / "start")
+    runs = [
+        subprocess.Popen([sys.executable, "-c", CONCURRENT_RUN, f"{start}.{index}", start,
+                          "predict", *paths, "--model", model, "--output",
+                          str(tmp_path / "both"), *flags],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+        for index, model in enumerate((model_path, str(other)))
+    ]
+    deadline = time.time() + 300
+    while not all(os.path.exists(f"{start}.{index}") for index in range(len(runs))):
+        assert time.time() < deadline and all(run.poll() is None for run in runs)
+        time.sleep(0.05)
+    open(start, "w").close()
+    for run in runs:
+        assert run.wait(timeout=300) == 0, run.stderr.read().decode()[-3000:]
+    names = sorted(os.listdir(tmp_path / "a"))
+    assert sorted(os.listdir(tmp_path / "both")) == names  # no temporary file left
+    assert any((tmp_path / "a" / n).read_bytes() != (tmp_path / "b" / n).read_bytes()
+               for n in names)
+    for name in names:
+        written = (tmp_path / "both" / name).read_bytes()
+        assert written in ((tmp_path / "a" / name).read_bytes(),
+                           (tmp_path / "b" / name).read_bytes()), name
+
+
+def test_read_image_checks_the_pixel_limit_before_decoding(images):
+    from alignseg_keras.data.decoding import read_image
+
+    with pytest.raises(ValueError, match=r"first.png' has 56x40 = 2,240 pixels, more than the limit"):
+        read_image(images[0], max_pixels=2000)
+    assert read_image(images[0], max_pixels=2240).shape == (40, 56, 3)
