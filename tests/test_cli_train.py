@@ -13,6 +13,7 @@ import keras
 import pytest
 
 from alignseg_keras.cli import main
+from alignseg_keras.testing import read_only_folder
 
 TINY = [
     "--dataset", "synthetic", "--synthetic-images", "8", "--synthetic-size", "64", "64",
@@ -169,6 +170,18 @@ def test_evaluate_prints_a_table_with_miou(tmp_path, capsys):
     assert "road" in out and out.strip().splitlines()[-1].startswith("mIoU: ")
     assert main([*args, "--sliding", "48", "--scales", "0.75", "1.0", "--flip"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("mIoU: ")
+
+
+def test_output_dirs_that_are_files_or_read_only_are_reported(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    assert main(["train", *TINY, "--output-dir", str(a_file)]) == 2
+    assert f"--output-dir {a_file} is a file, not a folder" in capsys.readouterr().err
+    assert main(["train", *TINY, "--output-dir", str(a_file / "run")]) == 2
+    assert f"--output-dir {a_file / 'run'} cannot be written" in capsys.readouterr().err
+    with read_only_folder(tmp_path / "read_only") as folder:
+        assert main(["train", *TINY, "--output-dir", str(folder)]) == 2
+    assert f"--output-dir {folder} cannot be written" in capsys.readouterr().err
 
 
 def test_bad_arguments_are_reported(tmp_path, capsys):

@@ -24,8 +24,14 @@ def add_parser(subparsers):
 def run(args):
     import keras
 
+    from alignseg_keras.cli.common import prepare_output_dir
+    from alignseg_keras.cli.common import prepare_output_file
     from alignseg_keras.export import export_model
 
+    if args.format == "saved_model":
+        prepare_output_dir(args.export_path, "EXPORT_DIR")
+    else:
+        prepare_output_file(args.export_path, "the export file")
     model = keras.saving.load_model(args.model)
     export_model(model, args.export_path, format=args.format)
     print(f"Exported {args.model} ({args.format}) to {args.export_path}")

@@ -3,6 +3,7 @@ import pytest
 import tensorflow as tf
 
 from alignseg_keras.cli import main
+from alignseg_keras.testing import read_only_folder
 from alignseg_keras.testing import tiny_alignseg
 
 
@@ -29,3 +30,17 @@ def test_export_errors_name_the_file(model_path, tmp_path, capsys):
     assert "absent.keras" in capsys.readouterr().err
     assert main(["export", model_path, str(tmp_path / "model"), "--format", "litert"]) == 2
     assert ".tflite" in capsys.readouterr().err
+
+
+def test_export_paths_that_are_files_or_read_only_are_reported(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    assert main(["export", "unused.keras", str(a_file)]) == 2
+    assert f"EXPORT_DIR {a_file} is a file, not a folder" in capsys.readouterr().err
+    assert main(["export", "unused.keras", str(tmp_path), "--format", "onnx"]) == 2
+    assert f"{tmp_path} is a folder; give a file name" in capsys.readouterr().err
+    with read_only_folder(tmp_path / "read_only") as folder:
+        assert main(["export", "unused.keras", str(folder / "alignseg" / "1")]) == 2
+        assert "cannot be written" in capsys.readouterr().err
+        assert main(["export", "unused.keras", str(folder / "m.onnx"), "--format", "onnx"]) == 2
+        assert f"the folder of the export file {folder} cannot be written" in capsys.readouterr().err
