@@ -105,9 +105,10 @@ def test_empty_inputs_give_empty_results(model, shape):
     assert predict_whole(model, images[0] if shape[0] else images).ndim in (3, 4)
 
 
-def test_a_second_fit_may_drop_the_mask_channel_axis():
+def test_a_second_fit_may_drop_the_mask_channel_axis_and_warns_past_a_fixed_schedule():
     model = tiny_alignseg(num_classes=3)
-    model.compile(total_steps=10)
+    model.compile(total_steps=2)  # fixed: the second fit reuses the traced step
     first = model.fit(IMAGES, MASKS[..., None], batch_size=2, verbose=0)
-    second = model.fit(IMAGES, MASKS, batch_size=2, verbose=0)
+    with pytest.warns(UserWarning, match="schedule ended at step 2.*larger `total_steps`"):
+        second = model.fit(IMAGES, MASKS, batch_size=2, verbose=0)
     assert np.isfinite(first.history["loss"] + second.history["loss"]).all()

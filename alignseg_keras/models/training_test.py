@@ -8,6 +8,7 @@ from alignseg_keras.losses import OhemCrossEntropy
 from alignseg_keras.losses import SegmentationCrossEntropy
 from alignseg_keras.metrics import MeanIoU
 from alignseg_keras.optimizers import WarmupPolynomialDecay
+from alignseg_keras.optimizers import paper_sgd
 from alignseg_keras.testing import tiny_alignseg
 
 
@@ -80,3 +81,34 @@ def test_compiled_model_round_trips_through_keras_file(tmp_path):
         restored.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-5
     )
     restored.fit(images, masks, batch_size=2, epochs=1, verbose=0)  # training resumes
+
+
+def trainable_weights(model):
+    return [np.array(weight) for weight in model.trainable_weights]
+
+
+def test_a_second_fit_extends_the_poly_schedule_and_trains():
+    images, masks = toy_data()
+    model = tiny_model()
+    # Without momentum, a step at learning rate 0 leaves the weights exactly as they are.
+    model.compile(optimizer=paper_sgd(1e-2, momentum=0.0))
+    model.fit(images, masks, batch_size=2, epochs=1, verbose=0)
+    schedule = model.optimizer._learning_rate
+    assert schedule.decay_steps == 2 and float(schedule(2)) == 0.0
+    before = trainable_weights(model)
+    model.fit(images, masks, batch_size=2, epochs=1, verbose=0)
+    assert schedule.decay_steps == 4 and int(model.optimizer.iterations) == 4
+    np.testing.assert_allclose(float(schedule(2)), 1e-2 * 0.5**0.9, rtol=1e-5)
+    changed = [not np.array_equal(old, new) for old, new in zip(before, trainable_weights(model))]
+    assert np.mean(changed) > 0.9
+
+
+def test_train_on_batch_after_compile_trains_at_the_base_rate():
+    images, masks = toy_data(n=2)
+    model = tiny_model()
+    model.compile(warmup_steps=0)
+    before = trainable_weights(model)
+    loss, _ = model.train_on_batch(images, masks)
+    assert np.isfinite(loss)
+    np.testing.assert_allclose(float(model.optimizer.learning_rate), 1e-2, rtol=1e-6)
+    assert not all(np.array_equal(old, new) for old, new in zip(before, trainable_weights(model)))

@@ -1,0 +1,87 @@
+"""Bad batches in tf.data pipelines: refused in the pipeline, with a clear ValueError."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alignseg_keras.models.data_checks_test import BAD_MASKS
+from alignseg_keras.models.data_checks_test import IMAGES
+from alignseg_keras.models.data_checks_test import MASKS
+from alignseg_keras.models.data_checks_test import NAN_IMAGES
+from alignseg_keras.models.tf_data_checks import checked_dataset
+from alignseg_keras.models.tf_data_checks import data_errors_as_value_errors
+from alignseg_keras.testing import tiny_alignseg
+
+
+def batches(images, masks=None, batch_size=2):
+    elements = images if masks is None else (images, masks)
+    return tf.data.Dataset.from_tensor_slices(elements).batch(batch_size)
+
+
+def read_all(dataset):
+    with data_errors_as_value_errors():
+        return list(dataset)
+
+
+def test_good_batches_pass_unchanged_with_squeezed_masks():
+    dataset = checked_dataset(batches(IMAGES, MASKS[..., None] * 1.0), num_classes=3)
+    assert dataset.element_spec[1].shape.as_list() == [None, 32, 40]
+    images, masks = zip(*read_all(dataset))
+    np.testing.assert_array_equal(np.concatenate(images), IMAGES)
+    np.testing.assert_array_equal(np.concatenate(masks), MASKS)
+    only_images = read_all(checked_dataset(batches(IMAGES)))
+    np.testing.assert_array_equal(np.concatenate(only_images), IMAGES)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MASKS))
+def test_bad_masks_are_refused_as_they_are_read(case):
+    masks, message = BAD_MASKS[case]
+    if case != "swapped":  # the second batch is the bad one: every batch is checked
+        masks = np.concatenate([MASKS[:2].astype(masks.dtype), masks[2:]])
+    with pytest.raises(ValueError, match=message):
+        read_all(checked_dataset(batches(IMAGES, masks), num_classes=3))
+
+
+def test_mask_size_is_checked_when_shapes_are_dynamic():
+    def generator():
+        yield IMAGES[0], MASKS[0]
+        yield IMAGES[0], MASKS[0].T
+
+    signature = (tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([None, None], tf.int32))
+    dataset = tf.data.Dataset.from_generator(generator, output_signature=signature).batch(1)
+    with pytest.raises(ValueError, match="swapped"):
+        read_all(checked_dataset(dataset, num_classes=3))
+
+
+def test_other_pipeline_errors_pass_through():
+    def fail(images):
+        raise ValueError("a user's own pipeline error")
+
+    dataset = batches(IMAGES).map(lambda x: tf.numpy_function(fail, [x], tf.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="a user's own pipeline error"):
+        read_all(dataset)
+
+
+def test_fit_refuses_a_bad_pipeline_under_xla():
+    # The check runs in tf.data, so XLA (where tf.debugging asserts are no-ops)
+    # and graph mode (the evaluate test below) behave alike.
+    model = tiny_alignseg(num_classes=3)
+    model.compile(jit_compile=True)
+    before = [np.array(weight) for weight in model.trainable_weights]
+    masks, message = BAD_MASKS["cityscapes_label_ids"]
+    with pytest.raises(ValueError, match=message):
+        model.fit(batches(IMAGES, masks), verbose=0)
+    # No training step: in graph mode the weight decay, which does not wait for
+    # the data, may have scaled the weights by 1 - lr * decay = 1 - 1e-5.
+    for old, new in zip(before, model.trainable_weights):
+        np.testing.assert_allclose(np.array(new), old, rtol=2e-5, atol=1e-12)
+
+
+def test_evaluate_and_predict_refuse_non_finite_pipelines():
+    model = tiny_alignseg(num_classes=3)
+    model.compile()
+    message = r"NaN or infinite value\(s\), the first in image 0"
+    with pytest.raises(ValueError, match=message):
+        model.evaluate(batches(NAN_IMAGES, MASKS).skip(1), verbose=0)
+    with pytest.raises(ValueError, match=message):
+        model.predict(batches(NAN_IMAGES).skip(1), verbose=0)
