@@ -190,3 +190,37 @@ def test_bad_arguments_are_reported(tmp_path, capsys):
     assert main(["evaluate", "--model", str(tmp_path / "missing.keras")]) == 2
     with pytest.raises(SystemExit):
         main(["train", "--precision", "float8"])
+
+
+def test_nan_message_resumes_from_before_the_divergence(tmp_path, capsys):
+    import argparse
+
+    from alignseg_keras.callbacks import NonFiniteLossError
+    from alignseg_keras.callbacks import ResumableBackup
+    from alignseg_keras.cli.train import _nan_message
+
+    folder = tmp_path / "backup"
+    folder.mkdir()
+    for name in ("epoch-0001.keras", "epoch-0002.keras"):
+        (folder / name).write_bytes(b"a backup")
+    backup = ResumableBackup(str(folder))
+    backup._newest = (str(folder / "epoch-0002.keras"), 4)  # saved after step 4
+    error = NonFiniteLossError("Training stopped: the loss became nan at step 5.", step=5)
+    message = _nan_message(error, backup, argparse.Namespace(lr=0.01))
+    assert f"resumes from {folder / 'epoch-0001.keras'} (before the divergence)" in message
+    assert "--lr 0.001" in message
+    assert "epoch-0002.diverged-" in capsys.readouterr().err
+    assert [epoch for epoch, _ in backup.backups()] == [1]
+
+
+def test_starting_over_moves_the_previous_checkpoint_aside(tmp_path, capsys):
+    from alignseg_keras.cli.train import _set_aside_previous_run
+
+    (tmp_path / "checkpoint.keras").write_bytes(b"trained weights")
+    (tmp_path / "history.csv").write_text("epoch,loss\n0,1.0\n")
+    _set_aside_previous_run(str(tmp_path))
+    assert "training starts over" in capsys.readouterr().err
+    moved = sorted(name for name in os.listdir(tmp_path) if ".previous-" in name)
+    assert [name.split(".previous-")[0] for name in moved] == ["checkpoint", "history"]
+    assert (tmp_path / moved[0]).read_bytes() == b"trained weights"
+    assert not (tmp_path / "checkpoint.keras").exists()
