@@ -1,0 +1,215 @@
+"""Image encoders with keras-hub's `pyramid_outputs` contract, and how AlignSeg reads them.
+
+An image encoder for AlignSeg is any `keras.Model` that exposes
+`pyramid_outputs`: a dict of feature maps keyed by level, `"Pn"` being `2^n`
+times smaller than the input (keras-hub's `FeaturePyramidBackbone`:
+`ResNetBackbone`, `EfficientNetBackbone`, ...; `MiTBackbone` keys its stride-4
+to stride-32 maps `"P1".."P4"`). AlignSeg needs the four maps at strides 4, 8,
+16 and 32; `pyramid_feature_model` finds them by their measured stride, not by
+their key. `ResNetEncoder` gives this library's ResNets the same contract.
+"""
+
+import math
+
+import keras
+
+from alignseg_keras.backbones.keras_applications import applications_resnet
+from alignseg_keras.backbones.resnet import basic_resnet
+from alignseg_keras.backbones.resnet import deep_stem_resnet
+
+# The strides AlignSeg reads, and the keras-hub level names they usually carry.
+PYRAMID_STRIDES = (4, 8, 16, 32)
+PYRAMID_LEVELS = ("P2", "P3", "P4", "P5")
+# The size of the probe image whose feature sizes tell each level's stride.
+STRIDE_PROBE_SIZE = 256
+
+# Per-encoder input conventions: RGB mean / std (0..255 scale) and channel order.
+IMAGENET_RGB = dict(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), bgr=False)
+CAFFE_BGR = dict(mean=(123.68, 116.779, 103.939), std=(1.0, 1.0, 1.0), bgr=True)
+AUTHORS_BGR = dict(
+    mean=(122.67891434, 116.66876762, 104.00698793), std=(1.0, 1.0, 1.0), bgr=True
+)
+
+# architecture -> (builder, input convention, whether "imagenet" weights exist)
+RESNET_ARCHITECTURES = {
+    "resnet18": (basic_resnet, IMAGENET_RGB, False),
+    "resnet34": (basic_resnet, IMAGENET_RGB, False),
+    "resnet50": (applications_resnet, CAFFE_BGR, True),
+    "resnet101": (applications_resnet, CAFFE_BGR, True),
+    "resnet50_deepstem": (deep_stem_resnet, AUTHORS_BGR, False),
+    "resnet101_deepstem": (deep_stem_resnet, AUTHORS_BGR, False),
+}
+
+
+@keras.saving.register_keras_serializable(package="alignseg_keras")
+class ResNetEncoder(keras.Model):
+    """A ResNet whose `pyramid_outputs` are its stage outputs `"P2".."P5"` (strides 4..32).
+
+    - `resnet18` / `resnet34`: basic-block ResNets (torchvision layout).
+    - `resnet50` / `resnet101`: `keras.applications` (ImageNet weights with
+      `weights="imagenet"`; Caffe-style BGR input).
+    - `resnet50_deepstem` / `resnet101_deepstem`: the authors' deep-stem
+      bottleneck ResNets; their checkpoints load with `alignseg_keras.convert`.
+
+    The model maps normalised images to the dict of the four stage outputs.
+    `input_convention` is the mean, std and channel order its weights expect
+    (used by `AlignSeg` when no image converter is given).
+
+    Args:
+        architecture: a name from `RESNET_ARCHITECTURES`.
+        weights: None, or `"imagenet"` for `resnet50` / `resnet101`
+            (downloaded by Keras when asked, or read from its cache).
+        image_shape: input shape without the batch, `(None, None, 3)`.
+        **kwargs: `keras.Model` arguments (`name`, `dtype`, `trainable`).
+
+    Example:
+    ```python
+    encoder = ResNetEncoder("resnet18")
+    features = encoder(np.zeros((1, 64, 64, 3), "float32"))  # {"P2": (1, 16, 16, 64), ...}
+    ```
+    """
+
+    def __init__(self, architecture="resnet101", weights=None, image_shape=(None, None, 3),
+                 **kwargs):
+        if architecture not in RESNET_ARCHITECTURES:
+            raise ValueError(
+                f"Unknown ResNet architecture {architecture!r}; choose one of "
+                f"{sorted(RESNET_ARCHITECTURES)}."
+            )
+        build, _, has_weights = RESNET_ARCHITECTURES[architecture]
+        if weights is not None and not has_weights:
+            raise ValueError(
+                f"ResNetEncoder {architecture!r} has no downloadable weights; use "
+                "weights=None (the deep-stem ResNets load the authors' ImageNet file with "
+                "alignseg_keras.convert.load_backbone_weights)."
+            )
+        kwargs.setdefault("name", architecture)
+        if build is applications_resnet:
+            stages = applications_resnet(architecture, weights=weights, input_shape=image_shape)
+        else:
+            stages = build(architecture, input_shape=image_shape)
+        outputs = dict(zip(PYRAMID_LEVELS, stages.outputs))
+        super().__init__(inputs=stages.inputs[0], outputs=outputs, **kwargs)
+        self.pyramid_outputs = outputs
+        self.architecture = architecture
+        self.image_shape = tuple(image_shape)
+
+    @property
+    def input_convention(self):
+        """The mean, std (RGB, 0..255 scale) and channel order the weights expect."""
+        return dict(RESNET_ARCHITECTURES[self.architecture][1])
+
+    def get_config(self):
+        return {
+            "architecture": self.architecture,
+            "image_shape": self.image_shape,
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
+        return cls(**config)
+
+
+def encoder_input_convention(image_encoder):
+    """The input convention of an encoder: its own, or ImageNet RGB (keras-hub's default)."""
+    convention = getattr(image_encoder, "input_convention", None)
+    return dict(convention) if convention else dict(IMAGENET_RGB)
+
+
+def _pyramid(image_encoder):
+    """The encoder's feature maps by key: `pyramid_outputs`, or four plain outputs."""
+    pyramid = getattr(image_encoder, "pyramid_outputs", None)
+    if pyramid:
+        return dict(pyramid)
+    outputs = image_encoder.outputs if isinstance(image_encoder, keras.Model) else None
+    if outputs and len(outputs) == 4:
+        return {f"output_{index}": tensor for index, tensor in enumerate(outputs)}
+    raise ValueError(
+        "An AlignSeg image encoder must be a keras.Model with `pyramid_outputs` (a dict of "
+        "feature maps, as keras-hub's FeaturePyramidBackbone) or with four outputs at "
+        f"strides 4, 8, 16 and 32; received {type(image_encoder).__name__} "
+        f"{getattr(image_encoder, 'name', '')!r}."
+    )
+
+
+def _probe_size(image_encoder):
+    if len(image_encoder.inputs) != 1:
+        raise ValueError(
+            f"An AlignSeg image encoder takes one input, the images; {image_encoder.name!r} "
+            f"takes {len(image_encoder.inputs)}."
+        )
+    shape = tuple(image_encoder.inputs[0].shape)
+    if len(shape) != 4:
+        raise ValueError(
+            f"An AlignSeg image encoder takes images (batch, height, width, channels); "
+            f"{image_encoder.name!r} takes inputs of shape {shape}."
+        )
+    height, width = (size or STRIDE_PROBE_SIZE for size in shape[1:3])
+    return height, width, shape[3]
+
+
+def pyramid_strides(image_encoder):
+    """The stride of each of the encoder's pyramid features, measured symbolically.
+
+    Example:
+    ```python
+    pyramid_strides(ResNetEncoder("resnet18"))  # {"P2": 4, "P3": 8, "P4": 16, "P5": 32}
+    ```
+    """
+    pyramid = _pyramid(image_encoder)
+    height, width, channels = _probe_size(image_encoder)
+    probe_model = keras.Model(_image_input(image_encoder), pyramid)
+    probe = keras.KerasTensor((1, height, width, channels))
+    shapes = probe_model.compute_output_spec(probe)
+    return {
+        key: 2 ** round(math.log2(height / spec.shape[1])) for key, spec in shapes.items()
+    }
+
+
+def pyramid_feature_model(image_encoder, name=None):
+    """A `keras.Model` from the encoder's input to its maps at strides 4, 8, 16 and 32.
+
+    Args:
+        image_encoder: a `keras.Model` with `pyramid_outputs` (keras-hub's
+            contract; keys `"P2".."P5"`, `"P1".."P4"` or any other, told
+            apart by their measured stride), or a model with four outputs at
+            strides 4..32.
+        name: name of the returned model.
+
+    Returns:
+        A `keras.Model` whose output is the list `[F4, F8, F16, F32]`.
+
+    Example:
+    ```python
+    features = pyramid_feature_model(ResNetEncoder("resnet18"))
+    f4, f8, f16, f32 = features(np.zeros((1, 64, 64, 3), "float32"))
+    ```
+    """
+    pyramid = _pyramid(image_encoder)
+    strides = pyramid_strides(image_encoder)
+    by_stride = {}
+    for key, stride in strides.items():
+        by_stride.setdefault(stride, key)
+    missing = [stride for stride in PYRAMID_STRIDES if stride not in by_stride]
+    if missing:
+        found = ", ".join(f"{key}: stride {stride}" for key, stride in strides.items())
+        raise ValueError(
+            f"AlignSeg needs encoder features at strides 4, 8, 16 and 32; "
+            f"{image_encoder.name!r} has none at stride {', '.join(map(str, missing))} "
+            f"(its pyramid: {found})."
+        )
+    outputs = [pyramid[by_stride[stride]] for stride in PYRAMID_STRIDES]
+    return keras.Model(
+        _image_input(image_encoder), outputs, name=name or f"{image_encoder.name}_pyramid"
+    )
+
+
+def _image_input(image_encoder):
+    inputs = image_encoder.inputs
+    return inputs[0] if len(inputs) == 1 else inputs
