@@ -114,6 +114,8 @@ def test_serves_in_a_process_without_alignseg_keras(model, export_dir, tmp_path)
     "images, message",
     [
         (tf.zeros((1, 32, 32, 3), tf.float32), "expected to be a uint8 tensor"),
+        # Non-finite pixels cannot reach the model: only uint8 images are served.
+        (tf.fill((1, 8, 8, 3), float("nan")), "expected to be a uint8 tensor"),
         (tf.zeros((32, 32, 3), tf.uint8), r"\[32,32,3\] is not compatible with expected shape"),
         (tf.zeros((1, 32, 32, 4), tf.uint8), r"\[1,32,32,4\] is not compatible"),
     ],
@@ -121,6 +123,13 @@ def test_serves_in_a_process_without_alignseg_keras(model, export_dir, tmp_path)
 def test_wrong_inputs_are_rejected_with_a_clear_message(serving_default, images, message):
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
         serving_default(images=images)
+
+
+@pytest.mark.parametrize("shape", [(0, 32, 32, 3), (1, 0, 0, 3), (2, 5, 0, 3)])
+def test_empty_batches_and_images_give_empty_outputs(serving_default, shape):
+    outputs = serving_default(images=tf.zeros(shape, tf.uint8))
+    assert outputs["labels"].shape == shape[:3]
+    assert outputs["probabilities"].shape == shape[:3] + (3,)
 
 
 def test_saved_model_cli_shows_the_signature(export_dir):

@@ -20,7 +20,8 @@ from alignseg_keras.models.data_checks import checked_data
 from alignseg_keras.models.data_checks import checked_validation_data
 from alignseg_keras.models.data_checks import data_errors
 from alignseg_keras.models.data_checks import is_empty_array
-from alignseg_keras.models.presets import PRESETS
+from alignseg_keras.models.data_checks import shuffles_itself
+from alignseg_keras.models.presets import preset_arguments
 from alignseg_keras.models.training import count_training_steps
 from alignseg_keras.models.training import require_training_data
 from alignseg_keras.models.training import resolve_poly_schedule
@@ -362,8 +363,8 @@ class AlignSeg(keras.Model):
             kwargs["validation_data"] = checked_validation_data(
                 kwargs["validation_data"], self.num_classes, ignore_index
             )
-        if hasattr(x, "element_spec"):
-            # A tf.data pipeline shuffles itself; avoids Keras' warning about it.
+        if shuffles_itself(x):
+            # A tf.data pipeline or a generator shuffles itself; avoids Keras' warning.
             kwargs.setdefault("shuffle", False)
         x, y = checked_data(x, y, self.num_classes, ignore_index)
         with data_errors(x):
@@ -433,9 +434,7 @@ class AlignSeg(keras.Model):
         model = AlignSeg.from_preset("alignseg_resnet101_official", num_classes=19)
         ```
         """
-        if preset not in PRESETS:
-            raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
-        return cls(num_classes=num_classes, **{**PRESETS[preset], **kwargs})
+        return cls(num_classes=num_classes, **preset_arguments(preset, kwargs))
 
     def get_config(self):
         backbone = self.backbone_name

@@ -25,6 +25,11 @@ def is_tf_dataset(x):
     return hasattr(x, "element_spec") and hasattr(x, "map")
 
 
+def shuffles_itself(x):
+    """Whether Keras leaves the order of `x` alone (a `tf.data.Dataset` or a generator)."""
+    return is_tf_dataset(x) or isinstance(x, types.GeneratorType)
+
+
 def _is_array(x):
     return hasattr(x, "shape") and hasattr(x, "dtype") and not is_tf_dataset(x)
 
