@@ -39,10 +39,9 @@ import os
 import keras
 import numpy as np
 
-OFFICIAL_PRESETS = {
-    50: "alignseg_resnet50_official",
-    101: "alignseg_resnet101_official",
-}
+from alignseg_keras.models.presets import DEFAULT_NUM_CLASSES
+from alignseg_keras.models.presets import OFFICIAL_PRESETS
+
 # Bottleneck blocks per stage of the deep-stem ResNets.
 STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 BACKBONE_DEPTHS = {"resnet50_deepstem": 50, "resnet101_deepstem": 101}
@@ -64,8 +63,6 @@ CLASSIFIERS = ("head.3", "dsn.3")
 INPLACE_ABN_EPSILON = 1e-5
 # The ImageNet classifier of a backbone checkpoint; a segmentation model has none.
 IMAGENET_CLASSIFIER = ("fc.weight", "fc.bias")
-# Cityscapes' 19 train ids: the authors' checkpoints and the default of new models.
-DEFAULT_NUM_CLASSES = 19
 TORCH_INSTALL_HINT = (
     "Reading a PyTorch checkpoint needs PyTorch: `pip install alignseg-keras[torch]` "
     "(or `pip install torch`), or pass a dict of NumPy arrays instead."

@@ -2,8 +2,8 @@
 
 import sys
 
-from alignseg_keras.convert import DEFAULT_NUM_CLASSES
-from alignseg_keras.convert import OFFICIAL_PRESETS
+from alignseg_keras.models.presets import DEFAULT_NUM_CLASSES
+from alignseg_keras.models.presets import OFFICIAL_PRESETS
 
 
 def add_parser(subparsers):
