@@ -1,0 +1,160 @@
+"""One process of tests/test_multiprocess_jax.py (JAX backend, CPU).
+
+    python multiprocess_worker.py worker OUTPUT_DIR      # with KERAS_DISTRIBUTION_* set
+    python multiprocess_worker.py reference OUTPUT_DIR   # one process, one device
+
+`worker`: joins the job (`alignseg_keras.multiprocess.initialize`), sets
+`DataParallel` over every device of every process, and
+
+- records the batches Keras' `distribute_dataset` gives this process from the
+  global `training_pipeline` (the call `fit`'s tf.data adapter makes),
+- trains a tiny AlignSeg with `fit` on that global pipeline for `STEPS` steps,
+- trains a lone BatchNormalization (momentum 0, so its moving statistics are the
+  last batch's) on one global batch whose two process shards have very
+  different means,
+
+and writes `process-<id>.npz` (weights by path, the recorded batches, the
+BatchNorm probe). `reference`: the same pipeline and model trained by one
+process on one device; writes `reference.npz` (weights, the global batches).
+Both print a JSON line last.
+"""
+
+import json
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+
+from alignseg_keras import data
+from alignseg_keras import multiprocess
+from alignseg_keras.testing import tiny_alignseg
+
+import cases  # tests/jax_session/cases.py
+
+STEPS = 3
+GLOBAL_BATCH = 4
+CROP = (48, 48)
+SEED = 7
+NUM_CLASSES = len(data.SYNTHETIC_CLASSES)
+PROBE_CHANNELS = 3
+
+
+def pipeline():
+    """The global pipeline; a new dataset object every call, so every iteration starts afresh."""
+    scenes = data.synthetic_scenes(12, (56, 72), seed=3)
+    return data.training_pipeline(
+        scenes, crop_size=CROP, batch_size=GLOBAL_BATCH, scale_range=(0.75, 1.5),
+        seed=multiprocess.agreed_seed(SEED),
+    )
+
+
+def take(dataset, count):
+    batches = [next(iterator) for iterator in [iter(dataset)] for _ in range(count)]
+    return (np.stack([np.asarray(images) for images, _ in batches]),
+            np.stack([np.asarray(masks) for _, masks in batches]))
+
+
+def train_alignseg():
+    model = tiny_alignseg(NUM_CLASSES, seed=0, dropout=0.0)
+    # The same starting weights everywhere, drawn by NumPy: Keras' initialisers
+    # draw other numbers for a variable laid out on a mesh than on one device.
+    cases.randomize_weights(model)
+    initial = weights_by_path(model, "initial")
+    model.compile(learning_rate=0.02, total_steps=100, weight_decay=1e-4)
+    history = model.fit(pipeline(), epochs=1, steps_per_epoch=STEPS, verbose=0)
+    assert int(model.optimizer.iterations) == STEPS
+    return model, history.history["loss"], initial
+
+
+def weights_by_path(model, prefix="weight"):
+    return {f"{prefix}/{v.path}": keras.ops.convert_to_numpy(v) for v in model.variables}
+
+
+def probe_batch():
+    """A global batch of 4 rows: process 0's shard near 0, process 1's near 10."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(GLOBAL_BATCH, PROBE_CHANNELS)).astype("float32")
+    x[GLOBAL_BATCH // 2:] += 10.0
+    return x
+
+
+def batchnorm_probe():
+    """One `fit` step of a lone BatchNormalization on the global probe batch."""
+    import tensorflow as tf
+
+    x = probe_batch()
+    dataset = tf.data.Dataset.from_tensor_slices((x, np.zeros_like(x))).batch(GLOBAL_BATCH)
+    model = keras.Sequential([
+        keras.Input((PROBE_CHANNELS,)),
+        keras.layers.BatchNormalization(momentum=0.0, center=False, scale=False),
+    ])
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    model.fit(dataset, epochs=1, verbose=0)
+    layer = model.layers[-1]
+    return (keras.ops.convert_to_numpy(layer.moving_mean),
+            keras.ops.convert_to_numpy(layer.moving_variance))
+
+
+def log(what, start):
+    print(f"{what}: {time.monotonic() - start:.1f} s", file=sys.stderr, flush=True)
+
+
+def worker(output_dir):
+    import jax
+
+    start = time.monotonic()
+    # One seed everywhere (Keras, NumPy and TensorFlow's global seed, which the
+    # tf.data pipeline's random ops depend on besides their own seeds); without
+    # it `initialize` would agree on a random one, unknown to the reference.
+    keras.utils.set_random_seed(SEED)
+    job = multiprocess.initialize()
+    distribution = multiprocess.data_parallel()
+    per_process = multiprocess.check_global_batch_size(GLOBAL_BATCH)
+    shard_images, shard_masks = take(distribution.distribute_dataset(pipeline()), STEPS)
+    assert shard_images.shape[1] == per_process, shard_images.shape
+
+    log("data", start)
+    model, losses, _ = train_alignseg()
+    log("fit", start)
+    multiprocess.assert_same_on_all_processes(multiprocess.weights_fingerprint(model),
+                                              "the trained weights")
+    log("check", start)
+    moving_mean, moving_variance = batchnorm_probe()
+    np.savez(
+        os.path.join(output_dir, f"process-{job.process_id}.npz"),
+        shard_images=shard_images,
+        shard_masks=shard_masks,
+        probe_moving_mean=moving_mean,
+        probe_moving_variance=moving_variance,
+        **weights_by_path(model),
+    )
+    print(json.dumps({
+        "process_id": job.process_id,
+        "num_processes": job.num_processes,
+        "is_chief": multiprocess.is_chief(),
+        "global_devices": jax.device_count(),
+        "local_devices": jax.local_device_count(),
+        "mesh": [str(device) for device in distribution.device_mesh.devices.flat],
+        "per_process_batch": per_process,
+        "losses": [float(loss) for loss in losses],
+        "seconds": time.monotonic() - start,
+    }))
+
+
+def reference(output_dir):
+    import jax
+
+    start = time.monotonic()
+    keras.utils.set_random_seed(SEED)
+    images, masks = take(pipeline(), STEPS)
+    model, losses, initial = train_alignseg()
+    np.savez(os.path.join(output_dir, "reference.npz"), global_images=images,
+             global_masks=masks, probe=probe_batch(), **weights_by_path(model), **initial)
+    print(json.dumps({"devices": jax.device_count(), "losses": [float(loss) for loss in losses],
+                      "seconds": time.monotonic() - start}))
+
+
+if __name__ == "__main__":
+    {"worker": worker, "reference": reference}[sys.argv[1]](sys.argv[2])
