@@ -40,8 +40,15 @@ def add_parser(subparsers):
     train.add_argument("--precision", choices=sorted(PRECISIONS), default="float32",
                        help="float16/bfloat16: mixed precision")
     train.add_argument("--xla", action="store_true", help="compile training steps with XLA")
-    train.add_argument("--distribute", choices=("none", "mirrored", "multi_worker"), default="none",
-                       help="tf.distribute strategy; BatchNorm is synchronised across replicas")
+    train.add_argument("--distribute", choices=("none", "mirrored", "multi_worker", "data_parallel"),
+                       default="none",
+                       help="mirrored: tf.distribute on one machine's GPUs (TensorFlow); "
+                       "data_parallel: keras.distribution over all devices of all processes "
+                       "(JAX; several hosts with the job options); multi_worker: refused "
+                       "(keras-team/keras#20585). BatchNorm statistics span the global batch")
+    from alignseg_keras.multiprocess import add_job_arguments
+
+    add_job_arguments(parser.add_argument_group("multi-process job (--distribute data_parallel)"))
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--output-dir", default="runs/train")
     parser.set_defaults(func=run)
@@ -50,6 +57,12 @@ def add_parser(subparsers):
 def _strategy(name):
     import keras
 
+    from alignseg_keras import multiprocess
+
+    if name == "multi_worker":
+        raise ValueError(multiprocess.MULTI_WORKER_MIRRORED_MESSAGE)
+    if name == "data_parallel":  # joined in run(); fit runs under the global distribution
+        return keras.distribution.distribution()
     if name != "none" and keras.backend.backend() != "tensorflow":
         raise ValueError(
             f"--distribute {name} uses tf.distribute and needs KERAS_BACKEND=tensorflow; "
@@ -149,17 +162,20 @@ def _disk_full_message(error, output_dir):
 def _train(model, batches, callbacks, backup, args, final_path):
     """Trains what the backup has not done yet, then saves the final model atomically."""
     from alignseg_keras.callbacks import save_model
+    from alignseg_keras.multiprocess import is_chief
 
     epochs = math.ceil(args.steps / args.checkpoint_every)
     if backup.epochs_done < epochs:
         model.fit(batches, epochs=epochs, steps_per_epoch=args.checkpoint_every,
                   callbacks=callbacks)
-    save_model(model, final_path)
+    if is_chief():  # of a multi-process job, only process 0 writes
+        save_model(model, final_path)
 
 
 def run(args):
     import keras
 
+    from alignseg_keras import multiprocess
     from alignseg_keras.atomic import is_disk_full
     from alignseg_keras.callbacks import NonFiniteLossError
     from alignseg_keras.callbacks import ResumableBackup
@@ -170,6 +186,7 @@ def run(args):
     _check_arguments(args)
     final_path = _prepare_output(args)
     keras.utils.set_random_seed(args.seed)
+    multiprocess.start_data_parallel(args)  # joins a JAX job first: before any computation
     if PRECISIONS[args.precision]:
         keras.mixed_precision.set_global_policy(PRECISIONS[args.precision])
     dataset, num_classes, _ = load_dataset(args, "train")
@@ -181,13 +198,15 @@ def run(args):
         scale_range=tuple(args.scale_range),
         seed=args.seed,
     )
-    callbacks = training_callbacks(args.output_dir, total_steps=args.steps)
+    callbacks = multiprocess.callbacks_for_this_process(
+        training_callbacks(args.output_dir, total_steps=args.steps))
     backup = next(callback for callback in callbacks if isinstance(callback, ResumableBackup))
     with strategy.scope():
         model = _build_model(args, num_classes)
     backup.set_model(model)
-    if backup.restore() is None:
+    if backup.restore() is None and multiprocess.is_chief():
         _set_aside_previous_run(args.output_dir)
+    multiprocess.check_same_start(model)
     try:
         _train(model, batches, callbacks, backup, args, final_path)
     except NonFiniteLossError as error:
