@@ -657,14 +657,20 @@ def load_backbone_weights(model, source):
 
 
 def _model_depth(model):
-    depth = BACKBONE_DEPTHS.get(getattr(model, "backbone_name", None))
+    architecture = encoder_architecture(model)
+    depth = BACKBONE_DEPTHS.get(architecture)
     if depth is None:
         raise ValueError(
-            "Only AlignSeg models with the authors' backbone (resnet50_deepstem or "
-            "resnet101_deepstem) match their checkpoints; received backbone "
-            f"{getattr(model, 'backbone_name', None)!r}."
+            "Only AlignSeg models with the authors' encoder (resnet50_deepstem or "
+            "resnet101_deepstem) match their checkpoints; received encoder "
+            f"{architecture!r}."
         )
     return depth
+
+
+def encoder_architecture(model):
+    """The ResNet architecture of an AlignSeg's image encoder, or None for other encoders."""
+    return getattr(getattr(model, "image_encoder", None), "architecture", None)
 
 
 def export_official_state_dict(model):

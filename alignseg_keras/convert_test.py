@@ -104,7 +104,7 @@ def test_every_official_tensor_maps_to_a_keras_weight_of_its_shape(r101_model):
 
 
 def test_resnet101_round_trip_gives_back_every_array(r101_state, r101_model):
-    assert r101_model.backbone_name == "resnet101_deepstem"
+    assert convert.encoder_architecture(r101_model) == "resnet101_deepstem"
     assert r101_model.num_classes == 19
     exported = convert.export_official_state_dict(r101_model)
     # The authors' keys, in their order, num_batches_tracked included.
@@ -113,7 +113,7 @@ def test_resnet101_round_trip_gives_back_every_array(r101_state, r101_model):
 
 
 def test_conv_kernels_are_transposed_to_keras_layout(r101_state, r101_model):
-    kernel = r101_model.get_layer("align_fa3").high_resolution_offsets.offsets.kernel
+    kernel = r101_model.backbone.get_layer("align_fa3").high_resolution_offsets.offsets.kernel
     torch_weight = r101_state["CAB3.delta_gen2.2.weight"]  # (out, in, kh, kw)
     np.testing.assert_array_equal(np.asarray(kernel)[2, 0, 17, 1], torch_weight[1, 17, 2, 0])
 
@@ -123,15 +123,15 @@ def test_inplace_abn_weights_become_their_absolute_value_plus_eps(r101_state, r1
     """mapillary/inplace_abn scales by (|weight| + eps) / sqrt(var + eps)."""
     weight = r101_state["CAM.adapt.1.weight"]
     assert (weight < 0).any()
-    gamma = np.asarray(r101_model.get_layer("align_cm").local_reduce.norm.gamma)
+    gamma = np.asarray(r101_model.backbone.get_layer("align_cm").local_reduce.norm.gamma)
     np.testing.assert_array_equal(gamma, np.abs(weight) + np.float32(1e-5))
-    backbone_gamma = np.asarray(r101_model.backbone.get_layer("layer3_7_bn2").gamma)
+    backbone_gamma = np.asarray(r101_model.image_encoder.get_layer("layer3_7_bn2").gamma)
     np.testing.assert_array_equal(
         backbone_gamma, np.abs(r101_state["layer3.7.bn2.weight"]) + np.float32(1e-5)
     )
     # The variance term needs the same eps in the Keras layers.
     assert convert.INPLACE_ABN_EPSILON == BN_EPSILON
-    assert r101_model.get_layer("align_cm").local_reduce.norm.epsilon == BN_EPSILON
+    assert r101_model.backbone.get_layer("align_cm").local_reduce.norm.epsilon == BN_EPSILON
 
 
 def test_the_report_says_what_was_loaded(r50_state, r50_built):
@@ -150,7 +150,7 @@ def test_the_report_says_what_was_loaded(r50_state, r50_built):
 
 
 def test_export_refuses_scales_that_inplace_abn_cannot_represent(r50_model):
-    norm = r50_model.get_layer("rcb3b").norm
+    norm = r50_model.backbone.get_layer("rcb3b").norm
     gamma = np.asarray(norm.gamma).copy()
     gamma[[3, 7]] = [-0.2, 4e-6]
     norm.gamma.assign(gamma)
@@ -177,7 +177,7 @@ def test_converted_model_gives_finite_logits_at_odd_sizes(r101_model, height, wi
 
 
 def test_depth_and_classes_are_read_from_the_checkpoint(r50_state, r50_model):
-    assert r50_model.backbone_name == "resnet50_deepstem"
+    assert convert.encoder_architecture(r50_model) == "resnet50_deepstem"
     assert r50_model.num_classes == 19
     exported = convert.export_official_state_dict(r50_model)
     assert list(exported) == list(r50_state)
@@ -269,7 +269,7 @@ def test_a_model_with_other_weights_is_rejected(r50_state):
     paths = list(convert.official_weight_map(50).values())
     paths = [path for path in paths if not path.startswith("auxiliary_head/")]
     model = SimpleNamespace(
-        backbone_name="resnet50_deepstem",
+        image_encoder=SimpleNamespace(architecture="resnet50_deepstem"),
         weights=[FakeVariable(path) for path in paths + ["extra/kernel"]],
     )
     with pytest.raises(ValueError) as info:
@@ -281,7 +281,7 @@ def test_a_model_with_other_weights_is_rejected(r50_state):
 
 
 def test_export_and_load_need_the_authors_backbone():
-    model = SimpleNamespace(backbone_name="resnet18")  # what is checked first
+    model = SimpleNamespace(image_encoder=SimpleNamespace(architecture="resnet18"))
     with pytest.raises(ValueError, match="resnet50_deepstem or resnet101_deepstem.*'resnet18'"):
         convert.export_official_state_dict(model)
     with pytest.raises(ValueError, match="resnet50_deepstem or resnet101_deepstem.*'resnet18'"):
@@ -318,7 +318,7 @@ def test_backbone_weights_load_into_the_backbone_only(r50_model):
     assert report.negative_count == sum(
         int((a < 0).sum()) for n, a in state.items() if is_norm_weight(n, a.shape)
     )
-    backbone = r50_model.backbone
+    backbone = r50_model.image_encoder
     np.testing.assert_array_equal(
         np.asarray(backbone.get_layer("layer2_3_conv2").kernel),
         state["layer2.3.conv2.weight"].transpose(2, 3, 1, 0),
@@ -350,8 +350,8 @@ def test_backbone_loading_is_strict(r50_model, r50_state):
 def test_backbone_checkpoint_builds_the_official_model_of_its_depth(r50_built):
     state = imagenet_backbone_state(50, seed=9)
     model = convert.load_backbone_checkpoint(state, num_classes=3)
-    assert model.backbone_name == "resnet50_deepstem" and model.num_classes == 3
+    assert convert.encoder_architecture(model) == "resnet50_deepstem" and model.num_classes == 3
     np.testing.assert_array_equal(
-        np.asarray(model.backbone.get_layer("conv3").kernel),
+        np.asarray(model.image_encoder.get_layer("conv3").kernel),
         state["conv3.weight"].transpose(2, 3, 1, 0),
     )

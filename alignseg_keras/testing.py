@@ -9,6 +9,53 @@ import keras
 
 from alignseg_keras.models.alignseg import AlignSeg
 
+# The levels of `TinyPyramidEncoder` by default: keras-hub's "P1".."P5", strides 2..32.
+TINY_PYRAMID_LEVELS = tuple((f"P{level}", 8) for level in range(1, 6))
+
+
+@keras.saving.register_keras_serializable(package="alignseg_keras.testing")
+class TinyPyramidEncoder(keras.Model):
+    """A tiny encoder with keras-hub's `pyramid_outputs` contract, for tests.
+
+    A chain of stride-2 3x3 convolutions; the output of the n-th is the pyramid
+    level `levels[n][0]` (stride `2^(n+1)`) with `levels[n][1]` channels.
+
+    Args:
+        levels: sequence of `(key, channels)`, one per stride-2 convolution.
+        image_shape: input shape without the batch.
+        **kwargs: `keras.Model` arguments.
+
+    Example:
+    ```python
+    encoder = TinyPyramidEncoder()  # P1..P5 at strides 2..32, 8 channels each
+    ```
+    """
+
+    def __init__(self, levels=TINY_PYRAMID_LEVELS, image_shape=(None, None, 3), **kwargs):
+        levels = tuple((str(key), int(channels)) for key, channels in levels)
+        images = keras.Input(image_shape)
+        pyramid, x = {}, images
+        for key, channels in levels:
+            x = keras.layers.Conv2D(channels, 3, strides=2, padding="same")(x)
+            pyramid[key] = x
+        super().__init__(images, x, **kwargs)
+        self.pyramid_outputs = pyramid
+        self.levels = levels
+        self.image_shape = tuple(image_shape)
+
+    def get_config(self):
+        return {
+            "levels": [list(level) for level in self.levels],
+            "image_shape": self.image_shape,
+            "name": self.name,
+            "trainable": self.trainable,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
 TINY_CONFIG = dict(backbone="resnet18", decoder_channels=16, context_hidden_channels=32)
 
 

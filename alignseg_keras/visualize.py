@@ -296,7 +296,7 @@ def offset_images(model, image, max_magnitude=None, separator=4):
     """Colour-wheel pictures of the offset fields of every alignment module.
 
     Runs `model.offset_model()` on one image, converts each field to `(dy,
-    dx)` in pixels following `model.alignment` (standard: output pixels;
+    dx)` in pixels following `model.backbone.alignment` (standard: output pixels;
     official: half pixels of the sampled map, halved), crops it to the image
     area and scales it to the image size (nearest neighbour), then draws it
     with `flow_to_color`. An AlignFA picture shows its two fields side by
@@ -331,7 +331,7 @@ def offset_images(model, image, max_magnitude=None, separator=4):
         field = _image_area(np.asarray(field)[0], image.shape, model.pad_to_multiple)
         drawn = [
             _resize_nearest(flow_to_color(pair, max_magnitude), height, width)
-            for pair in _fields_in_pixels(field, model.alignment)
+            for pair in _fields_in_pixels(field, model.backbone.alignment)
         ]
         parts = [drawn[0]]
         for picture in drawn[1:]:

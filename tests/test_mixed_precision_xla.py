@@ -114,7 +114,7 @@ def test_mixed_precision_inference_is_close_to_float32(float32_model, policy, ji
     images = cases.images()
     expected = float32_model.predict(images, verbose=0)
     model = clone(float32_model, policy)
-    assert model.get_layer("rcb1a").compute_dtype == policy.split("_")[1]
+    assert model.backbone.get_layer("rcb1a").compute_dtype == policy.split("_")[1]
     model.compile(jit_compile=jit_compile, metrics=[])
     result = model.predict(images, verbose=0)
     assert result.dtype == np.float32

@@ -22,6 +22,7 @@ from torch_reference import ReferenceAlignSeg  # noqa: E402
 from torch_reference import legacy_sample  # noqa: E402
 from torch_reference import randomize  # noqa: E402
 
+from alignseg_keras.convert import encoder_architecture  # noqa: E402
 from alignseg_keras.convert import export_official_state_dict  # noqa: E402
 from alignseg_keras.convert import load_backbone_checkpoint  # noqa: E402
 from alignseg_keras.convert import load_official_checkpoint  # noqa: E402
@@ -184,13 +185,13 @@ def test_backbone_checkpoint_gives_the_reference_backbone_features():
     state["fc.weight"] = np.zeros((1000, 2048), "float32")
     state["fc.bias"] = np.zeros((1000,), "float32")
     model = load_backbone_checkpoint(state, num_classes=5)
-    assert model.backbone_name == "resnet50_deepstem" and model.num_classes == 5
+    assert encoder_architecture(model) == "resnet50_deepstem" and model.num_classes == 5
     images = np.random.default_rng(3).uniform(0, 255, (1, 61, 75, 3)).astype("float32")
     with torch.no_grad():
         mean = torch.tensor(BGR_MEAN).view(1, 3, 1, 1)
         expected = reference.backbone(to_nchw(images).flip(1) - mean)
     preprocessed = model.get_layer("normalization")(images)
-    actual = model.backbone(preprocessed)
+    actual = model.image_encoder(preprocessed).values()  # P2..P5
     for level, (keras_features, torch_features) in enumerate(zip(actual, expected), start=1):
         torch_features = to_nhwc(torch_features)
         scale = np.abs(torch_features).max()

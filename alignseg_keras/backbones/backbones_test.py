@@ -2,15 +2,16 @@ import keras
 import numpy as np
 import pytest
 
-from alignseg_keras.backbones import get_backbone
 from alignseg_keras.backbones.resnet import CeilModeMaxPooling2D
+from alignseg_keras.backbones.resnet import basic_resnet
+from alignseg_keras.backbones.resnet import deep_stem_resnet
 
 
 @pytest.mark.parametrize(
     "name,channels", [("resnet18", [64, 128, 256, 512]), ("resnet34", [64, 128, 256, 512])]
 )
 def test_basic_resnets_give_four_strides(name, channels):
-    model = get_backbone(name)
+    model = basic_resnet(name)
     features = model(np.zeros((1, 64, 96, 3), "float32"))
     assert [tuple(f.shape) for f in features] == [
         (1, 16, 24, channels[0]),
@@ -22,13 +23,13 @@ def test_basic_resnets_give_four_strides(name, channels):
 
 def test_resnet18_parameter_count():
     # torchvision's resnet18 without the classifier has 11,176,512 parameters.
-    model = get_backbone("resnet18")
+    model = basic_resnet("resnet18")
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     assert trainable == 11_176_512
 
 
 def test_deep_stem_sizes_follow_ceil_mode():
-    model = get_backbone("resnet50_deepstem")
+    model = deep_stem_resnet("resnet50_deepstem")
     features = model(np.zeros((1, 96, 64, 3), "float32"))
     # 96 -> 48 (stem) -> 25 (ceil-mode pool) -> 13 -> 7 -> 4, as PyTorch.
     assert [tuple(f.shape)[1:] for f in features] == [
@@ -48,16 +49,3 @@ def test_ceil_mode_max_pool_matches_pytorch_rule():
     for i in range(4):
         for j in range(5):
             assert out[0, i, j, 0] == padded[0, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3, 0].max()
-
-
-def test_custom_backbone_and_errors():
-    inputs = keras.Input((None, None, 3))
-    outs = [keras.layers.Conv2D(4, 1, strides=s)(inputs) for s in (4, 8, 16, 32)]
-    custom = keras.Model(inputs, outs)
-    assert get_backbone(custom) is custom
-    with pytest.raises(ValueError, match="four outputs"):
-        get_backbone(keras.Model(inputs, outs[:2]))
-    with pytest.raises(ValueError, match="Unknown backbone"):
-        get_backbone("vgg16")
-    with pytest.raises(ValueError, match="no downloadable weights"):
-        get_backbone("resnet18", weights="imagenet")

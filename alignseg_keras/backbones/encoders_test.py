@@ -5,19 +5,7 @@ import pytest
 from alignseg_keras.backbones.encoders import ResNetEncoder
 from alignseg_keras.backbones.encoders import pyramid_feature_model
 from alignseg_keras.backbones.encoders import pyramid_strides
-
-
-class PyramidModel(keras.Model):
-    """A user encoder following keras-hub's contract: a functional model with `pyramid_outputs`."""
-
-    def __init__(self, levels, image_shape=(None, None, 3), **kwargs):
-        images = keras.Input(image_shape)
-        pyramid, x = {}, images
-        for key, channels in levels:
-            x = keras.layers.Conv2D(channels, 3, strides=2, padding="same")(x)
-            pyramid[key] = x
-        super().__init__(images, x, **kwargs)
-        self.pyramid_outputs = pyramid
+from alignseg_keras.testing import TinyPyramidEncoder
 
 
 def test_resnet_encoder_has_the_pyramid_contract_and_a_config():
@@ -47,7 +35,7 @@ def test_resnet_encoder_errors():
 def test_levels_are_chosen_by_measured_stride_not_by_key():
     # MiT-style keys: P1..P4 at strides 4..32, after a stride-2 map the model also exposes.
     levels = [("stem", 4), ("P1", 8), ("P2", 16), ("P3", 32), ("P4", 64)]
-    encoder = PyramidModel(levels)
+    encoder = TinyPyramidEncoder(levels)
     assert pyramid_strides(encoder) == {"stem": 2, "P1": 4, "P2": 8, "P3": 16, "P4": 32}
     features = pyramid_feature_model(encoder)(np.zeros((2, 64, 32, 3), "float32"))
     assert [tuple(f.shape) for f in features] == [
@@ -59,7 +47,7 @@ def test_levels_are_chosen_by_measured_stride_not_by_key():
 
 
 def test_a_fixed_input_size_is_probed_at_that_size():
-    encoder = PyramidModel([(f"P{level}", 4) for level in range(1, 6)], image_shape=(96, 96, 3))
+    encoder = TinyPyramidEncoder([(f"P{level}", 4) for level in range(1, 6)], image_shape=(96, 96, 3))
     assert pyramid_strides(encoder) == {"P1": 2, "P2": 4, "P3": 8, "P4": 16, "P5": 32}
 
 
@@ -71,7 +59,7 @@ def test_four_plain_outputs_still_work():
 
 
 def test_missing_strides_and_wrong_encoders_are_named():
-    shallow = PyramidModel([("P1", 4), ("P2", 4), ("P3", 4)], name="shallow")
+    shallow = TinyPyramidEncoder([("P1", 4), ("P2", 4), ("P3", 4)], name="shallow")
     with pytest.raises(ValueError, match=r"'shallow' has none at stride 16, 32 \(its pyramid: P1: "):
         pyramid_feature_model(shallow)
     inputs = keras.Input((None, None, 3))

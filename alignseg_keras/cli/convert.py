@@ -39,6 +39,7 @@ def add_parser(subparsers):
 
 
 def run(args):
+    from alignseg_keras.convert import encoder_architecture
     from alignseg_keras.convert import load_backbone_checkpoint
     from alignseg_keras.convert import load_official_checkpoint
 
@@ -61,7 +62,7 @@ def run(args):
         return 2
     model.save(args.output)
     print(
-        f"Converted {args.checkpoint} ({model.backbone_name}, {model.num_classes} classes, "
+        f"Converted {args.checkpoint} ({encoder_architecture(model)}, {model.num_classes} classes, "
         f"{model.count_params():,} weights) to {args.output}"
     )
     return 0

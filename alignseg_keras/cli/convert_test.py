@@ -2,6 +2,7 @@ import keras
 import numpy as np
 
 from alignseg_keras.cli import main
+from alignseg_keras.convert import encoder_architecture
 from alignseg_keras.convert import export_official_state_dict
 from alignseg_keras.convert_test import assert_exported_equals
 from alignseg_keras.convert_test import imagenet_backbone_state
@@ -21,7 +22,7 @@ def test_convert_with_new_classes_writes_a_keras_model_of_the_checkpoint(tmp_pat
     negative = sum(int((a < 0).sum()) for n, a in state.items() if is_norm_weight(n, a.shape))
     assert f"(gamma = |w| + 1e-05): {negative} negative" in out
     model = keras.saving.load_model(output)
-    assert model.backbone_name == "resnet50_deepstem" and model.num_classes == 5
+    assert encoder_architecture(model) == "resnet50_deepstem" and model.num_classes == 5
     # The reloaded model still maps to the authors' names: every weight but the
     # two new 1x1 classifiers comes from the checkpoint.
     exported = export_official_state_dict(model)
@@ -43,7 +44,7 @@ def test_convert_backbone_only_starts_from_an_imagenet_resnet(tmp_path, capsys):
     assert "ignored 2 (fc.weight, fc.bias)" in out and "resnet50_deepstem, 19 classes" in out
     model = keras.saving.load_model(output)
     np.testing.assert_array_equal(
-        np.asarray(model.backbone.get_layer("layer4_1_conv3").kernel),
+        np.asarray(model.image_encoder.get_layer("layer4_1_conv3").kernel),
         state["layer4.1.conv3.weight"].transpose(2, 3, 1, 0),
     )
     whole = tmp_path / "whole.npz"

@@ -22,9 +22,10 @@ import random
 import keras
 import tensorflow as tf
 
+from alignseg_keras.backbones.encoders import IMAGENET_RGB
 from alignseg_keras.data.validation import IGNORE_INDEX
 
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_MEAN = IMAGENET_RGB["mean"]
 # Photometric jitter of `photometric=True` (on the 0..255 scale; hue in turns).
 PHOTOMETRIC_DEFAULTS = {
     "brightness": 32.0,

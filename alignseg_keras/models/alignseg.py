@@ -1,33 +1,46 @@
-"""The AlignSeg segmentation model (paper Fig. 2)."""
+"""The AlignSeg segmenter (paper Fig. 2): a backbone, its heads and the paper's training recipe."""
 
 import keras
 import numpy as np
 
-from alignseg_keras.backbones import default_normalization
-from alignseg_keras.backbones import get_backbone
-from alignseg_keras.layers.align_cm import AlignCM
-from alignseg_keras.layers.align_fa import AlignFA
-from alignseg_keras.layers.alignment import ALIGNMENT_MODES
+from alignseg_keras.backbones.encoders import ResNetEncoder
+from alignseg_keras.backbones.encoders import encoder_input_convention
+from alignseg_keras.checks import IGNORE_INDEX
+from alignseg_keras.checks import check_class_count
 from alignseg_keras.layers.alignment import BilinearResize
 from alignseg_keras.layers.preprocessing import CropToReference
 from alignseg_keras.layers.preprocessing import ImageNormalization
 from alignseg_keras.layers.preprocessing import PadToMultiple
-from alignseg_keras.layers.residual_conv_block import ResidualConvBlock
 from alignseg_keras.layers.segmentation_head import SegmentationHead
-from alignseg_keras.checks import IGNORE_INDEX
-from alignseg_keras.checks import check_class_count
+from alignseg_keras.models import preset_files
+from alignseg_keras.models.alignseg_backbone import OFFSET_MODULES
+from alignseg_keras.models.alignseg_backbone import AlignSegBackbone
 from alignseg_keras.models.data_checks import checked_data
 from alignseg_keras.models.data_checks import checked_validation_data
 from alignseg_keras.models.data_checks import data_errors
 from alignseg_keras.models.data_checks import is_empty_array
 from alignseg_keras.models.data_checks import shuffles_itself
+from alignseg_keras.models.legacy import LEGACY_FILE_MESSAGE
+from alignseg_keras.models.legacy import is_legacy_config
+from alignseg_keras.models.presets import DEFAULT_ENCODER
+from alignseg_keras.models.presets import DEFAULT_NUM_CLASSES
 from alignseg_keras.models.presets import preset_arguments
 from alignseg_keras.models.training import count_training_steps
 from alignseg_keras.models.training import require_training_data
 from alignseg_keras.models.training import resolve_poly_schedule
 
-# Keys of `AlignSeg.offset_model()` outputs: every alignment module.
-OFFSET_MODULES = ("align_fa2", "align_fa3", "align_fa4", "align_cm", "align_fa5")
+# The decoder's arguments and their defaults, for a backbone built from an encoder.
+DECODER_DEFAULTS = dict(
+    decoder_channels=256,
+    offset_channels=None,
+    context_bins=3,
+    context_merge="sum",
+    context_hidden_channels=None,
+    alignment="standard",
+    activation="relu",
+)
+# Keys of the training outputs with deep supervision.
+LOGITS, AUX_LOGITS = "logits", "aux_logits"
 
 
 def _should_sync_batchnorm(sync_batchnorm):
@@ -47,58 +60,117 @@ def synchronize_batchnorm(model):
             layer.synchronized = True
 
 
+def _image_encoder(backbone, image_encoder, backbone_weights):
+    """The encoder to build a backbone on: `image_encoder`, or a ResNet by name."""
+    if image_encoder is not None:
+        if backbone is not None:
+            raise ValueError(
+                "Give either `backbone` or `image_encoder`, not both; received "
+                f"backbone={backbone!r} and an image_encoder."
+            )
+        if backbone_weights is not None:
+            raise ValueError("`backbone_weights` applies to ResNets named by `backbone`.")
+        return image_encoder
+    if backbone is None:
+        backbone = DEFAULT_ENCODER
+    if isinstance(backbone, str):
+        return ResNetEncoder(backbone, weights=backbone_weights)
+    if isinstance(backbone, keras.Model):
+        if backbone_weights is not None:
+            raise ValueError("`backbone_weights` applies to ResNets named by `backbone`.")
+        return backbone
+    raise ValueError(
+        "`backbone` must be an AlignSegBackbone, a ResNet name or an image encoder "
+        f"(a keras.Model with `pyramid_outputs`); received {type(backbone).__name__}."
+    )
+
+
+def build_backbone(backbone=None, image_encoder=None, backbone_weights=None, **decoder):
+    """An `AlignSegBackbone` from `AlignSeg`'s convenience arguments.
+
+    Args:
+        backbone: an `AlignSegBackbone` (returned as it is; then no other
+            argument may be given), a ResNet name (`ResNetEncoder`), a
+            `keras.Model` image encoder, or None for `"resnet101"`.
+        image_encoder: a `keras.Model` with `pyramid_outputs`, instead of `backbone`.
+        backbone_weights: None or `"imagenet"` for a ResNet named by `backbone`.
+        **decoder: `AlignSegBackbone` arguments (`DECODER_DEFAULTS`); None
+            values take the default.
+    """
+    given = {key: value for key, value in decoder.items() if value is not None}
+    unknown = sorted(set(given) - set(DECODER_DEFAULTS))
+    if unknown:
+        raise TypeError(f"Unknown decoder arguments: {', '.join(unknown)}.")
+    if isinstance(backbone, AlignSegBackbone):
+        extra = sorted(given) + ["image_encoder"] * (image_encoder is not None)
+        extra += ["backbone_weights"] * (backbone_weights is not None)
+        if extra:
+            raise ValueError(
+                f"The AlignSegBackbone given already has its encoder and decoder; "
+                f"{', '.join(extra)} cannot change them (build the AlignSegBackbone with them)."
+            )
+        return backbone
+    encoder = _image_encoder(backbone, image_encoder, backbone_weights)
+    return AlignSegBackbone(encoder, **{**DECODER_DEFAULTS, **given})
+
+
 @keras.saving.register_keras_serializable(package="alignseg_keras")
 class AlignSeg(keras.Model):
     """AlignSeg: Feature-Aligned Segmentation Networks (Huang et al., TPAMI 2021).
 
-    A ResNet backbone and two bottom-up pathways (paper Fig. 2): the first
-    refines each backbone stage with a Residual Conv Block (RCB) and fuses it
-    into the stride-4 stream with AlignFA (Eq. 1); the second pools context with
-    AlignCM (Eq. 3) and fuses it the same way. A deep-supervision head on the
-    third fused feature helps training. With d1..d5 the stride-4 streams:
-
-        d1 = RCB1a(x1)
-        d2 = RCB2b(AlignFA2(d1, RCB2a(x2)))
-        d3 = RCB3b(AlignFA3(d2, RCB3a(x3)))      aux = auxiliary_head(d3)
-        d4 = RCB4b(AlignFA4(d3, RCB4a(x4)))
-        d5 = RCB5b(AlignFA5(d4, RCB5a(AlignCM(x4))))
-        logits = head(d5)
+    The segmenter: an image converter (mean, std, channel order), padding to a
+    multiple of `pad_to_multiple`, an `AlignSegBackbone` (an image encoder and
+    the paper's two bottom-up pathways with AlignFA, Eq. 1, and AlignCM,
+    Eq. 3: see its docstring for the d1..d5 equations), a segmentation head on
+    d5 and a deep-supervision head on d3, upsampled and cropped back to the
+    input size.
 
     The model takes RGB images with values 0..255 (float or uint8) of any
-    height and width, normalises them inside, pads them to a multiple of
-    `pad_to_multiple` and crops the logits back: `model(x)` and
-    `model.predict(x)` return logits `(B, H, W, num_classes)` at the input
-    size. The deep-supervision logits exist for training only (`model(x,
-    training=True)` returns `{"logits", "aux_logits"}`); prediction returns the
-    main logits alone.
+    height and width: `model(x)` and `model.predict(x)` return logits
+    `(B, H, W, num_classes)` at the input size. The deep-supervision logits
+    exist for training only (`model(x, training=True)` returns `{"logits",
+    "aux_logits"}`). `compile()` without arguments sets up the paper's recipe.
+
+    Build it on a named ResNet, on any feature-pyramid encoder, or on a
+    backbone you built:
+
+    ```python
+    model = AlignSeg(19, backbone="resnet18", decoder_channels=64)
+    model = AlignSeg(19, image_encoder=keras_hub.models.ResNetBackbone.from_preset(...))
+    model = AlignSeg(19, backbone=AlignSegBackbone(encoder, alignment="official"))
+    model = AlignSeg.from_preset("alignseg_resnet101_official", num_classes=19)
+    model = AlignSeg.from_preset("path/to/preset_dir")   # with its weights
+    ```
 
     Args:
         num_classes: int, number of classes, 2 to 4096
             (`alignseg_keras.checks.MAX_CLASSES`); a binary task has 2.
-        backbone: `"resnet18"`, `"resnet34"`, `"resnet50"`, `"resnet101"`,
-            `"resnet50_deepstem"`, `"resnet101_deepstem"`, or a `keras.Model`
-            from images to four feature maps at strides 4, 8, 16 and 32.
+        backbone: an `AlignSegBackbone`; or, to build one, a ResNet name
+            (`"resnet18"`, `"resnet34"`, `"resnet50"`, `"resnet101"`,
+            `"resnet50_deepstem"`, `"resnet101_deepstem"`) or a `keras.Model`
+            image encoder; None builds on `"resnet101"`.
+        image_encoder: a `keras.Model` with `pyramid_outputs` at strides 4..32
+            (keras-hub's `FeaturePyramidBackbone` contract), to build the
+            backbone on; instead of `backbone`.
         backbone_weights: None or `"imagenet"` (for `"resnet50"`/`"resnet101"`).
-        decoder_channels: int, channels of every decoder stream (256).
-        context_bins: int, AlignCM pooled grid size K (3).
-        context_merge: `"sum"` (the authors' code) or `"concat"` (paper Eq. 3).
-        context_hidden_channels: int or None, AlignCM 1x1 conv channels; None
-            keeps the backbone's stride-32 channels (2048 for ResNet-101).
-        alignment: `"standard"` (paper Eq. 2) or `"official"` (the authors'
-            released sampler), see `AlignmentLayer`.
+        decoder_channels, offset_channels, context_bins, context_merge,
+            context_hidden_channels, alignment, activation: `AlignSegBackbone`
+            arguments for a backbone built here (defaults in `DECODER_DEFAULTS`:
+            256, as wide as the decoder, 3, `"sum"`, None, `"standard"`,
+            `"relu"`); an error with a ready `AlignSegBackbone`.
+        image_converter: an `ImageNormalization` layer (mean, std, channel
+            order), or None for the encoder's own convention (ImageNet RGB for
+            encoders that state none) with `mean`, `std`, `bgr` overriding it.
+        mean, std: RGB mean and std (0..255 scale) of a converter built here.
+        bgr: bool, whether a converter built here feeds the encoder BGR.
         deep_supervision: bool, build the auxiliary head on d3.
-        activation: `"relu"` (paper) or `"leaky_relu"` (the code's InPlaceABN).
         dropout: float, dropout rate of the heads (0.1).
-        mean, std: RGB mean and std (0..255 scale); None uses the backbone's
-            convention (ImageNet mean/std, or Caffe-style BGR mean for the
-            `keras.applications` ResNets and the authors' mean for deep stems).
-        bgr: bool or None, feed the backbone BGR; None follows the backbone.
         pad_to_multiple: int or None, pad inputs to a multiple of this (32);
             None processes the input size as it is (the authors' model).
         sync_batchnorm: bool or None; None synchronises BatchNorm when the
             model is built inside a `tf.distribute` strategy with several replicas.
-        input_shape: image shape, `(None, None, 3)` by default.
-        name: model name.
+        image_shape: image shape, `(None, None, 3)` by default.
+        name, dtype, trainable: `keras.Model` arguments.
 
     Example:
     ```python
@@ -110,118 +182,108 @@ class AlignSeg(keras.Model):
     def __init__(
         self,
         num_classes,
-        backbone="resnet101",
+        backbone=None,
+        image_encoder=None,
         backbone_weights=None,
-        decoder_channels=256,
-        context_bins=3,
-        context_merge="sum",
+        decoder_channels=None,
+        offset_channels=None,
+        context_bins=None,
+        context_merge=None,
         context_hidden_channels=None,
-        alignment="standard",
-        deep_supervision=True,
-        activation="relu",
-        dropout=0.1,
+        alignment=None,
+        activation=None,
+        image_converter=None,
         mean=None,
         std=None,
         bgr=None,
+        deep_supervision=True,
+        dropout=0.1,
         pad_to_multiple=32,
         sync_batchnorm=None,
-        input_shape=(None, None, 3),
+        image_shape=(None, None, 3),
         name="alignseg",
-        **kwargs,
+        dtype=None,
+        trainable=True,
     ):
         num_classes = check_class_count(num_classes)
-        if alignment not in ALIGNMENT_MODES:
+        if tuple(image_shape)[-1] != 3:
             raise ValueError(
-                f"`alignment` must be one of {ALIGNMENT_MODES}; received {alignment!r}."
-            )
-        if input_shape[-1] != 3:
-            raise ValueError(
-                f"AlignSeg takes RGB images with 3 channels; input_shape={input_shape!r}."
+                f"AlignSeg takes RGB images with 3 channels; image_shape={image_shape!r}."
             )
         sync = _should_sync_batchnorm(sync_batchnorm)
-        normalization = default_normalization(backbone)
-        for key, value in (("mean", mean), ("std", std), ("bgr", bgr)):
-            if value is not None:
-                normalization[key] = value
-        normalization = {
-            "mean": [float(v) for v in normalization["mean"]],
-            "std": [float(v) for v in normalization["std"]],
-            "bgr": bool(normalization["bgr"]),
+        backbone = build_backbone(
+            backbone,
+            image_encoder,
+            backbone_weights,
+            decoder_channels=decoder_channels,
+            offset_channels=offset_channels,
+            context_bins=context_bins,
+            context_merge=context_merge,
+            context_hidden_channels=context_hidden_channels,
+            alignment=alignment,
+            activation=activation,
+        )
+        image_converter = _image_converter(
+            image_converter, backbone.image_encoder, mean, std, bgr
+        )
+        heads = {
+            name: SegmentationHead(
+                num_classes,
+                backbone.decoder_channels,
+                dropout,
+                activation=backbone.activation,
+                name=name,
+            )
+            for name in ("head", "auxiliary_head")[: 1 + bool(deep_supervision)]
         }
-        backbone_model = get_backbone(backbone, backbone_weights)
 
         # === Functional model ===
-        images = keras.Input(input_shape, name="images")
-        x = ImageNormalization(**normalization, name="normalization")(images)
+        images = keras.Input(image_shape, name="images")
+        x = image_converter(images)
         if pad_to_multiple:
             x = PadToMultiple(pad_to_multiple, name="pad")(x)
-        x1, x2, x3, x4 = backbone_model(x)
+        features = backbone(x)
 
-        block_args = dict(activation=activation, sync_batchnorm=sync)
-        align_args = dict(alignment=alignment, **block_args)
-
-        def rcb(name):
-            return ResidualConvBlock(decoder_channels, name=name, **block_args)
-
-        def align_fa(name, high, low):
-            return AlignFA(name=name, **align_args)([high, low], return_offsets=True)
-
-        offsets = {}
-        d1 = rcb("rcb1a")(x1)
-        d2, offsets["align_fa2"] = align_fa("align_fa2", d1, rcb("rcb2a")(x2))
-        d2 = rcb("rcb2b")(d2)
-        d3, offsets["align_fa3"] = align_fa("align_fa3", d2, rcb("rcb3a")(x3))
-        d3 = rcb("rcb3b")(d3)
-        d4, offsets["align_fa4"] = align_fa("align_fa4", d3, rcb("rcb4a")(x4))
-        d4 = rcb("rcb4b")(d4)
-        context, offsets["align_cm"] = AlignCM(
-            decoder_channels,
-            bins=context_bins,
-            hidden_filters=context_hidden_channels,
-            merge=context_merge,
-            name="align_cm",
-            **align_args,
-        )(x4, return_offsets=True)
-        d5, offsets["align_fa5"] = align_fa("align_fa5", d4, rcb("rcb5a")(context))
-        d5 = rcb("rcb5b")(d5)
-
-        def head(name, features):
-            logits = SegmentationHead(
-                num_classes, decoder_channels, dropout, name=name, **block_args
-            )(features)
+        def logits_at_input_size(head, stream):
+            logits = heads[head](features[stream])
             # Logits leave the model in float32, also under mixed precision.
-            logits = BilinearResize(True, dtype="float32", name=f"{name}_upsample")(
-                [logits, x]
-            )
-            return CropToReference(dtype="float32", name=f"{name}_crop")([logits, images])
+            upsample = BilinearResize(True, dtype="float32", name=f"{head}_upsample")
+            logits = upsample([logits, x])
+            return CropToReference(dtype="float32", name=f"{head}_crop")([logits, images])
 
-        outputs = head("head", d5)
+        outputs = logits_at_input_size("head", "d5")
         if deep_supervision:
-            outputs = {"logits": outputs, "aux_logits": head("auxiliary_head", d3)}
-        super().__init__(inputs=images, outputs=outputs, name=name, **kwargs)
+            aux_logits = logits_at_input_size("auxiliary_head", "d3")
+            outputs = {LOGITS: outputs, AUX_LOGITS: aux_logits}
+        super().__init__(
+            inputs=images, outputs=outputs, name=name, dtype=dtype, trainable=trainable
+        )
         # Shape checks happen in `call`, with a clear message.
         self.input_spec = None
 
         # === Config ===
-        self.num_classes = int(num_classes)
-        self.backbone = backbone_model
-        self.backbone_name = backbone if isinstance(backbone, str) else None
-        self.backbone_weights = backbone_weights
-        self.decoder_channels = decoder_channels
-        self.context_bins = context_bins
-        self.context_merge = context_merge
-        self.context_hidden_channels = context_hidden_channels
-        self.alignment = alignment
-        self.deep_supervision = deep_supervision
-        self.activation = activation
-        self.dropout = dropout
-        self.normalization = normalization
+        self.num_classes = num_classes
+        self.backbone = backbone
+        self.image_converter = image_converter
+        self.deep_supervision = bool(deep_supervision)
+        self.dropout = float(dropout)
         self.pad_to_multiple = pad_to_multiple
         self.sync_batchnorm = sync
-        self.image_shape = tuple(input_shape)
-        self.offset_outputs = offsets
+        self.image_shape = tuple(image_shape)
+        self.offset_outputs = {module: features[module] for module in OFFSET_MODULES}
         if sync:
             synchronize_batchnorm(self)
+
+    @property
+    def image_encoder(self):
+        """The backbone's image encoder (e.g. a `ResNetEncoder`)."""
+        return self.backbone.image_encoder
+
+    @property
+    def normalization(self):
+        """The image converter's mean, std (RGB, 0..255) and channel order, as a dict."""
+        converter = self.image_converter
+        return {"mean": list(converter.mean), "std": list(converter.std), "bgr": converter.bgr}
 
     @staticmethod
     def _check_image_shape(shape):
@@ -253,7 +315,7 @@ class AlignSeg(keras.Model):
         self._check_image_shape(getattr(inputs, "shape", None))
         outputs = super().call(inputs, training=training, mask=mask)
         if isinstance(outputs, dict) and not training:
-            return outputs["logits"]
+            return outputs[LOGITS]
         return outputs
 
     def _ignore_index(self):
@@ -396,8 +458,8 @@ class AlignSeg(keras.Model):
         """The compiled loss on the main logits, plus the weighted deep-supervision loss."""
         aux_logits = None
         if isinstance(y_pred, dict):
-            aux_logits = y_pred.get("aux_logits")
-            y_pred = y_pred["logits"]
+            aux_logits = y_pred.get(AUX_LOGITS)
+            y_pred = y_pred[LOGITS]
         loss = super().compute_loss(x, y, y_pred, sample_weight, training)
         weight = getattr(self, "aux_loss_weight", 0.0)
         if aux_logits is not None and weight and self._compile_loss is not None:
@@ -406,7 +468,7 @@ class AlignSeg(keras.Model):
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         if isinstance(y_pred, dict):
-            y_pred = y_pred["logits"]
+            y_pred = y_pred[LOGITS]
         return super().compute_metrics(x, y, y_pred, sample_weight)
 
     def offset_model(self):
@@ -419,52 +481,104 @@ class AlignSeg(keras.Model):
         return keras.Model(self.inputs[0], self.offset_outputs, name=f"{self.name}_offsets")
 
     @classmethod
-    def from_preset(cls, preset, num_classes=19, **kwargs):
-        """Builds a named configuration from `alignseg_keras.models.presets.PRESETS`.
+    def from_preset(cls, preset, num_classes=None, load_weights=True, **kwargs):
+        """A named configuration, or a preset directory with its weights.
 
         Args:
-            preset: e.g. `"alignseg_resnet101_official"` (the authors' released
-                model), `"alignseg_resnet101"` (the paper on Keras' ResNet-101) or
-                `"alignseg_resnet18_small"`.
-            num_classes: int, number of classes.
-            **kwargs: any `AlignSeg` argument, overriding the preset.
+            preset: a name from `alignseg_keras.models.presets.PRESETS` (e.g.
+                `"alignseg_resnet101_official"`, the authors' released network,
+                or `"alignseg_resnet18_small"`; architectures without weights),
+                or a directory written by `save_to_preset` (or `alignseg
+                convert`), keras-hub's layout, whose weights are loaded.
+            num_classes: int or None. None keeps the preset directory's
+                classes (19 for a name). A different number loads every weight
+                of the directory but the heads', which start fresh, for
+                fine-tuning on other classes.
+            load_weights: bool, load a preset directory's weights.
+            **kwargs: `AlignSeg` arguments overriding the preset (for a
+                directory, those of the segmenter, e.g. `pad_to_multiple`).
 
         Example:
         ```python
         model = AlignSeg.from_preset("alignseg_resnet101_official", num_classes=19)
+        model.save_to_preset("my_preset")
+        same = AlignSeg.from_preset("my_preset")
         ```
         """
-        return cls(num_classes=num_classes, **preset_arguments(preset, kwargs))
+        if preset_files.is_preset_directory(preset):
+            return cls._from_preset_directory(preset, num_classes, load_weights, kwargs)
+        arguments = preset_arguments(preset, kwargs)
+        return cls(num_classes or DEFAULT_NUM_CLASSES, **arguments)
+
+    @classmethod
+    def _from_preset_directory(cls, directory, num_classes, load_weights, overrides):
+        config = dict(preset_files.load_task_config(directory)["config"])
+        saved_classes = config.pop("num_classes")
+        new_heads = num_classes is not None and num_classes != saved_classes
+        config.update(overrides)
+        config["backbone"] = preset_files.load_backbone(directory, load_weights)
+        config["num_classes"] = num_classes or saved_classes
+        model = cls.from_config(config)
+        if load_weights and not new_heads:
+            preset_files.load_task_weights(model, directory)
+        return model
+
+    def save_to_preset(self, directory, description=None):
+        """Writes the model to a preset directory in keras-hub's layout.
+
+        `config.json` and `model.weights.h5` hold the backbone, `task.json` and
+        `task.weights.h5` the segmenter and its heads, `metadata.json` the
+        versions, parameter count and `description`. An existing directory is
+        replaced whole; a crash leaves it as it was.
+
+        Example:
+        ```python
+        model.save_to_preset("alignseg_cityscapes")
+        model = AlignSeg.from_preset("alignseg_cityscapes")
+        ```
+        """
+        preset_files.save_task_preset(self, directory, description)
 
     def get_config(self):
-        backbone = self.backbone_name
-        if backbone is None:
-            backbone = keras.saving.serialize_keras_object(self.backbone)
         return {
             "num_classes": self.num_classes,
-            "backbone": backbone,
-            "backbone_weights": None,
-            "decoder_channels": self.decoder_channels,
-            "context_bins": self.context_bins,
-            "context_merge": self.context_merge,
-            "context_hidden_channels": self.context_hidden_channels,
-            "alignment": self.alignment,
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "image_converter": keras.saving.serialize_keras_object(self.image_converter),
             "deep_supervision": self.deep_supervision,
-            "activation": self.activation,
             "dropout": self.dropout,
-            "mean": self.normalization["mean"],
-            "std": self.normalization["std"],
-            "bgr": self.normalization["bgr"],
             "pad_to_multiple": self.pad_to_multiple,
             "sync_batchnorm": self.sync_batchnorm,
-            "input_shape": self.image_shape,
+            "image_shape": self.image_shape,
             "name": self.name,
             "trainable": self.trainable,
+            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
         }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        if isinstance(config.get("backbone"), dict):
-            config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        if is_legacy_config(config):
+            raise ValueError(LEGACY_FILE_MESSAGE)
+        for key in ("backbone", "image_converter", "dtype"):
+            if isinstance(config.get(key), dict):
+                config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+def _image_converter(image_converter, image_encoder, mean, std, bgr):
+    """The converter given, or one with the encoder's convention and the overrides."""
+    overrides = {key: value for key, value in (("mean", mean), ("std", std), ("bgr", bgr))
+                 if value is not None}
+    if image_converter is not None:
+        if overrides:
+            raise ValueError(
+                f"Give either `image_converter` or {', '.join(overrides)}, not both."
+            )
+        if not isinstance(image_converter, ImageNormalization):
+            raise ValueError(
+                "`image_converter` must be an ImageNormalization layer; received "
+                f"{type(image_converter).__name__}."
+            )
+        return image_converter
+    convention = {**encoder_input_convention(image_encoder), **overrides}
+    return ImageNormalization(**convention, name="normalization")

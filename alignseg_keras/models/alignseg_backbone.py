@@ -41,8 +41,9 @@ class AlignSegBackbone(keras.Model):
             16 and 32 (keras-hub's `FeaturePyramidBackbone` contract, e.g.
             `ResNetEncoder`, keras-hub's `ResNetBackbone`, `MiTBackbone`), or
             with four such outputs.
-        decoder_channels: int, channels of every decoder stream and of the
-            offset heads (256).
+        decoder_channels: int, channels of every decoder stream (256).
+        offset_channels: int or None, hidden channels of the offset heads;
+            None makes them as wide as the decoder (256 in the paper and code).
         context_bins: int, AlignCM's pooled grid size K (3).
         context_merge: `"sum"` (the authors' code) or `"concat"` (paper Eq. 3).
         context_hidden_channels: int or None, AlignCM's 1x1 convolution
@@ -64,6 +65,7 @@ class AlignSegBackbone(keras.Model):
         self,
         image_encoder,
         decoder_channels=256,
+        offset_channels=None,
         context_bins=3,
         context_merge="sum",
         context_hidden_channels=None,
@@ -82,6 +84,7 @@ class AlignSegBackbone(keras.Model):
                 f"`alignment` must be one of {ALIGNMENT_MODES}; received {alignment!r}."
             )
         kwargs.setdefault("name", "alignseg_backbone")
+        offset_width = offset_channels or decoder_channels
 
         # === Layers ===
         features = pyramid_feature_model(image_encoder, name="image_encoder_pyramid")
@@ -92,7 +95,7 @@ class AlignSegBackbone(keras.Model):
         }
         align_fa = {
             name: AlignFA(
-                offset_filters=decoder_channels,
+                offset_filters=offset_width,
                 alignment=alignment,
                 activation=activation,
                 name=name,
@@ -104,7 +107,7 @@ class AlignSegBackbone(keras.Model):
             bins=context_bins,
             hidden_filters=context_hidden_channels,
             merge=context_merge,
-            offset_filters=decoder_channels,
+            offset_filters=offset_width,
             alignment=alignment,
             activation=activation,
             name="align_cm",
@@ -132,6 +135,7 @@ class AlignSegBackbone(keras.Model):
         # === Config ===
         self.image_encoder = image_encoder
         self.decoder_channels = int(decoder_channels)
+        self.offset_channels = offset_channels
         self.context_bins = int(context_bins)
         self.context_merge = context_merge
         self.context_hidden_channels = context_hidden_channels
@@ -143,6 +147,7 @@ class AlignSegBackbone(keras.Model):
         return {
             "image_encoder": keras.saving.serialize_keras_object(self.image_encoder),
             "decoder_channels": self.decoder_channels,
+            "offset_channels": self.offset_channels,
             "context_bins": self.context_bins,
             "context_merge": self.context_merge,
             "context_hidden_channels": self.context_hidden_channels,

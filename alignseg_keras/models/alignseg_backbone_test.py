@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from alignseg_keras.backbones.encoders import ResNetEncoder
-from alignseg_keras.backbones.encoders_test import PyramidModel
 from alignseg_keras.models.alignseg_backbone import OFFSET_MODULES
 from alignseg_keras.models.alignseg_backbone import AlignSegBackbone
+from alignseg_keras.testing import TinyPyramidEncoder
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_config_and_keras_file_round_trip(backbone, tmp_path):
 
 
 def test_any_pyramid_encoder_works():
-    encoder = PyramidModel([("P1", 8), ("P2", 8), ("P3", 8), ("P4", 8), ("P5", 8)])
+    encoder = TinyPyramidEncoder([("P1", 8), ("P2", 8), ("P3", 8), ("P4", 8), ("P5", 8)])
     backbone = AlignSegBackbone(encoder, decoder_channels=8, context_bins=2)
     outputs = backbone(np.zeros((1, 64, 64, 3), "float32"))
     assert tuple(outputs["d5"].shape) == (1, 16, 16, 8)

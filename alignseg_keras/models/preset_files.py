@@ -1,0 +1,149 @@
+"""Preset directories in keras-hub's layout: configs, weights and metadata.
+
+A preset directory holds:
+
+    config.json         the backbone (`AlignSegBackbone`, its encoder included)
+    model.weights.h5    the backbone's weights
+    task.json           the segmenter (`AlignSeg`), its backbone and image converter
+    task.weights.h5     the segmenter's own weights (heads), without the backbone's
+    metadata.json       versions, parameter count, date, and the preset's description
+
+This is the layout of keras-hub's `save_to_preset` (same file names and
+contents), so a preset directory can be copied, versioned or uploaded like
+theirs. A directory is written to a temporary folder beside it and renamed into
+place, so a crash never leaves half a preset.
+"""
+
+import datetime
+import json
+import os
+import pathlib
+import secrets
+import shutil
+
+import keras
+
+from alignseg_keras.version import __version__
+
+CONFIG_FILE = "config.json"
+MODEL_WEIGHTS_FILE = "model.weights.h5"
+TASK_CONFIG_FILE = "task.json"
+TASK_WEIGHTS_FILE = "task.weights.h5"
+METADATA_FILE = "metadata.json"
+
+
+def is_preset_directory(preset):
+    """Whether `preset` is a path to a directory holding a preset's `config.json`."""
+    return isinstance(preset, (str, os.PathLike)) and os.path.isfile(
+        os.path.join(os.fspath(preset), CONFIG_FILE)
+    )
+
+
+def save_task_preset(task, directory, description=None):
+    """Writes `task` (an `AlignSeg`) and its backbone to a preset directory.
+
+    Args:
+        task: a built `AlignSeg`.
+        directory: the preset directory; replaced whole if it exists.
+        description: str or None, a line for `metadata.json`.
+    """
+    with _directory_written_atomically(directory) as temporary:
+        backbone = task.backbone
+        _write_json(temporary / CONFIG_FILE, keras.saving.serialize_keras_object(backbone))
+        backbone.save_weights(temporary / MODEL_WEIGHTS_FILE)
+        _write_json(temporary / TASK_CONFIG_FILE, keras.saving.serialize_keras_object(task))
+        keras.saving.save_weights(
+            task,
+            temporary / TASK_WEIGHTS_FILE,
+            objects_to_skip=list(backbone._flatten_layers()),
+        )
+        _write_json(temporary / METADATA_FILE, _metadata(task, description))
+
+
+def load_task_config(directory):
+    """The serialized segmenter of a preset directory (`task.json`)."""
+    return _read_json(directory, TASK_CONFIG_FILE)
+
+
+def load_backbone(directory, load_weights=True):
+    """The `AlignSegBackbone` of a preset directory, with its weights by default."""
+    backbone = keras.saving.deserialize_keras_object(_read_json(directory, CONFIG_FILE))
+    if load_weights:
+        backbone.load_weights(_existing(directory, MODEL_WEIGHTS_FILE))
+    return backbone
+
+
+def load_task_weights(task, directory):
+    """Loads the segmenter's own weights (`task.weights.h5`) into `task`."""
+    keras.saving.load_weights(
+        task,
+        _existing(directory, TASK_WEIGHTS_FILE),
+        objects_to_skip=list(task.backbone._flatten_layers()),
+    )
+
+
+def load_metadata(directory):
+    """The preset's `metadata.json` as a dict."""
+    return _read_json(directory, METADATA_FILE)
+
+
+def _metadata(task, description):
+    return {
+        "keras_version": keras.version(),
+        "alignseg_keras_version": __version__,
+        "parameter_count": int(task.count_params()),
+        "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
+        "description": description or "",
+    }
+
+
+def _existing(directory, name):
+    path = os.path.join(os.fspath(directory), name)
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"The preset directory {os.fspath(directory)!r} has no {name}; a preset written by "
+            "`save_to_preset` holds config.json, model.weights.h5, task.json, task.weights.h5 "
+            "and metadata.json."
+        )
+    return path
+
+
+def _read_json(directory, name):
+    path = _existing(directory, name)
+    try:
+        with open(path) as file:
+            return json.load(file)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+
+
+def _write_json(path, value):
+    with open(path, "w") as file:
+        json.dump(value, file, indent=4)
+
+
+class _directory_written_atomically:
+    """A temporary directory beside `directory` that replaces it when the block succeeds."""
+
+    def __init__(self, directory):
+        self.directory = pathlib.Path(directory)
+        token = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.temporary = self.directory.with_name(f".tmp-{token}-{self.directory.name}")
+        self.previous = self.directory.with_name(f".old-{token}-{self.directory.name}")
+
+    def __enter__(self):
+        if self.directory.exists() and not self.directory.is_dir():
+            raise ValueError(f"{self.directory} exists and is not a directory.")
+        self.directory.parent.mkdir(parents=True, exist_ok=True)
+        self.temporary.mkdir()
+        return self.temporary
+
+    def __exit__(self, error_type, error, traceback):
+        if error_type is not None:
+            shutil.rmtree(self.temporary, ignore_errors=True)
+            return False
+        if self.directory.exists():
+            os.replace(self.directory, self.previous)
+        os.replace(self.temporary, self.directory)
+        shutil.rmtree(self.previous, ignore_errors=True)
+        return False

@@ -1,0 +1,126 @@
+import json
+import pathlib
+
+import keras
+import numpy as np
+import pytest
+
+from alignseg_keras import AlignSeg
+from alignseg_keras.layers.preprocessing import ImageNormalization
+from alignseg_keras.models import preset_files
+from alignseg_keras.models.alignseg_backbone import AlignSegBackbone
+from alignseg_keras.models.legacy import load_legacy_model
+from alignseg_keras.models.presets import PRESETS
+from alignseg_keras.models.presets import preset_arguments
+from alignseg_keras.testing import TinyPyramidEncoder
+
+DATA = pathlib.Path(__file__).parents[2] / "tests" / "data"
+PRESET_FILES = ["config.json", "metadata.json", "model.weights.h5", "task.json", "task.weights.h5"]
+
+
+def small_model(num_classes=3, seed=0):
+    """A tiny model on a tiny pyramid encoder, with non-trivial weights and statistics."""
+    keras.utils.set_random_seed(seed)
+    encoder = TinyPyramidEncoder([(f"P{level}", 8) for level in range(1, 6)], name="encoder")
+    model = AlignSeg(num_classes, image_encoder=encoder, decoder_channels=8, context_bins=2)
+    rng = np.random.default_rng(seed)
+    for weight in model.weights:
+        value = rng.normal(scale=0.1, size=weight.shape) + ("variance" in weight.path)
+        weight.assign(value.astype("float32"))
+    return model
+
+
+IMAGES = np.random.default_rng(1).uniform(0, 255, (2, 37, 50, 3)).astype("float32")
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    model = small_model()
+    directory = tmp_path_factory.mktemp("presets") / "small"
+    model.save_to_preset(directory, description="a test preset")
+    return model, directory
+
+
+def test_a_preset_directory_has_keras_hubs_layout(saved):
+    model, directory = saved
+    assert sorted(path.name for path in directory.iterdir()) == PRESET_FILES
+    metadata = json.loads((directory / "metadata.json").read_text())
+    assert metadata["parameter_count"] == model.count_params()
+    assert metadata["description"] == "a test preset"
+    assert {"keras_version", "alignseg_keras_version", "date_saved"} <= set(metadata)
+    assert json.loads((directory / "config.json").read_text())["class_name"] == "AlignSegBackbone"
+    assert json.loads((directory / "task.json").read_text())["class_name"] == "AlignSeg"
+
+
+def test_a_preset_directory_gives_back_the_model(saved):
+    model, directory = saved
+    restored = AlignSeg.from_preset(directory)
+    np.testing.assert_array_equal(restored.predict(IMAGES, verbose=0), model.predict(IMAGES, verbose=0))
+    backbone = AlignSegBackbone.from_config(
+        json.loads((directory / "config.json").read_text())["config"]
+    )
+    backbone.load_weights(directory / "model.weights.h5")
+    np.testing.assert_array_equal(
+        np.asarray(backbone(IMAGES)["d5"]), np.asarray(model.backbone(IMAGES)["d5"])
+    )
+
+
+def test_new_classes_keep_the_backbone_and_start_fresh_heads(saved):
+    model, directory = saved
+    finetune = AlignSeg.from_preset(directory, num_classes=5, dropout=0.2)
+    assert finetune.num_classes == 5 and finetune.dropout == 0.2
+    for original, loaded in zip(model.backbone.weights, finetune.backbone.weights):
+        np.testing.assert_array_equal(np.asarray(loaded), np.asarray(original))
+    untrained = AlignSeg.from_preset(directory, load_weights=False)
+    assert not np.array_equal(
+        np.asarray(untrained.backbone.weights[0]), np.asarray(model.backbone.weights[0])
+    )
+
+
+def test_a_failed_write_leaves_the_previous_preset(saved, tmp_path, monkeypatch):
+    model, _ = saved
+    directory = tmp_path / "preset"
+    model.save_to_preset(directory)
+    before = (directory / "task.weights.h5").read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(preset_files.keras.saving, "save_weights", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        small_model(seed=2).save_to_preset(directory)
+    assert (directory / "task.weights.h5").read_bytes() == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["preset"]
+
+
+def test_named_presets_and_unknown_names():
+    assert preset_arguments("alignseg_resnet18_small", {"dropout": 0.3})["dropout"] == 0.3
+    assert all(set(entry) == {"description", "arguments"} for entry in PRESETS.values())
+    with pytest.raises(ValueError, match="Unknown preset 'resnet_vd_50'.*alignseg_resnet18_small"):
+        AlignSeg.from_preset("resnet_vd_50")
+    with pytest.raises(ValueError, match="has no task.json"):
+        preset_files.load_task_config(DATA)
+
+
+def test_arguments_that_would_be_ignored_are_errors():
+    encoder = TinyPyramidEncoder([(f"P{level}", 8) for level in range(1, 6)])
+    with pytest.raises(TypeError, match="unexpected keyword argument 'image_encodr'"):
+        AlignSeg(5, image_encodr=encoder)
+    with pytest.raises(ValueError, match="either `backbone` or `image_encoder`"):
+        AlignSeg(5, backbone="resnet18", image_encoder=encoder)
+    backbone = AlignSegBackbone(encoder, decoder_channels=8)
+    with pytest.raises(ValueError, match="decoder_channels cannot change them"):
+        AlignSeg(5, backbone=backbone, decoder_channels=16)
+    with pytest.raises(ValueError, match="either `image_converter` or mean"):
+        AlignSeg(5, backbone=backbone, image_converter=ImageNormalization((0, 0, 0)), mean=(1, 1, 1))
+
+
+def test_a_keras_file_of_release_0_1_says_how_to_load_it():
+    path = DATA / "legacy_alignseg_0_1.keras"
+    with pytest.raises(ValueError, match="saved by alignseg_keras 0.1.*load_legacy_model"):
+        keras.saving.load_model(path)
+    model = load_legacy_model(path)
+    expected = np.load(DATA / "legacy_alignseg_0_1_logits.npz")
+    logits = np.asarray(model(expected["images"]))
+    np.testing.assert_allclose(logits, expected["logits"], rtol=0, atol=1e-5)
+    assert model.backbone.offset_channels == 256  # 0.1's offset heads
