@@ -1,7 +1,7 @@
 """Pictures of segmentations and offset fields, with NumPy and Pillow.
 
-Label maps become colour images with a palette (`colorize_labels`, `overlay`);
-offset fields become Middlebury colour-wheel pictures (`flow_to_color`, the
+Label maps become color images with a palette (`colorize_labels`, `overlay`);
+offset fields become Middlebury color-wheel pictures (`flow_to_color`, the
 visualisation of the paper's Fig. 1), where hue is the direction and
 saturation the magnitude of the displacement; `offset_images` draws every
 alignment module of an `AlignSeg` model. Only `offset_images` runs a model;
@@ -23,32 +23,14 @@ import pathlib
 
 import numpy as np
 from PIL import Image
-from PIL import UnidentifiedImageError
 
-from alignseg_keras.data.cityscapes import CITYSCAPES_COLORS
-from alignseg_keras.data.cityscapes import LABEL_ID_TO_TRAIN_ID
+from alignseg_keras.datasets_info import ADE20K_COLORS
+from alignseg_keras.datasets_info import ADE20K_NUM_CLASSES
+from alignseg_keras.datasets_info import CITYSCAPES_COLORS
+from alignseg_keras.datasets_info import LABEL_ID_TO_TRAIN_ID
+from alignseg_keras.image_files import read_image
 
-# The ADE20K (SceneParsing, 150 classes) palette used by the CSAIL toolkit
-# and mmsegmentation, by class index (label - 1).
-_ADE20K_COLOURS = (
-    "787878 b47878 06e6e6 503232 04c803 787850 8c8c8c cc05ff e6e6e6 04fa07 "
-    "e005ff ebff07 96053d 787846 08ff33 ff0652 8fff8c ccff04 ff3307 cc4603 "
-    "0066c8 3de6fa ff0633 0b66ff ff0747 ff09e0 0907e6 dcdcdc ff095c 7009ff "
-    "08ffd6 07ffe0 ffb806 0aff47 ff290a 07ffff e0ff08 6608ff ff3d06 ffc207 "
-    "ff7a08 00ff14 ff0829 ff0599 0633ff eb0cff a09614 00a3ff 8c8c8c fa0a0f "
-    "14ff00 1fff00 ff1f00 ffe000 99ff00 0000ff ff4700 00ebff 00adff 1f00ff "
-    "0bc8c8 ff5200 00fff5 003dff 00ff70 00ff85 ff0000 ffa300 ff6600 c2ff00 "
-    "008fff 33ff00 0052ff 00ff29 00ffad 0a00ff adff00 00ff99 ff5c00 ff00ff "
-    "ff00f5 ff0066 ffad00 ff0014 ffb8b8 001fff 00ff3d 0047ff ff00cc 00ffc2 "
-    "00ff52 000aff 0070ff 3300ff 00c2ff 007aff 00ffa3 ff9900 00ff0a ff7000 "
-    "8fff00 5200ff a3ff00 ffeb00 08b8aa 8500ff 00ff5c b800ff ff001f 00b8ff "
-    "00d6ff ff0070 5cff00 00e0ff 70e0ff 46b8a0 a300ff 9900ff 47ff00 ff00a3 "
-    "ffcc00 ff008f 00ffeb 85ff00 ff00eb f500ff ff007a fff500 0abed4 d6ff00 "
-    "00ccff 1400ff ffff00 0099ff 0029ff 00ffcc 2900ff 29ff00 ad00ff 00f5ff "
-    "4700ff 7a00ff 00ffb8 005cff b8ff00 0085ff ffd600 19c2c2 66ff00 5c00ff"
-)
-
-# Middlebury colour wheel (Baker et al., "A Database and Evaluation Methodology
+# Middlebury color wheel (Baker et al., "A Database and Evaluation Methodology
 # for Optical Flow", 2011): hue segments and their number of steps.
 _WHEEL_SEGMENTS = (
     ("red", "yellow", 15),
@@ -70,7 +52,7 @@ PALETTES = ("cityscapes", "ade20k", "auto")
 
 
 def cityscapes_palette():
-    """The official colours of Cityscapes' 19 train ids, uint8 `(19, 3)`.
+    """The official colors of Cityscapes' 19 train ids, uint8 `(19, 3)`.
 
     Example:
     ```python
@@ -81,24 +63,21 @@ def cityscapes_palette():
 
 
 def ade20k_palette():
-    """The ADE20K colours of its 150 classes (label k - 1), uint8 `(150, 3)`.
+    """The ADE20K colors of its 150 classes (label k - 1), uint8 `(150, 3)`.
 
     Example:
     ```python
     ade20k_palette()[0]  # wall: [120, 120, 120]
     ```
     """
-    return np.array(
-        [[int(code[i : i + 2], 16) for i in (0, 2, 4)] for code in _ADE20K_COLOURS.split()],
-        "uint8",
-    )
+    return np.array(ADE20K_COLORS, "uint8")
 
 
 def generated_palette(num_classes):
-    """Deterministic, distinct, non-black colours for any number of classes.
+    """Deterministic, distinct, non-black colors for any number of classes.
 
-    Class k gets the PASCAL VOC colour of k + 1: the bits of k + 1 are spread
-    over the high bits of red, green and blue, so colours never repeat
+    Class k gets the PASCAL VOC color of k + 1: the bits of k + 1 are spread
+    over the high bits of red, green and blue, so colors never repeat
     (up to 2**24 - 1 classes) and black stays free for ignored pixels.
 
     Example:
@@ -134,14 +113,14 @@ def get_palette(name, num_classes):
     if name == "auto":
         if num_classes == len(CITYSCAPES_COLORS):
             return cityscapes_palette()
-        return ade20k_palette() if num_classes == 150 else generated_palette(num_classes)
+        return ade20k_palette() if num_classes == ADE20K_NUM_CLASSES else generated_palette(num_classes)
     palettes = {"cityscapes": cityscapes_palette, "ade20k": ade20k_palette}
     if name not in palettes:
         raise ValueError(f"Unknown palette {name!r}; choose one of {PALETTES}.")
     palette = palettes[name]()
     if len(palette) < num_classes:
         raise ValueError(
-            f"The {name} palette has {len(palette)} colours, too few for "
+            f"The {name} palette has {len(palette)} colors, too few for "
             f"{num_classes} classes; use --palette auto."
         )
     return palette
@@ -163,37 +142,37 @@ def _check_labels(labels, palette, ignore_index):
 
 
 def colorize_labels(labels, palette, ignore_index=255):
-    """Colours a label map: uint8 RGB `(..., 3)`, black where `ignore_index`.
+    """Colors a label map: uint8 RGB `(..., 3)`, black where `ignore_index`.
 
     Args:
         labels: integer array of class indices, any shape (e.g. `(H, W)`).
-        palette: `(num_classes, 3)` uint8 colours.
+        palette: `(num_classes, 3)` uint8 colors.
         ignore_index: int or None, label drawn black.
 
     Example:
     ```python
-    colours = colorize_labels(labels, cityscapes_palette())  # (H, W, 3) uint8
+    colors = colorize_labels(labels, cityscapes_palette())  # (H, W, 3) uint8
     ```
     """
     palette = np.asarray(palette, "uint8")
     labels = _check_labels(labels, palette, ignore_index)
     known = (labels >= 0) & (labels < len(palette))
-    colours = palette[np.where(known, labels, 0)]
-    colours[~known] = 0
-    return colours
+    colors = palette[np.where(known, labels, 0)]
+    colors[~known] = 0
+    return colors
 
 
 def overlay(image, labels, palette, alpha=0.5, ignore_index=255):
-    """Blends label colours over an image: `(1 - alpha) * image + alpha * colour`.
+    """Blends label colors over an image: `(1 - alpha) * image + alpha * color`.
 
-    Ignored pixels keep the image's own colour.
+    Ignored pixels keep the image's own color.
 
     Args:
         image: `(H, W, 3)` RGB image, 0..255.
         labels: `(H, W)` integer label map.
-        palette: `(num_classes, 3)` uint8 colours.
+        palette: `(num_classes, 3)` uint8 colors.
         alpha: float in [0, 1], opacity of the labels.
-        ignore_index: int or None, label left uncoloured.
+        ignore_index: int or None, label left uncolored.
 
     Example:
     ```python
@@ -209,15 +188,15 @@ def overlay(image, labels, palette, alpha=0.5, ignore_index=255):
         )
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"`alpha` must be in [0, 1]; received {alpha!r}.")
-    colours = colorize_labels(labels, palette, ignore_index).astype("float32")
-    blended = (1.0 - alpha) * image.astype("float32") + alpha * colours
+    colors = colorize_labels(labels, palette, ignore_index).astype("float32")
+    blended = (1.0 - alpha) * image.astype("float32") + alpha * colors
     if ignore_index is not None:
         blended[labels == ignore_index] = image[labels == ignore_index]
     return np.clip(np.round(blended), 0, 255).astype("uint8")
 
 
-def _colour_wheel():
-    """The 55 Middlebury wheel colours, float `(55, 3)` in 0..255."""
+def _color_wheel():
+    """The 55 Middlebury wheel colors, float `(55, 3)` in 0..255."""
     steps = []
     for start, end, count in _WHEEL_SEGMENTS:
         start, end = np.array(_WHEEL_ANCHORS[start]), np.array(_WHEEL_ANCHORS[end])
@@ -227,10 +206,10 @@ def _colour_wheel():
 
 
 def flow_to_color(offsets, max_magnitude=None):
-    """Middlebury colour-wheel picture of a displacement field, uint8 `(H, W, 3)`.
+    """Middlebury color-wheel picture of a displacement field, uint8 `(H, W, 3)`.
 
     The hue gives the direction (right red, down yellow, left cyan, up blue)
-    and the saturation the length: white is no displacement, full colour a
+    and the saturation the length: white is no displacement, full color a
     displacement of `max_magnitude`; longer ones are drawn darker.
 
     Args:
@@ -253,15 +232,15 @@ def flow_to_color(offsets, max_magnitude=None):
     if not max_magnitude >= 0:
         raise ValueError(f"`max_magnitude` must be >= 0; received {max_magnitude!r}.")
     dy, dx = np.moveaxis(offsets, -1, 0) / (max_magnitude + 1e-5)
-    wheel = _colour_wheel()
+    wheel = _color_wheel()
     position = (np.arctan2(-dy, -dx) / np.pi + 1.0) / 2.0 * (len(wheel) - 1)
     lower = np.floor(position).astype("int64")
     upper = (lower + 1) % len(wheel)
     fraction = (position - lower)[..., None]
-    colour = ((1.0 - fraction) * wheel[lower] + fraction * wheel[upper]) / 255.0
+    color = ((1.0 - fraction) * wheel[lower] + fraction * wheel[upper]) / 255.0
     radius = np.sqrt(dy**2 + dx**2)[..., None]
-    colour = np.where(radius <= 1.0, 1.0 - radius * (1.0 - colour), colour * 0.75)
-    return np.floor(255.0 * colour).astype("uint8")
+    color = np.where(radius <= 1.0, 1.0 - radius * (1.0 - color), color * 0.75)
+    return np.floor(255.0 * color).astype("uint8")
 
 
 def _fields_in_pixels(field, alignment):
@@ -293,7 +272,7 @@ def _resize_nearest(picture, height, width):
 
 
 def offset_images(model, image, max_magnitude=None, separator=4):
-    """Colour-wheel pictures of the offset fields of every alignment module.
+    """Color-wheel pictures of the offset fields of every alignment module.
 
     Runs `model.offset_model()` on one image, converts each field to `(dy,
     dx)` in pixels following `model.backbone.alignment` (standard: output pixels;
@@ -357,20 +336,10 @@ def train_ids_to_label_ids(labels):
     return table[labels]
 
 
-def load_image(path):
-    """Reads an image file as uint8 RGB `(H, W, 3)`.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is not an image Pillow can read.
-    """
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"No such image file: {path}") from None
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"Cannot read image {path}: {error}") from None
+# The library's one image reader (uint8 RGB, a clear error naming the file, and
+# images beyond `max_pixels` refused before decoding); `load_image` is its
+# historical name here.
+load_image = read_image
 
 
 def save_png(path, array):

@@ -1,3 +1,5 @@
+import types
+
 import numpy as np
 import pytest
 
@@ -53,10 +55,10 @@ def test_get_palette_auto_follows_the_number_of_classes():
 def test_colorize_labels_draws_ignored_pixels_black():
     palette = generated_palette(3)
     labels = np.array([[0, 1], [2, 255]])
-    colours = colorize_labels(labels, palette)
-    assert colours.shape == (2, 2, 3) and colours.dtype == np.uint8
-    np.testing.assert_array_equal(colours[0, 1], palette[1])
-    np.testing.assert_array_equal(colours[1, 1], [0, 0, 0])
+    colors = colorize_labels(labels, palette)
+    assert colors.shape == (2, 2, 3) and colors.dtype == np.uint8
+    np.testing.assert_array_equal(colors[0, 1], palette[1])
+    np.testing.assert_array_equal(colors[1, 1], [0, 0, 0])
     with pytest.raises(ValueError, match="contains 3"):
         colorize_labels(np.array([[3]]), palette)
     with pytest.raises(ValueError, match="integers"):
@@ -103,7 +105,7 @@ class FixedOffsetModel:
 
     def __init__(self, field, alignment):
         self.field = np.asarray(field, "float32")
-        self.alignment = alignment
+        self.backbone = types.SimpleNamespace(alignment=alignment)
         self.pad_to_multiple = None
 
     def offset_model(self):

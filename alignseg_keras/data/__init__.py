@@ -10,6 +10,8 @@ except ImportError as error:
         "(pip install tensorflow-cpu); the pipelines feed fit on any Keras backend."
     ) from error
 
+from alignseg_keras.data.ade20k import ADE20K_CLASSES
+from alignseg_keras.data.ade20k import ADE20K_COLORS
 from alignseg_keras.data.ade20k import ADE20K_NUM_CLASSES
 from alignseg_keras.data.ade20k import load_ade20k
 from alignseg_keras.data.augment import PHOTOMETRIC_DEFAULTS

@@ -10,8 +10,10 @@ from alignseg_keras.data.labels import LabelMapping
 from alignseg_keras.data.validation import IGNORE_INDEX
 from alignseg_keras.data.validation import require_choice
 from alignseg_keras.data.validation import require_directory
+from alignseg_keras.datasets_info import ADE20K_CLASSES  # noqa: F401 (re-exported)
+from alignseg_keras.datasets_info import ADE20K_COLORS  # noqa: F401 (re-exported)
+from alignseg_keras.datasets_info import ADE20K_NUM_CLASSES
 
-ADE20K_NUM_CLASSES = 150
 SPLITS = ("training", "validation")
 # Stored value 0 ("other") is ignored; class k (1..150) becomes train id k - 1.
 _TRAIN_ID_MAPPING = LabelMapping(

@@ -11,55 +11,11 @@ from alignseg_keras.data.labels import LabelMapping
 from alignseg_keras.data.validation import IGNORE_INDEX
 from alignseg_keras.data.validation import require_choice
 from alignseg_keras.data.validation import require_directory
+from alignseg_keras.datasets_info import CITYSCAPES_CLASSES  # noqa: F401 (re-exported)
+from alignseg_keras.datasets_info import CITYSCAPES_COLORS  # noqa: F401 (re-exported)
+from alignseg_keras.datasets_info import LABEL_ID_TO_TRAIN_ID
+from alignseg_keras.datasets_info import NUM_LABEL_IDS
 
-CITYSCAPES_CLASSES = (
-    "road",
-    "sidewalk",
-    "building",
-    "wall",
-    "fence",
-    "pole",
-    "traffic light",
-    "traffic sign",
-    "vegetation",
-    "terrain",
-    "sky",
-    "person",
-    "rider",
-    "car",
-    "truck",
-    "bus",
-    "train",
-    "motorcycle",
-    "bicycle",
-)
-# Official display colours of the 19 classes, in train-id order.
-CITYSCAPES_COLORS = (
-    (128, 64, 128),
-    (244, 35, 232),
-    (70, 70, 70),
-    (102, 102, 156),
-    (190, 153, 153),
-    (153, 153, 153),
-    (250, 170, 30),
-    (220, 220, 0),
-    (107, 142, 35),
-    (152, 251, 152),
-    (70, 130, 180),
-    (220, 20, 60),
-    (255, 0, 0),
-    (0, 0, 142),
-    (0, 0, 70),
-    (0, 60, 100),
-    (0, 80, 100),
-    (0, 0, 230),
-    (119, 11, 32),
-)
-# Label ids (0..33) of the 19 evaluated classes, in train-id order.
-_EVALUATED_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
-NUM_LABEL_IDS = 34
-LABEL_ID_TO_TRAIN_ID = np.full(NUM_LABEL_IDS, IGNORE_INDEX, np.uint8)
-LABEL_ID_TO_TRAIN_ID[list(_EVALUATED_LABEL_IDS)] = np.arange(len(_EVALUATED_LABEL_IDS))
 _TRAIN_ID_MAPPING = LabelMapping(LABEL_ID_TO_TRAIN_ID, strict=False)
 SPLITS = ("train", "val", "test")
 

@@ -1,93 +1,17 @@
-"""Reading image and label files into NumPy arrays (Pillow), with clear errors.
+"""Reading an image and its label file into validated train ids.
 
-Label maps are read with Pillow rather than `tf.io.decode_png` because
-palette PNGs (Pascal VOC style) must yield their palette indices, not the
-palette colours, and because every error here can name the file it concerns.
+The readers themselves (`read_image`, `read_label_map`, `MAX_PIXELS`) are in
+the backend-neutral `alignseg_keras.image_files`; they are re-exported here.
 """
 
-import re
-
 import numpy as np
-from PIL import Image
 
 from alignseg_keras.data.validation import IGNORE_INDEX
 from alignseg_keras.data.validation import check_label_values
 from alignseg_keras.data.validation import check_same_size
-
-# Pillow modes that hold one class id per pixel.
-LABEL_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L")
-# Pillow's errors for files it cannot read.
-UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-# Images with more pixels are refused before they are decoded (8192 x 8192): a small
-# compressed file can decode to gigabytes.
-MAX_PIXELS = 8192 * 8192
-
-
-def _too_large(description, path, size, max_pixels):
-    return ValueError(
-        f"{description.capitalize()} '{path}' has {size}, more than the limit of "
-        f"{max_pixels:,} pixels; it was not decoded. Resize it, or raise the limit "
-        "(`max_pixels`, `alignseg predict --max-pixels`)."
-    )
-
-
-def _open(path, description, max_pixels=MAX_PIXELS):
-    """Opens and decodes an image file, refusing one of more than `max_pixels` pixels
-    (checked on the header, before decoding)."""
-    try:
-        image = Image.open(path)
-    except Image.DecompressionBombError as error:  # beyond Pillow's own, higher limit
-        pixels = re.search(r"\((\d+) pixels\)", str(error))
-        size = f"{int(pixels[1]):,} pixels" if pixels else "too many pixels"
-        raise _too_large(description, path, size, max_pixels) from None
-    except UNREADABLE as error:
-        raise ValueError(f"Cannot read {description} '{path}': {error}") from None
-    width, height = image.size
-    if max_pixels and width * height > max_pixels:
-        image.close()
-        size = f"{width}x{height} = {width * height:,} pixels"
-        raise _too_large(description, path, size, max_pixels)
-    try:
-        image.load()
-    except UNREADABLE as error:
-        image.close()
-        raise ValueError(f"Cannot read {description} '{path}': {error}") from None
-    return image
-
-
-def read_image(path, max_pixels=MAX_PIXELS):
-    """Reads an image file (PNG, JPEG, ...) as uint8 RGB `(H, W, 3)`.
-
-    Raises a `ValueError` naming the file when it cannot be read or has more
-    than `max_pixels` pixels (checked before decoding; None: no limit).
-
-    Example:
-    ```python
-    image = read_image("leftImg8bit/val/lindau/lindau_000000_000019_leftImg8bit.png")
-    ```
-    """
-    with _open(path, "image file", max_pixels) as image:
-        return np.asarray(image.convert("RGB"))
-
-
-def read_label_map(path):
-    """Reads a single-channel label file (8-bit, palette or 16-bit PNG) as an
-    integer array `(H, W)` of the stored values (palette indices for palette PNGs).
-
-    Example:
-    ```python
-    label_ids = read_label_map("gtFine/val/lindau/lindau_000000_000019_gtFine_labelIds.png")
-    ```
-    """
-    with _open(path, "label file") as label:
-        if label.mode not in LABEL_MODES:
-            raise ValueError(
-                f"Label file '{path}' has Pillow mode {label.mode!r} "
-                f"({len(label.getbands())} channel(s)); expected one class id per pixel "
-                "(an 8-bit, palette or 16-bit single-channel PNG), not a colour image."
-            )
-        return np.asarray(label).astype(np.int64)
+from alignseg_keras.image_files import MAX_PIXELS  # noqa: F401 (re-exported)
+from alignseg_keras.image_files import read_image
+from alignseg_keras.image_files import read_label_map
 
 
 def read_example(image_path, mask_path, mapping=None, num_classes=None):

@@ -93,7 +93,7 @@ def test_size_mismatch_names_both_files(pair, write_image):
         list(data.from_files([image_path], [label_path]))
 
 
-def test_colour_label_file_is_rejected(pair, random_image, write_image):
+def test_color_label_file_is_rejected(pair, random_image, write_image):
     image_path, label_path = pair(stored_values())
     write_image(label_path, random_image(*SIZE))
     with pytest.raises(tf.errors.OpError, match=f"{label_path}.*'RGB'"):

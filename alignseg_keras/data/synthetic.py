@@ -3,7 +3,7 @@
 Each scene has a sky, a row of buildings with windows, trees, a road in
 perspective with lane markings, sidewalks with tiles, thin poles, cars and
 people, drawn back to front so that objects occlude each other. Classes differ
-in colour, texture and layout; the image is lightly blurred so that object
+in color, texture and layout; the image is lightly blurred so that object
 boundaries are soft while the label map stays sharp, which is where feature
 alignment matters. Nothing is downloaded: the scenes are a function of
 `(seed, index)` alone.
@@ -22,7 +22,7 @@ SYNTHETIC_CLASSES = (
     "person",
     "car",
 )
-# Cityscapes' display colours of the same classes, in train-id order.
+# Cityscapes' display colors of the same classes, in train-id order.
 SYNTHETIC_COLORS = (
     (128, 64, 128),
     (244, 35, 232),

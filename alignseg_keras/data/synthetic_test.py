@@ -31,7 +31,7 @@ def test_shapes_dtypes_and_class_coverage():
     assert present.mean(axis=1).min() >= 0.5, present.mean(axis=1)
 
 
-def test_classes_differ_in_mean_colour():
+def test_classes_differ_in_mean_color():
     images, masks = synthetic.synthetic_scene_arrays(8, SIZE, seed=0)
     means = np.stack([images[masks == c].mean(axis=0) for c in range(8)])
     distances = np.linalg.norm(means[:, None] - means[None], axis=-1)
