@@ -39,12 +39,16 @@ import os
 import keras
 import numpy as np
 
+from alignseg_keras.backbones.resnet import STAGE_BLOCKS as RESNET_STAGE_BLOCKS
 from alignseg_keras.models.presets import DEFAULT_NUM_CLASSES
 from alignseg_keras.models.presets import OFFICIAL_PRESETS
 
-# Bottleneck blocks per stage of the deep-stem ResNets.
-STAGE_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 BACKBONE_DEPTHS = {"resnet50_deepstem": 50, "resnet101_deepstem": 101}
+# Bottleneck blocks per stage of the deep-stem ResNets, by depth: the backbone's own
+# table (alignseg_keras.backbones.resnet.STAGE_BLOCKS), keyed by depth.
+STAGE_BLOCKS = {
+    depth: tuple(RESNET_STAGE_BLOCKS[name]) for name, depth in BACKBONE_DEPTHS.items()
+}
 
 CONV = (("weight", "kernel"),)
 CONV_WITH_BIAS = (("weight", "kernel"), ("bias", "bias"))

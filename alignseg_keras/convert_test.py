@@ -1,7 +1,5 @@
-import json
 import re
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,60 +7,11 @@ import pytest
 
 from alignseg_keras import convert
 from alignseg_keras.layers.conv_norm_activation import BN_EPSILON
-
-SHAPES_FILE = Path(__file__).parents[1] / "tests" / "data" / "official_state_dict_shapes.json"
-
-
-def official_shapes(depth):
-    """The authors' state_dict shapes (19 classes); ResNet-50 drops layer3 blocks 6-22."""
-    shapes = json.loads(SHAPES_FILE.read_text())
-    if depth == 50:
-        shapes = {
-            name: shape
-            for name, shape in shapes.items()
-            if not (m := re.match(r"layer3\.(\d+)\.", name)) or int(m.group(1)) < 6
-        }
-    return {name: tuple(shape) for name, shape in shapes.items()}
-
-
-def random_state_dict(depth, seed=0, shapes=None):
-    """Random tensors with the official names; conv weights He-scaled, BN statistics non-trivial.
-
-    A quarter of the normalisation weights are negative, as in trained InPlaceABN networks.
-    """
-    rng = np.random.default_rng(seed)
-    state = {}
-    for name, shape in (shapes or official_shapes(depth)).items():
-        if name.endswith("num_batches_tracked"):
-            state[name] = np.array(1000, "int64")
-        elif name.endswith("running_var"):
-            state[name] = rng.uniform(0.5, 2.0, shape).astype("float32")
-        elif len(shape) == 4:
-            fan_in = np.prod(shape[1:])
-            state[name] = (rng.standard_normal(shape) * 0.5 * np.sqrt(2 / fan_in)).astype("float32")
-        elif is_norm_weight(name, shape):
-            sign = np.where(rng.uniform(size=shape) < 0.25, -1.0, 1.0)
-            state[name] = (sign * rng.uniform(0.5, 1.5, shape)).astype("float32")
-        else:  # biases and running means
-            state[name] = (rng.standard_normal(shape) * 0.1).astype("float32")
-    return state
-
-
-def is_norm_weight(name, shape):
-    return name.endswith(".weight") and len(shape) == 1
-
-
-def assert_exported_equals(exported, state, names=None):
-    """Every tensor as given; normalisation weights as |w|, within an ulp of |w| + eps."""
-    for name in names or state:
-        array = state[name]
-        if name.endswith("num_batches_tracked"):
-            assert exported[name].shape == ()
-        elif is_norm_weight(name, array.shape):
-            np.testing.assert_allclose(exported[name], np.abs(array), rtol=0, atol=2e-7)
-        else:
-            np.testing.assert_array_equal(exported[name], array, err_msg=name)
-
+from alignseg_keras.testing.checkpoints import assert_exported_equals
+from alignseg_keras.testing.checkpoints import imagenet_backbone_state
+from alignseg_keras.testing.checkpoints import is_norm_weight
+from alignseg_keras.testing.checkpoints import official_shapes
+from alignseg_keras.testing.checkpoints import random_state_dict
 
 @pytest.fixture(scope="module")
 def r101_state():
@@ -296,19 +245,6 @@ def test_infer_depth_and_classes():
     assert convert.infer_num_classes({}) is None
 
 
-def imagenet_backbone_state(depth, seed):
-    """What an ImageNet deep-stem ResNet file holds: the backbone and `fc`, no counters."""
-    shapes = {
-        name: shape
-        for name, shape in official_shapes(depth).items()
-        if name.startswith(("conv", "bn", "layer")) and not name.endswith("num_batches_tracked")
-    }
-    state = random_state_dict(depth, seed=seed, shapes=shapes)
-    state["fc.weight"] = np.zeros((1000, 2048), "float32")
-    state["fc.bias"] = np.zeros((1000,), "float32")
-    return state
-
-
 def test_backbone_weights_load_into_the_backbone_only(r50_model):
     state = imagenet_backbone_state(50, seed=7)
     assert set(convert.backbone_weight_map(50)) == set(state) - {"fc.weight", "fc.bias"}
@@ -355,3 +291,11 @@ def test_backbone_checkpoint_builds_the_official_model_of_its_depth(r50_built):
         np.asarray(model.image_encoder.get_layer("conv3").kernel),
         state["conv3.weight"].transpose(2, 3, 1, 0),
     )
+
+
+def test_stage_blocks_come_from_the_backbone_definition():
+    from alignseg_keras.backbones import resnet
+    from alignseg_keras.convert import STAGE_BLOCKS
+
+    assert STAGE_BLOCKS == {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+    assert list(STAGE_BLOCKS[101]) == list(resnet.STAGE_BLOCKS["resnet101_deepstem"])
