@@ -27,10 +27,10 @@ from alignseg_keras.convert import export_official_state_dict  # noqa: E402
 from alignseg_keras.convert import load_backbone_checkpoint  # noqa: E402
 from alignseg_keras.convert import load_official_checkpoint  # noqa: E402
 from alignseg_keras.convert import load_official_weights  # noqa: E402
-from alignseg_keras.convert_test import official_shapes  # noqa: E402
+from alignseg_keras.testing.checkpoints import official_shapes  # noqa: E402
 from alignseg_keras.layers.alignment import AlignmentLayer  # noqa: E402
-from alignseg_keras.layers.alignment_test import SIZES  # noqa: E402
-from alignseg_keras.layers.alignment_test import reference_alignment  # noqa: E402
+from alignseg_keras.testing.references import ALIGNMENT_SIZES as SIZES  # noqa: E402
+from alignseg_keras.testing.references import reference_alignment  # noqa: E402
 
 # Non-square sizes that are not multiples of 32; the second gives a 1x1 map at
 # stride 32 (degenerate AlignCM sampling).

@@ -4,10 +4,10 @@ import numpy as np
 from alignseg_keras.cli import main
 from alignseg_keras.convert import encoder_architecture
 from alignseg_keras.convert import export_official_state_dict
-from alignseg_keras.convert_test import assert_exported_equals
-from alignseg_keras.convert_test import imagenet_backbone_state
-from alignseg_keras.convert_test import is_norm_weight
-from alignseg_keras.convert_test import random_state_dict
+from alignseg_keras.testing.checkpoints import assert_exported_equals
+from alignseg_keras.testing.checkpoints import imagenet_backbone_state
+from alignseg_keras.testing.checkpoints import is_norm_weight
+from alignseg_keras.testing.checkpoints import random_state_dict
 
 
 def test_convert_with_new_classes_writes_a_keras_model_of_the_checkpoint(tmp_path, capsys):

@@ -5,35 +5,52 @@ import numpy as np
 import pytest
 
 from alignseg_keras import layers
+from alignseg_keras.testing.layer_test import run_layer_test
 
+# (class, init kwargs, input shapes, output shapes, call kwargs, trainable / non-trainable weights)
 LAYERS = [
-    (layers.ConvNormActivation, dict(filters=8, kernel_size=3, strides=2, activation="leaky_relu")),
-    (layers.ResidualConvBlock, dict(filters=16, activation="leaky_relu")),
-    (layers.OffsetHead, dict(filters=8)),
-    (layers.AlignFA, dict(offset_filters=8, alignment="official", activation="leaky_relu")),
-    (layers.AlignCM, dict(filters=8, bins=2, hidden_filters=12, merge="concat", alignment="official")),
-    (layers.SegmentationHead, dict(num_classes=5, filters=8, dropout=0.2)),
-    (layers.AlignmentLayer, dict(mode="official")),
-    (layers.BilinearResize, dict(align_corners=False)),
-    (layers.AdaptiveAveragePooling2D, dict(bins=6)),
-    (layers.ImageNormalization, dict(mean=(1.0, 2.0, 3.0), std=(2.0, 2.0, 2.0), bgr=True)),
-    (layers.PadToMultiple, dict(multiple=16)),
-    (layers.CropToReference, dict()),
+    (layers.ConvNormActivation,
+     dict(filters=8, kernel_size=3, strides=2, activation="leaky_relu"),
+     [(2, 9, 11, 4)], [(2, 5, 6, 8)], {}, (3, 2)),
+    (layers.ResidualConvBlock, dict(filters=16, activation="leaky_relu"),
+     [(2, 9, 11, 40)], [(2, 9, 11, 16)], {}, (7, 4)),
+    (layers.OffsetHead, dict(filters=8), [(2, 9, 11, 16)], [(2, 9, 11, 2)], {}, (4, 2)),
+    (layers.AlignFA, dict(offset_filters=8, alignment="official", activation="leaky_relu"),
+     [(2, 12, 10, 8), (2, 6, 5, 8)], [(2, 12, 10, 8), (2, 12, 10, 4)],
+     {"return_offsets": True}, (8, 4)),
+    (layers.AlignCM,
+     dict(filters=8, bins=2, hidden_filters=12, merge="concat", alignment="official"),
+     [(2, 7, 9, 12)], [(2, 7, 9, 16), (2, 7, 9, 2)], {"return_offsets": True}, (16, 10)),
+    (layers.SegmentationHead, dict(num_classes=5, filters=8, dropout=0.2),
+     [(2, 9, 11, 8)], [(2, 9, 11, 5)], {}, (6, 2)),
+    (layers.AlignmentLayer, dict(mode="official"),
+     [(2, 6, 5, 3), (2, 12, 10, 2)], [(2, 12, 10, 3)], {}, (0, 0)),
+    (layers.BilinearResize, dict(align_corners=False),
+     [(2, 6, 5, 3), (2, 12, 10, 1)], [(2, 12, 10, 3)], {}, (0, 0)),
+    (layers.AdaptiveAveragePooling2D, dict(bins=6), [(2, 13, 17, 3)], [(2, 6, 6, 3)], {}, (0, 0)),
+    (layers.ImageNormalization, dict(mean=[1.0, 2.0, 3.0], std=[2.0, 2.0, 2.0], bgr=True),
+     [(2, 5, 6, 3)], [(2, 5, 6, 3)], {}, (0, 0)),
+    (layers.PadToMultiple, dict(multiple=16), [(2, 17, 20, 3)], [(2, 32, 32, 3)], {}, (0, 0)),
+    (layers.CropToReference, dict(), [(2, 32, 32, 3), (2, 17, 20, 3)], [(2, 17, 20, 3)], {},
+     (0, 0)),
 ]
 
 
-@pytest.mark.parametrize("cls,kwargs", LAYERS, ids=[c.__name__ for c, _ in LAYERS])
-def test_config_round_trip(cls, kwargs):
-    layer = cls(name="layer_under_test", **kwargs)
-    config = layer.get_config()
-    for key, value in kwargs.items():
-        restored = config[key]
-        assert restored == value or list(restored) == list(value), key
-    clone = cls.from_config(config)
-    assert clone.get_config() == config
-    # Registered: a plain Keras deserialisation finds the class.
-    serialized = keras.saving.serialize_keras_object(layer)
-    assert type(keras.saving.deserialize_keras_object(serialized)) is cls
+@pytest.mark.parametrize(
+    "cls,kwargs,input_shapes,output_shapes,call_kwargs,weights",
+    LAYERS,
+    ids=[entry[0].__name__ for entry in LAYERS],
+)
+def test_layer(cls, kwargs, input_shapes, output_shapes, call_kwargs, weights):
+    run_layer_test(
+        cls,
+        kwargs,
+        input_shapes,
+        output_shapes,
+        call_kwargs=call_kwargs,
+        expected_num_trainable_weights=weights[0],
+        expected_num_non_trainable_weights=weights[1],
+    )
 
 
 def test_residual_conv_block_shapes_and_residual():

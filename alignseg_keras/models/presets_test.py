@@ -13,6 +13,7 @@ from alignseg_keras.models.legacy import load_legacy_model
 from alignseg_keras.models.presets import PRESETS
 from alignseg_keras.models.presets import preset_arguments
 from alignseg_keras.testing import TinyPyramidEncoder
+from alignseg_keras.testing.layer_test import run_task_test
 
 DATA = pathlib.Path(__file__).parents[2] / "tests" / "data"
 PRESET_FILES = ["config.json", "metadata.json", "model.weights.h5", "task.json", "task.weights.h5"]
@@ -124,3 +125,8 @@ def test_a_keras_file_of_release_0_1_says_how_to_load_it():
     logits = np.asarray(model(expected["images"]))
     np.testing.assert_allclose(logits, expected["logits"], rtol=0, atol=1e-5)
     assert model.backbone.offset_channels == 256  # 0.1's offset heads
+
+
+def test_task_contract(tmp_path):
+    masks = np.random.default_rng(2).integers(0, 3, IMAGES.shape[:3])
+    run_task_test(small_model(), IMAGES, masks, tmp_path)

@@ -1,0 +1,16 @@
+"""Helpers for tests of alignseg_keras and of code built on it.
+
+- `models`: tiny AlignSeg models and a tiny feature-pyramid encoder.
+- `layer_test`: `run_layer_test`, `run_backbone_test` and `run_task_test`, the
+  checks every layer, backbone and segmenter test runs (after Keras'
+  `run_layer_test` and keras-hub's `run_vision_backbone_test` / `run_task_test`).
+- `references`: slow NumPy implementations of the paper's formulas, used by
+  several tests as an independent reference.
+- `folders`: read-only folders for tests of output errors.
+"""
+
+from alignseg_keras.testing.folders import read_only_folder
+from alignseg_keras.testing.models import TINY_CONFIG
+from alignseg_keras.testing.models import TINY_PYRAMID_LEVELS
+from alignseg_keras.testing.models import TinyPyramidEncoder
+from alignseg_keras.testing.models import tiny_alignseg
