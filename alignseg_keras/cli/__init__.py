@@ -20,13 +20,16 @@ def build_parser():
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMANDS:
+        module_name = f"alignseg_keras.cli.{name}"
         try:
-            module = importlib.import_module(f"alignseg_keras.cli.{name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"alignseg_keras.cli.{name}":
-                raise
-            continue
-        module.add_parser(subparsers)
+            module = importlib.import_module(module_name)
+            module.add_parser(subparsers)
+        except ImportError as error:
+            # Never a silently missing subcommand: say which one and why.
+            raise ImportError(
+                f"alignseg: the subcommand {name!r} ({module_name}) cannot be loaded: "
+                f"{error}"
+            ) from error
     return parser
 
 

@@ -1,8 +1,68 @@
-"""Arguments and dataset loading shared by `alignseg train` and `alignseg evaluate`."""
+"""Arguments, defaults, model and dataset loading shared by the subcommands.
+
+The defaults of the command line are read from the library (function
+signatures and module constants), never restated here: `alignseg train
+--help` shows the values `AlignSeg.compile`, `training_pipeline`,
+`OhemCrossEntropy` and the inference functions use.
+"""
 
 import glob
+import inspect
 
 DATASETS = ("synthetic", "cityscapes", "ade20k", "files")
+
+
+def signature_defaults(function):
+    """The default values of the keyword arguments of `function` (or a class), by name.
+
+    Example:
+    ```python
+    signature_defaults(AlignSeg.compile)["learning_rate"]  # 0.01
+    ```
+    """
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+
+
+def add_model_arguments(parser, what):
+    """--model (a .keras file) or --preset (a preset name or directory), one required."""
+    from alignseg_keras.models.presets import PRESETS
+
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help=f"a .keras file saved by alignseg, to {what}")
+    source.add_argument(
+        "--preset", metavar="NAME_OR_DIR",
+        help="a preset directory (written by save_to_preset or `alignseg convert`, with "
+        f"its weights) or a preset name ({', '.join(sorted(PRESETS))}: an architecture "
+        "without trained weights)",
+    )
+
+
+def load_model(args, num_classes=None):
+    """The model of `--model` or `--preset`.
+
+    `num_classes` sets the classes of a named preset (a preset directory keeps
+    its own; a .keras file has its own).
+    """
+    import keras
+
+    from alignseg_keras import AlignSeg
+    from alignseg_keras.models.preset_files import is_preset_directory
+    from alignseg_keras.models.presets import DEFAULT_NUM_CLASSES
+
+    if args.model:
+        return keras.saving.load_model(args.model)
+    if is_preset_directory(args.preset):
+        return AlignSeg.from_preset(args.preset)
+    return AlignSeg.from_preset(args.preset, num_classes=num_classes or DEFAULT_NUM_CLASSES)
+
+
+def model_name(args):
+    """How errors name the model: its file or its preset."""
+    return args.model or f"the preset {args.preset}"
 
 
 def add_dataset_arguments(parser):
@@ -46,8 +106,7 @@ def load_dataset(args, split):
     if args.dataset == "ade20k":
         ade_split = "training" if split == "train" else "validation"
         dataset = data.load_ade20k(args.data_dir, split=ade_split)
-        names = [str(i) for i in range(data.ADE20K_NUM_CLASSES)]
-        return dataset, data.ADE20K_NUM_CLASSES, names
+        return dataset, data.ADE20K_NUM_CLASSES, list(data.ADE20K_CLASSES)
     if not args.num_classes:
         raise ValueError("--dataset files needs --num-classes.")
     images = _sorted_glob(args.images, "images")
@@ -57,16 +116,22 @@ def load_dataset(args, split):
 
 
 def add_test_time_arguments(parser):
-    """--sliding, --overlap, --scales, --flip and --batch-size (predict and evaluate)."""
+    """--sliding, --overlap, --scales, --flip and --batch-size (predict and evaluate),
+    with the defaults of `alignseg_keras.inference`."""
+    from alignseg_keras import inference
+
+    sliding = signature_defaults(inference.predict_sliding)
     group = parser.add_argument_group("test-time procedure")
     group.add_argument("--sliding", type=int, nargs="+", metavar="TILE",
                        help="sliding-window tile size (one value, or height and width)")
-    group.add_argument("--overlap", type=float, default=1 / 3,
-                       help="sliding-window overlap (default 1/3)")
-    group.add_argument("--scales", type=float, nargs="+", help="multi-scale test scales")
+    group.add_argument("--overlap", type=float, default=sliding["overlap"],
+                       help=f"sliding-window overlap (default {sliding['overlap']:.4g})")
+    group.add_argument("--scales", type=float, nargs="+",
+                       help="multi-scale test scales (the paper's: "
+                       f"{' '.join(map(str, inference.PAPER_SCALES))})")
     group.add_argument("--flip", action="store_true", help="average with the flipped image")
-    group.add_argument("--batch-size", type=int, default=4,
-                       help="images or tiles per forward pass (default 4)")
+    group.add_argument("--batch-size", type=int, default=sliding["batch_size"],
+                       help=f"images or tiles per forward pass (default {sliding['batch_size']})")
 
 
 def predict_probabilities(model, image, args):

@@ -1,18 +1,24 @@
-"""`alignseg convert`: the authors' PyTorch checkpoint to a Keras `.keras` model."""
+"""`alignseg convert`: the authors' PyTorch checkpoint to a preset directory or a `.keras` file."""
 
+import os
 import sys
 
 from alignseg_keras.models.presets import DEFAULT_NUM_CLASSES
 from alignseg_keras.models.presets import OFFICIAL_PRESETS
 
+# Extensions of model files that --output refuses as a preset directory's name.
+MODEL_FILE_EXTENSIONS = (".h5", ".hdf5", ".pth", ".pt", ".npz", ".pb", ".onnx", ".json")
+
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
         "convert",
-        help="convert the authors' PyTorch checkpoint (.pth) to a .keras model",
+        help="convert the authors' PyTorch checkpoint (.pth) to a preset directory or a .keras "
+        "model",
         description="Convert a checkpoint of the authors' AlignSeg (speedinghzl/AlignSeg, "
-        "e.g. their Cityscapes models) to a .keras file that `alignseg evaluate` and "
-        "`keras.saving.load_model` read. Reading .pth files needs PyTorch "
+        "e.g. their Cityscapes models) to a preset directory (keras-hub's layout, for "
+        "`AlignSeg.from_preset` and `--preset`) or, for an --output ending in .keras, a "
+        ".keras file for `keras.saving.load_model` and `--model`. Reading .pth files needs PyTorch "
         "(pip install alignseg-keras[torch]); .npz files of the same tensors do not.",
     )
     parser.add_argument(
@@ -24,7 +30,11 @@ def add_parser(subparsers):
         "the authors' start): load it into the backbone of a new official model whose "
         "decoder is freshly initialised (fc is ignored)",
     )
-    parser.add_argument("--output", required=True, help="the .keras file to write")
+    parser.add_argument(
+        "--output", required=True,
+        help="the preset directory to write (replaced if it holds a preset; an existing "
+        "folder that holds anything else is refused), or a .keras file",
+    )
     parser.add_argument(
         "--num-classes", type=int,
         help="classes of the converted model (default: the checkpoint's, or "
@@ -39,12 +49,22 @@ def add_parser(subparsers):
 
 
 def run(args):
+    from alignseg_keras.cli.common import prepare_output_file
     from alignseg_keras.convert import encoder_architecture
     from alignseg_keras.convert import load_backbone_checkpoint
     from alignseg_keras.convert import load_official_checkpoint
 
-    if not args.output.endswith(".keras"):
-        raise ValueError(f"--output must be a .keras file; received {args.output!r}.")
+    as_keras_file = args.output.endswith(".keras")
+    extension = os.path.splitext(os.path.basename(args.output.rstrip("/\\")))[1]
+    if not as_keras_file and extension.lower() in MODEL_FILE_EXTENSIONS:
+        raise ValueError(
+            f"--output must be a .keras file or a preset directory (a folder name without a "
+            f"model file's extension); received {args.output!r}."
+        )
+    if as_keras_file:
+        prepare_output_file(args.output, "--output")
+    else:
+        check_preset_output(args.output)
     if args.num_classes is not None and args.num_classes < 1:
         raise ValueError(f"--num-classes must be positive; received {args.num_classes}.")
     try:
@@ -60,9 +80,40 @@ def run(args):
     except ImportError as error:
         print(f"alignseg convert: error: {error}", file=sys.stderr)
         return 2
-    model.save(args.output)
+    if as_keras_file:
+        model.save(args.output)
+    else:
+        model.save_to_preset(args.output, description=preset_description(args, model))
+    what = "" if as_keras_file else "the preset directory "
     print(
         f"Converted {args.checkpoint} ({encoder_architecture(model)}, {model.num_classes} classes, "
-        f"{model.count_params():,} weights) to {args.output}"
+        f"{model.count_params():,} weights) to {what}{args.output}"
     )
     return 0
+
+
+def check_preset_output(path):
+    """Refuses an --output that is a file, or a folder holding something other than a
+    preset (writing a preset replaces the folder whole)."""
+    from alignseg_keras.cli.common import prepare_output_dir
+    from alignseg_keras.models.preset_files import is_preset_directory
+
+    if os.path.isdir(path) and os.listdir(path) and not is_preset_directory(path):
+        raise ValueError(
+            f"--output {path} is a folder that holds other files than a preset; writing a "
+            "preset replaces the folder whole. Give a new folder, or a .keras file name."
+        )
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--output {path} is a file; give a folder for the preset, or a "
+                         "name ending in .keras.")
+    prepare_output_dir(os.path.dirname(os.path.abspath(path)), "the folder of --output")
+
+
+def preset_description(args, model):
+    """The preset's description in its metadata.json: what it was converted from."""
+    from alignseg_keras.convert import encoder_architecture
+
+    part = "ImageNet backbone of " if args.backbone_only else ""
+    return (f"Converted by `alignseg convert` from the authors' {part}checkpoint "
+            f"{os.path.basename(args.checkpoint)} ({encoder_architecture(model)}, "
+            f"{model.num_classes} classes).")

@@ -5,16 +5,17 @@ import numpy as np
 
 def add_parser(subparsers):
     from alignseg_keras.cli.common import add_dataset_arguments
+    from alignseg_keras.cli.common import add_model_arguments
     from alignseg_keras.cli.common import add_test_time_arguments
 
     parser = subparsers.add_parser(
         "evaluate",
         help="evaluate a saved model (per-class IoU and mIoU)",
-        description="Evaluate a .keras model. Without --sliding/--scales/--flip each image is "
+        description="Evaluate a .keras model or a preset. Without --sliding/--scales/--flip each image is "
         "predicted whole; --sliding 769 --scales 0.75 1.0 1.25 1.5 1.75 --flip is the paper's "
         "multi-scale test.",
     )
-    parser.add_argument("--model", required=True, help="a .keras file saved by alignseg")
+    add_model_arguments(parser, "evaluate")
     add_dataset_arguments(parser)
     parser.add_argument("--split", default="val", choices=("train", "val"))
     add_test_time_arguments(parser)
@@ -34,17 +35,24 @@ def format_table(class_names, ious, pixel_accuracy, miou):
 
 
 def run(args):
-    import keras
-
     from alignseg_keras.cli.common import load_dataset
+    from alignseg_keras.cli.common import load_model
+    from alignseg_keras.cli.common import model_name
     from alignseg_keras.cli.common import predict_probabilities
     from alignseg_keras.metrics import MeanIoU
 
-    model = keras.saving.load_model(args.model)
+    from alignseg_keras.models.preset_files import is_preset_directory
+
+    # A file or preset directory is read first (a missing one fails fast); a preset
+    # name is built with the data's classes.
+    named_preset = args.preset and not is_preset_directory(args.preset)
+    model = None if named_preset else load_model(args)
     dataset, num_classes, class_names = load_dataset(args, args.split)
+    if model is None:
+        model = load_model(args, num_classes)
     if getattr(model, "num_classes", num_classes) != num_classes:
         raise ValueError(
-            f"The model {args.model} predicts {model.num_classes} classes but the "
+            f"The model {model_name(args)} predicts {model.num_classes} classes but the "
             f"{args.dataset} data has {num_classes}."
         )
     if args.limit:

@@ -2,8 +2,8 @@
 
 For every image `DIR/NAME.png` it writes, into `--output`:
 
-    NAME_color.png      the predicted labels in the palette's colours
-    NAME_overlay.png    the colours blended over the image
+    NAME_color.png      the predicted labels in the palette's colors
+    NAME_overlay.png    the colors blended over the image
     NAME_labelIds.png   with --label-ids: Cityscapes label ids (benchmark format)
     NAME_MODULE.png     with --offsets: the offset field of each alignment module
 
@@ -18,28 +18,40 @@ skipped; the others are predicted, and the exit code is then 1.
 import pathlib
 import sys
 
+from alignseg_keras.cli.common import add_model_arguments
 from alignseg_keras.cli.common import add_test_time_arguments
-from alignseg_keras.data.decoding import MAX_PIXELS
+from alignseg_keras.datasets_info import ADE20K_NUM_CLASSES
+from alignseg_keras.datasets_info import CITYSCAPES_CLASSES
+from alignseg_keras.image_files import MAX_PIXELS
+from alignseg_keras.models.presets import DEFAULT_NUM_CLASSES
 from alignseg_keras.visualize import PALETTES
+
+# Cityscapes' label ids (--label-ids) exist for a model of its 19 train ids.
+CITYSCAPES_NUM_CLASSES = len(CITYSCAPES_CLASSES)
 
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
         "predict",
         help="predict label maps of image files and draw them",
-        description="Predict image files with a .keras model and write colour label "
+        description="Predict image files with a .keras model or a preset and write color label "
         "pictures and overlays (and optionally Cityscapes labelIds PNGs and offset-field "
         "pictures). Without --sliding/--scales/--flip each image is predicted whole; "
         "--sliding 769 --scales 0.75 1.0 1.25 1.5 1.75 --flip is the paper's test.",
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG)")
-    parser.add_argument("--model", required=True, help="a .keras file saved by alignseg")
+    add_model_arguments(parser, "predict with")
+    parser.add_argument("--num-classes", type=int,
+                        help="classes of a named --preset (default "
+                        f"{DEFAULT_NUM_CLASSES}); a preset directory or .keras file has its own")
     parser.add_argument("--output", required=True, help="folder for the pictures")
     parser.add_argument("--palette", choices=PALETTES, default="auto",
-                        help="label colours; auto: Cityscapes for 19 classes, ADE20K for "
-                        "150, else generated (default auto)")
+                        help=f"label colors; auto: Cityscapes for {CITYSCAPES_NUM_CLASSES} "
+                        f"classes, ADE20K for {ADE20K_NUM_CLASSES}, else generated "
+                        "(default auto)")
     parser.add_argument("--label-ids", action="store_true",
-                        help="also write Cityscapes labelIds PNGs (19-class models)")
+                        help="also write Cityscapes labelIds PNGs "
+                        f"({CITYSCAPES_NUM_CLASSES}-class models)")
     parser.add_argument("--offsets", action="store_true",
                         help="also draw the offset fields of every AlignFA/AlignCM module")
     add_test_time_arguments(parser)
@@ -89,7 +101,7 @@ def write_pictures(model, image, labels, palette, args, stem):
 def predict_file(model, path, palette, args, stem):
     """Reads, predicts and draws one image file; returns the paths written."""
     from alignseg_keras.cli.common import predict_probabilities
-    from alignseg_keras.data.decoding import read_image
+    from alignseg_keras.image_files import read_image
 
     image = read_image(path, max_pixels=args.max_pixels)
     labels = predict_probabilities(model, image, args).argmax(-1)
@@ -97,19 +109,26 @@ def predict_file(model, path, palette, args, stem):
 
 
 def run(args):
-    import keras
-
+    from alignseg_keras.cli.common import load_model
+    from alignseg_keras.cli.common import model_name
     from alignseg_keras.cli.common import prepare_output_dir
+    from alignseg_keras.models.preset_files import is_preset_directory
     from alignseg_keras.visualize import get_palette
 
+    if args.num_classes is not None and (args.model or is_preset_directory(args.preset)):
+        raise ValueError(
+            "--num-classes sets the classes of a named --preset; "
+            f"{model_name(args)} has its own."
+        )
     stems = output_names(args.images)
     prepare_output_dir(args.output, "--output")
-    model = keras.saving.load_model(args.model)
+    model = load_model(args, args.num_classes)
     palette = get_palette(args.palette, model.num_classes)
-    if args.label_ids and model.num_classes != 19:
+    if args.label_ids and model.num_classes != CITYSCAPES_NUM_CLASSES:
         raise ValueError(
-            f"--label-ids writes Cityscapes label ids and needs a 19-class model; "
-            f"{args.model} predicts {model.num_classes} classes."
+            "--label-ids writes Cityscapes label ids and needs a "
+            f"{CITYSCAPES_NUM_CLASSES}-class model; {model_name(args)} predicts "
+            f"{model.num_classes} classes."
         )
     failures = 0
     for path in args.images:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from alignseg_keras.cli import main
-from alignseg_keras.data.cityscapes import LABEL_ID_TO_TRAIN_ID
+from alignseg_keras.datasets_info import LABEL_ID_TO_TRAIN_ID
 from alignseg_keras.models.alignseg import OFFSET_MODULES
 from alignseg_keras.testing import read_only_folder
 from alignseg_keras.testing import tiny_alignseg
@@ -49,11 +49,11 @@ def test_predict_writes_pictures_and_reports_unreadable_images(
     err = capsys.readouterr().err
     assert "broken.png" in err and "missing.jpg" in err and "2 of 4 images failed" in err
     for name, size in (("first", (40, 56)), ("second", (33, 47))):
-        colours = load_image(output / f"{name}_color.png")
-        assert colours.shape == size + (3,)
-        # Every pixel has one of the 19 class colours.
-        palette = {tuple(colour) for colour in cityscapes_palette()}
-        assert {tuple(c) for c in colours.reshape(-1, 3)} <= palette
+        colors = load_image(output / f"{name}_color.png")
+        assert colors.shape == size + (3,)
+        # Every pixel has one of the 19 class colors.
+        palette = {tuple(color) for color in cityscapes_palette()}
+        assert {tuple(c) for c in colors.reshape(-1, 3)} <= palette
         assert load_image(output / f"{name}_overlay.png").shape == size + (3,)
         label_ids = np.asarray(load_image(output / f"{name}_labelIds.png"))[..., 0]
         assert (LABEL_ID_TO_TRAIN_ID[label_ids] != 255).all()
@@ -67,8 +67,8 @@ def test_predict_with_sliding_windows_scales_and_flip(model_path, images, tmp_pa
     code = main(["predict", *images, "--model", model_path, "--output", str(output),
                  "--sliding", "32", "--scales", "0.75", "1.0", "--flip", "--palette", "ade20k"])
     assert code == 0
-    colours = load_image(output / "second_color.png")
-    assert colours.shape == (33, 47, 3)
+    colors = load_image(output / "second_color.png")
+    assert colors.shape == (33, 47, 3)
     assert not (output / "second_labelIds.png").exists()
 
 

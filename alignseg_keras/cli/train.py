@@ -4,12 +4,24 @@ import math
 import os
 import sys
 
+PIPELINE_DEFAULTS_HELP = "that of alignseg_keras.data.training_pipeline (the paper's)"
+# Options whose defaults are training_pipeline's arguments of the same name.
+PIPELINE_OPTIONS = ("crop_size", "scale_range", "batch_size")
 PRECISIONS = {"float32": None, "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
 
 
 def add_parser(subparsers):
+    from alignseg_keras import AlignSeg
     from alignseg_keras.cli.common import add_dataset_arguments
+    from alignseg_keras.cli.common import signature_defaults
+    from alignseg_keras.layers.alignment import ALIGNMENT_MODES
+    from alignseg_keras.losses import OhemCrossEntropy
+    from alignseg_keras.models.alignseg import DECODER_DEFAULTS
+    from alignseg_keras.models.presets import DEFAULT_ENCODER
+    from alignseg_keras.models.presets import PRESETS
 
+    compile_defaults = signature_defaults(AlignSeg.compile)
+    ohem = signature_defaults(OhemCrossEntropy)
     parser = subparsers.add_parser(
         "train",
         help="train AlignSeg",
@@ -17,26 +29,46 @@ def add_parser(subparsers):
         "Re-running the same command with the same --output-dir resumes after a crash or kill.",
     )
     add_dataset_arguments(parser)
-    model = parser.add_argument_group("model")
-    model.add_argument("--backbone", default="resnet101")
+    model = parser.add_argument_group(
+        "model (options left out keep the preset's, or AlignSeg's defaults)"
+    )
+    model.add_argument(
+        "--preset", metavar="NAME_OR_DIR",
+        help="start from a preset: a name (" + ", ".join(sorted(PRESETS)) + ") or a preset "
+        "directory with its weights (save_to_preset, `alignseg convert`); a directory with "
+        "other classes than the data keeps every weight but the heads'",
+    )
+    model.add_argument("--backbone", help=f"encoder name (default {DEFAULT_ENCODER})")
     model.add_argument("--backbone-weights", choices=("imagenet",), default=None)
-    model.add_argument("--decoder-channels", type=int, default=256)
-    model.add_argument("--context-hidden-channels", type=int, default=None)
-    model.add_argument("--alignment", choices=("standard", "official"), default="standard")
+    model.add_argument("--decoder-channels", type=int,
+                       help=f"default {DECODER_DEFAULTS['decoder_channels']}")
+    model.add_argument("--context-hidden-channels", type=int)
+    model.add_argument("--alignment", choices=ALIGNMENT_MODES,
+                       help=f"default {DECODER_DEFAULTS['alignment']}")
     train = parser.add_argument_group("training")
-    train.add_argument("--crop-size", type=int, nargs=2, default=(769, 769), metavar=("H", "W"))
-    train.add_argument("--scale-range", type=float, nargs=2, default=(0.5, 2.0), metavar=("MIN", "MAX"))
-    train.add_argument("--batch-size", type=int, default=8)
+    # The pipeline's defaults are read when training starts (alignseg_keras.data needs
+    # TensorFlow, which building the parser must not import).
+    train.add_argument("--crop-size", type=int, nargs=2, metavar=("H", "W"),
+                       help=f"default: {PIPELINE_DEFAULTS_HELP}")
+    train.add_argument("--scale-range", type=float, nargs=2, metavar=("MIN", "MAX"),
+                       help=f"default: {PIPELINE_DEFAULTS_HELP}")
+    train.add_argument("--batch-size", type=int, help=f"default: {PIPELINE_DEFAULTS_HELP}")
     train.add_argument("--steps", type=int, default=40000, help="total optimizer steps")
     train.add_argument("--checkpoint-every", type=int, default=1000,
                        help="steps between checkpoints, logs and resumable backups")
-    train.add_argument("--lr", type=float, default=1e-2, help="base learning rate of the poly schedule")
-    train.add_argument("--warmup-steps", type=int, default=0)
-    train.add_argument("--weight-decay", type=float, default=1e-4)
-    train.add_argument("--aux-weight", type=float, default=0.4, help="deep-supervision loss weight")
+    train.add_argument("--lr", type=float, default=compile_defaults["learning_rate"],
+                       help="base learning rate of the poly schedule (default %(default)g)")
+    train.add_argument("--warmup-steps", type=int, default=compile_defaults["warmup_steps"],
+                       help="linear warm-up steps (default %(default)s)")
+    train.add_argument("--weight-decay", type=float, default=compile_defaults["weight_decay"],
+                       help="default %(default)g")
+    train.add_argument("--aux-weight", type=float, default=compile_defaults["aux_loss_weight"],
+                       help="deep-supervision loss weight (default %(default)g)")
     train.add_argument("--ohem", action="store_true", help="OHEM cross-entropy")
-    train.add_argument("--ohem-threshold", type=float, default=0.7)
-    train.add_argument("--ohem-min-kept", type=int, default=100000)
+    train.add_argument("--ohem-threshold", type=float, default=ohem["threshold"],
+                       help="default %(default)g")
+    train.add_argument("--ohem-min-kept", type=int, default=ohem["min_kept"],
+                       help="default %(default)s")
     train.add_argument("--precision", choices=sorted(PRECISIONS), default="float32",
                        help="float16/bfloat16: mixed precision")
     train.add_argument("--xla", action="store_true", help="compile training steps with XLA")
@@ -80,15 +112,27 @@ def _strategy(name):
 def _build_model(args, num_classes):
     from alignseg_keras import AlignSeg
     from alignseg_keras.losses import OhemCrossEntropy
+    from alignseg_keras.models.preset_files import is_preset_directory
 
-    model = AlignSeg(
-        num_classes,
-        backbone=args.backbone,
-        backbone_weights=args.backbone_weights,
-        decoder_channels=args.decoder_channels,
-        context_hidden_channels=args.context_hidden_channels,
-        alignment=args.alignment,
-    )
+    architecture = {
+        "backbone": args.backbone,
+        "backbone_weights": args.backbone_weights,
+        "decoder_channels": args.decoder_channels,
+        "context_hidden_channels": args.context_hidden_channels,
+        "alignment": args.alignment,
+    }
+    given = {name: value for name, value in architecture.items() if value is not None}
+    if given and args.preset and is_preset_directory(args.preset):
+        options = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ValueError(
+            f"{options} would change the architecture of the preset directory "
+            f"{args.preset}, which has its own (and weights for it); leave them out, or "
+            "start from a preset name."
+        )
+    if args.preset:
+        model = AlignSeg.from_preset(args.preset, num_classes=num_classes, **given)
+    else:
+        model = AlignSeg(num_classes, **given)
     loss = None
     if args.ohem:
         loss = OhemCrossEntropy(threshold=args.ohem_threshold, min_kept=args.ohem_min_kept)
@@ -104,7 +148,35 @@ def _build_model(args, num_classes):
     return model
 
 
+def training_batches(dataset, model, args):
+    """The augmented batches; crops are padded with the model's own mean (its image
+    converter's), so that padding is zero after normalisation."""
+    from alignseg_keras.data import training_pipeline
+
+    return training_pipeline(
+        dataset,
+        crop_size=tuple(args.crop_size),
+        batch_size=args.batch_size,
+        scale_range=tuple(args.scale_range),
+        fill_mean=model.image_converter.mean,
+        seed=args.seed,
+    )
+
+
+def resolve_pipeline_defaults(args):
+    """Fills the options left out with `training_pipeline`'s defaults (one definition)."""
+    from alignseg_keras.cli.common import signature_defaults
+    from alignseg_keras.data import training_pipeline
+
+    defaults = signature_defaults(training_pipeline)
+    for option in PIPELINE_OPTIONS:
+        if getattr(args, option) is None:
+            setattr(args, option, defaults[option])
+    return args
+
+
 def _check_arguments(args):
+    resolve_pipeline_defaults(args)
     if args.steps < 1 or args.checkpoint_every < 1 or args.batch_size < 1:
         raise ValueError("--steps, --checkpoint-every and --batch-size must be positive.")
 
@@ -181,7 +253,6 @@ def run(args):
     from alignseg_keras.callbacks import ResumableBackup
     from alignseg_keras.callbacks import training_callbacks
     from alignseg_keras.cli.common import load_dataset
-    from alignseg_keras.data import training_pipeline
 
     _check_arguments(args)
     final_path = _prepare_output(args)
@@ -191,18 +262,12 @@ def run(args):
         keras.mixed_precision.set_global_policy(PRECISIONS[args.precision])
     dataset, num_classes, _ = load_dataset(args, "train")
     strategy = _strategy(args.distribute)
-    batches = training_pipeline(
-        dataset,
-        crop_size=tuple(args.crop_size),
-        batch_size=args.batch_size,
-        scale_range=tuple(args.scale_range),
-        seed=args.seed,
-    )
+    with strategy.scope():
+        model = _build_model(args, num_classes)
+    batches = training_batches(dataset, model, args)
     callbacks = multiprocess.callbacks_for_this_process(
         training_callbacks(args.output_dir, total_steps=args.steps))
     backup = next(callback for callback in callbacks if isinstance(callback, ResumableBackup))
-    with strategy.scope():
-        model = _build_model(args, num_classes)
     backup.set_model(model)
     if backup.restore() is None and multiprocess.is_chief():
         _set_aside_previous_run(args.output_dir)

@@ -1,0 +1,102 @@
+"""`alignseg train` wiring: the model's mean pads crops, --preset, defaults read from the
+library, and subcommands that fail to load fail loudly."""
+
+import numpy as np
+import pytest
+
+from alignseg_keras import AlignSeg
+from alignseg_keras import cli
+from alignseg_keras import inference
+from alignseg_keras.cli import build_parser
+from alignseg_keras.cli.common import signature_defaults
+from alignseg_keras.cli.train import _build_model
+from alignseg_keras.cli.train import resolve_pipeline_defaults
+from alignseg_keras.cli.train import training_batches
+from alignseg_keras.layers.alignment import ALIGNMENT_MODES
+from alignseg_keras.losses import OhemCrossEntropy
+from alignseg_keras.testing import tiny_alignseg
+
+TINY = ["--backbone", "resnet18", "--decoder-channels", "8", "--context-hidden-channels", "16"]
+
+
+def train_args(*arguments):
+    return resolve_pipeline_defaults(build_parser().parse_args(["train", *arguments]))
+
+
+def test_defaults_are_read_from_the_library():
+    from alignseg_keras.data import training_pipeline
+
+    args = train_args()
+    compile_defaults = signature_defaults(AlignSeg.compile)
+    pipeline = signature_defaults(training_pipeline)
+    ohem = signature_defaults(OhemCrossEntropy)
+    assert args.lr == compile_defaults["learning_rate"]
+    assert args.weight_decay == compile_defaults["weight_decay"]
+    assert args.aux_weight == compile_defaults["aux_loss_weight"]
+    assert args.warmup_steps == compile_defaults["warmup_steps"]
+    assert (args.ohem_threshold, args.ohem_min_kept) == (ohem["threshold"], ohem["min_kept"])
+    assert args.batch_size == pipeline["batch_size"]
+    assert tuple(args.crop_size) == tuple(pipeline["crop_size"])
+    assert tuple(args.scale_range) == tuple(pipeline["scale_range"])
+    # Architecture options left out are not passed: AlignSeg's (or the preset's) apply.
+    assert args.backbone is None and args.alignment is None and args.preset is None
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    alignment = next(a for a in train._actions if a.dest == "alignment")
+    assert tuple(alignment.choices) == ALIGNMENT_MODES
+    evaluate = build_parser().parse_args(["evaluate", "--model", "m.keras"])
+    assert evaluate.overlap == signature_defaults(inference.predict_sliding)["overlap"]
+    assert evaluate.batch_size == signature_defaults(inference.predict_whole)["batch_size"]
+
+
+def test_training_crops_are_padded_with_the_models_mean():
+    import tensorflow as tf
+
+    mean = (10.0, 20.0, 30.0)
+    model = tiny_alignseg(num_classes=3, mean=mean, std=(50.0, 50.0, 50.0))
+    assert tuple(model.image_converter.mean) == mean
+    images = np.full((2, 16, 16, 3), 200, "uint8")
+    masks = np.zeros((2, 16, 16), "uint8")
+    dataset = tf.data.Dataset.from_tensor_slices((images, masks))
+    args = train_args("--crop-size", "32", "32", "--scale-range", "1", "1", "--batch-size", "2")
+    batch_images, batch_masks = next(iter(training_batches(dataset, model, args)))
+    batch_images, batch_masks = np.asarray(batch_images), np.asarray(batch_masks)
+    padded = batch_masks == 255
+    assert padded.any() and (~padded).any()
+    np.testing.assert_allclose(batch_images[padded], np.broadcast_to(mean, (padded.sum(), 3)))
+    np.testing.assert_allclose(batch_images[~padded], 200.0)
+
+
+def test_train_builds_from_a_preset_name_or_directory(tmp_path):
+    args = train_args("--preset", "alignseg_resnet18_small", "--decoder-channels", "8")
+    model = _build_model(args, num_classes=4)
+    assert model.num_classes == 4 and model.backbone.decoder_channels == 8
+    assert model.backbone.context_merge == "sum"  # the preset's own, not overridden
+    assert model.optimizer is not None
+
+    saved = tiny_alignseg(num_classes=3)
+    saved.save_to_preset(tmp_path / "preset")
+    # Other classes than the preset's: every weight but the heads' is the preset's.
+    model = _build_model(train_args("--preset", str(tmp_path / "preset")), num_classes=5)
+    assert model.num_classes == 5
+    for mine, theirs in zip(model.backbone.weights, saved.backbone.weights):
+        np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs))
+    with pytest.raises(ValueError, match="--decoder-channels would change the architecture"):
+        _build_model(train_args("--preset", str(tmp_path / "preset"), "--decoder-channels", "8"),
+                     num_classes=3)
+
+
+def test_a_subcommand_that_cannot_load_fails_loudly(monkeypatch):
+    monkeypatch.setattr(cli, "SUBCOMMANDS", (*cli.SUBCOMMANDS, "nonexistent"))
+    with pytest.raises(ImportError, match=r"'nonexistent' \(alignseg_keras.cli.nonexistent\)"):
+        build_parser()
+
+
+def test_a_subcommand_whose_dependency_is_missing_names_itself(monkeypatch):
+    from alignseg_keras.cli import predict
+
+    def broken(subparsers):
+        raise ModuleNotFoundError("No module named 'PIL'", name="PIL")
+
+    monkeypatch.setattr(predict, "add_parser", broken)
+    with pytest.raises(ImportError, match="'predict'.*No module named 'PIL'"):
+        build_parser()
