@@ -5,7 +5,7 @@ with the paper's recipe (SGD, poly LR, deep supervision) on procedurally drawn
 scenes, evaluates it on a held-out set of scenes, prints per-class IoU and a
 final `mIoU: X` line, and writes pictures to the output folder: inputs, ground
 truth, prediction overlays, and the learned offset fields of every AlignFA /
-AlignCM module as colour-wheel flow images (as in the paper's Fig. 1).
+AlignCM module as color-wheel flow images (as in the paper's Fig. 1).
 """
 
 import argparse
