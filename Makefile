@@ -24,8 +24,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[$(TF_EXTRA)]"
 	touch $(STAMP)
 
+# keras-hub (the encoder tests) is installed without tensorflow-text, which keras-hub
+# asks for but its vision backbones do not use and which pins its own TensorFlow.
+KERAS_HUB ?= keras-hub==0.32.0
+
 $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e ".[$(TF_EXTRA),dev,onnx,jax]" "$(TORCH)"
+	$(PY) -m pip install -q --no-deps "$(KERAS_HUB)"
+	$(PY) -m pip install -q kagglehub regex rich sentencepiece tokenizers
 	touch $(TEST_STAMP)
 
 # The TensorFlow session, then a small JAX session (Keras fixes its backend per process).

@@ -33,9 +33,9 @@ import importlib.util
 import keras
 import tensorflow as tf
 
+from alignseg_keras.export_formats import EXPORT_FORMATS
 from alignseg_keras.inference import output_classes
 
-EXPORT_FORMATS = ("saved_model", "onnx", "litert")
 SERVING_INPUT = "images"
 
 # Packages each format needs beyond TensorFlow and Keras, and its file suffix.

@@ -116,6 +116,28 @@ class ResNetEncoder(keras.Model):
         return cls(**config)
 
 
+def keras_hub_encoder(preset, load_weights=True):
+    """A keras-hub backbone preset (e.g. `"resnet_vd_50_imagenet"`) as an image encoder.
+
+    Needs keras-hub (`pip install keras-hub`), and downloads the preset when
+    called (only then: a model saved with it reloads from its own file).
+    keras-hub's vision backbones expect ImageNet-normalised RGB input, which
+    is `AlignSeg`'s default for encoders that state no convention.
+
+    Args:
+        preset: a keras-hub preset name or directory of a `FeaturePyramidBackbone`.
+        load_weights: bool, load the preset's weights.
+    """
+    try:
+        import keras_hub
+    except ImportError as error:
+        raise ImportError(
+            f"{preset!r} is not one of this library's ResNets ({', '.join(RESNET_ARCHITECTURES)}); "
+            "keras-hub presets as encoders need keras-hub: `pip install keras-hub`."
+        ) from error
+    return keras_hub.models.Backbone.from_preset(preset, load_weights=load_weights)
+
+
 def encoder_input_convention(image_encoder):
     """The input convention of an encoder: its own, or ImageNet RGB (keras-hub's default)."""
     convention = getattr(image_encoder, "input_convention", None)

@@ -1,6 +1,6 @@
 """`alignseg export`: a trained model as a TF Serving SavedModel, ONNX or LiteRT file."""
 
-from alignseg_keras.export import EXPORT_FORMATS
+from alignseg_keras.export_formats import EXPORT_FORMATS
 
 
 def add_parser(subparsers):

@@ -3,8 +3,10 @@
 import keras
 import numpy as np
 
+from alignseg_keras.backbones.encoders import RESNET_ARCHITECTURES
 from alignseg_keras.backbones.encoders import ResNetEncoder
 from alignseg_keras.backbones.encoders import encoder_input_convention
+from alignseg_keras.backbones.encoders import keras_hub_encoder
 from alignseg_keras.checks import IGNORE_INDEX
 from alignseg_keras.checks import check_class_count
 from alignseg_keras.layers.alignment import BilinearResize
@@ -73,6 +75,10 @@ def _image_encoder(backbone, image_encoder, backbone_weights):
         return image_encoder
     if backbone is None:
         backbone = DEFAULT_ENCODER
+    if isinstance(backbone, str) and backbone not in RESNET_ARCHITECTURES:
+        if backbone_weights is not None:
+            raise ValueError("`backbone_weights` applies to ResNets named by `backbone`.")
+        return keras_hub_encoder(backbone)
     if isinstance(backbone, str):
         return ResNetEncoder(backbone, weights=backbone_weights)
     if isinstance(backbone, keras.Model):
@@ -147,8 +153,10 @@ class AlignSeg(keras.Model):
             (`alignseg_keras.checks.MAX_CLASSES`); a binary task has 2.
         backbone: an `AlignSegBackbone`; or, to build one, a ResNet name
             (`"resnet18"`, `"resnet34"`, `"resnet50"`, `"resnet101"`,
-            `"resnet50_deepstem"`, `"resnet101_deepstem"`) or a `keras.Model`
-            image encoder; None builds on `"resnet101"`.
+            `"resnet50_deepstem"`, `"resnet101_deepstem"`), a keras-hub
+            backbone preset name (e.g. `"resnet_vd_50_imagenet"`; needs
+            keras-hub, downloads the preset with its weights) or a
+            `keras.Model` image encoder; None builds on `"resnet101"`.
         image_encoder: a `keras.Model` with `pyramid_outputs` at strides 4..32
             (keras-hub's `FeaturePyramidBackbone` contract), to build the
             backbone on; instead of `backbone`.
@@ -384,7 +392,9 @@ class AlignSeg(keras.Model):
         from alignseg_keras.optimizers import paper_sgd
 
         if optimizer is None:
-            optimizer = paper_sgd(learning_rate, total_steps, warmup_steps, weight_decay=weight_decay)
+            optimizer = paper_sgd(
+                learning_rate, total_steps, warmup_steps, weight_decay=weight_decay
+            )
         if loss is None:
             loss = SegmentationCrossEntropy(ignore_index=ignore_index)
         if metrics is None:
@@ -418,7 +428,8 @@ class AlignSeg(keras.Model):
             x, batch_size, epochs, initial_epoch, steps_per_epoch, validation_split
         )
         require_training_data(steps, epochs, initial_epoch)
-        if getattr(self, "optimizer", None) is not None and resolve_poly_schedule(self.optimizer, steps):
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is not None and resolve_poly_schedule(optimizer, steps):
             self.train_function = None  # the schedule's length is traced into the step
         ignore_index = self._ignore_index()
         if "validation_data" in kwargs:
@@ -515,6 +526,13 @@ class AlignSeg(keras.Model):
         config = dict(preset_files.load_task_config(directory)["config"])
         saved_classes = config.pop("num_classes")
         new_heads = num_classes is not None and num_classes != saved_classes
+        not_task_level = sorted(set(overrides) - set(config))
+        if not_task_level:
+            allowed = ", ".join(sorted(set(config) - {"backbone"}))
+            raise ValueError(
+                f"A preset directory fixes its backbone; {', '.join(not_task_level)} cannot "
+                f"override it. Arguments that may: {allowed}."
+            )
         config.update(overrides)
         config["backbone"] = preset_files.load_backbone(directory, load_weights)
         config["num_classes"] = num_classes or saved_classes

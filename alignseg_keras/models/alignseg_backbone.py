@@ -51,7 +51,9 @@ class AlignSegBackbone(keras.Model):
         alignment: `"standard"` (paper Eq. 2) or `"official"` (the authors'
             released sampler), see `AlignmentLayer`.
         activation: `"relu"` (paper) or `"leaky_relu"` (the code's InPlaceABN).
-        image_shape: input shape without the batch, `(None, None, 3)`.
+        image_shape: input shape without the batch; None takes the encoder's
+            (`(None, None, 3)` for encoders of any size; a fixed size for
+            encoders that need one, such as keras-hub's `MiTBackbone`).
         **kwargs: `keras.Model` arguments (`name`, `dtype`, `trainable`).
 
     Example:
@@ -71,7 +73,7 @@ class AlignSegBackbone(keras.Model):
         context_hidden_channels=None,
         alignment="standard",
         activation="relu",
-        image_shape=(None, None, 3),
+        image_shape=None,
         **kwargs,
     ):
         if not isinstance(image_encoder, keras.Model):
@@ -114,6 +116,8 @@ class AlignSegBackbone(keras.Model):
         )
 
         # === Functional model ===
+        if image_shape is None:
+            image_shape = tuple(image_encoder.inputs[0].shape[1:])
         images = keras.Input(image_shape, name="images")
         c2, c3, c4, c5 = features(images)
         offsets = {}

@@ -134,6 +134,12 @@ class _directory_written_atomically:
     def __enter__(self):
         if self.directory.exists() and not self.directory.is_dir():
             raise ValueError(f"{self.directory} exists and is not a directory.")
+        if self.directory.is_dir() and any(self.directory.iterdir()):
+            if not is_preset_directory(self.directory):
+                raise ValueError(
+                    f"{self.directory} holds files but no preset (no {CONFIG_FILE}); a preset "
+                    "replaces its directory whole, so choose a new or empty directory."
+                )
         self.directory.parent.mkdir(parents=True, exist_ok=True)
         self.temporary.mkdir()
         return self.temporary

@@ -94,6 +94,16 @@ def test_a_failed_write_leaves_the_previous_preset(saved, tmp_path, monkeypatch)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["preset"]
 
 
+def test_preset_directories_refuse_what_they_cannot_do(saved, tmp_path):
+    _, directory = saved
+    with pytest.raises(ValueError, match="fixes its backbone; decoder_channels cannot override"):
+        AlignSeg.from_preset(directory, decoder_channels=16)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds files but no preset"):
+        small_model().save_to_preset(tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_named_presets_and_unknown_names():
     assert preset_arguments("alignseg_resnet18_small", {"dropout": 0.3})["dropout"] == 0.3
     assert all(set(entry) == {"description", "arguments"} for entry in PRESETS.values())

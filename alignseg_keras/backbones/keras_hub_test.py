@@ -1,0 +1,67 @@
+"""keras-hub's own backbones as AlignSeg encoders (small random configurations; no download)."""
+
+import keras
+import numpy as np
+import pytest
+
+keras_hub = pytest.importorskip("keras_hub", reason="keras-hub is an optional extra")
+
+from alignseg_keras import AlignSeg  # noqa: E402
+from alignseg_keras.backbones import encoders  # noqa: E402
+from alignseg_keras.backbones.encoders import pyramid_strides  # noqa: E402
+
+IMAGES = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3)).astype("uint8")
+
+
+def small_resnet():
+    return keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64],
+        input_conv_kernel_sizes=[7],
+        stackwise_num_filters=[64, 8, 8, 8],
+        stackwise_num_blocks=[1, 1, 1, 1],
+        stackwise_num_strides=[1, 2, 2, 2],
+        block_type="basic_block",
+        use_pre_activation=False,
+    )
+
+
+def small_mit():
+    return keras_hub.models.MiTBackbone(
+        layerwise_depths=[1, 1, 1, 1],
+        num_layers=4,
+        layerwise_num_heads=[1, 1, 1, 1],
+        layerwise_sr_ratios=[8, 4, 2, 1],
+        max_drop_path_rate=0.0,
+        layerwise_patch_sizes=[7, 3, 3, 3],
+        layerwise_strides=[4, 2, 2, 2],
+        hidden_dims=[8, 8, 8, 8],
+        image_shape=(64, 64, 3),
+    )
+
+
+@pytest.mark.parametrize("build,image_shape", [(small_resnet, (None, None, 3)),
+                                               (small_mit, (64, 64, 3))])
+def test_keras_hub_backbones_are_encoders_and_save(build, image_shape, tmp_path):
+    encoder = build()
+    assert sorted(pyramid_strides(encoder).values())[-4:] == [4, 8, 16, 32]
+    model = AlignSeg(3, image_encoder=encoder, decoder_channels=8, image_shape=image_shape)
+    expected = model.predict(IMAGES, verbose=0)
+    assert expected.shape == (1, 64, 64, 3)
+    model.save(tmp_path / "model.keras")
+    restored = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_array_equal(restored.predict(IMAGES, verbose=0), expected)
+
+
+def test_keras_hub_presets_by_name_are_loaded_only_when_named(monkeypatch):
+    calls = []
+
+    def from_preset(preset, load_weights=True):
+        calls.append((preset, load_weights))
+        return small_resnet()
+
+    monkeypatch.setattr(keras_hub.models.Backbone, "from_preset", from_preset)
+    model = AlignSeg(3, backbone="resnet_18_imagenet", decoder_channels=8)
+    assert calls == [("resnet_18_imagenet", True)]
+    assert model.normalization["std"] == list(encoders.IMAGENET_RGB["std"])
+    keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+    assert len(calls) == 1  # rebuilding from a config downloads nothing
