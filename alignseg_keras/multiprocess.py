@@ -18,7 +18,11 @@ itself:
    rebatches it to `global batch / number of processes` and keeps every
    `num_processes`-th sub-batch, so process `p` feeds rows
    `[p·b, (p+1)·b)` of every global batch (`b` = per-process batch): no example
-   is duplicated or skipped.
+   is duplicated or skipped. (Keras' JAX `fit` takes one batch from a first
+   iterator before training from a second; `training_pipeline` re-randomises
+   each iteration, the same way in every process, except its horizontal flip,
+   whose seed state the iterators share: the processes agree on the examples
+   and crops of each global batch, but not always on which rows are flipped.)
 4. Only process 0 writes (`is_chief()`, `writer_callbacks()`); every process
    reads the same backups when resuming, and `assert_same_on_all_processes()`
    checks that they resumed from the same state.

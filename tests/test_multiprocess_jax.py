@@ -7,9 +7,12 @@ A third process trains the same tiny AlignSeg on one device on the same global
 batches. Then:
 
 - each process was fed its own rows of every global batch by Keras'
-  `distribute_dataset` (process p: rows [2p, 2p + 2)): none duplicated or skipped;
-- the two processes' weights are identical, and equal the single process's
-  weights and BatchNorm moving statistics (float32 tolerance);
+  `distribute_dataset` (process p: rows [2p, 2p + 2)): none duplicated or skipped,
+  both for `training_pipeline` and for the replayed batches `fit` trains on;
+- the two processes' weights are identical, and after 3 steps of `fit` with
+  `AlignSeg.compile()`'s optimizer (SGD, momentum, weight decay, poly schedule)
+  and the deep-supervision loss equal the single process's weights and
+  BatchNorm moving statistics to float32 rounding (see TOLERANCE);
 - a lone BatchNormalization trained one step on a global batch whose process
   halves have means 0 and 10 has the moving variance of the global batch
   (about 25), not that of a process's half or a device's row (about 1 and 0):
@@ -42,7 +45,16 @@ NUM_PROCESSES = 2
 DEVICES_PER_PROCESS = 2
 PER_PROCESS_BATCH = 2  # global batch 4 over 2 processes
 TIME_LIMIT = 240  # seconds for the whole job; it takes about a minute on 2 idle cores
-TOLERANCE = 1e-4  # relative to the largest magnitude of each variable (float32, 3 steps)
+# Float32 rounding: one device and four sum in different orders. Each variable
+# may differ by 256 ulps of its largest magnitude (2**-15 relative; measured: at
+# most ~35 ulps, in BatchNorm moving statistics), while the 3 steps move the
+# median variable by thousands of ulps. The worker's learning rate keeps the
+# steps in the regime where rounding is not amplified (see LEARNING_RATE there).
+TOLERANCE = 2.0**-15
+# A bug that changed the updates (loss scaled per device, per-device statistics,
+# other batches) would move most variables by far more than 1 % of their update;
+# rounding moves the median variable by about 0.02 % of it.
+UPDATE_TOLERANCE = 1e-2
 
 
 def free_port():
@@ -122,7 +134,7 @@ def last_json(output):
 
 
 def close(actual, expected, what):
-    scale = max(float(np.abs(expected).max()), 1.0)
+    scale = float(np.abs(expected).max())
     difference = float(np.abs(np.asarray(actual, "float64") - expected).max())
     assert difference <= TOLERANCE * scale, f"{what}: differs by {difference} (scale {scale})"
 
@@ -185,6 +197,23 @@ def test_each_process_reads_its_own_rows_of_every_global_batch(job):
     )
 
 
+def test_fit_feeds_each_process_its_rows_of_the_reference_batches(job):
+    """What `fit` trains on: the reference's global batches, split by process."""
+    _, arrays = job
+    reference = arrays["reference"]
+    for index in range(NUM_PROCESSES):
+        shard = arrays[f"process-{index}"]
+        np.testing.assert_array_equal(shard["global_images"], reference["global_images"])
+        np.testing.assert_array_equal(shard["global_masks"], reference["global_masks"])
+        part = slice(index * PER_PROCESS_BATCH, (index + 1) * PER_PROCESS_BATCH)
+        np.testing.assert_array_equal(shard["fit_images"], reference["global_images"][:, part])
+        np.testing.assert_array_equal(shard["fit_masks"], reference["global_masks"][:, part])
+        initial = [name for name in reference if name.startswith("initial/")]
+        assert initial
+        for name in initial:
+            np.testing.assert_array_equal(shard[name], reference[name], err_msg=name)
+
+
 def weight_names(arrays):
     names = sorted(name for name in arrays["reference"] if name.startswith("weight/"))
     assert any("moving_mean" in name for name in names)
@@ -203,22 +232,21 @@ def test_processes_end_with_identical_weights(job):
             np.testing.assert_array_equal(other[name], first[name], err_msg=name)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="Open (issue 12): after 3 steps the job's weights differ from the one-device "
-    "reference by about as much as the steps moved them (median ratio ~1), although both "
-    "read the same global batches from the same starting weights; not yet explained.",
-)
 def test_weights_equal_those_of_one_process_on_the_same_global_batches(job):
     results, arrays = job
     reference = arrays["reference"]
     names = weight_names(arrays)
     first = arrays["process-0"]
-    changed = 0
+    relative = []
     for name in names:
         close(first[name], reference[name], name)
-        changed += not np.array_equal(first[name], reference[name]) or "moving" in name
-    assert changed  # training moved the weights (a no-op would also "agree")
+        update = float(np.abs(reference[name] - reference["initial/" + name[len("weight/"):]]).max())
+        if update > 0:
+            relative.append(float(np.abs(first[name] - reference[name]).max()) / update)
+    # Training moved (nearly) every variable: a no-op would also "agree".
+    assert len(relative) >= 0.9 * len(names), f"{len(relative)} of {len(names)} moved"
+    # Not only within rounding of each variable: small against what the steps did.
+    assert np.median(relative) <= UPDATE_TOLERANCE, f"median difference / update {np.median(relative)}"
     moving = [name for name in names if "moving_variance" in name]
     assert all(np.abs(reference[name] - 1.0).max() > 1e-3 for name in moving[:3])
     close(results["process-0"]["losses"], np.asarray(results["reference"]["losses"]), "losses")

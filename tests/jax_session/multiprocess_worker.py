@@ -8,7 +8,9 @@
 
 - records the batches Keras' `distribute_dataset` gives this process from the
   global `training_pipeline` (the call `fit`'s tf.data adapter makes),
-- trains a tiny AlignSeg with `fit` on that global pipeline for `STEPS` steps,
+- trains a tiny AlignSeg with `fit` for `STEPS` steps on `STEPS` global batches
+  drawn from that pipeline and replayed by a plain `tf.data` dataset (see
+  `fit_dataset`), recording the rows `distribute_dataset` gives this process,
 - trains a lone BatchNormalization (momentum 0, so its moving statistics are the
   last batch's) on one global batch whose two process shards have very
   different means,
@@ -17,6 +19,18 @@ and writes `process-<id>.npz` (weights by path, the recorded batches, the
 BatchNorm probe). `reference`: the same pipeline and model trained by one
 process on one device; writes `reference.npz` (weights, the global batches).
 Both print a JSON line last.
+
+Why `fit` does not train on `training_pipeline` itself here: Keras' JAX `fit`
+takes one batch from a first iterator of the dataset (`_symbolic_build`) and
+trains from a second one. `training_pipeline` re-randomises every iteration
+(its shuffle and crop seeds), so the trained batches are not those a first
+iteration shows; and its flip (a Keras `RandomFlip`, whose seed state is shared
+by all iterators and advanced by their prefetching threads) flips the rows of a
+second iteration differently from run to run and from process to process. The
+job and the reference would then train on different flips: a comparison of
+unlike data (their weights differed by as much as the steps moved them).
+Replayed batches are the same in every iteration, so both train on exactly the
+recorded global batches.
 """
 
 import json
@@ -39,6 +53,14 @@ CROP = (48, 48)
 SEED = 7
 NUM_CLASSES = len(data.SYNTHETIC_CLASSES)
 PROBE_CHANNELS = 3
+# Small enough that 3 steps stay where the update is a smooth function of the
+# weights. At 2e-2 (and already at 2e-3) this tiny, randomly initialised net is
+# chaotic: float32 rounding (one device against four, or one ulp of noise on
+# the starting weights of a single device) grows to 15-35 % of the update after
+# 3 steps, so no float32 tolerance can tell a bug from rounding. At 2e-4 the
+# two runs differ by a few ulps of each variable while the steps move it by
+# hundreds of ulps.
+LEARNING_RATE = 2e-4
 
 
 def pipeline():
@@ -56,14 +78,33 @@ def take(dataset, count):
             np.stack([np.asarray(masks) for _, masks in batches]))
 
 
-def train_alignseg():
+def global_batches():
+    """`STEPS` global batches of the pipeline, as arrays (the same in every process)."""
+    return take(pipeline(), STEPS)
+
+
+def fit_dataset(images, masks):
+    """The global batches as a `tf.data` dataset that yields them in every iteration.
+
+    Batched by `batch` (so `distribute_dataset` can find the global batch size
+    and rebatch it, as for any pipeline) and without random ops: every
+    iterator `fit` makes sees the same batches in the same order.
+    """
+    import tensorflow as tf
+
+    rows = (images.reshape((-1,) + images.shape[2:]), masks.reshape((-1,) + masks.shape[2:]))
+    return tf.data.Dataset.from_tensor_slices(rows).batch(GLOBAL_BATCH, drop_remainder=True)
+
+
+def train_alignseg(dataset):
+    # No dropout: its masks would differ between one device and four.
     model = tiny_alignseg(NUM_CLASSES, seed=0, dropout=0.0)
     # The same starting weights everywhere, drawn by NumPy: Keras' initialisers
     # draw other numbers for a variable laid out on a mesh than on one device.
     cases.randomize_weights(model)
     initial = weights_by_path(model, "initial")
-    model.compile(learning_rate=0.02, total_steps=100, weight_decay=1e-4)
-    history = model.fit(pipeline(), epochs=1, steps_per_epoch=STEPS, verbose=0)
+    model.compile(learning_rate=LEARNING_RATE, total_steps=100, weight_decay=1e-4)
+    history = model.fit(dataset, epochs=1, steps_per_epoch=STEPS, verbose=0)
     assert int(model.optimizer.iterations) == STEPS
     return model, history.history["loss"], initial
 
@@ -114,9 +155,14 @@ def worker(output_dir):
     per_process = multiprocess.check_global_batch_size(GLOBAL_BATCH)
     shard_images, shard_masks = take(distribution.distribute_dataset(pipeline()), STEPS)
     assert shard_images.shape[1] == per_process, shard_images.shape
+    keras.utils.set_random_seed(SEED)  # as in `reference`: the pipeline depends on it
+    images, masks = global_batches()
+    train = fit_dataset(images, masks)
+    # What `fit` feeds this process (every iteration of `train` is the same).
+    fit_images, fit_masks = take(distribution.distribute_dataset(train), STEPS)
 
     log("data", start)
-    model, losses, _ = train_alignseg()
+    model, losses, initial = train_alignseg(train)
     log("fit", start)
     multiprocess.assert_same_on_all_processes(multiprocess.weights_fingerprint(model),
                                               "the trained weights")
@@ -126,9 +172,14 @@ def worker(output_dir):
         os.path.join(output_dir, f"process-{job.process_id}.npz"),
         shard_images=shard_images,
         shard_masks=shard_masks,
+        global_images=images,
+        global_masks=masks,
+        fit_images=fit_images,
+        fit_masks=fit_masks,
         probe_moving_mean=moving_mean,
         probe_moving_variance=moving_variance,
         **weights_by_path(model),
+        **initial,
     )
     print(json.dumps({
         "process_id": job.process_id,
@@ -148,8 +199,8 @@ def reference(output_dir):
 
     start = time.monotonic()
     keras.utils.set_random_seed(SEED)
-    images, masks = take(pipeline(), STEPS)
-    model, losses, initial = train_alignseg()
+    images, masks = global_batches()
+    model, losses, initial = train_alignseg(fit_dataset(images, masks))
     np.savez(os.path.join(output_dir, "reference.npz"), global_images=images,
              global_masks=masks, probe=probe_batch(), **weights_by_path(model), **initial)
     print(json.dumps({"devices": jax.device_count(), "losses": [float(loss) for loss in losses],
