@@ -16,6 +16,8 @@ import keras
 from alignseg_keras.backbones.keras_applications import applications_resnet
 from alignseg_keras.backbones.resnet import basic_resnet
 from alignseg_keras.backbones.resnet import deep_stem_resnet
+from alignseg_keras.config_utils import deserialized
+from alignseg_keras.config_utils import model_config
 
 # The strides AlignSeg reads, and the keras-hub level names they usually carry.
 PYRAMID_STRIDES = (4, 8, 16, 32)
@@ -103,17 +105,12 @@ class ResNetEncoder(keras.Model):
         return {
             "architecture": self.architecture,
             "image_shape": self.image_shape,
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
+            **model_config(self),
         }
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("dtype"), dict):
-            config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
-        return cls(**config)
+        return cls(**deserialized(config, ["dtype"]))
 
 
 def keras_hub_encoder(preset, load_weights=True):

@@ -1,5 +1,7 @@
 """The AlignSeg segmenter (paper Fig. 2): a backbone, its heads and the paper's training recipe."""
 
+import inspect
+
 import keras
 import numpy as np
 
@@ -9,6 +11,8 @@ from alignseg_keras.backbones.encoders import encoder_input_convention
 from alignseg_keras.backbones.encoders import keras_hub_encoder
 from alignseg_keras.checks import IGNORE_INDEX
 from alignseg_keras.checks import check_class_count
+from alignseg_keras.config_utils import deserialized
+from alignseg_keras.config_utils import model_config
 from alignseg_keras.layers.alignment import BilinearResize
 from alignseg_keras.layers.preprocessing import CropToReference
 from alignseg_keras.layers.preprocessing import ImageNormalization
@@ -31,16 +35,13 @@ from alignseg_keras.models.training import count_training_steps
 from alignseg_keras.models.training import require_training_data
 from alignseg_keras.models.training import resolve_poly_schedule
 
-# The decoder's arguments and their defaults, for a backbone built from an encoder.
-DECODER_DEFAULTS = dict(
-    decoder_channels=256,
-    offset_channels=None,
-    context_bins=3,
-    context_merge="sum",
-    context_hidden_channels=None,
-    alignment="standard",
-    activation="relu",
-)
+# The decoder's arguments and their defaults (AlignSegBackbone's), for a backbone
+# built from an encoder.
+DECODER_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(AlignSegBackbone.__init__).parameters.items()
+    if parameter.default is not inspect.Parameter.empty and name != "image_shape"
+}
 # Keys of the training outputs with deep supervision.
 LOGITS, AUX_LOGITS = "logits", "aux_logits"
 
@@ -567,20 +568,14 @@ class AlignSeg(keras.Model):
             "pad_to_multiple": self.pad_to_multiple,
             "sync_batchnorm": self.sync_batchnorm,
             "image_shape": self.image_shape,
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
+            **model_config(self),
         }
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
         if is_legacy_config(config):
             raise ValueError(LEGACY_FILE_MESSAGE)
-        for key in ("backbone", "image_converter", "dtype"):
-            if isinstance(config.get(key), dict):
-                config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
+        return cls(**deserialized(config, ["backbone", "image_converter", "dtype"]))
 
 
 def _image_converter(image_converter, image_encoder, mean, std, bgr):

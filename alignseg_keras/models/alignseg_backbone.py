@@ -3,6 +3,8 @@
 import keras
 
 from alignseg_keras.backbones.encoders import pyramid_feature_model
+from alignseg_keras.config_utils import deserialized
+from alignseg_keras.config_utils import model_config
 from alignseg_keras.layers.align_cm import AlignCM
 from alignseg_keras.layers.align_fa import AlignFA
 from alignseg_keras.layers.alignment import ALIGNMENT_MODES
@@ -158,15 +160,9 @@ class AlignSegBackbone(keras.Model):
             "alignment": self.alignment,
             "activation": self.activation,
             "image_shape": self.image_shape,
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
+            **model_config(self),
         }
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        for key in ("image_encoder", "dtype"):
-            if isinstance(config.get(key), dict):
-                config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
+        return cls(**deserialized(config, ["image_encoder", "dtype"]))
