@@ -39,15 +39,16 @@ def parse_args():
 
 
 def train(args, num_classes):
+    model = AlignSeg.from_preset("alignseg_resnet18_small", num_classes=num_classes)
     train_scenes = data.synthetic_scenes(args.train_images, tuple(args.image_size), seed=args.seed)
     batches = data.training_pipeline(
         train_scenes,
         crop_size=tuple(args.crop_size),
         batch_size=args.batch_size,
         scale_range=(0.75, 1.5),
+        fill_mean=model.image_converter.mean,  # padding that normalises to zero
         seed=args.seed,
     )
-    model = AlignSeg.from_preset("alignseg_resnet18_small", num_classes=num_classes)
     epochs = 4
     steps_per_epoch = -(-args.steps // epochs)
     model.compile(learning_rate=args.lr, warmup_steps=args.steps // 20)
