@@ -10,4 +10,5 @@ from alignseg_keras import losses
 from alignseg_keras import metrics
 from alignseg_keras import optimizers
 from alignseg_keras.models.alignseg import AlignSeg
+from alignseg_keras.models.alignseg_backbone import AlignSegBackbone
 from alignseg_keras.version import __version__

@@ -1,1 +1,2 @@
 from alignseg_keras.models.alignseg import AlignSeg
+from alignseg_keras.models.alignseg_backbone import AlignSegBackbone
