@@ -22,8 +22,8 @@ from alignseg_keras.data.cityscapes import CITYSCAPES_COLORS
 from alignseg_keras.data.cityscapes import cityscapes_to_train_ids
 from alignseg_keras.data.cityscapes import load_cityscapes
 from alignseg_keras.data.files import from_files
-from alignseg_keras.data.synthetic import SYNTHETIC_CLASSES
-from alignseg_keras.data.synthetic import SYNTHETIC_COLORS
-from alignseg_keras.data.synthetic import synthetic_scene_arrays
 from alignseg_keras.data.synthetic import synthetic_scenes
 from alignseg_keras.data.validation import IGNORE_INDEX
+from alignseg_keras.synthetic_scenes import SYNTHETIC_CLASSES
+from alignseg_keras.synthetic_scenes import SYNTHETIC_COLORS
+from alignseg_keras.synthetic_scenes import synthetic_scene_arrays
