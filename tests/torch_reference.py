@@ -39,7 +39,9 @@ class InPlaceABN(nn.BatchNorm2d):
     """mapillary/inplace_abn's InPlaceABN in inference, with BatchNorm's state_dict keys.
 
     Not plain BatchNorm: the library scales by `|weight| + eps`, so negative
-    weights act as their absolute value. Inference only (running statistics).
+    weights act as their absolute value. In training mode it normalises with
+    the batch statistics (and updates the running ones), as the library's
+    training kernel does; only its in-place memory saving is not modelled.
     """
 
     def __init__(self, channels, activation="leaky_relu"):
@@ -48,7 +50,11 @@ class InPlaceABN(nn.BatchNorm2d):
 
     def forward(self, x):
         if self.training:
-            raise NotImplementedError("the reference InPlaceABN models inference only")
+            x = F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight.abs() + self.eps,
+                self.bias, True, self.momentum, self.eps,
+            )
+            return F.leaky_relu(x, 0.01) if self.activation == "leaky_relu" else x
         scale = (self.weight.abs() + self.eps) / torch.sqrt(self.running_var + self.eps)
         shift = self.bias - self.running_mean * scale
         x = x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
@@ -75,8 +81,9 @@ def legacy_sample(features, size, offsets):
     """The authors' released sampler U(F, delta) at output `size` (see module docstring)."""
     out_h, out_w = size
     batch, _, in_h, in_w = features.shape
-    ys = torch.linspace(-1.0, 1.0, out_h).view(1, out_h, 1).expand(batch, out_h, out_w)
-    xs = torch.linspace(-1.0, 1.0, out_w).view(1, 1, out_w).expand(batch, out_h, out_w)
+    device = features.device
+    ys = torch.linspace(-1.0, 1.0, out_h, device=device).view(1, out_h, 1).expand(batch, out_h, out_w)
+    xs = torch.linspace(-1.0, 1.0, out_w, device=device).view(1, 1, out_w).expand(batch, out_h, out_w)
     grid = torch.stack((xs + offsets[:, 0] / in_w, ys + offsets[:, 1] / in_h), dim=-1)
     return F.grid_sample(
         features, grid.to(features.dtype), mode="bilinear", padding_mode="zeros",
@@ -221,7 +228,7 @@ class ReferenceAlignSeg(nn.Module):
 
     def forward(self, rgb):
         """Returns `(logits, aux_logits)`, NCHW at the input size."""
-        mean = torch.tensor(BGR_MEAN, dtype=rgb.dtype).view(1, 3, 1, 1)
+        mean = torch.tensor(BGR_MEAN, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
         x = rgb.flip(1) - mean
         x1, x2, x3, x4 = self.backbone(x)
         d1 = self.RRB1a(x1)

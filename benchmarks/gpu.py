@@ -1,0 +1,252 @@
+"""AlignSeg-R101 on one GPU beside the authors' PyTorch network, in one run.
+
+    python -m benchmarks.gpu --output gpu.json              # all four configurations
+    python -m benchmarks.gpu --side jax --precision float32  # one, prints one JSON line
+
+Each configuration (side x precision) runs in a process of its own, one after
+the other on the same GPU, so that each has the whole card and its own peak
+memory:
+
+- `jax`: our `alignseg_resnet101_official` preset (the authors' deep-stem
+  network) on Keras' JAX backend; inference through `model.stateless_call`
+  under `jax.jit`, training through `model.train_on_batch` with the paper's
+  `compile()` (SGD, poly LR, CE + 0.4 x deep supervision, XLA).
+- `torch`: the authors' network re-implemented from the reference facts
+  (`tests/torch_reference.py`, the network of the equivalence test), in
+  eager PyTorch with cuDNN autotuning (`cudnn.benchmark`, as the authors'
+  scripts set it), SGD momentum 0.9 and the same loss. Its InPlaceABN is
+  arithmetic-exact but not in-place, so its memory is that of plain BatchNorm
+  + LeakyReLU, not of the authors' fused kernel.
+
+float32 lets both sides use TF32 tensor cores for convolutions (each
+framework's default on Ampere and later; recorded in the output); bfloat16 is
+Keras' `mixed_bfloat16` policy against `torch.autocast("cuda", torch.bfloat16)`.
+Times are per step after warm-up (compilation, cuDNN autotuning): the median
+and the minimum of `--repeats` synchronised steps. Training batches are
+host arrays on both sides (copied to the GPU each step).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+SIDES = ("jax", "torch")
+PRECISIONS = ("float32", "bfloat16")
+NUM_CLASSES = 19
+IGNORE_INDEX = 255
+AUX_LOSS_WEIGHT = 0.4
+
+
+def parse(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--side", choices=SIDES)
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32")
+    parser.add_argument("--preset", default="alignseg_resnet101_official")
+    parser.add_argument("--size", type=int, nargs=2, default=(1024, 2048))
+    parser.add_argument("--train-size", type=int, nargs=2, default=(1024, 2048))
+    parser.add_argument("--train-batch", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--timeout", type=int, default=240, help="seconds per configuration")
+    parser.add_argument("--output", help="JSON file of all results (driver mode)")
+    parser.add_argument("--torch-device", default="cuda", help="cpu only to check the script")
+    return parser.parse_args(argv)
+
+
+def summary(times):
+    return {"median_seconds": statistics.median(times), "min_seconds": min(times)}
+
+
+def batches(args, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    image = rng.uniform(0, 255, size=(1, *args.size, 3)).astype("float32")
+    train_images = rng.uniform(0, 255, size=(args.train_batch, *args.train_size, 3)).astype("float32")
+    train_labels = rng.integers(0, NUM_CLASSES, size=(args.train_batch, *args.train_size)).astype("int32")
+    return image, train_images, train_labels
+
+
+def timed(step, repeats, warmup=2):
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def run_jax(args):
+    os.environ["KERAS_BACKEND"] = "jax"
+    import jax
+    import keras
+    import numpy as np
+
+    from alignseg_keras import AlignSeg
+
+    if args.precision == "bfloat16":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    model = AlignSeg.from_preset(args.preset, num_classes=NUM_CLASSES)
+    image, train_images, train_labels = batches(args)
+
+    trainable = [v.value for v in model.trainable_variables]
+    frozen = [v.value for v in model.non_trainable_variables]
+
+    @jax.jit
+    def forward(trainable, frozen, images):
+        outputs, _ = model.stateless_call(trainable, frozen, images, training=False)
+        return outputs
+
+    device_image = jax.device_put(image)
+    start = time.perf_counter()
+    jax.block_until_ready(forward(trainable, frozen, device_image))
+    inference_compile = time.perf_counter() - start
+    inference = timed(lambda: jax.block_until_ready(forward(trainable, frozen, device_image)), args.repeats)
+
+    model.compile(total_steps=10_000, metrics=[], jit_compile=True, aux_loss_weight=AUX_LOSS_WEIGHT)
+    start = time.perf_counter()
+    loss = model.train_on_batch(train_images, train_labels)
+    train_compile = time.perf_counter() - start
+    training = timed(lambda: model.train_on_batch(train_images, train_labels), max(3, args.repeats // 2))
+    stats = jax.devices()[0].memory_stats() or {}
+    return {
+        "inference": summary(inference),
+        "inference_first_call_seconds": inference_compile,
+        "training": summary(training),
+        "training_first_step_seconds": train_compile,
+        "loss": float(np.asarray(loss).ravel()[0]),
+        "peak_gpu_memory_gib": stats.get("peak_bytes_in_use", float("nan")) / 2**30,
+        "framework": f"keras {keras.__version__}, jax {jax.__version__}",
+        "matmul_precision": str(jax.config.jax_default_matmul_precision),
+    }
+
+
+def run_torch(args):
+    import torch
+    import torch.nn.functional as F
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tests"))
+    from torch_reference import ReferenceAlignSeg
+    from torch_reference import randomize
+
+    torch.backends.cudnn.benchmark = True
+    device = torch.device(args.torch_device)
+    model = randomize(ReferenceAlignSeg(NUM_CLASSES, 101)).to(device)
+    bfloat16 = args.precision == "bfloat16"
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    image, train_images, train_labels = batches(args)
+    nchw = torch.from_numpy(image).permute(0, 3, 1, 2).contiguous().to(device)
+
+    def infer():
+        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bfloat16):
+            model(nchw)
+        synchronize()
+
+    model.eval()
+    inference = timed(infer, args.repeats)
+
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9, weight_decay=1e-4)
+    host_images = torch.from_numpy(train_images).permute(0, 3, 1, 2).contiguous()
+    host_labels = torch.from_numpy(train_labels).long()
+    if device.type == "cuda":
+        host_images, host_labels = host_images.pin_memory(), host_labels.pin_memory()
+    losses = []
+
+    def train_step():
+        images = host_images.to(device, non_blocking=True)
+        labels = host_labels.to(device, non_blocking=True)
+        with torch.autocast(device.type, torch.bfloat16, enabled=bfloat16):
+            logits, aux_logits = model(images)
+            loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
+            loss = loss + AUX_LOSS_WEIGHT * F.cross_entropy(
+                aux_logits.float(), labels, ignore_index=IGNORE_INDEX
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+        synchronize()
+
+    training = timed(train_step, max(3, args.repeats // 2))
+    return {
+        "inference": summary(inference),
+        "training": summary(training),
+        "loss": float(losses[-1]),
+        "peak_gpu_memory_gib": (
+            torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+        ),
+        "framework": f"torch {torch.__version__}",
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+    }
+
+
+def one(args):
+    result = run_jax(args) if args.side == "jax" else run_torch(args)
+    result.update(
+        side=args.side,
+        precision=args.precision,
+        inference_size=list(args.size),
+        train_size=list(args.train_size),
+        train_batch=args.train_batch,
+    )
+    result["inference_images_per_second"] = 1.0 / result["inference"]["median_seconds"]
+    result["training_images_per_second"] = args.train_batch / result["training"]["median_seconds"]
+    return result
+
+
+def gpu_name():
+    try:
+        return subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=30,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def drive(args):
+    """Runs every configuration in its own process; a failure is recorded, not fatal."""
+    common = [
+        "--preset", args.preset, "--repeats", str(args.repeats),
+        "--size", *map(str, args.size), "--train-size", *map(str, args.train_size),
+        "--train-batch", str(args.train_batch), "--torch-device", args.torch_device,
+    ]
+    results = {"gpu": gpu_name(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs": []}
+    for precision in PRECISIONS:
+        for side in SIDES:
+            command = [sys.executable, "-m", "benchmarks.gpu", "--side", side,
+                       "--precision", precision, *common]
+            start = time.perf_counter()
+            try:
+                done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+                lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+                entry = json.loads(lines[-1]) if done.returncode == 0 and lines else {
+                    "side": side, "precision": precision, "error": done.stderr[-3000:],
+                }
+            except subprocess.TimeoutExpired:
+                entry = {"side": side, "precision": precision, "error": f"timeout {args.timeout} s"}
+            entry["process_seconds"] = time.perf_counter() - start
+            print(json.dumps(entry), flush=True)
+            results["runs"].append(entry)
+            if args.output:
+                with open(args.output, "w") as handle:
+                    json.dump(results, handle, indent=1)
+    return results
+
+
+def main(argv=None):
+    args = parse(argv)
+    if args.side is None:
+        drive(args)
+    else:
+        print(json.dumps(one(args)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
