@@ -1,4 +1,5 @@
-"""Segmentation losses: cross-entropy with an ignore label, OHEM, deep supervision.
+"""Segmentation losses: cross-entropy with an ignore label, OHEM, Dice, focal,
+Lovász-Softmax, weighted sums of them, and deep supervision.
 
 All losses take integer labels `(B, H, W)` (or `(B, H, W, 1)`) and logits
 `(B, h, w, C)`. When the logits are smaller than the labels they are upsampled
@@ -6,9 +7,12 @@ to the label size first (bilinear, align_corners=True, as the authors' code),
 so logits are compared with labels at label resolution. Only `keras.ops`.
 """
 
+import numbers
+
 import keras
 from keras import ops
 
+from alignseg_keras.checks import IGNORE_INDEX
 from alignseg_keras.layers.alignment import resize_bilinear
 
 
@@ -61,7 +65,7 @@ class SegmentationCrossEntropy(keras.losses.Loss):
     ```
     """
 
-    def __init__(self, ignore_index=255, class_weights=None, name="segmentation_cross_entropy", **kwargs):
+    def __init__(self, ignore_index=IGNORE_INDEX, class_weights=None, name="segmentation_cross_entropy", **kwargs):
         super().__init__(name=name, **kwargs)
         self.ignore_index = int(ignore_index)
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
@@ -100,7 +104,7 @@ class OhemCrossEntropy(SegmentationCrossEntropy):
     ```
     """
 
-    def __init__(self, ignore_index=255, threshold=0.7, min_kept=100000, class_weights=None, name="ohem_cross_entropy", **kwargs):
+    def __init__(self, ignore_index=IGNORE_INDEX, threshold=0.7, min_kept=100000, class_weights=None, name="ohem_cross_entropy", **kwargs):
         super().__init__(ignore_index=ignore_index, class_weights=class_weights, name=name, **kwargs)
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"OhemCrossEntropy: `threshold` must be in (0, 1]; received {threshold!r}.")
@@ -138,3 +142,400 @@ def deep_supervision_loss(loss, y_true, logits, aux_logits, aux_weight=0.4):
     if aux_logits is not None and aux_weight:
         total = total + aux_weight * loss(y_true, aux_logits)
     return total
+
+
+# --- Helpers of the region losses (Dice, Lovász) and of the focal loss. ---
+
+
+def _check_class_list(values, what, owner):
+    """A list of floats >= 0 (None passes), or a ValueError naming the argument."""
+    if values is None:
+        return None
+    try:
+        values = [float(v) for v in values]
+    except TypeError:
+        raise ValueError(f"{owner}: `{what}` must be None or a list of per-class numbers; received {values!r}.") from None
+    if not values or any(not v >= 0.0 for v in values):
+        raise ValueError(f"{owner}: `{what}` must be a non-empty list of numbers >= 0; received {values!r}.")
+    return values
+
+
+def _check_num_classes(values, logits, what, owner):
+    """A per-class list must have one entry per logit channel (when that is known)."""
+    channels = logits.shape[-1]
+    if values is not None and channels is not None and len(values) != channels:
+        raise ValueError(
+            f"{owner}: `{what}` has {len(values)} entries but the logits have {channels} classes."
+        )
+
+
+def _check_classes(classes, owner):
+    """"all", "present" or a list of class ids, as `classes` of the Lovász reference code."""
+    if isinstance(classes, str):
+        if classes not in ("all", "present"):
+            raise ValueError(f'{owner}: `classes` must be "all", "present" or a list of class ids; received {classes!r}.')
+        return classes
+    try:
+        ids = [int(c) for c in classes]
+    except TypeError:
+        raise ValueError(f'{owner}: `classes` must be "all", "present" or a list of class ids; received {classes!r}.') from None
+    if not ids or min(ids) < 0 or len(set(ids)) != len(ids):
+        raise ValueError(f"{owner}: `classes` must list distinct class ids >= 0; received {classes!r}.")
+    return ids
+
+
+def _class_selection(classes, num_classes, present):
+    """1.0 for the classes that enter the mean over classes, 0.0 for the others.
+
+    `present` is a boolean `(..., C)`: the class has a valid pixel of that class.
+    """
+    if classes == "present":
+        return ops.cast(present, "float32")
+    if classes == "all":
+        return ops.ones_like(present, dtype="float32")
+    if max(classes) >= num_classes:
+        raise ValueError(f"`classes` names class {max(classes)} but the logits have {num_classes} classes.")
+    chosen = ops.convert_to_tensor([1.0 if c in classes else 0.0 for c in range(num_classes)], "float32")
+    return ops.broadcast_to(chosen, ops.shape(present))
+
+
+def _mean_over_classes(per_class, selection, class_weights):
+    """`sum_c w_c s_c l_c / sum_c w_c s_c` over the last axis (0 where nothing is selected)."""
+    weights = selection
+    if class_weights is not None:
+        weights = weights * ops.convert_to_tensor(class_weights, "float32")
+    total = ops.sum(weights, axis=-1)
+    return ops.sum(per_class * weights, axis=-1) / ops.maximum(total, 1e-12)
+
+
+def _valid_one_hot(labels, valid, num_classes):
+    """One-hot labels with all-zero rows at ignored pixels, float32 `(..., C)`."""
+    one_hot = ops.one_hot(labels, num_classes, dtype="float32")
+    return one_hot * ops.expand_dims(ops.cast(valid, "float32"), -1)
+
+
+@keras.saving.register_keras_serializable(package="alignseg_keras")
+class DiceLoss(keras.losses.Loss):
+    """Soft multi-class Dice loss on softmax probabilities.
+
+    With `p` the softmax probabilities and `g` the one-hot labels, over the
+    valid (not ignored) pixels only:
+
+        dice_c = (2 * sum(p_c * g_c) + smooth) / (sum(p_c) + sum(g_c) + smooth)
+        loss   = 1 - sum_c w_c * dice_c / sum_c w_c     (over the selected classes)
+
+    Ignored pixels enter neither sum (nor their probabilities). With
+    `per_image=False` (the default) the sums run over all pixels of the batch,
+    one Dice per class; with `per_image=True` they run over each image, and the
+    loss is the mean over the images of each image's loss.
+
+    Which classes enter the mean (`classes`):
+    - `"all"` (default): every class. A class absent from both the ground truth
+      and the prediction has `sum(g_c) = 0` and `sum(p_c)` close to 0, so a Dice
+      close to 1 (exactly 1 when both sums are 0): it adds about nothing to the
+      loss but still counts in the mean, which scales the loss and its gradient
+      down by the fraction of such classes. A class absent from the ground
+      truth but predicted has Dice `smooth / (sum(p_c) + smooth)`, close to 0,
+      so false positives of absent classes are penalised.
+    - `"present"`: only the classes with at least one valid pixel in the
+      ground truth (of the batch, or of the image with `per_image=True`);
+      false positives of the other classes are then not penalised. With no
+      valid pixel the loss is 0.
+    - a list of class ids: those classes only.
+
+    Args:
+        ignore_index: int, label value that contributes nothing (255,
+            `alignseg_keras.checks.IGNORE_INDEX`).
+        class_weights: None or a list of per-class weights `w_c` of the mean
+            over classes.
+        smooth: float >= 0 added to numerator and denominator (1.0). A class
+            with both sums 0 has Dice 1 whatever `smooth`.
+        per_image: bool, sums per image instead of over the batch (False).
+        classes: `"all"`, `"present"` or a list of class ids (see above).
+        name: loss name.
+
+    Example:
+    ```python
+    loss = DiceLoss()  # labels (B, H, W), logits (B, h, w, C)
+    model.compile(loss=CombinedLoss([(SegmentationCrossEntropy(), 1.0), (DiceLoss(), 0.5)]))
+    ```
+    """
+
+    def __init__(self, ignore_index=IGNORE_INDEX, class_weights=None, smooth=1.0, per_image=False,
+                 classes="all", name="dice_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if not float(smooth) >= 0.0:
+            raise ValueError(f"DiceLoss: `smooth` must be >= 0; received {smooth!r}.")
+        self.ignore_index = int(ignore_index)
+        self.class_weights = _check_class_list(class_weights, "class_weights", "DiceLoss")
+        self.smooth = float(smooth)
+        self.per_image = bool(per_image)
+        self.classes = _check_classes(classes, "DiceLoss")
+
+    def call(self, y_true, y_pred):
+        labels, logits, valid = _prepare(y_true, y_pred, self.ignore_index)
+        num_classes = logits.shape[-1]
+        _check_num_classes(self.class_weights, logits, "class_weights", "DiceLoss")
+        probs = ops.softmax(logits, axis=-1) * ops.expand_dims(ops.cast(valid, "float32"), -1)
+        truth = _valid_one_hot(labels, valid, num_classes)
+        axes = (1, 2) if self.per_image else (0, 1, 2)
+        intersection = ops.sum(probs * truth, axis=axes)
+        truth_sum = ops.sum(truth, axis=axes)
+        denominator = ops.sum(probs, axis=axes) + truth_sum + self.smooth
+        numerator = 2.0 * intersection + self.smooth
+        # Both sums 0 (and smooth 0): an empty class that is predicted empty, Dice 1.
+        dice = ops.where(denominator > 0, numerator / ops.maximum(denominator, 1e-12), 1.0)
+        selection = _class_selection(self.classes, num_classes, truth_sum > 0)
+        losses = 1.0 - dice
+        loss = _mean_over_classes(losses, selection, self.class_weights)
+        return ops.mean(loss) if self.per_image else loss
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "ignore_index": self.ignore_index,
+            "class_weights": self.class_weights,
+            "smooth": self.smooth,
+            "per_image": self.per_image,
+            "classes": self.classes,
+        })
+        return config
+
+
+@keras.saving.register_keras_serializable(package="alignseg_keras")
+class FocalLoss(keras.losses.Loss):
+    """Softmax focal loss (Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017).
+
+    Per valid pixel with true class `t` and softmax probability `p_t`:
+
+        FL = -alpha_t * (1 - p_t) ** gamma * log(p_t)
+
+    averaged over the valid pixels: `sum(w_t * FL) / sum(w_t)` with `w_t` the
+    class weight of the pixel's true class (1 without `class_weights`), the
+    weighted mean of `SegmentationCrossEntropy`. `gamma` down-weights the
+    pixels already classified well; `gamma=0` and `alpha=None` give
+    `SegmentationCrossEntropy` exactly.
+
+    `alpha` and `class_weights` differ in the normalisation: `alpha_t` scales
+    each pixel's term only (the paper's alpha, normalised by the number of
+    valid pixels), `class_weights` also enter the denominator (PyTorch's
+    weighted mean). A float `alpha` multiplies every pixel (the paper's
+    alpha / (1 - alpha) pair belongs to its binary sigmoid classifiers; for a
+    per-class balance pass a list).
+
+    Args:
+        ignore_index: int, label value that contributes nothing (255,
+            `alignseg_keras.checks.IGNORE_INDEX`).
+        gamma: float >= 0, focusing parameter (2.0, the paper's choice).
+        alpha: None, a float >= 0, or a list of per-class alphas.
+        class_weights: None or a list of per-class weights (weighted mean).
+        name: loss name.
+
+    Example:
+    ```python
+    loss = FocalLoss(gamma=2.0, alpha=[0.25, 1.0, 1.0])
+    model.compile(loss=loss)
+    ```
+    """
+
+    def __init__(self, ignore_index=IGNORE_INDEX, gamma=2.0, alpha=None, class_weights=None,
+                 name="focal_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if not float(gamma) >= 0.0:
+            raise ValueError(f"FocalLoss: `gamma` must be >= 0; received {gamma!r}.")
+        if isinstance(alpha, numbers.Real):
+            if not float(alpha) >= 0.0:
+                raise ValueError(f"FocalLoss: `alpha` must be None, a float >= 0 or a per-class list; received {alpha!r}.")
+            alpha = float(alpha)
+        else:
+            alpha = _check_class_list(alpha, "alpha", "FocalLoss")
+        self.ignore_index = int(ignore_index)
+        self.gamma = float(gamma)
+        self.alpha = alpha
+        self.class_weights = _check_class_list(class_weights, "class_weights", "FocalLoss")
+
+    def call(self, y_true, y_pred):
+        labels, logits, valid = _prepare(y_true, y_pred, self.ignore_index)
+        _check_num_classes(self.class_weights, logits, "class_weights", "FocalLoss")
+        if isinstance(self.alpha, list):
+            _check_num_classes(self.alpha, logits, "alpha", "FocalLoss")
+        ce, _ = _pixel_cross_entropy(labels, logits)  # -log(p_t)
+        # 1 - p_t = -expm1(log p_t), accurate near p_t = 1; the floor keeps the
+        # gradient of (1 - p_t) ** gamma finite for gamma < 1 when p_t rounds to 1.
+        focal = ops.power(ops.maximum(-ops.expm1(-ce), 1e-12), self.gamma) * ce
+        if isinstance(self.alpha, list):
+            focal = focal * ops.take(ops.convert_to_tensor(self.alpha, "float32"), labels)
+        elif self.alpha is not None:
+            focal = focal * self.alpha
+        return _weighted_mean(focal, _pixel_weights(labels, valid, self.class_weights))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "ignore_index": self.ignore_index,
+            "gamma": self.gamma,
+            "alpha": self.alpha,
+            "class_weights": self.class_weights,
+        })
+        return config
+
+
+def _lovasz_gradient(fg_sorted):
+    """`lovasz_grad` of the reference code along axis -2: the Jaccard-loss increments.
+
+    `fg_sorted` is int32 `(..., N, C)`, 1 where the sorted pixel belongs to the
+    class. Counts are integer cumulative sums (exact beyond 2**24 pixels).
+    """
+    gts = ops.sum(fg_sorted, axis=-2, keepdims=True)
+    intersection = ops.cast(gts - ops.cumsum(fg_sorted, axis=-2), "float32")
+    union = ops.cast(gts + ops.cumsum(1 - fg_sorted, axis=-2), "float32")  # >= position + 1
+    jaccard = 1.0 - intersection / union
+    previous = ops.concatenate([ops.zeros_like(jaccard[..., :1, :]), jaccard[..., :-1, :]], axis=-2)
+    return jaccard - previous
+
+
+@keras.saving.register_keras_serializable(package="alignseg_keras")
+class LovaszSoftmaxLoss(keras.losses.Loss):
+    """Lovász-Softmax loss (Berman et al., "The Lovász-Softmax loss", CVPR 2018).
+
+    A convex surrogate of the Jaccard (IoU) loss: for each class `c` the errors
+    `m_i = |[y_i = c] - p_i,c|` of the valid pixels are sorted in decreasing
+    order and dotted with the increments of the Jaccard loss
+    `|S| / |F_c ∪ S|` along that order (`S` the pixels so far, `F_c` the
+    pixels of class `c`), the Lovász extension of the Jaccard loss. The loss is
+    the mean over the selected classes; at one-hot probabilities it equals
+    `1 - IoU_c` averaged over them. As the authors' `lovasz_softmax` (with
+    `lovasz_softmax_flat` and `lovasz_grad`):
+
+    - `classes="present"` (default): the classes with a valid pixel in the
+      ground truth; `"all"`: every class (an absent class adds its largest
+      predicted probability); or a list of class ids.
+    - `per_image=False` (default): one loss over all pixels of the batch;
+      `True`: the mean over images of each image's loss (an image with only
+      ignored pixels adds 0).
+    - ignored pixels are dropped; with no valid pixel the loss is 0.
+
+    `class_weights` make the mean over classes weighted (an addition to the
+    reference code). Sorting `(pixels, C)` errors costs `O(N C log N)` time
+    and a few `N x C` buffers (N pixels of the batch, or of an image);
+    shapes are static, so it runs under XLA and `jax.jit`.
+
+    Args:
+        ignore_index: int, label value that contributes nothing (255,
+            `alignseg_keras.checks.IGNORE_INDEX`).
+        classes: `"present"`, `"all"` or a list of class ids.
+        per_image: bool, one loss per image, averaged (False).
+        class_weights: None or a list of per-class weights of the class mean.
+        name: loss name.
+
+    Example:
+    ```python
+    loss = LovaszSoftmaxLoss(classes="present")
+    model.compile(loss=loss)
+    ```
+    """
+
+    def __init__(self, ignore_index=IGNORE_INDEX, classes="present", per_image=False, class_weights=None,
+                 name="lovasz_softmax_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.ignore_index = int(ignore_index)
+        self.classes = _check_classes(classes, "LovaszSoftmaxLoss")
+        self.per_image = bool(per_image)
+        self.class_weights = _check_class_list(class_weights, "class_weights", "LovaszSoftmaxLoss")
+
+    def call(self, y_true, y_pred):
+        labels, logits, valid = _prepare(y_true, y_pred, self.ignore_index)
+        num_classes = logits.shape[-1]
+        _check_num_classes(self.class_weights, logits, "class_weights", "LovaszSoftmaxLoss")
+        probs = ops.softmax(logits, axis=-1)
+        fg = ops.one_hot(labels, num_classes, dtype="int32") * ops.expand_dims(ops.cast(valid, "int32"), -1)
+        errors = ops.abs(ops.cast(fg, "float32") - probs)
+        # Ignored pixels get error -1: they sort after every valid pixel, and the
+        # clip below makes their terms 0 (and gradient-free).
+        errors = ops.where(ops.expand_dims(valid, -1), errors, -1.0)
+        shape = (ops.shape(errors)[0], -1, num_classes) if self.per_image else (1, -1, num_classes)
+        errors = ops.reshape(errors, shape)
+        fg = ops.reshape(fg, shape)
+        order = ops.argsort(-errors, axis=-2)
+        errors_sorted = ops.take_along_axis(errors, order, axis=-2)
+        fg_sorted = ops.take_along_axis(fg, order, axis=-2)
+        gradient = ops.stop_gradient(_lovasz_gradient(fg_sorted))
+        per_class = ops.sum(ops.maximum(errors_sorted, 0.0) * gradient, axis=-2)  # (images, C)
+        selection = _class_selection(self.classes, num_classes, ops.sum(fg, axis=-2) > 0)
+        return ops.mean(_mean_over_classes(per_class, selection, self.class_weights))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "ignore_index": self.ignore_index,
+            "classes": self.classes,
+            "per_image": self.per_image,
+            "class_weights": self.class_weights,
+        })
+        return config
+
+
+@keras.saving.register_keras_serializable(package="alignseg_keras")
+class CombinedLoss(keras.losses.Loss):
+    """A weighted sum of losses: `sum_i weight_i * loss_i(y_true, y_pred)`.
+
+    Each term is a `keras.losses.Loss` (with its own reduction) or a
+    `(loss, weight)` pair; a bare loss has weight 1. The terms are serialized
+    with the combination, so a model compiled with it saves and loads.
+
+    `ignore_index` is the terms' common ignore label (what `AlignSeg.fit` and
+    `evaluate` accept in masks); terms with different ignore labels are
+    refused. Terms without one (e.g. Keras' own losses) ignore nothing; with
+    no term having one it is `IGNORE_INDEX` (255).
+
+    Args:
+        losses: a list of `keras.losses.Loss` or `(loss, weight)` pairs.
+        name: loss name.
+
+    Example:
+    ```python
+    loss = CombinedLoss([(SegmentationCrossEntropy(), 1.0), (DiceLoss(), 0.5)])
+    model.compile(loss=loss)  # the same sum on the auxiliary head, times aux_loss_weight
+    ```
+    """
+
+    def __init__(self, losses, name="combined_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        terms = []
+        for term in losses:
+            loss, weight = term if isinstance(term, (list, tuple)) else (term, 1.0)
+            if isinstance(loss, dict):
+                loss = keras.saving.deserialize_keras_object(loss)
+            if not isinstance(loss, keras.losses.Loss):
+                raise TypeError(
+                    f"CombinedLoss: each term must be a keras.losses.Loss or a (loss, weight) pair; received {term!r}."
+                )
+            terms.append((loss, float(weight)))
+        if not terms:
+            raise ValueError("CombinedLoss: `losses` must name at least one loss.")
+        labels = {loss.ignore_index for loss, _ in terms if hasattr(loss, "ignore_index")}
+        if len(labels) > 1:
+            raise ValueError(
+                f"CombinedLoss: the terms ignore different labels {sorted(labels)}; give them one `ignore_index`."
+            )
+        self.terms = terms
+        self.ignore_index = labels.pop() if labels else IGNORE_INDEX
+
+    def call(self, y_true, y_pred):
+        total = 0.0
+        for loss, weight in self.terms:
+            if weight:
+                total = total + weight * loss(y_true, y_pred)
+        return ops.convert_to_tensor(total, "float32")
+
+    def get_config(self):
+        config = super().get_config()
+        config["losses"] = [
+            [keras.saving.serialize_keras_object(loss), weight] for loss, weight in self.terms
+        ]
+        return config
+
+
+def combine(*terms, name="combined_loss"):
+    """`CombinedLoss(terms)`: `combine((ce, 1.0), (DiceLoss(), 0.5))`."""
+    return CombinedLoss(list(terms), name=name)

@@ -1,10 +1,23 @@
+import os
+import subprocess
+import sys
+
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
+from alignseg_keras.checks import IGNORE_INDEX
 from alignseg_keras.layers.alignment import resize_bilinear
+from alignseg_keras.losses import CombinedLoss
+from alignseg_keras.losses import DiceLoss
+from alignseg_keras.losses import FocalLoss
+from alignseg_keras.losses import LovaszSoftmaxLoss
 from alignseg_keras.losses import OhemCrossEntropy
 from alignseg_keras.losses import SegmentationCrossEntropy
+from alignseg_keras.losses import combine
 from alignseg_keras.losses import deep_supervision_loss
+from alignseg_keras.testing import loss_references as ref
 
 
 def log_softmax(logits):
@@ -89,3 +102,369 @@ def test_config_round_trip():
     loss = OhemCrossEntropy(threshold=0.6, min_kept=200000, class_weights=[1.0, 2.0])
     clone = OhemCrossEntropy.from_config(loss.get_config())
     assert (clone.threshold, clone.min_kept, clone.class_weights) == (0.6, 200000, [1.0, 2.0])
+
+
+# --- Dice, focal, Lovász-Softmax and combined losses ---------------------------------
+
+TOL = dict(rtol=2e-5, atol=2e-6)  # float32 sums of a few hundred terms
+
+
+def hand_case():
+    """2x2 pixels, 2 classes: class-1 probabilities 0.2, 0.9, 0.6, 0.3; labels 0, 1, 1, 1."""
+    probs = np.array([0.2, 0.9, 0.6, 0.3])
+    logits = np.stack([np.log(1 - probs), np.log(probs)], -1).reshape(1, 2, 2, 2).astype("float32")
+    labels = np.array([0, 1, 1, 1]).reshape(1, 2, 2)
+    return labels, logits
+
+
+def random_case(seed=0, shape=(3, 5, 6), num_classes=4):
+    """Random logits and labels, with ignored pixels, a class absent from image 1,
+    and image 2 entirely ignored."""
+    rng = np.random.default_rng(seed)
+    logits = (2.0 * rng.normal(size=shape + (num_classes,))).astype("float32")
+    labels = rng.integers(0, num_classes, size=shape)
+    labels[rng.random(shape) < 0.2] = IGNORE_INDEX
+    labels[1][labels[1] == 3] = 2
+    labels[2] = IGNORE_INDEX
+    return labels, logits
+
+
+def one_hot_logits(predictions, num_classes, scale=40.0):
+    return (scale * np.eye(num_classes)[predictions]).astype("float32")
+
+
+# Dice
+
+
+def test_dice_hand_computed_2x2():
+    labels, logits = hand_case()
+    # class 1: 2 * 1.8 / (2.0 + 3); class 0: 2 * 0.8 / (2.0 + 1)
+    np.testing.assert_allclose(float(DiceLoss(smooth=0)(labels, logits)), 1 - (3.6 / 5 + 1.6 / 3) / 2, **TOL)
+    np.testing.assert_allclose(float(DiceLoss(smooth=1)(labels, logits)), 1 - (4.6 / 6 + 2.6 / 4) / 2, **TOL)
+    # Class weights weight the mean over classes: only class 1.
+    np.testing.assert_allclose(
+        float(DiceLoss(smooth=0, class_weights=[0.0, 1.0])(labels, logits)), 1 - 3.6 / 5, **TOL
+    )
+    np.testing.assert_allclose(
+        float(DiceLoss(smooth=0, class_weights=[1.0, 3.0])(labels, logits)), 1 - (3.6 / 5 * 3 + 1.6 / 3) / 4, **TOL
+    )
+
+
+def test_dice_of_a_perfect_prediction_is_zero():
+    labels, _ = random_case(1)
+    logits = one_hot_logits(np.where(labels == IGNORE_INDEX, 0, labels), 4)
+    for kwargs in ({}, {"smooth": 0.0}, {"per_image": True}, {"classes": "present"}):
+        assert abs(float(DiceLoss(**kwargs)(labels, logits))) < 1e-6, kwargs
+
+
+def test_dice_classes_absent_from_prediction_and_truth():
+    # Class 2 is in neither the labels nor (to float32) the prediction.
+    labels = np.array([[[0, 1], [1, 1]]])
+    logits = one_hot_logits(np.array([[[0, 0], [1, 1]]]), 3)
+    class_0, class_1 = (2 * 1 + 1) / (2 + 1 + 1), (2 * 2 + 1) / (2 + 3 + 1)
+    # With smooth > 0 its Dice is 1: it counts in the mean with "all", not with "present".
+    np.testing.assert_allclose(float(DiceLoss(classes="all")(labels, logits)), 1 - (class_0 + class_1 + 1) / 3, **TOL)
+    np.testing.assert_allclose(float(DiceLoss(classes="present")(labels, logits)), 1 - (class_0 + class_1) / 2, **TOL)
+    np.testing.assert_allclose(float(DiceLoss(classes=[1])(labels, logits)), 1 - class_1, **TOL)
+    # With smooth 0 its Dice is 0 (softmax probabilities are never exactly 0): a full error.
+    dice_0, dice_1 = 2 * 1 / (2 + 1), 2 * 2 / (2 + 3)
+    np.testing.assert_allclose(float(DiceLoss(smooth=0, classes="all")(labels, logits)),
+                               ((1 - dice_0) + (1 - dice_1) + 1) / 3, **TOL)
+    np.testing.assert_allclose(float(DiceLoss(smooth=0, classes="present")(labels, logits)),
+                               ((1 - dice_0) + (1 - dice_1)) / 2, **TOL)
+    # A class predicted but absent from the truth: penalised with "all" only.
+    logits = one_hot_logits(np.array([[[2, 1], [1, 1]]]), 3)
+    class_0, class_1, class_2 = 1 / (1 + 1), (2 * 3 + 1) / (3 + 3 + 1), 1 / (1 + 1)
+    np.testing.assert_allclose(float(DiceLoss(classes="all")(labels, logits)), 1 - (class_0 + class_1 + class_2) / 3, **TOL)
+    np.testing.assert_allclose(float(DiceLoss(classes="present")(labels, logits)), 1 - (class_0 + class_1) / 2, **TOL)
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("classes", ["all", "present", [0, 3]])
+@pytest.mark.parametrize("smooth", [0.0, 1.0])
+def test_dice_matches_the_reference(per_image, classes, smooth):
+    labels, logits = random_case(2)
+    for class_weights in (None, [0.5, 2.0, 1.0, 3.0]):
+        kwargs = dict(smooth=smooth, per_image=per_image, classes=classes, class_weights=class_weights)
+        expected = ref.reference_dice(labels, logits, **kwargs)
+        np.testing.assert_allclose(float(DiceLoss(**kwargs)(labels, logits)), expected, **TOL)
+
+
+# Focal
+
+
+def test_focal_hand_computed_2x2():
+    labels, logits = hand_case()
+    p_t = np.array([0.8, 0.9, 0.6, 0.3])
+    terms = -((1 - p_t) ** 2) * np.log(p_t)
+    np.testing.assert_allclose(float(FocalLoss()(labels, logits)), terms.mean(), **TOL)
+    # alpha scales each pixel and divides by the pixel count; class_weights also divide.
+    alpha = np.array([0.25, 1.0])[[0, 1, 1, 1]]
+    np.testing.assert_allclose(float(FocalLoss(alpha=[0.25, 1.0])(labels, logits)), (alpha * terms).mean(), **TOL)
+    np.testing.assert_allclose(
+        float(FocalLoss(class_weights=[0.25, 1.0])(labels, logits)), (alpha * terms).sum() / alpha.sum(), **TOL
+    )
+    np.testing.assert_allclose(float(FocalLoss(alpha=0.5)(labels, logits)), 0.5 * terms.mean(), **TOL)
+
+
+def test_focal_with_gamma_zero_is_cross_entropy():
+    labels, logits = random_case(3)
+    for weights in (None, [0.5, 2.0, 1.0, 3.0]):
+        focal = FocalLoss(gamma=0.0, class_weights=weights)(labels, logits)
+        ce = SegmentationCrossEntropy(class_weights=weights)(labels, logits)
+        np.testing.assert_allclose(float(focal), float(ce), rtol=1e-6)
+        np.testing.assert_allclose(float(ce), ref.reference_cross_entropy(labels, logits, class_weights=weights), **TOL)
+
+
+@pytest.mark.parametrize("gamma", [0.5, 2.0, 5.0])
+@pytest.mark.parametrize("alpha", [None, 0.25, [0.25, 0.5, 1.0, 2.0]])
+def test_focal_matches_the_reference(gamma, alpha):
+    labels, logits = random_case(4)
+    for class_weights in (None, [1.0, 0.0, 2.0, 1.0]):
+        expected = ref.reference_focal(labels, logits, gamma=gamma, alpha=alpha, class_weights=class_weights)
+        value = FocalLoss(gamma=gamma, alpha=alpha, class_weights=class_weights)(labels, logits)
+        np.testing.assert_allclose(float(value), expected, **TOL)
+
+
+# Lovász-Softmax
+
+
+def test_lovasz_hand_computed_2x2():
+    labels, logits = hand_case()
+    # Class 1: errors 0.7, 0.4, 0.2, 0.1 (foreground, foreground, background, foreground);
+    # Delta_J of the growing sets 1/3, 2/3, 3/4, 1. Class 0: errors 0.7, 0.4, 0.2 (its
+    # only foreground pixel), 0.1; Delta_J 1/2, 2/3, 1, 1.
+    class_1 = 0.7 / 3 + 0.4 / 3 + 0.2 / 12 + 0.1 / 4
+    class_0 = 0.7 / 2 + 0.4 / 6 + 0.2 / 3
+    np.testing.assert_allclose(float(LovaszSoftmaxLoss()(labels, logits)), (class_0 + class_1) / 2, **TOL)
+    np.testing.assert_allclose(
+        float(LovaszSoftmaxLoss(class_weights=[0.0, 1.0])(labels, logits)), class_1, **TOL
+    )
+    np.testing.assert_allclose(float(LovaszSoftmaxLoss(classes=[0])(labels, logits)), class_0, **TOL)
+    assert abs(ref.reference_lovasz_softmax(labels, logits) - (class_0 + class_1) / 2) < 1e-7  # float32 logits
+
+
+def test_lovasz_of_one_hot_probabilities_is_the_jaccard_loss():
+    # At one-hot probabilities the Lovász extension equals Delta_J: 1 - IoU per class.
+    labels, _ = random_case(5)
+    rng = np.random.default_rng(5)
+    predictions = np.where(rng.random(labels.shape) < 0.6, labels, rng.integers(0, 4, labels.shape)) % 256
+    predictions = np.where(predictions == IGNORE_INDEX, 1, predictions)
+    logits = one_hot_logits(predictions, 4)
+    for classes in ("present", "all"):
+        expected = ref.mean_jaccard_loss(labels, predictions, 4, classes=classes)
+        np.testing.assert_allclose(float(LovaszSoftmaxLoss(classes=classes)(labels, logits)), expected, **TOL)
+        assert 0.2 < expected < 0.9
+    perfect = one_hot_logits(np.where(labels == IGNORE_INDEX, 0, labels), 4)
+    for per_image in (False, True):
+        assert abs(float(LovaszSoftmaxLoss(per_image=per_image)(labels, perfect))) < 1e-6
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("classes", ["present", "all", [1, 3]])
+def test_lovasz_matches_the_loop_reference(per_image, classes):
+    for seed in (6, 7):
+        labels, logits = random_case(seed)
+        for class_weights in (None, [0.5, 2.0, 1.0, 3.0]):
+            kwargs = dict(classes=classes, per_image=per_image, class_weights=class_weights)
+            expected = ref.reference_lovasz_softmax(labels, logits, **kwargs)
+            np.testing.assert_allclose(float(LovaszSoftmaxLoss(**kwargs)(labels, logits)), expected, **TOL)
+
+
+def test_lovasz_with_tied_errors_matches_the_reference():
+    # Ties (equal logits) do not change the Lovász extension's value.
+    rng = np.random.default_rng(8)
+    logits = rng.integers(-1, 2, size=(2, 4, 4, 3)).astype("float32")
+    labels = rng.integers(0, 3, size=(2, 4, 4))
+    labels[0, 0] = IGNORE_INDEX
+    for per_image in (False, True):
+        expected = ref.reference_lovasz_softmax(labels, logits, per_image=per_image)
+        np.testing.assert_allclose(float(LovaszSoftmaxLoss(per_image=per_image)(labels, logits)), expected, **TOL)
+
+
+# Shared properties of the new losses
+
+NEW_LOSSES = [
+    DiceLoss(),
+    DiceLoss(per_image=True, classes="present", smooth=0.0),
+    FocalLoss(),
+    FocalLoss(gamma=0.5, alpha=[0.25, 0.5, 1.0, 2.0]),
+    LovaszSoftmaxLoss(),
+    LovaszSoftmaxLoss(per_image=True, classes="all"),
+    CombinedLoss([(SegmentationCrossEntropy(), 1.0), (DiceLoss(), 0.5), (LovaszSoftmaxLoss(), 0.25)]),
+]
+LOSS_IDS = ["dice", "dice_per_image", "focal", "focal_alpha", "lovasz", "lovasz_per_image", "combined"]
+
+
+def value_and_gradient(loss, labels, logits):
+    logits = tf.convert_to_tensor(logits)
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        value = loss(labels, logits)
+    return float(value), tape.gradient(value, logits).numpy()
+
+
+@pytest.mark.parametrize("loss", NEW_LOSSES, ids=LOSS_IDS)
+def test_ignored_pixels_change_nothing(loss):
+    labels, logits = random_case(9)
+    ignored = labels == IGNORE_INDEX
+    other = logits.copy()
+    other[ignored] = np.random.default_rng(9).normal(scale=10.0, size=other[ignored].shape)
+    value, gradient = value_and_gradient(loss, labels, logits)
+    other_value, other_gradient = value_and_gradient(loss, labels, other)
+    np.testing.assert_allclose(other_value, value, rtol=1e-6)
+    assert np.all(gradient[ignored] == 0) and np.all(other_gradient[ignored] == 0)
+    np.testing.assert_allclose(other_gradient, gradient, rtol=1e-5, atol=1e-8)
+    assert np.abs(gradient[~ignored]).max() > 0
+
+
+@pytest.mark.parametrize("loss", NEW_LOSSES, ids=LOSS_IDS)
+def test_gradients_are_finite_at_extreme_logits_and_all_ignored(loss):
+    labels, logits = random_case(10)
+    confident = one_hot_logits(np.where(labels == IGNORE_INDEX, 0, labels), 4, scale=200.0)
+    wrong = one_hot_logits((np.where(labels == IGNORE_INDEX, 0, labels) + 1) % 4, 4, scale=200.0)
+    for case in (confident, wrong, 0 * logits):
+        value, gradient = value_and_gradient(loss, labels, case)
+        assert np.isfinite(value) and np.isfinite(gradient).all()
+    value, gradient = value_and_gradient(loss, np.full_like(labels, IGNORE_INDEX), logits)
+    assert value == 0.0 and np.all(gradient == 0)
+
+
+@pytest.mark.parametrize("loss", NEW_LOSSES, ids=LOSS_IDS)
+def test_small_logits_are_upsampled_to_the_labels(loss):
+    rng = np.random.default_rng(11)
+    logits = rng.normal(size=(2, 4, 4, 4)).astype("float32")
+    labels = rng.integers(0, 4, size=(2, 13, 13))
+    up = np.asarray(resize_bilinear(logits, (13, 13), align_corners=True))
+    np.testing.assert_allclose(float(loss(labels[..., None], logits)), float(loss(labels, up)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("loss", NEW_LOSSES, ids=LOSS_IDS)
+def test_xla_compiled_equals_eager(loss):
+    labels, logits = random_case(12)
+    compiled = tf.function(lambda y, p: loss(y, p), jit_compile=True)
+    np.testing.assert_allclose(float(compiled(labels, logits)), float(loss(labels, logits)), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("loss", NEW_LOSSES, ids=LOSS_IDS)
+def test_config_round_trips(loss):
+    config = loss.get_config()
+    clone = type(loss).from_config(config)
+    assert clone.get_config() == config
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
+    assert type(restored) is type(loss) and restored.get_config() == config
+    labels, logits = random_case(13)
+    np.testing.assert_allclose(float(restored(labels, logits)), float(loss(labels, logits)), rtol=1e-6)
+
+
+def test_configs_hold_every_argument():
+    dice = DiceLoss(ignore_index=0, class_weights=[1, 2], smooth=0.5, per_image=True, classes=[1], name="d")
+    assert {k: dice.get_config()[k] for k in ("ignore_index", "class_weights", "smooth", "per_image", "classes", "name")} == {
+        "ignore_index": 0, "class_weights": [1.0, 2.0], "smooth": 0.5, "per_image": True, "classes": [1], "name": "d"}
+    focal = FocalLoss(ignore_index=7, gamma=1.5, alpha=(0.25, 0.75), class_weights=[2, 1])
+    assert {k: focal.get_config()[k] for k in ("ignore_index", "gamma", "alpha", "class_weights")} == {
+        "ignore_index": 7, "gamma": 1.5, "alpha": [0.25, 0.75], "class_weights": [2.0, 1.0]}
+    lovasz = LovaszSoftmaxLoss(ignore_index=3, classes="all", per_image=True, class_weights=[1, 0])
+    assert {k: lovasz.get_config()[k] for k in ("ignore_index", "classes", "per_image", "class_weights")} == {
+        "ignore_index": 3, "classes": "all", "per_image": True, "class_weights": [1.0, 0.0]}
+    for loss in (DiceLoss(), FocalLoss(), LovaszSoftmaxLoss()):
+        assert loss.ignore_index == IGNORE_INDEX == 255
+
+
+def test_combined_loss_is_the_weighted_sum():
+    labels, logits = random_case(14)
+    ce, dice, lovasz = SegmentationCrossEntropy(), DiceLoss(), LovaszSoftmaxLoss()
+    expected = float(ce(labels, logits)) + 0.5 * float(dice(labels, logits)) + float(lovasz(labels, logits))
+    combined = CombinedLoss([(ce, 1.0), (dice, 0.5), lovasz])
+    np.testing.assert_allclose(float(combined(labels, logits)), expected, rtol=1e-6)
+    np.testing.assert_allclose(float(combine((ce, 1.0), (dice, 0.5), lovasz)(labels, logits)), expected, rtol=1e-6)
+    assert combined.ignore_index == 255
+    assert CombinedLoss([DiceLoss(ignore_index=0), FocalLoss(ignore_index=0)]).ignore_index == 0
+    assert CombinedLoss([keras.losses.MeanSquaredError()]).ignore_index == IGNORE_INDEX
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="smooth"):
+        DiceLoss(smooth=-1.0)
+    with pytest.raises(ValueError, match="classes"):
+        DiceLoss(classes="some")
+    with pytest.raises(ValueError, match="classes"):
+        LovaszSoftmaxLoss(classes=[1, 1])
+    with pytest.raises(ValueError, match="gamma"):
+        FocalLoss(gamma=-0.5)
+    with pytest.raises(ValueError, match="alpha"):
+        FocalLoss(alpha=-0.25)
+    with pytest.raises(ValueError, match="alpha"):
+        FocalLoss(alpha=[0.25, float("nan")])
+    with pytest.raises(ValueError, match="class_weights"):
+        LovaszSoftmaxLoss(class_weights=[1.0, -1.0])
+    labels, logits = random_case(15)
+    for loss in (DiceLoss(class_weights=[1, 2]), FocalLoss(alpha=[1, 2, 3]), LovaszSoftmaxLoss(class_weights=[1])):
+        with pytest.raises(ValueError, match="4 classes"):
+            loss(labels, logits)
+    with pytest.raises(ValueError, match="4 classes"):
+        LovaszSoftmaxLoss(classes=[4])(labels, logits)
+    with pytest.raises(ValueError, match="different labels"):
+        CombinedLoss([DiceLoss(ignore_index=0), FocalLoss()])
+    with pytest.raises(TypeError, match="keras.losses.Loss"):
+        CombinedLoss([("dice", 1.0)])
+    with pytest.raises(ValueError, match="at least one"):
+        CombinedLoss([])
+
+
+# In the task
+
+
+def test_fit_a_tiny_alignseg_with_combined_losses_and_save(tmp_path):
+    from alignseg_keras.testing import tiny_alignseg
+
+    rng = np.random.default_rng(16)
+    images = rng.integers(0, 256, (4, 32, 32, 3)).astype("uint8")
+    masks = (images[..., 0] // 86).astype("int32")
+    masks[:, :2] = IGNORE_INDEX
+    model = tiny_alignseg(3, seed=0)
+    loss = CombinedLoss([(FocalLoss(), 1.0), (DiceLoss(), 0.5), (LovaszSoftmaxLoss(per_image=True), 0.5)])
+    model.compile(loss=loss, aux_loss_weight=0.4, jit_compile=False)  # XLA: test_xla_compiled_equals_eager
+    # The compiled loss is applied to both heads.
+    x, y = images[:2], masks[:2]
+    main, aux = model(x, training=False), 0.5 * model(x, training=False)
+    expected = float(loss(y, main)) + 0.4 * float(loss(y, aux))
+    value = model.compute_loss(x=x, y=y, y_pred={"logits": main, "aux_logits": aux})
+    np.testing.assert_allclose(float(value), expected, rtol=1e-5)
+    history = model.fit(images, masks, batch_size=2, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    model.save(tmp_path / "model.keras")
+    restored = keras.saving.load_model(tmp_path / "model.keras")
+    assert isinstance(restored.loss, CombinedLoss)
+    assert restored.loss.get_config() == loss.get_config()
+    assert restored.aux_loss_weight == 0.4
+
+
+JAX_CHECK = r"""
+import jax, numpy as np, keras
+assert keras.backend.backend() == "jax"
+from alignseg_keras import losses
+from alignseg_keras.testing import loss_references as ref
+rng = np.random.default_rng(0)
+logits = (2.0 * rng.normal(size=(2, 5, 6, 4))).astype("float32")
+labels = rng.integers(0, 4, size=(2, 5, 6))
+labels[rng.random(labels.shape) < 0.2] = 255
+cases = [
+    (losses.DiceLoss(per_image=True), ref.reference_dice(labels, logits, per_image=True)),
+    (losses.FocalLoss(alpha=[0.25, 0.5, 1.0, 2.0]), ref.reference_focal(labels, logits, alpha=[0.25, 0.5, 1.0, 2.0])),
+    (losses.LovaszSoftmaxLoss(), ref.reference_lovasz_softmax(labels, logits)),
+    (losses.LovaszSoftmaxLoss(per_image=True, classes="all"),
+     ref.reference_lovasz_softmax(labels, logits, per_image=True, classes="all")),
+]
+for loss, expected in cases:
+    value, grad = jax.jit(jax.value_and_grad(lambda p: loss(labels, p)))(logits)
+    np.testing.assert_allclose(float(value), expected, rtol=2e-5, atol=2e-6)
+    assert np.isfinite(np.asarray(grad)).all() and np.all(np.asarray(grad)[labels == 255] == 0)
+print("jax ok")
+"""
+
+
+def test_losses_under_jax_jit_match_the_references():
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", JAX_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "jax ok" in result.stdout, result.stderr[-3000:]
