@@ -367,3 +367,134 @@ def save_png(path, array):
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as temporary:  # never a torn PNG, even with concurrent writers
         Image.fromarray(array).save(temporary, format="PNG")
+
+
+# --- Captions for pictures: titles, class legends and the color-wheel key. ---
+
+
+def _font(size):
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=int(size))
+
+
+def _wrap(text, font, width):
+    """Greedy word wrap of `text` (newlines kept) into lines at most `width` pixels long."""
+    lines = []
+    for paragraph in str(text).split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            candidate = f"{line} {word}" if line else word
+            if not line or font.getlength(candidate) <= width:
+                line = candidate
+            else:
+                lines.append(line)
+                line = word
+        lines.append(line)
+    return lines
+
+
+def titled(picture, title, font_size=12, padding=3, color=(0, 0, 0)):
+    """`picture` with `title` written in a white band above it.
+
+    The title wraps at word boundaries to the picture's width; the default font
+    (Pillow's, ASCII) needs no font file.
+
+    Args:
+        picture: uint8 `(H, W, 3)` RGB array.
+        title: str; `\\n` starts a new line.
+        font_size: int, text height in pixels.
+        padding: int, white margin around the text in pixels.
+        color: RGB color of the text.
+
+    Returns:
+        uint8 `(H + band, W, 3)`, the band as high as the wrapped title needs.
+
+    Example:
+    ```python
+    save_png("prediction.png", titled(overlay(image, labels, palette), "Prediction"))
+    ```
+    """
+    from PIL import Image, ImageDraw
+
+    picture = np.asarray(picture)
+    if picture.dtype != np.uint8 or picture.ndim != 3 or picture.shape[-1] != 3:
+        raise ValueError(
+            f"`picture` must be a uint8 (H, W, 3) array; received {picture.dtype} {picture.shape}."
+        )
+    font = _font(font_size)
+    width = picture.shape[1]
+    lines = _wrap(title, font, max(width - 2 * padding, 1))
+    line_height = int(font_size) + 2
+    band = Image.new("RGB", (width, len(lines) * line_height + 2 * padding), (255, 255, 255))
+    draw = ImageDraw.Draw(band)
+    for index, line in enumerate(lines):
+        draw.text((padding, padding + index * line_height), line, font=font, fill=tuple(color))
+    return np.concatenate([np.asarray(band), picture], axis=0)
+
+
+def legend(names, colors, width, font_size=12, padding=4, swatch=None):
+    """A class legend: a color swatch and the name of each class, in rows that fit `width`.
+
+    Args:
+        names: class names.
+        colors: one RGB color per name (e.g. a palette array).
+        width: int, width of the legend in pixels.
+        font_size: int, text height in pixels.
+        padding: int, space in pixels around and between entries.
+        swatch: int or None, side of the color squares (None: the text height).
+
+    Returns:
+        uint8 `(h, width, 3)` RGB array on a white background.
+
+    Example:
+    ```python
+    save_png("legend.png", legend(CITYSCAPES_CLASSES, cityscapes_palette(), 600))
+    ```
+    """
+    from PIL import Image, ImageDraw
+
+    names, colors = [str(name) for name in names], np.asarray(colors)
+    if colors.ndim != 2 or colors.shape[-1] != 3 or len(colors) < len(names):
+        raise ValueError(
+            f"`colors` needs one RGB color per name ({len(names)}); received shape {colors.shape}."
+        )
+    font = _font(font_size)
+    swatch = int(font_size) if swatch is None else int(swatch)
+    row_height = max(swatch, int(font_size) + 2) + padding
+    entries, x, y = [], padding, padding
+    for name, color in zip(names, colors):
+        entry_width = swatch + 4 + int(math.ceil(font.getlength(name))) + 3 * padding
+        if x > padding and x + entry_width > width:
+            x, y = padding, y + row_height
+        entries.append((x, y, name, tuple(int(c) for c in color)))
+        x += entry_width
+    image = Image.new("RGB", (int(width), y + row_height + padding), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    for x, y, name, color in entries:
+        draw.rectangle([x, y, x + swatch - 1, y + swatch - 1], fill=color, outline=(0, 0, 0))
+        draw.text((x + swatch + 4, y), name, font=font, fill=(0, 0, 0))
+    return np.asarray(image)
+
+
+def offset_key(size=64):
+    """The color wheel that decodes `flow_to_color` pictures: a disk whose hue is
+    the direction of an offset (right, down, left, up around the circle) and
+    whose saturation its length (white: none; full color: the longest).
+
+    Returns:
+        uint8 `(size, size, 3)` RGB array, white outside the disk.
+
+    Example:
+    ```python
+    save_png("key.png", titled(offset_key(64), "offset direction"))
+    ```
+    """
+    size = int(size)
+    if size < 2:
+        raise ValueError(f"`size` must be at least 2; received {size!r}.")
+    coords = (np.arange(size) + 0.5) / size * 2.0 - 1.0
+    field = np.stack(np.broadcast_arrays(coords[:, None], coords[None, :]), axis=-1)
+    inside = np.hypot(field[..., 0], field[..., 1]) <= 1.0
+    key = flow_to_color(np.where(inside[..., None], field, 0.0).astype("float32"), 1.0)
+    return np.where(inside[..., None], key, np.uint8(255)).astype("uint8")

@@ -160,3 +160,49 @@ def test_png_round_trip_and_clear_errors(tmp_path):
         load_image(tmp_path / "notes.png")
     with pytest.raises(FileNotFoundError, match="missing.png"):
         load_image(tmp_path / "missing.png")
+
+
+def test_titled_adds_a_band_with_text_and_keeps_the_picture():
+    from alignseg_keras.visualize import titled
+
+    picture = np.full((20, 120, 3), 7, np.uint8)
+    out = titled(picture, "Prediction")
+    assert out.dtype == np.uint8 and out.shape[1] == 120 and out.shape[0] > 20
+    np.testing.assert_array_equal(out[-20:], picture)
+    band = out[:-20]
+    assert (band < 128).any() and (band == 255).mean() > 0.5  # dark text on white
+    # A long title wraps into more lines, a narrower picture into even more.
+    long = "AlignFA5 offsets Delta_F (colour = direction, saturation = length)"
+    assert titled(picture, long).shape[0] > out.shape[0]
+    assert titled(picture[:, :60], long).shape[0] > titled(picture, long).shape[0]
+    with pytest.raises(ValueError, match="picture"):
+        titled(np.zeros((4, 4), np.uint8), "x")
+
+
+def test_legend_draws_each_color_and_wraps_to_the_width():
+    from alignseg_keras.visualize import legend
+
+    names = ["road", "sidewalk", "pole", "car"]
+    colors = np.array([[128, 64, 128], [244, 35, 232], [153, 153, 153], [0, 0, 142]], np.uint8)
+    wide = legend(names, colors, 600)
+    assert wide.dtype == np.uint8 and wide.shape[1] == 600
+    for color in colors:
+        assert (wide == color).all(-1).sum() >= 25, color  # a swatch of each class
+    narrow = legend(names, colors, 90)
+    assert narrow.shape[1] == 90 and narrow.shape[0] > wide.shape[0]
+    with pytest.raises(ValueError, match="colors"):
+        legend(names, colors[:2], 600)
+
+
+def test_offset_key_decodes_directions_like_flow_to_color():
+    from alignseg_keras.visualize import offset_key
+
+    key = offset_key(65)
+    assert key.shape == (65, 65, 3) and key.dtype == np.uint8
+    assert (key[0, 0] == 255).all()  # white outside the disk
+    assert (key[32, 32] >= 250).all()  # no displacement in the centre: white
+    # The right edge is the color of a displacement to the right, the top one upwards.
+    right = flow_to_color(np.array([[[0.0, 1.0]]], np.float32), 1.0)[0, 0]
+    up = flow_to_color(np.array([[[-1.0, 0.0]]], np.float32), 1.0)[0, 0]
+    assert np.abs(key[32, 63].astype(int) - right).max() <= 24
+    assert np.abs(key[1, 32].astype(int) - up).max() <= 24
