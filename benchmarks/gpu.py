@@ -52,6 +52,8 @@ def parse(argv=None):
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--timeout", type=int, default=240, help="seconds per configuration")
     parser.add_argument("--output", help="JSON file of all results (driver mode)")
+    parser.add_argument("--inference-only", action="store_true")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=PRECISIONS)
     parser.add_argument("--torch-device", default="cuda", help="cpu only to check the script")
     return parser.parse_args(argv)
 
@@ -107,6 +109,16 @@ def run_jax(args):
     jax.block_until_ready(forward(trainable, frozen, device_image))
     inference_compile = time.perf_counter() - start
     inference = timed(lambda: jax.block_until_ready(forward(trainable, frozen, device_image)), args.repeats)
+    stats = jax.devices()[0].memory_stats() or {}
+    result = {
+        "inference": summary(inference),
+        "inference_first_call_seconds": inference_compile,
+        "inference_peak_gpu_memory_gib": stats.get("peak_bytes_in_use", float("nan")) / 2**30,
+        "framework": f"keras {keras.__version__}, jax {jax.__version__}",
+        "matmul_precision": str(jax.config.jax_default_matmul_precision),
+    }
+    if args.inference_only:
+        return result
 
     model.compile(total_steps=10_000, metrics=[], jit_compile=True, aux_loss_weight=AUX_LOSS_WEIGHT)
     start = time.perf_counter()
@@ -115,14 +127,11 @@ def run_jax(args):
     training = timed(lambda: model.train_on_batch(train_images, train_labels), max(3, args.repeats // 2))
     stats = jax.devices()[0].memory_stats() or {}
     return {
-        "inference": summary(inference),
-        "inference_first_call_seconds": inference_compile,
+        **result,
         "training": summary(training),
         "training_first_step_seconds": train_compile,
         "loss": float(np.asarray(loss).ravel()[0]),
         "peak_gpu_memory_gib": stats.get("peak_bytes_in_use", float("nan")) / 2**30,
-        "framework": f"keras {keras.__version__}, jax {jax.__version__}",
-        "matmul_precision": str(jax.config.jax_default_matmul_precision),
     }
 
 
@@ -149,6 +158,16 @@ def run_torch(args):
 
     model.eval()
     inference = timed(infer, args.repeats)
+    result = {
+        "inference": summary(inference),
+        "inference_peak_gpu_memory_gib": (
+            torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+        ),
+        "framework": f"torch {torch.__version__}",
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+    }
+    if args.inference_only:
+        return result
 
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9, weight_decay=1e-4)
@@ -175,14 +194,12 @@ def run_torch(args):
 
     training = timed(train_step, max(3, args.repeats // 2))
     return {
-        "inference": summary(inference),
+        **result,
         "training": summary(training),
         "loss": float(losses[-1]),
         "peak_gpu_memory_gib": (
             torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
         ),
-        "framework": f"torch {torch.__version__}",
-        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
     }
 
 
@@ -196,7 +213,8 @@ def one(args):
         train_batch=args.train_batch,
     )
     result["inference_images_per_second"] = 1.0 / result["inference"]["median_seconds"]
-    result["training_images_per_second"] = args.train_batch / result["training"]["median_seconds"]
+    if "training" in result:
+        result["training_images_per_second"] = args.train_batch / result["training"]["median_seconds"]
     return result
 
 
@@ -216,9 +234,10 @@ def drive(args):
         "--preset", args.preset, "--repeats", str(args.repeats),
         "--size", *map(str, args.size), "--train-size", *map(str, args.train_size),
         "--train-batch", str(args.train_batch), "--torch-device", args.torch_device,
+        *(["--inference-only"] if args.inference_only else []),
     ]
     results = {"gpu": gpu_name(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs": []}
-    for precision in PRECISIONS:
+    for precision in args.precisions:
         for side in SIDES:
             command = [sys.executable, "-m", "benchmarks.gpu", "--side", side,
                        "--precision", precision, *common]
