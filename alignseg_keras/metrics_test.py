@@ -416,6 +416,13 @@ def test_compiled_with_unknown_image_sizes():
     np.testing.assert_allclose(trimap.per_class_iou(),
                                reference_trimap_iou(labels, predictions, 3, width=2),
                                rtol=1e-12, equal_nan=True)
+    # XLA, with the sizes known: the band width comes from the ratio.
+    xla = BoundaryIoU(3, dilation_ratio=0.1)  # round(0.1 * sqrt(11^2 + 13^2)) = 2
+    tf.function(xla.update_state, jit_compile=True)(labels, predictions)
+    np.testing.assert_allclose(xla.per_class_iou(), expected, rtol=1e-12, equal_nan=True)
+    xla_trimap = TrimapIoU(3, width=2)
+    tf.function(xla_trimap.update_state, jit_compile=True)(labels, predictions)
+    np.testing.assert_array_equal(xla_trimap.confusion_matrix(), trimap.confusion_matrix())
     by_ratio = BoundaryIoU(3)
     with pytest.raises(ValueError, match="pass `dilation=` in pixels"):
         tf.function(by_ratio.update_state, input_signature=[spec, spec])(labels, predictions)

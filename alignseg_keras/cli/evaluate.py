@@ -1,4 +1,4 @@
-"""`alignseg evaluate`: per-class IoU and mIoU of a saved model on a dataset."""
+"""`alignseg evaluate`: per-class IoU and Boundary IoU, mean Dice and mIoU of a saved model."""
 
 import numpy as np
 
@@ -10,10 +10,11 @@ def add_parser(subparsers):
 
     parser = subparsers.add_parser(
         "evaluate",
-        help="evaluate a saved model (per-class IoU and mIoU)",
+        help="evaluate a saved model (per-class IoU and Boundary IoU, mean Dice, mIoU)",
         description="Evaluate a .keras model or a preset. Without --sliding/--scales/--flip each image is "
         "predicted whole; --sliding 769 --scales 0.75 1.0 1.25 1.5 1.75 --flip is the paper's "
-        "multi-scale test.",
+        "multi-scale test. Prints per-class IoU and Boundary IoU (band width 2%% of the image "
+        "diagonal), then pixel accuracy, mean Dice, boundary mIoU and, last, the mIoU.",
     )
     add_model_arguments(parser, "evaluate")
     add_dataset_arguments(parser)
@@ -23,13 +24,49 @@ def add_parser(subparsers):
     parser.set_defaults(func=run)
 
 
-def format_table(class_names, ious, pixel_accuracy, miou):
-    width = max(len("class"), *(len(name) for name in class_names))
-    lines = [f"{'class':<{width}}  IoU", f"{'-' * width}  ------"]
-    for name, iou in zip(class_names, ious):
-        lines.append(f"{name:<{width}}  {'   n/a' if np.isnan(iou) else f'{iou:6.4f}'}")
-    lines.append(f"{'-' * width}  ------")
+def _score(value):
+    return "   n/a" if np.isnan(value) else f"{value:6.4f}"
+
+
+def format_table(
+    class_names, ious, pixel_accuracy, miou, boundary_ious=None, mean_dice=None, boundary_miou=None
+):
+    """The evaluation table: per-class IoU (and Boundary IoU), summary lines, `mIoU: X` last.
+
+    Args:
+        class_names: one name per class.
+        ious: per-class IoU, NaN for a class that never occurs ("n/a").
+        pixel_accuracy: float.
+        miou: float, printed on the last line as `mIoU: X`.
+        boundary_ious: optional per-class Boundary IoU: a second column.
+        mean_dice: optional float, a "mean Dice" summary line.
+        boundary_miou: optional float, a "boundary mIoU" summary line.
+
+    Example:
+    ```python
+    print(format_table(["road", "car"], [0.9, float("nan")], 0.95, 0.9))
+    ```
+    """
+    width = max(len("class"), len("pixel accuracy"), *(len(name) for name in class_names))
+    header, rule = f"{'class':<{width}}  IoU   ", f"{'-' * width}  ------"
+    if boundary_ious is not None:
+        if len(boundary_ious) != len(class_names):
+            raise ValueError(
+                f"format_table: {len(boundary_ious)} boundary IoUs for {len(class_names)} classes."
+            )
+        header, rule = header + "  bIoU", rule + "  ------"
+    lines = [header.rstrip(), rule]
+    for index, (name, iou) in enumerate(zip(class_names, ious)):
+        row = f"{name:<{width}}  {_score(iou)}"
+        if boundary_ious is not None:
+            row += f"  {_score(boundary_ious[index])}"
+        lines.append(row)
+    lines.append(rule)
     lines.append(f"{'pixel accuracy':<{width}}  {pixel_accuracy:6.4f}")
+    if mean_dice is not None:
+        lines.append(f"{'mean Dice':<{width}}  {_score(mean_dice)}")
+    if boundary_miou is not None:
+        lines.append(f"{'boundary mIoU':<{width}}  {_score(boundary_miou)}")
     lines.append(f"mIoU: {miou:.4f}")
     return "\n".join(lines)
 
@@ -39,7 +76,9 @@ def run(args):
     from alignseg_keras.cli.common import load_model
     from alignseg_keras.cli.common import model_name
     from alignseg_keras.cli.common import predict_probabilities
+    from alignseg_keras.metrics import BoundaryIoU
     from alignseg_keras.metrics import MeanIoU
+    from alignseg_keras.metrics import dice_from_confusion
 
     from alignseg_keras.models.preset_files import is_preset_directory
 
@@ -58,9 +97,31 @@ def run(args):
     if args.limit:
         dataset = dataset.take(args.limit)
     metric = MeanIoU(num_classes)
+    boundary = BoundaryIoU(num_classes)  # band: 2% of each image's diagonal
     for image, mask in dataset.as_numpy_iterator():
         probabilities = predict_probabilities(model, image, args)
-        metric.update_state(mask[None], probabilities.argmax(-1)[None])
+        predictions = probabilities.argmax(-1)[None]
+        metric.update_state(mask[None], predictions)
+        boundary.update_state(mask[None], predictions)
     ious = metric.per_class_iou()
-    print(format_table(class_names, ious, metric.pixel_accuracy(), float(np.nanmean(ious))))
+    boundary_ious = boundary.per_class_iou()
+    dice = dice_from_confusion(metric.confusion_matrix())
+    print(
+        format_table(
+            class_names,
+            ious,
+            metric.pixel_accuracy(),
+            _nanmean(ious),
+            boundary_ious=boundary_ious,
+            mean_dice=_nanmean(dice),
+            boundary_miou=_nanmean(boundary_ious),
+        )
+    )
     return 0
+
+
+def _nanmean(values):
+    """The mean of the non-NaN values; NaN (printed "n/a") when there are none."""
+    values = np.asarray(values, np.float64)
+    present = values[~np.isnan(values)]
+    return float(present.mean()) if present.size else float("nan")

@@ -1,0 +1,106 @@
+"""`alignseg evaluate`'s table, and its numbers against the slow NumPy references."""
+
+import numpy as np
+import pytest
+
+from alignseg_keras.cli import build_parser
+from alignseg_keras.cli import main
+from alignseg_keras.cli.evaluate import format_table
+from alignseg_keras.testing import tiny_alignseg
+from alignseg_keras.testing.metric_references import reference_boundary_iou
+from alignseg_keras.testing.metric_references import reference_confusion_counts
+from alignseg_keras.testing.metric_references import reference_dice
+from alignseg_keras.testing.metric_references import reference_dilation
+from alignseg_keras.testing.metric_references import reference_iou
+
+NAN = float("nan")
+
+
+def test_the_table_without_the_new_columns_keeps_its_shape():
+    # examples/demo.py calls format_table(class_names, ious, pixel_accuracy, miou).
+    table = format_table(["road", "car"], [0.9, NAN], 0.95, 0.9)
+    assert table.splitlines() == [
+        "class           IoU",
+        "--------------  ------",
+        "road            0.9000",
+        "car                n/a",
+        "--------------  ------",
+        "pixel accuracy  0.9500",
+        "mIoU: 0.9000",
+    ]
+
+
+def test_the_table_with_boundary_iou_and_dice():
+    table = format_table(["road", "car", "traffic light"], [0.9, NAN, 0.25], 0.95, 0.575,
+                         boundary_ious=[0.5, NAN, 0.125], mean_dice=0.7, boundary_miou=0.3125)
+    assert table.splitlines() == [
+        "class           IoU     bIoU",
+        "--------------  ------  ------",
+        "road            0.9000  0.5000",
+        "car                n/a     n/a",
+        "traffic light   0.2500  0.1250",
+        "--------------  ------  ------",
+        "pixel accuracy  0.9500",
+        "mean Dice       0.7000",
+        "boundary mIoU   0.3125",
+        "mIoU: 0.5750",
+    ]
+    with pytest.raises(ValueError, match="2 boundary IoUs for 3 classes"):
+        format_table(["a", "b", "c"], [1, 1, 1], 1.0, 1.0, boundary_ious=[1, 1])
+
+
+def parse_table(text):
+    """Per-class (IoU, bIoU) and the summary values of an evaluate table."""
+    lines = text.strip().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("class")) + 2
+    rows, summary = {}, {}
+    for line in lines[start:]:
+        if line.startswith("---"):
+            break
+        name, iou, boundary = line.rsplit(None, 2)
+        rows[name.strip()] = [NAN if v == "n/a" else float(v) for v in (iou, boundary)]
+    for line in lines:
+        for key in ("pixel accuracy", "mean Dice", "boundary mIoU", "mIoU:"):
+            if line.startswith(key):
+                summary[key] = float(line[len(key):])
+    return rows, summary
+
+
+def test_evaluate_prints_boundary_iou_and_dice_that_match_the_references(tmp_path, capsys):
+    from alignseg_keras import data
+    from alignseg_keras.cli.common import load_dataset
+    from alignseg_keras.inference import predict_whole
+
+    classes = list(data.SYNTHETIC_CLASSES)
+    model = tiny_alignseg(len(classes), seed=0)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    arguments = ["evaluate", "--model", path, "--synthetic-images", "8",
+                 "--synthetic-size", "48", "64", "--limit", "2"]
+    assert main(arguments) == 0
+    output = capsys.readouterr().out
+    assert output.strip().splitlines()[-1].startswith("mIoU: ")
+    rows, summary = parse_table(output)
+    assert list(rows) == classes
+
+    # The same images and predictions, scored by the references.
+    dataset, _, _ = load_dataset(build_parser().parse_args(arguments), "val")
+    labels, predictions = [], []
+    for image, mask in dataset.take(2).as_numpy_iterator():
+        labels.append(mask)
+        predictions.append(predict_whole(model, image).argmax(-1))
+    labels, predictions = np.stack(labels), np.stack(predictions)
+    n = len(classes)
+    assert reference_dilation(48, 64, 0.02) == 2
+    ious = reference_iou(labels, predictions, n)
+    boundary, _ = reference_boundary_iou(labels, predictions, n, dilation_ratio=0.02)
+    tp, fp, fn = reference_confusion_counts(labels, predictions, n)
+    printed = np.array(list(rows.values()))
+    np.testing.assert_allclose(printed[:, 0], ious, atol=5.1e-5, equal_nan=True)
+    np.testing.assert_allclose(printed[:, 1], boundary, atol=5.1e-5, equal_nan=True)
+    np.testing.assert_allclose(summary["pixel accuracy"], tp.sum() / (tp.sum() + fn.sum()),
+                               atol=5.1e-5)
+    np.testing.assert_allclose(summary["mean Dice"], np.nanmean(reference_dice(labels, predictions, n)),
+                               atol=5.1e-5)
+    np.testing.assert_allclose(summary["boundary mIoU"], np.nanmean(boundary), atol=5.1e-5)
+    np.testing.assert_allclose(summary["mIoU:"], np.nanmean(ious), atol=5.1e-5)
