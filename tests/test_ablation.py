@@ -1,0 +1,109 @@
+"""The ablation miniature (`benchmarks/ablation.py`): its data, statistics and a tiny run."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from benchmarks import ablation
+
+
+def tiny_settings():
+    return dict(ablation.SETTINGS["tiny"])
+
+
+def test_every_variant_of_every_table_is_defined_and_distinct():
+    named = {variant for _, reference, rows in ablation.TABLES for variant in (reference, *(r[1] for r in rows))}
+    assert named == set(ablation.VARIANTS)
+    configurations = [tuple(sorted(v.items())) for v in ablation.VARIANTS.values()]
+    assert len(set(configurations)) == len(configurations)
+    full = ablation.SETTINGS["full"]
+    assert ablation.variants_of(full) == list(dict.fromkeys(ablation.variants_of(full)))
+    assert set(ablation.variants_of(full)) == set(ablation.VARIANTS)
+    assert len(full["seeds"]) >= 3
+
+
+def test_training_batches_depend_only_on_seed_and_step():
+    from alignseg_keras.synthetic_scenes import synthetic_scene_arrays
+
+    settings = tiny_settings()
+    images, masks = synthetic_scene_arrays(4, settings["image_size"], seed=0)
+    first = ablation.training_batch(images, masks, settings, seed=3, step=5)
+    again = ablation.training_batch(images, masks, settings, seed=3, step=5)
+    other = ablation.training_batch(images, masks, settings, seed=4, step=5)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[0], other[0])
+    batch_images, batch_masks = first
+    assert batch_images.shape == (settings["batch_size"], *settings["crop_size"], 3)
+    assert batch_masks.shape == (settings["batch_size"], *settings["crop_size"])
+    assert batch_images.dtype == np.float32 and batch_masks.dtype == np.int32
+    assert set(np.unique(batch_masks)) <= set(np.unique(masks))
+
+
+def test_a_crop_is_a_piece_of_its_scene_flipped_or_not():
+    settings = dict(tiny_settings(), batch_size=1, scale_range=(1.0, 1.0))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (1, 64, 128, 3), dtype=np.uint8)
+    masks = rng.integers(0, 8, (1, 64, 128), dtype=np.uint8)
+    flips = 0
+    for step in range(16):
+        image, mask = ablation.training_batch(images, masks, settings, seed=0, step=step)
+        found = False
+        for flipped in (False, True):
+            source_image = images[0][:, ::-1] if flipped else images[0]
+            source_mask = masks[0][:, ::-1] if flipped else masks[0]
+            for left in range(128 - 64 + 1):
+                if np.array_equal(source_mask[:, left : left + 64], mask[0]) and np.array_equal(
+                    source_image[:, left : left + 64], image[0].astype(np.uint8)
+                ):
+                    found, flips = True, flips + flipped
+                    break
+            if found:
+                break
+        assert found, f"step {step}: the crop is not a piece of the scene"
+    assert 0 < flips < 16
+
+
+def test_paired_statistics():
+    runs = {
+        ("a", 0): {"miou": 0.5}, ("a", 1): {"miou": 0.7}, ("a", 2): {"miou": 0.6},
+        ("b", 0): {"miou": 0.6}, ("b", 1): {"miou": 0.9}, ("b", 2): {"miou": 0.6},
+    }
+    differences = ablation.paired_differences(runs, "b", "a", "miou", (0, 1, 2))
+    np.testing.assert_allclose(differences, [0.1, 0.2, 0.0], atol=1e-12)
+    mean, spread = ablation.mean_std(differences)
+    assert mean == pytest.approx(0.1) and spread == pytest.approx(0.1)
+    assert ablation.cell(mean, spread, signed=True) == "+10.0 ± 10.0"
+    single_mean, single_spread = ablation.mean_std([0.25])
+    assert single_mean == 0.25 and single_spread != single_spread
+    assert ablation.cell(*ablation.mean_std([])) == "n/a"
+
+
+def test_the_report_keeps_the_hand_written_text(tmp_path):
+    path = tmp_path / "ablation.md"
+    path.write_text("# Title\n\nBefore.\n\n<!-- BEGIN GENERATED: x -->\nold\n<!-- END GENERATED -->\n\nAfter.\n")
+    merged = ablation.merged_report(str(path), "<!-- BEGIN GENERATED: y -->\nnew\n<!-- END GENERATED -->")
+    assert merged.startswith("# Title\n\nBefore.\n\n<!-- BEGIN GENERATED: y -->\nnew\n")
+    assert merged.endswith("<!-- END GENERATED -->\n\nAfter.\n") and "old" not in merged
+
+
+def test_tiny_ablation_runs_resumes_and_reports(tmp_path):
+    runs, output = tmp_path / "runs", tmp_path / "report" / "ablation.md"
+    arguments = ["--mode", "tiny", "--runs", str(runs), "--output", str(output), "--jobs", "0"]
+    ablation.main(arguments)
+    stored = sorted(os.listdir(runs))
+    assert stored == ["baseline_seed0.json", "baseline_seed1.json", "full_seed0.json", "full_seed1.json"]
+    result = json.loads((runs / "full_seed1.json").read_text())
+    for metric in ("miou", "boundary_iou", "thin_iou"):
+        assert 0.0 <= result[metric] <= 1.0
+    assert result["parameters"] > json.loads((runs / "baseline_seed1.json").read_text())["parameters"]
+    text = output.read_text()
+    assert "### Table 1: modules" in text and "+ AlignFA + AlignCM" in text and "(reference)" in text
+    assert "2 of" not in text and "4 of 4 runs" in text
+    assert (output.parent / "ablation.png").stat().st_size > 1000
+    # A second run finds every result stored and only rebuilds the report.
+    times = {name: os.path.getmtime(runs / name) for name in stored}
+    ablation.main(arguments)
+    assert {name: os.path.getmtime(runs / name) for name in stored} == times
