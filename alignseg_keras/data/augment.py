@@ -5,21 +5,25 @@ bilinear, mask nearest), padding to the crop size (image with the mean, mask
 with the ignore value), random crop, random horizontal flip, and optionally
 photometric jitter. Everything runs inside `tf.data`.
 
-Randomness is reproducible with `seed`: the per-image steps run in a
-parallel map and draw from TensorFlow's stateless random ops with a seed per
-element (Keras' preprocessing layers draw from a stateful seed generator,
-whose order is not reproducible across parallel map calls). The flip is
-`keras.layers.RandomFlip`, which flips `segmentation_masks` together with
-`images`; it runs on whole batches in a sequential map, which keeps its
-seed generator reproducible. Keras' `RandomCrop` (one crop window per batch,
-resizes small inputs), `RandomZoom` (one fill value for images and masks) and
+Randomness is reproducible with `seed` and the same in every iterator of
+the pipeline: every random draw (shuffle order, scale, jitter, crop window,
+flip) is a stateless function of `seed`, the epoch and the element's place in
+it, never of a seed generator that iterators share. So two iterations of a
+repeated pipeline yield the same batches (Keras' JAX `fit` peeks with a first
+iterator and trains from a second; every process of a data-parallel job
+builds the same global stream), while its epochs differ. The flip is per
+element, in the parallel map, with the mask flipped with its image. Keras'
+preprocessing layers draw from a stateful seed generator, shared by all
+iterators of a dataset and advanced in whatever order their prefetching
+threads run (`RandomFlip` made the flips differ between iterations and
+processes); Keras' `RandomCrop` (one crop window per batch, resizes small
+inputs), `RandomZoom` (one fill value for images and masks) and
 `RandomColorJitter` (its saturation leaves the value range on 0..255 images
-in Keras 3.15) do not fit and are not used.
+in Keras 3.15) do not fit either and are not used.
 """
 
 import random
 
-import keras
 import tensorflow as tf
 
 from alignseg_keras.backbones.encoders import IMAGENET_RGB
@@ -230,15 +234,64 @@ def random_crop(image, mask, size, seed):
     return stacked[..., :3], tf.cast(stacked[..., 3], tf.int32)
 
 
-def _flip_batches(dataset, seed):
-    flip = keras.layers.RandomFlip("horizontal", seed=seed, dtype="float32")
+def random_flip(image, mask, seed):
+    """Flips an image and its mask horizontally together, with probability 1/2.
 
-    def apply(images, masks):
-        flipped = flip({"images": images, "segmentation_masks": masks[..., None]}, training=True)
-        return flipped["images"], tf.cast(flipped["segmentation_masks"][..., 0], tf.int32)
+    Args:
+        image: float32 `(H, W, 3)`.
+        mask: int32 `(H, W)`.
+        seed: int tensor `(2,)`, stateless seed.
 
-    # Sequential on purpose: the layer's seed generator then advances in order.
-    return dataset.map(apply)
+    Returns:
+        The `(image, mask)`, both flipped or both as they were.
+
+    Example:
+    ```python
+    image, mask = random_flip(image, mask, tf.constant([1, 2]))
+    ```
+    """
+    flip = tf.random.stateless_uniform([], seed) < 0.5
+    return tf.cond(flip, lambda: (tf.reverse(image, [1]), tf.reverse(mask, [1])),
+                   lambda: (image, mask))
+
+
+def _hash_pair(first, second):
+    """Two int64 drawn statelessly from the seed `(first, second)`: a key per pair."""
+    seed = tf.stack([tf.cast(first, tf.int64), tf.cast(second, tf.int64)])
+    return tf.random.stateless_uniform([2], seed, minval=None, maxval=None, dtype=tf.int64)
+
+
+def _examples_with_seeds(dataset, seed, shuffle, repeat):
+    """`(example, element seed)` pairs, the seed drawn statelessly from a key and the
+    element's index in the stream.
+
+    Repeated, the stream is built anew inside `flat_map` for every iterator: its
+    shuffle (with `seed`) gets a seed generator of its own there, so every
+    iterator yields the same stream, and each pass over `dataset` in it is
+    reshuffled; the key is `seed`. Without `repeat`, every iteration is one
+    epoch: the shuffle's generator is shared by the iterators and reshuffles for
+    each new one, and the key is drawn when the iterator starts (`Dataset.random`):
+    the n-th iteration of pipelines built alike is the same, and iterations
+    differ. (A shuffle seed that is a tensor, such as one per epoch, fails in
+    `tf.data` when TensorFlow's global seed is 0.)
+    """
+
+    def shuffled(examples):
+        if not shuffle:
+            return examples
+        return examples.shuffle(shuffle, seed=seed, reshuffle_each_iteration=True)
+
+    def numbered(examples, keys):
+        return tf.data.Dataset.zip(examples, keys, tf.data.Dataset.counter()).map(
+            lambda example, key, index: (example, _hash_pair(key, index)))
+
+    if repeat:
+        stream = tf.data.Dataset.from_tensors(tf.constant(seed, tf.int64))
+        return stream.flat_map(lambda key: numbered(
+            shuffled(dataset).repeat(), tf.data.Dataset.from_tensors(key).repeat()))
+    key = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+    keys = key.flat_map(lambda value: tf.data.Dataset.from_tensors(value).repeat())
+    return numbered(shuffled(dataset), keys)
 
 
 def training_pipeline(
@@ -259,7 +312,8 @@ def training_pipeline(
 
     Per example: random scale (image bilinear, mask nearest), optional
     photometric jitter, padding to `crop_size` (image with `fill_mean`, mask
-    with `ignore_index`) and a random crop; per batch: random horizontal flip.
+    with `ignore_index`), a random crop and a random horizontal flip (image
+    and mask together).
 
     Args:
         dataset: unbatched `tf.data.Dataset` of `(image (H, W, 3), mask (H, W))`
@@ -275,9 +329,13 @@ def training_pipeline(
         ignore_index: int, mask value of the padding.
         fill_mean: three floats, RGB value of the image padding (the model's mean).
         shuffle: int, shuffle buffer size (decoded examples); 0 disables.
-        repeat: bool, repeat forever (then give `fit` a `steps_per_epoch`).
+        repeat: bool, repeat forever (then give `fit` a `steps_per_epoch`):
+            every iterator yields the same stream, each pass over `dataset`
+            reshuffled and augmented anew. False: one pass per iteration, each
+            iteration a new epoch.
         seed: int or None; an int makes the order and every augmentation
-            reproducible.
+            reproducible: the same in every process, and in every iterator
+            of a repeated pipeline.
         scale_step: None (continuous scales) or a float step between scales
             (0.1 in the authors' code).
 
@@ -301,26 +359,22 @@ def training_pipeline(
         raise ValueError(f"`ignore_index` must be in 0..255; received {ignore_index!r}.")
     standardise = _standardiser(dataset)
     seed = random.SystemRandom().randrange(2**31) if seed is None else int(seed)
-    if shuffle:
-        dataset = dataset.shuffle(int(shuffle), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        dataset = dataset.repeat()
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    dataset = _examples_with_seeds(dataset, seed, int(shuffle), repeat)
 
     def augment(example, element_seed):
         image, mask = standardise(*example)
-        scale_seed, jitter_seed, crop_seed = tf.unstack(tf.random.split(element_seed, 3))
+        scale_seed, jitter_seed, crop_seed, flip_seed = tf.unstack(tf.random.split(element_seed, 4))
         image, mask = random_scale(image, mask, scale_range, scale_seed, scale_step)
         if jitter:
             image = photometric_jitter(image, jitter_seed, **jitter)
         image, mask = pad_to_size(image, mask, crop, fill_mean, int(ignore_index))
-        return random_crop(image, mask, crop, crop_seed)
+        image, mask = random_crop(image, mask, crop, crop_seed)
+        if flip:
+            image, mask = random_flip(image, mask, flip_seed)
+        return image, mask
 
-    dataset = tf.data.Dataset.zip(dataset, seeds)
     dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(int(batch_size), drop_remainder=True)
-    if flip:
-        dataset = _flip_batches(dataset, seed)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 

@@ -85,16 +85,101 @@ def test_same_seed_reproduces_and_other_seed_differs():
     assert not np.array_equal(first[1], other[1])
 
 
-def test_flip_mirrors_image_and_mask_together():
-    dataset = block_scenes(count=1, size=(32, 48))
+def single_scene_pipeline(dataset, **kwargs):
+    """A pipeline over one 32x48 scene whose only randomness is the flip."""
+    args = dict(crop_size=(32, 48), batch_size=8, scale_range=(1.0, 1.0), shuffle=0)
+    return pipeline(dataset, **{**args, **kwargs})
+
+
+def flips(dataset, batches, **kwargs):
+    """Which rows of `batches` batches of one 32x48 scene are mirrored (each row
+    is the scene itself or its mirror image, mask and image alike)."""
     original_image, original_mask = next(iter(dataset))
-    kwargs = dict(crop_size=(32, 48), batch_size=8, scale_range=(1.0, 1.0), shuffle=0)
-    images, masks = take(pipeline(dataset, **kwargs), 2)
+    original_image = original_image.numpy().astype(np.float32)
+    images, masks = take(single_scene_pipeline(dataset, **kwargs), batches)
     flipped = np.array([np.array_equal(mask, original_mask[:, ::-1]) for mask in masks])
     kept = np.array([np.array_equal(mask, original_mask) for mask in masks])
-    assert (flipped | kept).all() and flipped.any() and kept.any()
-    np.testing.assert_array_equal(images[flipped], np.broadcast_to(original_image.numpy()[:, ::-1], images[flipped].shape))
-    np.testing.assert_array_equal(images[kept], np.broadcast_to(original_image.numpy(), images[kept].shape))
+    assert (flipped | kept).all()
+    np.testing.assert_array_equal(images[flipped], np.broadcast_to(original_image[:, ::-1], images[flipped].shape))
+    np.testing.assert_array_equal(images[kept], np.broadcast_to(original_image, images[kept].shape))
+    return flipped
+
+
+def test_flip_mirrors_image_and_mask_together_half_the_time():
+    flipped = flips(block_scenes(count=1, size=(32, 48)), 25)
+    # 200 independent coin flips: 0.5 +- 0.035 (one standard deviation).
+    assert 0.38 < flipped.mean() < 0.62, flipped.mean()
+    # Per element, not per batch: batches mix flipped and kept rows.
+    per_batch = flipped.reshape(25, 8).mean(axis=1)
+    assert ((per_batch > 0) & (per_batch < 1)).sum() > 20
+
+
+def test_flips_are_the_same_in_every_iteration_and_differ_with_the_seed():
+    dataset = block_scenes(count=1, size=(32, 48))
+    first = flips(dataset, 4)
+    assert not np.array_equal(flips(dataset, 4, seed=1), first)
+    # One pipeline iterated twice, concurrently: the same flips.
+    batches = single_scene_pipeline(dataset)
+    one, two = iter(batches), iter(batches)
+    masks = [(next(one)[1].numpy(), next(two)[1].numpy()) for _ in range(4)]
+    for left, right in masks:
+        np.testing.assert_array_equal(left, right)
+    np.testing.assert_array_equal(np.concatenate([left for left, _ in masks])[:, 0, 0] ==
+                                  np.asarray(next(iter(dataset))[1])[0, -1], first)
+
+
+def test_two_iterators_yield_the_same_batches():
+    """Keras' JAX `fit` takes a batch from a first iterator and trains from a second;
+    the processes of a data-parallel job each build the pipeline: all must agree."""
+    dataset = pipeline(block_scenes(count=6), photometric=True, scale_range=(0.7, 1.5))
+    first, second = iter(dataset), iter(dataset)
+    next(first)  # one iterator ahead of the other, both prefetching
+    expected = [next(first) for _ in range(8)]
+    next(second)
+    for images, masks in expected:
+        other_images, other_masks = next(second)
+        np.testing.assert_array_equal(other_images.numpy(), images.numpy())
+        np.testing.assert_array_equal(other_masks.numpy(), masks.numpy())
+    # Another pipeline built with the same seed yields them too.
+    again = take(pipeline(block_scenes(count=6), photometric=True, scale_range=(0.7, 1.5)), 9)
+    np.testing.assert_array_equal(again[1][4:], np.concatenate([m.numpy() for _, m in expected]))
+    np.testing.assert_array_equal(again[0][4:], np.concatenate([i.numpy() for i, _ in expected]))
+
+
+def identity_scenes(count):
+    """32x48 scenes whose mask is 2i on the left half and 2i + 1 on the right (scene i)."""
+    masks = np.zeros((count, 32, 48), np.uint8)
+    masks[:] = 2 * np.arange(count, dtype=np.uint8)[:, None, None]
+    masks[:, :, 24:] += 1
+    return tf.data.Dataset.from_tensor_slices((PALETTE[masks % len(PALETTE)].astype(np.uint8), masks))
+
+
+def scene_and_flip(masks):
+    """The scene of each row of identity_scenes' masks, and whether it is mirrored."""
+    left, right = masks[:, 0, 0], masks[:, 0, -1]
+    return np.minimum(left, right) // 2, left > right
+
+
+def test_epochs_are_reshuffled_and_augmented_anew():
+    # Batch = epoch: 6 scenes, batch 6, no scaling, full-size crops.
+    kwargs = dict(crop_size=(32, 48), batch_size=6, scale_range=(1.0, 1.0), shuffle=6)
+    _, masks = take(pipeline(identity_scenes(6), **kwargs), 8)
+    scenes, flipped = (part.reshape(8, 6) for part in scene_and_flip(masks))
+    assert all(sorted(order) == list(range(6)) for order in scenes)  # each scene once per epoch
+    assert len({tuple(order) for order in scenes}) > 4
+    # Each scene's coin is drawn again every epoch.
+    by_scene = [tuple(epoch_flips[np.argsort(order)]) for epoch_flips, order in zip(flipped, scenes)]
+    assert len(set(by_scene)) > 4
+
+
+def test_without_repeat_every_iteration_is_a_new_epoch():
+    kwargs = dict(crop_size=(32, 48), batch_size=6, scale_range=(1.0, 1.0), shuffle=6, repeat=False)
+    dataset = pipeline(identity_scenes(6), **kwargs)
+    orders = [tuple(masks.numpy()[:, 0, 0]) for _ in range(6) for _, masks in dataset]
+    assert len(orders) == 6 and len(set(orders)) > 3  # reshuffled (and flipped) anew
+    # The n-th iteration of pipelines built alike is the same.
+    again = pipeline(identity_scenes(6), **kwargs)
+    assert [tuple(masks.numpy()[:, 0, 0]) for _ in range(6) for _, masks in again] == orders
 
 
 def test_no_flip_keeps_orientation():
@@ -174,3 +259,25 @@ def test_bad_datasets():
         augment.evaluation_pipeline((images, masks))
     with pytest.raises(ValueError, match="masks"):
         augment.evaluation_pipeline(tf.data.Dataset.from_tensors((images[0], images[0])))
+
+
+def test_reproducible_under_any_global_seed():
+    """`alignseg train` sets TensorFlow's global seed (`keras.utils.set_random_seed`), 0 by default."""
+    from tensorflow.python.eager import context
+
+    previous = context.global_seed()
+    try:
+        batches = []
+        for _ in range(2):
+            tf.random.set_seed(0)
+            dataset = pipeline(block_scenes(count=6), photometric=True)
+            iterator = iter(dataset)
+            next(iter(dataset))  # another iterator first, as Keras' JAX fit does
+            batches.append([next(iterator)[1].numpy() for _ in range(3)])
+        for first, second in zip(*batches):
+            np.testing.assert_array_equal(first, second)
+        for kwargs in (dict(repeat=False), dict(shuffle=0)):
+            tf.random.set_seed(0)
+            assert take(pipeline(block_scenes(count=6), **kwargs), 1)[0].shape == (4, 40, 56, 3)
+    finally:
+        tf.random.set_seed(previous)
