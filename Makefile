@@ -45,7 +45,7 @@ bench: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m benchmarks.run $(BENCH_ARGS)
 
 demo: $(STAMP)
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) examples/demo.py --output runs/demo
+	$(PY) examples/demo.py --output runs/demo
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
