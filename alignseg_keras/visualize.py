@@ -292,6 +292,8 @@ def offset_images(model, image, max_magnitude=None, separator=4):
     Returns:
         dict from module name (`align_fa2`, ..., `align_cm`) to uint8 RGB
         pictures `(H, W, 3)` (AlignCM) or `(H, 2 W + separator, 3)` (AlignFA).
+        Ablated models draw only their alignment modules (an AlignFA that
+        aligns one side, one field `(H, W, 3)`); none, an empty dict.
 
     Example:
     ```python
@@ -303,6 +305,8 @@ def offset_images(model, image, max_magnitude=None, separator=4):
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"`image` must have shape (height, width, 3); received {image.shape}.")
     height, width = image.shape[:2]
+    if not model.offset_outputs:
+        return {}
     outputs = model.offset_model()(image[None].astype("float32"), training=False)
     gap = np.full((height, separator, 3), 255, "uint8")
     pictures = {}

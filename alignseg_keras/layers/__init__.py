@@ -1,4 +1,4 @@
-"""AlignSeg layers: the alignment function, AlignFA, AlignCM and their parts."""
+"""AlignSeg layers: the alignment function, AlignFA, AlignCM, their parts and ablations."""
 
 from alignseg_keras.layers.adaptive_pooling import AdaptiveAveragePooling2D
 from alignseg_keras.layers.align_cm import AlignCM
@@ -14,3 +14,5 @@ from alignseg_keras.layers.preprocessing import ImageNormalization
 from alignseg_keras.layers.preprocessing import PadToMultiple
 from alignseg_keras.layers.residual_conv_block import ResidualConvBlock
 from alignseg_keras.layers.segmentation_head import SegmentationHead
+from alignseg_keras.layers.upsample_fusion import BilinearUpsamplingKernel
+from alignseg_keras.layers.upsample_fusion import UpsampleFusion

@@ -11,6 +11,9 @@ from alignseg_keras.layers.conv_norm_activation import check_activation
 from alignseg_keras.layers.offset_head import OffsetHead
 
 MERGE_MODES = ("sum", "concat")
+# How AlignCM places the pooled context: aligned by learned offsets (Eq. 3) or
+# upsampled bilinearly ("w/o alignment" in the paper's Table 4).
+CONTEXT_MODES = ("align", "pool")
 
 
 @keras.saving.register_keras_serializable(package="alignseg_keras")
@@ -27,6 +30,10 @@ class AlignCM(keras.layers.Layer):
     `merge="concat"` as the paper's Eq. 3 (`2 * filters` channels). This is the
     authors' `CAM` module.
 
+    With `context="pool"` the pooled context is not aligned but upsampled
+    bilinearly (align_corners=True) to the local size and merged the same way:
+    the paper's Table 4 "w/o alignment". No offset head is built then.
+
     Args:
         filters: int, output channels of each branch (256).
         bins: int, pooled grid size K (the paper tries 2, 3 and 6; the code uses 3).
@@ -35,13 +42,15 @@ class AlignCM(keras.layers.Layer):
         merge: `"sum"` or `"concat"`.
         offset_filters: int, hidden channels of the offset head (256).
         alignment: `"standard"` or `"official"`, the `AlignmentLayer` mode.
+        context: `"align"` (Eq. 3) or `"pool"` (no alignment, no offsets).
         activation: `"relu"` or `"leaky_relu"`.
         sync_batchnorm: bool, synchronise BatchNorm across replicas.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
         inputs: `(B, H, W, C_in)` stride-32 backbone features.
-        return_offsets: bool; if True, also return the offsets `(B, H, W, 2)`.
+        return_offsets: bool; if True, also return the offsets `(B, H, W, 2)`
+            (`context="align"` only).
 
     Example:
     ```python
@@ -58,11 +67,16 @@ class AlignCM(keras.layers.Layer):
         merge="sum",
         offset_filters=256,
         alignment="standard",
+        context="align",
         activation="relu",
         sync_batchnorm=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if context not in CONTEXT_MODES:
+            raise ValueError(
+                f"AlignCM: `context` must be one of {CONTEXT_MODES}; received {context!r}."
+            )
         if merge not in MERGE_MODES:
             raise ValueError(
                 f"AlignCM: `merge` must be one of {MERGE_MODES}; received {merge!r}."
@@ -75,16 +89,20 @@ class AlignCM(keras.layers.Layer):
         self.merge = merge
         self.offset_filters = offset_filters
         self.alignment = alignment
+        self.context = context
         self.activation = check_activation(activation)
         self.sync_batchnorm = sync_batchnorm
         self.pool = AdaptiveAveragePooling2D(self.bins, name="pool")
-        self.offset_head = OffsetHead(
-            offset_filters,
-            activation=activation,
-            sync_batchnorm=sync_batchnorm,
-            name="offset_head",
-        )
-        self.align = AlignmentLayer(alignment, name="align")
+        self.offset_head = None
+        self.align = None
+        if context == "align":
+            self.offset_head = OffsetHead(
+                offset_filters,
+                activation=activation,
+                sync_batchnorm=sync_batchnorm,
+                name="offset_head",
+            )
+            self.align = AlignmentLayer(alignment, name="align")
 
     def build(self, input_shape):
         hidden = self.hidden_filters or input_shape[-1]
@@ -104,17 +122,24 @@ class AlignCM(keras.layers.Layer):
         ):
             reduce.build(input_shape)
             project.build(reduced_shape)
-        self.offset_head.build(tuple(input_shape[:-1]) + (2 * self.filters,))
+        if self.offset_head is not None:
+            self.offset_head.build(tuple(input_shape[:-1]) + (2 * self.filters,))
 
     def call(self, inputs, training=None, return_offsets=False):
+        if return_offsets and self.offset_head is None:
+            raise ValueError("AlignCM: `return_offsets` needs context='align'.")
         context = self.context_reduce(self.pool(inputs), training=training)
         context = self.context_project(context, training=training)
         local = self.local_reduce(inputs, training=training)
         local = self.local_project(local, training=training)
         size = (ops.shape(local)[1], ops.shape(local)[2])
-        concat = ops.concatenate([local, resize_bilinear(context, size)], axis=-1)
-        offsets = self.offset_head(concat, training=training)
-        aligned = self.align([context, offsets])
+        upsampled = resize_bilinear(context, size)
+        if self.offset_head is None:
+            aligned = upsampled
+        else:
+            concat = ops.concatenate([local, upsampled], axis=-1)
+            offsets = self.offset_head(concat, training=training)
+            aligned = self.align([context, offsets])
         if self.merge == "sum":
             output = local + aligned
         else:
@@ -133,6 +158,7 @@ class AlignCM(keras.layers.Layer):
                 "merge": self.merge,
                 "offset_filters": self.offset_filters,
                 "alignment": self.alignment,
+                "context": self.context,
                 "activation": self.activation,
                 "sync_batchnorm": self.sync_batchnorm,
             }

@@ -8,6 +8,11 @@ from alignseg_keras.layers.alignment import resize_bilinear
 from alignseg_keras.layers.conv_norm_activation import check_activation
 from alignseg_keras.layers.offset_head import OffsetHead
 
+# Which features AlignFA aligns (paper Table 3): the upsampled low-resolution
+# one (Delta_F, the code's delta_gen1), the high-resolution one (Delta_A,
+# delta_gen2), or both (Eq. 1, the default).
+ALIGN_FA_OFFSETS = ("both", "low_res", "high_res")
+
 
 @keras.saving.register_keras_serializable(package="alignseg_keras")
 class AlignFA(keras.layers.Layer):
@@ -22,9 +27,15 @@ class AlignFA(keras.layers.Layer):
     This is the authors' `CAB` module; Delta_F is their `delta_gen1` and
     Delta_A their `delta_gen2`. Both inputs must have the same channels.
 
+    `align_fa_offsets` keeps one of the two alignments (the paper's Table 3):
+    `"low_res"` aligns only the upsampled F, `out = U(up(F), Delta_F) + A`;
+    `"high_res"` only A, `out = up(F) + U(A, Delta_A)`. The other feature is
+    used as it is, and only the offset head in use is built.
+
     Args:
         offset_filters: int, hidden channels of the offset heads (256).
         alignment: `"standard"` or `"official"`, the `AlignmentLayer` mode.
+        align_fa_offsets: `"both"` (Eq. 1), `"low_res"` or `"high_res"`.
         activation: `"relu"` or `"leaky_relu"`.
         sync_batchnorm: bool, synchronise BatchNorm across replicas.
         **kwargs: standard `keras.layers.Layer` arguments.
@@ -33,7 +44,8 @@ class AlignFA(keras.layers.Layer):
         inputs: `[high_resolution, low_resolution]`, `(B, H, W, C)` and
             `(B, h, w, C)`.
         return_offsets: bool; if True, also return the offsets
-            `(B, H, W, 4)`: Delta_F in channels 0-1, Delta_A in 2-3.
+            `(B, H, W, 4)`: Delta_F in channels 0-1, Delta_A in 2-3; with
+            one alignment, its field alone, `(B, H, W, 2)`.
 
     Example:
     ```python
@@ -47,23 +59,46 @@ class AlignFA(keras.layers.Layer):
         self,
         offset_filters=256,
         alignment="standard",
+        align_fa_offsets="both",
         activation="relu",
         sync_batchnorm=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if align_fa_offsets not in ALIGN_FA_OFFSETS:
+            raise ValueError(
+                f"AlignFA: `align_fa_offsets` must be one of {ALIGN_FA_OFFSETS}; "
+                f"received align_fa_offsets={align_fa_offsets!r}."
+            )
         self.offset_filters = offset_filters
         self.alignment = alignment
+        self.align_fa_offsets = align_fa_offsets
         self.activation = check_activation(activation)
         self.sync_batchnorm = sync_batchnorm
         head_args = dict(activation=activation, sync_batchnorm=sync_batchnorm)
-        self.low_resolution_offsets = OffsetHead(
-            offset_filters, name="low_resolution_offsets", **head_args
-        )
-        self.high_resolution_offsets = OffsetHead(
-            offset_filters, name="high_resolution_offsets", **head_args
-        )
+        # Created in this order (low, high) for the default, as every saved file has them.
+        self.low_resolution_offsets = None
+        self.high_resolution_offsets = None
+        if align_fa_offsets in ("both", "low_res"):
+            self.low_resolution_offsets = OffsetHead(
+                offset_filters, name="low_resolution_offsets", **head_args
+            )
+        if align_fa_offsets in ("both", "high_res"):
+            self.high_resolution_offsets = OffsetHead(
+                offset_filters, name="high_resolution_offsets", **head_args
+            )
         self.align = AlignmentLayer(alignment, name="align")
+
+    def _offset_heads(self):
+        """The offset heads built, in the order of the offset channels.
+
+        A method, not a property: Keras' saving walks the attributes.
+        """
+        return [
+            head
+            for head in (self.low_resolution_offsets, self.high_resolution_offsets)
+            if head is not None
+        ]
 
     def build(self, input_shape):
         high_shape, low_shape = input_shape
@@ -73,18 +108,24 @@ class AlignFA(keras.layers.Layer):
                 f"received {high_shape[-1]} and {low_shape[-1]}."
             )
         concat_shape = tuple(high_shape[:-1]) + (high_shape[-1] * 2,)
-        self.low_resolution_offsets.build(concat_shape)
-        self.high_resolution_offsets.build(concat_shape)
+        for head in self._offset_heads():
+            head.build(concat_shape)
 
     def call(self, inputs, training=None, return_offsets=False):
         high, low = inputs
         low = resize_bilinear(low, (ops.shape(high)[1], ops.shape(high)[2]))
         concat = ops.concatenate([high, low], axis=-1)
-        low_offsets = self.low_resolution_offsets(concat, training=training)
-        high_offsets = self.high_resolution_offsets(concat, training=training)
-        output = self.align([low, low_offsets]) + self.align([high, high_offsets])
+        offsets = []
+        if self.low_resolution_offsets is not None:
+            offsets.append(self.low_resolution_offsets(concat, training=training))
+            low = self.align([low, offsets[-1]])
+        if self.high_resolution_offsets is not None:
+            offsets.append(self.high_resolution_offsets(concat, training=training))
+            high = self.align([high, offsets[-1]])
+        # The aligned side may compute in another dtype than the side used as it is.
+        output = low + ops.cast(high, low.dtype)
         if return_offsets:
-            return output, ops.concatenate([low_offsets, high_offsets], axis=-1)
+            return output, ops.concatenate(offsets, axis=-1) if len(offsets) > 1 else offsets[0]
         return output
 
     def get_config(self):
@@ -93,6 +134,7 @@ class AlignFA(keras.layers.Layer):
             {
                 "offset_filters": self.offset_filters,
                 "alignment": self.alignment,
+                "align_fa_offsets": self.align_fa_offsets,
                 "activation": self.activation,
                 "sync_batchnorm": self.sync_batchnorm,
             }

@@ -18,9 +18,20 @@ LAYERS = [
     (layers.AlignFA, dict(offset_filters=8, alignment="official", activation="leaky_relu"),
      [(2, 12, 10, 8), (2, 6, 5, 8)], [(2, 12, 10, 8), (2, 12, 10, 4)],
      {"return_offsets": True}, (8, 4)),
+    (layers.AlignFA, dict(offset_filters=8, align_fa_offsets="high_res"),
+     [(2, 12, 10, 8), (2, 6, 5, 8)], [(2, 12, 10, 8), (2, 12, 10, 2)],
+     {"return_offsets": True}, (4, 2)),
+    (layers.AlignFA, dict(offset_filters=8, align_fa_offsets="low_res"),
+     [(2, 12, 10, 8), (2, 6, 5, 8)], [(2, 12, 10, 8)], {}, (4, 2)),
     (layers.AlignCM,
      dict(filters=8, bins=2, hidden_filters=12, merge="concat", alignment="official"),
      [(2, 7, 9, 12)], [(2, 7, 9, 16), (2, 7, 9, 2)], {"return_offsets": True}, (16, 10)),
+    (layers.AlignCM, dict(filters=8, bins=6, hidden_filters=12, context="pool"),
+     [(2, 7, 9, 12)], [(2, 7, 9, 8)], {}, (12, 8)),
+    (layers.UpsampleFusion, dict(fusion="bilinear", upsampling_factor=4),
+     [(2, 12, 10, 8), (2, 3, 3, 8)], [(2, 12, 10, 8)], {}, (0, 0)),
+    (layers.UpsampleFusion, dict(fusion="deconv", upsampling_factor=4),
+     [(2, 12, 10, 8), (2, 3, 3, 8)], [(2, 12, 10, 8)], {}, (2, 0)),
     (layers.SegmentationHead, dict(num_classes=5, filters=8, dropout=0.2),
      [(2, 9, 11, 8)], [(2, 9, 11, 5)], {}, (6, 2)),
     (layers.AlignmentLayer, dict(mode="official"),
@@ -118,11 +129,93 @@ def test_align_cm_shapes_and_initial_context(merge, channels):
     np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=1e-5)
 
 
+@pytest.mark.parametrize("side", ["low_res", "high_res"])
+def test_align_fa_aligns_one_side_and_uses_the_other_as_is(side):
+    fine = np.random.rand(2, 12, 10, 8).astype("float32")
+    coarse = np.random.rand(2, 6, 5, 8).astype("float32")
+    module = layers.AlignFA(offset_filters=4, alignment="official", align_fa_offsets=side)
+    module([fine, coarse])
+    head = module.low_resolution_offsets if side == "low_res" else module.high_resolution_offsets
+    other = module.high_resolution_offsets if side == "low_res" else module.low_resolution_offsets
+    assert other is None and head is not None
+    # A constant offset field of (1, -1) half pixels for the aligned side.
+    kernel = np.zeros(head.offsets.kernel.shape, "float32")
+    kernel[1, 1, :, 0], kernel[1, 1, :, 1] = 1.0, -1.0
+    head.offsets.kernel.assign(kernel)
+    head.hidden.norm.beta.assign(np.full((4,), 0.25, "float32"))
+    head.hidden.conv.kernel.assign(np.zeros(head.hidden.conv.kernel.shape, "float32"))
+    out, offsets = module([fine, coarse], return_offsets=True)
+    field = np.zeros((2, 12, 10, 2), "float32")
+    field[..., 0], field[..., 1] = 1.0, -1.0
+    np.testing.assert_allclose(np.asarray(offsets), field, atol=1e-6)
+    upsampled = np.asarray(layers.resize_bilinear(coarse, (12, 10)))
+    align = layers.AlignmentLayer("official")
+    if side == "low_res":
+        expected = np.asarray(align([upsampled, field])) + fine
+    else:
+        expected = upsampled + np.asarray(align([fine, field]))
+    np.testing.assert_allclose(np.asarray(out), expected, atol=1e-5)
+
+
+def test_align_cm_without_alignment_upsamples_the_pooled_context():
+    x = np.random.rand(2, 7, 9, 12).astype("float32")
+    module = layers.AlignCM(filters=8, bins=2, context="pool", alignment="official")
+    out = module(x)
+    assert module.offset_head is None
+    pooled = module.context_project(module.context_reduce(module.pool(x)))
+    local = module.local_project(module.local_reduce(x))
+    expected = local + layers.resize_bilinear(pooled, (7, 9))
+    np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=1e-5)
+    with pytest.raises(ValueError, match="return_offsets"):
+        module(x, return_offsets=True)
+
+
+def test_deconv_fusion_starts_as_bilinear_upsampling_and_fits_any_size():
+    fine = np.random.rand(2, 12, 10, 8).astype("float32")
+    coarse = np.random.rand(2, 6, 5, 8).astype("float32")
+    fused = np.asarray(layers.UpsampleFusion("deconv", 2)([fine, coarse]))
+    # Half-pixel bilinear upsampling (TensorFlow's resize), away from the border.
+    ratio = 2.0
+    expected = np.zeros((2, 12, 10, 8))
+    for i in range(12):
+        y = min(max((i + 0.5) / ratio - 0.5, 0), 5)
+        y0, wy = int(np.floor(y)), y - np.floor(y)
+        for j in range(10):
+            x = min(max((j + 0.5) / ratio - 0.5, 0), 4)
+            x0, wx = int(np.floor(x)), x - np.floor(x)
+            y1, x1 = min(y0 + 1, 5), min(x0 + 1, 4)
+            expected[:, i, j] = ((1 - wy) * (1 - wx) * coarse[:, y0, x0]
+                                 + (1 - wy) * wx * coarse[:, y0, x1]
+                                 + wy * (1 - wx) * coarse[:, y1, x0] + wy * wx * coarse[:, y1, x1])
+    np.testing.assert_allclose((fused - fine)[:, 1:-1, 1:-1], expected[:, 1:-1, 1:-1], atol=1e-5)
+    # Larger than the high-resolution map: cropped; smaller: zero-padded.
+    module = layers.UpsampleFusion("deconv", 8)
+    for low_size, high_size in (((3, 2), (17, 9)), ((2, 2), (20, 19)), ((1, 1), (8, 8))):
+        out = module([np.zeros((1, *high_size, 8), "float32"),
+                      np.ones((1, *low_size, 8), "float32")])
+        assert tuple(out.shape) == (1, *high_size, 8)
+    out = np.asarray(module([np.zeros((1, 20, 19, 8), "float32"), np.ones((1, 2, 2, 8), "float32")]))
+    assert np.all(out[:, 16:] == 0) and np.all(out[:, :, 16:] == 0) and out[:, :16, :16].max() > 0
+
+
+def test_upsample_fusion_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="`fusion`"):
+        layers.UpsampleFusion("align")
+    with pytest.raises(ValueError, match="`upsampling_factor`"):
+        layers.UpsampleFusion("deconv", 6)
+    with pytest.raises(ValueError, match="channels"):
+        layers.UpsampleFusion()([np.zeros((1, 4, 4, 8), "float32"), np.zeros((1, 2, 2, 4), "float32")])
+
+
 def test_align_cm_rejects_bad_arguments():
     with pytest.raises(ValueError, match="merge"):
         layers.AlignCM(merge="add")
     with pytest.raises(ValueError, match="bins"):
         layers.AlignCM(bins=0)
+    with pytest.raises(ValueError, match="`context`"):
+        layers.AlignCM(context=None)
+    with pytest.raises(ValueError, match="`align_fa_offsets`"):
+        layers.AlignFA(align_fa_offsets="neither")
 
 
 def test_activation_is_validated():

@@ -46,6 +46,18 @@ DECODER_DEFAULTS = {
 LOGITS, AUX_LOGITS = "logits", "aux_logits"
 
 
+class _Default:
+    """The default of `AlignSeg(context=...)`: AlignSegBackbone's (None means no context)."""
+
+    def __repr__(self):
+        return "DEFAULT"
+
+
+# Marks a decoder argument left to AlignSegBackbone's default where None is a
+# value of its own (`context=None`: no context module).
+DEFAULT = _Default()
+
+
 def _should_sync_batchnorm(sync_batchnorm):
     if sync_batchnorm is not None:
         return bool(sync_batchnorm)
@@ -102,9 +114,14 @@ def build_backbone(backbone=None, image_encoder=None, backbone_weights=None, **d
         image_encoder: a `keras.Model` with `pyramid_outputs`, instead of `backbone`.
         backbone_weights: None or `"imagenet"` for a ResNet named by `backbone`.
         **decoder: `AlignSegBackbone` arguments (`DECODER_DEFAULTS`); None
-            values take the default.
+            values take the default, but for `context`, where None means no
+            context module and `DEFAULT` takes the default.
     """
-    given = {key: value for key, value in decoder.items() if value is not None}
+    given = {
+        key: value
+        for key, value in decoder.items()
+        if value is not DEFAULT and (value is not None or key == "context")
+    }
     unknown = sorted(set(given) - set(DECODER_DEFAULTS))
     if unknown:
         raise TypeError(f"Unknown decoder arguments: {', '.join(unknown)}.")
@@ -167,6 +184,10 @@ class AlignSeg(keras.Model):
             arguments for a backbone built here (defaults in `DECODER_DEFAULTS`:
             256, as wide as the decoder, 3, `"sum"`, None, `"standard"`,
             `"relu"`); an error with a ready `AlignSegBackbone`.
+        fusion, align_fa_offsets, context: the paper's ablations (Tables
+            1-4), `AlignSegBackbone` arguments likewise (defaults `"align"`,
+            `"both"`, `"align"`: the full model). `context=None` builds no
+            context module; leaving `context` out keeps AlignCM.
         image_converter: an `ImageNormalization` layer (mean, std, channel
             order), or None for the encoder's own convention (ImageNet RGB for
             encoders that state none) with `mean`, `std`, `bgr` overriding it.
@@ -200,6 +221,9 @@ class AlignSeg(keras.Model):
         context_merge=None,
         context_hidden_channels=None,
         alignment=None,
+        fusion=None,
+        align_fa_offsets=None,
+        context=DEFAULT,
         activation=None,
         image_converter=None,
         mean=None,
@@ -230,6 +254,9 @@ class AlignSeg(keras.Model):
             context_merge=context_merge,
             context_hidden_channels=context_hidden_channels,
             alignment=alignment,
+            fusion=fusion,
+            align_fa_offsets=align_fa_offsets,
+            context=context,
             activation=activation,
         )
         image_converter = _image_converter(
@@ -279,7 +306,11 @@ class AlignSeg(keras.Model):
         self.pad_to_multiple = pad_to_multiple
         self.sync_batchnorm = sync
         self.image_shape = tuple(image_shape)
-        self.offset_outputs = {module: features[module] for module in OFFSET_MODULES}
+        # The offset fields of the alignment modules the backbone has (all of
+        # OFFSET_MODULES for the full model; fewer, or none, for ablations).
+        self.offset_outputs = {
+            module: features[module] for module in OFFSET_MODULES if module in features
+        }
         if sync:
             synchronize_batchnorm(self)
 
@@ -489,7 +520,18 @@ class AlignSeg(keras.Model):
         Its outputs are a dict keyed by module name (`align_fa2` ... `align_fa5`,
         `align_cm`); AlignFA fields have 4 channels (Delta_F, then Delta_A) and
         the AlignCM field 2, at stride 4 (AlignCM at stride 32) of the padded input.
+        Ablated models have only the modules that predict offsets
+        (`model.backbone.offset_modules`); an AlignFA that aligns one side
+        (`align_fa_offsets`) has that side's 2 channels. A model without any
+        alignment module (`fusion` other than `"align"` and `context` other
+        than `"align"`) raises a ValueError.
         """
+        if not self.offset_outputs:
+            backbone = self.backbone
+            raise ValueError(
+                "This AlignSeg has no alignment module, hence no offsets: its backbone "
+                f"has fusion={backbone.fusion!r} and context={backbone.context!r}."
+            )
         return keras.Model(self.inputs[0], self.offset_outputs, name=f"{self.name}_offsets")
 
     @classmethod

@@ -6,14 +6,30 @@ from alignseg_keras.backbones.encoders import pyramid_feature_model
 from alignseg_keras.config_utils import deserialized
 from alignseg_keras.config_utils import model_config
 from alignseg_keras.layers.align_cm import AlignCM
+from alignseg_keras.layers.align_fa import ALIGN_FA_OFFSETS
 from alignseg_keras.layers.align_fa import AlignFA
 from alignseg_keras.layers.alignment import ALIGNMENT_MODES
 from alignseg_keras.layers.residual_conv_block import ResidualConvBlock
+from alignseg_keras.layers.upsample_fusion import UpsampleFusion
 
-# The alignment modules, in the order of the decoder; each has an offset output.
+# The alignment modules of the full model, in the order of the decoder; each
+# has an offset output (the ablations of `fusion` and `context` drop some).
 OFFSET_MODULES = ("align_fa2", "align_fa3", "align_fa4", "align_cm", "align_fa5")
 # The decoder features the task reads: d5 for the head, d3 for deep supervision.
 FEATURE_OUTPUTS = ("d3", "d5")
+# The paper's ablations (Tables 1-4): how the decoder fuses a low-resolution
+# stream into the stride-4 stream, and which context module feeds d5.
+FUSION_MODES = ("align", "bilinear", "deconv")
+CONTEXT_MODES = ("align", "pool", None)
+# Fusion level -> stride ratio of its low-resolution input to the stride-4 stream.
+_FUSION_FACTORS = {2: 2, 3: 4, 4: 8, 5: 8}
+
+
+def _check_choice(argument, value, choices):
+    if value not in choices:
+        raise ValueError(
+            f"`{argument}` must be one of {choices}; received {argument}={value!r}."
+        )
 
 
 @keras.saving.register_keras_serializable(package="alignseg_keras")
@@ -38,6 +54,16 @@ class AlignSegBackbone(keras.Model):
     `"align_fa5"`: 4 channels, Delta_F then Delta_A, at stride 4;
     `"align_cm"`: 2 channels at stride 32).
 
+    The paper's ablations (Tables 1-4) are options; the defaults are the full
+    model. `fusion` replaces AlignFA by bilinear upsampling + sum or by learned
+    deconvolution + sum (`UpsampleFusion`, layers `fusion2` ... `fusion5`);
+    `align_fa_offsets` keeps one of AlignFA's two alignments; `context`
+    replaces AlignCM by the same pooled context without alignment (layer
+    `pooled_context`) or drops it (`d5 = RCB5b(fuse(d4, RCB5a(C5)))`). Only
+    modules that predict offsets have an offset output (`offset_modules`
+    lists them); an AlignFA aligning one side outputs that field alone (2
+    channels: Delta_F for `"low_res"`, Delta_A for `"high_res"`).
+
     Args:
         image_encoder: a `keras.Model` with `pyramid_outputs` at strides 4, 8,
             16 and 32 (keras-hub's `FeaturePyramidBackbone` contract, e.g.
@@ -52,6 +78,17 @@ class AlignSegBackbone(keras.Model):
             channels; None keeps the encoder's stride-32 channels.
         alignment: `"standard"` (paper Eq. 2) or `"official"` (the authors'
             released sampler), see `AlignmentLayer`.
+        fusion: `"align"` (AlignFA, Eq. 1), `"bilinear"` (bilinear upsampling,
+            align_corners=True, + sum: Table 2's "RGS", Table 1's baseline) or
+            `"deconv"` (transposed convolutions, one per factor of 2, + sum:
+            Table 2), see `UpsampleFusion`.
+        align_fa_offsets: `"both"` (Eq. 1), `"low_res"` (align the upsampled
+            low-resolution feature only, Delta_F) or `"high_res"` (the
+            high-resolution feature only, Delta_A: Table 3); with
+            `fusion="align"` only.
+        context: `"align"` (AlignCM, Eq. 3), `"pool"` (the same pooled
+            context, upsampled bilinearly without alignment: Table 4) or None
+            (no context module: Table 1's baseline and "+AlignFA").
         activation: `"relu"` (paper) or `"leaky_relu"` (the code's InPlaceABN).
         image_shape: input shape without the batch; None takes the encoder's
             (`(None, None, 3)` for encoders of any size; a fixed size for
@@ -74,6 +111,9 @@ class AlignSegBackbone(keras.Model):
         context_merge="sum",
         context_hidden_channels=None,
         alignment="standard",
+        fusion="align",
+        align_fa_offsets="both",
+        context="align",
         activation="relu",
         image_shape=None,
         **kwargs,
@@ -83,9 +123,14 @@ class AlignSegBackbone(keras.Model):
                 "`image_encoder` must be a keras.Model with `pyramid_outputs`; received "
                 f"{type(image_encoder).__name__}."
             )
-        if alignment not in ALIGNMENT_MODES:
+        _check_choice("alignment", alignment, ALIGNMENT_MODES)
+        _check_choice("fusion", fusion, FUSION_MODES)
+        _check_choice("align_fa_offsets", align_fa_offsets, ALIGN_FA_OFFSETS)
+        _check_choice("context", context, CONTEXT_MODES)
+        if fusion != "align" and align_fa_offsets != "both":
             raise ValueError(
-                f"`alignment` must be one of {ALIGNMENT_MODES}; received {alignment!r}."
+                "`align_fa_offsets` chooses what AlignFA aligns and needs fusion='align'; "
+                f"received fusion={fusion!r} and align_fa_offsets={align_fa_offsets!r}."
             )
         kwargs.setdefault("name", "alignseg_backbone")
         offset_width = offset_channels or decoder_channels
@@ -97,25 +142,35 @@ class AlignSegBackbone(keras.Model):
             for name in ("rcb1a", "rcb2a", "rcb2b", "rcb3a", "rcb3b", "rcb4a", "rcb4b",
                          "rcb5a", "rcb5b")
         }
-        align_fa = {
-            name: AlignFA(
+        if fusion == "align":
+            fusions = {
+                level: AlignFA(
+                    offset_filters=offset_width,
+                    alignment=alignment,
+                    align_fa_offsets=align_fa_offsets,
+                    activation=activation,
+                    name=f"align_fa{level}",
+                )
+                for level in (2, 3, 4, 5)
+            }
+        else:
+            fusions = {
+                level: UpsampleFusion(fusion, factor, name=f"fusion{level}")
+                for level, factor in _FUSION_FACTORS.items()
+            }
+        context_module = None
+        if context is not None:
+            context_module = AlignCM(
+                decoder_channels,
+                bins=context_bins,
+                hidden_filters=context_hidden_channels,
+                merge=context_merge,
                 offset_filters=offset_width,
                 alignment=alignment,
+                context=context,
                 activation=activation,
-                name=name,
+                name="align_cm" if context == "align" else "pooled_context",
             )
-            for name in ("align_fa2", "align_fa3", "align_fa4", "align_fa5")
-        }
-        align_cm = AlignCM(
-            decoder_channels,
-            bins=context_bins,
-            hidden_filters=context_hidden_channels,
-            merge=context_merge,
-            offset_filters=offset_width,
-            alignment=alignment,
-            activation=activation,
-            name="align_cm",
-        )
 
         # === Functional model ===
         if image_shape is None:
@@ -124,18 +179,24 @@ class AlignSegBackbone(keras.Model):
         c2, c3, c4, c5 = features(images)
         offsets = {}
 
-        def fuse(module, high_resolution, low_resolution):
-            fused, offsets[module] = align_fa[module](
+        def fuse(level, high_resolution, low_resolution):
+            if fusion != "align":
+                return fusions[level]([high_resolution, low_resolution])
+            fused, offsets[f"align_fa{level}"] = fusions[level](
                 [high_resolution, low_resolution], return_offsets=True
             )
             return fused
 
         d1 = rcb["rcb1a"](c2)
-        d2 = rcb["rcb2b"](fuse("align_fa2", d1, rcb["rcb2a"](c3)))
-        d3 = rcb["rcb3b"](fuse("align_fa3", d2, rcb["rcb3a"](c4)))
-        d4 = rcb["rcb4b"](fuse("align_fa4", d3, rcb["rcb4a"](c5)))
-        context, offsets["align_cm"] = align_cm(c5, return_offsets=True)
-        d5 = rcb["rcb5b"](fuse("align_fa5", d4, rcb["rcb5a"](context)))
+        d2 = rcb["rcb2b"](fuse(2, d1, rcb["rcb2a"](c3)))
+        d3 = rcb["rcb3b"](fuse(3, d2, rcb["rcb3a"](c4)))
+        d4 = rcb["rcb4b"](fuse(4, d3, rcb["rcb4a"](c5)))
+        if context == "align":
+            c5, offsets["align_cm"] = context_module(c5, return_offsets=True)
+        elif context == "pool":
+            c5 = context_module(c5)
+        d5 = rcb["rcb5b"](fuse(5, d4, rcb["rcb5a"](c5)))
+        offsets = {module: offsets[module] for module in OFFSET_MODULES if module in offsets}
         super().__init__(inputs=images, outputs={"d3": d3, "d5": d5, **offsets}, **kwargs)
 
         # === Config ===
@@ -146,8 +207,13 @@ class AlignSegBackbone(keras.Model):
         self.context_merge = context_merge
         self.context_hidden_channels = context_hidden_channels
         self.alignment = alignment
+        self.fusion = fusion
+        self.align_fa_offsets = align_fa_offsets
+        self.context = context
         self.activation = activation
         self.image_shape = tuple(image_shape)
+        # The modules with an offset output, in the order of OFFSET_MODULES.
+        self.offset_modules = tuple(offsets)
 
     def get_config(self):
         return {
@@ -158,6 +224,9 @@ class AlignSegBackbone(keras.Model):
             "context_merge": self.context_merge,
             "context_hidden_channels": self.context_hidden_channels,
             "alignment": self.alignment,
+            "fusion": self.fusion,
+            "align_fa_offsets": self.align_fa_offsets,
+            "context": self.context,
             "activation": self.activation,
             "image_shape": self.image_shape,
             **model_config(self),
