@@ -6,6 +6,7 @@ from keras import ops
 from alignseg_keras.layers.adaptive_pooling import AdaptiveAveragePooling2D
 from alignseg_keras.layers.alignment import AlignmentLayer
 from alignseg_keras.layers.alignment import resize_bilinear
+from alignseg_keras.layers.config_names import renamed_config
 from alignseg_keras.layers.conv_norm_activation import ConvNormActivation
 from alignseg_keras.layers.conv_norm_activation import check_activation
 from alignseg_keras.layers.offset_head import OffsetHead
@@ -14,20 +15,27 @@ MERGE_MODES = ("sum", "concat")
 # How AlignCM places the pooled context: aligned by learned offsets (Eq. 3) or
 # upsampled bilinearly ("w/o alignment" in the paper's Table 4).
 CONTEXT_MODES = ("align", "pool")
+# Old argument names (old -> new, the model's names); configs saved with them load.
+RENAMED_ARGUMENTS = {
+    "bins": "context_bins",
+    "hidden_filters": "context_hidden_channels",
+    "merge": "context_merge",
+    "offset_filters": "offset_channels",
+}
 
 
 @keras.saving.register_keras_serializable(package="alignseg_keras")
 class AlignCM(keras.layers.Layer):
     """Aligned Context Modeling, paper Sec. 3.3, Fig. 2(c) and Eq. 3.
 
-    Context is average-pooled into `bins x bins` bins (PyTorch's adaptive bin
-    boundaries) and projected (1x1 conv to `hidden_filters`, 3x3 conv to
+    Context is average-pooled into `context_bins x context_bins` bins (PyTorch's adaptive bin
+    boundaries) and projected (1x1 conv to `context_hidden_channels`, 3x3 conv to
     `filters`, each with BN + activation); the local feature gets the same two
     convolutions. An offset head looks at `[local, up(context)]` and every
     pixel picks its context by sampling the pooled map at a learned position,
     `U(context, Delta)` (Eq. 2) at the local size. The result is merged with the
-    local feature: `merge="sum"` as the authors' code (`filters` channels) or
-    `merge="concat"` as the paper's Eq. 3 (`2 * filters` channels). This is the
+    local feature: `context_merge="sum"` as the authors' code (`filters` channels)
+    or `context_merge="concat"` as the paper's Eq. 3 (`2 * filters` channels). This is the
     authors' `CAM` module.
 
     With `context="pool"` the pooled context is not aligned but upsampled
@@ -36,11 +44,12 @@ class AlignCM(keras.layers.Layer):
 
     Args:
         filters: int, output channels of each branch (256).
-        bins: int, pooled grid size K (the paper tries 2, 3 and 6; the code uses 3).
-        hidden_filters: int or None, channels of the two 1x1 convolutions; None
+        context_bins: int, pooled grid size K (the paper tries 2, 3 and 6; the code uses 3).
+        context_hidden_channels: int or None, channels of the two 1x1
+            convolutions; None
             keeps the input channels (2048 for ResNet-50/101), as the code.
-        merge: `"sum"` or `"concat"`.
-        offset_filters: int, hidden channels of the offset head (256).
+        context_merge: `"sum"` or `"concat"`.
+        offset_channels: int, hidden channels of the offset head (256).
         alignment: `"standard"` or `"official"`, the `AlignmentLayer` mode.
         context: `"align"` (Eq. 3) or `"pool"` (no alignment, no offsets).
         activation: `"relu"` or `"leaky_relu"`.
@@ -55,17 +64,17 @@ class AlignCM(keras.layers.Layer):
     Example:
     ```python
     features = np.random.rand(1, 16, 16, 2048).astype("float32")
-    context = AlignCM(256, bins=3)(features)  # (1, 16, 16, 256)
+    context = AlignCM(256, context_bins=3)(features)  # (1, 16, 16, 256)
     ```
     """
 
     def __init__(
         self,
         filters=256,
-        bins=3,
-        hidden_filters=None,
-        merge="sum",
-        offset_filters=256,
+        context_bins=3,
+        context_hidden_channels=None,
+        context_merge="sum",
+        offset_channels=256,
         alignment="standard",
         context="align",
         activation="relu",
@@ -77,27 +86,30 @@ class AlignCM(keras.layers.Layer):
             raise ValueError(
                 f"AlignCM: `context` must be one of {CONTEXT_MODES}; received {context!r}."
             )
-        if merge not in MERGE_MODES:
+        if context_merge not in MERGE_MODES:
             raise ValueError(
-                f"AlignCM: `merge` must be one of {MERGE_MODES}; received {merge!r}."
+                f"AlignCM: `context_merge` must be one of {MERGE_MODES}; received "
+                f"{context_merge!r}."
             )
-        if int(bins) < 1:
-            raise ValueError(f"AlignCM: `bins` must be at least 1; received {bins!r}.")
+        if int(context_bins) < 1:
+            raise ValueError(
+                f"AlignCM: `context_bins` must be at least 1; received {context_bins!r}."
+            )
         self.filters = filters
-        self.bins = int(bins)
-        self.hidden_filters = hidden_filters
-        self.merge = merge
-        self.offset_filters = offset_filters
+        self.context_bins = int(context_bins)
+        self.context_hidden_channels = context_hidden_channels
+        self.context_merge = context_merge
+        self.offset_channels = offset_channels
         self.alignment = alignment
         self.context = context
         self.activation = check_activation(activation)
         self.sync_batchnorm = sync_batchnorm
-        self.pool = AdaptiveAveragePooling2D(self.bins, name="pool")
+        self.pool = AdaptiveAveragePooling2D(self.context_bins, name="pool")
         self.offset_head = None
         self.align = None
         if context == "align":
             self.offset_head = OffsetHead(
-                offset_filters,
+                offset_channels,
                 activation=activation,
                 sync_batchnorm=sync_batchnorm,
                 name="offset_head",
@@ -105,7 +117,7 @@ class AlignCM(keras.layers.Layer):
             self.align = AlignmentLayer(alignment, name="align")
 
     def build(self, input_shape):
-        hidden = self.hidden_filters or input_shape[-1]
+        hidden = self.context_hidden_channels or input_shape[-1]
         args = dict(activation=self.activation, sync_batchnorm=self.sync_batchnorm)
         self.context_reduce = ConvNormActivation(hidden, 1, name="context_reduce", **args)
         self.context_project = ConvNormActivation(
@@ -140,7 +152,7 @@ class AlignCM(keras.layers.Layer):
             concat = ops.concatenate([local, upsampled], axis=-1)
             offsets = self.offset_head(concat, training=training)
             aligned = self.align([context, offsets])
-        if self.merge == "sum":
+        if self.context_merge == "sum":
             output = local + aligned
         else:
             output = ops.concatenate([local, aligned], axis=-1)
@@ -153,10 +165,10 @@ class AlignCM(keras.layers.Layer):
         config.update(
             {
                 "filters": self.filters,
-                "bins": self.bins,
-                "hidden_filters": self.hidden_filters,
-                "merge": self.merge,
-                "offset_filters": self.offset_filters,
+                "context_bins": self.context_bins,
+                "context_hidden_channels": self.context_hidden_channels,
+                "context_merge": self.context_merge,
+                "offset_channels": self.offset_channels,
                 "alignment": self.alignment,
                 "context": self.context,
                 "activation": self.activation,
@@ -164,3 +176,9 @@ class AlignCM(keras.layers.Layer):
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        """Also reads configs with the old names (`bins`, `hidden_filters`, `merge`,
+        `offset_filters`)."""
+        return super().from_config(renamed_config(config, RENAMED_ARGUMENTS, "AlignCM"))

@@ -5,6 +5,7 @@ from keras import ops
 
 from alignseg_keras.layers.alignment import AlignmentLayer
 from alignseg_keras.layers.alignment import resize_bilinear
+from alignseg_keras.layers.config_names import renamed_config
 from alignseg_keras.layers.conv_norm_activation import check_activation
 from alignseg_keras.layers.offset_head import OffsetHead
 
@@ -12,6 +13,8 @@ from alignseg_keras.layers.offset_head import OffsetHead
 # one (Delta_F, the code's delta_gen1), the high-resolution one (Delta_A,
 # delta_gen2), or both (Eq. 1, the default).
 ALIGN_FA_OFFSETS = ("both", "low_res", "high_res")
+# Old argument names (old -> new, the model's names); configs saved with them load.
+RENAMED_ARGUMENTS = {"offset_filters": "offset_channels"}
 
 
 @keras.saving.register_keras_serializable(package="alignseg_keras")
@@ -33,7 +36,7 @@ class AlignFA(keras.layers.Layer):
     used as it is, and only the offset head in use is built.
 
     Args:
-        offset_filters: int, hidden channels of the offset heads (256).
+        offset_channels: int, hidden channels of the offset heads (256).
         alignment: `"standard"` or `"official"`, the `AlignmentLayer` mode.
         align_fa_offsets: `"both"` (Eq. 1), `"low_res"` or `"high_res"`.
         activation: `"relu"` or `"leaky_relu"`.
@@ -57,7 +60,7 @@ class AlignFA(keras.layers.Layer):
 
     def __init__(
         self,
-        offset_filters=256,
+        offset_channels=256,
         alignment="standard",
         align_fa_offsets="both",
         activation="relu",
@@ -70,7 +73,7 @@ class AlignFA(keras.layers.Layer):
                 f"AlignFA: `align_fa_offsets` must be one of {ALIGN_FA_OFFSETS}; "
                 f"received align_fa_offsets={align_fa_offsets!r}."
             )
-        self.offset_filters = offset_filters
+        self.offset_channels = offset_channels
         self.alignment = alignment
         self.align_fa_offsets = align_fa_offsets
         self.activation = check_activation(activation)
@@ -81,11 +84,11 @@ class AlignFA(keras.layers.Layer):
         self.high_resolution_offsets = None
         if align_fa_offsets in ("both", "low_res"):
             self.low_resolution_offsets = OffsetHead(
-                offset_filters, name="low_resolution_offsets", **head_args
+                offset_channels, name="low_resolution_offsets", **head_args
             )
         if align_fa_offsets in ("both", "high_res"):
             self.high_resolution_offsets = OffsetHead(
-                offset_filters, name="high_resolution_offsets", **head_args
+                offset_channels, name="high_resolution_offsets", **head_args
             )
         self.align = AlignmentLayer(alignment, name="align")
 
@@ -132,7 +135,7 @@ class AlignFA(keras.layers.Layer):
         config = super().get_config()
         config.update(
             {
-                "offset_filters": self.offset_filters,
+                "offset_channels": self.offset_channels,
                 "alignment": self.alignment,
                 "align_fa_offsets": self.align_fa_offsets,
                 "activation": self.activation,
@@ -140,3 +143,8 @@ class AlignFA(keras.layers.Layer):
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        """Also reads configs with the old name `offset_filters`."""
+        return super().from_config(renamed_config(config, RENAMED_ARGUMENTS, "AlignFA"))

@@ -10,6 +10,8 @@ element-wise gather with a broadcast index.
 import keras
 from keras import ops
 
+from alignseg_keras.layers.config_names import renamed_config
+
 ALIGNMENT_MODES = ("standard", "official")
 
 
@@ -156,7 +158,7 @@ def resize_bilinear(images, size, align_corners=True):
     """Bilinear resizing of `(B, H, W, C)` images to `size = (height, width)`.
 
     `align_corners=True` maps the corner pixels onto each other (PyTorch's
-    `align_corners=True`); it equals `AlignmentLayer(mode="standard")` with zero
+    `align_corners=True`); it equals `AlignmentLayer(alignment="standard")` with zero
     offsets. `align_corners=False` uses half-pixel centres (TensorFlow's and
     PyTorch's default). An output of size 1 samples the first input pixel with
     `align_corners=True`. Separable: one gather per axis.
@@ -176,7 +178,7 @@ class AlignmentLayer(keras.layers.Layer):
     The output takes its size from the offsets, so one call can upsample and
     align at once.
 
-    Modes:
+    Alignments:
         - `"standard"` (the paper, and the authors' recommended sampler): offsets
           are in output pixels, channel 0 vertical (dy), channel 1 horizontal
           (dx); `y = (i + dy) * (H_in - 1) / (H_out - 1)` and
@@ -198,7 +200,7 @@ class AlignmentLayer(keras.layers.Layer):
     row samples input row 0.
 
     Args:
-        mode: `"standard"` or `"official"`, see above.
+        alignment: `"standard"` or `"official"`, see above.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -216,14 +218,14 @@ class AlignmentLayer(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, mode="standard", **kwargs):
+    def __init__(self, alignment="standard", **kwargs):
         super().__init__(**kwargs)
-        if mode not in ALIGNMENT_MODES:
+        if alignment not in ALIGNMENT_MODES:
             raise ValueError(
-                f"AlignmentLayer: `mode` must be one of {ALIGNMENT_MODES}; "
-                f"received mode={mode!r}."
+                f"AlignmentLayer: `alignment` must be one of {ALIGNMENT_MODES}; "
+                f"received alignment={alignment!r}."
             )
-        self.mode = mode
+        self.alignment = alignment
 
     def sampling_positions(self, features_shape, offsets):
         """Float32 `(y, x)` sampling positions, each `(B, H_out, W_out)`."""
@@ -232,7 +234,7 @@ class AlignmentLayer(keras.layers.Layer):
         out_h, out_w = ops.shape(offsets)[1], ops.shape(offsets)[2]
         rows = ops.reshape(ops.arange(out_h, dtype="float32"), (1, -1, 1))
         cols = ops.reshape(ops.arange(out_w, dtype="float32"), (1, 1, -1))
-        if self.mode == "standard":
+        if self.alignment == "standard":
             y = (rows + offsets[..., 0]) * _standard_scale(in_h, out_h)
             x = (cols + offsets[..., 1]) * _standard_scale(in_w, out_w)
         else:
@@ -251,8 +253,15 @@ class AlignmentLayer(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"mode": self.mode})
+        config.update({"alignment": self.alignment})
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        """Also reads configs with the old name `mode`."""
+        return super().from_config(
+            renamed_config(config, {"mode": "alignment"}, "AlignmentLayer")
+        )
 
 
 @keras.saving.register_keras_serializable(package="alignseg_keras")
@@ -260,7 +269,7 @@ class BilinearResize(keras.layers.Layer):
     """Bilinear resizing to the spatial size of a reference tensor.
 
     With `align_corners=True` (the authors' `F.interpolate(..., align_corners=True)`)
-    this is `AlignmentLayer(mode="standard")` with zero offsets, computed
+    this is `AlignmentLayer(alignment="standard")` with zero offsets, computed
     separably; `keras.ops.image.resize` offers only half-pixel centres.
 
     Args:

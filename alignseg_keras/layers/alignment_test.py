@@ -114,8 +114,8 @@ def test_coordinates_stay_float32_under_mixed_precision():
 def test_config_round_trip_and_bad_mode():
     layer = AlignmentLayer("official", name="u")
     restored = AlignmentLayer.from_config(layer.get_config())
-    assert restored.mode == "official" and restored.name == "u"
-    with pytest.raises(ValueError, match="mode"):
+    assert restored.alignment == "official" and restored.name == "u"
+    with pytest.raises(ValueError, match="`alignment`"):
         AlignmentLayer("nearest")
 
 

@@ -14,19 +14,20 @@ LAYERS = [
      [(2, 9, 11, 4)], [(2, 5, 6, 8)], {}, (3, 2)),
     (layers.ResidualConvBlock, dict(filters=16, activation="leaky_relu"),
      [(2, 9, 11, 40)], [(2, 9, 11, 16)], {}, (7, 4)),
-    (layers.OffsetHead, dict(filters=8), [(2, 9, 11, 16)], [(2, 9, 11, 2)], {}, (4, 2)),
-    (layers.AlignFA, dict(offset_filters=8, alignment="official", activation="leaky_relu"),
+    (layers.OffsetHead, dict(offset_channels=8), [(2, 9, 11, 16)], [(2, 9, 11, 2)], {}, (4, 2)),
+    (layers.AlignFA, dict(offset_channels=8, alignment="official", activation="leaky_relu"),
      [(2, 12, 10, 8), (2, 6, 5, 8)], [(2, 12, 10, 8), (2, 12, 10, 4)],
      {"return_offsets": True}, (8, 4)),
-    (layers.AlignFA, dict(offset_filters=8, align_fa_offsets="high_res"),
+    (layers.AlignFA, dict(offset_channels=8, align_fa_offsets="high_res"),
      [(2, 12, 10, 8), (2, 6, 5, 8)], [(2, 12, 10, 8), (2, 12, 10, 2)],
      {"return_offsets": True}, (4, 2)),
-    (layers.AlignFA, dict(offset_filters=8, align_fa_offsets="low_res"),
+    (layers.AlignFA, dict(offset_channels=8, align_fa_offsets="low_res"),
      [(2, 12, 10, 8), (2, 6, 5, 8)], [(2, 12, 10, 8)], {}, (4, 2)),
     (layers.AlignCM,
-     dict(filters=8, bins=2, hidden_filters=12, merge="concat", alignment="official"),
+     dict(filters=8, context_bins=2, context_hidden_channels=12, context_merge="concat",
+          alignment="official"),
      [(2, 7, 9, 12)], [(2, 7, 9, 16), (2, 7, 9, 2)], {"return_offsets": True}, (16, 10)),
-    (layers.AlignCM, dict(filters=8, bins=6, hidden_filters=12, context="pool"),
+    (layers.AlignCM, dict(filters=8, context_bins=6, context_hidden_channels=12, context="pool"),
      [(2, 7, 9, 12)], [(2, 7, 9, 8)], {}, (12, 8)),
     (layers.UpsampleFusion, dict(fusion="bilinear", upsampling_factor=4),
      [(2, 12, 10, 8), (2, 3, 3, 8)], [(2, 12, 10, 8)], {}, (0, 0)),
@@ -34,7 +35,7 @@ LAYERS = [
      [(2, 12, 10, 8), (2, 3, 3, 8)], [(2, 12, 10, 8)], {}, (2, 0)),
     (layers.SegmentationHead, dict(num_classes=5, filters=8, dropout=0.2),
      [(2, 9, 11, 8)], [(2, 9, 11, 5)], {}, (6, 2)),
-    (layers.AlignmentLayer, dict(mode="official"),
+    (layers.AlignmentLayer, dict(alignment="official"),
      [(2, 6, 5, 3), (2, 12, 10, 2)], [(2, 12, 10, 3)], {}, (0, 0)),
     (layers.BilinearResize, dict(align_corners=False),
      [(2, 6, 5, 3), (2, 12, 10, 1)], [(2, 12, 10, 3)], {}, (0, 0)),
@@ -83,7 +84,7 @@ def test_residual_conv_block_shapes_and_residual():
 def test_align_fa_starts_as_upsample_and_sum():
     fine = np.random.rand(2, 12, 10, 8).astype("float32")
     coarse = np.random.rand(2, 6, 5, 8).astype("float32")
-    module = layers.AlignFA(offset_filters=4)
+    module = layers.AlignFA(offset_channels=4)
     out, offsets = module([fine, coarse], return_offsets=True)
     assert tuple(offsets.shape) == (2, 12, 10, 4)
     np.testing.assert_allclose(np.asarray(offsets), 0.0)
@@ -94,7 +95,7 @@ def test_align_fa_starts_as_upsample_and_sum():
 def test_align_fa_offsets_move_the_samples():
     fine = np.zeros((1, 8, 8, 2), "float32")
     coarse = np.random.rand(1, 8, 8, 2).astype("float32")
-    module = layers.AlignFA(offset_filters=4)
+    module = layers.AlignFA(offset_channels=4)
     module([fine, coarse])
     # A constant offset of one pixel down: bias the hidden 1x1 conv output.
     head = module.low_resolution_offsets
@@ -116,7 +117,7 @@ def test_align_fa_rejects_different_channels():
 @pytest.mark.parametrize("merge,channels", [("sum", 8), ("concat", 16)])
 def test_align_cm_shapes_and_initial_context(merge, channels):
     x = np.random.rand(2, 7, 9, 12).astype("float32")
-    module = layers.AlignCM(filters=8, bins=3, merge=merge)
+    module = layers.AlignCM(filters=8, context_bins=3, context_merge=merge)
     out, offsets = module(x, return_offsets=True)
     assert tuple(out.shape) == (2, 7, 9, channels)
     assert tuple(offsets.shape) == (2, 7, 9, 2)
@@ -133,7 +134,7 @@ def test_align_cm_shapes_and_initial_context(merge, channels):
 def test_align_fa_aligns_one_side_and_uses_the_other_as_is(side):
     fine = np.random.rand(2, 12, 10, 8).astype("float32")
     coarse = np.random.rand(2, 6, 5, 8).astype("float32")
-    module = layers.AlignFA(offset_filters=4, alignment="official", align_fa_offsets=side)
+    module = layers.AlignFA(offset_channels=4, alignment="official", align_fa_offsets=side)
     module([fine, coarse])
     head = module.low_resolution_offsets if side == "low_res" else module.high_resolution_offsets
     other = module.high_resolution_offsets if side == "low_res" else module.low_resolution_offsets
@@ -159,7 +160,7 @@ def test_align_fa_aligns_one_side_and_uses_the_other_as_is(side):
 
 def test_align_cm_without_alignment_upsamples_the_pooled_context():
     x = np.random.rand(2, 7, 9, 12).astype("float32")
-    module = layers.AlignCM(filters=8, bins=2, context="pool", alignment="official")
+    module = layers.AlignCM(filters=8, context_bins=2, context="pool", alignment="official")
     out = module(x)
     assert module.offset_head is None
     pooled = module.context_project(module.context_reduce(module.pool(x)))
@@ -194,7 +195,8 @@ def test_deconv_fusion_starts_as_bilinear_upsampling_and_fits_any_size():
         out = module([np.zeros((1, *high_size, 8), "float32"),
                       np.ones((1, *low_size, 8), "float32")])
         assert tuple(out.shape) == (1, *high_size, 8)
-    out = np.asarray(module([np.zeros((1, 20, 19, 8), "float32"), np.ones((1, 2, 2, 8), "float32")]))
+    high, low = np.zeros((1, 20, 19, 8), "float32"), np.ones((1, 2, 2, 8), "float32")
+    out = np.asarray(module([high, low]))
     assert np.all(out[:, 16:] == 0) and np.all(out[:, :, 16:] == 0) and out[:, :16, :16].max() > 0
 
 
@@ -204,18 +206,53 @@ def test_upsample_fusion_rejects_bad_arguments():
     with pytest.raises(ValueError, match="`upsampling_factor`"):
         layers.UpsampleFusion("deconv", 6)
     with pytest.raises(ValueError, match="channels"):
-        layers.UpsampleFusion()([np.zeros((1, 4, 4, 8), "float32"), np.zeros((1, 2, 2, 4), "float32")])
+        layers.UpsampleFusion()(
+            [np.zeros((1, 4, 4, 8), "float32"), np.zeros((1, 2, 2, 4), "float32")]
+        )
 
 
 def test_align_cm_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="merge"):
-        layers.AlignCM(merge="add")
-    with pytest.raises(ValueError, match="bins"):
-        layers.AlignCM(bins=0)
+    with pytest.raises(ValueError, match="`context_merge`"):
+        layers.AlignCM(context_merge="add")
+    with pytest.raises(ValueError, match="`context_bins`"):
+        layers.AlignCM(context_bins=0)
     with pytest.raises(ValueError, match="`context`"):
         layers.AlignCM(context=None)
     with pytest.raises(ValueError, match="`align_fa_offsets`"):
         layers.AlignFA(align_fa_offsets="neither")
+
+
+# Configs saved before the layers took the model's argument names (0.1 files included).
+OLD_CONFIGS = [
+    (layers.AlignCM,
+     dict(bins=2, hidden_filters=12, merge="concat", offset_filters=4, alignment="official"),
+     dict(context_bins=2, context_hidden_channels=12, context_merge="concat", offset_channels=4,
+          alignment="official")),
+    (layers.AlignFA, dict(offset_filters=4, alignment="official"),
+     dict(offset_channels=4, alignment="official")),
+    (layers.OffsetHead, dict(filters=4), dict(offset_channels=4)),
+    (layers.AlignmentLayer, dict(mode="official"), dict(alignment="official")),
+]
+
+
+@pytest.mark.parametrize("cls,old,new", OLD_CONFIGS, ids=[e[0].__name__ for e in OLD_CONFIGS])
+def test_configs_with_the_old_argument_names_load(cls, old, new):
+    reference = cls(**new, name="layer")
+    config = dict(reference.get_config())
+    for key in new:
+        del config[key]
+    restored = cls.from_config({**config, **old})
+    assert restored.get_config() == reference.get_config()
+    # Also through Keras' deserialisation, as a .keras file reads a layer.
+    serialized = keras.saving.serialize_keras_object(reference)
+    for key in new:
+        del serialized["config"][key]
+    serialized["config"].update(old)
+    assert keras.saving.deserialize_keras_object(serialized).get_config() == reference.get_config()
+    # The old names are for saved configs: both names at once are an error.
+    first_old, first_new = next(iter(old)), next(iter(new))
+    with pytest.raises(ValueError, match=f"`{first_old}`.*`{first_new}`"):
+        cls.from_config({**reference.get_config(), first_old: old[first_old]})
 
 
 def test_activation_is_validated():

@@ -2,21 +2,25 @@
 
 import keras
 
+from alignseg_keras.layers.config_names import renamed_config
 from alignseg_keras.layers.conv_norm_activation import ConvNormActivation
 from alignseg_keras.layers.conv_norm_activation import check_activation
+
+# Old argument names (old -> new, the model's names); configs saved with them load.
+RENAMED_ARGUMENTS = {"filters": "offset_channels"}
 
 
 @keras.saving.register_keras_serializable(package="alignseg_keras")
 class OffsetHead(keras.layers.Layer):
     """Predicts a 2-channel offset field, paper Sec. 3.2 and 3.3.
 
-    A 1x1 convolution to `filters` with BN + activation, then a 3x3 convolution
-    to 2 channels without bias whose kernel starts at zero, so that at
+    A 1x1 convolution to `offset_channels` with BN + activation, then a 3x3
+    convolution to 2 channels without bias whose kernel starts at zero, so that at
     initialisation every offset is zero and alignment is plain (bilinear)
     upsampling.
 
     Args:
-        filters: int, hidden channels (256 in the paper).
+        offset_channels: int, hidden channels (256 in the paper).
         activation: `"relu"` or `"leaky_relu"`.
         sync_batchnorm: bool, synchronise BatchNorm across replicas.
         **kwargs: standard `keras.layers.Layer` arguments.
@@ -28,13 +32,17 @@ class OffsetHead(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, filters=256, activation="relu", sync_batchnorm=False, **kwargs):
+    def __init__(self, offset_channels=256, activation="relu", sync_batchnorm=False, **kwargs):
         super().__init__(**kwargs)
-        self.filters = filters
+        self.offset_channels = offset_channels
         self.activation = check_activation(activation)
         self.sync_batchnorm = sync_batchnorm
         self.hidden = ConvNormActivation(
-            filters, 1, activation=activation, sync_batchnorm=sync_batchnorm, name="hidden"
+            offset_channels,
+            1,
+            activation=activation,
+            sync_batchnorm=sync_batchnorm,
+            name="hidden",
         )
         self.offsets = keras.layers.Conv2D(
             2,
@@ -59,9 +67,14 @@ class OffsetHead(keras.layers.Layer):
         config = super().get_config()
         config.update(
             {
-                "filters": self.filters,
+                "offset_channels": self.offset_channels,
                 "activation": self.activation,
                 "sync_batchnorm": self.sync_batchnorm,
             }
         )
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        """Also reads configs with the old name `filters`."""
+        return super().from_config(renamed_config(config, RENAMED_ARGUMENTS, "OffsetHead"))

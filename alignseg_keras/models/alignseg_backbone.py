@@ -145,7 +145,7 @@ class AlignSegBackbone(keras.Model):
         if fusion == "align":
             fusions = {
                 level: AlignFA(
-                    offset_filters=offset_width,
+                    offset_channels=offset_width,
                     alignment=alignment,
                     align_fa_offsets=align_fa_offsets,
                     activation=activation,
@@ -162,10 +162,10 @@ class AlignSegBackbone(keras.Model):
         if context is not None:
             context_module = AlignCM(
                 decoder_channels,
-                bins=context_bins,
-                hidden_filters=context_hidden_channels,
-                merge=context_merge,
-                offset_filters=offset_width,
+                context_bins=context_bins,
+                context_hidden_channels=context_hidden_channels,
+                context_merge=context_merge,
+                offset_channels=offset_width,
                 alignment=alignment,
                 context=context,
                 activation=activation,

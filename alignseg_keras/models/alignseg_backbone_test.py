@@ -293,7 +293,8 @@ def test_the_segmenter_passes_the_options_through():
         (dict(fusion="nearest"), "`fusion` must be one of"),
         (dict(align_fa_offsets="neither"), "`align_fa_offsets` must be one of"),
         (dict(context="aspp"), "`context` must be one of"),
-        (dict(fusion="bilinear", align_fa_offsets="high_res"), "`align_fa_offsets`.*fusion='align'"),
+        (dict(fusion="bilinear", align_fa_offsets="high_res"),
+         "`align_fa_offsets`.*fusion='align'"),
     ],
 )
 def test_bad_ablation_options_are_named(options, match):

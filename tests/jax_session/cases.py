@@ -51,11 +51,18 @@ def layer_model():
         "align_official": layers.AlignmentLayer("official")([coarse, offsets]),
         "resize_align_corners": layers.BilinearResize(True)([coarse, fine]),
         "resize_half_pixel": layers.BilinearResize(False)([coarse, fine]),
-        "align_fa": layers.AlignFA(offset_filters=8)([fine, coarse]),
-        "align_fa_official": layers.AlignFA(offset_filters=8, alignment="official")([fine, coarse]),
-        "align_cm_sum": layers.AlignCM(8, bins=3, hidden_filters=16, offset_filters=8)(deep),
+        "align_fa": layers.AlignFA(offset_channels=8)([fine, coarse]),
+        "align_fa_official": layers.AlignFA(offset_channels=8, alignment="official")([fine, coarse]),
+        "align_cm_sum": layers.AlignCM(
+            8, context_bins=3, context_hidden_channels=16, offset_channels=8
+        )(deep),
         "align_cm_concat": layers.AlignCM(
-            8, bins=2, hidden_filters=16, merge="concat", offset_filters=8, activation="leaky_relu"
+            8,
+            context_bins=2,
+            context_hidden_channels=16,
+            context_merge="concat",
+            offset_channels=8,
+            activation="leaky_relu",
         )(deep),
         "residual_conv_block": layers.ResidualConvBlock(16)(fine),
         "segmentation_head": layers.SegmentationHead(NUM_CLASSES, 8, dropout=0.0)(fine),
