@@ -132,6 +132,50 @@ class OhemCrossEntropy(SegmentationCrossEntropy):
         return config
 
 
+def median_frequency_weights(masks, num_classes, power=0.5, ignore_index=IGNORE_INDEX):
+    """Class weights `(median frequency / frequency) ** power` from label maps.
+
+    Median-frequency balancing (Eigen & Fergus, ICCV 2015) with an exponent:
+    `power=1` is the classic weighting, the default `0.5` its square root, which
+    lifts rare classes (thin poles, people) without letting them dominate. The
+    median is taken over the classes present; absent classes get weight 1.
+    Pixels labelled `ignore_index` (or outside `[0, num_classes)`) are not counted.
+
+    Args:
+        masks: integer array of labels, any shape (e.g. `(N, H, W)`).
+        num_classes: int, number of classes.
+        power: float >= 0, the exponent.
+        ignore_index: int, the label that is not counted.
+
+    Returns:
+        A list of `num_classes` floats, for `class_weights=` of the losses.
+
+    Example:
+    ```python
+    weights = median_frequency_weights(train_masks, num_classes=8)
+    loss = OhemCrossEntropy(class_weights=weights)
+    ```
+    """
+    import numpy as np
+
+    if int(num_classes) < 1:
+        raise ValueError(f"`num_classes` must be a positive int; received {num_classes!r}.")
+    if float(power) < 0:
+        raise ValueError(f"`power` must be >= 0; received {power!r}.")
+    labels = np.asarray(masks).ravel()
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"`masks` must hold integer labels; received dtype {labels.dtype}.")
+    labels = labels[(labels != ignore_index) & (labels >= 0) & (labels < num_classes)]
+    counts = np.bincount(labels.astype(np.int64), minlength=num_classes).astype("float64")
+    if counts.sum() == 0:
+        raise ValueError("`masks` hold no pixel of any class (all ignored or out of range).")
+    frequency = counts / counts.sum()
+    present = frequency > 0
+    weights = np.ones(num_classes)
+    weights[present] = (np.median(frequency[present]) / frequency[present]) ** float(power)
+    return [float(w) for w in weights]
+
+
 def deep_supervision_loss(loss, y_true, logits, aux_logits, aux_weight=0.4):
     """`loss(y, logits) + aux_weight * loss(y, aux_logits)` (paper Sec. 3.4).
 

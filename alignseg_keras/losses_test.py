@@ -468,3 +468,18 @@ def test_losses_under_jax_jit_match_the_references():
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     result = subprocess.run([sys.executable, "-c", JAX_CHECK], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and "jax ok" in result.stdout, result.stderr[-3000:]
+
+
+def test_median_frequency_weights_by_hand():
+    from alignseg_keras.losses import median_frequency_weights
+
+    # Frequencies 0.5, 0.25, 0.25 (class 3 absent, 255 ignored): median 0.25.
+    masks = np.array([[0, 0, 0, 0], [1, 1, 2, 2], [255, 255, 255, 255]])
+    weights = median_frequency_weights(masks, 4)
+    np.testing.assert_allclose(weights, [0.5**0.5, 1.0, 1.0, 1.0], rtol=1e-12)
+    np.testing.assert_allclose(median_frequency_weights(masks, 4, power=1.0), [0.5, 1.0, 1.0, 1.0])
+    np.testing.assert_allclose(median_frequency_weights(masks, 4, power=0.0), [1.0] * 4)
+    with pytest.raises(ValueError, match="no pixel"):
+        median_frequency_weights(np.full((2, 2), 255), 4)
+    with pytest.raises(ValueError, match="integer"):
+        median_frequency_weights(np.zeros((2, 2), "float32"), 4)

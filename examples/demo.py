@@ -36,6 +36,7 @@ from alignseg_keras import visualize  # noqa: E402
 from alignseg_keras.cli.evaluate import format_table  # noqa: E402
 from alignseg_keras.inference import predict_whole  # noqa: E402
 from alignseg_keras.losses import OhemCrossEntropy  # noqa: E402
+from alignseg_keras.losses import median_frequency_weights  # noqa: E402
 
 POLE = data.SYNTHETIC_CLASSES.index("pole")
 
@@ -73,22 +74,11 @@ def parse_args():
     return parser.parse_args()
 
 
-def class_weights(masks, num_classes):
-    """sqrt(median frequency / frequency) of each class in the training masks: rare
-    classes (pole, person) weigh more, without letting them dominate."""
-    counts = np.bincount(masks.ravel(), minlength=256)[:num_classes].astype("float64")
-    frequency = counts / counts.sum()
-    present = frequency > 0
-    weights = np.ones(num_classes)
-    weights[present] = np.sqrt(np.median(frequency[present]) / frequency[present])
-    return [round(float(w), 3) for w in weights]
-
-
 def training_loss(args, masks, class_names):
     if args.loss == "ce":
         print("Loss: cross-entropy")
         return None  # the model's default
-    weights = class_weights(masks, len(class_names))
+    weights = median_frequency_weights(masks, len(class_names))
     # Pixels whose true-class probability is above 0.7 are dropped, keeping at least
     # 1/16 of each batch (the authors keep 100000 of 8 x 769 x 769 pixels, 2%).
     min_kept = args.batch_size * args.crop_size[0] * args.crop_size[1] // 16
