@@ -1,5 +1,5 @@
 # make test: the whole suite; make demo: train + evaluate a small AlignSeg on embedded data;
-# make bench: the benchmark suite. Each creates a local virtual environment (.venv) and
+# make bench: the benchmark suite; make ablation: the paper's Tables 1-4 in miniature. Each creates a local virtual environment (.venv) and
 # installs what it needs.
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +14,7 @@ TORCH ?= torch==2.13.0
 PYTEST_ARGS ?= -n 2
 BENCH_ARGS ?=
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench ablation clean
 
 install: $(STAMP)
 
@@ -43,6 +43,13 @@ test: $(TEST_STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install -q "$(TORCH)" jax
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m benchmarks.run $(BENCH_ARGS)
+
+# The paper's ablation in miniature on the synthetic scenes (docs/ablation.md): the full
+# run is sized for about 90 minutes on 2 CPU cores; ABLATION_ARGS="--quick" (Table 1,
+# shorter training) for about 15. Stored runs are reused: delete runs/ablation_* to redo.
+ABLATION_ARGS ?=
+ablation: $(STAMP)
+	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m benchmarks.ablation $(ABLATION_ARGS)
 
 demo: $(STAMP)
 	$(PY) examples/demo.py --output runs/demo

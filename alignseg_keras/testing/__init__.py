@@ -6,6 +6,11 @@
   `run_layer_test` and keras-hub's `run_vision_backbone_test` / `run_task_test`).
 - `references`: slow NumPy implementations of the paper's formulas, used by
   several tests as an independent reference.
+- `metric_references`: slow NumPy loops of the metrics' definitions (Boundary
+  IoU's repeated 3x3 erosion, trimap IoU, Dice).
+- `loss_references`: slow NumPy loops of the losses (Dice, Focal, Lovász-softmax).
+- `checkpoints`: the authors' checkpoint layout, random state dicts and the
+  export comparison of the converter tests.
 - `folders`: read-only folders for tests of output errors.
 """
 
