@@ -19,13 +19,16 @@ itself:
    `num_processes`-th sub-batch, so process `p` feeds rows
    `[p·b, (p+1)·b)` of every global batch (`b` = per-process batch): no example
    is duplicated or skipped. (Keras' JAX `fit` takes one batch from a first
-   iterator before training from a second; `training_pipeline` re-randomises
-   each iteration, the same way in every process, except its horizontal flip,
-   whose seed state the iterators share: the processes agree on the examples
-   and crops of each global batch, but not always on which rows are flipped.)
+   iterator before training from a second; every iterator of a repeated
+   `training_pipeline` yields the same stream, flips included, so the
+   processes agree on every row of every global batch.)
 4. Only process 0 writes (`is_chief()`, `writer_callbacks()`); every process
    reads the same backups when resuming, and `assert_same_on_all_processes()`
-   checks that they resumed from the same state.
+   checks that they resumed from the same state. A model save is a
+   computation of the whole job on JAX (it puts values onto the mesh, which
+   JAX checks across processes): every process must save when process 0 does,
+   the others into a scratch folder (`save_on_chief`,
+   `callbacks_for_this_process`), or process 0 waits for them forever.
 
 Example (every process runs the same program):
 ```python
@@ -39,8 +42,7 @@ model = AlignSeg(num_classes=19)
 model.compile(total_steps=40000)
 model.fit(train, epochs=40, steps_per_epoch=1000,
           callbacks=multiprocess.writer_callbacks([keras.callbacks.TensorBoard("logs")]))
-if multiprocess.is_chief():
-    model.save("model.keras")
+multiprocess.save_on_chief(model, "model.keras")    # every process calls it
 ```
 """
 
@@ -291,9 +293,12 @@ def agreed_seed(seed=None):
 def writer_callbacks(callbacks):
     """The callbacks this process runs: all of them on process 0, none elsewhere.
 
-    For callbacks that only write (checkpoints, TensorBoard, CSV logs); pass
+    For callbacks that only write logs of numbers (TensorBoard, CSV logs); pass
     them through this and add the ones every process needs (stopping rules,
-    the backup's restore) unfiltered.
+    the backup's restore) unfiltered. Not for model checkpoints: a save on
+    process 0 alone waits for the others forever on JAX (see `save_on_chief`;
+    `callbacks_for_this_process` sends the other processes' saves to a scratch
+    folder).
     """
     return list(callbacks) if is_chief() else []
 
@@ -332,6 +337,9 @@ def weights_fingerprint(model):
 # `alignseg train --distribute data_parallel`: the job options and what differs per process.
 
 WRITER_CALLBACKS = ("CSVLogger", "AtomicModelCheckpoint", "TensorBoard", "ModelCheckpoint")
+# Writers of numbers only: left out on processes other than 0 (the model savers run
+# everywhere, see `callbacks_for_this_process`).
+LOG_CALLBACKS = ("CSVLogger", "TensorBoard")
 
 
 def add_job_arguments(parser):
@@ -366,20 +374,79 @@ def start_data_parallel(args):
     return distribution
 
 
+def scratch_folder():
+    """A folder of this process's own for the saves it makes but does not keep (removed at exit)."""
+    global _SCRATCH
+    if _SCRATCH is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        _SCRATCH = tempfile.mkdtemp(prefix=f"alignseg-process-{process_index()}-")
+        atexit.register(shutil.rmtree, _SCRATCH, True)
+    return _SCRATCH
+
+
+_SCRATCH = None
+
+
+def save_on_chief(model, path, save=None):
+    """Saves `model` to `path` on process 0; every other process saves it too, but
+    into its scratch folder, and deletes it.
+
+    Every process must take part: on the JAX backend `model.save` puts values
+    onto the job's mesh (each `jax.device_put` onto it checks across processes
+    that every process passes the same value), so a save on process 0 alone
+    waits for the others forever (or fails when they do something else).
+
+    Args:
+        model: the model.
+        path: where process 0 writes it (a ".keras" file).
+        save: `save(model, path)`, by default `alignseg_keras.callbacks.save_model`
+            (atomic).
+    """
+    if save is None:
+        from alignseg_keras.callbacks import save_model as save
+    if is_chief():
+        save(model, path)
+        return
+    elsewhere = os.path.join(scratch_folder(), os.path.basename(path))
+    save(model, elsewhere)
+    os.remove(elsewhere)
+
+
+def _save_backup_elsewhere(backup):
+    """ResumableBackup's save on processes other than 0: the same checks and save, not kept."""
+    from alignseg_keras.callbacks import check_finite_state
+
+    check_finite_state(backup.model)
+    save_on_chief(backup.model, os.path.join(backup.backup_dir, "backup.keras"))
+
+
 def callbacks_for_this_process(callbacks):
-    """`callbacks` on process 0; elsewhere without the writers, and backups restore only.
+    """`callbacks` on process 0; elsewhere without the log writers, and the savers
+    writing to a scratch folder.
 
     Every process restores from the same backups (shared storage); only
-    process 0 writes backups, checkpoints, CSV and TensorBoard logs.
+    process 0 writes backups, checkpoints, CSV and TensorBoard logs. The other
+    processes still make every save (see `save_on_chief`: a save is a
+    computation of the whole job), into their scratch folder, and delete it.
+    CSV and TensorBoard logs (numbers `fit` has already fetched) run on
+    process 0 only.
     """
     if is_chief():
         return list(callbacks)
     kept = []
     for callback in callbacks:
-        if type(callback).__name__ in WRITER_CALLBACKS:
+        name = type(callback).__name__
+        if name in LOG_CALLBACKS:
             continue
-        if hasattr(callback, "_save_model"):  # BackupAndRestore: restore, never save
-            callback._save_model = lambda: None
+        if name == "AtomicModelCheckpoint":
+            callback.path = os.path.join(scratch_folder(), os.path.basename(callback.path))
+        elif name == "ModelCheckpoint":
+            callback.filepath = os.path.join(scratch_folder(), os.path.basename(callback.filepath))
+        elif hasattr(callback, "_save_model"):  # ResumableBackup: restores, saves elsewhere
+            callback._save_model = lambda callback=callback: _save_backup_elsewhere(callback)
             callback.discard = lambda: None
         kept.append(callback)
     return kept

@@ -233,15 +233,14 @@ def _disk_full_message(error, output_dir):
 
 def _train(model, batches, callbacks, backup, args, final_path):
     """Trains what the backup has not done yet, then saves the final model atomically."""
-    from alignseg_keras.callbacks import save_model
-    from alignseg_keras.multiprocess import is_chief
+    from alignseg_keras.multiprocess import save_on_chief
 
     epochs = math.ceil(args.steps / args.checkpoint_every)
     if backup.epochs_done < epochs:
         model.fit(batches, epochs=epochs, steps_per_epoch=args.checkpoint_every,
                   callbacks=callbacks)
-    if is_chief():  # of a multi-process job, only process 0 writes
-        save_model(model, final_path)
+    # Of a multi-process job, only process 0 keeps it (all take part in saving).
+    save_on_chief(model, final_path)
 
 
 def run(args):
@@ -269,9 +268,14 @@ def run(args):
         training_callbacks(args.output_dir, total_steps=args.steps))
     backup = next(callback for callback in callbacks if isinstance(callback, ResumableBackup))
     backup.set_model(model)
-    if backup.restore() is None and multiprocess.is_chief():
+    restored = backup.restore()
+    if restored is None and multiprocess.is_chief():
         _set_aside_previous_run(args.output_dir)
     multiprocess.check_same_start(model)
+    if restored is not None:
+        print(f"Resuming from {restored}: {backup.epochs_done} epochs of "
+              f"{math.ceil(args.steps / args.checkpoint_every)} "
+              f"({int(model.optimizer.iterations)} steps) done.", flush=True)
     try:
         _train(model, batches, callbacks, backup, args, final_path)
     except NonFiniteLossError as error:
@@ -283,5 +287,6 @@ def run(args):
         print(_disk_full_message(error, args.output_dir), file=sys.stderr)
         return 1
     backup.discard()
-    print(f"Saved the trained model to {final_path}")
+    if multiprocess.is_chief():
+        print(f"Saved the trained model to {final_path}")
     return 0

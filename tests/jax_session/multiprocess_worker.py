@@ -7,30 +7,28 @@
 `DataParallel` over every device of every process, and
 
 - records the batches Keras' `distribute_dataset` gives this process from the
-  global `training_pipeline` (the call `fit`'s tf.data adapter makes),
-- trains a tiny AlignSeg with `fit` for `STEPS` steps on `STEPS` global batches
-  drawn from that pipeline and replayed by a plain `tf.data` dataset (see
-  `fit_dataset`), recording the rows `distribute_dataset` gives this process,
+  global `training_pipeline` (the call `fit`'s tf.data adapter makes), from a
+  first and a second iterator of the same pipeline (Keras' JAX `fit` takes
+  one batch from a first iterator, `_symbolic_build`, and trains from a second),
+- trains a tiny AlignSeg with `fit` for `STEPS` steps on that pipeline itself,
+  as `alignseg train` does,
 - trains a lone BatchNormalization (momentum 0, so its moving statistics are the
   last batch's) on one global batch whose two process shards have very
   different means,
 
 and writes `process-<id>.npz` (weights by path, the recorded batches, the
-BatchNorm probe). `reference`: the same pipeline and model trained by one
-process on one device; writes `reference.npz` (weights, the global batches).
-Both print a JSON line last.
+BatchNorm probe). `reference`: the same model trained by one process on one
+device on the first `STEPS` global batches of the pipeline, recorded as arrays
+and replayed by a plain `tf.data` dataset (`fit_dataset`); writes
+`reference.npz` (weights, the global batches). Both print a JSON line last.
 
-Why `fit` does not train on `training_pipeline` itself here: Keras' JAX `fit`
-takes one batch from a first iterator of the dataset (`_symbolic_build`) and
-trains from a second one. `training_pipeline` re-randomises every iteration
-(its shuffle and crop seeds), so the trained batches are not those a first
-iteration shows; and its flip (a Keras `RandomFlip`, whose seed state is shared
-by all iterators and advanced by their prefetching threads) flips the rows of a
-second iteration differently from run to run and from process to process. The
-job and the reference would then train on different flips: a comparison of
-unlike data (their weights differed by as much as the steps moved them).
-Replayed batches are the same in every iteration, so both train on exactly the
-recorded global batches.
+The job's weights can only equal the reference's if `fit` trained on exactly
+the recorded batches in every process: `training_pipeline` draws every random
+number statelessly from its seed, the epoch and the element's place, so every
+iterator of it (`fit`'s second one included) and every process yields the same
+global batches, flips included. (Before, its flip was a Keras `RandomFlip`
+whose seed state all iterators shared and their prefetching threads raced, and
+the job trained on other flips than the reference.)
 """
 
 import json
@@ -58,8 +56,8 @@ PROBE_CHANNELS = 3
 # chaotic: float32 rounding (one device against four, or one ulp of noise on
 # the starting weights of a single device) grows to 15-35 % of the update after
 # 3 steps, so no float32 tolerance can tell a bug from rounding. At 2e-4 the
-# two runs differ by a few ulps of each variable while the steps move it by
-# hundreds of ulps.
+# two runs differ by at most a few hundred ulps of each variable (about 1 % of
+# the update of the median variable; how much depends on the batches).
 LEARNING_RATE = 2e-4
 
 
@@ -84,12 +82,8 @@ def global_batches():
 
 
 def fit_dataset(images, masks):
-    """The global batches as a `tf.data` dataset that yields them in every iteration.
-
-    Batched by `batch` (so `distribute_dataset` can find the global batch size
-    and rebatch it, as for any pipeline) and without random ops: every
-    iterator `fit` makes sees the same batches in the same order.
-    """
+    """The global batches as a `tf.data` dataset that yields them in every iteration
+    (the reference trains on exactly the batches it recorded)."""
     import tensorflow as tf
 
     rows = (images.reshape((-1,) + images.shape[2:]), masks.reshape((-1,) + masks.shape[2:]))
@@ -153,13 +147,13 @@ def worker(output_dir):
     job = multiprocess.initialize()
     distribution = multiprocess.data_parallel()
     per_process = multiprocess.check_global_batch_size(GLOBAL_BATCH)
-    shard_images, shard_masks = take(distribution.distribute_dataset(pipeline()), STEPS)
+    train = pipeline()
+    # Two iterators of the one pipeline `fit` is given, as `fit` makes them.
+    shard_images, shard_masks = take(distribution.distribute_dataset(train), STEPS)
     assert shard_images.shape[1] == per_process, shard_images.shape
-    keras.utils.set_random_seed(SEED)  # as in `reference`: the pipeline depends on it
-    images, masks = global_batches()
-    train = fit_dataset(images, masks)
-    # What `fit` feeds this process (every iteration of `train` is the same).
     fit_images, fit_masks = take(distribution.distribute_dataset(train), STEPS)
+    keras.utils.set_random_seed(SEED)  # as in `reference`
+    images, masks = global_batches()
 
     log("data", start)
     model, losses, initial = train_alignseg(train)
