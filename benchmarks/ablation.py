@@ -1,7 +1,7 @@
 """A miniature of the paper's ablation (Tables 1-4) on the synthetic street scenes.
 
     python -m benchmarks.ablation                   # the full run, writes docs/ablation.md
-    python -m benchmarks.ablation --quick           # Table 1 only, shorter training
+    python -m benchmarks.ablation --quick           # Table 1 only, two seeds
     python -m benchmarks.ablation --jobs 4          # runs in parallel processes
     python -m benchmarks.ablation --report-only     # the tables again from the stored runs
 
@@ -89,39 +89,29 @@ TABLES = (
     ),
 )
 
-# Training and evaluation settings of each mode; fixed before any run.
+# Training and evaluation settings, fixed before any run. The full run and the quick
+# one train alike (the quick one is a subset of the full one's runs: Table 1, two
+# seeds), so they share their stored runs.
+TRAINING = dict(
+    train_images=400,
+    val_images=48,
+    image_size=(128, 256),
+    crop_size=(96, 96),
+    scale_range=(1.0, 1.5),
+    batch_size=8,
+    steps=160,
+    learning_rate=2e-2,
+    model=dict(backbone="resnet18", decoder_channels=32, context_hidden_channels=64),
+)
 SETTINGS = {
-    "full": dict(
-        seeds=(0, 1, 2),
-        tables=(0, 1, 2, 3),
-        train_images=400,
-        val_images=48,
-        image_size=(128, 256),
-        crop_size=(96, 96),
-        scale_range=(1.0, 1.5),
-        batch_size=8,
-        steps=240,
-        learning_rate=2e-2,
-        model=dict(backbone="resnet18", decoder_channels=32, context_hidden_channels=64),
-    ),
-    "quick": dict(
-        seeds=(0, 1, 2),
-        tables=(0,),
-        train_images=200,
-        val_images=48,
-        image_size=(128, 256),
-        crop_size=(96, 96),
-        scale_range=(1.0, 1.5),
-        batch_size=8,
-        steps=120,
-        learning_rate=2e-2,
-        model=dict(backbone="resnet18", decoder_channels=32, context_hidden_channels=64),
-    ),
+    "full": dict(TRAINING, seeds=(0, 1, 2), tables=(0, 1, 2, 3), runs="ablation"),
+    "quick": dict(TRAINING, seeds=(0, 1), tables=(0,), runs="ablation"),
     # For the test of this script: seconds per run, results without meaning.
     "tiny": dict(
         seeds=(0, 1),
         tables=(0,),
         variants=("baseline", "full"),
+        runs="ablation_tiny",
         train_images=8,
         val_images=4,
         image_size=(64, 128),
@@ -164,10 +154,10 @@ def parse(argv=None):
         args.settings["seeds"] = tuple(args.seeds)
     if args.variants:
         args.settings["variants"] = tuple(args.variants)
-    args.runs = args.runs or os.path.join("runs", f"ablation_{args.mode}")
+    args.runs = args.runs or os.path.join("runs", args.settings["runs"])
     args.output = args.output or (
         os.path.join("docs", "ablation.md") if args.mode == "full"
-        else os.path.join(args.runs, "ablation.md")
+        else os.path.join(args.runs, f"ablation_{args.mode}.md")
     )
     return args
 
@@ -317,6 +307,7 @@ def run_one(args, variant, seed):
         machine=f"{cpu_model()}, {os.cpu_count()} cores, GPU: {', '.join(gpus) or 'none'}",
         date=time.strftime("%Y-%m-%d"),
     )
+    os.makedirs(args.runs, exist_ok=True)
     write_atomic(run_path(args, variant, seed), json.dumps(result, indent=1).encode())
     print(json.dumps({k: result[k] for k in ("variant", "seed", "miou", "boundary_iou", "thin_iou")}))
 
@@ -489,7 +480,7 @@ def report(args):
         f"- Mode `{args.mode}`: {len(runs)} of {expected} runs, seeds {list(settings['seeds'])}; "
         f"machine: {'; '.join(machines)}; backend: {', '.join(backends)}; date: {', '.join(dates)}; "
         f"training time {train_minutes:.0f} min in all.",
-        f"- Settings: `{json.dumps({k: v for k, v in settings.items() if k not in ('seeds', 'tables')})}`; "
+        f"- Settings: `{json.dumps({k: v for k, v in settings.items() if k not in ('seeds', 'tables', 'runs')})}`; "
         f"loss: OHEM cross-entropy (threshold {OHEM_THRESHOLD}, at least {OHEM_KEPT_FRACTION:.4g} of each "
         "batch kept) with sqrt median-frequency class weights, as the demo.",
         "",
