@@ -1,4 +1,4 @@
-"""The `alignseg` command line: train, evaluate, predict, export and convert.
+"""The `alignseg` command line: train, evaluate, predict, export, convert and info.
 
 Each subcommand lives in its own module with `add_parser(subparsers)`, which
 registers its arguments and sets `func` to the function that runs it and
@@ -10,7 +10,7 @@ import importlib
 import os
 import sys
 
-SUBCOMMANDS = ("train", "evaluate", "predict", "export", "convert")
+SUBCOMMANDS = ("train", "evaluate", "predict", "export", "convert", "info")
 
 
 def build_parser():
