@@ -583,3 +583,63 @@ class CombinedLoss(keras.losses.Loss):
 def combine(*terms, name="combined_loss"):
     """`CombinedLoss(terms)`: `combine((ce, 1.0), (DiceLoss(), 0.5))`."""
     return CombinedLoss(list(terms), name=name)
+
+
+# The names of `loss_from_spec` (and `alignseg train --loss`).
+LOSS_NAMES = {
+    "ce": SegmentationCrossEntropy,
+    "ohem": OhemCrossEntropy,
+    "dice": DiceLoss,
+    "focal": FocalLoss,
+    "lovasz": LovaszSoftmaxLoss,
+}
+
+
+def loss_from_spec(spec, options=None, ignore_index=IGNORE_INDEX, class_weights=None):
+    """A loss from a short text: one name, or a sum of weighted names.
+
+    `spec` is a comma-separated list of `name[:weight]` terms with names from
+    `LOSS_NAMES` (`ce`, `ohem`, `dice`, `focal`, `lovasz`): `"ohem"`,
+    `"ce:1,dice:0.5"`, `"ohem,lovasz:0.25"`. One term without a weight is that
+    loss itself; several make a `CombinedLoss`.
+
+    Args:
+        spec: str, the terms.
+        options: dict name -> dict of keyword arguments of that loss, e.g.
+            `{"ohem": {"threshold": 0.7}, "focal": {"gamma": 2.0}}`.
+        ignore_index: int, for every term.
+        class_weights: list of floats or None, for every term that takes them.
+
+    Example:
+    ```python
+    loss = loss_from_spec("ce:1,dice:0.5")  # CombinedLoss of cross-entropy and 0.5 x Dice
+    model.compile(loss=loss)
+    ```
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"The loss must be a text like 'ohem' or 'ce:1,dice:0.5'; received {spec!r}.")
+    options = options or {}
+    unknown_options = set(options) - set(LOSS_NAMES)
+    if unknown_options:
+        raise ValueError(f"Options for unknown losses {sorted(unknown_options)}; known: {sorted(LOSS_NAMES)}.")
+    terms = []
+    for term in spec.split(","):
+        name, _, weight = term.strip().partition(":")
+        if name not in LOSS_NAMES:
+            raise ValueError(f"Unknown loss {name!r} in {spec!r}; choose from {', '.join(LOSS_NAMES)}.")
+        if name in (t[0] for t in terms):
+            raise ValueError(f"The loss {name!r} appears twice in {spec!r}.")
+        try:
+            value = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"The weight of {name!r} in {spec!r} is not a number: {weight!r}.") from None
+        if not value > 0 or value != value or value == float("inf"):
+            raise ValueError(f"The weight of {name!r} in {spec!r} must be a positive number; received {weight!r}.")
+        terms.append((name, value, bool(weight)))
+    losses = [
+        (LOSS_NAMES[name](ignore_index=ignore_index, class_weights=class_weights, **options.get(name, {})), value)
+        for name, value, _ in terms
+    ]
+    if len(losses) == 1 and not terms[0][2]:
+        return losses[0][0]
+    return CombinedLoss(losses)

@@ -483,3 +483,37 @@ def test_median_frequency_weights_by_hand():
         median_frequency_weights(np.full((2, 2), 255), 4)
     with pytest.raises(ValueError, match="integer"):
         median_frequency_weights(np.zeros((2, 2), "float32"), 4)
+
+
+def test_loss_from_spec():
+    from alignseg_keras import losses
+
+    assert isinstance(losses.loss_from_spec("ohem"), losses.OhemCrossEntropy)
+    ohem = losses.loss_from_spec("ohem", {"ohem": {"threshold": 0.6, "min_kept": 5}}, ignore_index=7)
+    assert (ohem.threshold, ohem.min_kept, ohem.ignore_index) == (0.6, 5, 7)
+    combined = losses.loss_from_spec(" ce:1, dice:0.5 ,lovasz:0.25", class_weights=[1.0, 2.0])
+    assert isinstance(combined, losses.CombinedLoss)
+    config = combined.get_config()
+    assert "dice" in str(config).lower() and "lovasz" in str(config).lower()
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, (2, 4, 4))
+    logits = rng.normal(size=(2, 4, 4, 2)).astype("float32")
+    expected = (
+        losses.SegmentationCrossEntropy(class_weights=[1.0, 2.0])(labels, logits)
+        + 0.5 * losses.DiceLoss(class_weights=[1.0, 2.0])(labels, logits)
+        + 0.25 * losses.LovaszSoftmaxLoss(class_weights=[1.0, 2.0])(labels, logits)
+    )
+    np.testing.assert_allclose(float(combined(labels, logits)), float(expected), rtol=1e-6)
+    # A single weighted term is a sum of one, so its weight counts.
+    half = losses.loss_from_spec("focal:0.5", {"focal": {"gamma": 0.0}})
+    np.testing.assert_allclose(
+        float(half(labels, logits)), 0.5 * float(losses.SegmentationCrossEntropy()(labels, logits)), rtol=1e-6
+    )
+    for spec, message in (
+        ("", "text like"), ("cross", "Unknown loss"), ("ce,ce:2", "twice"),
+        ("dice:x", "not a number"), ("dice:0", "positive"), ("dice:-1", "positive"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            losses.loss_from_spec(spec)
+    with pytest.raises(ValueError, match="unknown losses"):
+        losses.loss_from_spec("ce", {"bce": {}})

@@ -36,7 +36,9 @@ def epochs_in_history(output):
 
 def test_train_resumes_after_a_kill(tmp_path):
     output = str(tmp_path / "run")
-    command = alignseg("train", *TINY, "--steps", "6", "--checkpoint-every", "2", "--output-dir", output)
+    # A combined loss, so that its config survives the backups, the resume and the final save.
+    command = alignseg("train", *TINY, "--steps", "6", "--checkpoint-every", "2", "--output-dir", output,
+                       "--loss", "ohem,dice:0.5,lovasz:0.25")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
@@ -56,6 +58,8 @@ def test_train_resumes_after_a_kill(tmp_path):
     assert sorted(epochs) == [0, 1, 2]  # nothing redone, nothing missing
     model = keras.saving.load_model(os.path.join(output, "model.keras"))
     assert int(model.optimizer.iterations.numpy()) == 6
+    terms = [type(term).__name__ for term, _ in model.loss.terms]
+    assert terms == ["OhemCrossEntropy", "DiceLoss", "LovaszSoftmaxLoss"]
 
 
 def test_train_stops_with_a_clear_message_on_nan(tmp_path, capsys):

@@ -15,6 +15,8 @@ def add_parser(subparsers):
     from alignseg_keras.cli.common import add_dataset_arguments
     from alignseg_keras.cli.common import signature_defaults
     from alignseg_keras.layers.alignment import ALIGNMENT_MODES
+    from alignseg_keras.losses import LOSS_NAMES
+    from alignseg_keras.losses import FocalLoss
     from alignseg_keras.losses import OhemCrossEntropy
     from alignseg_keras.models.alignseg import DECODER_DEFAULTS
     from alignseg_keras.models.presets import DEFAULT_ENCODER
@@ -22,6 +24,7 @@ def add_parser(subparsers):
 
     compile_defaults = signature_defaults(AlignSeg.compile)
     ohem = signature_defaults(OhemCrossEntropy)
+    focal = signature_defaults(FocalLoss)
     parser = subparsers.add_parser(
         "train",
         help="train AlignSeg",
@@ -64,11 +67,19 @@ def add_parser(subparsers):
                        help="default %(default)g")
     train.add_argument("--aux-weight", type=float, default=compile_defaults["aux_loss_weight"],
                        help="deep-supervision loss weight (default %(default)g)")
-    train.add_argument("--ohem", action="store_true", help="OHEM cross-entropy")
+    train.add_argument(
+        "--loss", default="ce", metavar="SPEC",
+        help="the loss: one of " + ", ".join(LOSS_NAMES) + " or a weighted sum such as "
+        "'ce:1,dice:0.5' (default %(default)s; see docs/losses.md); deep supervision "
+        "applies it to both heads",
+    )
+    train.add_argument("--ohem", action="store_true", help="the same as --loss ohem")
     train.add_argument("--ohem-threshold", type=float, default=ohem["threshold"],
                        help="default %(default)g")
     train.add_argument("--ohem-min-kept", type=int, default=ohem["min_kept"],
                        help="default %(default)s")
+    train.add_argument("--focal-gamma", type=float, default=focal["gamma"],
+                       help="focusing parameter of --loss focal (default %(default)g)")
     train.add_argument("--precision", choices=sorted(PRECISIONS), default="float32",
                        help="float16/bfloat16: mixed precision")
     train.add_argument("--xla", action="store_true", help="compile training steps with XLA")
@@ -109,9 +120,24 @@ def _strategy(name):
     return tf.distribute.get_strategy()
 
 
+def training_loss(args):
+    """The loss of `--loss` (and `--ohem`), with the options of its terms."""
+    from alignseg_keras.losses import loss_from_spec
+
+    spec = args.loss
+    if args.ohem:
+        if spec not in ("ce", "ohem"):
+            raise ValueError(f"--ohem and --loss {spec} disagree; use --loss alone (e.g. 'ohem,dice:0.5').")
+        spec = "ohem"
+    options = {
+        "ohem": {"threshold": args.ohem_threshold, "min_kept": args.ohem_min_kept},
+        "focal": {"gamma": args.focal_gamma},
+    }
+    return loss_from_spec(spec, options)
+
+
 def _build_model(args, num_classes):
     from alignseg_keras import AlignSeg
-    from alignseg_keras.losses import OhemCrossEntropy
     from alignseg_keras.models.preset_files import is_preset_directory
 
     architecture = {
@@ -133,11 +159,8 @@ def _build_model(args, num_classes):
         model = AlignSeg.from_preset(args.preset, num_classes=num_classes, **given)
     else:
         model = AlignSeg(num_classes, **given)
-    loss = None
-    if args.ohem:
-        loss = OhemCrossEntropy(threshold=args.ohem_threshold, min_kept=args.ohem_min_kept)
     model.compile(
-        loss=loss,
+        loss=training_loss(args),
         learning_rate=args.lr,
         total_steps=args.steps,
         warmup_steps=args.warmup_steps,
@@ -179,6 +202,7 @@ def _check_arguments(args):
     resolve_pipeline_defaults(args)
     if args.steps < 1 or args.checkpoint_every < 1 or args.batch_size < 1:
         raise ValueError("--steps, --checkpoint-every and --batch-size must be positive.")
+    training_loss(args)  # a bad --loss fails before any data is read
 
 
 def _prepare_output(args):

@@ -100,3 +100,22 @@ def test_a_subcommand_whose_dependency_is_missing_names_itself(monkeypatch):
     monkeypatch.setattr(predict, "add_parser", broken)
     with pytest.raises(ImportError, match="'predict'.*No module named 'PIL'"):
         build_parser()
+
+
+def test_the_loss_option_builds_the_named_losses():
+    from alignseg_keras import losses
+    from alignseg_keras.cli.train import training_loss
+
+    assert type(training_loss(train_args())) is losses.SegmentationCrossEntropy
+    ohem = training_loss(train_args("--ohem", "--ohem-threshold", "0.6", "--ohem-min-kept", "9"))
+    assert isinstance(ohem, losses.OhemCrossEntropy) and (ohem.threshold, ohem.min_kept) == (0.6, 9)
+    assert isinstance(training_loss(train_args("--loss", "ohem")), losses.OhemCrossEntropy)
+    combined = training_loss(train_args("--loss", "focal:1,lovasz:0.5", "--focal-gamma", "1.5"))
+    assert isinstance(combined, losses.CombinedLoss)
+    focal = [term for term, _ in combined.terms if isinstance(term, losses.FocalLoss)][0]
+    assert focal.gamma == 1.5
+    assert train_args().focal_gamma == signature_defaults(losses.FocalLoss)["gamma"]
+    with pytest.raises(ValueError, match="disagree"):
+        training_loss(train_args("--ohem", "--loss", "dice"))
+    with pytest.raises(ValueError, match="Unknown loss"):
+        training_loss(train_args("--loss", "bce"))
