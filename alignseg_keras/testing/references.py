@@ -43,3 +43,56 @@ ALIGNMENT_SIZES = [
     (1, 1, 1, 1),
     (1, 1, 3, 2),
 ]
+
+
+# The offset heads on the concatenation they read, computed the slow way: the form
+# AlignFA and AlignCM had before their heads' 1x1 convolutions were split
+# (`alignseg_keras.layers.offset_head.offsets_of_concat`). Keras ops, imported
+# when called, so this module stays NumPy-only on import.
+
+
+def offsets_of_concat_reference(heads, near, far, training=None):
+    """`[head(concat([near, up(far)])) for head in heads]`, the concatenation built."""
+    from keras import ops
+
+    from alignseg_keras.layers.alignment import resize_bilinear
+
+    upsampled = resize_bilinear(far, (ops.shape(near)[1], ops.shape(near)[2]))
+    concat = ops.concatenate([near, upsampled], axis=-1)
+    return [head(concat, training=training) for head in heads]
+
+
+def align_fa_concat_reference(layer, inputs, training=None, return_offsets=False):
+    """A built `AlignFA`'s call with its heads on the concatenation `[A, up(F)]`."""
+    from keras import ops
+
+    from alignseg_keras.layers.alignment import resize_bilinear
+
+    high, low = inputs
+    offsets = offsets_of_concat_reference(layer._offset_heads(), high, low, training)
+    low = resize_bilinear(low, (ops.shape(high)[1], ops.shape(high)[2]))
+    fields = iter(offsets)
+    if layer.low_resolution_offsets is not None:
+        low = layer.align([low, next(fields)])
+    if layer.high_resolution_offsets is not None:
+        high = layer.align([high, next(fields)])
+    output = low + ops.cast(high, low.dtype)
+    if return_offsets:
+        return output, ops.concatenate(offsets, axis=-1) if len(offsets) > 1 else offsets[0]
+    return output
+
+
+def align_cm_concat_reference(layer, inputs, training=None):
+    """A built `AlignCM(context="align")`'s call with its head on `[local, up(context)]`;
+    returns `(output, offsets)`."""
+    from keras import ops
+
+    context = layer.context_reduce(layer.pool(inputs), training=training)
+    context = layer.context_project(context, training=training)
+    local = layer.local_reduce(inputs, training=training)
+    local = layer.local_project(local, training=training)
+    (offsets,) = offsets_of_concat_reference([layer.offset_head], local, context, training)
+    aligned = layer.align([context, offsets])
+    if layer.context_merge == "sum":
+        return local + aligned, offsets
+    return ops.concatenate([local, aligned], axis=-1), offsets
