@@ -10,7 +10,6 @@ from alignseg_keras.layers.config_names import renamed_config
 from alignseg_keras.layers.conv_norm_activation import ConvNormActivation
 from alignseg_keras.layers.conv_norm_activation import check_activation
 from alignseg_keras.layers.offset_head import OffsetHead
-from alignseg_keras.layers.offset_head import offsets_of_concat
 
 MERGE_MODES = ("sum", "concat")
 # How AlignCM places the pooled context: aligned by learned offsets (Eq. 3) or
@@ -32,8 +31,7 @@ class AlignCM(keras.layers.Layer):
     Context is average-pooled into `context_bins x context_bins` bins (PyTorch's adaptive bin
     boundaries) and projected (1x1 conv to `context_hidden_channels`, 3x3 conv to
     `filters`, each with BN + activation); the local feature gets the same two
-    convolutions. An offset head looks at `[local, up(context)]` (its 1x1
-    convolution computed split, the context half on the pooled grid) and every
+    convolutions. An offset head looks at `[local, up(context)]` and every
     pixel picks its context by sampling the pooled map at a learned position,
     `U(context, Delta)` (Eq. 2) at the local size. The result is merged with the
     local feature: `context_merge="sum"` as the authors' code (`filters` channels)
@@ -146,12 +144,13 @@ class AlignCM(keras.layers.Layer):
         context = self.context_project(context, training=training)
         local = self.local_reduce(inputs, training=training)
         local = self.local_project(local, training=training)
+        size = (ops.shape(local)[1], ops.shape(local)[2])
+        upsampled = resize_bilinear(context, size)
         if self.offset_head is None:
-            aligned = resize_bilinear(context, (ops.shape(local)[1], ops.shape(local)[2]))
+            aligned = upsampled
         else:
-            # The head reads concat([local, up(context)]); its 1x1 convolution runs
-            # split, the context half on the K x K grid (offsets_of_concat).
-            (offsets,) = offsets_of_concat([self.offset_head], local, context, training=training)
+            concat = ops.concatenate([local, upsampled], axis=-1)
+            offsets = self.offset_head(concat, training=training)
             aligned = self.align([context, offsets])
         if self.context_merge == "sum":
             output = local + aligned

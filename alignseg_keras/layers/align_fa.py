@@ -8,7 +8,6 @@ from alignseg_keras.layers.alignment import resize_bilinear
 from alignseg_keras.layers.config_names import renamed_config
 from alignseg_keras.layers.conv_norm_activation import check_activation
 from alignseg_keras.layers.offset_head import OffsetHead
-from alignseg_keras.layers.offset_head import offsets_of_concat
 
 # Which features AlignFA aligns (paper Table 3): the upsampled low-resolution
 # one (Delta_F, the code's delta_gen1), the high-resolution one (Delta_A,
@@ -26,10 +25,7 @@ class AlignFA(keras.layers.Layer):
     the size of the high-resolution feature A; from their concatenation
     `[A, up(F)]` two offset heads predict the fields Delta_F and Delta_A, and
     both features are aligned and summed:
-    `out = U(up(F), Delta_F) + U(A, Delta_A)` (Eq. 1, U from Eq. 2). The heads'
-    first layer, a 1x1 convolution, is computed split, `W_A A + up(W_F F)`, which
-    equals `W [A, up(F)]` (both maps are linear) with the F half at F's own
-    resolution; the weights are those of the concatenated form. Both
+    `out = U(up(F), Delta_F) + U(A, Delta_A)` (Eq. 1, U from Eq. 2). Both
     offset heads start at zero, so training starts from plain upsampling + sum.
     This is the authors' `CAB` module; Delta_F is their `delta_gen1` and
     Delta_A their `delta_gen2`. Both inputs must have the same channels.
@@ -120,15 +116,15 @@ class AlignFA(keras.layers.Layer):
 
     def call(self, inputs, training=None, return_offsets=False):
         high, low = inputs
-        # The heads read concat([high, up(low)]); their 1x1 convolutions run split,
-        # the low half at low's resolution (offsets_of_concat), with no concatenation.
-        offsets = offsets_of_concat(self._offset_heads(), high, low, training=training)
         low = resize_bilinear(low, (ops.shape(high)[1], ops.shape(high)[2]))
-        fields = iter(offsets)
+        concat = ops.concatenate([high, low], axis=-1)
+        offsets = []
         if self.low_resolution_offsets is not None:
-            low = self.align([low, next(fields)])
+            offsets.append(self.low_resolution_offsets(concat, training=training))
+            low = self.align([low, offsets[-1]])
         if self.high_resolution_offsets is not None:
-            high = self.align([high, next(fields)])
+            offsets.append(self.high_resolution_offsets(concat, training=training))
+            high = self.align([high, offsets[-1]])
         # The aligned side may compute in another dtype than the side used as it is.
         output = low + ops.cast(high, low.dtype)
         if return_offsets:
