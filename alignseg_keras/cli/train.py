@@ -56,6 +56,10 @@ def add_parser(subparsers):
     train.add_argument("--scale-range", type=float, nargs=2, metavar=("MIN", "MAX"),
                        help=f"default: {PIPELINE_DEFAULTS_HELP}")
     train.add_argument("--batch-size", type=int, help=f"default: {PIPELINE_DEFAULTS_HELP}")
+    train.add_argument("--cat-max-ratio", type=float, metavar="RATIO",
+                       help="re-draw a crop (up to 10 times) while one class covers this share "
+                       "of its labelled pixels or more, mmseg's cat_max_ratio (its configs: 0.75); "
+                       "default: off")
     train.add_argument("--steps", type=int, default=40000, help="total optimizer steps")
     train.add_argument("--checkpoint-every", type=int, default=1000,
                        help="steps between checkpoints, logs and resumable backups")
@@ -183,6 +187,7 @@ def training_batches(dataset, model, args):
         scale_range=tuple(args.scale_range),
         fill_mean=model.image_converter.mean,
         seed=args.seed,
+        cat_max_ratio=args.cat_max_ratio,
     )
 
 
