@@ -3,11 +3,12 @@
 Training follows the paper and the authors' code: random scale (image
 bilinear, mask nearest), padding to the crop size (image with the mean, mask
 with the ignore value), random crop, random horizontal flip, and optionally
-photometric jitter. Everything runs inside `tf.data`.
+photometric jitter and mmseg's class-balanced crop (`cat_max_ratio`: the crop
+re-drawn while one class dominates it). Everything runs inside `tf.data`.
 
 Randomness is reproducible with `seed` and the same in every iterator of
 the pipeline: every random draw (shuffle order, scale, jitter, crop window,
-flip) is a stateless function of `seed`, the epoch and the element's place in
+flip, the re-drawn crops) is a stateless function of `seed`, the epoch and the element's place in
 it, never of a seed generator that iterators share. So two iterations of a
 repeated pipeline yield the same batches (Keras' JAX `fit` peeks with a first
 iterator and trains from a second; every process of a data-parallel job
@@ -22,6 +23,7 @@ inputs), `RandomZoom` (one fill value for images and masks) and
 in Keras 3.15) do not fit either and are not used.
 """
 
+import numbers
 import random
 
 import tensorflow as tf
@@ -72,6 +74,21 @@ def _check_photometric(photometric):
             f"{sorted(PHOTOMETRIC_DEFAULTS)}; received {photometric!r}."
         )
     return {key: photometric.get(key) for key in PHOTOMETRIC_DEFAULTS}
+
+
+def _check_cat_max(cat_max_ratio, cat_max_tries):
+    """Returns `(ratio or None, tries)`; a ratio of 1 turns the check off, as in mmseg."""
+    if isinstance(cat_max_tries, bool) or not isinstance(cat_max_tries, numbers.Integral) \
+            or cat_max_tries < 1:
+        raise ValueError(f"`cat_max_tries` must be an int >= 1; received {cat_max_tries!r}.")
+    if cat_max_ratio is None:
+        return None, int(cat_max_tries)
+    if isinstance(cat_max_ratio, bool) or not isinstance(cat_max_ratio, numbers.Real) \
+            or not 0 < cat_max_ratio <= 1:
+        raise ValueError(
+            f"`cat_max_ratio` must be None or a number in (0, 1]; received {cat_max_ratio!r}."
+        )
+    return (float(cat_max_ratio) if cat_max_ratio < 1 else None), int(cat_max_tries)
 
 
 def _check_fill_mean(fill_mean):
@@ -234,6 +251,95 @@ def random_crop(image, mask, size, seed):
     return stacked[..., :3], tf.cast(stacked[..., 3], tf.int32)
 
 
+def _crop_offset(shape, size, seed):
+    """The `(top, left)` of the window `tf.image.stateless_random_crop` draws for
+    `seed` from an `(H, W, channels)` tensor of spatial `shape`."""
+    limit = tf.stack([shape[0] - size[0] + 1, shape[1] - size[1] + 1, 1])
+    offset = tf.random.stateless_uniform([3], seed, maxval=tf.int32.max, dtype=tf.int32) % limit
+    return offset[:2]
+
+
+def crop_seeds(seed, cat_max_tries):
+    """The seeds of the `cat_max_tries + 1` windows of `class_balanced_crop`: `seed`
+    itself (so the first window is `random_crop`'s), then `seed` folded with the
+    try index 1, 2, ..., `cat_max_tries`. Returns an int tensor `(cat_max_tries + 1, 2)`."""
+    seed = tf.convert_to_tensor(seed)
+    folded = [tf.random.experimental.stateless_fold_in(seed, index)
+              for index in range(1, cat_max_tries + 1)]
+    return tf.stack([seed] + [tf.cast(f, seed.dtype) for f in folded])
+
+
+def crop_is_balanced(mask, cat_max_ratio, ignore_index=IGNORE_INDEX):
+    """mmseg's test of a crop: more than one class among the pixels that are not
+    `ignore_index`, and the largest class below `cat_max_ratio` of them.
+
+    Args:
+        mask: int32 `(h, w)` crop.
+        cat_max_ratio: float in (0, 1].
+        ignore_index: int, the value not counted.
+
+    Returns:
+        A bool scalar tensor.
+    """
+    labels, _, counts = tf.unique_with_counts(tf.reshape(mask, [-1]))
+    counts = tf.cast(tf.boolean_mask(counts, tf.not_equal(labels, ignore_index)), tf.float64)
+    share = tf.reduce_max(counts) / tf.reduce_sum(counts)  # -inf / 0 when empty, unused
+    return tf.logical_and(tf.size(counts) > 1, share < cat_max_ratio)
+
+
+def class_balanced_crop(image, mask, size, seed, cat_max_ratio, cat_max_tries=10,
+                        ignore_index=IGNORE_INDEX):
+    """`random_crop` re-drawn while one class dominates, mmseg's `RandomCrop(cat_max_ratio)`.
+
+    Up to `cat_max_tries` windows are tested with `crop_is_balanced`; the first
+    that passes is cropped, and if none does, one more window (drawn like the
+    others) is cropped untested: at most `cat_max_tries` re-draws, the last one
+    kept, as mmseg does (`cat_max_tries=10` there). Window `t` comes from
+    `crop_seeds(seed, cat_max_tries)[t]`, so window 0 is `random_crop`'s with the
+    same seed, and the result is a stateless function of `seed`. The test stops
+    at the first balanced window (`tf.while_loop`).
+
+    Args:
+        image: float32 `(H, W, 3)`, at least `size`.
+        mask: int32 `(H, W)`.
+        size: `(height, width)` of the window.
+        seed: int tensor `(2,)`, stateless seed.
+        cat_max_ratio: float in (0, 1): the largest share of the valid pixels
+            one class may cover (mmseg's test is `share < cat_max_ratio`).
+        cat_max_tries: int >= 1, how many windows are tested.
+        ignore_index: int, mask value that is not counted.
+
+    Returns:
+        The cropped `(image, mask)`.
+
+    Example:
+    ```python
+    image, mask = class_balanced_crop(image, mask, (512, 1024), tf.constant([1, 2]), 0.75)
+    ```
+    """
+    shape = tf.shape(mask)
+    checks = [tf.debugging.assert_greater_equal(shape, tf.constant(size, tf.int32),
+                                                message="The crop is larger than the mask.")]
+    with tf.control_dependencies(checks):
+        offsets = tf.stack([_crop_offset(shape, size, s)
+                            for s in tf.unstack(crop_seeds(seed, cat_max_tries))])
+
+    def window(tensor, offset):
+        return tf.slice(tensor, offset, size) if tensor.shape.rank == 2 else \
+            tf.slice(tensor, tf.concat([offset, [0]], 0), [size[0], size[1], -1])
+
+    def searching(index):
+        return tf.logical_and(
+            index < cat_max_tries,
+            tf.logical_not(crop_is_balanced(window(mask, offsets[index]), cat_max_ratio, ignore_index)),
+        )
+
+    (index,) = tf.while_loop(searching, lambda index: (index + 1,), (tf.constant(0),))
+    offset = offsets[index]
+    image, mask = window(image, offset), window(mask, offset)
+    return tf.ensure_shape(image, [size[0], size[1], 3]), tf.ensure_shape(mask, [size[0], size[1]])
+
+
 def random_flip(image, mask, seed):
     """Flips an image and its mask horizontally together, with probability 1/2.
 
@@ -307,13 +413,16 @@ def training_pipeline(
     repeat=True,
     seed=None,
     scale_step=None,
+    cat_max_ratio=None,
+    cat_max_tries=10,
 ):
     """Augments, shuffles and batches `(image, mask)` pairs for training.
 
     Per example: random scale (image bilinear, mask nearest), optional
     photometric jitter, padding to `crop_size` (image with `fill_mean`, mask
-    with `ignore_index`), a random crop and a random horizontal flip (image
-    and mask together).
+    with `ignore_index`), a random crop (optionally re-drawn while one class
+    dominates it, `cat_max_ratio`) and a random horizontal flip (image and mask
+    together).
 
     Args:
         dataset: unbatched `tf.data.Dataset` of `(image (H, W, 3), mask (H, W))`
@@ -338,6 +447,13 @@ def training_pipeline(
             of a repeated pipeline.
         scale_step: None (continuous scales) or a float step between scales
             (0.1 in the authors' code).
+        cat_max_ratio: None, or a float in (0, 1]: mmseg's class-balanced crop
+            (`class_balanced_crop`): the crop window is re-drawn, up to
+            `cat_max_tries` times, while one class covers `cat_max_ratio` or more
+            of its pixels that are not `ignore_index` (or it holds fewer than
+            two classes); the last re-drawn window is kept. mmseg's configs use
+            0.75. None or 1 (mmseg's default) crops once.
+        cat_max_tries: int >= 1, the re-draws of `cat_max_ratio` (mmseg: 10).
 
     Returns:
         A dataset of `(images float32 (B, h, w, 3) in 0..255, masks int32 (B, h, w))`.
@@ -353,6 +469,7 @@ def training_pipeline(
     scale_range = _check_scale(scale_range, scale_step)
     jitter = _check_photometric(photometric)
     fill_mean = _check_fill_mean(fill_mean)
+    cat_max_ratio, cat_max_tries = _check_cat_max(cat_max_ratio, cat_max_tries)
     if int(batch_size) < 1:
         raise ValueError(f"`batch_size` must be a positive int; received {batch_size!r}.")
     if not 0 <= int(ignore_index) <= IGNORE_INDEX:
@@ -368,7 +485,11 @@ def training_pipeline(
         if jitter:
             image = photometric_jitter(image, jitter_seed, **jitter)
         image, mask = pad_to_size(image, mask, crop, fill_mean, int(ignore_index))
-        image, mask = random_crop(image, mask, crop, crop_seed)
+        if cat_max_ratio is None:
+            image, mask = random_crop(image, mask, crop, crop_seed)
+        else:
+            image, mask = class_balanced_crop(image, mask, crop, crop_seed, cat_max_ratio,
+                                              cat_max_tries, int(ignore_index))
         if flip:
             image, mask = random_flip(image, mask, flip_seed)
         return image, mask

@@ -281,3 +281,154 @@ def test_reproducible_under_any_global_seed():
             assert take(pipeline(block_scenes(count=6), **kwargs), 1)[0].shape == (4, 40, 56, 3)
     finally:
         tf.random.set_seed(previous)
+
+
+# Class-balanced crops (mmseg's RandomCrop(cat_max_ratio)).
+
+
+def dominated_scene():
+    """64x64: class 0, an 18x18 square of class 1 and an ignored strip on the left. Of
+    the 33x33 windows of 32x32, about 18% pass mmseg's test at 0.75 (computed in the test)."""
+    mask = np.zeros((64, 64), np.uint8)
+    mask[24:42, 40:58] = 1
+    mask[:, :6] = 255
+    return mask
+
+
+def balanced(mask, ratio, ignore=255):
+    """mmseg's test, in NumPy: np.unique counts without the ignore index."""
+    labels, counts = np.unique(mask, return_counts=True)
+    counts = counts[labels != ignore]
+    return len(counts) > 1 and np.max(counts) / np.sum(counts) < ratio
+
+
+def window_pass_rate(mask, size, ratio):
+    height, width = mask.shape
+    return np.mean([balanced(mask[y : y + size[0], x : x + size[1]], ratio)
+                    for y in range(height - size[0] + 1) for x in range(width - size[1] + 1)])
+
+
+def test_class_balanced_crop_follows_the_numpy_rule_on_its_windows():
+    mask = dominated_scene()
+    rows, cols = np.meshgrid(np.arange(64), np.arange(64), indexing="ij")
+    # The image encodes each pixel's row, column and label.
+    image = np.stack([rows, cols, mask], axis=-1).astype(np.float32)
+    tries, ratio, size = 3, 0.75, (32, 32)
+    outcomes = []
+    for index in range(40):
+        seed = tf.constant([index, 11], tf.int64)
+        crop_image, crop_mask = augment.class_balanced_crop(
+            tf.constant(image), tf.constant(mask, tf.int32), size, seed, ratio, tries)
+        crop_image, crop_mask = crop_image.numpy(), crop_mask.numpy()
+        # Image and mask come from the same window.
+        np.testing.assert_array_equal(crop_image[..., 2], crop_mask)
+        top, left = int(crop_image[0, 0, 0]), int(crop_image[0, 0, 1])
+        np.testing.assert_array_equal(crop_mask, mask[top : top + 32, left : left + 32])
+        # The candidate windows: TensorFlow's own random crop with each try's seed.
+        windows = []
+        for try_seed in augment.crop_seeds(seed, tries):
+            corner = tf.image.stateless_random_crop(tf.constant(image), (32, 32, 3), try_seed)[0, 0]
+            windows.append((int(corner[0]), int(corner[1])))
+        passing = [t for t, (y, x) in enumerate(windows[:tries])
+                   if balanced(mask[y : y + 32, x : x + 32], ratio)]
+        expected = passing[0] if passing else tries  # else the last re-draw, untested
+        assert (top, left) == windows[expected], (index, windows, passing)
+        outcomes.append(expected)
+        if expected == 0:  # window 0 is random_crop's with the same seed
+            plain = augment.random_crop(tf.constant(image), tf.constant(mask, tf.int32), size, seed)
+            np.testing.assert_array_equal(plain[0].numpy(), crop_image)
+    # The seeds cover every case: the first window, a re-draw, none passing.
+    assert {0, tries} <= set(outcomes) and set(outcomes) - {0, tries}
+
+
+def dominated_pipeline(**kwargs):
+    mask = dominated_scene()
+    dataset = tf.data.Dataset.from_tensors((PALETTE[mask % len(PALETTE)].astype(np.uint8), mask))
+    args = dict(crop_size=(32, 32), batch_size=8, scale_range=(1.0, 1.0), flip=False, shuffle=0)
+    return pipeline(dataset, **{**args, **kwargs})
+
+
+@pytest.mark.parametrize("tries", [2, 10])
+def test_cat_max_ratio_draws_fewer_dominated_crops(tries):
+    """Each window passes with probability p (enumerated in NumPy): without the option a
+    crop is dominated with probability 1 - p, with it (1 - p)^(tries + 1)."""
+    batches, ratio = 25, 0.75
+    rate = window_pass_rate(dominated_scene(), (32, 32), ratio)
+    assert 0.1 < rate < 0.3
+    for option, expected in ((None, 1 - rate), (ratio, (1 - rate) ** (tries + 1))):
+        _, masks = take(dominated_pipeline(cat_max_ratio=option, cat_max_tries=tries), batches)
+        dominated = np.mean([not balanced(mask, ratio) for mask in masks])
+        sigma = np.sqrt(expected * (1 - expected) / len(masks))
+        assert abs(dominated - expected) < 4 * sigma + 0.01, (option, dominated, expected)
+
+
+def test_class_balanced_crops_are_reproducible_and_aligned():
+    # At 0.3 some crops of these six-class scenes are re-drawn (checked below).
+    kwargs = dict(cat_max_ratio=0.3, cat_max_tries=4, photometric=True, scale_range=(0.7, 1.5))
+    dataset = pipeline(block_scenes(count=6), **kwargs)
+    first, second = iter(dataset), iter(dataset)
+    next(first)  # one iterator ahead of the other
+    expected = [next(first) for _ in range(4)]
+    next(second)
+    for images, masks in expected:
+        other_images, other_masks = next(second)
+        np.testing.assert_array_equal(other_images.numpy(), images.numpy())
+        np.testing.assert_array_equal(other_masks.numpy(), masks.numpy())
+    again = take(pipeline(block_scenes(count=6), **kwargs), 5)
+    np.testing.assert_array_equal(again[1][4:], np.concatenate([m.numpy() for _, m in expected]))
+    np.testing.assert_array_equal(again[0][4:], np.concatenate([i.numpy() for i, _ in expected]))
+    plain = take(pipeline(block_scenes(count=6), **{**kwargs, "cat_max_ratio": None}), 5)
+    redrawn = [not np.array_equal(a, b) for a, b in zip(plain[1], again[1])]
+    assert 0 < np.mean(redrawn) < 0.5
+    other = take(pipeline(block_scenes(count=6), **{**kwargs, "seed": 1}), 5)
+    assert not np.array_equal(other[1], again[1])
+    # Image and mask cropped together (no jitter, to compare colours).
+    images, masks = take(pipeline(block_scenes(), cat_max_ratio=0.3), 6)
+    inside = interior(masks)
+    assert inside.mean() > 0.3
+    np.testing.assert_allclose(images[inside], PALETTE[masks[inside]], atol=0.5)
+
+
+# SHA-256 prefixes of the pipeline's output before `cat_max_ratio` existed (TensorFlow 2.21
+# on x86-64 CPUs): the default path must not change. The masks of scaled crops (nearest
+# neighbour) and images and masks of unscaled ones (exact copies) do not depend on the
+# floating-point code paths of the machine; a new TensorFlow may change its random ops.
+REGRESSION_HASHES = {
+    "scaled masks": "8bbc4c33d791fafd",
+    "unscaled": "b383f891858c1da9",
+}
+
+
+def digest(*arrays):
+    import hashlib
+
+    hasher = hashlib.sha256()
+    for array in arrays:
+        hasher.update(np.ascontiguousarray(array).tobytes())
+    return hasher.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("option", [{}, dict(cat_max_ratio=None), dict(cat_max_ratio=1.0, cat_max_tries=3)])
+def test_without_cat_max_ratio_the_output_is_unchanged(option):
+    _, masks = take(pipeline(block_scenes(count=6), scale_range=(0.5, 2.0), **option), 4)
+    assert digest(masks) == REGRESSION_HASHES["scaled masks"]
+    images, masks = take(pipeline(block_scenes(count=6), crop_size=(24, 32), scale_range=(1.0, 1.0),
+                                  **option), 4)
+    assert digest(images, masks) == REGRESSION_HASHES["unscaled"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(cat_max_ratio=0.0), "cat_max_ratio"),
+        (dict(cat_max_ratio=1.5), "cat_max_ratio"),
+        (dict(cat_max_ratio="0.75"), "cat_max_ratio"),
+        (dict(cat_max_ratio=True), "cat_max_ratio"),
+        (dict(cat_max_ratio=0.75, cat_max_tries=0), "cat_max_tries"),
+        (dict(cat_max_ratio=0.75, cat_max_tries=2.5), "cat_max_tries"),
+        (dict(cat_max_tries=-1), "cat_max_tries"),
+    ],
+)
+def test_bad_cat_max_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pipeline(block_scenes(count=1), **kwargs)
