@@ -34,10 +34,11 @@ $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install -q kagglehub regex rich sentencepiece tokenizers
 	touch $(TEST_STAMP)
 
-# The TensorFlow session, then a small JAX session (Keras fixes its backend per process).
+# The TensorFlow session, then a small JAX session (Keras fixes its backend per process):
+# the JAX-specific tests and every layer's test (ablation layers included) on JAX.
 test: $(TEST_STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest $(PYTEST_ARGS)
-	KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest tests/test_jax_backend.py
+	KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest tests/test_jax_backend.py alignseg_keras/layers/blocks_test.py
 
 # BENCH_ARGS="--quick" takes minutes; "--only alignment,inference" runs a subset.
 bench: $(STAMP)

@@ -49,6 +49,14 @@ class BilinearUpsamplingKernel(keras.initializers.Initializer):
         return {}
 
 
+def _shortfall(target, size):
+    """`max(target - size, 0)`: a Python int where both sizes are known (JAX traces
+    need static padding), else a tensor (TensorFlow graphs of unknown size)."""
+    if isinstance(target, int) and isinstance(size, int):
+        return max(target - size, 0)
+    return ops.maximum(target - size, 0)
+
+
 @keras.saving.register_keras_serializable(package="alignseg_keras")
 class UpsampleFusion(keras.layers.Layer):
     """Upsamples a low-resolution feature F to a high-resolution A and sums them.
@@ -140,8 +148,8 @@ class UpsampleFusion(keras.layers.Layer):
         for deconvolution in self.deconvolutions:
             low = deconvolution(low)
         low = low[:, :height, :width]
-        missing_rows = ops.maximum(height - ops.shape(low)[1], 0)
-        missing_cols = ops.maximum(width - ops.shape(low)[2], 0)
+        missing_rows = _shortfall(height, ops.shape(low)[1])
+        missing_cols = _shortfall(width, ops.shape(low)[2])
         low = ops.pad(low, [[0, 0], [0, missing_rows], [0, missing_cols], [0, 0]])
         return high + low
 
