@@ -7,9 +7,9 @@ photometric jitter and mmseg's class-balanced crop (`cat_max_ratio`: the crop
 re-drawn while one class dominates it). Everything runs inside `tf.data`.
 
 Randomness is reproducible with `seed` and the same in every iterator of
-the pipeline: every random draw (shuffle order, scale, jitter, crop window,
-flip, the re-drawn crops) is a stateless function of `seed`, the epoch and the element's place in
-it, never of a seed generator that iterators share. So two iterations of a
+the pipeline: every random draw (shuffle order, scale, jitter, crop window
+and its re-draws, flip) is a stateless function of `seed`, the epoch and the
+element's place in it, never of a seed generator that iterators share. So two iterations of a
 repeated pipeline yield the same batches (Keras' JAX `fit` peeks with a first
 iterator and trains from a second; every process of a data-parallel job
 builds the same global stream), while its epochs differ. The flip is per
