@@ -23,8 +23,24 @@ probabilities = predict_multiscale(model, images, scales=PAPER_SCALES, flip=True
                                    sliding=769)
 labels = probabilities.argmax(-1)
 ```
+
+Precision: every function takes `precision=None` (run the model as it is),
+`"float32"` or `"bfloat16"`. `"bfloat16"` runs a copy of the model under
+Keras' `mixed_bfloat16` policy (see `as_precision`): float32 weights,
+bfloat16 arithmetic, float32 logits and probabilities. It pays off where the
+hardware has bfloat16 units (GPUs; CPUs with AMX or AVX512-BF16), at a small
+cost in accuracy; docs/inference.md ("When to use bfloat16") gives the
+measurements. The copy is made on every call; to predict many batches,
+convert once:
+
+```python
+fast = as_precision(model, "bfloat16")
+for batch in batches:
+    probabilities = predict_whole(fast, batch)
+```
 """
 
+import contextlib
 import math
 
 import keras
@@ -37,6 +53,101 @@ from alignseg_keras.layers.alignment import resize_bilinear
 PAPER_SCALES = (0.75, 1.0, 1.25, 1.5, 1.75)
 PAPER_OVERLAP = 1.0 / 3.0
 DEFAULT_BATCH_SIZE = 4
+
+# Inference precisions, and the Keras dtype policy each runs the model under.
+PRECISION_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+PRECISIONS = tuple(PRECISION_POLICIES)
+
+
+def check_precision(precision):
+    """`precision` if it is one of `PRECISIONS`, else a `ValueError` listing them."""
+    if not isinstance(precision, str) or precision not in PRECISION_POLICIES:
+        raise ValueError(
+            f"`precision` must be one of {', '.join(PRECISIONS)}; received {precision!r}."
+        )
+    return precision
+
+
+@contextlib.contextmanager
+def _global_dtype_policy(policy):
+    """Keras' global dtype policy set to `policy` inside the block (Keras keeps it per thread)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _replace_policy(config, source, target):
+    """`config` with every dtype policy named `source` (serialized or a string) set to `target`.
+
+    Policies of another name are layers pinned to a dtype (such as float32
+    outputs of a mixed-precision model) and stay.
+    """
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy" and isinstance(config.get("config"), dict):
+            if config["config"].get("name") == source:
+                return {**config, "config": {**config["config"], "name": target}}
+            return config
+        return {
+            key: target if key == "dtype" and value == source
+            else _replace_policy(value, source, target)
+            for key, value in config.items()
+        }
+    if isinstance(config, list):
+        return [_replace_policy(value, source, target) for value in config]
+    return config
+
+
+def as_precision(model, precision):
+    """`model` computing in `precision`: itself if it already does, else a copy.
+
+    `"bfloat16"` gives the model as it is built under Keras' `mixed_bfloat16`
+    policy: variables in float32 (the copy's weights equal the original's
+    exactly), convolutions and most arithmetic in bfloat16. Keras computes
+    BatchNormalization's statistics in float32; AlignSeg computes the
+    alignment modules' sampling positions in float32 (only the sampled
+    features are bfloat16), and its logits leave the model in float32.
+    `"float32"` turns a mixed-precision model back into a float32 one.
+
+    The copy is built from `model.get_config()` with every dtype policy equal
+    to the model's own replaced by the target (layers pinned to another dtype
+    keep it), under the target as Keras' global policy (so layers a model
+    builds in its constructor follow it), then given `model`'s weights. It is
+    not compiled, and does not follow later changes of `model`'s weights.
+
+    Args:
+        model: a Keras model, such as `AlignSeg`, that `from_config` rebuilds.
+        precision: `"float32"` or `"bfloat16"`.
+
+    Returns:
+        A Keras model with the dtype policy `"float32"` or `"mixed_bfloat16"`.
+
+    Example:
+    ```python
+    fast = as_precision(model, "bfloat16")
+    probabilities = predict_whole(fast, images)  # float32 probabilities
+    ```
+    """
+    policy = PRECISION_POLICIES[check_precision(precision)]
+    source = model.dtype_policy.name
+    if source == policy:
+        return model
+    if source not in PRECISION_POLICIES.values():
+        raise ValueError(
+            f"as_precision converts float32 and mixed_bfloat16 models; {model.name} has the "
+            f"dtype policy {source!r}."
+        )
+    config = _replace_policy(keras.saving.serialize_keras_object(model), source, policy)
+    with _global_dtype_policy(policy):
+        clone = keras.saving.deserialize_keras_object(config)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def _with_precision(model, precision):
+    return model if precision is None else as_precision(model, precision)
 
 
 def _as_image_batch(images):
@@ -176,7 +287,7 @@ def _sliding_logits(model, images, tile_size, overlap, batch_size):
     return total / counts
 
 
-def predict_whole(model, images, batch_size=DEFAULT_BATCH_SIZE):
+def predict_whole(model, images, batch_size=DEFAULT_BATCH_SIZE, precision=None):
     """Class probabilities from one forward pass over each whole image.
 
     Args:
@@ -184,6 +295,8 @@ def predict_whole(model, images, batch_size=DEFAULT_BATCH_SIZE):
             `(B, H, W, classes)` at the input size, such as `AlignSeg`.
         images: `(B, H, W, 3)` or `(H, W, 3)` array, uint8 or float.
         batch_size: int, images per forward pass.
+        precision: None to run `model` as it is, or `"float32"` or
+            `"bfloat16"` to run it in that precision (`as_precision`).
 
     Returns:
         float32 probabilities `(B, H, W, classes)` (or `(H, W, classes)`).
@@ -196,13 +309,21 @@ def predict_whole(model, images, batch_size=DEFAULT_BATCH_SIZE):
     """
     images, single = _as_image_batch(images)
     batch_size = _check_batch_size(batch_size)
+    if precision is not None:
+        check_precision(precision)
     if images.size == 0:
         return _empty_probabilities(model, images, single)
+    model = _with_precision(model, precision)
     return _softmax(_model_logits(model, images, batch_size), single)
 
 
 def predict_sliding(
-    model, images, tile_size, overlap=PAPER_OVERLAP, batch_size=DEFAULT_BATCH_SIZE
+    model,
+    images,
+    tile_size,
+    overlap=PAPER_OVERLAP,
+    batch_size=DEFAULT_BATCH_SIZE,
+    precision=None,
 ):
     """Class probabilities from overlapping windows (the paper's single-scale test).
 
@@ -218,6 +339,8 @@ def predict_sliding(
         tile_size: int or `(height, width)`, window size (769 in the paper).
         overlap: float in [0, 1), fraction shared by neighbouring windows (1/3).
         batch_size: int, tiles per forward pass.
+        precision: None to run `model` as it is, or `"float32"` or
+            `"bfloat16"` to run it in that precision (`as_precision`).
 
     Returns:
         float32 probabilities `(B, H, W, classes)` (or `(H, W, classes)`).
@@ -229,8 +352,11 @@ def predict_sliding(
     """
     images, single = _as_image_batch(images)
     tile_size, batch_size = _as_tile_size(tile_size), _check_batch_size(batch_size)
+    if precision is not None:
+        check_precision(precision)
     if images.size == 0:
         return _empty_probabilities(model, images, single)
+    model = _with_precision(model, precision)
     return _softmax(_sliding_logits(model, images, tile_size, overlap, batch_size), single)
 
 
@@ -246,6 +372,7 @@ def predict_multiscale(
     sliding=None,
     overlap=PAPER_OVERLAP,
     batch_size=DEFAULT_BATCH_SIZE,
+    precision=None,
 ):
     """Class probabilities averaged over image scales and horizontal flips.
 
@@ -264,6 +391,8 @@ def predict_multiscale(
             (int or `(height, width)`) for sliding windows at every scale.
         overlap: float, window overlap when `sliding` is set.
         batch_size: int, images (or tiles) per forward pass.
+        precision: None to run `model` as it is, or `"float32"` or
+            `"bfloat16"` to run it in that precision (`as_precision`).
 
     Returns:
         float32 probabilities `(B, H, W, classes)` (or `(H, W, classes)`).
@@ -279,8 +408,11 @@ def predict_multiscale(
     scales = tuple(scales)
     if not scales or any(not scale > 0 for scale in scales):
         raise ValueError(f"`scales` must be positive numbers; received {scales!r}.")
+    if precision is not None:
+        check_precision(precision)
     if images.size == 0:
         return _empty_probabilities(model, images, single)
+    model = _with_precision(model, precision)
     batch, height, width, _ = images.shape
     if flip:
         images = np.concatenate([images, np.flip(images, axis=2)])

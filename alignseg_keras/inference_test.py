@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+from alignseg_keras.inference import as_precision
 from alignseg_keras.inference import predict_multiscale
 from alignseg_keras.inference import predict_sliding
 from alignseg_keras.inference import predict_whole
@@ -22,6 +23,11 @@ def pointwise_model():
     return keras.Sequential(
         [keras.Input((None, None, 3)), keras.layers.Rescaling(1 / 255.0), keras.layers.Conv2D(5, 1)]
     )
+
+
+@pytest.fixture(scope="module")
+def bfloat16_model(model):
+    return as_precision(model, "bfloat16")
 
 
 def random_images(shape, seed=0):
@@ -173,8 +179,58 @@ def test_multiscale_runs_scales_with_sliding_windows(model, monkeypatch):
         (lambda m: predict_sliding(m, np.zeros((1, 8, 8, 3)), 4, overlap=1.5), "overlap"),
         (lambda m: predict_multiscale(m, np.zeros((1, 8, 8, 3)), scales=()), "scales"),
         (lambda m: predict_multiscale(m, np.zeros((1, 8, 8, 3)), scales=(1, -1)), "scales"),
+        (lambda m: predict_whole(m, np.zeros((1, 8, 8, 3)), precision="float16"), "precision"),
+        (lambda m: predict_sliding(m, np.zeros((0, 8, 8, 3)), 4, precision="bf16"), "precision"),
+        (lambda m: predict_multiscale(m, np.zeros((1, 8, 8, 3)), precision=16), "precision"),
+        (lambda m: as_precision(m, "mixed_bfloat16"), "float32, bfloat16"),
     ],
 )
 def test_bad_arguments_raise_clear_errors(pointwise_model, call, message):
     with pytest.raises(ValueError, match=message):
         call(pointwise_model)
+
+
+def test_bfloat16_copy_keeps_the_float32_weights_exactly(model, bfloat16_model):
+    assert model.dtype_policy.name == "float32"
+    assert bfloat16_model.dtype_policy.name == "mixed_bfloat16"
+    assert bfloat16_model.get_config()["backbone"]["config"]["dtype"]["config"]["name"] == (
+        "mixed_bfloat16"
+    )
+    assert [v.path for v in bfloat16_model.weights] == [v.path for v in model.weights]
+    for original, copy in zip(model.weights, bfloat16_model.weights):
+        assert copy.dtype == "float32"
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(copy),
+                                      keras.ops.convert_to_numpy(original))
+    layers = {layer.name: layer for layer in bfloat16_model._flatten_layers()}
+    # Convolutions compute in bfloat16; the logits leave the model in float32.
+    assert {layer.compute_dtype for layer in layers.values()
+            if isinstance(layer, keras.layers.Conv2D)} == {"bfloat16"}
+    assert layers["head_crop"].compute_dtype == "float32"
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    assert as_precision(model, "float32") is model
+    assert as_precision(bfloat16_model, "bfloat16") is bfloat16_model
+    back = as_precision(bfloat16_model, "float32")
+    assert back.dtype_policy.name == "float32"
+    images = random_images((1, 40, 56, 3))
+    np.testing.assert_array_equal(predict_whole(back, images), predict_whole(model, images))
+
+
+def test_bfloat16_probabilities_are_float32_and_agree_with_float32(model, bfloat16_model):
+    images = random_images((2, 40, 56, 3), seed=3)
+    reference = predict_whole(model, images)
+    for probabilities in (
+        predict_whole(bfloat16_model, images),
+        predict_whole(model, images, precision="bfloat16"),
+        predict_sliding(model, images, tile_size=32, precision="bfloat16"),
+        predict_multiscale(model, images, scales=(0.75, 1.0), precision="bfloat16"),
+    ):
+        assert probabilities.dtype == np.float32 and probabilities.shape == reference.shape
+        assert np.isfinite(probabilities).all()
+        np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+    bfloat16 = predict_whole(bfloat16_model, images)
+    np.testing.assert_array_equal(predict_whole(model, images, precision="bfloat16"), bfloat16)
+    # bfloat16 keeps 8 bits of mantissa. The labels of a random tiny model agree at
+    # ~99% of the pixels; its logits are large (probabilities near 0 and 1), so
+    # where two classes are close a probability can move a lot.
+    assert (bfloat16.argmax(-1) == reference.argmax(-1)).mean() > 0.95
+    np.testing.assert_array_equal(predict_whole(model, images, precision="float32"), reference)

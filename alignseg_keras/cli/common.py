@@ -41,8 +41,28 @@ def add_model_arguments(parser, what):
     )
 
 
+def add_precision_argument(parser):
+    """--precision float32|bfloat16 (predict, evaluate, export), default float32."""
+    from alignseg_keras import inference
+
+    parser.add_argument(
+        "--precision", choices=inference.PRECISIONS, default=inference.PRECISIONS[0],
+        help="arithmetic of the model: float32 (default), or bfloat16 (Keras' mixed_bfloat16: "
+        "float32 weights and logits, bfloat16 arithmetic: faster where the hardware has "
+        "bfloat16 units, such as CPUs with AMX, slightly less accurate; see docs/inference.md)",
+    )
+
+
+def with_precision(model, args):
+    """`model` in the `--precision` of `args` (as it is when the command has no --precision)."""
+    from alignseg_keras import inference
+
+    precision = getattr(args, "precision", None)
+    return model if precision is None else inference.as_precision(model, precision)
+
+
 def load_model(args, num_classes=None):
-    """The model of `--model` or `--preset`.
+    """The model of `--model` or `--preset`, in the `--precision` of `args` if it has one.
 
     `num_classes` sets the classes of a named preset (a preset directory keeps
     its own; a .keras file has its own).
@@ -54,10 +74,14 @@ def load_model(args, num_classes=None):
     from alignseg_keras.models.presets import DEFAULT_NUM_CLASSES
 
     if args.model:
-        return keras.saving.load_model(args.model)
-    if is_preset_directory(args.preset):
-        return AlignSeg.from_preset(args.preset)
-    return AlignSeg.from_preset(args.preset, num_classes=num_classes or DEFAULT_NUM_CLASSES)
+        model = keras.saving.load_model(args.model)
+    elif is_preset_directory(args.preset):
+        model = AlignSeg.from_preset(args.preset)
+    else:
+        model = AlignSeg.from_preset(
+            args.preset, num_classes=num_classes or DEFAULT_NUM_CLASSES
+        )
+    return with_precision(model, args)
 
 
 def model_name(args):

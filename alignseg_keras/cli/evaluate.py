@@ -6,6 +6,7 @@ import numpy as np
 def add_parser(subparsers):
     from alignseg_keras.cli.common import add_dataset_arguments
     from alignseg_keras.cli.common import add_model_arguments
+    from alignseg_keras.cli.common import add_precision_argument
     from alignseg_keras.cli.common import add_test_time_arguments
 
     parser = subparsers.add_parser(
@@ -20,6 +21,7 @@ def add_parser(subparsers):
     add_dataset_arguments(parser)
     parser.add_argument("--split", default="val", choices=("train", "val"))
     add_test_time_arguments(parser)
+    add_precision_argument(parser)
     parser.add_argument("--limit", type=int, help="evaluate only the first N images")
     parser.set_defaults(func=run)
 

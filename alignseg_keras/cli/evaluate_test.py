@@ -104,3 +104,27 @@ def test_evaluate_prints_boundary_iou_and_dice_that_match_the_references(tmp_pat
                                atol=5.1e-5)
     np.testing.assert_allclose(summary["boundary mIoU"], np.nanmean(boundary), atol=5.1e-5)
     np.testing.assert_allclose(summary["mIoU:"], np.nanmean(ious), atol=5.1e-5)
+
+
+def test_evaluate_in_bfloat16_scores_the_bfloat16_model(tmp_path, capsys, monkeypatch):
+    from alignseg_keras import data
+    from alignseg_keras.cli import common
+
+    path = str(tmp_path / "m.keras")
+    tiny_alignseg(len(data.SYNTHETIC_CLASSES), seed=0).save(path)
+    policies = set()
+    original = common.predict_probabilities
+
+    def spy(model, image, args):
+        policies.add(model.dtype_policy.name)
+        return original(model, image, args)
+
+    monkeypatch.setattr(common, "predict_probabilities", spy)
+    miou = {}
+    for precision in ("float32", "bfloat16"):
+        assert main(["evaluate", "--model", path, "--synthetic-images", "8",
+                     "--synthetic-size", "48", "64", "--limit", "2",
+                     "--precision", precision]) == 0
+        miou[precision] = parse_table(capsys.readouterr().out)[1]["mIoU:"]
+    assert policies == {"float32", "mixed_bfloat16"}
+    assert abs(miou["float32"] - miou["bfloat16"]) < 0.05

@@ -1,5 +1,6 @@
 """`alignseg export`: a trained model as a TF Serving SavedModel, ONNX or LiteRT file."""
 
+from alignseg_keras.cli.common import add_precision_argument
 from alignseg_keras.export_formats import EXPORT_FORMATS
 
 
@@ -11,13 +12,15 @@ def add_parser(subparsers):
         "serving_default signature takes uint8 images [batch, height, width, 3] and returns "
         "int32 labels and float32 probabilities; for TF Serving give a numbered version "
         "folder, e.g. models/alignseg/1. onnx (file *.onnx, needs tf2onnx) and litert "
-        "(file *.tflite) export the model as it is: float32 images in, logits out.",
+        "(file *.tflite) export the model as it is: float32 images in, logits out. "
+        "--precision bfloat16 exports the model computing in bfloat16 (float32 outputs).",
     )
     parser.add_argument("model", help="a .keras file saved by alignseg")
     parser.add_argument("export_path", metavar="EXPORT_DIR",
                         help="SavedModel folder, or the .onnx / .tflite file to write")
     parser.add_argument("--format", choices=EXPORT_FORMATS, default="saved_model",
                         help="export format (default saved_model)")
+    add_precision_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -26,13 +29,14 @@ def run(args):
 
     from alignseg_keras.cli.common import prepare_output_dir
     from alignseg_keras.cli.common import prepare_output_file
+    from alignseg_keras.cli.common import with_precision
     from alignseg_keras.export import export_model
 
     if args.format == "saved_model":
         prepare_output_dir(args.export_path, "EXPORT_DIR")
     else:
         prepare_output_file(args.export_path, "the export file")
-    model = keras.saving.load_model(args.model)
+    model = with_precision(keras.saving.load_model(args.model), args)
     export_model(model, args.export_path, format=args.format)
-    print(f"Exported {args.model} ({args.format}) to {args.export_path}")
+    print(f"Exported {args.model} ({args.format}, {args.precision}) to {args.export_path}")
     return 0

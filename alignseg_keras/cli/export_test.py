@@ -44,3 +44,22 @@ def test_export_paths_that_are_files_or_read_only_are_reported(tmp_path, capsys)
         assert "cannot be written" in capsys.readouterr().err
         assert main(["export", "unused.keras", str(folder / "m.onnx"), "--format", "onnx"]) == 2
         assert f"the folder of the export file {folder} cannot be written" in capsys.readouterr().err
+
+
+def test_export_in_bfloat16_writes_a_saved_model_that_runs(model_path, tmp_path, capsys):
+    import keras
+
+    from alignseg_keras.inference import predict_whole
+
+    export_dir = tmp_path / "bfloat16" / "1"
+    assert main(["export", model_path, str(export_dir), "--precision", "bfloat16"]) == 0
+    assert "bfloat16" in capsys.readouterr().out
+    serve = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
+    images = np.random.default_rng(0).integers(0, 256, (2, 24, 40, 3)).astype("uint8")
+    outputs = serve(images=tf.constant(images))
+    probabilities = outputs["probabilities"].numpy()
+    assert probabilities.dtype == np.float32 and probabilities.shape == (2, 24, 40, 3)
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(outputs["labels"].numpy(), probabilities.argmax(-1))
+    reference = predict_whole(keras.saving.load_model(model_path), images)
+    assert (probabilities.argmax(-1) == reference.argmax(-1)).mean() > 0.9

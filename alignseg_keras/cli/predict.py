@@ -19,6 +19,7 @@ import pathlib
 import sys
 
 from alignseg_keras.cli.common import add_model_arguments
+from alignseg_keras.cli.common import add_precision_argument
 from alignseg_keras.cli.common import add_test_time_arguments
 from alignseg_keras.datasets_info import ADE20K_NUM_CLASSES
 from alignseg_keras.datasets_info import CITYSCAPES_CLASSES
@@ -55,6 +56,7 @@ def add_parser(subparsers):
     parser.add_argument("--offsets", action="store_true",
                         help="also draw the offset fields of every AlignFA/AlignCM module")
     add_test_time_arguments(parser)
+    add_precision_argument(parser)
     parser.add_argument("--alpha", type=float, default=0.5,
                         help="opacity of the labels in the overlay (default 0.5)")
     parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,

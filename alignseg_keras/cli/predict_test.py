@@ -172,3 +172,37 @@ def test_read_image_checks_the_pixel_limit_before_decoding(images):
     with pytest.raises(ValueError, match=r"first.png' has 56x40 = 2,240 pixels, more than the limit"):
         read_image(images[0], max_pixels=2000)
     assert read_image(images[0], max_pixels=2240).shape == (40, 56, 3)
+
+
+def test_predict_in_bfloat16_writes_the_same_pictures(model_path, images, tmp_path, monkeypatch):
+    from alignseg_keras.cli import common
+
+    policies = []
+    original = common.predict_probabilities
+
+    def spy(model, image, args):
+        policies.append(model.dtype_policy.name)
+        return original(model, image, args)
+
+    monkeypatch.setattr(common, "predict_probabilities", spy)
+    outputs = {}
+    for precision in ("float32", "bfloat16"):
+        outputs[precision] = tmp_path / precision
+        code = main(["predict", *images, "--model", model_path, "--output",
+                     str(outputs[precision]), "--precision", precision, "--offsets"])
+        assert code == 0
+    assert policies == ["float32"] * 2 + ["mixed_bfloat16"] * 2
+    names = sorted(path.name for path in outputs["float32"].iterdir())
+    assert sorted(path.name for path in outputs["bfloat16"].iterdir()) == names
+    for name in ("first", "second"):
+        colors = [np.asarray(load_image(outputs[p] / f"{name}_color.png")) for p in outputs]
+        assert (colors[0] == colors[1]).all(-1).mean() > 0.9
+
+
+def test_predict_refuses_an_unknown_precision(model_path, images, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", images[0], "--model", model_path, "--output", str(tmp_path),
+              "--precision", "float16"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--precision" in err and "float32" in err and "bfloat16" in err
