@@ -256,7 +256,7 @@ def tensorboard_available():
     return all(importlib.util.find_spec(name) is not None for name in ("tensorboard", "tensorflow"))
 
 
-def training_callbacks(output_dir, total_steps=None):
+def training_callbacks(output_dir, total_steps=None, pictures=None):
     """The callbacks of a long training run, all writing under `output_dir`.
 
     `StopOnNaN`; `ResumableBackup` in `backup/` (rerunning the same `fit`
@@ -265,7 +265,9 @@ def training_callbacks(output_dir, total_steps=None):
     `AtomicModelCheckpoint` to `checkpoint.keras` after every epoch; with
     `total_steps`, `StopAtStep`; and TensorBoard logs in `logs/` (skipped with a
     message when TensorBoard is not installed). Use epochs as checkpoint intervals
-    (`steps_per_epoch` = steps between checkpoints).
+    (`steps_per_epoch` = steps between checkpoints). With `pictures`, a dict of
+    `tensorboard_pictures.SegmentationPictures` arguments (`images`, `masks`,
+    `class_names`, ...), also pictures of those images in `logs/pictures/`.
     """
     callbacks = [
         StopOnNaN(),
@@ -278,6 +280,11 @@ def training_callbacks(output_dir, total_steps=None):
         callbacks.append(StopAtStep(total_steps))
     if tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(output_dir, "logs")))
+        if pictures:
+            from alignseg_keras.tensorboard_pictures import SegmentationPictures
+
+            callbacks.append(
+                SegmentationPictures(os.path.join(output_dir, "logs", "pictures"), **pictures))
     else:
         print("TensorBoard is not installed: no logs are written to "
               f"{os.path.join(output_dir, 'logs')} (pip install tensorboard).", file=sys.stderr)

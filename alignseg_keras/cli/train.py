@@ -96,6 +96,10 @@ def add_parser(subparsers):
     from alignseg_keras.multiprocess import add_job_arguments
 
     add_job_arguments(parser.add_argument_group("multi-process job (--distribute data_parallel)"))
+    train.add_argument("--val-pictures", type=int, default=4, metavar="N",
+                       help="draw N images of the validation split (prediction, offsets, "
+                       "confusion) into TensorBoard at every checkpoint (default %(default)s)")
+    train.add_argument("--no-pictures", action="store_true", help="no TensorBoard pictures")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--output-dir", default="runs/train")
     parser.set_defaults(func=run)
@@ -272,6 +276,27 @@ def _train(model, batches, callbacks, backup, args, final_path):
     save_on_chief(model, final_path)
 
 
+def _pictures(args):
+    """The `SegmentationPictures` arguments of --val-pictures, or None (off, or no validation split)."""
+    from alignseg_keras.cli.common import load_dataset
+
+    if args.no_pictures or args.val_pictures < 1 or args.dataset == "files":
+        return None
+    try:
+        dataset, _, class_names = load_dataset(args, "val")
+        from alignseg_keras.tensorboard_pictures import take_examples
+
+        images, masks = take_examples(dataset, args.val_pictures)
+    except Exception as error:  # e.g. a data folder with the training split only
+        print(f"No TensorBoard pictures: the validation split cannot be read ({error}).",
+              file=sys.stderr)
+        return None
+    if not images:
+        return None
+    return {"images": images, "masks": masks, "class_names": class_names,
+            "max_images": args.val_pictures}
+
+
 def run(args):
     import keras
 
@@ -293,8 +318,8 @@ def run(args):
     with strategy.scope():
         model = _build_model(args, num_classes)
     batches = training_batches(dataset, model, args)
-    callbacks = multiprocess.callbacks_for_this_process(
-        training_callbacks(args.output_dir, total_steps=args.steps))
+    callbacks = multiprocess.callbacks_for_this_process(training_callbacks(
+        args.output_dir, total_steps=args.steps, pictures=_pictures(args)))
     backup = next(callback for callback in callbacks if isinstance(callback, ResumableBackup))
     backup.set_model(model)
     restored = backup.restore()
