@@ -333,7 +333,10 @@ class SegmentationPictures(keras.callbacks.Callback):
         pictures, confusion = {}, np.zeros((num_classes, num_classes), "int64")
         for index, (image, mask) in enumerate(zip(self.images, self.masks)):
             prediction = inference.predict_whole(model, image, batch_size=1).argmax(-1)
-            offsets = visualize.offset_images(model, image) if model.offset_outputs else {}
+            try:
+                offsets = visualize.offset_images(model, image) if model.offset_outputs else {}
+            except ValueError:  # non-finite offsets of diverging weights: no offset pictures
+                offsets = {}
             pictures[f"pictures/example_{index}"] = example_panel(
                 image, mask, prediction, self.palette, offsets, self.max_side,
                 ignore_index=self.ignore_index)
