@@ -280,7 +280,14 @@ def _pictures(args):
     """The `SegmentationPictures` arguments of --val-pictures, or None (off, or no validation split)."""
     from alignseg_keras.cli.common import load_dataset
 
+    from alignseg_keras import multiprocess
+
     if args.no_pictures or args.val_pictures < 1 or args.dataset == "files":
+        return None
+    if multiprocess.process_count() > 1:
+        # Predictions inside a callback of a multi-process job are not tested; the
+        # pictures are a single-process feature for now.
+        print("No TensorBoard pictures in a multi-process job.", file=sys.stderr)
         return None
     try:
         dataset, _, class_names = load_dataset(args, "val")
