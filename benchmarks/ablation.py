@@ -148,6 +148,7 @@ def parse(argv=None):
         "--variants", nargs="+", choices=sorted(VARIANTS), help="instead of the mode's variants"
     )
     parser.add_argument("--run", nargs=2, metavar=("VARIANT", "SEED"), help=argparse.SUPPRESS)
+    parser.set_defaults(mode="full")  # --quick and --mode share the destination
     args = parser.parse_args(argv)
     args.settings = dict(SETTINGS[args.mode])
     if args.seeds:

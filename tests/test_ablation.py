@@ -24,6 +24,14 @@ def test_every_variant_of_every_table_is_defined_and_distinct():
     assert len(full["seeds"]) >= 3
 
 
+def test_modes_from_the_command_line():
+    assert ablation.parse([]).mode == "full"
+    assert ablation.parse([]).output == os.path.join("docs", "ablation.md")
+    quick = ablation.parse(["--quick"])
+    assert quick.mode == "quick" and quick.runs == ablation.parse([]).runs
+    assert ablation.parse(["--mode", "tiny", "--seeds", "3"]).settings["seeds"] == (3,)
+
+
 def test_training_batches_depend_only_on_seed_and_step():
     from alignseg_keras.synthetic_scenes import synthetic_scene_arrays
 
