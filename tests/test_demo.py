@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from alignseg_keras import data
+from alignseg_keras import losses
 from alignseg_keras import visualize
 
 DEMO = pathlib.Path(__file__).resolve().parents[1] / "examples" / "demo.py"
@@ -21,15 +22,17 @@ def demo():
 
 
 def test_class_weights_favour_rare_classes(demo):
+    # The demo weighs its loss with the library's median-frequency weights.
+    assert demo.median_frequency_weights is losses.median_frequency_weights
     _, masks = data.synthetic_scene_arrays(8, (64, 128), seed=0)
-    weights = demo.class_weights(masks, len(data.SYNTHETIC_CLASSES))
+    weights = demo.median_frequency_weights(masks, len(data.SYNTHETIC_CLASSES))
     frequency = np.bincount(masks.ravel(), minlength=8) / masks.size
     assert len(weights) == 8 and min(weights) > 0
     # Rarer classes weigh more: the weights sort opposite to the frequencies.
     assert np.argmax(weights) == np.argmin(frequency)
     assert np.all(np.diff(np.asarray(weights)[np.argsort(frequency)]) <= 0)
     # A class absent from the masks keeps weight 1 (not infinity).
-    assert demo.class_weights(np.zeros((2, 4, 4), np.uint8), 3)[1:] == [1.0, 1.0]
+    assert demo.median_frequency_weights(np.zeros((2, 4, 4), np.uint8), 3)[1:] == [1.0, 1.0]
 
 
 def test_summary_panel_has_titles_offsets_and_legend(demo):
