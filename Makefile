@@ -34,10 +34,13 @@ $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install -q kagglehub regex rich sentencepiece tokenizers
 	touch $(TEST_STAMP)
 
-# The TensorFlow session, then a small JAX session (Keras fixes its backend per process):
+# The TensorFlow session; the multi-process JAX tests on their own (their job processes
+# need the memory that the session's workers hold by then); then a small JAX session
+# (Keras fixes its backend per process):
 # the JAX-specific tests and every layer's test (ablation layers included) on JAX.
 test: $(TEST_STAMP)
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest $(PYTEST_ARGS)
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest $(PYTEST_ARGS) --ignore=tests/test_multiprocess_jax.py
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest tests/test_multiprocess_jax.py
 	KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest tests/test_jax_backend.py alignseg_keras/layers/blocks_test.py
 
 # BENCH_ARGS="--quick" takes minutes; "--only alignment,inference" runs a subset.
