@@ -16,6 +16,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from alignseg_keras.checks import IGNORE_INDEX
 from alignseg_keras.checks import check_class_count
 
 # Counts are kept exactly as `high * 2**20 + low` in two int32 variables: any
@@ -188,7 +189,7 @@ def _differs_within(ids, radius, outside):
 class _ConfusionMetric(keras.metrics.Metric):
     """A streaming confusion matrix (rows = labels) over the pixels `_region` keeps."""
 
-    def __init__(self, num_classes, ignore_index=255, name=None, **kwargs):
+    def __init__(self, num_classes, ignore_index=IGNORE_INDEX, name=None, **kwargs):
         super().__init__(name=name, **kwargs)
         # Refuses counts whose confusion matrix would not fit in memory.
         self.num_classes = check_class_count(num_classes, minimum=1)
@@ -278,7 +279,7 @@ class MeanIoU(_ConfusionMetric):
     ```
     """
 
-    def __init__(self, num_classes, ignore_index=255, name="mean_iou", **kwargs):
+    def __init__(self, num_classes, ignore_index=IGNORE_INDEX, name="mean_iou", **kwargs):
         super().__init__(num_classes, ignore_index=ignore_index, name=name, **kwargs)
 
     def result(self):
@@ -314,7 +315,7 @@ class MeanDice(_ConfusionMetric):
     ```
     """
 
-    def __init__(self, num_classes, ignore_index=255, name="mean_dice", **kwargs):
+    def __init__(self, num_classes, ignore_index=IGNORE_INDEX, name="mean_dice", **kwargs):
         super().__init__(num_classes, ignore_index=ignore_index, name=name, **kwargs)
 
     def result(self):
@@ -366,7 +367,7 @@ class TrimapIoU(MeanIoU):
     ```
     """
 
-    def __init__(self, num_classes, ignore_index=255, width=5, name="trimap_iou", **kwargs):
+    def __init__(self, num_classes, ignore_index=IGNORE_INDEX, width=5, name="trimap_iou", **kwargs):
         super().__init__(num_classes, ignore_index=ignore_index, name=name, **kwargs)
         self.width = _check_int(width, "width", "TrimapIoU", minimum=1)
 
@@ -451,7 +452,7 @@ class BoundaryIoU(keras.metrics.Metric):
     def __init__(
         self,
         num_classes,
-        ignore_index=255,
+        ignore_index=IGNORE_INDEX,
         dilation_ratio=0.02,
         dilation=None,
         name="boundary_iou",

@@ -20,6 +20,7 @@ import tensorflow as tf
 import keras
 
 from alignseg_keras import visualize
+from alignseg_keras.checks import IGNORE_INDEX
 
 GAP = 4  # white pixels between the pictures of a panel
 # The heat map goes from white (0) to this dark blue (1).
@@ -28,7 +29,7 @@ _HEAT_HIGH = np.array([8.0, 48.0, 107.0])
 _EMPTY_ROW = (224, 224, 224)  # classes without a pixel in the truth
 
 
-def confusion_counts(labels, predictions, num_classes, ignore_index=255):
+def confusion_counts(labels, predictions, num_classes, ignore_index=IGNORE_INDEX):
     """Pixel counts `(num_classes, num_classes)`, int64: `[truth, prediction]`.
 
     Pixels whose truth is `ignore_index` (or outside `[0, num_classes)`) are
@@ -158,7 +159,7 @@ def _row(pictures, width):
 
 
 def example_panel(image, mask, prediction, palette, offsets=None, max_side=512, alpha=0.5,
-                  ignore_index=255):
+                  ignore_index=IGNORE_INDEX):
     """One image's panel: image | ground truth | prediction, then the offset fields below.
 
     Every picture is scaled so that the image's longer side is at most
@@ -262,7 +263,7 @@ class SegmentationPictures(keras.callbacks.Callback):
     """
 
     def __init__(self, log_dir, images, masks, class_names, palette=None, every_n_steps=None,
-                 max_images=4, max_side=512, ignore_index=255, enabled=None):
+                 max_images=4, max_side=512, ignore_index=IGNORE_INDEX, enabled=None):
         super().__init__()
         if every_n_steps is not None and int(every_n_steps) < 1:
             raise ValueError(f"`every_n_steps` must be positive or None; received {every_n_steps!r}.")
