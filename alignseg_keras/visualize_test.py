@@ -107,6 +107,7 @@ class FixedOffsetModel:
         self.field = np.asarray(field, "float32")
         self.backbone = types.SimpleNamespace(alignment=alignment)
         self.pad_to_multiple = None
+        self.offset_outputs = {"align_cm": self.field[None]}
 
     def offset_model(self):
         return lambda images, training: {"align_cm": self.field[None]}
