@@ -1,5 +1,7 @@
 """The paper's optimiser: SGD with momentum and a poly learning-rate schedule."""
 
+import warnings
+
 import keras
 from keras import ops
 
@@ -15,9 +17,10 @@ class WarmupPolynomialDecay(keras.optimizers.schedules.PolynomialDecay):
 
     The length:
     - `decay_steps=N`: a fixed plan of N steps; later steps train at
-      `end_learning_rate` (`AlignSeg.fit` warns when a `fit` starts past it).
-    - `decay_steps=None`: the length comes from `fit`. Every `AlignSeg.fit`
-      sets it to the steps done so far plus the steps of that `fit`, so the
+      `end_learning_rate` (`PolyScheduleLength` warns when a `fit` starts past it).
+    - `decay_steps=None`: the length comes from `fit`. In every `fit` with a
+      `PolyScheduleLength` callback (`AlignSeg.fit` adds one), it is set to
+      the steps done so far plus the steps of that `fit`, so the
       first `fit` runs a full poly decay and a second `fit` ("train some
       more") continues the decay from where the iteration count is, ending at
       the end of that `fit`, instead of training at rate 0. Until a `fit` has
@@ -32,7 +35,7 @@ class WarmupPolynomialDecay(keras.optimizers.schedules.PolynomialDecay):
         warmup_steps: int, length of the linear warm-up (0: none).
         warmup_start: float, warm-up starting fraction of the rate (0.1).
         name: schedule name.
-        length_from_fit: bool or None, whether `AlignSeg.fit` sets the length;
+        length_from_fit: bool or None, whether `PolyScheduleLength` sets the length;
             None means `decay_steps is None`. Saved with the schedule, so a
             reloaded model keeps extending it.
 
@@ -71,7 +74,7 @@ class WarmupPolynomialDecay(keras.optimizers.schedules.PolynomialDecay):
         self.warmup_start = float(warmup_start)
 
     def extend(self, steps_done, new_steps):
-        """Sets the length to `steps_done + new_steps` (what `AlignSeg.fit` calls); True if it changed."""
+        """Sets the length to `steps_done + new_steps` (what `PolyScheduleLength` calls); True if it changed."""
         length = int(steps_done) + int(new_steps)
         changed = length != self.decay_steps
         self.decay_steps = length
@@ -100,6 +103,68 @@ class WarmupPolynomialDecay(keras.optimizers.schedules.PolynomialDecay):
             }
         )
         return config
+
+
+class PolyScheduleLength(keras.callbacks.Callback):
+    """Fits the length of a `WarmupPolynomialDecay` to the `fit` it runs in.
+
+    At the first epoch of a `fit` (after `BackupAndRestore` has chosen the
+    epoch training resumes from), a schedule compiled without `decay_steps`
+    is extended to the optimizer's step count plus the steps that this `fit`
+    has left: Keras' own count of steps per epoch (`self.params["steps"]`,
+    which follows `steps_per_epoch`, `validation_split` and the data) times
+    the epochs from there to `epochs`. A changed length means a new training
+    function (the length is traced into it). A fixed schedule is left as it
+    is, with a warning when it has already ended. Other learning rates are
+    left alone. `AlignSeg.fit` adds this callback itself.
+
+    Raises:
+        ValueError: the schedule needs a length and Keras cannot count the
+            steps (an infinite dataset or a generator without `steps_per_epoch`).
+
+    Example:
+    ```python
+    model.compile(optimizer=paper_sgd(1e-2), loss=loss)  # any keras.Model
+    model.fit(dataset, epochs=10, callbacks=[PolyScheduleLength()])
+    ```
+    """
+
+    def on_train_begin(self, logs=None):
+        self._first_epoch = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not getattr(self, "_first_epoch", True):
+            return
+        self._first_epoch = False
+        optimizer = getattr(self.model, "optimizer", None)
+        schedule = getattr(optimizer, "_learning_rate", None)
+        if not isinstance(schedule, WarmupPolynomialDecay):
+            return
+        done = int(ops.convert_to_numpy(optimizer.iterations))
+        if not schedule.length_from_fit:
+            _warn_if_ended(schedule, done)
+            return
+        steps_per_epoch = self.params.get("steps")
+        if steps_per_epoch is None:
+            raise ValueError(
+                "The poly learning-rate schedule needs the number of training steps, "
+                "and this fit call does not tell it (an infinite dataset or a generator?). "
+                "Pass `steps_per_epoch` to fit, or `total_steps` to compile."
+            )
+        epochs_left = self.params["epochs"] - epoch
+        if schedule.extend(done, steps_per_epoch * epochs_left):
+            self.model.make_train_function(force=True)
+
+
+def _warn_if_ended(schedule, done):
+    if schedule.decay_steps is not None and done >= schedule.decay_steps:
+        warnings.warn(
+            f"The poly learning-rate schedule ended at step {schedule.decay_steps} "
+            f"(compile's `total_steps`) and the optimizer is at step {done}: this fit "
+            f"trains at the end rate {schedule.end_learning_rate}. Compile with a larger "
+            "`total_steps`, or without it so that every fit extends the schedule.",
+            stacklevel=2,
+        )
 
 
 def paper_sgd(

@@ -1,6 +1,8 @@
+import keras
 import numpy as np
 import pytest
 
+from alignseg_keras.optimizers import PolyScheduleLength
 from alignseg_keras.optimizers import WarmupPolynomialDecay
 from alignseg_keras.optimizers import paper_sgd
 
@@ -51,3 +53,67 @@ def test_config_round_trip_and_paper_sgd():
     optimizer = paper_sgd(1e-2, total_steps=1000)
     assert optimizer.momentum == 0.9
     np.testing.assert_allclose(optimizer.weight_decay, 1e-3)  # 1e-4 coupled, see docstring
+
+
+def _dense_model(optimizer):
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    model.compile(optimizer=optimizer, loss="mse")
+    return model
+
+
+class _Rates(keras.callbacks.Callback):
+    """The learning rate the optimizer applies at each step of a fit."""
+
+    def __init__(self):
+        super().__init__()
+        self.rates = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.rates.append(float(self.model.optimizer.learning_rate))
+
+
+def test_poly_schedule_length_reads_keras_count_of_the_fit():
+    x = np.ones((10, 3), "float32")
+    y = np.zeros((10, 1), "float32")
+    model = _dense_model(paper_sgd(1e-2, momentum=0.0, weight_decay=0))
+    schedule = model.optimizer._learning_rate
+    # 10 samples, 20% for validation, batches of 3: Keras counts ceil(8 / 3) = 3
+    # steps per epoch; epochs 1 and 2 of 3 are left (initial_epoch=1).
+    rates = _Rates()
+    model.fit(x, y, batch_size=3, epochs=3, initial_epoch=1, validation_split=0.2, verbose=0,
+              callbacks=[PolyScheduleLength(), rates])
+    assert schedule.decay_steps == 6 and int(model.optimizer.iterations) == 6
+    expected = [1e-2 * (1 - step / 6) ** 0.9 for step in range(6)]
+    np.testing.assert_allclose(rates.rates, expected, rtol=1e-5)
+    # A PyDataset: its length; a second fit extends from the steps done.
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            return x[:2], y[:2]
+
+    model.fit(Batches(), epochs=2, verbose=0, callbacks=[PolyScheduleLength()])
+    assert schedule.decay_steps == 6 + 8 and int(model.optimizer.iterations) == 14
+
+
+def test_poly_schedule_length_leaves_fixed_schedules_and_refuses_unknown_lengths():
+    x = np.ones((4, 3), "float32")
+    fixed = _dense_model(paper_sgd(1e-2, total_steps=2))
+    fixed.fit(x, x[:, :1], batch_size=2, verbose=0, callbacks=[PolyScheduleLength()])
+    assert fixed.optimizer._learning_rate.decay_steps == 2
+    with pytest.warns(UserWarning, match="schedule ended at step 2"):
+        fixed.fit(x, x[:, :1], batch_size=2, verbose=0, callbacks=[PolyScheduleLength()])
+
+    def endless():
+        while True:
+            yield x[:2], x[:2, :1]
+
+    model = _dense_model(paper_sgd(1e-2))
+    with pytest.raises(ValueError, match="needs the number of training steps"):
+        model.fit(endless(), verbose=0, callbacks=[PolyScheduleLength()])
+    model.fit(endless(), steps_per_epoch=3, verbose=0, callbacks=[PolyScheduleLength()])
+    assert model.optimizer._learning_rate.decay_steps == 3
+    constant = _dense_model("sgd")  # not a poly schedule: left alone
+    constant.fit(endless(), steps_per_epoch=1, verbose=0, callbacks=[PolyScheduleLength()])

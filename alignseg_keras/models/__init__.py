@@ -1,2 +1,3 @@
 from alignseg_keras.models.alignseg import AlignSeg
 from alignseg_keras.models.alignseg_backbone import AlignSegBackbone
+from alignseg_keras.models.image_segmenter import ImageSegmenter

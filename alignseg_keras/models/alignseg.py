@@ -3,7 +3,6 @@
 import inspect
 
 import keras
-import numpy as np
 
 from alignseg_keras.backbones.encoders import RESNET_ARCHITECTURES
 from alignseg_keras.backbones.encoders import ResNetEncoder
@@ -21,19 +20,13 @@ from alignseg_keras.layers.segmentation_head import SegmentationHead
 from alignseg_keras.models import preset_files
 from alignseg_keras.models.alignseg_backbone import OFFSET_MODULES
 from alignseg_keras.models.alignseg_backbone import AlignSegBackbone
-from alignseg_keras.models.data_checks import checked_data
-from alignseg_keras.models.data_checks import checked_validation_data
-from alignseg_keras.models.data_checks import data_errors
-from alignseg_keras.models.data_checks import is_empty_array
-from alignseg_keras.models.data_checks import shuffles_itself
+from alignseg_keras.models.image_segmenter import ImageSegmenter
+from alignseg_keras.models.image_segmenter import check_image_batch_shape
 from alignseg_keras.models.legacy import LEGACY_FILE_MESSAGE
 from alignseg_keras.models.legacy import is_legacy_config
 from alignseg_keras.models.presets import DEFAULT_ENCODER
 from alignseg_keras.models.presets import DEFAULT_NUM_CLASSES
 from alignseg_keras.models.presets import preset_arguments
-from alignseg_keras.models.training import count_training_steps
-from alignseg_keras.models.training import require_training_data
-from alignseg_keras.models.training import resolve_poly_schedule
 
 # The decoder's arguments and their defaults (AlignSegBackbone's), for a backbone
 # built from an encoder.
@@ -139,7 +132,7 @@ def build_backbone(backbone=None, image_encoder=None, backbone_weights=None, **d
 
 
 @keras.saving.register_keras_serializable(package="alignseg_keras")
-class AlignSeg(keras.Model):
+class AlignSeg(ImageSegmenter):
     """AlignSeg: Feature-Aligned Segmentation Networks (Huang et al., TPAMI 2021).
 
     The segmenter: an image converter (mean, std, channel order), padding to a
@@ -154,6 +147,14 @@ class AlignSeg(keras.Model):
     `(B, H, W, num_classes)` at the input size. The deep-supervision logits
     exist for training only (`model(x, training=True)` returns `{"logits",
     "aux_logits"}`). `compile()` without arguments sets up the paper's recipe.
+    `fit`, `evaluate` and `predict` check their data first, in one place
+    (the base class, `ImageSegmenter`), and `fit` fits the poly schedule's
+    length to the steps Keras counts (`PolyScheduleLength`). Of
+    `keras.Model`'s methods, AlignSeg itself overrides `call` (the training
+    outputs), `compile` (the paper's defaults; with `get_compile_config` and
+    `compile_from_config`, which Keras asks of a custom `compile`, so that a
+    `.keras` file keeps the compiled state), `compute_loss` (the
+    deep-supervision loss) and `compute_metrics` (metrics of the main logits).
 
     Build it on a named ResNet, on any feature-pyramid encoder, or on a
     backbone you built:
@@ -325,62 +326,12 @@ class AlignSeg(keras.Model):
         converter = self.image_converter
         return {"mean": list(converter.mean), "std": list(converter.std), "bgr": converter.bgr}
 
-    @staticmethod
-    def _check_image_shape(shape):
-        if shape is None or len(shape) != 4:
-            raise ValueError(
-                "AlignSeg expects a batch of images (batch, height, width, 3 channels); "
-                f"received an input of shape {shape}."
-            )
-        if shape[-1] is not None and shape[-1] != 3:
-            raise ValueError(
-                "AlignSeg expects RGB images with 3 channels; received an input "
-                f"of shape {tuple(shape)} with {shape[-1]} channels."
-            )
-
-    def _check_data(self, x):
-        """Checks arrays and tf.data datasets before Keras traces a step function.
-
-        Traced steps may relax the channel dimension to None, so a wrong channel
-        count is caught here, with a clear message, rather than deep inside.
-        """
-        spec = getattr(x, "element_spec", None)
-        if spec is not None:
-            x = spec[0] if isinstance(spec, (tuple, list)) else spec
-        if isinstance(x, dict) or getattr(x, "shape", None) is None:
-            return
-        self._check_image_shape(tuple(x.shape))
-
     def call(self, inputs, training=None, mask=None):
-        self._check_image_shape(getattr(inputs, "shape", None))
+        check_image_batch_shape(getattr(inputs, "shape", None))
         outputs = super().call(inputs, training=training, mask=mask)
         if isinstance(outputs, dict) and not training:
             return outputs[LOGITS]
         return outputs
-
-    def _ignore_index(self):
-        """The label the compiled loss ignores (255 unless the loss says otherwise)."""
-        return getattr(getattr(self, "loss", None), "ignore_index", IGNORE_INDEX)
-
-    def predict(self, x, *args, **kwargs):
-        """Keras' `predict`, after checking that the images are finite.
-
-        An empty batch or 0-sized images give empty logits
-        `(batch, height, width, num_classes)` without running the network.
-        """
-        self._check_data(x)
-        if is_empty_array(x):
-            return np.zeros(tuple(x.shape[:3]) + (self.num_classes,), "float32")
-        x, _ = checked_data(x)
-        with data_errors(x):
-            return super().predict(x, *args, **kwargs)
-
-    def evaluate(self, x=None, y=None, *args, **kwargs):
-        """Keras' `evaluate`, after checking images and masks as `fit` does."""
-        self._check_data(x)
-        x, y = checked_data(x, y, self.num_classes, self._ignore_index())
-        with data_errors(x):
-            return super().evaluate(x, y, *args, **kwargs)
 
     def compile(
         self,
@@ -392,7 +343,7 @@ class AlignSeg(keras.Model):
         total_steps=None,
         warmup_steps=0,
         weight_decay=1e-4,
-        ignore_index=255,
+        ignore_index=IGNORE_INDEX,
         **kwargs,
     ):
         """Configures training; each of `optimizer`, `loss` and `metrics` falls
@@ -433,56 +384,6 @@ class AlignSeg(keras.Model):
             metrics = [MeanIoU(self.num_classes, ignore_index=ignore_index)]
         self.aux_loss_weight = float(aux_loss_weight) if self.deep_supervision else 0.0
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
-
-    def fit(
-        self,
-        x=None,
-        y=None,
-        batch_size=None,
-        epochs=1,
-        initial_epoch=0,
-        steps_per_epoch=None,
-        validation_split=0.0,
-        **kwargs,
-    ):
-        """Keras' `fit`, with the data checked and the poly schedule fitted to it.
-
-        Arrays are checked up front, `tf.data` pipelines, generators and
-        `PyDataset`s batch by batch: images must be finite, masks must have
-        their images' height and width and hold class ids below `num_classes`
-        or the ignore label (see `alignseg_keras.models.data_checks`). A
-        default poly schedule compiled without `total_steps` is extended over
-        this call's steps (see `WarmupPolynomialDecay`), so a second `fit`
-        trains on.
-        """
-        self._check_data(x)
-        steps = count_training_steps(
-            x, batch_size, epochs, initial_epoch, steps_per_epoch, validation_split
-        )
-        require_training_data(steps, epochs, initial_epoch)
-        optimizer = getattr(self, "optimizer", None)
-        if optimizer is not None and resolve_poly_schedule(optimizer, steps):
-            self.train_function = None  # the schedule's length is traced into the step
-        ignore_index = self._ignore_index()
-        if "validation_data" in kwargs:
-            kwargs["validation_data"] = checked_validation_data(
-                kwargs["validation_data"], self.num_classes, ignore_index
-            )
-        if shuffles_itself(x):
-            # A tf.data pipeline or a generator shuffles itself; avoids Keras' warning.
-            kwargs.setdefault("shuffle", False)
-        x, y = checked_data(x, y, self.num_classes, ignore_index)
-        with data_errors(x):
-            return super().fit(
-                x,
-                y,
-                batch_size=batch_size,
-                epochs=epochs,
-                initial_epoch=initial_epoch,
-                steps_per_epoch=steps_per_epoch,
-                validation_split=validation_split,
-                **kwargs,
-            )
 
     def get_compile_config(self):
         config = super().get_compile_config()

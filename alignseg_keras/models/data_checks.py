@@ -131,16 +131,6 @@ def data_errors(x):
     return data_errors_as_value_errors()
 
 
-def checked_validation_data(data, num_classes, ignore_index=255):
-    """`fit`'s `validation_data` (a tuple of arrays or a batch source), checked like `x`."""
-    if isinstance(data, (tuple, list)) and len(data) >= 2:
-        x, y = checked_data(data[0], data[1], num_classes, ignore_index)
-        return (x, y, *data[2:])
-    if data is None:
-        return None
-    return checked_data(data, None, num_classes, ignore_index)[0]
-
-
 def is_empty_array(x):
     """Whether `x` is an array with no elements (an empty batch or 0-sized images)."""
     return _is_array(x) and 0 in tuple(x.shape)

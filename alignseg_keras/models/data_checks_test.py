@@ -89,7 +89,8 @@ def test_fit_on_no_images_is_refused(model):
     before = trainable_weights(model)
     with pytest.raises(ValueError, match="no training batches"):
         model.fit(IMAGES[:0], MASKS[:0], verbose=0)
-    with pytest.raises(ValueError, match="no training batches"):
+    # Keras' own split refuses to leave no training sample, naming the argument.
+    with pytest.raises(ValueError, match="not sufficient to split.*validation_split=0.5"):
         model.fit(IMAGES[:1], MASKS[:1], validation_split=0.5, verbose=0)
     for old, new in zip(before, trainable_weights(model)):
         np.testing.assert_array_equal(old, new)

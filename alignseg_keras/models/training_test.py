@@ -112,3 +112,17 @@ def test_train_on_batch_after_compile_trains_at_the_base_rate():
     assert np.isfinite(loss)
     np.testing.assert_allclose(float(model.optimizer.learning_rate), 1e-2, rtol=1e-6)
     assert not all(np.array_equal(old, new) for old, new in zip(before, trainable_weights(model)))
+
+
+def test_fit_takes_positional_arguments_and_a_callback_list_and_fits_the_schedule():
+    images, masks = toy_data()
+    model = tiny_model()
+    model.compile()
+    # fit(x, y, batch_size, epochs): Keras counts 2 steps per epoch, 3 epochs.
+    model.fit(images, masks, 2, 3, 0)
+    assert model.optimizer._learning_rate.decay_steps == 6
+    history = keras.callbacks.History()
+    callbacks = keras.callbacks.CallbackList([history], model=model, epochs=1, steps=4)
+    model.fit(images, masks, batch_size=1, callbacks=callbacks, verbose=0)
+    assert model.optimizer._learning_rate.decay_steps == 10
+    assert np.isfinite(history.history["loss"]).all()

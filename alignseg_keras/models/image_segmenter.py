@@ -1,0 +1,167 @@
+"""The base of `AlignSeg`: `fit`, `evaluate` and `predict` with their data checked in one place.
+
+keras-hub's tasks preprocess their data in one base class (`PipelineModel`)
+that overrides `fit`, `evaluate` and `predict`; `ImageSegmenter` is that place
+for a segmenter's input checks (`checked_data`), so that the model class above
+it keeps only the architecture and the training recipe. `fit` also adds
+`PolyScheduleLength`, which reads the length of the poly schedule from the
+steps and epochs that Keras itself counts.
+"""
+
+import inspect
+
+import keras
+import numpy as np
+
+from alignseg_keras.checks import IGNORE_INDEX
+from alignseg_keras.models import data_checks
+from alignseg_keras.optimizers import PolyScheduleLength
+
+
+def check_image_batch_shape(shape):
+    """Raises `ValueError` unless `shape` is that of an image batch `(batch, H, W, 3)`.
+
+    Example:
+    ```python
+    check_image_batch_shape((2, 64, 64, 3))
+    ```
+    """
+    if shape is None or len(shape) != 4:
+        raise ValueError(
+            "AlignSeg expects a batch of images (batch, height, width, 3 channels); "
+            f"received an input of shape {shape}."
+        )
+    if shape[-1] is not None and shape[-1] != 3:
+        raise ValueError(
+            "AlignSeg expects RGB images with 3 channels; received an input "
+            f"of shape {tuple(shape)} with {shape[-1]} channels."
+        )
+
+
+def _image_shape_of(x):
+    """The image shape of arrays or of a `tf.data` pipeline's elements; None if not static."""
+    spec = getattr(x, "element_spec", None)
+    if spec is not None:
+        x = spec[0] if isinstance(spec, (tuple, list)) else spec
+    if isinstance(x, dict) or getattr(x, "shape", None) is None:
+        return None
+    return tuple(x.shape)
+
+
+def _given_arguments(method, args, kwargs):
+    """The arguments given to a `keras.Model` method, by name (positional ones included)."""
+    bound = inspect.signature(method).bind(None, *args, **kwargs)
+    arguments = dict(bound.arguments)
+    arguments.pop("self")
+    for name, parameter in inspect.signature(method).parameters.items():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            arguments.update(arguments.pop(name, {}))
+    return arguments
+
+
+class _RefuseEmptyFit(keras.callbacks.Callback):
+    """Raises before the first step when Keras counts no training batches."""
+
+    def on_train_begin(self, logs=None):
+        if self.params.get("steps") == 0:
+            raise ValueError(
+                "This fit call has no training batches: the data is empty. "
+                "Pass at least one image and its mask."
+            )
+
+
+class ImageSegmenter(keras.Model):
+    """A `keras.Model` for segmentation whose `fit`, `evaluate` and `predict` check their data.
+
+    The base of `AlignSeg`, and the one place where its inputs are checked
+    (`checked_data`): image batches must have shape `(batch, H, W, 3)` and
+    finite values; masks must have their images' height and width and hold
+    class ids below `num_classes` or the ignore label (`ignore_index`).
+    Arrays are checked up front; `tf.data` pipelines, generators and
+    `keras.utils.PyDataset`s batch by batch as they are read (see
+    `alignseg_keras.models.data_checks`). `fit` also refuses data that gives
+    no training batch, leaves the order of pipelines and generators alone (no
+    `shuffle` warning), and adds a `PolyScheduleLength` callback, which fits a
+    `WarmupPolynomialDecay` compiled without `total_steps` to the steps
+    Keras counts for that `fit`. `predict` on an empty batch returns empty
+    logits without running the network.
+
+    A subclass sets `num_classes`; the ignore label is the compiled loss's
+    `ignore_index` (255 when it has none).
+
+    Example:
+    ```python
+    class MySegmenter(ImageSegmenter):
+        ...  # a functional model from images to logits, with `self.num_classes`
+    ```
+    """
+
+    @property
+    def ignore_index(self):
+        """The label the compiled loss ignores (`checks.IGNORE_INDEX` unless it says otherwise)."""
+        return getattr(getattr(self, "loss", None), "ignore_index", IGNORE_INDEX)
+
+    def checked_data(self, x, y=None, masks=True):
+        """Returns `(x, y)` checked for Keras: arrays now, batch sources batch by batch.
+
+        Args:
+            x: images (array), a `tf.data.Dataset`, a generator or a `PyDataset`.
+            y: masks when `x` is an array, else None.
+            masks: bool, whether masks are checked too (False for `predict`).
+        """
+        shape = _image_shape_of(x)
+        if shape is not None:
+            check_image_batch_shape(shape)
+        num_classes = self.num_classes if masks else None
+        return data_checks.checked_data(x, y, num_classes, self.ignore_index)
+
+    def _checked_validation_data(self, data):
+        if isinstance(data, (tuple, list)) and len(data) >= 2:
+            x, y = self.checked_data(data[0], data[1])
+            return (x, y, *data[2:])
+        return self.checked_data(data)[0]
+
+    def fit(self, *args, **kwargs):
+        """Keras' `fit` on checked data, with the poly schedule fitted to it (see the class)."""
+        arguments = _given_arguments(keras.Model.fit, args, kwargs)
+        x = arguments.get("x")
+        if data_checks.shuffles_itself(x):
+            arguments.setdefault("shuffle", False)
+        arguments["x"], arguments["y"] = self.checked_data(x, arguments.get("y"))
+        if arguments.get("validation_data") is not None:
+            arguments["validation_data"] = self._checked_validation_data(
+                arguments["validation_data"]
+            )
+        checks = [_RefuseEmptyFit(), PolyScheduleLength()]
+        callbacks = arguments.get("callbacks")
+        if isinstance(callbacks, keras.callbacks.CallbackList):
+            for callback in checks:
+                callback.set_model(self)
+                callback.set_params(callbacks.params)
+            callbacks.callbacks[:0] = checks
+        else:
+            arguments["callbacks"] = checks + list(callbacks or [])
+        with data_checks.data_errors(x):
+            return super().fit(**arguments)
+
+    def evaluate(self, *args, **kwargs):
+        """Keras' `evaluate`, after checking images and masks as `fit` does."""
+        arguments = _given_arguments(keras.Model.evaluate, args, kwargs)
+        x = arguments.get("x")
+        arguments["x"], arguments["y"] = self.checked_data(x, arguments.get("y"))
+        with data_checks.data_errors(x):
+            return super().evaluate(**arguments)
+
+    def predict(self, *args, **kwargs):
+        """Keras' `predict`, after checking that the images are finite.
+
+        An empty batch or 0-sized images give empty logits
+        `(batch, height, width, num_classes)` without running the network.
+        """
+        arguments = _given_arguments(keras.Model.predict, args, kwargs)
+        x = arguments.get("x")
+        arguments["x"], _ = self.checked_data(x, masks=False)
+        if data_checks.is_empty_array(x):
+            return np.zeros(tuple(x.shape[:3]) + (self.num_classes,), "float32")
+        with data_checks.data_errors(x):
+            return super().predict(**arguments)
