@@ -112,8 +112,37 @@ def test_poly_schedule_length_leaves_fixed_schedules_and_refuses_unknown_lengths
 
     model = _dense_model(paper_sgd(1e-2))
     with pytest.raises(ValueError, match="needs the number of training steps"):
-        model.fit(endless(), verbose=0, callbacks=[PolyScheduleLength()])
-    model.fit(endless(), steps_per_epoch=3, verbose=0, callbacks=[PolyScheduleLength()])
+        model.fit(endless(), shuffle=False, verbose=0, callbacks=[PolyScheduleLength()])
+    model.fit(endless(), steps_per_epoch=3, shuffle=False, verbose=0, callbacks=[PolyScheduleLength()])
     assert model.optimizer._learning_rate.decay_steps == 3
     constant = _dense_model("sgd")  # not a poly schedule: left alone
-    constant.fit(endless(), steps_per_epoch=1, verbose=0, callbacks=[PolyScheduleLength()])
+    constant.fit(endless(), steps_per_epoch=1, shuffle=False, verbose=0,
+                 callbacks=[PolyScheduleLength()])
+
+
+class _StopAfterEpoch(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            raise RuntimeError("killed")
+
+
+def test_poly_schedule_length_resumes_with_backup_and_restore(tmp_path):
+    # A fit of 3 epochs of 2 steps is killed after its first epoch; the same fit
+    # with BackupAndRestore resumes at epoch 1 with 2 steps done, so 4 are left
+    # and the schedule keeps its length of 6.
+    x = np.ones((4, 3), "float32")
+    y = np.zeros((4, 1), "float32")
+    model = _dense_model(paper_sgd(1e-2, momentum=0.0, weight_decay=0))
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    with pytest.raises(RuntimeError, match="killed"):
+        model.fit(x, y, batch_size=2, epochs=3, verbose=0,
+                  callbacks=[backup, PolyScheduleLength(), _StopAfterEpoch()])
+    resumed = _dense_model(paper_sgd(1e-2, momentum=0.0, weight_decay=0))
+    rates = _Rates()
+    resumed.fit(x, y, batch_size=2, epochs=3, verbose=0,
+                callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "backup")),
+                           PolyScheduleLength(), rates])
+    assert resumed.optimizer._learning_rate.decay_steps == 6
+    assert int(resumed.optimizer.iterations) == 6
+    expected = [1e-2 * (1 - step / 6) ** 0.9 for step in range(2, 6)]
+    np.testing.assert_allclose(rates.rates, expected, rtol=1e-5)
