@@ -113,7 +113,8 @@ def test_poly_schedule_length_leaves_fixed_schedules_and_refuses_unknown_lengths
     model = _dense_model(paper_sgd(1e-2))
     with pytest.raises(ValueError, match="needs the number of training steps"):
         model.fit(endless(), shuffle=False, verbose=0, callbacks=[PolyScheduleLength()])
-    model.fit(endless(), steps_per_epoch=3, shuffle=False, verbose=0, callbacks=[PolyScheduleLength()])
+    model.fit(endless(), steps_per_epoch=3, shuffle=False, verbose=0,
+              callbacks=[PolyScheduleLength()])
     assert model.optimizer._learning_rate.decay_steps == 3
     constant = _dense_model("sgd")  # not a poly schedule: left alone
     constant.fit(endless(), steps_per_epoch=1, shuffle=False, verbose=0,
