@@ -148,7 +148,8 @@ class ImageSegmenter(keras.Model):
         """Keras' `evaluate`, after checking images and masks as `fit` does."""
         arguments = _given_arguments(keras.Model.evaluate, args, kwargs)
         x = arguments.get("x")
-        arguments["x"], arguments["y"] = self.checked_data(x, arguments.get("y"))
+        if not arguments.get("_use_cached_eval_dataset"):  # else fit's validation, checked
+            arguments["x"], arguments["y"] = self.checked_data(x, arguments.get("y"))
         with data_checks.data_errors(x):
             return super().evaluate(**arguments)
 
