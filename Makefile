@@ -28,9 +28,14 @@ $(STAMP): pyproject.toml
 # asks for but its vision backbones do not use and which pins its own TensorFlow.
 KERAS_HUB ?= keras-hub==0.32.0
 
+# tensorflow-serving-api (the TF Serving protocol tests) is installed without its
+# dependencies: it asks for the full `tensorflow` wheel beside tensorflow-cpu, while its
+# protos need only the TensorFlow, protobuf and grpcio already installed.
+TF_SERVING_API ?= tensorflow-serving-api==2.21.0
+
 $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e ".[$(TF_EXTRA),dev,onnx,jax]" "$(TORCH)"
-	$(PY) -m pip install -q --no-deps "$(KERAS_HUB)"
+	$(PY) -m pip install -q --no-deps "$(KERAS_HUB)" "$(TF_SERVING_API)"
 	$(PY) -m pip install -q kagglehub regex rich sentencepiece tokenizers
 	touch $(TEST_STAMP)
 

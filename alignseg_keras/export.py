@@ -1,14 +1,24 @@
 """Exporting AlignSeg for serving: TF SavedModel (TF Serving), ONNX and LiteRT.
 
-`export_saved_model` writes a SavedModel with Keras' `ExportArchive`. Its
-`serving_default` signature takes
+`export_saved_model` writes a SavedModel with Keras' `ExportArchive` and four
+signatures (`SIGNATURES`), for tensor clients and for clients that send image
+files:
 
-    images: uint8 [batch, height, width, 3], RGB, any height and width
-
-and returns
+    signature          input                                   outputs
+    serving_default    images: uint8 [batch, height, width, 3]   labels, probabilities
+    labels             images                                  labels
+    encoded            encoded_images: string [batch]          labels, probabilities
+    encoded_labels     encoded_images                          labels
 
     labels:        int32   [batch, height, width]   (argmax class)
     probabilities: float32 [batch, height, width, num_classes]  (softmax)
+
+`images` are RGB pixels of any height and width. `encoded_images` are PNG or
+JPEG files (base64 `{"b64": ...}` in TF Serving's REST JSON), decoded in the
+graph to RGB (grey and alpha channels converted); the images of one request
+must share a size, and one of more than `MAX_PIXELS` pixels is refused from
+its header before it is decoded. The `labels` signatures exist because the
+probabilities of one 1024x2048 image with 19 classes are 150 MB.
 
 Normalisation and padding happen inside the model, so clients send raw
 pixels. Being uint8, they are always finite: a NaN or infinite pixel cannot
@@ -34,34 +44,63 @@ import keras
 import tensorflow as tf
 
 from alignseg_keras.export_formats import EXPORT_FORMATS
+from alignseg_keras.image_files import MAX_PIXELS
 from alignseg_keras.inference import output_classes
 
 SERVING_INPUT = "images"
+ENCODED_INPUT = "encoded_images"
+# The SavedModel's signatures: name -> (input name, output names).
+SIGNATURES = {
+    "serving_default": (SERVING_INPUT, ("labels", "probabilities")),
+    "labels": (SERVING_INPUT, ("labels",)),
+    "encoded": (ENCODED_INPUT, ("labels", "probabilities")),
+    "encoded_labels": (ENCODED_INPUT, ("labels",)),
+}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
 
 # Packages each format needs beyond TensorFlow and Keras, and its file suffix.
 FORMAT_REQUIREMENTS = {"saved_model": (), "onnx": ("tf2onnx", "onnx"), "litert": ()}
 FORMAT_SUFFIXES = {"onnx": ".onnx", "litert": ".tflite"}
 
 
-def serving_signature():
-    """The input of the serving function: uint8 RGB images of any size."""
+def serving_signature(input_name=SERVING_INPUT):
+    """The input of a serving function: uint8 RGB images, or encoded PNG/JPEG files."""
+    if input_name == ENCODED_INPUT:
+        return tf.TensorSpec([None], tf.string, name=ENCODED_INPUT)
     return tf.TensorSpec([None, None, None, 3], tf.uint8, name=SERVING_INPUT)
 
 
-def serving_function(model):
-    """The function behind `serving_default`: images to labels and probabilities.
+def model_forward(model):
+    """The model's float32 logits of uint8 images, as one `tf.function`.
+
+    The signatures of one export share it, so that the network is traced and
+    stored once rather than once per signature.
+    """
+    return tf.function(
+        lambda images: tf.cast(model(images, training=False), tf.float32),
+        input_signature=[serving_signature()],
+    )
+
+
+def serving_function(model, outputs=("labels", "probabilities"), forward=None):
+    """The function behind `serving_default` and `labels`: images to labels (and probabilities).
 
     Args:
         model: a Keras model from RGB images (0..255) to logits
             `(B, H, W, num_classes)` at the input size, such as `AlignSeg`.
+        outputs: the outputs to return, from `"labels"` and `"probabilities"`.
+        forward: the model's `model_forward`, shared between signatures; None
+            makes one.
 
     Returns:
-        A Python function of a uint8 `images` tensor returning
-        `{"labels": int32 (B, H, W), "probabilities": float32 (B, H, W, C)}`;
-        empty for an empty batch or 0-sized images.
+        A Python function of a uint8 `images` tensor returning a dict of
+        `labels`: int32 (B, H, W) and `probabilities`: float32 (B, H, W, C)
+        (those in `outputs`); empty for an empty batch or 0-sized images.
     """
 
     num_classes = output_classes(model)
+    forward = forward or model_forward(model)
 
     def serve(images):
         # The signature declares the shape, but TensorFlow only checks the
@@ -69,19 +108,102 @@ def serving_function(model):
         images = tf.ensure_shape(images, [None, None, None, 3], name=SERVING_INPUT)
         logits = tf.cond(
             tf.size(images) > 0,
-            lambda: tf.cast(model(images, training=False), tf.float32),
+            lambda: forward(images),
             lambda: tf.zeros(tf.concat([tf.shape(images)[:3], [num_classes]], 0)),
         )
-        return {
+        results = {
             "labels": tf.argmax(logits, axis=-1, output_type=tf.int32),
             "probabilities": tf.nn.softmax(logits, axis=-1),
         }
+        return {name: results[name] for name in outputs}
+
+    return serve
+
+
+def _encoded_image_size(data):
+    """`[height, width]` of a PNG (its IHDR chunk) or JPEG (its SOF marker), not decoded."""
+    is_png = tf.equal(tf.strings.substr(data, 0, 8), _PNG_SIGNATURE)
+    is_jpeg = tf.equal(tf.strings.substr(data, 0, 3), _JPEG_SIGNATURE)
+    known = tf.debugging.assert_equal(
+        is_png | is_jpeg, True, message="An encoded image is neither a PNG nor a JPEG file"
+    )
+    with tf.control_dependencies([known]):
+        return tf.cond(
+            is_png,
+            lambda: tf.reverse(
+                tf.io.decode_raw(tf.strings.substr(data, 16, 8), tf.int32, little_endian=False),
+                [0],
+            ),
+            lambda: tf.image.extract_jpeg_shape(data)[:2],
+        )
+
+
+def decode_images(encoded, max_pixels=MAX_PIXELS):
+    """Decodes a batch of PNG/JPEG files to uint8 RGB images `(batch, H, W, 3)`, in the graph.
+
+    Every file's size is read from its header first: a file of more than
+    `max_pixels` pixels, one of another format, or a size different from the
+    first file's fails with an `InvalidArgumentError` that says so, before
+    anything is decoded. Grey and RGBA files become RGB. An empty batch gives
+    `(0, 0, 0, 3)`.
+
+    Example:
+    ```python
+    images = decode_images(tf.constant([open("scene.png", "rb").read()]))
+    ```
+    """
+    encoded = tf.ensure_shape(encoded, [None], name=ENCODED_INPUT)
+
+    def decode_all():
+        sizes = tf.map_fn(
+            _encoded_image_size, encoded, fn_output_signature=tf.TensorSpec([2], tf.int32)
+        )
+        checks = [
+            tf.debugging.assert_less_equal(
+                tf.reduce_max(tf.cast(sizes[:, 0], tf.int64) * tf.cast(sizes[:, 1], tf.int64)),
+                tf.constant(max_pixels, tf.int64),
+                message=f"An encoded image has more than {max_pixels} pixels; it was not decoded",
+            ),
+            tf.debugging.assert_equal(
+                sizes,
+                tf.broadcast_to(sizes[:1], tf.shape(sizes)),
+                message="The encoded images of one request must share a height and width "
+                "(send differently sized images in separate requests); [height, width] of each:",
+                summarize=64,
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            return tf.map_fn(
+                lambda data: tf.io.decode_image(
+                    data, channels=3, dtype=tf.uint8, expand_animations=False
+                ),
+                encoded,
+                fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
+            )
+
+    return tf.cond(
+        tf.size(encoded) > 0, decode_all, lambda: tf.zeros([0, 0, 0, 3], tf.uint8)
+    )
+
+
+def encoded_serving_function(model, outputs=("labels", "probabilities"), forward=None):
+    """The function behind `encoded` and `encoded_labels`: PNG/JPEG files to labels (and probabilities).
+
+    Args:
+        model: a Keras model from RGB images to logits, such as `AlignSeg`.
+        outputs: the outputs to return, from `"labels"` and `"probabilities"`.
+        forward: the model's `model_forward`, shared between signatures.
+    """
+    serve_images = serving_function(model, outputs, forward)
+
+    def serve(encoded_images):
+        return serve_images(decode_images(encoded_images))
 
     return serve
 
 
 def export_saved_model(model, export_dir):
-    """Writes a TF Serving SavedModel with the `serving_default` signature above.
+    """Writes a TF Serving SavedModel with the four signatures above (`SIGNATURES`).
 
     Args:
         model: an `AlignSeg` (or any model from images to logits at input size).
@@ -102,12 +224,15 @@ def export_saved_model(model, export_dir):
             "file on this backend and export it from a TensorFlow process."
         )
     archive = keras.export.ExportArchive()
-    # The endpoint tracks the variables it uses. `archive.track(model)` would
+    # The endpoints track the variables they use. `archive.track(model)` would
     # also store the model's Keras variables a second time (Keras 3.15),
     # doubling the size of the SavedModel.
-    archive.add_endpoint(
-        "serving_default", serving_function(model), input_signature=[serving_signature()]
-    )
+    forward = model_forward(model)
+    for name, (input_name, outputs) in SIGNATURES.items():
+        make = encoded_serving_function if input_name == ENCODED_INPUT else serving_function
+        archive.add_endpoint(
+            name, make(model, outputs, forward), input_signature=[serving_signature(input_name)]
+        )
     archive.write_out(str(export_dir), verbose=False)
 
 

@@ -1,18 +1,28 @@
 """The exported SavedModel serves on its own: TensorFlow only, no alignseg_keras."""
 
+import importlib.util
+import io
 import json
 import os
+import struct
 import subprocess
 import sys
 import textwrap
+import urllib.error
+import zlib
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
+from alignseg_keras.export import SIGNATURES
+from alignseg_keras.export import decode_images
 from alignseg_keras.export import export_saved_model
 from alignseg_keras.testing import tiny_alignseg
+
 
 # Loads the SavedModel in a process where importing alignseg_keras fails, and
 # saves what `serving_default` returns for each input batch.
@@ -158,3 +168,166 @@ def test_rest_request_body_matches_the_signature(serving_default):
     images = tf.constant(body["instances"], tf.uint8)
     outputs = serving_default(images=images)
     assert outputs["labels"].shape == (2, 8, 12)
+
+
+# === Image files: the `encoded` signatures, through TF Serving's gRPC and REST APIs ===
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_serving_client():
+    spec = importlib.util.spec_from_file_location(
+        "serving_client", ROOT / "examples" / "serving_client.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+serving_client = _load_serving_client()
+
+
+def encode(image, format="PNG"):
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    """`tests/tf_serving_emulator.py`; needs tensorflow-serving-api (`make test` installs it)."""
+    pytest.importorskip("tensorflow_serving", reason="needs tensorflow-serving-api")
+    import tf_serving_emulator
+
+    return tf_serving_emulator
+
+
+@pytest.fixture(scope="module")
+def signatures(export_dir):
+    return tf.saved_model.load(str(export_dir)).signatures
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    rng = np.random.default_rng(3)
+    return rng.integers(0, 256, (2, 29, 41, 3)).astype("uint8")
+
+
+def test_the_export_has_four_signatures_for_pixels_and_files(signatures):
+    assert set(signatures) == set(SIGNATURES)
+    for name, (input_name, outputs) in SIGNATURES.items():
+        (_, inputs) = signatures[name].structured_input_signature
+        assert list(inputs) == [input_name]
+        expected = tf.string if input_name == "encoded_images" else tf.uint8
+        assert inputs[input_name].dtype == expected
+        assert set(signatures[name].structured_outputs) == set(outputs)
+
+
+def test_encoded_files_give_the_labels_of_their_pixels(signatures, scenes):
+    # PNG is lossless, so the graph's decoding must give exactly Pillow's pixels,
+    # and the labels those of the pixel signature (the same graph function).
+    files = [encode(image) for image in scenes]
+    pixels = signatures["labels"](images=tf.constant(scenes))["labels"].numpy()
+    from_files = signatures["encoded_labels"](encoded_images=tf.constant(files))
+    np.testing.assert_array_equal(from_files["labels"].numpy(), pixels)
+    both = signatures["encoded"](encoded_images=tf.constant(files))
+    np.testing.assert_array_equal(both["labels"].numpy(), pixels)
+    expected = signatures["serving_default"](images=tf.constant(scenes))["probabilities"]
+    np.testing.assert_array_equal(both["probabilities"].numpy(), expected.numpy())
+    np.testing.assert_array_equal(decode_images(tf.constant(files)).numpy(), scenes)
+
+
+def test_grey_rgba_and_jpeg_files_become_rgb(scenes):
+    image = scenes[0]
+    grey = image[..., 0]
+    rgba = np.concatenate([image, np.full(image.shape[:2] + (1,), 77, "uint8")], -1)
+    jpeg = encode(image, "JPEG")
+    decoded = decode_images(tf.constant([encode(grey), encode(rgba)])).numpy()
+    np.testing.assert_array_equal(decoded[0], np.repeat(grey[..., None], 3, -1))
+    np.testing.assert_array_equal(decoded[1], image)
+    # JPEG is lossy: TensorFlow's own JPEG decoder is the reference for its pixels.
+    np.testing.assert_array_equal(
+        decode_images(tf.constant([jpeg])).numpy()[0], tf.io.decode_jpeg(jpeg, channels=3).numpy()
+    )
+
+
+def _png_header(width, height):
+    """The first 33 bytes of a PNG file: its signature and IHDR chunk (no pixel data)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(
+        ">I", zlib.crc32(chunk)
+    )
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        (lambda s: [encode(s[0]), encode(s[0][:20])], "must share a height and width"),
+        (lambda s: [b"GIF89a" + bytes(40)], "neither a PNG nor a JPEG"),
+        (lambda s: [b""], "neither a PNG nor a JPEG"),
+        # A header that claims 10000 x 10000 pixels is refused before decoding.
+        (lambda s: [_png_header(10000, 10000)], "more than 67108864 pixels; it was not decoded"),
+    ],
+)
+def test_wrong_files_are_refused_with_a_clear_message(signatures, scenes, files, message):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        signatures["encoded_labels"](encoded_images=tf.constant(files(scenes), tf.string))
+
+
+def test_an_empty_request_of_files_gives_empty_outputs(signatures):
+    outputs = signatures["encoded"](encoded_images=tf.constant([], tf.string))
+    assert outputs["labels"].shape == (0, 0, 0)
+    assert outputs["probabilities"].shape == (0, 0, 0, 3)
+
+
+def test_grpc_clients_get_the_labels_of_files_and_of_pixels(
+    emulator, export_dir, signatures, scenes
+):
+    import grpc
+    from tensorflow_serving.apis import predict_pb2
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    expected = signatures["labels"](images=tf.constant(scenes))["labels"].numpy()
+    with emulator.grpc_server(export_dir) as target:
+        labels = serving_client.predict_grpc([encode(image) for image in scenes], target)
+        np.testing.assert_array_equal(labels, expected)
+        # The uint8 tensor signature with the labels only (the docs' output_filter).
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "alignseg"
+        request.inputs["images"].CopyFrom(tf.make_tensor_proto(scenes))
+        request.output_filter.append("labels")
+        with grpc.insecure_channel(target) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            reply = stub.Predict(request, timeout=60.0)
+            assert list(reply.outputs) == ["labels"]
+            assert reply.model_spec.signature_name == "serving_default"
+            np.testing.assert_array_equal(tf.make_ndarray(reply.outputs["labels"]), expected)
+            request.model_spec.signature_name = "encoded_labels"
+            with pytest.raises(grpc.RpcError) as error:
+                stub.Predict(request, timeout=60.0)
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_rest_clients_get_labels_and_probabilities(emulator, export_dir, signatures, scenes):
+    image = scenes[0]
+    expected = signatures["serving_default"](images=tf.constant(image[None]))
+    labels = expected["labels"].numpy()[0]
+    with emulator.rest_server(export_dir) as url:
+        only_labels = serving_client.predict_rest(encode(image), url)
+        assert set(only_labels) == {"labels"}
+        np.testing.assert_array_equal(only_labels["labels"], labels)
+        both = serving_client.predict_rest(encode(image), url, signature_name="encoded")
+        np.testing.assert_array_equal(both["labels"], labels)
+        # JSON carries float32 probabilities as decimal numbers; float32 round-trips.
+        np.testing.assert_array_equal(both["probabilities"], expected["probabilities"].numpy()[0])
+        for name in ("labels", "serving_default"):
+            body = serving_client.rest_pixels_body(image, signature_name=name)
+            np.testing.assert_array_equal(serving_client.post_rest(body, url)["labels"], labels)
+        with pytest.raises(urllib.error.HTTPError, match="400"):
+            serving_client.post_rest(serving_client.rest_body(b"not an image"), url)
+
+
+def test_docs_show_the_tested_client_as_it_is():
+    client = (ROOT / "examples" / "serving_client.py").read_text()
+    assert client in (ROOT / "docs" / "serving.md").read_text()
