@@ -15,6 +15,8 @@ from alignseg_keras.data.ade20k import ADE20K_COLORS
 from alignseg_keras.data.ade20k import ADE20K_NUM_CLASSES
 from alignseg_keras.data.ade20k import load_ade20k
 from alignseg_keras.data.augment import PHOTOMETRIC_DEFAULTS
+from alignseg_keras.data.augment import class_balanced_crop
+from alignseg_keras.data.augment import crop_is_balanced
 from alignseg_keras.data.augment import evaluation_pipeline
 from alignseg_keras.data.augment import training_pipeline
 from alignseg_keras.data.cityscapes import CITYSCAPES_CLASSES

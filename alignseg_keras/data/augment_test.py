@@ -432,3 +432,11 @@ def test_without_cat_max_ratio_the_output_is_unchanged(option):
 def test_bad_cat_max_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         pipeline(block_scenes(count=1), **kwargs)
+
+
+def test_the_class_balanced_crop_and_its_test_are_in_the_data_package():
+    from alignseg_keras import data
+
+    assert data.class_balanced_crop is augment.class_balanced_crop
+    mask = tf.constant([[0, 0], [1, 255]], tf.int32)  # 2 of 3 labelled pixels are class 0
+    assert bool(data.crop_is_balanced(mask, 0.75)) and not bool(data.crop_is_balanced(mask, 0.6))
