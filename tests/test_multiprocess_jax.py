@@ -18,7 +18,10 @@ recorded as arrays and replayed. Then:
 - a lone BatchNormalization trained one step on a global batch whose process
   halves have means 0 and 10 has the moving variance of the global batch
   (about 25), not that of a process's half or a device's row (about 1 and 0):
-  the statistics span the global batch.
+  the statistics span the global batch;
+- `alignseg train` itself runs as a two-process job; killed whole (SIGKILL) once
+  its first backup is written, the same command resumes the job from that
+  backup and ends with the model of all 4 steps, and only process 0 writes.
 
 Every process is spawned here with KERAS_BACKEND=jax (so the test runs in the
 TensorFlow session of `make test`), on a free port, with a time limit; all are
@@ -257,28 +260,53 @@ def load_final_model(output):
     return model, int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
+def _job_until(output, directory, address, records, until=None):
+    """Runs the job of `alignseg_train_job` (4 steps) until it ends, or until `until()`
+    holds, when every process is killed (SIGKILL). Returns (outputs, pids)."""
+    commands = alignseg_train_job(output, address, steps=4, records=str(records))
+    with Job(commands, str(directory), cwd=str(directory)) as job:
+        outputs = job.wait(CLI_TIME_LIMIT, until=until)
+        pids = {name: process.pid for name, process in job.processes.items()}
+    return outputs, pids
+
+
 @pytest.fixture(scope="module")
 def alignseg_train(tmp_path_factory):
-    """Runs the two-process `alignseg train` job (4 steps, a backup every 2) to its end."""
+    """The two-process `alignseg train` job (4 steps, a backup every 2), killed whole
+    once its first backup is on disk and run again with the same command to its end.
+
+    Returns the run folder, the second run's outputs, its audit records, and the
+    process ids of process 0 in both runs.
+    """
     directory = tmp_path_factory.mktemp("alignseg-train")
     output = directory / "run"
+    first_backup = output / "backup" / "epoch-0001.keras"
+    (directory / "killed").mkdir()
+    (directory / "resumed").mkdir()
 
-    def start(address):
-        commands = alignseg_train_job(output, address, steps=4, records=str(directory))
-        with Job(commands, str(directory), cwd=str(directory)) as job:
-            return job.wait(CLI_TIME_LIMIT)
+    def killed(address):
+        return _job_until(output, directory, address, directory / "killed",
+                          until=first_backup.exists)
 
-    outputs = with_free_port(start)
+    def resumed(address):
+        return _job_until(output, directory, address, directory / "resumed")
+
+    _, killed_pids = with_free_port(killed)
+    outputs, resumed_pids = with_free_port(resumed)
     records = []
     for index in range(NUM_PROCESSES):
-        with open(directory / f"writes-{index}.json") as handle:
+        with open(directory / "resumed" / f"writes-{index}.json") as handle:
             records.append(json.load(handle))
-    return output, outputs, records
+    chief_pids = [killed_pids["alignseg-0"], resumed_pids["alignseg-0"]]
+    return output, outputs, records, chief_pids
 
 
-def test_alignseg_train_job_finishes_and_its_model_loads(alignseg_train):
-    output, outputs, records = alignseg_train
+def test_alignseg_train_job_resumes_after_a_kill_and_its_model_loads(alignseg_train):
+    output, outputs, records, _ = alignseg_train
     assert [record["exit"] for record in records] == [0] * NUM_PROCESSES
+    # The second run took up the first backup: 1 of 2 epochs (2 of 4 steps) done.
+    assert "epoch-0001.keras: 1 epochs of 2 (2 steps) done." in outputs["alignseg-0"], (
+        outputs["alignseg-0"][-3000:])
     model, steps = load_final_model(output)
     assert steps == 4
     from alignseg_keras.data import SYNTHETIC_CLASSES
@@ -286,21 +314,22 @@ def test_alignseg_train_job_finishes_and_its_model_loads(alignseg_train):
     logits = model.predict(np.zeros((1, 64, 64, 3), "float32"), verbose=0)
     assert logits.shape == (1, 64, 64, len(SYNTHETIC_CLASSES))
     assert np.isfinite(logits).all()
-    assert epochs_in_history(output) == [0, 1]
+    assert epochs_in_history(output)[-1] == 1
     assert not (output / "backup").exists()  # discarded once the model was saved
     assert "Saved the trained model" in outputs["alignseg-0"]
     assert "Saved the trained model" not in outputs["alignseg-1"]
 
 
 def test_only_process_0_of_the_job_writes(alignseg_train):
-    output, _, records = alignseg_train
+    output, _, records, chief_pids = alignseg_train
     written = {os.path.relpath(path, output) for _, path in records[0]["writes"]}
     # The audit sees the writes (else an empty record of process 1 would prove nothing).
     assert {"model.keras", "checkpoint.keras", "history.csv",
-            os.path.join("backup", "epoch-0001.keras")} <= written, sorted(written)
+            os.path.join("backup", "epoch-0002.keras")} <= written, sorted(written)
     assert records[1]["writes"] == []
-    # TensorBoard's native writer names its files after the writing process.
+    # TensorBoard's native writer names its files after the writing process:
+    # process 0 of the killed run, then of the resumed one.
     events = [name for _, _, names in os.walk(output / "logs") for name in names
               if name.startswith("events.out.tfevents.")]
     assert events
-    assert all(f".{records[0]['pid']}." in name for name in events), events
+    assert all(any(f".{pid}." in name for pid in chief_pids) for name in events), events
