@@ -11,7 +11,10 @@ as `.keras` files with their TensorFlow outputs, gradients and
 post-training-step weights; here they are loaded on torch and compared within
 `cases.TOLERANCE` (float32 rounding, see there), and a model trained and saved
 on torch is loaded back on TensorFlow. The TensorFlow-only features refuse
-torch with an error that says what to use instead.
+torch with an error that says what to use instead. Two subprocesses run in
+the background while the comparisons do (the TensorFlow-free run of
+`without_tensorflow.py`, and TensorFlow loading the model trained here); the
+last tests wait for them.
 """
 
 import re
