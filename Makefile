@@ -41,12 +41,14 @@ $(TEST_STAMP): $(STAMP)
 
 # The TensorFlow session; the multi-process JAX tests on their own (their job processes
 # need the memory that the session's workers hold by then); then a small JAX session
-# (Keras fixes its backend per process):
-# the JAX-specific tests and every layer's test (ablation layers included) on JAX.
+# and a small torch session (Keras fixes its backend per process): each backend's
+# comparisons with TensorFlow and every layer's test (ablation layers included) on it.
+# Both sessions collect the layer tests, so pytest never ends with "no tests" (exit 5).
 test: $(TEST_STAMP)
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest $(PYTEST_ARGS) --ignore=tests/test_multiprocess_jax.py
 	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest tests/test_multiprocess_jax.py
 	KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest tests/test_jax_backend.py alignseg_keras/layers/blocks_test.py
+	KERAS_BACKEND=torch TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest tests/test_torch_backend.py alignseg_keras/layers/blocks_test.py
 
 # BENCH_ARGS="--quick" takes minutes; "--only alignment,inference" runs a subset.
 bench: $(STAMP)

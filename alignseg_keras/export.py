@@ -257,7 +257,9 @@ def export_model(model, path, format="saved_model"):
         format: one of `"saved_model"`, `"onnx"`, `"litert"`.
 
     Raises:
-        ValueError: unknown format, or a package the format needs is missing.
+        ValueError: unknown format, a package the format needs is missing, or
+            a format this backend cannot export (SavedModel needs TensorFlow;
+            ONNX does not work on torch).
 
     Example:
     ```python
@@ -265,6 +267,13 @@ def export_model(model, path, format="saved_model"):
     ```
     """
     missing = missing_requirements(format)
+    if format == "onnx" and keras.backend.backend() == "torch":
+        raise ValueError(
+            "ONNX export does not work on the torch backend: torch.onnx cannot export the "
+            "gathers of AlignSeg's alignment layers (Keras' torch `take` uses aten::ravel, "
+            "which has no ONNX operator). Save a .keras file on torch and export it from a "
+            "TensorFlow process (KERAS_BACKEND=tensorflow alignseg export ...)."
+        )
     if missing:
         raise ValueError(
             f"Exporting to {format} needs the packages {', '.join(missing)}; "

@@ -307,11 +307,15 @@ def offset_images(model, image, max_magnitude=None, separator=4):
     height, width = image.shape[:2]
     if not model.offset_outputs:
         return {}
+    import keras
+
     outputs = model.offset_model()(image[None].astype("float32"), training=False)
     gap = np.full((height, separator, 3), 255, "uint8")
     pictures = {}
     for name, field in outputs.items():
-        field = _image_area(np.asarray(field)[0], image.shape, model.pad_to_multiple)
+        # convert_to_numpy: a torch output that requires grad refuses np.asarray.
+        field = keras.ops.convert_to_numpy(field)[0]
+        field = _image_area(field, image.shape, model.pad_to_multiple)
         drawn = [
             _resize_nearest(flow_to_color(pair, max_magnitude), height, width)
             for pair in _fields_in_pixels(field, model.backbone.alignment)

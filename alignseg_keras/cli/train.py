@@ -116,8 +116,9 @@ def _strategy(name):
         return keras.distribution.distribution()
     if name != "none" and keras.backend.backend() != "tensorflow":
         raise ValueError(
-            f"--distribute {name} uses tf.distribute and needs KERAS_BACKEND=tensorflow; "
-            "on JAX use keras.distribution.DataParallel (docs/jax.md)."
+            f"--distribute {name} uses tf.distribute and needs KERAS_BACKEND=tensorflow (the "
+            f"backend is {keras.backend.backend()!r}); on JAX use --distribute data_parallel "
+            "(docs/jax.md); on torch, alignseg train runs on one device (docs/torch.md)."
         )
     import tensorflow as tf
 
@@ -208,9 +209,18 @@ def resolve_pipeline_defaults(args):
 
 
 def _check_arguments(args):
+    import keras
+
     resolve_pipeline_defaults(args)
     if args.steps < 1 or args.checkpoint_every < 1 or args.batch_size < 1:
         raise ValueError("--steps, --checkpoint-every and --batch-size must be positive.")
+    if args.xla and keras.backend.backend() == "torch":
+        raise ValueError(
+            "--xla compiles the training step with XLA, which the torch backend does not "
+            "have (Keras would hand the step to torch.compile instead, which alignseg_keras "
+            "does not support). Leave out --xla on torch, or train with KERAS_BACKEND=jax "
+            "(always compiled with XLA) or KERAS_BACKEND=tensorflow."
+        )
     training_loss(args)  # a bad --loss fails before any data is read
 
 

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from keras import ops
 
 from alignseg_keras import layers
 from alignseg_keras.testing.layer_test import run_layer_test
@@ -76,9 +77,9 @@ def test_residual_conv_block_shapes_and_residual():
     # With a zero residual branch the block is act(BN(unify(x))).
     block.residual_expand.kernel.assign(np.zeros((3, 3, 4, 16), "float32"))
     x = np.random.rand(1, 5, 5, 40).astype("float32")
-    unified = np.asarray(block.unify(x))
+    unified = ops.convert_to_numpy(block.unify(x))
     expected = np.maximum(unified / np.sqrt(1 + 1e-5), 0)
-    np.testing.assert_allclose(np.asarray(block(x)), expected, atol=1e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(block(x)), expected, atol=1e-5)
 
 
 def test_align_fa_starts_as_upsample_and_sum():
@@ -87,9 +88,9 @@ def test_align_fa_starts_as_upsample_and_sum():
     module = layers.AlignFA(offset_channels=4)
     out, offsets = module([fine, coarse], return_offsets=True)
     assert tuple(offsets.shape) == (2, 12, 10, 4)
-    np.testing.assert_allclose(np.asarray(offsets), 0.0)
-    expected = fine + np.asarray(layers.resize_bilinear(coarse, (12, 10)))
-    np.testing.assert_allclose(np.asarray(out), expected, atol=1e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(offsets), 0.0)
+    expected = fine + ops.convert_to_numpy(layers.resize_bilinear(coarse, (12, 10)))
+    np.testing.assert_allclose(ops.convert_to_numpy(out), expected, atol=1e-5)
 
 
 def test_align_fa_offsets_move_the_samples():
@@ -104,7 +105,7 @@ def test_align_fa_offsets_move_the_samples():
     head.offsets.kernel.assign(kernel)
     head.hidden.norm.beta.assign(np.full((4,), 0.25, "float32"))
     head.hidden.conv.kernel.assign(np.zeros(head.hidden.conv.kernel.shape, "float32"))
-    out = np.asarray(module([fine, coarse]))
+    out = ops.convert_to_numpy(module([fine, coarse]))
     np.testing.assert_allclose(out[0, :-1], coarse[0, 1:], atol=1e-5)  # dy = 4 * 0.25 = 1
     np.testing.assert_allclose(out[0, -1], 0.0, atol=1e-6)  # zeros outside
 
@@ -126,8 +127,8 @@ def test_align_cm_shapes_and_initial_context(merge, channels):
     pooled = module.context_project(module.context_reduce(module.pool(x)))
     local = module.local_project(module.local_reduce(x))
     context = layers.resize_bilinear(pooled, (7, 9))
-    expected = local + context if merge == "sum" else np.concatenate([local, context], -1)
-    np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=1e-5)
+    expected = local + context if merge == "sum" else ops.concatenate([local, context], -1)
+    np.testing.assert_allclose(ops.convert_to_numpy(out), ops.convert_to_numpy(expected), atol=1e-5)
 
 
 @pytest.mark.parametrize("side", ["low_res", "high_res"])
@@ -148,14 +149,14 @@ def test_align_fa_aligns_one_side_and_uses_the_other_as_is(side):
     out, offsets = module([fine, coarse], return_offsets=True)
     field = np.zeros((2, 12, 10, 2), "float32")
     field[..., 0], field[..., 1] = 1.0, -1.0
-    np.testing.assert_allclose(np.asarray(offsets), field, atol=1e-6)
-    upsampled = np.asarray(layers.resize_bilinear(coarse, (12, 10)))
+    np.testing.assert_allclose(ops.convert_to_numpy(offsets), field, atol=1e-6)
+    upsampled = ops.convert_to_numpy(layers.resize_bilinear(coarse, (12, 10)))
     align = layers.AlignmentLayer("official")
     if side == "low_res":
-        expected = np.asarray(align([upsampled, field])) + fine
+        expected = ops.convert_to_numpy(align([upsampled, field])) + fine
     else:
-        expected = upsampled + np.asarray(align([fine, field]))
-    np.testing.assert_allclose(np.asarray(out), expected, atol=1e-5)
+        expected = upsampled + ops.convert_to_numpy(align([fine, field]))
+    np.testing.assert_allclose(ops.convert_to_numpy(out), expected, atol=1e-5)
 
 
 def test_align_cm_without_alignment_upsamples_the_pooled_context():
@@ -166,7 +167,7 @@ def test_align_cm_without_alignment_upsamples_the_pooled_context():
     pooled = module.context_project(module.context_reduce(module.pool(x)))
     local = module.local_project(module.local_reduce(x))
     expected = local + layers.resize_bilinear(pooled, (7, 9))
-    np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=1e-5)
+    np.testing.assert_allclose(ops.convert_to_numpy(out), ops.convert_to_numpy(expected), atol=1e-5)
     with pytest.raises(ValueError, match="return_offsets"):
         module(x, return_offsets=True)
 
@@ -174,7 +175,7 @@ def test_align_cm_without_alignment_upsamples_the_pooled_context():
 def test_deconv_fusion_starts_as_bilinear_upsampling_and_fits_any_size():
     fine = np.random.rand(2, 12, 10, 8).astype("float32")
     coarse = np.random.rand(2, 6, 5, 8).astype("float32")
-    fused = np.asarray(layers.UpsampleFusion("deconv", 2)([fine, coarse]))
+    fused = ops.convert_to_numpy(layers.UpsampleFusion("deconv", 2)([fine, coarse]))
     # Half-pixel bilinear upsampling (TensorFlow's resize), away from the border.
     ratio = 2.0
     expected = np.zeros((2, 12, 10, 8))
@@ -196,7 +197,7 @@ def test_deconv_fusion_starts_as_bilinear_upsampling_and_fits_any_size():
                       np.ones((1, *low_size, 8), "float32")])
         assert tuple(out.shape) == (1, *high_size, 8)
     high, low = np.zeros((1, 20, 19, 8), "float32"), np.ones((1, 2, 2, 8), "float32")
-    out = np.asarray(module([high, low]))
+    out = ops.convert_to_numpy(module([high, low]))
     assert np.all(out[:, 16:] == 0) and np.all(out[:, :, 16:] == 0) and out[:, :16, :16].max() > 0
 
 
@@ -268,7 +269,7 @@ def test_conv_norm_activation_pads_symmetrically_with_stride():
     kernel[0, 0, 0, 0] = 1.0  # picks the top-left tap
     layer.conv.kernel.assign(kernel)
     x[0, 1, 1, 0] = 7.0
-    out = np.asarray(layer(x)) * np.sqrt(1 + 1e-5)
+    out = ops.convert_to_numpy(layer(x)) * np.sqrt(1 + 1e-5)
     # PyTorch pads 1 on every side: the top-left tap of output (1, 1) reads
     # input (1, 1); Keras "same" (no top padding here) would read (2, 2).
     assert out.shape == (1, 3, 3, 1)
@@ -279,10 +280,10 @@ def test_conv_norm_activation_pads_symmetrically_with_stride():
 def test_image_normalization_and_padding():
     images = np.full((1, 5, 6, 3), 100, "uint8")
     out = layers.ImageNormalization(mean=(10, 20, 30), std=(2, 4, 5), bgr=True)(images)
-    np.testing.assert_allclose(np.asarray(out)[0, 0, 0], [14, 20, 45])
+    np.testing.assert_allclose(ops.convert_to_numpy(out)[0, 0, 0], [14, 20, 45])
     padded = layers.PadToMultiple(4)(np.ones((1, 5, 6, 3), "float32"))
     assert tuple(padded.shape) == (1, 8, 8, 3)
-    assert np.asarray(padded)[0, 5:].sum() == 0
+    assert ops.convert_to_numpy(padded)[0, 5:].sum() == 0
     cropped = layers.CropToReference()([padded, images])
     assert tuple(cropped.shape) == (1, 5, 6, 3)
     with pytest.raises(ValueError, match="std"):
