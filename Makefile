@@ -39,16 +39,23 @@ $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install -q kagglehub regex rich sentencepiece tokenizers
 	touch $(TEST_STAMP)
 
-# The TensorFlow session; the multi-process JAX tests on their own (their job processes
-# need the memory that the session's workers hold by then); then a small JAX session
+# The TensorFlow session in two halves, each with fresh workers: the library's unit
+# tests, then the end-to-end tests of tests/ (a worker's memory grows with every model it
+# builds, to 8-9 GB after the whole suite, and a worker ran out of memory in CI when one
+# test started a TensorFlow process beside two such workers); the multi-process JAX
+# tests on their own (their job processes need memory too); then a small JAX session
 # and a small torch session (Keras fixes its backend per process): each backend's
 # comparisons with TensorFlow and every layer's test (ablation layers included) on it.
 # Both sessions collect the layer tests, so pytest never ends with "no tests" (exit 5).
+# MALLOC_ARENA_MAX=2: glibc's per-thread malloc arenas (TensorFlow's many threads each
+# get one) hold freed memory that other threads cannot reuse.
+TEST_ENV := TF_CPP_MIN_LOG_LEVEL=2 MALLOC_ARENA_MAX=2
 test: $(TEST_STAMP)
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest $(PYTEST_ARGS) --ignore=tests/test_multiprocess_jax.py
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest tests/test_multiprocess_jax.py
-	KERAS_BACKEND=jax TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest tests/test_jax_backend.py alignseg_keras/layers/blocks_test.py
-	KERAS_BACKEND=torch TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m pytest tests/test_torch_backend.py alignseg_keras/layers/blocks_test.py
+	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS) alignseg_keras
+	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS) tests --ignore=tests/test_multiprocess_jax.py
+	$(TEST_ENV) $(PY) -m pytest tests/test_multiprocess_jax.py
+	KERAS_BACKEND=jax $(TEST_ENV) $(PY) -m pytest tests/test_jax_backend.py alignseg_keras/layers/blocks_test.py
+	KERAS_BACKEND=torch $(TEST_ENV) $(PY) -m pytest tests/test_torch_backend.py alignseg_keras/layers/blocks_test.py
 
 # BENCH_ARGS="--quick" takes minutes; "--only alignment,inference" runs a subset.
 bench: $(STAMP)
