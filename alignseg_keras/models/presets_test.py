@@ -133,7 +133,12 @@ def test_a_keras_file_of_release_0_1_says_how_to_load_it():
     model = load_legacy_model(path)
     expected = np.load(DATA / "legacy_alignseg_0_1_logits.npz")
     logits = np.asarray(model(expected["images"]))
-    np.testing.assert_allclose(logits, expected["logits"], rtol=0, atol=1e-5)
+    # The stored logits were computed on another CPU (AVX2); oneDNN's kernels for other
+    # instruction sets sum in another order. Measured on an AVX-512 EPYC: max difference
+    # 4.8e-5 of the largest |logit| (16.4), RMS 3.3e-5 of the RMS logit. A weight loaded
+    # into the wrong place moves logits by O(1).
+    scale = np.abs(expected["logits"]).max()
+    np.testing.assert_allclose(logits, expected["logits"], rtol=0, atol=2e-4 * scale)
     assert model.backbone.offset_channels == 256  # 0.1's offset heads
 
 
