@@ -59,7 +59,10 @@ def test_fit_arrays_sets_the_poly_steps_and_adds_the_aux_loss():
 def test_fit_a_dataset_with_ohem_and_evaluate():
     images, masks = toy_data()
     dataset = tf.data.Dataset.from_tensor_slices((images, masks)).batch(2)
-    model = tiny_model()
+    # A fixed initialisation: with whatever state earlier tests left, the evaluate loss
+    # after two steps ranged from 1.1 to 916 over seeds (BatchNorm's moving statistics)
+    # and was once NaN in a whole-suite run (being investigated).
+    model = tiny_alignseg(3, seed=0)
     model.compile(loss=OhemCrossEntropy(min_kept=100), total_steps=10)
     model.fit(dataset, epochs=1, verbose=0)
     loss, miou = model.evaluate(dataset, verbose=0)
