@@ -47,8 +47,9 @@ $(TEST_STAMP): $(STAMP)
 # and a small torch session (Keras fixes its backend per process): each backend's
 # comparisons with TensorFlow and every layer's test (ablation layers included) on it.
 # Both sessions collect the layer tests, so pytest never ends with "no tests" (exit 5).
-# MALLOC_ARENA_MAX=2: glibc's per-thread malloc arenas (TensorFlow's many threads each
-# get one) hold freed memory that other threads cannot reuse.
+# MALLOC_ARENA_MAX=2 caps glibc's malloc arenas (up to 8 per core otherwise), a common
+# source of resident-memory growth with TensorFlow's many threads; its effect on this
+# suite is not measured yet (ALIGNSEG_RSS_LOG, conftest.py, records it per test).
 TEST_ENV := TF_CPP_MIN_LOG_LEVEL=2 MALLOC_ARENA_MAX=2
 test: $(TEST_STAMP)
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS) alignseg_keras
