@@ -74,6 +74,20 @@ def test_a_crop_is_a_piece_of_its_scene_flipped_or_not():
     assert 0 < flips < 16
 
 
+def test_scenes_smaller_than_the_crop_are_padded_with_the_mean_and_the_ignore_label():
+    from alignseg_keras.backbones.encoders import IMAGENET_RGB
+    from alignseg_keras.checks import IGNORE_INDEX
+
+    settings = dict(tiny_settings(), batch_size=1, scale_range=(0.5, 0.5), crop_size=(64, 64))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (1, 64, 128, 3), dtype=np.uint8)
+    masks = rng.integers(0, 8, (1, 64, 128), dtype=np.uint8)
+    image, mask = ablation.training_batch(images, masks, settings, seed=0, step=0)
+    # Scaled to 32x64 (no stretching): the bottom half is padding, the top half the scene.
+    assert (mask[0, 32:] == IGNORE_INDEX).all() and (mask[0, :32] < 8).all()
+    np.testing.assert_array_equal(image[0, 32:], np.broadcast_to(np.float32(IMAGENET_RGB["mean"]), (32, 64, 3)))
+
+
 def test_paired_statistics():
     runs = {
         ("a", 0): {"miou": 0.5}, ("a", 1): {"miou": 0.7}, ("a", 2): {"miou": 0.6},
