@@ -14,7 +14,8 @@ memory:
 - `torch`: the authors' network re-implemented from the reference facts
   (`tests/torch_reference.py`, the network of the equivalence test), in
   eager PyTorch with cuDNN autotuning (`cudnn.benchmark`, as the authors'
-  scripts set it), SGD momentum 0.9 and the same loss. Its InPlaceABN is
+  scripts set it), SGD momentum 0.9 and the same loss (`benchmarks.authors`,
+  shared with the CPU tables). Its InPlaceABN is
   arithmetic-exact but not in-place, so its memory is that of plain BatchNorm
   + LeakyReLU, not of the authors' fused kernel.
 
@@ -34,11 +35,12 @@ import subprocess
 import sys
 import time
 
+from benchmarks.authors import AUX_LOSS_WEIGHT
+from benchmarks.authors import NUM_CLASSES
+from benchmarks.authors import timed_calls
+
 SIDES = ("jax", "torch")
 PRECISIONS = ("float32", "bfloat16")
-NUM_CLASSES = 19
-IGNORE_INDEX = 255
-AUX_LOSS_WEIGHT = 0.4
 
 
 def parse(argv=None):
@@ -73,14 +75,7 @@ def batches(args, seed=0):
 
 
 def timed(step, repeats, warmup=2):
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return times
+    return timed_calls(step, repeats, warmup)[0]
 
 
 def run_jax(args):
@@ -137,69 +132,38 @@ def run_jax(args):
 
 def run_torch(args):
     import torch
-    import torch.nn.functional as F
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tests"))
-    from torch_reference import ReferenceAlignSeg
-    from torch_reference import randomize
+    from benchmarks.authors import torch_step
 
     torch.backends.cudnn.benchmark = True
-    device = torch.device(args.torch_device)
-    model = randomize(ReferenceAlignSeg(NUM_CLASSES, 101)).to(device)
-    bfloat16 = args.precision == "bfloat16"
-    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    cuda = args.torch_device.startswith("cuda")
+
+    def peak_memory_gib():
+        return torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+
     image, train_images, train_labels = batches(args)
-    nchw = torch.from_numpy(image).permute(0, 3, 1, 2).contiguous().to(device)
-
-    def infer():
-        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bfloat16):
-            model(nchw)
-        synchronize()
-
-    model.eval()
+    infer = torch_step("inference", args.precision, image, None, device=args.torch_device)
     inference = timed(infer, args.repeats)
     result = {
         "inference": summary(inference),
-        "inference_peak_gpu_memory_gib": (
-            torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-        ),
+        "inference_peak_gpu_memory_gib": peak_memory_gib(),
         "framework": f"torch {torch.__version__}",
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
     }
     if args.inference_only:
         return result
-
-    model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9, weight_decay=1e-4)
-    host_images = torch.from_numpy(train_images).permute(0, 3, 1, 2).contiguous()
-    host_labels = torch.from_numpy(train_labels).long()
-    if device.type == "cuda":
-        host_images, host_labels = host_images.pin_memory(), host_labels.pin_memory()
+    del infer
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    train_step = torch_step("training", args.precision, train_images, train_labels, device=args.torch_device)
     losses = []
-
-    def train_step():
-        images = host_images.to(device, non_blocking=True)
-        labels = host_labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, torch.bfloat16, enabled=bfloat16):
-            logits, aux_logits = model(images)
-            loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
-            loss = loss + AUX_LOSS_WEIGHT * F.cross_entropy(
-                aux_logits.float(), labels, ignore_index=IGNORE_INDEX
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.detach())
-        synchronize()
-
-    training = timed(train_step, max(3, args.repeats // 2))
+    training = timed(lambda: losses.append(train_step()), max(3, args.repeats // 2))
     return {
         **result,
         "training": summary(training),
         "loss": float(losses[-1]),
-        "peak_gpu_memory_gib": (
-            torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-        ),
+        "peak_gpu_memory_gib": peak_memory_gib(),
     }
 
 

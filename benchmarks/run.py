@@ -8,7 +8,10 @@ Sections: alignment (AlignmentLayer vs PyTorch grid_sample), inference
 (AlignSeg-R101 vs the Keras ResNet-101 trunk at 512x512), training (steps at
 512x512 batch 2 in float32 and mixed precision, XLA on and off, peak RSS),
 data (tf.data augmentation throughput), sliding (1024x2048 sliding window) and
-throughput (1024x2048 inference and training, for JAX on a GPU). Every figure
+throughput (1024x2048 inference and training, for JAX on a GPU) and authors
+(our model beside the authors' network in PyTorch: inference against the
+image size, training against the crop and batch, float32 and bfloat16, time
+and peak memory; `benchmarks/authors.py`). Every figure
 is the minimum over repeats; candidates of a section run round-robin so that
 load from other processes hits them alike. The backend is TensorFlow when it
 is installed, else JAX (set KERAS_BACKEND to choose).
@@ -28,10 +31,10 @@ BACKEND = backends.select_backend()
 from benchmarks import report  # noqa: E402
 from benchmarks import timing  # noqa: E402
 
-SECTIONS = ("alignment", "inference", "training", "data", "sliding", "throughput")
+SECTIONS = ("alignment", "inference", "training", "data", "sliding", "throughput", "authors")
 DEFAULT_SECTIONS = {
-    "tensorflow": ("alignment", "inference", "training", "data", "sliding"),
-    "jax": ("alignment", "inference", "training", "throughput"),
+    "tensorflow": ("alignment", "inference", "training", "data", "sliding", "authors"),
+    "jax": ("alignment", "inference", "training", "throughput", "authors"),
 }
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,11 +114,17 @@ def run_section(section, args):
         return models.sliding_window(1 if args.quick else 2)
     if section == "throughput":
         return throughput(max(2, repeats - 2), args.quick, tuple(args.throughput_size))
+    if section == "authors":
+        from benchmarks import authors
+
+        return authors.run(args.repeats or (2 if args.quick else 3), args.quick, BACKEND)
     raise ValueError(section)
 
 
 def available(section):
     """Sections that need a part of the project or a backend say why they cannot run."""
+    if section == "authors" and importlib.util.find_spec("torch") is None:
+        return "the authors' network runs on PyTorch, which is not installed (pip install torch)"
     if section in ("data", "sliding") and BACKEND != "tensorflow":
         return "tf.data and the sliding-window predictor are timed on the TensorFlow backend"
     if section == "data" and importlib.util.find_spec("alignseg_keras.data") is None:

@@ -1,0 +1,99 @@
+"""The side-by-side benchmark with the authors' network (`benchmarks/authors.py`) and its report."""
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import authors
+from benchmarks import report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_restated_constants_agree_with_the_library():
+    from alignseg_keras import AlignSeg
+    from alignseg_keras.checks import IGNORE_INDEX
+
+    assert authors.IGNORE_INDEX == IGNORE_INDEX
+    assert authors.AUX_LOSS_WEIGHT == inspect.signature(AlignSeg.compile).parameters["aux_loss_weight"].default
+
+
+def test_our_side_measures_time_and_memory_in_this_process():
+    result = authors.measure("keras", "inference", "float32", (64, 64), 1, repeats=2, warmup=1, depth=50)
+    assert set(result) == {"seconds", "median_seconds", "first_call_seconds", "rss_before_mib", "peak_rss_mib"}
+    assert 0 < result["seconds"] <= result["median_seconds"]
+    assert 0 < result["rss_before_mib"] <= result["peak_rss_mib"]
+
+
+def test_the_authors_side_trains_in_a_process_without_keras_or_tensorflow():
+    pytest.importorskip("torch")
+    code = (
+        "import json, sys\n"
+        "from benchmarks import authors\n"
+        "result = authors.measure('torch', 'training', 'bfloat16', (64, 64), 2, repeats=1, warmup=1, depth=50)\n"
+        "result['loaded'] = sorted({'keras', 'tensorflow', 'alignseg_keras'} & set(sys.modules))\n"
+        "print(json.dumps(result))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["loaded"] == []  # its memory is PyTorch's and the network's alone
+    assert 0 < result["seconds"] and 0 < result["rss_before_mib"] <= result["peak_rss_mib"]
+
+
+def entry(side, kind, precision, seconds, size=(512, 512), batch=1, run="r1", peak=1024.0):
+    return {"section": "authors", "run": run, "side": side, "kind": kind, "precision": precision,
+            "size": list(size), "batch": batch, "seconds": seconds, "rss_before_mib": peak / 2,
+            "peak_rss_mib": peak, "key": authors.entry_key(kind, precision, size, batch, side)}
+
+
+def store_of(entries):
+    by_key = {e["key"]: e for e in entries}
+    for ours in entries:
+        theirs = by_key.get(ours["key"][: -len("keras")] + "torch")
+        if ours["side"] == "keras" and theirs:
+            authors.add_ratios(ours, theirs)
+    return {"sections": {}, "entries": by_key}
+
+
+def test_best_precision_ratio_takes_each_sides_faster_precision():
+    entries = [
+        entry("keras", "inference", "float32", 0.9), entry("torch", "inference", "float32", 1.0),
+        entry("keras", "inference", "bfloat16", 0.45), entry("torch", "inference", "bfloat16", 1.2),
+    ]
+    ratio, text = report.authors_best_ratio(entries, "inference", (512, 512), 1)
+    assert ratio == pytest.approx(0.45 / 1.0)
+    assert "bfloat16 against 1.00 s float32" in text
+    rows = report.authors_target_rows(store_of(entries))
+    assert rows[0][-1] == "no" and rows[2][2] == "0.90x" and rows[2][-1] == "no"
+    assert rows[1][2] == "not measured in one run" and rows[1][-1] == "not measured"
+
+
+def test_ratios_are_not_taken_across_runs():
+    entries = [
+        entry("keras", "inference", "float32", 0.9), entry("torch", "inference", "float32", 1.0),
+        entry("keras", "inference", "bfloat16", 0.3, run="r2"), entry("torch", "inference", "bfloat16", 1.2, run="r2"),
+    ]
+    assert report.authors_best_ratio(entries, "inference", (512, 512), 1) == (None, "not measured in one run")
+
+
+def test_tables_show_both_sides_with_times_memory_and_ratios():
+    entries = [
+        entry("keras", "training", "float32", 4.0, batch=2, peak=4096.0),
+        entry("torch", "training", "float32", 10.0, batch=2, peak=2048.0),
+        entry("keras", "inference", "float32", 1.0, size=(256, 256)),
+        entry("torch", "inference", "float32", 2.0, size=(256, 256)),
+        entry("keras", "inference", "float32", 3.0, size=(1024, 2048)),  # theirs missing: no row
+    ]
+    lines = report.authors_lines(store_of(entries))
+    text = "\n".join(lines)
+    assert "| 256x256 | 1 | float32 | 1.000 | 2.000 | 0.50x | 0.50 / 1.00 | 0.50 / 1.00 | 1.00x |" in text
+    assert "| 512x512 | 2 | float32 | 4.000 | 10.000 | 0.40x | 2.00 / 4.00 | 1.00 / 2.00 | 2.00x |" in text
+    assert "1024x2048" not in text
+    rows = report.authors_target_rows(store_of(entries))
+    assert rows[1][2].startswith("0.40x (4.00 s float32 against 10.00 s float32)")
+    assert rows[1][-1] == "yes"  # the goal is "at most 0.40x"
