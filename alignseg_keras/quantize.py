@@ -1,0 +1,103 @@
+"""Post-training int8 quantisation of an exported ONNX AlignSeg, with ONNX Runtime.
+
+Works on the `.onnx` file that `export.export_model(model, path, format="onnx")`
+writes (float32 images `[batch, height, width, 3]`, 0..255, to logits) and
+needs `onnx` and `onnxruntime`, no TensorFlow call (any Keras backend).
+"""
+
+import importlib.util
+
+import numpy as np
+
+from alignseg_keras.atomic import atomic_path
+
+# Convolutions hold nearly all of AlignSeg's arithmetic; the alignment layers' sampling
+# (offsets, bilinear weights, gathers) stays float32, where an int8 offset would move the
+# sampling points by a quantisation step.
+QUANTIZED_OPERATORS = ("Conv",)
+REQUIREMENTS = ("onnx", "onnxruntime")
+
+
+class _CalibrationImages:
+    """ONNX Runtime's CalibrationDataReader protocol over an array of images."""
+
+    def __init__(self, input_name, images, batch_size):
+        self._batches = iter([images[i : i + batch_size] for i in range(0, len(images), batch_size)])
+        self._input_name = input_name
+
+    def get_next(self):
+        batch = next(self._batches, None)
+        return None if batch is None else {self._input_name: batch}
+
+
+def _checked_images(images):
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
+        raise ValueError(
+            "`calibration_images` must be a non-empty array of RGB images [count, height, "
+            f"width, 3]; received shape {images.shape}."
+        )
+    if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)):
+        raise ValueError(f"`calibration_images` must hold numbers 0..255; received dtype {images.dtype}.")
+    images = images.astype("float32")
+    if not np.isfinite(images).all():
+        raise ValueError("`calibration_images` hold NaN or infinite values.")
+    return images
+
+
+def quantize_onnx_int8(onnx_path, output_path, calibration_images, batch_size=1, operators=QUANTIZED_OPERATORS):
+    """Writes an int8 copy of an exported ONNX model, calibrated on `calibration_images`.
+
+    Static post-training quantisation in QDQ form: QuantizeLinear /
+    DequantizeLinear pairs around each quantised operator, which ONNX Runtime's
+    CPU provider runs as int8 kernels (VNNI or AMX instructions where the CPU
+    has them). Weights are int8 per output channel, symmetric; activations int8
+    with the min / max ranges the calibration images produce. Only
+    convolutions are quantised by default (see `QUANTIZED_OPERATORS`). The file
+    is written atomically.
+
+    Args:
+        onnx_path: the float32 `.onnx` file (`export_model(..., format="onnx")`).
+        output_path: the int8 `.onnx` file to write.
+        calibration_images: array `[count, height, width, 3]`, RGB 0..255, a few
+            dozen images like those the model will see (training images).
+        batch_size: images per calibration batch.
+        operators: ONNX operator types to quantise.
+
+    Returns:
+        `output_path`.
+
+    Raises:
+        ValueError: a package is missing, or the calibration images are not
+            RGB image arrays.
+
+    Example:
+    ```python
+    export_model(model, "alignseg.onnx", format="onnx")
+    quantize_onnx_int8("alignseg.onnx", "alignseg_int8.onnx", train_images[:32])
+    ```
+    """
+    missing = [name for name in REQUIREMENTS if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(f"int8 quantisation needs {', '.join(missing)}; `pip install {' '.join(missing)}`.")
+    images = _checked_images(calibration_images)
+    if int(batch_size) < 1:
+        raise ValueError(f"`batch_size` must be a positive int; received {batch_size!r}.")
+    import onnx
+    from onnxruntime import quantization
+
+    model = onnx.load(str(onnx_path))
+    input_name = model.graph.input[0].name
+    with atomic_path(output_path) as temporary:
+        quantization.quantize_static(
+            model,
+            str(temporary),
+            _CalibrationImages(input_name, images, int(batch_size)),
+            quant_format=quantization.QuantFormat.QDQ,
+            op_types_to_quantize=list(operators),
+            per_channel=True,
+            activation_type=quantization.QuantType.QInt8,
+            weight_type=quantization.QuantType.QInt8,
+            calibrate_method=quantization.CalibrationMethod.MinMax,
+        )
+    return output_path

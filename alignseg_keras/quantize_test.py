@@ -1,0 +1,69 @@
+import importlib.util
+
+import numpy as np
+import pytest
+
+from alignseg_keras.export import export_model
+from alignseg_keras.export import missing_requirements
+from alignseg_keras.quantize import quantize_onnx_int8
+from alignseg_keras.synthetic_scenes import synthetic_scene_arrays
+from alignseg_keras.testing import tiny_alignseg
+
+pytestmark = pytest.mark.skipif(
+    bool(missing_requirements("onnx")) or importlib.util.find_spec("onnxruntime") is None,
+    reason="needs tf2onnx, onnx and onnxruntime (pip install tf2onnx onnx onnxruntime)",
+)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("quantize")
+    path = folder / "alignseg.onnx"
+    export_model(tiny_alignseg(8, seed=0), path, format="onnx")
+    images, _ = synthetic_scene_arrays(8, (64, 128), seed=0)
+    quantized = quantize_onnx_int8(path, folder / "alignseg_int8.onnx", images[:4], batch_size=2)
+    return path, quantized, images[4:].astype("float32")
+
+
+def test_convolutions_are_int8_and_the_sampling_stays_float(exported):
+    import onnx
+
+    _, quantized, _ = exported
+    graph = onnx.load(str(quantized)).graph
+    producers = {output: node for node in graph.node for output in node.output}
+    convolutions = [node for node in graph.node if node.op_type == "Conv"]
+    assert convolutions
+    for node in convolutions:  # data and weights both arrive through DequantizeLinear
+        assert [producers[name].op_type for name in node.input[:2]] == ["DequantizeLinear"] * 2, node.name
+    gathers = [node for node in graph.node if node.op_type in ("Gather", "GatherND", "GatherElements")]
+    assert gathers
+    for node in gathers:
+        assert producers.get(node.input[0]) is None or producers[node.input[0]].op_type != "DequantizeLinear"
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    weights = [producers[node.input[1]].input[0] for node in convolutions]
+    assert all(initializers[name].data_type == onnx.TensorProto.INT8 for name in weights)
+
+
+def test_the_int8_model_predicts_what_the_float32_model_predicts(exported):
+    import onnxruntime
+
+    path, quantized, images = exported
+    outputs = []
+    for model_path in (path, quantized):
+        session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        outputs.append(session.run(None, {session.get_inputs()[0].name: images})[0])
+    float_logits, int8_logits = outputs
+    assert int8_logits.shape == float_logits.shape == (4, 64, 128, 8)
+    # About 96% of the labels agree for an untrained model of this size (held-out scenes, not the
+    # calibration ones); wrong scales or zero points would leave chance (1/8).
+    assert (float_logits.argmax(-1) == int8_logits.argmax(-1)).mean() > 0.9
+
+
+def test_calibration_images_are_checked(tmp_path):
+    with pytest.raises(ValueError, match=r"\[count, height, width, 3\]; received shape \(4, 8, 8\)"):
+        quantize_onnx_int8("unused.onnx", tmp_path / "out.onnx", np.zeros((4, 8, 8)))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        quantize_onnx_int8("unused.onnx", tmp_path / "out.onnx", np.full((1, 8, 8, 3), np.nan))
+    with pytest.raises(ValueError, match="batch_size"):
+        quantize_onnx_int8("unused.onnx", tmp_path / "out.onnx", np.zeros((1, 8, 8, 3)), batch_size=0)
+    assert not (tmp_path / "out.onnx").exists()
