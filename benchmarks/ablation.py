@@ -409,6 +409,15 @@ def paired_differences(runs, variant, reference, metric, seeds):
     ]
 
 
+def paired_cell(differences):
+    """Mean ± std of paired differences, x100, and on how many seeds the variant is higher."""
+    text = cell(*mean_std(differences), signed=True)
+    if text == "n/a":
+        return text
+    higher = sum(1 for d in differences if d > 0)
+    return f"{text} ({higher}/{len(differences)} higher)"
+
+
 def table_markdown(runs, table, seeds):
     title, reference, rows = table
     if not any(variant_scores(runs, variant, "miou", seeds) for _, variant, _ in rows):
@@ -427,7 +436,7 @@ def table_markdown(runs, table, seeds):
             if variant == reference:
                 cells.append("(reference)")
             else:
-                cells.append(cell(*mean_std(paired_differences(runs, variant, reference, metric, seeds)), signed=True))
+                cells.append(paired_cell(paired_differences(runs, variant, reference, metric, seeds)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -98,6 +98,8 @@ def test_paired_statistics():
     mean, spread = ablation.mean_std(differences)
     assert mean == pytest.approx(0.1) and spread == pytest.approx(0.1)
     assert ablation.cell(mean, spread, signed=True) == "+10.0 ± 10.0"
+    assert ablation.paired_cell(differences) == "+10.0 ± 10.0 (2/3 higher)"
+    assert ablation.paired_cell([]) == "n/a"
     single_mean, single_spread = ablation.mean_std([0.25])
     assert single_mean == 0.25 and single_spread != single_spread
     assert ablation.cell(*ablation.mean_std([])) == "n/a"
