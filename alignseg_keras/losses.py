@@ -17,7 +17,12 @@ from alignseg_keras.layers.alignment import resize_bilinear
 
 
 def _prepare(y_true, y_pred, ignore_index):
-    """Labels as int32 `(B, H, W)`, float32 logits at label size, valid-pixel mask."""
+    """Labels as int32 `(B, H, W)`, float32 logits at label size, valid-pixel mask.
+
+    The logits of ignored pixels are replaced by zeros, so that a NaN or an
+    infinity there (an overflow in padding, say) reaches neither the loss nor its
+    gradient: a weight of zero would not stop it (0 x inf is NaN).
+    """
     labels = ops.cast(y_true, "int32")
     if len(labels.shape) == 4:
         labels = ops.squeeze(labels, axis=-1)
@@ -26,6 +31,7 @@ def _prepare(y_true, y_pred, ignore_index):
     if tuple(logits.shape[1:3]) != tuple(labels.shape[1:3]) or None in logits.shape[1:3]:
         logits = resize_bilinear(logits, label_size, align_corners=True)
     valid = ops.not_equal(labels, ignore_index)
+    logits = ops.where(ops.expand_dims(valid, -1), logits, 0.0)
     return ops.where(valid, labels, 0), logits, valid
 
 

@@ -318,6 +318,24 @@ def test_ignored_pixels_change_nothing(loss):
     assert np.abs(gradient[~ignored]).max() > 0
 
 
+@pytest.mark.parametrize(
+    "loss",
+    [SegmentationCrossEntropy(), OhemCrossEntropy(min_kept=10), *NEW_LOSSES],
+    ids=["cross_entropy", "ohem", *LOSS_IDS],
+)
+def test_nan_and_inf_logits_at_ignored_pixels_reach_neither_loss_nor_gradient(loss):
+    labels, logits = random_case(12)
+    ignored = np.argwhere(labels == IGNORE_INDEX)
+    assert len(ignored) >= 3
+    poisoned = logits.copy()
+    for (b, y, x), value in zip(ignored[:3], (np.nan, np.inf, -np.inf)):
+        poisoned[b, y, x, 1] = value
+    value, gradient = value_and_gradient(loss, labels, logits)
+    poisoned_value, poisoned_gradient = value_and_gradient(loss, labels, poisoned)
+    assert poisoned_value == value
+    np.testing.assert_array_equal(poisoned_gradient, gradient)
+
+
 @pytest.mark.parametrize("loss", NEW_LOSSES, ids=LOSS_IDS)
 def test_gradients_are_finite_at_extreme_logits_and_all_ignored(loss):
     labels, logits = random_case(10)
