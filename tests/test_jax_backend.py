@@ -116,3 +116,15 @@ def test_data_parallel_step_equals_single_device_step():
 
 def test_alignseg_works_without_tensorflow():
     check_without_tensorflow(start_without_tensorflow("jax"))
+
+
+def test_the_ablation_runs_on_jax(tmp_path):
+    from benchmarks import ablation
+
+    runs, output = tmp_path / "runs", tmp_path / "ablation.md"
+    ablation.main(["--mode", "tiny", "--variants", "baseline", "full", "--seeds", "0",
+                   "--runs", str(runs), "--output", str(output), "--jobs", "0"])
+    for variant in ("baseline", "full"):
+        result = json.loads((runs / f"{variant}_seed0.json").read_text())
+        assert result["backend"] == "jax" and 0.0 <= result["miou"] <= 1.0
+    assert "backend: jax" in output.read_text()
