@@ -17,26 +17,51 @@ authors train on Cityscapes) and weights classes by the square root of their
 median-frequency ratio in the training masks (pole about 2.8, road about 0.8).
 """
 
+import contextlib
 import os
+import sys
 
 # Before TensorFlow loads: only errors that stop the run reach the console (TF's C++
 # log lines such as "oneDNN supports DT_INT32 only on platforms with AVX-512" do not).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import argparse  # noqa: E402
-import time  # noqa: E402
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+@contextlib.contextmanager
+def start_up_lines_hidden():
+    """Standard error (file descriptor 2) to /dev/null while TensorFlow loads.
 
-from alignseg_keras import AlignSeg  # noqa: E402
-from alignseg_keras import data  # noqa: E402
-from alignseg_keras import metrics  # noqa: E402
-from alignseg_keras import visualize  # noqa: E402
-from alignseg_keras.cli.evaluate import format_table  # noqa: E402
-from alignseg_keras.inference import predict_whole  # noqa: E402
-from alignseg_keras.losses import OhemCrossEntropy  # noqa: E402
-from alignseg_keras.losses import median_frequency_weights  # noqa: E402
+    TensorFlow 2.21 prints "oneDNN custom operations are on" through absl at load
+    time, before TF_CPP_MIN_LOG_LEVEL applies. An import that fails still raises
+    its Python error, printed once the descriptor is restored.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    silent = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(silent, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(silent)
+
+
+with start_up_lines_hidden():
+    import argparse
+    import time
+
+    import keras
+    import numpy as np
+    import tensorflow  # noqa: F401  (loaded here, where its start-up lines are hidden)
+
+    from alignseg_keras import AlignSeg
+    from alignseg_keras import data
+    from alignseg_keras import metrics
+    from alignseg_keras import visualize
+    from alignseg_keras.cli.evaluate import format_table
+    from alignseg_keras.inference import predict_whole
+    from alignseg_keras.losses import OhemCrossEntropy
+    from alignseg_keras.losses import median_frequency_weights
 
 POLE = data.SYNTHETIC_CLASSES.index("pole")
 

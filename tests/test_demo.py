@@ -68,3 +68,14 @@ def test_evaluate_prints_iou_boundary_iou_and_the_miou_line_last(demo, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert "bIoU" in lines[0] and lines[-1] == f"mIoU: {results['miou']:.4f}"
     assert any(line.startswith("pole") for line in lines)
+
+
+def test_the_console_shows_no_tensorflow_start_up_lines():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(DEMO), "--help"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "--steps" in done.stdout
+    # Without the demo's hiding, TensorFlow 2.21 prints "I0000 ... oneDNN custom
+    # operations are on" twice at load time, whatever TF_CPP_MIN_LOG_LEVEL says.
+    assert done.stderr == "", done.stderr
