@@ -45,6 +45,15 @@ def test_the_authors_side_trains_in_a_process_without_keras_or_tensorflow():
     assert 0 < result["seconds"] and 0 < result["rss_before_mib"] <= result["peak_rss_mib"]
 
 
+def test_the_goals_configurations_come_first_and_none_twice():
+    full = list(authors.configurations(quick=False))
+    assert full[:4] == [("inference", "float32", (512, 512), 1), ("inference", "bfloat16", (512, 512), 1),
+                        ("training", "float32", (512, 512), 2), ("training", "bfloat16", (512, 512), 2)]
+    assert len(full) == len(set(full)) == 2 * (len(authors.INFERENCE_SIZES) + len(authors.TRAINING_SIZES))
+    quick = list(authors.configurations(quick=True))
+    assert quick[:4] == full[:4] and ("inference", "float32", (256, 256), 1) in quick
+
+
 def entry(side, kind, precision, seconds, size=(512, 512), batch=1, run="r1", peak=1024.0):
     return {"section": "authors", "run": run, "side": side, "kind": kind, "precision": precision,
             "size": list(size), "batch": batch, "seconds": seconds, "rss_before_mib": peak / 2,
