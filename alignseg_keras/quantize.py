@@ -51,7 +51,7 @@ def quantize_onnx_int8(onnx_path, output_path, calibration_images, batch_size=1,
     Static post-training quantisation in QDQ form: QuantizeLinear /
     DequantizeLinear pairs around each quantised operator, which ONNX Runtime's
     CPU provider runs as int8 kernels (VNNI or AMX instructions where the CPU
-    has them). Weights are int8 per output channel, symmetric; activations int8
+    has them). Weights are int8 per output channel, symmetric; activations uint8
     with the min / max ranges the calibration images produce. Only
     convolutions are quantised by default (see `QUANTIZED_OPERATORS`). The file
     is written atomically.
@@ -96,7 +96,11 @@ def quantize_onnx_int8(onnx_path, output_path, calibration_images, batch_size=1,
             quant_format=quantization.QuantFormat.QDQ,
             op_types_to_quantize=list(operators),
             per_channel=True,
-            activation_type=quantization.QuantType.QInt8,
+            # U8S8, as ONNX Runtime recommends for x86: its int8 convolutions take
+            # unsigned activations and signed weights. With signed activations only 23
+            # of the demo model's 71 convolutions became QLinearConv and the model ran
+            # slower than float32 (0.26 s against 0.25 s at 512x1024; U8S8: 0.16 s).
+            activation_type=quantization.QuantType.QUInt8,
             weight_type=quantization.QuantType.QInt8,
             calibrate_method=quantization.CalibrationMethod.MinMax,
         )
