@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -164,16 +163,14 @@ def measure(side, kind, precision, size, batch, repeats=3, warmup=2, depth=101):
     }
 
 
-def measure_in_process(side, kind, precision, size, batch, repeats, backend):
+def measure_in_fresh_process(side, kind, precision, size, batch, repeats, backend):
     """`measure` in a fresh process (its own peak memory and dtype policy)."""
+    from benchmarks.timing import json_of_process
+
     command = [sys.executable, "-m", "benchmarks.authors", "--side", side, "--kind", kind,
                "--precision", precision, "--size", *map(str, size), "--batch", str(batch),
                "--repeats", str(repeats)]
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json_of_process(command, ROOT, backend)
 
 
 # The configurations of the goals come first, so that a run stopped early has them.
@@ -201,7 +198,7 @@ def run(repeats, quick, backend):
     for kind, precision, size, batch in configurations(quick):
         measured = {}
         for side in SIDES:
-            entry = measure_in_process(side, kind, precision, size, batch, repeats, backend)
+            entry = measure_in_fresh_process(side, kind, precision, size, batch, repeats, backend)
             entry.update(section="authors", run=run_id, side=side, kind=kind, precision=precision, size=list(size),
                          batch=batch, key=entry_key(kind, precision, size, batch, side))
             measured[side] = entry

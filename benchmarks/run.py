@@ -19,9 +19,7 @@ is installed, else JAX (set KERAS_BACKEND to choose).
 
 import argparse
 import importlib.util
-import json
 import os
-import subprocess
 import sys
 
 from benchmarks import backends
@@ -60,11 +58,7 @@ def train_step(model, policy, xla, size, batch, repeats):
         "--xla", str(xla), "--size", str(size[0]), str(size[1]), "--batch", str(batch),
         "--repeats", str(repeats),
     ]
-    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
-    entry = json.loads(result.stdout.strip().splitlines()[-1])
+    entry = timing.json_of_process(command, ROOT, BACKEND)
     mode = backends.mode_name(bool(xla))
     name = "AlignSeg-R101" if model == "alignseg" else "ResNet-101 trunk"
     entry.update(model=name, policy=policy, mode=mode, config=f"{policy}, {mode}", size=list(size), batch=batch)

@@ -1,6 +1,7 @@
 """Timing and machine facts shared by the benchmarks."""
 
 import datetime
+import json
 import os
 import platform
 import subprocess
@@ -31,6 +32,15 @@ def interleaved_minimum(candidates, repeats, warmup=1):
             function()
             best[name] = min(best[name], time.perf_counter() - start)
     return best
+
+
+def json_of_process(command, cwd, backend):
+    """Runs `command` (a benchmark in a fresh process) and returns its last output line as JSON."""
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def load_average():

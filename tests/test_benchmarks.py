@@ -62,9 +62,10 @@ def entry(side, kind, precision, seconds, size=(512, 512), batch=1, run="r1", pe
 
 def store_of(entries):
     by_key = {e["key"]: e for e in entries}
-    for ours in entries:
-        theirs = by_key.get(ours["key"][: -len("keras")] + "torch")
-        if ours["side"] == "keras" and theirs:
+    for ours in (e for e in entries if e["side"] == "keras"):
+        configuration = (ours["kind"], ours["precision"], ours["size"], ours["batch"])
+        theirs = by_key.get(authors.entry_key(*configuration, "torch"))
+        if theirs:
             authors.add_ratios(ours, theirs)
     return {"sections": {}, "entries": by_key}
 
