@@ -10,6 +10,7 @@ element-wise gather with a broadcast index.
 import keras
 from keras import ops
 
+from alignseg_keras.execution_order import computed_after
 from alignseg_keras.layers.config_names import renamed_config
 
 ALIGNMENT_MODES = ("standard", "official")
@@ -97,35 +98,57 @@ def _sample_rows(table, index, valid, wy1, wx1):
     Autodiff of the 4 gathers would keep 4 gathered copies of the output for
     the backward pass and reduce over channels with slow row reductions; here
     the feature gradient is one scatter of the 4 weighted upstream copies, and
-    the weight gradients are channel sums computed as one matrix-vector
-    product (much faster than a row reduction under XLA) of re-gathered rows.
+    the weight gradients are channel sums computed as matrix-vector products
+    (much faster than a row reduction under XLA) of re-gathered rows.
+
+    The taps are gathered one after the other (`computed_after`): on
+    TensorFlow's graph executor the 4 independent gathers would otherwise run
+    first and hold 4 copies of the output at once, in the forward pass and
+    again in the backward pass (docs/benchmarks.md, "Where the training memory
+    goes").
     """
     weights, wy, wx = _tap_weights(valid, wy1, wx1)
     output = None
     for tap in range(4):
-        rows = ops.take(table, index[tap], axis=0)
+        tap_index = index[tap] if output is None else computed_after(output, index[tap])[0]
+        rows = ops.take(table, tap_index, axis=0)
         term = rows * ops.cast(ops.expand_dims(weights[tap], -1), rows.dtype)
         output = term if output is None else output + term
 
     def grad(*args, upstream=None):
         if upstream is None:
             (upstream,) = args
-        channels = ops.shape(upstream)[-1]
-        updates = ops.cast(ops.expand_dims(weights, -1), upstream.dtype) * upstream
-        table_grad = ops.scatter(
-            ops.reshape(index, (-1, 1)), ops.reshape(updates, (-1, channels)), ops.shape(table)
-        )
-        # d output / d weight_t, summed over channels against the upstream
-        # gradient: one gather of the 4 taps and one matrix-vector product.
-        rows = ops.take(table, ops.transpose(index), axis=0) * ops.expand_dims(upstream, 1)
-        ones = ops.ones((channels, 1), upstream.dtype)
-        sums = ops.matmul(ops.reshape(rows, (-1, channels)), ones)
-        tap_grad = ops.transpose(ops.cast(ops.reshape(sums, (-1, 4)), "float32")) * valid
+        tap_grad = _tap_gradients(table, index, upstream)
+        tap_grad = ops.cast(tap_grad, "float32") * valid
         wy1_grad = wx[0] * (tap_grad[2] - tap_grad[0]) + wx[1] * (tap_grad[3] - tap_grad[1])
         wx1_grad = wy[0] * (tap_grad[1] - tap_grad[0]) + wy[1] * (tap_grad[3] - tap_grad[2])
+        # The feature gradient once the tap gradients are done, so that its 4
+        # weighted copies of the upstream gradient never meet their gathered rows.
+        tap_weights, tap_index = computed_after(tap_grad, weights, index)
+        channels = ops.shape(upstream)[-1]
+        updates = ops.cast(ops.expand_dims(tap_weights, -1), upstream.dtype) * upstream
+        table_grad = ops.segment_sum(
+            ops.reshape(updates, (-1, channels)),
+            ops.reshape(tap_index, (-1,)),
+            num_segments=ops.shape(table)[0],
+        )
         return table_grad, None, None, wy1_grad, wx1_grad
 
     return output, grad
+
+
+def _tap_gradients(table, index, upstream):
+    """`(4, N)`: d output / d weight_t summed over channels against `upstream`,
+    `sum_c table[index_t, c] * upstream[:, c]`, one tap after the other."""
+    ones = ops.ones((ops.shape(upstream)[-1], 1), upstream.dtype)
+    sums = []
+    for tap in range(4):
+        # The first gather also waits, for the upstream gradient: it depends on
+        # forward tensors only and would otherwise be made early and kept.
+        (tap_index,) = computed_after(sums[-1] if sums else upstream, index[tap])
+        rows = ops.take(table, tap_index, axis=0) * upstream
+        sums.append(ops.reshape(ops.matmul(rows, ones), (-1,)))
+    return ops.stack(sums)
 
 
 def _resize_taps(in_size, out_size, align_corners):
