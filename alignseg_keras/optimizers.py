@@ -5,6 +5,8 @@ import warnings
 import keras
 from keras import ops
 
+from alignseg_keras.execution_order import computed_after
+
 
 @keras.saving.register_keras_serializable(package="alignseg_keras")
 class WarmupPolynomialDecay(keras.optimizers.schedules.PolynomialDecay):
@@ -167,6 +169,84 @@ def _warn_if_ended(schedule, done):
         )
 
 
+@keras.saving.register_keras_serializable(package="alignseg_keras")
+class PyTorchSGD(keras.optimizers.Optimizer):
+    """SGD with momentum as `torch.optim.SGD` computes it: the authors' optimiser.
+
+    Per variable `p` with gradient `g`, at learning rate `lr`:
+    `d = g + weight_decay * p`; `buffer = momentum * buffer + d` (the buffer
+    starts at 0, so the first step stores `d`); `p = p - lr * buffer`. The
+    weight decay is coupled (added to the gradient, inside the momentum) and
+    the learning rate multiplies the whole buffer, as in PyTorch. Keras' `SGD`
+    differs in both: its `weight_decay` decays the weights outside the
+    momentum, and its momentum buffer holds steps already scaled by the
+    learning rate of their time, so under a decaying rate it moves the weights
+    by a different amount.
+
+    Each variable's update reads the variable and its buffer only once the
+    gradient exists (`alignseg_keras.execution_order`): on TensorFlow's graph
+    executor, the gradient-free halves of every update (`weight_decay * p`,
+    `momentum * buffer`) would otherwise all be computed during the backward
+    pass and held until the gradients arrive, a copy of the weights each.
+
+    Args:
+        learning_rate: float or a `keras.optimizers.schedules` schedule.
+        momentum: float, the momentum factor (0.9); 0 keeps no buffer.
+        weight_decay: float, PyTorch's (coupled) weight decay; 0 for none.
+            `exclude_from_weight_decay` excludes variables from it, as in Keras.
+        **kwargs: other `keras.optimizers.Optimizer` arguments (`name`,
+            `clipnorm`, ...). Keras' own decoupled `weight_decay` is not taken.
+
+    Example:
+    ```python
+    optimizer = PyTorchSGD(WarmupPolynomialDecay(1e-2, decay_steps=40000), weight_decay=1e-4)
+    model.compile(optimizer=optimizer)
+    ```
+    """
+
+    def __init__(self, learning_rate=1e-2, momentum=0.9, weight_decay=0.0, name="PyTorchSGD", **kwargs):
+        if kwargs.get("use_ema"):
+            raise ValueError("PyTorchSGD: `use_ema` is not supported.")
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        for argument, value in (("momentum", momentum), ("weight_decay", weight_decay)):
+            if not isinstance(value, (int, float)) or value < 0 or (argument == "momentum" and value >= 1):
+                raise ValueError(
+                    f"PyTorchSGD: `{argument}` must be a float in "
+                    f"{'[0, 1)' if argument == 'momentum' else '[0, inf)'}; received {argument}={value!r}."
+                )
+        self.momentum = float(momentum)
+        self.coupled_weight_decay = float(weight_decay)
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self.momentum_buffers = []
+        if self.momentum:
+            self.momentum_buffers = self.add_optimizer_variables(variables, "momentum_buffer")
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        gradient = ops.cast(gradient, dtype)
+        learning_rate = ops.cast(learning_rate, dtype)
+        decays = self.coupled_weight_decay and self._use_weight_decay(variable)
+        buffer = self.momentum_buffers[self._get_variable_index(variable)] if self.momentum else None
+        reads = [tensor for tensor in (variable if decays else None, buffer) if tensor is not None]
+        reads = list(computed_after(gradient, *reads))
+        if decays:
+            gradient = gradient + ops.cast(self.coupled_weight_decay, dtype) * reads.pop(0)
+        step = gradient
+        if buffer is not None:
+            step = ops.cast(self.momentum, dtype) * reads.pop(0) + gradient
+            self.assign(buffer, step)
+        self.assign_sub(variable, learning_rate * step)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"momentum": self.momentum, "weight_decay": self.coupled_weight_decay})
+        return config
+
+
 def paper_sgd(
     learning_rate=1e-2,
     total_steps=None,
@@ -174,19 +254,10 @@ def paper_sgd(
     momentum=0.9,
     weight_decay=1e-4,
 ):
-    """SGD with momentum 0.9, weight decay 1e-4 and poly decay (power 0.9).
-
-    `weight_decay` is given in PyTorch's coupled form (added to the gradient
-    before momentum, as the paper and the authors' code use it). Keras' SGD
-    decays the weights directly, outside the momentum; in steady state the
-    coupled decay is amplified by `1 / (1 - momentum)`, so Keras receives
-    `weight_decay / (1 - momentum)` to match.
-    """
+    """The paper's optimiser: `PyTorchSGD` with momentum 0.9, weight decay
+    1e-4 (coupled, as in the authors' code) and poly decay (power 0.9) from
+    `learning_rate`, after `warmup_steps` of linear warm-up."""
     schedule = WarmupPolynomialDecay(
         learning_rate, decay_steps=total_steps, warmup_steps=warmup_steps
     )
-    return keras.optimizers.SGD(
-        learning_rate=schedule,
-        momentum=momentum,
-        weight_decay=weight_decay / (1.0 - momentum) if weight_decay else None,
-    )
+    return PyTorchSGD(schedule, momentum=momentum, weight_decay=weight_decay)

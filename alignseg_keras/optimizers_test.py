@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from alignseg_keras.optimizers import PolyScheduleLength
+from alignseg_keras.optimizers import PyTorchSGD
 from alignseg_keras.optimizers import WarmupPolynomialDecay
 from alignseg_keras.optimizers import paper_sgd
 
@@ -51,8 +52,51 @@ def test_config_round_trip_and_paper_sgd():
     clone = WarmupPolynomialDecay.from_config(extended.get_config())
     assert clone.length_from_fit and clone.decay_steps == 300
     optimizer = paper_sgd(1e-2, total_steps=1000)
-    assert optimizer.momentum == 0.9
-    np.testing.assert_allclose(optimizer.weight_decay, 1e-3)  # 1e-4 coupled, see docstring
+    assert isinstance(optimizer, PyTorchSGD)
+    assert (optimizer.momentum, optimizer.coupled_weight_decay) == (0.9, 1e-4)
+    clone = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
+    assert isinstance(clone, PyTorchSGD)
+    assert (clone.momentum, clone.coupled_weight_decay) == (0.9, 1e-4)
+    assert clone._learning_rate.decay_steps == 1000
+
+
+@pytest.mark.parametrize("momentum, weight_decay", [(0.9, 1e-1), (0.0, 1e-1), (0.9, 0.0)])
+def test_pytorch_sgd_matches_torch_optim_sgd(momentum, weight_decay):
+    """Against torch.optim.SGD itself, under a learning rate that falls fast
+    (poly over 6 steps), where Keras' SGD would differ."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    initial = [rng.standard_normal((3, 4)).astype("float32"), rng.standard_normal((4,)).astype("float32")]
+    gradients = [[rng.standard_normal(w.shape).astype("float32") for w in initial] for _ in range(5)]
+    schedule = WarmupPolynomialDecay(0.5, decay_steps=6)
+    variables = [keras.Variable(w) for w in initial]
+    optimizer = PyTorchSGD(schedule, momentum=momentum, weight_decay=weight_decay)
+    parameters = [torch.nn.Parameter(torch.tensor(w)) for w in initial]
+    reference = torch.optim.SGD(parameters, lr=0.5, momentum=momentum, weight_decay=weight_decay)
+    for step, step_gradients in enumerate(gradients):
+        optimizer.apply([keras.ops.convert_to_tensor(g) for g in step_gradients], variables)
+        for group in reference.param_groups:
+            group["lr"] = float(schedule(step))
+        for parameter, gradient in zip(parameters, step_gradients):
+            parameter.grad = torch.tensor(gradient)
+        reference.step()
+    for variable, parameter in zip(variables, parameters):
+        # A few float32 roundings per step on values of order 1.
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), parameter.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_pytorch_sgd_excludes_variables_from_weight_decay_and_checks_arguments():
+    kept, decayed = keras.Variable(np.ones(2, "float32"), name="bias"), keras.Variable(np.ones(2, "float32"))
+    optimizer = PyTorchSGD(1.0, momentum=0.0, weight_decay=0.5)
+    optimizer.exclude_from_weight_decay(var_names=["bias"])
+    zero = keras.ops.zeros((2,))
+    optimizer.apply([zero, zero], [kept, decayed])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(kept), [1.0, 1.0])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(decayed), [0.5, 0.5])
+    with pytest.raises(ValueError, match="`momentum` must be a float in \\[0, 1\\)"):
+        PyTorchSGD(momentum=1.0)
+    with pytest.raises(ValueError, match="`weight_decay`"):
+        PyTorchSGD(weight_decay=-1e-4)
 
 
 def _dense_model(optimizer):

@@ -8,6 +8,7 @@ from alignseg_keras.losses import OhemCrossEntropy
 from alignseg_keras.losses import SegmentationCrossEntropy
 from alignseg_keras.metrics import MeanIoU
 from alignseg_keras.optimizers import WarmupPolynomialDecay
+from alignseg_keras.optimizers import PyTorchSGD
 from alignseg_keras.optimizers import paper_sgd
 from alignseg_keras.testing import tiny_alignseg
 
@@ -27,8 +28,8 @@ def toy_data(n=4, size=32):
 def test_compile_defaults_are_the_paper_recipe():
     model = tiny_model()
     model.compile()
-    assert isinstance(model.optimizer, keras.optimizers.SGD)
-    assert model.optimizer.momentum == 0.9
+    assert isinstance(model.optimizer, PyTorchSGD)
+    assert (model.optimizer.momentum, model.optimizer.coupled_weight_decay) == (0.9, 1e-4)
     assert isinstance(model.optimizer._learning_rate, WarmupPolynomialDecay)
     assert model.optimizer._learning_rate.power == 0.9
     assert isinstance(model.loss, SegmentationCrossEntropy)
