@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks import authors
 from benchmarks import report
+from benchmarks import training_memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -107,3 +108,46 @@ def test_tables_show_both_sides_with_times_memory_and_ratios():
     rows = report.authors_target_rows(store_of(entries))
     assert rows[1][2].startswith("0.40x (4.00 s float32 against 10.00 s float32)")
     assert rows[1][-1] == "yes"  # the goal is "at most 0.40x"
+
+
+def test_training_memory_parts_run_on_both_sides():
+    pytest.importorskip("torch")
+    for side in ("keras", "torch"):
+        result = training_memory.measure(side, "encoder", (64, 64), 1, depth=50)
+        assert result["side"] == side and 0 < result["rss_before_mib"] <= result["peak_rss_mib"]
+        assert result["held_mib"] == result["peak_rss_mib"] - result["rss_before_mib"]
+    # Replacing the sampler patches AlignmentLayer, so it runs in a process of its own.
+    command = [sys.executable, "-m", "benchmarks.training_memory", "--one", "--side", "keras",
+               "--part", "network_resize", "--size", "64", "64", "--batch", "1", "--depth", "50"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["part"] == "network_resize"
+
+
+def test_resizing_replaces_sampling_only_where_asked():
+    code = (
+        "import numpy as np\n"
+        "from alignseg_keras.layers import AlignmentLayer\n"
+        "from alignseg_keras.layers.alignment import resize_bilinear\n"
+        "from benchmarks import training_memory\n"
+        "features = np.random.rand(1, 4, 4, 3).astype('float32')\n"
+        "offsets = np.full((1, 8, 8, 2), 0.7, 'float32')\n"
+        "layer = AlignmentLayer()\n"
+        "assert not np.allclose(layer([features, offsets]), resize_bilinear(features, (8, 8)))\n"
+        "training_memory._resize_instead_of_sampling()\n"
+        "np.testing.assert_allclose(layer([features, offsets]), resize_bilinear(features, (8, 8)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_training_memory_table_gives_the_difference_per_part():
+    entries = [{"side": side, "part": part, "held_mib": held}
+               for side, part, held in (("keras", "encoder", 2000.0), ("torch", "encoder", 1990.0),
+                                        ("keras", "network", 4800.0), ("torch", "network", 4400.0),
+                                        ("keras", "network_resize", 4500.0),
+                                        ("keras", "step", 5900.0), ("torch", "step", 5000.0))]
+    lines = training_memory.table(entries, (512, 512), 2).splitlines()
+    assert "| encoder | 2000 | 1990 | +10 |" in lines
+    assert "| network_resize | 4500 |  |  |" in lines
+    assert "| step | 5900 | 5000 | +900 |" in lines
