@@ -30,6 +30,13 @@ def test_our_side_measures_time_and_memory_in_this_process():
     assert 0 < result["rss_before_mib"] <= result["peak_rss_mib"]
 
 
+def last_line_of_process(command):
+    """Runs `command` in the project root (a process of its own) and returns its last output line."""
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+
+
 def test_the_authors_side_trains_in_a_process_without_keras_or_tensorflow():
     pytest.importorskip("torch")
     code = (
@@ -39,9 +46,7 @@ def test_the_authors_side_trains_in_a_process_without_keras_or_tensorflow():
         "result['loaded'] = sorted({'keras', 'tensorflow', 'alignseg_keras'} & set(sys.modules))\n"
         "print(json.dumps(result))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(last_line_of_process([sys.executable, "-c", code]))
     assert result["loaded"] == []  # its memory is PyTorch's and the network's alone
     assert 0 < result["seconds"] and 0 < result["rss_before_mib"] <= result["peak_rss_mib"]
 
@@ -119,9 +124,7 @@ def test_training_memory_parts_run_on_both_sides():
     # Replacing the sampler patches AlignmentLayer, so it runs in a process of its own.
     command = [sys.executable, "-m", "benchmarks.training_memory", "--one", "--side", "keras",
                "--part", "network_resize", "--size", "64", "64", "--batch", "1", "--depth", "50"]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1])["part"] == "network_resize"
+    assert json.loads(last_line_of_process(command))["part"] == "network_resize"
 
 
 def test_resizing_replaces_sampling_only_where_asked():
@@ -137,8 +140,7 @@ def test_resizing_replaces_sampling_only_where_asked():
         "training_memory._resize_instead_of_sampling()\n"
         "np.testing.assert_allclose(layer([features, offsets]), resize_bilinear(features, (8, 8)))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    last_line_of_process([sys.executable, "-c", code])
 
 
 def test_training_memory_table_gives_the_difference_per_part():
