@@ -224,16 +224,27 @@ def _check_arguments(args):
     training_loss(args)  # a bad --loss fails before any data is read
 
 
-def _prepare_output(args):
-    """Checks --output-dir and clears what a killed run left; returns the final model's path."""
+def _remove_killed_writes(output_dir):
+    """Removes the temporary files a killed run left in the output folder and its backups.
+
+    Process 0 alone, once the job is joined (before, every process reads itself
+    as process 0): the others never write there.
+    """
+    from alignseg_keras import multiprocess
     from alignseg_keras.atomic import remove_temporaries
+
+    if multiprocess.is_chief():
+        remove_temporaries(output_dir)
+        remove_temporaries(os.path.join(output_dir, "backup"))
+
+
+def _prepare_output(args):
+    """Checks --output-dir; returns the final model's path."""
     from alignseg_keras.callbacks import list_backups
     from alignseg_keras.cli.common import prepare_output_dir
 
     output = prepare_output_dir(args.output_dir, "--output-dir")
     backup_dir = os.path.join(output, "backup")
-    remove_temporaries(output)
-    remove_temporaries(backup_dir)
     final_path = os.path.join(output, "model.keras")
     if os.path.exists(final_path) and not list_backups(backup_dir):
         raise ValueError(
@@ -328,6 +339,7 @@ def run(args):
     final_path = _prepare_output(args)
     keras.utils.set_random_seed(args.seed)
     multiprocess.start_data_parallel(args)  # joins a JAX job first: before any computation
+    _remove_killed_writes(os.path.dirname(final_path))
     if PRECISIONS[args.precision]:
         keras.mixed_precision.set_global_policy(PRECISIONS[args.precision])
     dataset, num_classes, _ = load_dataset(args, "train")
