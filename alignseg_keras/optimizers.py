@@ -205,15 +205,11 @@ class PyTorchSGD(keras.optimizers.Optimizer):
     """
 
     def __init__(self, learning_rate=1e-2, momentum=0.9, weight_decay=0.0, name="PyTorchSGD", **kwargs):
-        if kwargs.get("use_ema"):
-            raise ValueError("PyTorchSGD: `use_ema` is not supported.")
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        for argument, value in (("momentum", momentum), ("weight_decay", weight_decay)):
-            if not isinstance(value, (int, float)) or value < 0 or (argument == "momentum" and value >= 1):
-                raise ValueError(
-                    f"PyTorchSGD: `{argument}` must be a float in "
-                    f"{'[0, 1)' if argument == 'momentum' else '[0, inf)'}; received {argument}={value!r}."
-                )
+        if not 0 <= momentum < 1:
+            raise ValueError(f"PyTorchSGD: `momentum` must be a float in [0, 1); received momentum={momentum!r}.")
+        if not weight_decay >= 0:
+            raise ValueError(f"PyTorchSGD: `weight_decay` must be >= 0; received weight_decay={weight_decay!r}.")
         self.momentum = float(momentum)
         self.coupled_weight_decay = float(weight_decay)
 
@@ -227,19 +223,16 @@ class PyTorchSGD(keras.optimizers.Optimizer):
 
     def update_step(self, gradient, variable, learning_rate):
         dtype = variable.dtype
-        gradient = ops.cast(gradient, dtype)
-        learning_rate = ops.cast(learning_rate, dtype)
-        decays = self.coupled_weight_decay and self._use_weight_decay(variable)
-        buffer = self.momentum_buffers[self._get_variable_index(variable)] if self.momentum else None
-        reads = [tensor for tensor in (variable if decays else None, buffer) if tensor is not None]
-        reads = list(computed_after(gradient, *reads))
-        if decays:
-            gradient = gradient + ops.cast(self.coupled_weight_decay, dtype) * reads.pop(0)
-        step = gradient
-        if buffer is not None:
-            step = ops.cast(self.momentum, dtype) * reads.pop(0) + gradient
+        step = ops.cast(gradient, dtype)
+        if self.coupled_weight_decay and self._use_weight_decay(variable):
+            (value,) = computed_after(step, variable)
+            step = step + ops.cast(self.coupled_weight_decay, dtype) * value
+        if self.momentum:
+            buffer = self.momentum_buffers[self._get_variable_index(variable)]
+            (previous,) = computed_after(step, buffer)
+            step = ops.cast(self.momentum, dtype) * previous + step
             self.assign(buffer, step)
-        self.assign_sub(variable, learning_rate * step)
+        self.assign_sub(variable, ops.cast(learning_rate, dtype) * step)
 
     def get_config(self):
         config = super().get_config()
