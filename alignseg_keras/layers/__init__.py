@@ -7,6 +7,7 @@ from alignseg_keras.layers.alignment import AlignmentLayer
 from alignseg_keras.layers.alignment import BilinearResize
 from alignseg_keras.layers.alignment import bilinear_sample
 from alignseg_keras.layers.alignment import resize_bilinear
+from alignseg_keras.layers.batch_normalization import FusedBatchNormalization
 from alignseg_keras.layers.conv_norm_activation import ConvNormActivation
 from alignseg_keras.layers.offset_head import OffsetHead
 from alignseg_keras.layers.preprocessing import CropToReference

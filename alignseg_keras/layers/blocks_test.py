@@ -13,6 +13,8 @@ LAYERS = [
     (layers.ConvNormActivation,
      dict(filters=8, kernel_size=3, strides=2, activation="leaky_relu"),
      [(2, 9, 11, 4)], [(2, 5, 6, 8)], {}, (3, 2)),
+    (layers.FusedBatchNormalization, dict(epsilon=1e-5, momentum=0.9),
+     [(2, 9, 11, 4)], [(2, 9, 11, 4)], {}, (2, 2)),
     (layers.ResidualConvBlock, dict(filters=16, activation="leaky_relu"),
      [(2, 9, 11, 40)], [(2, 9, 11, 16)], {}, (7, 4)),
     (layers.OffsetHead, dict(offset_channels=8), [(2, 9, 11, 16)], [(2, 9, 11, 2)], {}, (4, 2)),
