@@ -184,8 +184,32 @@ def resize_bilinear(images, size, align_corners=True):
     `align_corners=True`); it equals `AlignmentLayer(alignment="standard")` with zero
     offsets. `align_corners=False` uses half-pixel centres (TensorFlow's and
     PyTorch's default). An output of size 1 samples the first input pixel with
-    `align_corners=True`. Separable: one gather per axis.
+    `align_corners=True`.
+
+    On TensorFlow, float16, bfloat16 and float32 images are resized by
+    TensorFlow's fused kernel (`alignseg_keras.fused_resize`: one pass forward
+    and one backward, interpolating in float32); elsewhere by
+    `separable_resize_bilinear` in `keras.ops`. Both compute the same grid and
+    weights.
     """
+    if _uses_fused_resize(images):
+        from alignseg_keras.fused_resize import fused_resize_bilinear
+
+        return fused_resize_bilinear(images, size, align_corners)
+    return separable_resize_bilinear(images, size, align_corners)
+
+
+def _uses_fused_resize(images):
+    if keras.backend.backend() != "tensorflow" or len(images.shape) != 4:
+        return False
+    from alignseg_keras.fused_resize import FUSED_DTYPES
+
+    return keras.backend.standardize_dtype(images.dtype) in FUSED_DTYPES
+
+
+def separable_resize_bilinear(images, size, align_corners=True):
+    """`resize_bilinear` in `keras.ops` on every backend: one gather and a
+    linear interpolation per axis, in the dtype of `images`."""
     height, width = size
     images = _interpolate_axis(images, height, 1, align_corners)
     return _interpolate_axis(images, width, 2, align_corners)

@@ -5,6 +5,7 @@ import tensorflow as tf
 from alignseg_keras.layers.alignment import AlignmentLayer
 from alignseg_keras.layers.alignment import BilinearResize
 from alignseg_keras.layers.alignment import resize_bilinear
+from alignseg_keras.layers.alignment import separable_resize_bilinear
 from alignseg_keras.testing.references import ALIGNMENT_SIZES as SIZES
 from alignseg_keras.testing.references import reference_alignment
 
@@ -34,25 +35,73 @@ def test_official_mode_is_not_identity_at_zero_offsets():
     assert not np.allclose(np.asarray(result), features, atol=1e-3)
 
 
+RESIZES = {"fused": resize_bilinear, "separable": separable_resize_bilinear}
+
+
+@pytest.mark.parametrize("resize", sorted(RESIZES))
+@pytest.mark.parametrize("in_h,in_w,out_h,out_w", SIZES)
+def test_align_corners_resize_matches_reference_loop(resize, in_h, in_w, out_h, out_w):
+    # Eq. 2's loop at zero offsets (standard mode) is align_corners=True resizing,
+    # degenerate sizes included.
+    features = np.random.default_rng(in_h * 10 + out_w).normal(size=(2, in_h, in_w, 5))
+    features = features.astype("float32")
+    resized = RESIZES[resize](features, (out_h, out_w), align_corners=True)
+    expected = reference_alignment(features, np.zeros((2, out_h, out_w, 2)), "standard")
+    np.testing.assert_allclose(np.asarray(resized), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
 @pytest.mark.parametrize("in_size,out_size", [((4, 6), (9, 11)), ((9, 8), (4, 3)), ((5, 5), (1, 1))])
-def test_zero_offsets_equal_align_corners_resize(in_size, out_size):
-    features = np.random.default_rng(1).normal(size=(2, *in_size, 5)).astype("float32")
-    offsets = np.zeros((2, *out_size, 2), "float32")
-    aligned = AlignmentLayer("standard")([features, offsets])
-    resized = resize_bilinear(features, out_size, align_corners=True)
-    np.testing.assert_allclose(np.asarray(aligned), np.asarray(resized), atol=1e-5)
-    if min(out_size) > 1:
-        # TF1's align_corners=True resize, computed independently.
-        expected = tf.compat.v1.image.resize_bilinear(features, out_size, align_corners=True)
-        np.testing.assert_allclose(np.asarray(resized), expected.numpy(), atol=1e-5)
+def test_resize_matches_pytorch_interpolate(align_corners, in_size, out_size):
+    torch = pytest.importorskip("torch")
+    images = np.random.default_rng(2).normal(size=(2, *in_size, 3)).astype("float32")
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(images).permute(0, 3, 1, 2), size=out_size, mode="bilinear",
+        align_corners=align_corners,
+    ).permute(0, 2, 3, 1).numpy()
+    for resize in RESIZES.values():
+        resized = resize(images, out_size, align_corners=align_corners)
+        np.testing.assert_allclose(np.asarray(resized), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("in_size,out_size", [((4, 6), (9, 11)), ((9, 8), (4, 3))])
-def test_half_pixel_resize_matches_tensorflow(in_size, out_size):
-    images = np.random.default_rng(2).normal(size=(1, *in_size, 3)).astype("float32")
-    resized = resize_bilinear(images, out_size, align_corners=False)
-    expected = tf.image.resize(images, out_size, method="bilinear", antialias=False)
-    np.testing.assert_allclose(np.asarray(resized), expected.numpy(), atol=1e-5)
+def _resize_graph_ops(images, align_corners=True):
+    graph = tf.function(lambda x: resize_bilinear(x, (7, 9), align_corners)).get_concrete_function(
+        tf.TensorSpec(images.shape, images.dtype)).graph
+    return {op.type for op in graph.get_operations()}
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16, tf.float16])
+def test_fused_kernel_resizes_tensorflow_floats(dtype):
+    images = tf.zeros((1, 3, 4, 2), dtype)
+    assert "ResizeBilinear" in _resize_graph_ops(images)
+    assert resize_bilinear(images, (7, 9)).dtype == dtype
+    # float64 would lose precision in the kernel's float32 arithmetic.
+    assert "ResizeBilinear" not in _resize_graph_ops(tf.zeros((1, 3, 4, 2), tf.float64))
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_fused_and_separable_gradients_agree(align_corners):
+    rng = np.random.default_rng(4)
+    images = tf.constant(rng.normal(size=(2, 5, 6, 3)), tf.float32)
+    weights = tf.constant(rng.normal(size=(2, 11, 8, 3)), tf.float32)
+    gradients = []
+    for resize in RESIZES.values():
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            value = tf.reduce_sum(resize(images, (11, 8), align_corners=align_corners) * weights)
+        gradients.append(tape.gradient(value, images).numpy())
+    # Each input pixel collects at most a few products of magnitude ~3.
+    np.testing.assert_allclose(gradients[0], gradients[1], atol=1e-5)
+
+
+def test_bfloat16_resize_rounds_once():
+    # The kernel interpolates in float32: a bfloat16 result is the float32 one
+    # rounded to bfloat16 (a relative error of at most 2**-8).
+    images = np.random.default_rng(5).normal(size=(1, 6, 7, 4)).astype("float32")
+    as_bfloat16 = tf.cast(tf.cast(images, tf.bfloat16), tf.float32).numpy()
+    expected = np.asarray(separable_resize_bilinear(as_bfloat16, (13, 5)))
+    result = tf.cast(resize_bilinear(tf.cast(images, tf.bfloat16), (13, 5)), tf.float32).numpy()
+    np.testing.assert_allclose(result, expected, rtol=2.0**-8, atol=1e-6)
 
 
 def test_bilinear_resize_layer_takes_reference_size():
