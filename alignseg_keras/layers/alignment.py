@@ -188,9 +188,10 @@ def resize_bilinear(images, size, align_corners=True):
 
     On TensorFlow, float16, bfloat16 and float32 images are resized by
     TensorFlow's fused kernel (`alignseg_keras.fused_resize`: one pass forward
-    and one backward, interpolating in float32); elsewhere by
-    `separable_resize_bilinear` in `keras.ops`. Both compute the same grid and
-    weights.
+    and one backward, interpolating in float32), except in graphs that XLA
+    compiles (its lowering of that kernel is wrong for some sizes); elsewhere
+    by `separable_resize_bilinear` in `keras.ops`. Both compute the same grid
+    and weights.
     """
     if _uses_fused_resize(images):
         from alignseg_keras.fused_resize import fused_resize_bilinear
@@ -202,9 +203,9 @@ def resize_bilinear(images, size, align_corners=True):
 def _uses_fused_resize(images):
     if keras.backend.backend() != "tensorflow" or len(images.shape) != 4:
         return False
-    from alignseg_keras.fused_resize import FUSED_DTYPES
+    from alignseg_keras.fused_resize import fused_resize_applies
 
-    return keras.backend.standardize_dtype(images.dtype) in FUSED_DTYPES
+    return fused_resize_applies(keras.backend.standardize_dtype(images.dtype))
 
 
 def separable_resize_bilinear(images, size, align_corners=True):
