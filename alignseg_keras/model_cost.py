@@ -30,7 +30,10 @@ Conventions (one image; `GFLOPs = 2 x GMACs`, the usual "a multiply-add is
 The composite layers of this library are counted from their definition:
 AlignFA's offset heads read the concatenation `[A, up(F)]` with a 1x1
 convolution over both halves at A's size, as the paper and the authors' code
-define it, whatever shortcut an implementation may take. A layer type without
+define it. This library computes that convolution as `W_A A + up(W_F F)`
+(`OffsetHead.call_on_upsampled_pair`), the F half at F's resolution, which
+does fewer multiply-adds; the count here stays the paper's, so that it can be
+compared with the authors' network part by part. A layer type without
 a rule is counted as 0 and listed in `ModelCost.uncounted` (with whether it
 has weights), never dropped silently.
 

@@ -23,7 +23,9 @@ class AlignFA(keras.layers.Layer):
 
     The low-resolution feature F is upsampled (bilinear, align_corners=True) to
     the size of the high-resolution feature A; from their concatenation
-    `[A, up(F)]` two offset heads predict the fields Delta_F and Delta_A, and
+    `[A, up(F)]` two offset heads predict the fields Delta_F and Delta_A (each
+    head's first 1x1 convolution computed as `W_A A + up(W_F F)`, equal by
+    linearity, so that F's half runs at F's resolution), and
     both features are aligned and summed:
     `out = U(up(F), Delta_F) + U(A, Delta_A)` (Eq. 1, U from Eq. 2). Both
     offset heads start at zero, so training starts from plain upsampling + sum.
@@ -116,14 +118,16 @@ class AlignFA(keras.layers.Layer):
 
     def call(self, inputs, training=None, return_offsets=False):
         high, low = inputs
+        # Each offset head sees [A, up(F)], computed as W_A A + up(W_F F)
+        # (OffsetHead.call_on_upsampled_pair): F's half at F's resolution.
+        offsets = [
+            head.call_on_upsampled_pair(high, low, training=training)
+            for head in self._offset_heads()
+        ]
         low = resize_bilinear(low, (ops.shape(high)[1], ops.shape(high)[2]))
-        concat = ops.concatenate([high, low], axis=-1)
-        offsets = []
         if self.low_resolution_offsets is not None:
-            offsets.append(self.low_resolution_offsets(concat, training=training))
-            low = self.align([low, offsets[-1]])
+            low = self.align([low, offsets[0]])
         if self.high_resolution_offsets is not None:
-            offsets.append(self.high_resolution_offsets(concat, training=training))
             high = self.align([high, offsets[-1]])
         # The aligned side may compute in another dtype than the side used as it is.
         output = low + ops.cast(high, low.dtype)

@@ -112,6 +112,93 @@ def test_align_fa_offsets_move_the_samples():
     np.testing.assert_allclose(out[0, -1], 0.0, atol=1e-6)  # zeros outside
 
 
+def _randomized(layer, seed, scale=0.3):
+    """`layer` with every weight random (offsets kernels included, which start at 0)."""
+    rng = np.random.default_rng(seed)
+    for weight in layer.weights:
+        values = rng.normal(size=weight.shape) * scale
+        if "variance" in weight.path:
+            values = rng.uniform(0.5, 2.0, size=weight.shape)
+        weight.assign(values.astype("float32"))
+    return layer
+
+
+def _head_pair(seed=0, high_channels=6, low_channels=5, dtype=None):
+    rng = np.random.default_rng(seed)
+    high = rng.normal(size=(2, 11, 9, high_channels)).astype("float32")
+    low = rng.normal(size=(2, 4, 5, low_channels)).astype("float32")
+    head = layers.OffsetHead(offset_channels=7, dtype=dtype)
+    head.build((2, 11, 9, high_channels + low_channels))
+    return _randomized(head, seed), high, low
+
+
+def _concatenated_offsets(head, high, low, training):
+    """The paper's form: the head on [A, up(F)], F upsampled first."""
+    upsampled = layers.resize_bilinear(low, (high.shape[1], high.shape[2]))
+    return head(ops.concatenate([high, upsampled], axis=-1), training=training)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_offset_head_on_upsampled_pair_equals_concatenation(training):
+    import tensorflow as tf
+
+    head, high, low = _head_pair()
+    high, low = tf.constant(high), tf.constant(low)
+    results = []
+    for compute in (_concatenated_offsets, lambda h, a, f, t: h.call_on_upsampled_pair(a, f, t)):
+        with tf.GradientTape() as tape:
+            tape.watch([high, low])
+            offsets = compute(head, high, low, training)
+            # A weighted sum, so that every gradient is non-trivial.
+            weights = tf.reshape(tf.range(tf.size(offsets), dtype=offsets.dtype), offsets.shape)
+            value = tf.reduce_sum(offsets * weights ** 0.5 * 0.01)
+        gradients = tape.gradient(value, [high, low, *head.trainable_weights])
+        results.append([offsets.numpy(), *(g.numpy() for g in gradients)])
+    for split, concatenated in zip(results[1], results[0]):
+        # float32 sums of a few dozen terms, in another order: rounding only.
+        np.testing.assert_allclose(split, concatenated, atol=1e-5 * max(1.0, np.abs(concatenated).max()))
+
+
+def test_offset_head_on_upsampled_pair_in_bfloat16():
+    head, high, low = _head_pair(seed=1)
+    exact = ops.convert_to_numpy(_concatenated_offsets(head, high, low, False))
+    half, _, _ = _head_pair(seed=1, dtype="mixed_bfloat16")
+    split = ops.convert_to_numpy(ops.cast(half.call_on_upsampled_pair(high, low), "float32"))
+    concatenated = ops.convert_to_numpy(
+        ops.cast(_concatenated_offsets(half, high, low, False), "float32"))
+    # No further from float32 than bfloat16 arithmetic in the paper's form is (x2 margin:
+    # the split rounds two partial sums instead of one).
+    baseline = np.abs(concatenated - exact).max()
+    assert 0 < np.abs(split - exact).max() <= 2 * baseline
+
+
+@pytest.mark.parametrize("align_fa_offsets", ["both", "low_res", "high_res"])
+def test_align_fa_equals_equation_1(align_fa_offsets):
+    rng = np.random.default_rng(2)
+    fine = rng.normal(size=(2, 12, 10, 8)).astype("float32")
+    coarse = rng.normal(size=(2, 5, 4, 8)).astype("float32")
+    module = layers.AlignFA(offset_channels=6, align_fa_offsets=align_fa_offsets)
+    module([fine, coarse])
+    _randomized(module, 3, scale=1.0)
+    out, offsets = module([fine, coarse], return_offsets=True)
+    # Eq. 1 from its parts: offsets from [A, up(F)], out = U(up(F), D_F) + U(A, D_A).
+    upsampled = layers.resize_bilinear(coarse, (12, 10))
+    concat = ops.concatenate([fine, upsampled], axis=-1)
+    align = layers.AlignmentLayer()
+    expected, fields = 0.0, []
+    for head, feature in ((module.low_resolution_offsets, upsampled),
+                          (module.high_resolution_offsets, fine)):
+        if head is None:
+            expected = expected + feature
+            continue
+        fields.append(head(concat))
+        expected = expected + align([feature, fields[-1]])
+    expected_offsets = ops.convert_to_numpy(ops.concatenate(fields, axis=-1))
+    assert np.abs(expected_offsets).max() > 1.0  # the samples really move
+    np.testing.assert_allclose(ops.convert_to_numpy(offsets), expected_offsets, atol=1e-4)
+    np.testing.assert_allclose(ops.convert_to_numpy(out), ops.convert_to_numpy(expected), atol=1e-4)
+
+
 def test_align_fa_rejects_different_channels():
     with pytest.raises(ValueError, match="channels"):
         layers.AlignFA()([np.zeros((1, 4, 4, 8), "float32"), np.zeros((1, 2, 2, 4), "float32")])

@@ -1,9 +1,12 @@
 """The offset generator shared by AlignFA and AlignCM (the code's `delta_gen`)."""
 
 import keras
+from keras import ops
 
+from alignseg_keras.layers.alignment import resize_bilinear
 from alignseg_keras.layers.config_names import renamed_config
 from alignseg_keras.layers.conv_norm_activation import ConvNormActivation
+from alignseg_keras.layers.conv_norm_activation import apply_activation
 from alignseg_keras.layers.conv_norm_activation import check_activation
 
 # Old argument names (old -> new, the model's names); configs saved with them load.
@@ -59,6 +62,37 @@ class OffsetHead(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         return self.offsets(self.hidden(inputs, training=training))
+
+    def call_on_upsampled_pair(self, high, low, training=None):
+        """`call(concatenate([high, resize_bilinear(low, size of high)]))`, computed
+        without upsampling `low` first.
+
+        The hidden 1x1 convolution `W` and align_corners bilinear upsampling
+        `up` are both linear (per pixel and per channel), so
+        `W [A; up(F)] = W_A A + up(W_F F)` with `W_A`, `W_F` the kernel's
+        slices over `A`'s and `F`'s channels: the `F` half runs at `F`'s own
+        resolution, the same weights, the same result to rounding.
+
+        Args:
+            high: `(B, H, W, C_A)`, the first part of the concatenation.
+            low: `(B, h, w, C_F)`, upsampled to `(H, W)` in the concatenation.
+            training: bool, BatchNormalization's mode.
+
+        Returns:
+            `(B, H, W, 2)` offsets.
+        """
+        conv = self.hidden.conv
+        kernel = ops.cast(conv.kernel, high.dtype)
+        split = high.shape[-1]
+        size = (ops.shape(high)[1], ops.shape(high)[2])
+        hidden = ops.conv(high, kernel[:, :, :split]) + ops.cast(
+            resize_bilinear(ops.conv(low, ops.cast(kernel[:, :, split:], low.dtype)), size),
+            high.dtype,
+        )
+        if conv.use_bias:
+            hidden = hidden + ops.cast(conv.bias, hidden.dtype)
+        hidden = self.hidden.norm(hidden, training=training)
+        return self.offsets(apply_activation(hidden, self.activation))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (2,)
