@@ -30,10 +30,10 @@ Conventions (one image; `GFLOPs = 2 x GMACs`, the usual "a multiply-add is
 The composite layers of this library are counted from their definition:
 AlignFA's offset heads read the concatenation `[A, up(F)]` with a 1x1
 convolution over both halves at A's size, as the paper and the authors' code
-define it. This library computes that convolution as `W_A A + up(W_F F)`
-(`OffsetHead.call_on_upsampled_pair`), the F half at F's resolution, which
-does fewer multiply-adds; the count here stays the paper's, so that it can be
-compared with the authors' network part by part. A layer type without
+define it (`offset_heads="paper"`, the default, comparable with the authors'
+network part by part). This library computes that convolution as
+`W_A A + up(W_F F)` (`OffsetHead.call_on_upsampled_pair`), the F half at F's
+resolution, then upsamples its output; `offset_heads="computed"` counts that. A layer type without
 a rule is counted as 0 and listed in `ModelCost.uncounted` (with whether it
 has weights), never dropped silently.
 
@@ -63,6 +63,10 @@ FREE_LAYER_TYPES = (
     # this library's
     "ImageNormalization", "PadToMultiple", "CropToReference",
 )
+# How AlignFA's offset heads are counted: as the paper defines them (a 1x1
+# convolution over [A, up(F)] at A's size), or as this library computes them
+# (W_A A + up(W_F F): F's half at F's size, its output upsampled).
+OFFSET_HEAD_COUNTS = ("paper", "computed")
 # Parts whose only input is a training output: AlignSeg's deep supervision.
 INFERENCE_OUTPUT_KEY = "logits"
 
@@ -179,7 +183,13 @@ def _shapes(structure):
 class _Counter:
     """Accumulates MACs by kind while layers are visited with symbolic tensors."""
 
-    def __init__(self):
+    def __init__(self, offset_heads="paper"):
+        if offset_heads not in OFFSET_HEAD_COUNTS:
+            raise ValueError(
+                f"`offset_heads` must be one of {OFFSET_HEAD_COUNTS}; "
+                f"received offset_heads={offset_heads!r}."
+            )
+        self.offset_heads = offset_heads
         self.macs = collections.Counter()
         self.uncounted = []
 
@@ -335,16 +345,30 @@ def _concatenated(a, b):
     return _tensor(tuple(a.shape[:-1]) + (a.shape[-1] + b.shape[-1],))
 
 
+def _offset_head_on_upsampled_pair(counter, head, path, high, low):
+    # W_A A + up(W_F F), then the head's BN and 3x3 convolution.
+    path = f"{path}/{head.name}"
+    channels = head.hidden.conv.filters
+    counter.add("conv", _size(high.shape[:-1]) * high.shape[-1] * channels)
+    counter.add("conv", _size(low.shape[:-1]) * low.shape[-1] * channels)
+    hidden = counter.resize(_tensor(tuple(low.shape[:-1]) + (channels,)), high.shape[1:3])
+    hidden = counter.visit(head.hidden.norm, hidden, path=path)
+    return counter.visit(head.offsets, hidden, path=path)
+
+
 def _align_fa(counter, layer, path, inputs, return_offsets=False, **kwargs):
     # out = U(up(F), Delta_F) + U(A, Delta_A), offsets from concat([A, up(F)]) (Eq. 1).
-    high, low = inputs
-    low = counter.resize(low, high.shape[1:3])
+    high, coarse = inputs
+    low = counter.resize(coarse, high.shape[1:3])
     concat = _concatenated(high, low)
     fields = []
     for head, feature in ((layer.low_resolution_offsets, low),
                           (layer.high_resolution_offsets, high)):
         if head is not None:
-            offsets = counter.visit(head, concat, path=path)
+            if counter.offset_heads == "computed":
+                offsets = _offset_head_on_upsampled_pair(counter, head, path, high, coarse)
+            else:
+                offsets = counter.visit(head, concat, path=path)
             fields.append(offsets)
             counter.visit(layer.align, [feature, offsets], path=path)
     output = _tensor(high.shape)
@@ -436,12 +460,13 @@ def count_parameters(layer):
     return total
 
 
-def layer_cost(layer, *input_shapes, **call_kwargs):
+def layer_cost(layer, *input_shapes, offset_heads="paper", **call_kwargs):
     """MACs by kind (a dict over `KINDS`) of one call of `layer` on inputs of these shapes.
 
     Shapes include the batch. A layer taking a list (AlignFA, AlignmentLayer)
-    takes one argument, the list of shapes. Raises `ValueError` if a layer
-    in it has no counting rule.
+    takes one argument, the list of shapes. `offset_heads` (`OFFSET_HEAD_COUNTS`)
+    chooses how AlignFA's offset heads are counted (module docstring). Raises
+    `ValueError` if a layer in it has no counting rule.
 
     Example:
     ```python
@@ -457,7 +482,7 @@ def layer_cost(layer, *input_shapes, **call_kwargs):
     args = [as_tensors(shapes) for shapes in input_shapes]
     if not layer.built:
         layer.build(*_shapes(args))
-    counter = _Counter()
+    counter = _Counter(offset_heads)
     counter.visit(layer, *args, **call_kwargs)
     if counter.uncounted:
         raise ValueError(f"No counting rule for {counter.uncounted}.")
@@ -502,7 +527,7 @@ def _part_name(layer, backbone):
     return layer.name
 
 
-def model_cost(model, image_size, batch_size=1):
+def model_cost(model, image_size, batch_size=1, offset_heads="paper"):
     """Parameters and MACs of `model` per part, for images of `image_size`.
 
     The parts are the layers of the model's functional graph; the model's
@@ -515,6 +540,8 @@ def model_cost(model, image_size, batch_size=1):
         model: a functional `keras.Model` (e.g. `AlignSeg`) taking images.
         image_size: int or `(height, width)` of the input images.
         batch_size: int, images per call (the counts scale with it).
+        offset_heads: `"paper"` (default) or `"computed"`: AlignFA's offset
+            heads as the paper defines them or as this library computes them.
 
     Returns:
         A `ModelCost`; `rows` is the list of `PartCost` (part, parameters,
@@ -538,7 +565,7 @@ def model_cost(model, image_size, batch_size=1):
     if not _is_functional(backbone) or not any(layer is backbone for layer in model.layers):
         backbone = None
     training_only = _training_only_operations(model)
-    counter = _Counter()
+    counter = _Counter(offset_heads)
     rows = []
 
     def record(layer, before, is_training_only):

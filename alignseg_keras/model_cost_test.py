@@ -70,6 +70,21 @@ def test_align_fa_by_hand():
     assert cost == expected(conv=head, norm=pixels * hidden, resample=2 * 4 * pixels * channels)
 
 
+def test_align_fa_as_computed_by_hand():
+    # Each head: 1x1 16 -> 8 on A (8x8) and on F (4x4), its output upsampled to
+    # 8x8 (8 channels), BN, 3x3 -> 2; then up(F) and two samplers as in the paper's form.
+    pixels, coarse, channels, hidden = 8 * 8, 4 * 4, 16, 8
+    head = pixels * channels * hidden + coarse * channels * hidden + pixels * 9 * hidden * 2
+    cost = layer_cost(AlignFA(offset_channels=hidden), [(1, 8, 8, channels), (1, 4, 4, channels)],
+                      offset_heads="computed")
+    assert cost == expected(
+        conv=2 * head, norm=2 * pixels * hidden,
+        resample=3 * 4 * pixels * channels + 2 * 4 * pixels * hidden,
+    )
+    with pytest.raises(ValueError, match="offset_heads"):
+        layer_cost(AlignFA(), [(1, 8, 8, 4), (1, 4, 4, 4)], offset_heads="split")
+
+
 def test_align_cm_by_hand():
     # x: 6x10x20; context: pool to 3x3, 1x1 -> 12, 3x3 -> 8; local: the same
     # convolutions at 6x10; offsets from concat([local, up(context)]) (16 ch):

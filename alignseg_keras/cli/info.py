@@ -48,6 +48,12 @@ def add_parser(subparsers):
                         help=f"input image size, height x width (default {DEFAULT_SIZE})")
     parser.add_argument("--json", action="store_true",
                         help="print the counts as JSON instead of a table")
+    from alignseg_keras.model_cost import OFFSET_HEAD_COUNTS
+
+    parser.add_argument("--offset-heads", choices=OFFSET_HEAD_COUNTS, default=OFFSET_HEAD_COUNTS[0],
+                        help="count AlignFA's offset heads as the paper defines them (a 1x1 "
+                        "convolution over [A, up(F)], the default, comparable with the authors' "
+                        "network) or as this library computes them (W_A A + up(W_F F))")
     parser.set_defaults(func=run)
 
 
@@ -138,7 +144,7 @@ def run(args):
             f"{model_name(args)} has its own."
         )
     model = load_model(args, args.num_classes)
-    cost = model_cost(model, size)
+    cost = model_cost(model, size, offset_heads=args.offset_heads)
     if args.json:
         print(json.dumps({"model": model_name(args), **cost.to_dict()}, indent=2))
     else:

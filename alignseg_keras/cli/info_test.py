@@ -51,6 +51,14 @@ def test_json_matches_the_library(model_and_path, capsys):
     assert report["uncounted"] == []
 
 
+def test_offset_heads_as_computed(model_and_path, capsys):
+    model, path = model_and_path
+    assert main(["info", "--model", path, "--size", "96", "--json", "--offset-heads", "computed"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    computed = model_cost(model, (96, 96), offset_heads="computed")
+    assert report["total"]["macs"] == computed.macs < model_cost(model, (96, 96)).macs
+
+
 def test_named_preset_with_classes(capsys):
     assert main(["info", "--preset", "alignseg_resnet18_small", "--num-classes", "7",
                  "--size", "64x64", "--json"]) == 0
