@@ -21,7 +21,9 @@ torch.bfloat16)`. Each measurement (side, kind, precision, size, batch) runs in
 a fresh process, so that its peak resident memory (VmHWM) is its own; the two
 sides of a configuration run one right after the other, and the ratio is
 taken between them. Times are the minimum over the timed calls, after warm-up
-calls that trace, compile and allocate.
+calls that trace, compile and allocate. Each run also measures the machine's best
+convolution rate (`benchmarks.convolution_peak`), which bounds how fast any
+implementation of the network can be on it.
 """
 
 import argparse
@@ -191,10 +193,26 @@ def entry_key(kind, precision, size, batch, side):
     return f"authors {kind} {size[0]}x{size[1]} b{batch} {precision} {side}"
 
 
+def peak_in_fresh_process(precision, repeats, backend):
+    """`benchmarks.convolution_peak` in a fresh process: the machine's best convolution
+    rate in `precision` and the goals' multiply-adds, for the bound of the report."""
+    from benchmarks.timing import json_of_process
+
+    command = [sys.executable, "-m", "benchmarks.convolution_peak", "--precision", precision,
+               "--repeats", str(max(repeats, 5))]
+    return json_of_process(command, ROOT, backend)
+
+
 def run(repeats, quick, backend):
-    """Both sides of every configuration, one right after the other; yields entries,
-    each marked with the run it belongs to (ratios are only taken within a run)."""
+    """The machine's convolution peak in each precision, then both sides of every
+    configuration, one right after the other; yields entries, each marked with the
+    run it belongs to (ratios are only taken within a run)."""
     run_id = time.strftime("%Y-%m-%dT%H:%M:%S")
+    for precision in PRECISIONS:
+        entry = peak_in_fresh_process(precision, repeats, backend)
+        entry.update(section="authors", run=run_id, side="keras", kind="peak",
+                     key=f"authors peak {precision}")
+        yield entry
     for kind, precision, size, batch in configurations(quick):
         measured = {}
         for side in SIDES:

@@ -68,7 +68,7 @@ def entry(side, kind, precision, seconds, size=(512, 512), batch=1, run="r1", pe
 
 def store_of(entries):
     by_key = {e["key"]: e for e in entries}
-    for ours in (e for e in entries if e["side"] == "keras"):
+    for ours in (e for e in entries if e["side"] == "keras" and e["kind"] != "peak"):
         configuration = (ours["kind"], ours["precision"], ours["size"], ours["batch"])
         theirs = by_key.get(authors.entry_key(*configuration, "torch"))
         if theirs:
@@ -113,6 +113,39 @@ def test_tables_show_both_sides_with_times_memory_and_ratios():
     rows = report.authors_target_rows(store_of(entries))
     assert rows[1][2].startswith("0.40x (4.00 s float32 against 10.00 s float32)")
     assert rows[1][-1] == "yes"  # the goal is "at most 0.40x"
+
+
+def peak_entry(precision, gflops, run="r1"):
+    return {"section": "authors", "run": run, "side": "keras", "kind": "peak", "precision": precision,
+            "peak_gflops": gflops, "inference_gflop": 200.0, "training_gflop": 1200.0,
+            "key": f"authors peak {precision}"}
+
+
+def test_the_convolution_peak_bounds_the_best_ratio():
+    entries = [
+        entry("keras", "inference", "float32", 0.9), entry("torch", "inference", "float32", 1.0),
+        entry("keras", "inference", "bfloat16", 0.5), entry("torch", "inference", "bfloat16", 0.8),
+        peak_entry("float32", 200.0), peak_entry("bfloat16", 400.0),
+    ]
+    # 200 GFLOP at 400 GFLOP/s: 0.5 s at best, 0.62x their 0.8 s.
+    ratio, text = report.authors_best_ratio(entries, "inference", (512, 512), 1)
+    assert ratio == pytest.approx(0.5 / 0.8)
+    assert text.endswith("at this machine's best convolution rate at least 0.62x (0.50 s)")
+    # A peak of another run bounds nothing; the tables list no peak rows.
+    other = entries[:4] + [peak_entry("bfloat16", 400.0, run="r0")]
+    assert "convolution rate" not in report.authors_best_ratio(other, "inference", (512, 512), 1)[1]
+    rows = [line for line in report.authors_lines(store_of(entries)) if line.startswith("| 512x512")]
+    assert len(rows) == 2
+
+
+def test_convolution_rates_are_measured_for_every_shape():
+    from benchmarks import convolution_peak
+
+    rates = convolution_peak.convolution_rates("float32", repeats=1)
+    assert set(rates) == {shape[0] for shape in convolution_peak.SHAPES}
+    assert all(rate > 0 for rate in rates.values())
+    assert convolution_peak.bound_seconds(
+        {"peak_gflops": 100.0, "training_gflop": 300.0}, "training") == pytest.approx(3.0)
 
 
 def test_training_memory_parts_run_on_both_sides():
