@@ -149,6 +149,13 @@ def parse(argv=None):
     return args
 
 
+def entry_summary(entry):
+    """What a progress line says of an entry: its time, or a rate for a peak entry."""
+    if "seconds" in entry:
+        return f"{entry['seconds']:.4f} s"
+    return f"{entry['peak_gflops']:.1f} GFLOP/s"
+
+
 def main(argv=None):
     args = parse(argv)
     store = report.load(args.results)
@@ -164,7 +171,7 @@ def main(argv=None):
         # Entries are stored as they come, so a long section that is stopped
         # keeps what it measured.
         for entry in run_section(section, args):
-            print(f"  {entry['key']}: {entry['seconds']:.4f} s", flush=True)
+            print(f"  {entry['key']}: {entry_summary(entry)}", flush=True)
             report.record(store, section, [entry], machine, load_before, timing.load_average())
             if not args.no_write:
                 report.save(store, args.results)

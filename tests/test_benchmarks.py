@@ -186,3 +186,10 @@ def test_training_memory_table_gives_the_difference_per_part():
     assert "| encoder | 2000 | 1990 | +10 |" in lines
     assert "| network_resize | 4500 |  |  |" in lines
     assert "| step | 5900 | 5000 | +900 |" in lines
+
+
+def test_progress_lines_name_times_and_rates():
+    from benchmarks.run import entry_summary
+
+    assert entry_summary(entry("keras", "inference", "float32", 0.25)) == "0.2500 s"
+    assert entry_summary(peak_entry("bfloat16", 421.9)) == "421.9 GFLOP/s"
