@@ -1,6 +1,6 @@
 """Our AlignSeg beside the authors' network, measured in one run on one machine.
 
-    python -m benchmarks.run --only authors             # the tables (27 min on 2 AVX-512 cores)
+    python -m benchmarks.run --only authors             # the tables (27-40 min on 2 AVX-512 cores)
     python -m benchmarks.run --only authors --quick     # the goals at 512x512, and 256x256 (~10 min)
     python -m benchmarks.authors --side torch --kind training --size 512 512 --batch 2
 
