@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from benchmarks import authors
@@ -193,3 +194,21 @@ def test_progress_lines_name_times_and_rates():
 
     assert entry_summary(entry("keras", "inference", "float32", 0.25)) == "0.2500 s"
     assert entry_summary(peak_entry("bfloat16", 421.9)) == "421.9 GFLOP/s"
+
+
+def test_decoder_forms_are_restored_and_timed():
+    from alignseg_keras.layers import alignment
+    from alignseg_keras.layers.offset_head import OffsetHead
+    from benchmarks import decoder_forms
+
+    images = np.zeros((1, 4, 4, 2), "float32")
+    split = OffsetHead.call_on_upsampled_pair
+    with decoder_forms.decoder_form("before"):
+        assert not alignment._uses_fused_resize(images)
+        assert OffsetHead.call_on_upsampled_pair is decoder_forms._concatenated_pair
+    with decoder_forms.decoder_form("fused_resize"):
+        assert alignment._uses_fused_resize(images)
+        assert OffsetHead.call_on_upsampled_pair is decoder_forms._concatenated_pair
+    assert OffsetHead.call_on_upsampled_pair is split and alignment._uses_fused_resize(images)
+    result = decoder_forms.measure("inference", "float32", rounds=1, size=(64, 64), depth=50)
+    assert set(result["min_seconds"]) == set(decoder_forms.FORMS)
