@@ -27,14 +27,15 @@ labels = probabilities.argmax(-1)
 Precision: every function takes `precision=None` (run the model as it is),
 `"float32"` or `"bfloat16"`. `"bfloat16"` runs a copy of the model under
 Keras' `mixed_bfloat16` policy (see `as_precision`): float32 weights,
-bfloat16 arithmetic, float32 logits and probabilities. It pays off where the
+bfloat16 arithmetic, float32 logits and probabilities, with BatchNormalization
+folded into the convolutions (`inference_model`). It pays off where the
 hardware has bfloat16 units (GPUs; CPUs with AMX or AVX512-BF16), at a small
 cost in accuracy; docs/inference.md ("When to use bfloat16") gives the
 measurements. The copy is made on every call; to predict many batches,
 convert once:
 
 ```python
-fast = as_precision(model, "bfloat16")
+fast = inference_model(model, "bfloat16")
 for batch in batches:
     probabilities = predict_whole(fast, batch)
 ```
@@ -146,8 +147,29 @@ def as_precision(model, precision):
     return clone
 
 
+def inference_model(model, precision):
+    """`model` prepared for inference in `precision`, as the inference functions run it.
+
+    `as_precision(model, precision)`; in bfloat16 also with BatchNormalization
+    folded into the convolutions before it (`batch_norm_folding`): TensorFlow
+    folds them itself in float32 but not in bfloat16, where folding makes
+    AlignSeg-R101's inference about 8% faster. Returns a copy in bfloat16
+    (the folded weights must not change `model`), else what `as_precision` returns.
+    """
+    from alignseg_keras.batch_norm_folding import fold_batch_normalization
+    from alignseg_keras.batch_norm_folding import fold_in_place
+
+    converted = as_precision(model, precision)
+    if precision != "bfloat16":
+        return converted
+    if converted is model:
+        return fold_batch_normalization(model)
+    fold_in_place(converted)
+    return converted
+
+
 def _with_precision(model, precision):
-    return model if precision is None else as_precision(model, precision)
+    return model if precision is None else inference_model(model, precision)
 
 
 def _as_image_batch(images):

@@ -64,17 +64,29 @@ def random_batch(size, batch, seed=0):
     return images, labels
 
 
-def keras_step(kind, precision, images, labels, depth=101):
-    """A call of our model (inference or one training step) that blocks until done."""
+def keras_step(kind, precision, images, labels, depth=101, fold_batch_norm=None):
+    """A call of our model (inference or one training step) that blocks until done.
+
+    Inference runs the model as the library's inference functions do with
+    `fold_batch_norm=None` (`inference_model`: in bfloat16 with
+    BatchNormalization folded into the convolutions, in float32 as built),
+    folded in any precision with True, as built with False.
+    """
     import keras
 
     from alignseg_keras import AlignSeg
+    from alignseg_keras.batch_norm_folding import fold_batch_normalization
+    from alignseg_keras.inference import inference_model
     from alignseg_keras.models.presets import OFFICIAL_PRESETS
     from benchmarks import backends
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
     model = AlignSeg.from_preset(OFFICIAL_PRESETS[depth], num_classes=NUM_CLASSES)
     if kind == "inference":
+        if fold_batch_norm is None:
+            model = inference_model(model, precision)
+        elif fold_batch_norm:
+            model = fold_batch_normalization(model)
         inputs = backends.device_array(images)
         forward = backends.compiled(lambda x: model(x, training=False), xla=backends.backend() == "jax")
         return lambda: backends.block(forward(inputs))

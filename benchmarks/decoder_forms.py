@@ -1,22 +1,26 @@
-"""The official preset with and without the fused resize and AlignFA's split heads, in one process.
+"""The official preset with and without the fused resize, AlignFA's split heads and BN folding, in one process.
 
     python -m benchmarks.decoder_forms --kind inference --precision bfloat16 --rounds 12
     python -m benchmarks.decoder_forms --kind training --precision float32 --rounds 4
 
-Three forms of the same network, each traced into its own compiled function, then
+Four forms of the same network, each traced into its own compiled function, then
 timed round-robin (the effects are a few percent, smaller than the spread between
 fresh processes on a shared machine):
 
 - `before`: `resize_bilinear` in `keras.ops` and AlignFA's offset heads on the
   concatenation `[A, up(F)]` (the code before 2026-12-03);
 - `fused_resize`: TensorFlow's fused resize kernel, heads on the concatenation;
-- `split`: the fused resize and the heads as `W_A A + up(W_F F)` (the library now).
+- `split`: the fused resize and the heads as `W_A A + up(W_F F)`, BatchNormalization
+  unfolded (the library's model as built);
+- `folded` (inference only): `split` with BatchNormalization folded into the
+  convolutions (`fold_batch_normalization`), as the inference functions run a
+  model in bfloat16.
 
 The older forms are made by replacing, while their functions are traced,
 `OffsetHead.call_on_upsampled_pair` with the concatenated form and the fused
 resize's test with False. Prints one JSON line: the minimum and median seconds of
-each form. The figures of docs/benchmarks.md ("AlignFA's split offset heads")
-come from this script.
+each form. The figures of docs/benchmarks.md ("AlignFA's split offset heads"
+and "BatchNormalization folded for inference") come from this script.
 """
 
 import argparse
@@ -27,7 +31,7 @@ import time
 
 from benchmarks import authors
 
-FORMS = ("before", "fused_resize", "split")
+FORMS = ("before", "fused_resize", "split", "folded")
 
 
 def _concatenated_pair(head, high, low, training=None):
@@ -49,7 +53,7 @@ def decoder_form(form):
     split, fused = OffsetHead.call_on_upsampled_pair, alignment._uses_fused_resize
     if form == "before":
         alignment._uses_fused_resize = lambda images: False
-    if form != "split":
+    if form not in ("split", "folded"):
         OffsetHead.call_on_upsampled_pair = _concatenated_pair
     try:
         yield
@@ -61,13 +65,16 @@ def measure(kind, precision, rounds, size=(512, 512), depth=101):
     batch = 1 if kind == "inference" else 2
     images, labels = authors.random_batch(tuple(size), batch)
     steps = {}
-    for form in FORMS:
+    forms = FORMS if kind == "inference" else FORMS[:-1]
+    for form in forms:
         with decoder_form(form):
-            step = authors.keras_step(kind, precision, images, labels, depth=depth)
+            step = authors.keras_step(
+                kind, precision, images, labels, depth=depth, fold_batch_norm=form == "folded"
+            )
             step()  # traces (training: the first train_on_batch traces the train step)
         step()
         steps[form] = step
-    times = {form: [] for form in FORMS}
+    times = {form: [] for form in forms}
     for _ in range(rounds):
         for form, step in steps.items():
             start = time.perf_counter()

@@ -4,9 +4,10 @@
     python -m benchmarks.precision --output /tmp/p.json --repeats 3 --images 2
     python -m benchmarks.precision --sections timing   # re-measure one section, keep the others
 
-Three measurements, each with the model in float32 and its `as_precision(model,
-"bfloat16")` copy (Keras' `mixed_bfloat16`: the same float32 weights,
-bfloat16 arithmetic, float32 logits):
+Three measurements, each with the model in float32 and its `inference_model(model,
+"bfloat16")` copy, which the inference functions and `--precision bfloat16` run
+(Keras' `mixed_bfloat16`: the same float32 weights, bfloat16 arithmetic, float32
+logits; BatchNormalization folded into the convolutions):
 
 - demo: the model `make demo` trains (`runs/demo/model.keras`) on its held-out
   synthetic scenes (`synthetic_scene_arrays(48, (128, 256), seed=1)`, the
@@ -70,12 +71,12 @@ def demo(path=DEMO_MODEL):
     """Agreement and scores of the demo's model on its held-out scenes, both precisions."""
     import keras
 
-    from alignseg_keras.inference import as_precision
+    from alignseg_keras.inference import inference_model
     from alignseg_keras.inference import predict_whole
     from alignseg_keras.synthetic_scenes import synthetic_scene_arrays
 
     model = keras.saving.load_model(path)
-    models = {"float32": model, "bfloat16": as_precision(model, "bfloat16")}
+    models = {"float32": model, "bfloat16": inference_model(model, "bfloat16")}
     images, masks = synthetic_scene_arrays(**DEMO_SCENES)
     probabilities = {name: predict_whole(m, images) for name, m in models.items()}
     labels = {name: p.argmax(-1) for name, p in probabilities.items()}
@@ -98,11 +99,11 @@ def official_models(seed):
     import keras
 
     from alignseg_keras import AlignSeg
-    from alignseg_keras.inference import as_precision
+    from alignseg_keras.inference import inference_model
 
     keras.utils.set_random_seed(seed)
     model = AlignSeg.from_preset(OFFICIAL_PRESET, num_classes=NUM_CLASSES)
-    return {"float32": model, "bfloat16": as_precision(model, "bfloat16")}
+    return {"float32": model, "bfloat16": inference_model(model, "bfloat16")}
 
 
 def random_images(count, size, seed):

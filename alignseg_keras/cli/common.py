@@ -54,11 +54,12 @@ def add_precision_argument(parser):
 
 
 def with_precision(model, args):
-    """`model` in the `--precision` of `args` (as it is when the command has no --precision)."""
+    """`model` for inference in the `--precision` of `args` (`inference.inference_model`;
+    as it is when the command has no --precision)."""
     from alignseg_keras import inference
 
     precision = getattr(args, "precision", None)
-    return model if precision is None else inference.as_precision(model, precision)
+    return model if precision is None else inference.inference_model(model, precision)
 
 
 def load_model(args, num_classes=None):

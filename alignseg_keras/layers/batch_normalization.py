@@ -21,6 +21,11 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     (docs/benchmarks.md). Everywhere else, and on the other backends (whose
     compilers fuse these ops themselves), it is Keras' layer unchanged.
 
+    `alignseg_keras.batch_norm_folding` folds the layer into the convolution
+    before it for inference; a folded layer (`folded = True`, not saved in the
+    config) is the bias addition `x + beta`, which its weights (`gamma` 1,
+    moving mean 0, moving variance `1 - epsilon`) also describe unfolded.
+
     Args:
         **kwargs: those of `keras.layers.BatchNormalization`.
 
@@ -46,7 +51,12 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             and keras.backend.standardize_dtype(inputs.dtype) in FUSED_DTYPES
         )
 
+    folded = False
+
     def call(self, inputs, training=None, mask=None):
+        if self.folded:
+            # On TensorFlow a 1-D addend becomes BiasAdd, fused into the convolution.
+            return ops.cast(ops.add(inputs, ops.cast(self.beta, inputs.dtype)), self.compute_dtype)
         if not self._uses_fused_kernel(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
         from alignseg_keras.fused_batch_norm import fused_batch_norm
