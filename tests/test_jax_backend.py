@@ -26,6 +26,7 @@ from jax_session import cases  # noqa: E402
 from jax_session.tf_comparison import assert_close  # noqa: E402
 from jax_session.tf_comparison import check_fit_save_and_load  # noqa: E402
 from jax_session.tf_comparison import check_layers  # noqa: E402
+from jax_session.tf_comparison import check_batch_norm_folding  # noqa: E402
 from jax_session.tf_comparison import check_mixed_bfloat16_inference  # noqa: E402
 from jax_session.tf_comparison import check_predict  # noqa: E402
 from jax_session.tf_comparison import check_training_step  # noqa: E402
@@ -101,6 +102,10 @@ def test_fit_with_default_compile_then_save_and_load(tmp_path):
 
 def test_mixed_bfloat16_inference_is_close_to_float32(reference):
     check_mixed_bfloat16_inference(keras.saving.load_model(reference_file(reference, "model")))
+
+
+def test_folded_batch_normalization_predicts_the_same_logits(reference):
+    check_batch_norm_folding(keras.saving.load_model(reference_file(reference, "model")))
 
 
 def test_data_parallel_step_equals_single_device_step():

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.skipif(
 from jax_session import cases  # noqa: E402
 from jax_session.tf_comparison import assert_close  # noqa: E402
 from jax_session.tf_comparison import check_layers  # noqa: E402
+from jax_session.tf_comparison import check_batch_norm_folding  # noqa: E402
 from jax_session.tf_comparison import check_mixed_bfloat16_inference  # noqa: E402
 from jax_session.tf_comparison import check_predict  # noqa: E402
 from jax_session.tf_comparison import check_training_step  # noqa: E402
@@ -134,6 +135,10 @@ def test_training_step_matches_tensorflow(reference, trained):
 
 def test_mixed_bfloat16_inference_is_close_to_float32(tf_model):
     check_mixed_bfloat16_inference(tf_model)
+
+
+def test_folded_batch_normalization_predicts_the_same_logits(tf_model):
+    check_batch_norm_folding(tf_model)
 
 
 def test_exports_on_torch_say_what_to_use_instead(tf_model, tmp_path):

@@ -177,6 +177,27 @@ def check_mixed_bfloat16_inference(model):
     assert np.mean(result.argmax(-1) == expected.argmax(-1)) > 0.9
 
 
+def check_batch_norm_folding(model):
+    """`model` with trained-like BatchNormalization statistics predicts the same
+    logits folded (`fold_batch_normalization`) as unfolded, to float32 rounding."""
+    from alignseg_keras.batch_norm_folding import fold_batch_normalization
+
+    unfolded = AlignSeg.from_config(model.get_config())
+    unfolded.set_weights(model.get_weights())
+    rng = np.random.default_rng(0)
+    for layer in unfolded._flatten_layers(recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            channels = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0.0, 0.5, channels))
+            layer.moving_variance.assign(rng.uniform(0.2, 3.0, channels))
+    folded = fold_batch_normalization(unfolded)
+    assert any(getattr(layer, "folded", False) for layer in folded._flatten_layers(recursive=True))
+    images = cases.images()
+    expected = unfolded.predict(images, verbose=0)
+    # A ResNet-18 and the decoder, about 30 layers of float32 rounding.
+    assert np.abs(folded.predict(images, verbose=0) - expected).max() < 1e-4 * np.abs(expected).max()
+
+
 def start_without_tensorflow(backend):
     """Starts `without_tensorflow.py` on `backend`; `check_without_tensorflow` waits for it."""
     return start_helper("without_tensorflow.py", env={"KERAS_BACKEND": backend})
