@@ -48,7 +48,8 @@ def add_precision_argument(parser):
     parser.add_argument(
         "--precision", choices=inference.PRECISIONS, default=inference.PRECISIONS[0],
         help="arithmetic of the model: float32 (default), or bfloat16 (Keras' mixed_bfloat16: "
-        "float32 weights and logits, bfloat16 arithmetic: faster where the hardware has "
+        "float32 weights and logits, bfloat16 arithmetic, BatchNorm folded into the "
+        "convolutions: faster where the hardware has "
         "bfloat16 units, such as CPUs with AMX, slightly less accurate; see docs/inference.md)",
     )
 
