@@ -29,7 +29,9 @@ matching shape, without running the network. The SavedModel is self-contained: T
 
 ONNX and LiteRT go through Keras' own `model.export(format=...)` and keep the
 model's plain interface (float images in, logits out); they need extra
-packages (`tf2onnx` for ONNX; LiteRT uses TensorFlow's converter).
+packages (`tf2onnx` for ONNX; LiteRT uses TensorFlow's converter). They are
+traced with the alignment's `keras.ops` sampler (`portable_sampling`), the
+SavedModel with TensorFlow's fused one.
 
 Example:
 ```python
@@ -46,6 +48,7 @@ import tensorflow as tf
 from alignseg_keras.export_formats import EXPORT_FORMATS
 from alignseg_keras.image_files import MAX_PIXELS
 from alignseg_keras.inference import output_classes
+from alignseg_keras.layers.alignment import portable_sampling
 
 SERVING_INPUT = "images"
 ENCODED_INPUT = "encoded_images"
@@ -290,4 +293,7 @@ def export_model(model, path, format="saved_model"):
     input_signature = [
         keras.InputSpec(shape=(None, None, None, 3), dtype="float32", name=SERVING_INPUT)
     ]
-    model.export(str(path), format=format, input_signature=input_signature, verbose=False)
+    # TensorFlow's fused sampling kernel is a SavedModel op only: LiteRT has no builtin
+    # for it, and ONNX Runtime (and its int8 quantisation) runs the gathers.
+    with portable_sampling():
+        model.export(str(path), format=format, input_signature=input_signature, verbose=False)

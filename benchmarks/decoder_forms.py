@@ -1,26 +1,29 @@
-"""The official preset with and without the fused resize, AlignFA's split heads and BN folding, in one process.
+"""The official preset with and without the fused resize, AlignFA's split heads, the fused sampler and BN folding, in one process.
 
     python -m benchmarks.decoder_forms --kind inference --precision bfloat16 --rounds 12
     python -m benchmarks.decoder_forms --kind training --precision float32 --rounds 4
 
-Four forms of the same network, each traced into its own compiled function, then
+Five forms of the same network, each traced into its own compiled function, then
 timed round-robin (the effects are a few percent, smaller than the spread between
 fresh processes on a shared machine):
 
 - `before`: `resize_bilinear` in `keras.ops` and AlignFA's offset heads on the
   concatenation `[A, up(F)]` (the code before 2026-12-03);
 - `fused_resize`: TensorFlow's fused resize kernel, heads on the concatenation;
-- `split`: the fused resize and the heads as `W_A A + up(W_F F)`, BatchNormalization
-  unfolded (the library's model as built);
-- `folded` (inference only): `split` with BatchNormalization folded into the
-  convolutions (`fold_batch_normalization`), as the inference functions run a
-  model in bfloat16.
+- `split`: the fused resize and the heads as `W_A A + up(W_F F)`;
+- `fused_sampler`: `split` with the alignment's forward sampling by TensorFlow's
+  `CropAndResize` (`alignseg_keras.fused_sampler`; the library's model as built);
+  the forms above sample with `gathered_bilinear_sample`;
+- `folded` (inference only): `fused_sampler` with BatchNormalization folded into
+  the convolutions (`fold_batch_normalization`), as the inference functions run
+  a model in bfloat16.
 
 The older forms are made by replacing, while their functions are traced,
 `OffsetHead.call_on_upsampled_pair` with the concatenated form and the fused
-resize's test with False. Prints one JSON line: the minimum and median seconds of
+resize's and fused sampler's tests with False. Prints one JSON line: the minimum and median seconds of
 each form. The figures of docs/benchmarks.md ("AlignFA's split offset heads"
-and "BatchNormalization folded for inference") come from this script.
+"Fused bilinear sampling" and "BatchNormalization folded for inference") come
+from this script.
 """
 
 import argparse
@@ -31,7 +34,7 @@ import time
 
 from benchmarks import authors
 
-FORMS = ("before", "fused_resize", "split", "folded")
+FORMS = ("before", "fused_resize", "split", "fused_sampler", "folded")
 
 
 def _concatenated_pair(head, high, low, training=None):
@@ -51,14 +54,18 @@ def decoder_form(form):
     from alignseg_keras.layers.offset_head import OffsetHead
 
     split, fused = OffsetHead.call_on_upsampled_pair, alignment._uses_fused_resize
+    sampler = alignment._uses_fused_sampler
     if form == "before":
         alignment._uses_fused_resize = lambda images: False
-    if form not in ("split", "folded"):
+    if form in ("before", "fused_resize"):
         OffsetHead.call_on_upsampled_pair = _concatenated_pair
+    if form in ("before", "fused_resize", "split"):
+        alignment._uses_fused_sampler = lambda features: False
     try:
         yield
     finally:
         OffsetHead.call_on_upsampled_pair, alignment._uses_fused_resize = split, fused
+        alignment._uses_fused_sampler = sampler
 
 
 def measure(kind, precision, rounds, size=(512, 512), depth=101):

@@ -209,6 +209,13 @@ def test_decoder_forms_are_restored_and_timed():
     with decoder_forms.decoder_form("fused_resize"):
         assert alignment._uses_fused_resize(images)
         assert OffsetHead.call_on_upsampled_pair is decoder_forms._concatenated_pair
+        assert not alignment._uses_fused_sampler(images)
+    with decoder_forms.decoder_form("split"):
+        assert OffsetHead.call_on_upsampled_pair is split
+        assert not alignment._uses_fused_sampler(images)
+    with decoder_forms.decoder_form("fused_sampler"):
+        assert alignment._uses_fused_sampler(images)
     assert OffsetHead.call_on_upsampled_pair is split and alignment._uses_fused_resize(images)
+    assert alignment._uses_fused_sampler(images)
     result = decoder_forms.measure("inference", "float32", rounds=1, size=(64, 64), depth=50)
     assert set(result["min_seconds"]) == set(decoder_forms.FORMS)

@@ -1,11 +1,15 @@
 """The alignment function U(F, Delta) of AlignSeg (paper Eq. 2) and bilinear resizing.
 
-Everything here uses `keras.ops` only, so it runs on every Keras backend.
-Sampling positions are always computed in float32, also under a mixed-precision
+Everything here uses `keras.ops` only, so it runs on every Keras backend; on
+TensorFlow the forward passes of resizing and sampling call TensorFlow's fused
+kernels instead (`alignseg_keras.fused_resize`, `alignseg_keras.fused_sampler`,
+TF-only modules), with the same grid and weights. Sampling positions are always computed in float32, also under a mixed-precision
 policy, and sampled rows are gathered from a flattened `(B * H * W, C)` table:
 one gather of whole channel rows per bilinear tap is much faster than an
 element-wise gather with a broadcast index.
 """
+
+import contextlib
 
 import keras
 from keras import ops
@@ -39,6 +43,12 @@ def _official_scale(in_size, out_size):
 def bilinear_sample(features, y, x):
     """Bilinear samples of `features` at float positions, zero outside the map.
 
+    On TensorFlow, float16, bfloat16 and float32 features are sampled by
+    TensorFlow's fused `CropAndResize` kernel (`alignseg_keras.fused_sampler`:
+    one pass, interpolating in float32), except in graphs that XLA compiles;
+    elsewhere, and for the gradient everywhere, by `gathered_bilinear_sample`
+    in `keras.ops`.
+
     Args:
         features: tensor `(B, H_in, W_in, C)`.
         y: float32 tensor `(B, H_out, W_out)` of row positions in input pixels.
@@ -47,23 +57,85 @@ def bilinear_sample(features, y, x):
     Returns:
         Tensor `(B, H_out, W_out, C)` with the dtype of `features`.
     """
-    batch, in_h, in_w, channels = ops.shape(features)
-    out_h, out_w = ops.shape(y)[1], ops.shape(y)[2]
-    # Positions beyond one pixel outside the map only see zeros; clipping them
-    # keeps the integer conversion defined for any offset.
+    if _uses_fused_sampler(features):
+        from alignseg_keras.fused_sampler import fused_bilinear_sample
+
+        return fused_bilinear_sample(features, y, x, bilinear_sample_gradient)
+    return gathered_bilinear_sample(features, y, x)
+
+
+# Set by `portable_sampling`: trace the keras.ops sampler even on TensorFlow.
+_portable_sampling_depth = 0
+
+
+@contextlib.contextmanager
+def portable_sampling():
+    """Inside the block, `bilinear_sample` traces `gathered_bilinear_sample` on every
+    backend: for exports whose converters lack TensorFlow's `CropAndResize` (LiteRT
+    has no such builtin; the ONNX and int8 paths are measured with the gathers).
+
+    Example:
+    ```python
+    with portable_sampling():
+        model.export("alignseg.tflite", format="litert")
+    ```
+    """
+    global _portable_sampling_depth
+    _portable_sampling_depth += 1
+    try:
+        yield
+    finally:
+        _portable_sampling_depth -= 1
+
+
+def _uses_fused_sampler(features):
+    if _portable_sampling_depth or keras.backend.backend() != "tensorflow" or len(features.shape) != 4:
+        return False
+    from alignseg_keras.fused_sampler import fused_sampler_applies
+
+    return fused_sampler_applies(keras.backend.standardize_dtype(features.dtype))
+
+
+def _clipped_taps(features, y, x):
+    """Table rows, validity masks and the fractional parts `(wy1, wx1)` of the
+    positions, flattened; positions beyond one pixel outside the map only see
+    zeros, and clipping them keeps the integer conversion defined for any offset."""
+    batch, in_h, in_w, _ = ops.shape(features)
     y = ops.clip(y, -1.0, _as_float(in_h))
     x = ops.clip(x, -1.0, _as_float(in_w))
     y0 = ops.floor(y)
     x0 = ops.floor(x)
     index, valid = _tap_rows(batch, in_h, in_w, y0, x0)
-    output = _sample_rows(
-        ops.reshape(features, (-1, channels)),
-        index,
-        valid,
-        ops.reshape(y - y0, (-1,)),
-        ops.reshape(x - x0, (-1,)),
-    )
+    return index, valid, ops.reshape(y - y0, (-1,)), ops.reshape(x - x0, (-1,))
+
+
+def gathered_bilinear_sample(features, y, x):
+    """`bilinear_sample` in `keras.ops` on every backend: four gathers of whole
+    channel rows and their weighted sum, with a hand-written gradient."""
+    batch, _, _, channels = ops.shape(features)
+    out_h, out_w = ops.shape(y)[1], ops.shape(y)[2]
+    index, valid, wy1, wx1 = _clipped_taps(features, y, x)
+    output = _sample_rows(ops.reshape(features, (-1, channels)), index, valid, wy1, wx1)
     return ops.reshape(output, (batch, out_h, out_w, channels))
+
+
+def bilinear_sample_gradient(features, y, x, upstream):
+    """The gradients of `gathered_bilinear_sample` with respect to `features`,
+    `y` and `x`, given the output's gradient `upstream` `(B, H_out, W_out, C)`."""
+    _, in_h, in_w, channels = ops.shape(features)
+    index, valid, wy1, wx1 = _clipped_taps(features, y, x)
+    table = ops.reshape(features, (-1, channels))
+    table_grad, wy1_grad, wx1_grad = _sample_rows_gradient(
+        table, index, valid, _tap_weights(valid, wy1, wx1), ops.reshape(upstream, (-1, channels))
+    )
+    # The clip passes the gradient of positions inside [-1, size], as TensorFlow's does.
+    inside_y = ops.cast(ops.logical_and(y >= -1.0, y <= _as_float(in_h)), "float32")
+    inside_x = ops.cast(ops.logical_and(x >= -1.0, x <= _as_float(in_w)), "float32")
+    return (
+        ops.reshape(table_grad, ops.shape(features)),
+        ops.reshape(wy1_grad, ops.shape(y)) * inside_y,
+        ops.reshape(wx1_grad, ops.shape(x)) * inside_x,
+    )
 
 
 def _tap_rows(batch, in_h, in_w, y0, x0):
@@ -118,23 +190,33 @@ def _sample_rows(table, index, valid, wy1, wx1):
     def grad(*args, upstream=None):
         if upstream is None:
             (upstream,) = args
-        tap_grad = _tap_gradients(table, index, upstream)
-        tap_grad = ops.cast(tap_grad, "float32") * valid
-        wy1_grad = wx[0] * (tap_grad[2] - tap_grad[0]) + wx[1] * (tap_grad[3] - tap_grad[1])
-        wx1_grad = wy[0] * (tap_grad[1] - tap_grad[0]) + wy[1] * (tap_grad[3] - tap_grad[2])
-        # The feature gradient once the tap gradients are done, so that its 4
-        # weighted copies of the upstream gradient never meet their gathered rows.
-        tap_weights, tap_index = computed_after(tap_grad, weights, index)
-        channels = ops.shape(upstream)[-1]
-        updates = ops.cast(ops.expand_dims(tap_weights, -1), upstream.dtype) * upstream
-        table_grad = ops.segment_sum(
-            ops.reshape(updates, (-1, channels)),
-            ops.reshape(tap_index, (-1,)),
-            num_segments=ops.shape(table)[0],
+        table_grad, wy1_grad, wx1_grad = _sample_rows_gradient(
+            table, index, valid, (weights, wy, wx), upstream
         )
         return table_grad, None, None, wy1_grad, wx1_grad
 
     return output, grad
+
+
+def _sample_rows_gradient(table, index, valid, tap_weights, upstream):
+    """`_sample_rows`' gradients `(table, wy1, wx1)` for the output gradient
+    `upstream` `(N, C)`; `tap_weights` is what `_tap_weights` returns."""
+    weights, wy, wx = tap_weights
+    tap_grad = _tap_gradients(table, index, upstream)
+    tap_grad = ops.cast(tap_grad, "float32") * valid
+    wy1_grad = wx[0] * (tap_grad[2] - tap_grad[0]) + wx[1] * (tap_grad[3] - tap_grad[1])
+    wx1_grad = wy[0] * (tap_grad[1] - tap_grad[0]) + wy[1] * (tap_grad[3] - tap_grad[2])
+    # The feature gradient once the tap gradients are done, so that its 4
+    # weighted copies of the upstream gradient never meet their gathered rows.
+    tap_weights, tap_index = computed_after(tap_grad, weights, index)
+    channels = ops.shape(upstream)[-1]
+    updates = ops.cast(ops.expand_dims(tap_weights, -1), upstream.dtype) * upstream
+    table_grad = ops.segment_sum(
+        ops.reshape(updates, (-1, channels)),
+        ops.reshape(tap_index, (-1,)),
+        num_segments=ops.shape(table)[0],
+    )
+    return table_grad, wy1_grad, wx1_grad
 
 
 def _tap_gradients(table, index, upstream):
