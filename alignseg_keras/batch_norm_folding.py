@@ -8,7 +8,7 @@ normalisation costs a bias addition, which TensorFlow's graph optimiser fuses
 into the convolution's kernel together with a following ReLU; unfolded it is a
 separate pass over the activation (TensorFlow's optimiser folds it only in
 float32, not in bfloat16). AlignSeg-R101's bfloat16 inference at 512x512 is
-about 8% faster folded (docs/benchmarks.md, "BatchNormalization folded for
+5-10% faster folded by the minimum of repeated runs, less or nothing by the median (docs/benchmarks.md, "BatchNormalization folded for
 inference").
 
 A folded BatchNormalization keeps weights that describe the same map (`gamma`
@@ -34,6 +34,7 @@ probabilities = predict_whole(folded, images)
 import keras
 import numpy as np
 
+from alignseg_keras.inference import copy_model
 from alignseg_keras.layers.batch_normalization import FusedBatchNormalization
 from alignseg_keras.layers.conv_norm_activation import ConvNormActivation
 
@@ -53,8 +54,7 @@ def fold_batch_normalization(model):
     """
     if not model.built:
         raise ValueError(f"fold_batch_normalization needs a built model; {model.name} is not built.")
-    folded = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
-    folded.set_weights(model.get_weights())
+    folded = copy_model(model)
     fold_in_place(folded)
     return folded
 

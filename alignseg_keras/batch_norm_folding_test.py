@@ -176,6 +176,11 @@ def test_bfloat16_inference_model_is_folded_and_agrees(alignseg):
         # random tiny model agree at ~99% of the pixels either way.
         assert (logits.argmax(-1) == reference.argmax(-1)).mean() > 0.95
     already = inference_model(unfolded, "bfloat16")
+    # Folding a model that already computes in bfloat16 keeps it so, whatever the global policy.
+    assert keras.config.dtype_policy().name == "float32"
+    assert {layer.dtype_policy.name for layer in already._flatten_layers(recursive=True)} == {
+        layer.dtype_policy.name for layer in unfolded._flatten_layers(recursive=True)
+    }
     assert already is not unfolded and not any(
         getattr(layer, "folded", False) for layer in unfolded._flatten_layers(recursive=True)
     )
@@ -195,3 +200,9 @@ def test_folded_norms_leave_no_batch_norm_kernel_in_the_graph(alignseg):
     fast = inference_model(alignseg, "bfloat16")
     assert batch_norm_ops(fast) == blocks
     assert batch_norm_ops(as_precision(alignseg, "bfloat16")) > blocks
+
+
+def test_an_unbuilt_model_is_refused_by_name():
+    model = keras.Sequential([keras.layers.Conv2D(4, 3), FusedBatchNormalization()], name="unbuilt")
+    with pytest.raises(ValueError, match="unbuilt is not built"):
+        fold_batch_normalization(model)

@@ -140,6 +140,19 @@ def as_precision(model, precision):
             f"as_precision converts float32 and mixed_bfloat16 models; {model.name} has the "
             f"dtype policy {source!r}."
         )
+    return copy_model(model, policy)
+
+
+def copy_model(model, policy=None):
+    """A copy of `model` rebuilt from its config and given its weights.
+
+    Every dtype policy equal to the model's own is set to `policy` (default:
+    the model's own), and the copy is built under `policy` as Keras' global
+    policy, so that layers a model builds in its constructor follow it rather
+    than whatever the global policy is now.
+    """
+    source = model.dtype_policy.name
+    policy = policy or source
     config = _replace_policy(keras.saving.serialize_keras_object(model), source, policy)
     with _global_dtype_policy(policy):
         clone = keras.saving.deserialize_keras_object(config)
@@ -153,17 +166,17 @@ def inference_model(model, precision):
     `as_precision(model, precision)`; in bfloat16 also with BatchNormalization
     folded into the convolutions before it (`batch_norm_folding`): TensorFlow
     folds them itself in float32 but not in bfloat16, where folding makes
-    AlignSeg-R101's inference about 8% faster. Returns a copy in bfloat16
-    (the folded weights must not change `model`), else what `as_precision` returns.
+    AlignSeg-R101's inference a few percent faster (docs/benchmarks.md). Returns
+    a copy in bfloat16 (the folded weights must not change `model`), else what
+    `as_precision` returns.
     """
-    from alignseg_keras.batch_norm_folding import fold_batch_normalization
     from alignseg_keras.batch_norm_folding import fold_in_place
 
     converted = as_precision(model, precision)
     if precision != "bfloat16":
         return converted
     if converted is model:
-        return fold_batch_normalization(model)
+        converted = copy_model(model)
     fold_in_place(converted)
     return converted
 

@@ -3,8 +3,8 @@
 Everything here uses `keras.ops` only, so it runs on every Keras backend; on
 TensorFlow the forward passes of resizing and sampling call TensorFlow's fused
 kernels instead (`alignseg_keras.fused_resize`, `alignseg_keras.fused_sampler`,
-TF-only modules), with the same grid and weights. Sampling positions are always computed in float32, also under a mixed-precision
-policy, and sampled rows are gathered from a flattened `(B * H * W, C)` table:
+TF-only modules), with the same grid and weights. Sampling positions are always
+computed in float32, also under a mixed-precision policy, and sampled rows are gathered from a flattened `(B * H * W, C)` table:
 one gather of whole channel rows per bilinear tap is much faster than an
 element-wise gather with a broadcast index.
 """
