@@ -219,3 +219,54 @@ def test_decoder_forms_are_restored_and_timed():
     assert alignment._uses_fused_sampler(images)
     result = decoder_forms.measure("inference", "float32", rounds=1, size=(64, 64), depth=50)
     assert set(result["min_seconds"]) == set(decoder_forms.FORMS)
+
+
+def test_op_kinds_sort_tensorflow_and_onednn_op_types():
+    from benchmarks import op_profile
+
+    assert op_profile.op_kind("_MklNativeConv2DBackpropFilterWithBias") == "convolution, filter gradient"
+    assert op_profile.op_kind("Conv2DBackpropInput") == "convolution, input gradient"
+    assert op_profile.op_kind("_MklNativeFusedConv2D") == "convolution, forward"
+    assert op_profile.op_kind("_MklNativeFusedBatchNormGradV3") == "batch normalization"
+    assert op_profile.op_kind("UnsortedSegmentSum") == op_profile.op_kind("CropAndResize")
+    assert op_profile.op_kind("ResizeBilinearGrad") == "resizing"
+    assert op_profile.op_kind("AddV2") == op_profile.OTHER
+    kinds = op_profile.by_kind({"Conv2D": (3.0, 2), "_MklNativeConv2D": (1.0, 1), "AddV2": (1.0, 5)})
+    assert kinds[0] == {"kind": "convolution, forward", "seconds": 4.0, "calls": 3, "share": 0.8}
+    assert kinds[1]["kind"] == op_profile.OTHER and kinds[1]["share"] == pytest.approx(0.2)
+
+
+def test_op_profile_records_the_ops_of_a_training_step():
+    from benchmarks import op_profile
+
+    result = op_profile.profile("training", "float32", (64, 64), 1, depth=50, warmup=1)
+    kinds = {entry["kind"]: entry for entry in result["kinds"]}
+    # A ResNet-50 AlignSeg: 53 + decoder convolutions forward, the same again for each gradient.
+    assert kinds["convolution, forward"]["calls"] >= 53
+    assert kinds["convolution, filter gradient"]["calls"] >= 53
+    assert kinds["batch normalization"]["calls"] > 0
+    assert kinds["sampler (gather, scatter, crop-and-resize)"]["calls"] > 0
+    # CropAndResize (the fused sampler's forward pass) runs as an asynchronous kernel.
+    assert result["op_types"]["CropAndResize"]["calls"] == 9  # 4 AlignFA x 2 + AlignCM
+    assert sum(entry["share"] for entry in result["kinds"]) == pytest.approx(1.0)
+    assert result["wall_seconds"] > 0
+    assert "Conv2DBackpropInput" in op_profile.format_report(result)
+
+
+def test_convolution_passes_compute_the_same_gradients_in_tensorflow_and_pytorch():
+    pytest.importorskip("torch")
+    from benchmarks import convolution_passes
+
+    shape, kernel_size, filters = (2, 9, 7, 5), 3, 4
+    ours = {name: f() for name, f in convolution_passes.tensorflow_passes(shape, kernel_size, filters,
+                                                                          "float32").items()}
+    theirs = {name: f().contiguous().numpy() for name, f in convolution_passes.torch_passes(
+        shape, kernel_size, filters, "float32", channels_last=True).items()}
+    # PyTorch's layouts back to TensorFlow's: NCHW -> NHWC, OIHW -> HWIO. Tolerances: float32
+    # rounding of sums of 45 (forward, input gradient) and 126 (kernel gradient) products.
+    np.testing.assert_allclose(ours["forward"], theirs["forward"].transpose(0, 2, 3, 1), atol=1e-5)
+    np.testing.assert_allclose(ours["input gradient"], theirs["input gradient"].transpose(0, 2, 3, 1), atol=1e-5)
+    np.testing.assert_allclose(ours["kernel gradient"], theirs["kernel gradient"].transpose(2, 3, 1, 0),
+                               rtol=1e-5, atol=1e-5)
+    result = convolution_passes.measure(shape, kernel_size, filters, "float32", repeats=1)
+    assert len(result["gflops"]) == 9 and all(rate > 0 for rate in result["gflops"].values())

@@ -1,0 +1,115 @@
+"""The three passes of one convolution in TensorFlow and in PyTorch, side by side.
+
+    python -m benchmarks.convolution_passes --precision bfloat16 --shape 2 128 128 256 --kernel 3 --filters 256
+
+A training step computes, for every convolution, its forward pass, the gradient
+of its input and the gradient of its kernel: the same multiply-adds three times.
+`benchmarks.convolution_peak` bounds the step as if all three ran at the
+forward's best rate; this script measures how fast each one runs, in
+TensorFlow (`Conv2D`, `Conv2DBackpropInput`, `Conv2DBackpropFilter`: oneDNN's
+kernels on CPU, channels last) and in PyTorch (`aten.convolution_backward`, in
+its default channels-first layout and in channels last), round-robin in one
+process, the minimum of `--repeats` rounds. Prints one JSON line: GFLOP/s
+(2 per multiply-add) of each (library, pass).
+"""
+
+import argparse
+import json
+
+PASSES = ("forward", "input gradient", "kernel gradient")
+
+
+def random_inputs(shape, kernel_size, filters, seed=0):
+    """float32 images `(B, H, W, C)`, kernel `(k, k, C, filters)` and upstream gradient."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    batch, height, width, channels = shape
+    return (rng.normal(size=shape).astype("float32"),
+            (rng.normal(size=(kernel_size, kernel_size, channels, filters)) * 0.05).astype("float32"),
+            rng.normal(size=(batch, height, width, filters)).astype("float32"))
+
+
+def channels_first_inputs(inputs):
+    """`random_inputs` in PyTorch's layouts: NCHW images and gradient, OIHW kernel."""
+    images, kernel, upstream = inputs
+    return (images.transpose(0, 3, 1, 2).copy(), kernel.transpose(3, 2, 0, 1).copy(),
+            upstream.transpose(0, 3, 1, 2).copy())
+
+
+def tensorflow_passes(shape, kernel_size, filters, precision):
+    """Callables computing each of `PASSES` in TensorFlow, returning NumPy arrays."""
+    import tensorflow as tf
+
+    batch, height, width, channels = shape
+    images, kernel, upstream = (tf.constant(array, precision) for array in random_inputs(shape, kernel_size, filters))
+    strides = [1, 1, 1, 1]
+    forward = tf.function(lambda: tf.nn.conv2d(images, kernel, strides, "SAME"))
+    input_gradient = tf.function(lambda: tf.raw_ops.Conv2DBackpropInput(
+        input_sizes=list(shape), filter=kernel, out_backprop=upstream, strides=strides, padding="SAME"))
+    kernel_gradient = tf.function(lambda: tf.raw_ops.Conv2DBackpropFilter(
+        input=images, filter_sizes=[kernel_size, kernel_size, channels, filters], out_backprop=upstream,
+        strides=strides, padding="SAME"))
+    return {name: (lambda f=f: f().numpy()) for name, f in zip(PASSES, (forward, input_gradient, kernel_gradient))}
+
+
+def torch_passes(shape, kernel_size, filters, precision, channels_last):
+    """Callables computing each of `PASSES` in PyTorch (channels-first results), on the
+    same numbers as `tensorflow_passes`."""
+    import torch
+
+    dtype = getattr(torch, precision)
+    images, kernel, upstream = (torch.from_numpy(array).to(dtype) for array in channels_first_inputs(
+        random_inputs(shape, kernel_size, filters)))
+    if channels_last:
+        images, upstream = (t.contiguous(memory_format=torch.channels_last) for t in (images, upstream))
+    padding = [kernel_size // 2] * 2
+
+    def backward(mask):
+        def run():
+            with torch.no_grad():
+                gradients = torch.ops.aten.convolution_backward(upstream, images, kernel, None, [1, 1], padding,
+                                                                [1, 1], False, [0, 0], 1, mask)
+            return gradients[mask.index(True)]
+        return run
+
+    def forward():
+        with torch.no_grad():
+            return torch.nn.functional.conv2d(images, kernel, padding=padding)
+
+    return dict(zip(PASSES, (forward, backward([True, False, False]), backward([False, True, False]))))
+
+
+def measure(shape, kernel_size, filters, precision, repeats=7):
+    from benchmarks.timing import interleaved_minimum
+
+    candidates = {("tensorflow", name): f for name, f in tensorflow_passes(shape, kernel_size, filters,
+                                                                             precision).items()}
+    try:
+        for layout, channels_last in (("torch", False), ("torch channels_last", True)):
+            for name, f in torch_passes(shape, kernel_size, filters, precision, channels_last).items():
+                candidates[(layout, name)] = f
+    except ImportError:
+        pass  # PyTorch is optional: TensorFlow's passes alone
+    seconds = interleaved_minimum(candidates, repeats, warmup=2)
+    batch, height, width, channels = shape
+    gflop = 2.0 * batch * height * width * channels * filters * kernel_size ** 2 / 1e9
+    return {"shape": list(shape), "kernel_size": kernel_size, "filters": filters, "precision": precision,
+            "gflop": gflop, "gflops": {f"{library}, {name}": gflop / s for (library, name), s in seconds.items()}}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="bfloat16")
+    parser.add_argument("--shape", type=int, nargs=4, default=(2, 128, 128, 256), metavar=("B", "H", "W", "C"))
+    parser.add_argument("--kernel", type=int, default=3)
+    parser.add_argument("--filters", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args(argv)
+    if args.kernel % 2 == 0:
+        parser.error(f"--kernel {args.kernel}: an odd size, so that 'same' padding is symmetric on both sides")
+    print(json.dumps(measure(tuple(args.shape), args.kernel, args.filters, args.precision, args.repeats)))
+
+
+if __name__ == "__main__":
+    main()
