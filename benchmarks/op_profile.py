@@ -6,7 +6,7 @@ Builds the official preset as `benchmarks.authors` measures it (the same step:
 `train_on_batch` after the default `compile()`, or the inference model in a
 `tf.function`), runs it until it is traced, then records one call with
 TensorFlow's profiler and sums the recorded op times by kind: convolutions
-forward, their input and filter gradients, BatchNormalization, the sampler's
+forward, the gradients of their input and kernel, BatchNormalization, the sampler's
 kernels, resizing, casts and the rest. The op times are those of TensorFlow's
 executor threads; two ops may run at once (inter-op parallelism), so their
 sum can exceed the call's wall time, and each kind is reported as a share of
@@ -22,9 +22,10 @@ import tempfile
 import time
 
 # Op types (as TensorFlow's CPU kernels name them, oneDNN's `_MklNative...`
-# included) by the part of the computation they belong to. First match wins.
+# included) by the part of the computation they belong to. First match wins. Matrix
+# products (AlignCM's pooling, as an einsum) count with the forward convolutions.
 OP_KINDS = (
-    ("convolution, filter gradient", ("Conv2DBackpropFilter",)),
+    ("convolution, kernel gradient", ("Conv2DBackpropFilter",)),
     ("convolution, input gradient", ("Conv2DBackpropInput",)),
     ("convolution, forward", ("Conv2D", "DepthwiseConv2dNative", "MatMul", "Einsum")),
     ("batch normalization", ("FusedBatchNorm",)),

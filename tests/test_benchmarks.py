@@ -224,7 +224,7 @@ def test_decoder_forms_are_restored_and_timed():
 def test_op_kinds_sort_tensorflow_and_onednn_op_types():
     from benchmarks import op_profile
 
-    assert op_profile.op_kind("_MklNativeConv2DBackpropFilterWithBias") == "convolution, filter gradient"
+    assert op_profile.op_kind("_MklNativeConv2DBackpropFilterWithBias") == "convolution, kernel gradient"
     assert op_profile.op_kind("Conv2DBackpropInput") == "convolution, input gradient"
     assert op_profile.op_kind("_MklNativeFusedConv2D") == "convolution, forward"
     assert op_profile.op_kind("_MklNativeFusedBatchNormGradV3") == "batch normalization"
@@ -243,7 +243,7 @@ def test_op_profile_records_the_ops_of_a_training_step():
     kinds = {entry["kind"]: entry for entry in result["kinds"]}
     # A ResNet-50 AlignSeg: 53 + decoder convolutions forward, the same again for each gradient.
     assert kinds["convolution, forward"]["calls"] >= 53
-    assert kinds["convolution, filter gradient"]["calls"] >= 53
+    assert kinds["convolution, kernel gradient"]["calls"] >= 53
     assert kinds["batch normalization"]["calls"] > 0
     assert kinds["sampler (gather, scatter, crop-and-resize)"]["calls"] > 0
     # CropAndResize (the fused sampler's forward pass) runs as an asynchronous kernel.
@@ -263,7 +263,7 @@ def test_convolution_passes_compute_the_same_gradients_in_tensorflow_and_pytorch
     theirs = {name: f().contiguous().numpy() for name, f in convolution_passes.torch_passes(
         shape, kernel_size, filters, "float32", channels_last=True).items()}
     # PyTorch's layouts back to TensorFlow's: NCHW -> NHWC, OIHW -> HWIO. Tolerances: float32
-    # rounding of sums of 45 (forward, input gradient) and 126 (kernel gradient) products.
+    # rounding of sums of 45 (forward), 36 (input gradient) and 126 (kernel gradient) products.
     np.testing.assert_allclose(ours["forward"], theirs["forward"].transpose(0, 2, 3, 1), atol=1e-5)
     np.testing.assert_allclose(ours["input gradient"], theirs["input gradient"].transpose(0, 2, 3, 1), atol=1e-5)
     np.testing.assert_allclose(ours["kernel gradient"], theirs["kernel gradient"].transpose(2, 3, 1, 0),
