@@ -41,7 +41,7 @@ def tensorflow_passes(shape, kernel_size, filters, precision):
     """Callables computing each of `PASSES` in TensorFlow, returning NumPy arrays."""
     import tensorflow as tf
 
-    batch, height, width, channels = shape
+    channels = shape[-1]
     images, kernel, upstream = (tf.constant(array, precision) for array in random_inputs(shape, kernel_size, filters))
     strides = [1, 1, 1, 1]
     forward = tf.function(lambda: tf.nn.conv2d(images, kernel, strides, "SAME"))
@@ -81,6 +81,8 @@ def torch_passes(shape, kernel_size, filters, precision, channels_last):
 
 
 def measure(shape, kernel_size, filters, precision, repeats=7):
+    """GFLOP/s of each (library, pass), round-robin in this process; PyTorch's only if installed."""
+    from benchmarks.convolution_peak import convolution_gflop
     from benchmarks.timing import interleaved_minimum
 
     candidates = {("tensorflow", name): f for name, f in tensorflow_passes(shape, kernel_size, filters,
@@ -92,8 +94,7 @@ def measure(shape, kernel_size, filters, precision, repeats=7):
     except ImportError:
         pass  # PyTorch is optional: TensorFlow's passes alone
     seconds = interleaved_minimum(candidates, repeats, warmup=2)
-    batch, height, width, channels = shape
-    gflop = 2.0 * batch * height * width * channels * filters * kernel_size ** 2 / 1e9
+    gflop = convolution_gflop(shape, kernel_size, filters)
     return {"shape": list(shape), "kernel_size": kernel_size, "filters": filters, "precision": precision,
             "gflop": gflop, "gflops": {f"{library}, {name}": gflop / s for (library, name), s in seconds.items()}}
 

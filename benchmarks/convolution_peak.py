@@ -39,6 +39,12 @@ TRAINING_SIZE, TRAINING_BATCH = (512, 512), 2
 TRAINING_PASSES = 3
 
 
+def convolution_gflop(shape, kernel_size, filters):
+    """GFLOP (2 per multiply-add) of a stride-1 'same' convolution of a `(B, H, W, C)` input."""
+    batch, height, width, channels = shape
+    return 2.0 * batch * height * width * channels * filters * kernel_size ** 2 / 1e9
+
+
 def convolution_rates(precision, repeats):
     """GFLOP/s (2 per multiply-add) of each of `SHAPES`, forward, batch 1."""
     import numpy as np
@@ -55,7 +61,7 @@ def convolution_rates(precision, repeats):
                           precision)
         convolve = backends.compiled(lambda x, k: ops.conv(x, k, padding="same"), xla=False)
         candidates[name] = lambda convolve=convolve, x=images, k=kernel: backends.block(convolve(x, k))
-        flops[name] = 2.0 * height * width * filters * kernel_size ** 2 * channels
+        flops[name] = convolution_gflop((1, height, width, channels), kernel_size, filters) * 1e9
     seconds = interleaved_minimum(candidates, repeats, warmup=2)
     return {name: flops[name] / seconds[name] / 1e9 for name in candidates}
 

@@ -21,6 +21,8 @@ import os
 import tempfile
 import time
 
+from benchmarks import backends
+
 # Op types (as TensorFlow's CPU kernels name them, oneDNN's `_MklNative...`
 # included) by the part of the computation they belong to. First match wins. Matrix
 # products (AlignCM's pooling, as an einsum) count with the forward convolutions.
@@ -141,9 +143,9 @@ def main(argv=None):
     parser.add_argument("--depth", type=int, default=101, choices=(50, 101))
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if os.environ.setdefault("KERAS_BACKEND", "tensorflow") != "tensorflow":
-        parser.error(f"op_profile reads TensorFlow's profiler; KERAS_BACKEND is {os.environ['KERAS_BACKEND']!r}")
+    backend = backends.select_backend()
+    if backend != "tensorflow":
+        parser.error(f"op_profile reads TensorFlow's profiler; KERAS_BACKEND is {backend!r}")
     result = profile(args.kind, args.precision, args.size, args.batch, depth=args.depth)
     print(json.dumps(result) if args.json else format_report(result))
 

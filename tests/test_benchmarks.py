@@ -260,13 +260,15 @@ def test_convolution_passes_compute_the_same_gradients_in_tensorflow_and_pytorch
     shape, kernel_size, filters = (2, 9, 7, 5), 3, 4
     ours = {name: f() for name, f in convolution_passes.tensorflow_passes(shape, kernel_size, filters,
                                                                           "float32").items()}
-    theirs = {name: f().contiguous().numpy() for name, f in convolution_passes.torch_passes(
-        shape, kernel_size, filters, "float32", channels_last=True).items()}
-    # PyTorch's layouts back to TensorFlow's: NCHW -> NHWC, OIHW -> HWIO. Tolerances: float32
-    # rounding of sums of 45 (forward), 36 (input gradient) and 126 (kernel gradient) products.
-    np.testing.assert_allclose(ours["forward"], theirs["forward"].transpose(0, 2, 3, 1), atol=1e-5)
-    np.testing.assert_allclose(ours["input gradient"], theirs["input gradient"].transpose(0, 2, 3, 1), atol=1e-5)
-    np.testing.assert_allclose(ours["kernel gradient"], theirs["kernel gradient"].transpose(2, 3, 1, 0),
-                               rtol=1e-5, atol=1e-5)
+    for channels_last in (True, False):
+        theirs = {name: f().contiguous().numpy() for name, f in convolution_passes.torch_passes(
+            shape, kernel_size, filters, "float32", channels_last=channels_last).items()}
+        # PyTorch's layouts back to TensorFlow's: NCHW -> NHWC, OIHW -> HWIO. Tolerances: float32
+        # rounding of sums of 45 (forward), 36 (input gradient) and 126 (kernel gradient) products.
+        np.testing.assert_allclose(ours["forward"], theirs["forward"].transpose(0, 2, 3, 1), atol=1e-5)
+        np.testing.assert_allclose(ours["input gradient"], theirs["input gradient"].transpose(0, 2, 3, 1),
+                                   atol=1e-5)
+        np.testing.assert_allclose(ours["kernel gradient"], theirs["kernel gradient"].transpose(2, 3, 1, 0),
+                                   rtol=1e-5, atol=1e-5)
     result = convolution_passes.measure(shape, kernel_size, filters, "float32", repeats=1)
     assert len(result["gflops"]) == 9 and all(rate > 0 for rate in result["gflops"].values())
