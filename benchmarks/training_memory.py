@@ -16,6 +16,9 @@ inputs exist, in MiB, over 3 calls:
 - `network_resize` (ours only): the same with every `AlignmentLayer` replaced by
   bilinear resizing to its output size (the offsets only feed a zero term), an
   upper bound of what the sampler itself adds;
+- `loss`: the same with the training loss instead of the sum of means
+  (cross-entropy with the ignore label on both heads' logits at the labels'
+  size, the deep-supervision head weighted as in `step`), no optimizer;
 - `step`: one training step as `benchmarks.authors` measures it (loss,
   gradients, SGD with momentum and weight decay); here the optimizer's
   momentum buffers, created by the first step, count as the step's.
@@ -29,11 +32,13 @@ import json
 import os
 import sys
 
+from benchmarks.authors import AUX_LOSS_WEIGHT
+from benchmarks.authors import IGNORE_INDEX
 from benchmarks.authors import ROOT
 from benchmarks.authors import random_batch
 from benchmarks.models import NUM_CLASSES
 
-PARTS = ("encoder", "network", "network_resize", "step")
+PARTS = ("encoder", "network", "network_resize", "loss", "step")
 SIDES = ("keras", "torch")
 CALLS = 3
 
@@ -69,11 +74,20 @@ def keras_call(part, images, labels, depth=101):
     network = model.image_encoder if part == "encoder" else model
     inputs = tf.constant(images)
 
+    if part == "loss":
+        model.compile(metrics=[], aux_loss_weight=AUX_LOSS_WEIGHT)
+    targets = tf.constant(labels)
+
+    def loss_of(x):
+        outputs = network(x, training=True)
+        if part == "loss":
+            return model.compute_loss(x, targets, outputs)
+        return tf.add_n([tf.reduce_mean(output) for output in tf.nest.flatten(outputs)])
+
     @tf.function
     def forward_backward(x):
         with tf.GradientTape() as tape:
-            outputs = tf.nest.flatten(network(x, training=True))
-            loss = tf.add_n([tf.reduce_mean(output) for output in outputs])
+            loss = loss_of(x)
         gradients = tape.gradient(loss, network.trainable_variables, unconnected_gradients="zero")
         return tf.add_n([tf.reduce_sum(gradient) for gradient in gradients])
 
@@ -87,6 +101,7 @@ def torch_call(part, images, labels, depth=101):
     if part == "step":
         return torch_step("training", "float32", images, labels, depth=depth)
     import torch
+    import torch.nn.functional as F
 
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from torch_reference import ReferenceAlignSeg
@@ -94,10 +109,17 @@ def torch_call(part, images, labels, depth=101):
 
     model = randomize(ReferenceAlignSeg(NUM_CLASSES, depth)).train()
     inputs = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    targets = torch.from_numpy(labels).long()
+
+    def loss_of(outputs):
+        if part == "loss":
+            logits, aux_logits = outputs
+            return (F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
+                    + AUX_LOSS_WEIGHT * F.cross_entropy(aux_logits, targets, ignore_index=IGNORE_INDEX))
+        return sum(output.mean() for output in outputs)
 
     def forward_backward():
-        outputs = model.backbone(inputs) if part == "encoder" else model(inputs)
-        sum(output.mean() for output in outputs).backward()
+        loss_of(model.backbone(inputs) if part == "encoder" else model(inputs)).backward()
         model.zero_grad(set_to_none=True)
 
     return forward_backward
@@ -136,6 +158,8 @@ def table(entries, size, batch):
              "| Part | Ours | Authors' | Ours - authors' |", "|---|---|---|---|"]
     for part in PARTS:
         ours, theirs = held.get((part, "keras")), held.get((part, "torch"))
+        if ours is None:
+            continue
         difference = f"{ours - theirs:+.0f}" if theirs is not None else ""
         lines.append(f"| {part} | {ours:.0f} | {'' if theirs is None else f'{theirs:.0f}'} | {difference} |")
     return "\n".join(lines)

@@ -152,9 +152,11 @@ def test_convolution_rates_are_measured_for_every_shape():
 def test_training_memory_parts_run_on_both_sides():
     pytest.importorskip("torch")
     for side in ("keras", "torch"):
-        result = training_memory.measure(side, "encoder", (64, 64), 1, depth=50)
-        assert result["side"] == side and 0 < result["rss_before_mib"] <= result["peak_rss_mib"]
-        assert result["held_mib"] == result["peak_rss_mib"] - result["rss_before_mib"]
+        for part in ("encoder", "loss"):
+            result = training_memory.measure(side, part, (64, 64), 1, depth=50)
+            assert result["side"] == side and result["part"] == part
+            assert 0 < result["rss_before_mib"] <= result["peak_rss_mib"]
+            assert result["held_mib"] == result["peak_rss_mib"] - result["rss_before_mib"]
     # Replacing the sampler patches AlignmentLayer, so it runs in a process of its own.
     command = [sys.executable, "-m", "benchmarks.training_memory", "--one", "--side", "keras",
                "--part", "network_resize", "--size", "64", "64", "--batch", "1", "--depth", "50"]
@@ -184,6 +186,7 @@ def test_training_memory_table_gives_the_difference_per_part():
                                         ("keras", "network_resize", 4500.0),
                                         ("keras", "step", 5900.0), ("torch", "step", 5000.0))]
     lines = training_memory.table(entries, (512, 512), 2).splitlines()
+    assert not [line for line in lines if line.startswith("| loss")]  # not measured: no row
     assert "| encoder | 2000 | 1990 | +10 |" in lines
     assert "| network_resize | 4500 |  |  |" in lines
     assert "| step | 5900 | 5000 | +900 |" in lines
