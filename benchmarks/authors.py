@@ -120,6 +120,11 @@ def torch_step(kind, precision, images, labels, depth=101, device="cpu"):
         return infer
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9, weight_decay=1e-4)
+    # The momentum buffers exist before the first step, as ours do once `compile()` has
+    # built the optimizer, so that "RSS before" holds both sides' optimizer state. From
+    # zeros, PyTorch's first step stores 0.9 * 0 + d = d, as it does without a buffer.
+    for parameter in model.parameters():
+        optimizer.state[parameter]["momentum_buffer"] = torch.zeros_like(parameter)
     host_labels = torch.from_numpy(labels).long()
     if device.type == "cuda":
         host_images, host_labels = host_images.pin_memory(), host_labels.pin_memory()
@@ -140,6 +145,7 @@ def torch_step(kind, precision, images, labels, depth=101, device="cpu"):
         synchronize()
         return loss.detach()
 
+    train_step.optimizer = optimizer
     return train_step
 
 

@@ -52,6 +52,25 @@ def test_the_authors_side_trains_in_a_process_without_keras_or_tensorflow():
     assert 0 < result["seconds"] and 0 < result["rss_before_mib"] <= result["peak_rss_mib"]
 
 
+def test_the_authors_momentum_buffers_exist_before_the_first_step_and_change_no_step():
+    torch = pytest.importorskip("torch")
+    images, labels = authors.random_batch((64, 64), 2)
+    steps = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        steps.append(authors.torch_step("training", "float32", images, labels, depth=50))
+    prebuilt, lazy = steps
+    parameters = [p for group in prebuilt.optimizer.param_groups for p in group["params"]]
+    assert all(not prebuilt.optimizer.state[p]["momentum_buffer"].any() for p in parameters)
+    lazy.optimizer.state.clear()  # torch's own start: the first step creates the buffers
+    for call in range(2):
+        for step in (prebuilt, lazy):
+            torch.manual_seed(call)  # the same dropout masks on both sides
+            step()
+    for with_zeros, without in zip(parameters, (p for group in lazy.optimizer.param_groups for p in group["params"])):
+        torch.testing.assert_close(with_zeros, without, rtol=0, atol=0)
+
+
 def test_the_goals_configurations_come_first_and_none_twice():
     full = list(authors.configurations(quick=False))
     assert full[:4] == [("inference", "float32", (512, 512), 1), ("inference", "bfloat16", (512, 512), 1),

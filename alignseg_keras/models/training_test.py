@@ -71,6 +71,19 @@ def test_fit_a_dataset_with_ohem_and_evaluate():
     assert model.optimizer._learning_rate.decay_steps == 10
 
 
+def test_compile_creates_the_optimizer_state_before_the_first_step():
+    # On TensorFlow, Keras would otherwise create it while tracing the first step,
+    # and that step then holds more memory (docs/benchmarks.md).
+    model = tiny_model()
+    model.compile()
+    assert model.optimizer.built
+    buffers = model.optimizer.momentum_buffers
+    assert [tuple(b.shape) for b in buffers] == [tuple(v.shape) for v in model.trainable_variables]
+    images, masks = toy_data()
+    model.train_on_batch(images, masks)
+    assert model.optimizer.momentum_buffers is buffers and any(np.any(b.numpy()) for b in buffers)
+
+
 def test_compiled_model_round_trips_through_keras_file(tmp_path):
     images, masks = toy_data()
     model = tiny_model()
