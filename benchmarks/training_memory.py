@@ -20,8 +20,8 @@ inputs exist, in MiB, over 3 calls:
   (cross-entropy with the ignore label on both heads' logits at the labels'
   size, the deep-supervision head weighted as in `step`), no optimizer;
 - `step`: one training step as `benchmarks.authors` measures it (loss,
-  gradients, SGD with momentum and weight decay); here the optimizer's
-  momentum buffers, created by the first step, count as the step's.
+  gradients, SGD with momentum and weight decay); the optimizer's momentum
+  buffers exist before it on both sides and are not counted.
 
 The parts are not timed: the other processes of the machine may run beside
 them. Results are printed as a table, not stored.
