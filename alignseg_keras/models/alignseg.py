@@ -388,7 +388,7 @@ class AlignSeg(ImageSegmenter):
             # The optimizer's state now, as Keras does on JAX and under a
             # tf.distribute strategy: on TensorFlow without one, Keras creates it
             # while tracing the first training step, and the traced step then
-            # peaks 0.14-0.33 GiB higher (512x512, batch 2, docs/benchmarks.md).
+            # peaks 0.16-0.34 GiB higher (512x512, batch 2, docs/benchmarks.md).
             self.optimizer.build(self.trainable_variables)
 
     def get_compile_config(self):
