@@ -94,10 +94,19 @@ def keras_step(kind, precision, images, labels, depth=101, fold_batch_norm=None)
     return lambda: model.train_on_batch(images, labels)
 
 
+def torch_training_loss(outputs, labels):
+    """The authors' training loss on their network's `(logits, aux_logits)`: cross-entropy
+    with the ignore label on both heads, the deep-supervision head weighted as ours."""
+    import torch.nn.functional as F
+
+    logits, aux_logits = outputs
+    loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
+    return loss + AUX_LOSS_WEIGHT * F.cross_entropy(aux_logits.float(), labels, ignore_index=IGNORE_INDEX)
+
+
 def torch_step(kind, precision, images, labels, depth=101, device="cpu"):
     """A call of the authors' network in PyTorch (inference or one SGD step), blocking."""
     import torch
-    import torch.nn.functional as F
 
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from torch_reference import ReferenceAlignSeg
@@ -134,11 +143,7 @@ def torch_step(kind, precision, images, labels, depth=101, device="cpu"):
         batch_images = host_images.to(device, non_blocking=True)
         batch_labels = host_labels.to(device, non_blocking=True)
         with torch.autocast(device.type, torch.bfloat16, enabled=bfloat16):
-            logits, aux_logits = model(batch_images)
-            loss = F.cross_entropy(logits.float(), batch_labels, ignore_index=IGNORE_INDEX)
-            loss = loss + AUX_LOSS_WEIGHT * F.cross_entropy(
-                aux_logits.float(), batch_labels, ignore_index=IGNORE_INDEX
-            )
+            loss = torch_training_loss(model(batch_images), batch_labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

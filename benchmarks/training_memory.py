@@ -33,7 +33,6 @@ import os
 import sys
 
 from benchmarks.authors import AUX_LOSS_WEIGHT
-from benchmarks.authors import IGNORE_INDEX
 from benchmarks.authors import ROOT
 from benchmarks.authors import random_batch
 from benchmarks.models import NUM_CLASSES
@@ -101,7 +100,8 @@ def torch_call(part, images, labels, depth=101):
     if part == "step":
         return torch_step("training", "float32", images, labels, depth=depth)
     import torch
-    import torch.nn.functional as F
+
+    from benchmarks.authors import torch_training_loss
 
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from torch_reference import ReferenceAlignSeg
@@ -113,9 +113,7 @@ def torch_call(part, images, labels, depth=101):
 
     def loss_of(outputs):
         if part == "loss":
-            logits, aux_logits = outputs
-            return (F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
-                    + AUX_LOSS_WEIGHT * F.cross_entropy(aux_logits, targets, ignore_index=IGNORE_INDEX))
+            return torch_training_loss(outputs, targets)
         return sum(output.mean() for output in outputs)
 
     def forward_backward():
