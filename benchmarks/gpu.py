@@ -25,6 +25,15 @@ Keras' `mixed_bfloat16` policy against `torch.autocast("cuda", torch.bfloat16)`.
 Times are per step after warm-up (compilation, cuDNN autotuning): the median
 and the minimum of `--repeats` synchronised steps. Training batches are
 host arrays on both sides (copied to the GPU each step).
+
+Memory is reported twice, because both frameworks' convolution autotuners
+take large workspaces from the same allocator during warm-up (in float32,
+tens of GiB): `*_peak_gpu_memory_gib` is the allocator's peak including
+warm-up; `*_steady_gpu_memory_gib` is the memory the timed calls need. On
+PyTorch that is `max_memory_allocated` over the timed calls alone (the peak
+is reset after the first call); on JAX, whose allocator peak cannot be reset,
+it is XLA's buffer assignment of the compiled program (arguments + outputs -
+donated + temporaries, `memory_analysis()` of the executable that ran).
 """
 
 import argparse
@@ -78,7 +87,17 @@ def timed(step, repeats, warmup=2):
     return timed_calls(step, repeats, warmup)[0]
 
 
-def run_jax(args):
+def program_memory_gib(compiled):
+    """The device memory an XLA executable needs while it runs (GiB): its buffer assignment."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return float("nan")
+    held = (stats.argument_size_in_bytes + stats.output_size_in_bytes
+            - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
+    return held / 2**30
+
+
+def run_jax(args, emit):
     os.environ["KERAS_BACKEND"] = "jax"
     import jax
     import keras
@@ -112,6 +131,11 @@ def run_jax(args):
         "framework": f"keras {keras.__version__}, jax {jax.__version__}",
         "matmul_precision": str(jax.config.jax_default_matmul_precision),
     }
+    emit(result)  # the timings stand even if an analysis below outlasts the timeout
+    # The executable that ran: jit's cache returns it for the same function and shapes.
+    result["inference_steady_gpu_memory_gib"] = program_memory_gib(
+        forward.lower(trainable, frozen, device_image).compile()
+    )
     if args.inference_only:
         return result
 
@@ -121,16 +145,29 @@ def run_jax(args):
     train_compile = time.perf_counter() - start
     training = timed(lambda: model.train_on_batch(train_images, train_labels), max(3, args.repeats // 2))
     stats = jax.devices()[0].memory_stats() or {}
-    return {
+    result = {
         **result,
         "training": summary(training),
         "training_first_step_seconds": train_compile,
         "loss": float(np.asarray(loss).ravel()[0]),
         "peak_gpu_memory_gib": stats.get("peak_bytes_in_use", float("nan")) / 2**30,
     }
+    emit(result)
+    # Keras' JAX trainer runs jax.jit(model.train_step, donate_argnums=0) on this state;
+    # lowering the same function on the same shapes returns that executable from jit's cache.
+    model.jax_state_sync()
+    state = model._get_jax_state(
+        trainable_variables=True, non_trainable_variables=True,
+        optimizer_variables=True, metrics_variables=True,
+    )
+    train_step = jax.jit(model.train_step, donate_argnums=0)
+    result["steady_gpu_memory_gib"] = program_memory_gib(
+        train_step.lower(state, (train_images, train_labels, None)).compile()
+    )
+    return result
 
 
-def run_torch(args):
+def run_torch(args, emit):
     import torch
 
     from benchmarks.authors import torch_step
@@ -141,12 +178,22 @@ def run_torch(args):
     def peak_memory_gib():
         return torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
 
+    def steady(step, repeats):
+        """Times after warm-up; the peak with the first (autotuning) call, and without it."""
+        step()
+        with_autotuning = peak_memory_gib()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        times = timed(step, repeats)
+        return times, max(with_autotuning, peak_memory_gib()), peak_memory_gib()
+
     image, train_images, train_labels = batches(args)
     infer = torch_step("inference", args.precision, image, None, device=args.torch_device)
-    inference = timed(infer, args.repeats)
+    inference, peak, steady_peak = steady(infer, args.repeats)
     result = {
         "inference": summary(inference),
-        "inference_peak_gpu_memory_gib": peak_memory_gib(),
+        "inference_peak_gpu_memory_gib": peak,
+        "inference_steady_gpu_memory_gib": steady_peak,
         "framework": f"torch {torch.__version__}",
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
     }
@@ -158,17 +205,27 @@ def run_torch(args):
         torch.cuda.reset_peak_memory_stats()
     train_step = torch_step("training", args.precision, train_images, train_labels, device=args.torch_device)
     losses = []
-    training = timed(lambda: losses.append(train_step()), max(3, args.repeats // 2))
+    training, peak, steady_peak = steady(lambda: losses.append(train_step()), max(3, args.repeats // 2))
     return {
         **result,
         "training": summary(training),
         "loss": float(losses[-1]),
-        "peak_gpu_memory_gib": peak_memory_gib(),
+        "peak_gpu_memory_gib": peak,
+        "steady_gpu_memory_gib": steady_peak,
     }
 
 
 def one(args):
-    result = run_jax(args) if args.side == "jax" else run_torch(args)
+    """Runs one configuration and prints it as a JSON line (and, before long analyses, its timings)."""
+
+    def emit(partial):
+        print(json.dumps(described(args, dict(partial))), flush=True)
+
+    run = run_jax if args.side == "jax" else run_torch
+    emit(run(args, emit))
+
+
+def described(args, result):
     result.update(
         side=args.side,
         precision=args.precision,
@@ -180,6 +237,12 @@ def one(args):
     if "training" in result:
         result["training_images_per_second"] = args.train_batch / result["training"]["median_seconds"]
     return result
+
+
+def last_json_line(output):
+    output = output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
+    lines = [line for line in output.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if lines else None
 
 
 def gpu_name():
@@ -208,12 +271,14 @@ def drive(args):
             start = time.perf_counter()
             try:
                 done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
-                lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-                entry = json.loads(lines[-1]) if done.returncode == 0 and lines else {
-                    "side": side, "precision": precision, "error": done.stderr[-3000:],
-                }
-            except subprocess.TimeoutExpired:
-                entry = {"side": side, "precision": precision, "error": f"timeout {args.timeout} s"}
+                entry = last_json_line(done.stdout)
+                if done.returncode != 0 or entry is None:
+                    entry = {**(entry or {}), "side": side, "precision": precision,
+                             "error": done.stderr[-3000:]}
+            except subprocess.TimeoutExpired as timeout:
+                # What the configuration printed before the limit (its timings) is kept.
+                entry = {**(last_json_line(timeout.stdout) or {}), "side": side,
+                         "precision": precision, "error": f"timeout {args.timeout} s"}
             entry["process_seconds"] = time.perf_counter() - start
             print(json.dumps(entry), flush=True)
             results["runs"].append(entry)
@@ -228,7 +293,7 @@ def main(argv=None):
     if args.side is None:
         drive(args)
     else:
-        print(json.dumps(one(args)), flush=True)
+        one(args)
 
 
 if __name__ == "__main__":
