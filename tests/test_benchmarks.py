@@ -294,3 +294,29 @@ def test_convolution_passes_compute_the_same_gradients_in_tensorflow_and_pytorch
                                    rtol=1e-5, atol=1e-5)
     result = convolution_passes.measure(shape, kernel_size, filters, "float32", repeats=1)
     assert len(result["gflops"]) == 9 and all(rate > 0 for rate in result["gflops"].values())
+
+
+def test_gpu_driver_keeps_the_last_json_line_of_a_configuration():
+    from benchmarks import gpu
+
+    # subprocess.TimeoutExpired carries bytes even in text mode; a configuration prints its
+    # timings before its memory analyses, so the last line is the most complete one.
+    output = b'progress\n{"inference": 1}\nwarning\n{"inference": 1, "training": 2}\n'
+    assert gpu.last_json_line(output) == {"inference": 1, "training": 2}
+    assert gpu.last_json_line("no result\n") is None
+    assert gpu.last_json_line(None) is None
+
+
+def test_gpu_program_memory_counts_arguments_outputs_and_donation():
+    jax = pytest.importorskip("jax")
+    from benchmarks import gpu
+
+    array = np.ones((256, 256), np.float32)  # 256 KiB
+
+    def double(x):
+        return x * 2.0
+
+    kept = gpu.program_memory_gib(jax.jit(double).lower(array).compile()) * 2**30
+    donated = gpu.program_memory_gib(jax.jit(double, donate_argnums=0).lower(array).compile()) * 2**30
+    assert kept >= 2 * array.nbytes  # the argument and the output
+    assert kept - donated == array.nbytes  # the output reuses the donated argument
