@@ -30,8 +30,10 @@ leaves the copy out.
 
 Memory is reported twice, because both frameworks' convolution autotuners
 take large workspaces from the same allocator during warm-up (in float32,
-tens of GiB): `*_peak_gpu_memory_gib` is the allocator's peak including
-warm-up; `*_steady_gpu_memory_gib` is the memory the timed calls need. On
+tens of GiB): `peak_gpu_memory_gib` (training) and
+`inference_peak_gpu_memory_gib` are the allocator's peak including warm-up;
+`steady_gpu_memory_gib` and `inference_steady_gpu_memory_gib` are the memory
+the timed calls need. On
 PyTorch that is `max_memory_allocated` over the timed calls alone (the peak
 is reset after the first call); on JAX, whose allocator peak cannot be reset,
 it is XLA's buffer assignment of the compiled program (arguments + outputs -
@@ -192,7 +194,8 @@ def run_torch(args, emit):
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         times = timed(step, repeats)
-        return times, max(with_autotuning, peak_memory_gib()), peak_memory_gib()
+        timed_peak = peak_memory_gib()
+        return times, max(with_autotuning, timed_peak), timed_peak
 
     image, train_images, train_labels = batches(args)
     infer = torch_step("inference", args.precision, image, None, device=args.torch_device)
