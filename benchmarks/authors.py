@@ -171,20 +171,19 @@ def timed_calls(step, repeats, warmup):
 
 def measure(side, kind, precision, size, batch, repeats=3, warmup=2, depth=101):
     """One configuration in this process: its times and resident memory (MiB)."""
-    from benchmarks.timing import current_rss_mib
-    from benchmarks.timing import peak_rss_mib
+    from benchmarks.timing import resident_memory_after
+    from benchmarks.timing import resident_memory_before
 
     images, labels = random_batch(tuple(size), batch)
     build = keras_step if side == "keras" else torch_step
     step = build(kind, precision, images, labels, depth=depth)
-    rss_before = current_rss_mib()
+    before = resident_memory_before()
     times, first = timed_calls(step, repeats, warmup)
     return {
         "seconds": min(times),
         "median_seconds": statistics.median(times),
         "first_call_seconds": first,
-        "rss_before_mib": rss_before,
-        "peak_rss_mib": peak_rss_mib(),
+        **resident_memory_after(before),
     }
 
 
@@ -251,6 +250,7 @@ def add_ratios(ours, theirs):
     """Our time and peak memory over theirs, stored in our entry."""
     ours["ratio_to_authors"] = ours["seconds"] / theirs["seconds"]
     ours["memory_ratio_to_authors"] = ours["peak_rss_mib"] / theirs["peak_rss_mib"]
+    ours["anonymous_memory_ratio_to_authors"] = ours["peak_anonymous_mib"] / theirs["peak_anonymous_mib"]
 
 
 def parse(argv=None):

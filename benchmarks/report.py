@@ -160,6 +160,15 @@ def _gib(mib):
     return _fmt(mib / 1024)
 
 
+def _anonymous_peak_cells(ours, theirs):
+    """The peaks less the file-backed pages (`benchmarks.timing.file_backed_rss_mib`) and their
+    ratio; empty for runs from before they were recorded."""
+    if "peak_anonymous_mib" not in ours or "peak_anonymous_mib" not in theirs:
+        return ["", ""]
+    return [f"{_gib(ours['peak_anonymous_mib'])} / {_gib(theirs['peak_anonymous_mib'])}",
+            _fmt(ours["peak_anonymous_mib"] / theirs["peak_anonymous_mib"], unit="x")]
+
+
 def authors_lines(store):
     entries = _entries(store, "authors")
     ours = sorted((e for e in entries if e["side"] == "keras" and e["kind"] != "peak"),
@@ -179,12 +188,14 @@ def authors_lines(store):
                 f"{_gib(entry['rss_before_mib'])} / {_gib(entry['peak_rss_mib'])}",
                 f"{_gib(theirs['rss_before_mib'])} / {_gib(theirs['peak_rss_mib'])}",
                 _fmt(entry["memory_ratio_to_authors"], unit="x"),
+                *_anonymous_peak_cells(entry, theirs),
             ])
         if rows:
             lines += ["", f"### Beside the authors' network. {title}", ""]
             lines += _table(["Size", "Batch", "Precision", "Ours (s)", "Authors' (s)", "x authors",
                              "Our RSS before / peak (GiB)", "Authors' RSS before / peak (GiB)",
-                             "Peak x authors"], rows)
+                             "Peak x authors", "Peak less file pages, ours / authors' (GiB)",
+                             "Less file pages x authors"], rows)
     return lines
 
 

@@ -7,7 +7,9 @@
 Each (part, side) runs in a fresh process on TensorFlow (ours) or PyTorch (the
 authors' network of `tests/torch_reference.py`, float32, training mode) and
 reports its peak resident memory (VmHWM) minus its memory once the model and
-inputs exist, in MiB, over 3 calls:
+inputs exist, in MiB, over 3 calls; and the same less the pages mapped from files
+(`benchmarks.timing.file_backed_rss_mib`: mostly the libraries' code, which TensorFlow
+pages in as its kernels are first used):
 
 - `encoder`: forward and backward of the encoder alone (the loss is the sum of
   the means of its four pyramid outputs);
@@ -125,17 +127,17 @@ def torch_call(part, images, labels, depth=101):
 
 def measure(side, part, size, batch, depth=101):
     """Peak memory of `part` on `side` in this process, in MiB above the built model."""
-    from benchmarks.timing import current_rss_mib
-    from benchmarks.timing import peak_rss_mib
+    from benchmarks.timing import resident_memory_after
+    from benchmarks.timing import resident_memory_before
 
     images, labels = random_batch(tuple(size), batch)
     call = (keras_call if side == "keras" else torch_call)(part, images, labels, depth)
-    before = current_rss_mib()
+    before = resident_memory_before()
     for _ in range(CALLS):
         call()
-    peak = peak_rss_mib()
-    return {"side": side, "part": part, "rss_before_mib": before, "peak_rss_mib": peak,
-            "held_mib": peak - before}
+    memory = resident_memory_after(before)
+    return {"side": side, "part": part, **memory, "held_mib": memory["peak_rss_mib"] - memory["rss_before_mib"],
+            "held_anonymous_mib": memory["peak_anonymous_mib"] - memory["anonymous_before_mib"]}
 
 
 def measure_all(size, batch):
@@ -151,15 +153,21 @@ def measure_all(size, batch):
 
 
 def table(entries, size, batch):
-    held = {(entry["part"], entry["side"]): entry["held_mib"] for entry in entries}
-    lines = [f"Peak minus built, MiB, training mode, {size[0]}x{size[1]}, batch {batch}, float32:", "",
-             "| Part | Ours | Authors' | Ours - authors' |", "|---|---|---|---|"]
+    lines = [f"Peak minus built, MiB, training mode, {size[0]}x{size[1]}, batch {batch}, float32; "
+             "the whole process, and less its file-backed pages:", "",
+             "| Part | Ours | Authors' | Ours - authors' | Ours, anonymous | Authors', anonymous "
+             "| Ours - authors', anonymous |", "|---|---|---|---|---|---|---|"]
     for part in PARTS:
-        ours, theirs = held.get((part, "keras")), held.get((part, "torch"))
-        if ours is None:
-            continue
-        difference = f"{ours - theirs:+.0f}" if theirs is not None else ""
-        lines.append(f"| {part} | {ours:.0f} | {'' if theirs is None else f'{theirs:.0f}'} | {difference} |")
+        cells = []
+        for key in ("held_mib", "held_anonymous_mib"):
+            held = {entry["side"]: entry[key] for entry in entries if entry["part"] == part}
+            ours, theirs = held.get("keras"), held.get("torch")
+            if ours is None:
+                break
+            difference = f"{ours - theirs:+.0f}" if theirs is not None else ""
+            cells += [f"{ours:.0f}", "" if theirs is None else f"{theirs:.0f}", difference]
+        if cells:
+            lines.append(f"| {part} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
