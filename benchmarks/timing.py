@@ -89,15 +89,33 @@ def resident_memory_after(before):
             "anonymous_before_mib": before["rss_before_mib"] - before["file_rss_before_mib"]}
 
 
-def cpu_model():
+# The instruction sets that decide the bfloat16 and int8 paths of oneDNN and XLA on a CPU.
+CPU_FEATURES = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx512f", "avx2")
+
+
+def cpu_model(cpuinfo="/proc/cpuinfo"):
+    """The CPU's name with its family and model numbers and the features of `CPU_FEATURES`
+    it has: a name alone ("AMD EPYC" on some clouds) does not tell a Zen 4 (family 25) from a
+    Zen 5 (family 26), whose AVX-512 units are twice as wide."""
     try:
-        with open("/proc/cpuinfo") as handle:
+        with open(cpuinfo) as handle:
+            fields = {}
             for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the first processor's block
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return platform.processor() or platform.machine()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    details = []
+    if "cpu family" in fields:
+        details.append(f"family {fields['cpu family']}, model {fields.get('model', '?')}")
+    features = [feature for feature in CPU_FEATURES if feature in flags]
+    if features:
+        details.append(" ".join(features))
+    return f"{name} ({'; '.join(details)})" if details else name
 
 
 def gpu_names():

@@ -52,6 +52,21 @@ def test_file_backed_pages_are_the_mapped_files_not_the_heap(tmp_path):
     del mapped
 
 
+def test_the_cpu_is_named_with_its_family_and_features(tmp_path):
+    from benchmarks.timing import cpu_model
+
+    cpuinfo = tmp_path / "cpuinfo"
+    processor = ("processor\t: {}\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n"
+                 "model name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: fpu avx2 avx512f amx_bf16 "
+                 "amx_tile amx_int8 avx512_bf16\n\n")
+    cpuinfo.write_text(processor.format(0) + processor.format(1).replace("avx2 ", ""))
+    assert cpu_model(str(cpuinfo)) == (
+        "Intel(R) Xeon(R) Platinum 8480+ (family 6, model 143; amx_bf16 amx_int8 avx512_bf16 avx512f avx2)")
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2\n")
+    assert cpu_model(str(cpuinfo)) == "AMD EPYC"
+    assert cpu_model(str(tmp_path / "absent")) != ""
+
+
 def last_line_of_process(command):
     """Runs `command` in the project root (a process of its own) and returns its last output line."""
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
