@@ -9,14 +9,18 @@ forward's best rate; this script measures how fast each one runs, in
 TensorFlow (`Conv2D`, `Conv2DBackpropInput`, `Conv2DBackpropFilter`: oneDNN's
 kernels on CPU, channels last) and in PyTorch (`aten.convolution_backward`, in
 its default channels-first layout and in channels last), round-robin in one
-process, the minimum of `--repeats` rounds. Prints one JSON line: GFLOP/s
-(2 per multiply-add) of each (library, pass).
+process, the minimum of `--repeats` rounds; and TensorFlow's kernel gradient
+computed as `k * k` matrix products (`kernel_gradient_by_matrix_products`). Prints
+one JSON line: GFLOP/s (2 per multiply-add) of each (library, pass).
 """
 
 import argparse
 import json
 
 PASSES = ("forward", "input gradient", "kernel gradient")
+# A candidate for the kernel gradient, timed beside TensorFlow's own (see
+# `kernel_gradient_by_matrix_products`).
+MATRIX_PRODUCTS = "kernel gradient, k*k matrix products"
 
 
 def random_inputs(shape, kernel_size, filters, seed=0):
@@ -37,8 +41,28 @@ def channels_first_inputs(inputs):
             upstream.transpose(0, 3, 1, 2).copy())
 
 
+def kernel_gradient_by_matrix_products(images, upstream, kernel_size):
+    """The kernel gradient of a stride-1 'same' convolution as `k * k` matrix products.
+
+    `dW[i, j] = X_ij^T G`, where `X_ij` is the zero-padded input shifted by `(i, j)` and
+    `G` the upstream gradient, both flattened to `(B * H * W, channels)`: a copy of the
+    input per kernel position and one matrix product each, instead of oneDNN's
+    backward-weights convolution.
+    """
+    import tensorflow as tf
+
+    batch, height, width, channels = images.shape
+    pad = kernel_size // 2
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    flat_upstream = tf.reshape(upstream, [batch * height * width, -1])
+    products = [tf.matmul(tf.reshape(padded[:, i:i + height, j:j + width, :], [-1, channels]), flat_upstream,
+                          transpose_a=True)
+                for i in range(kernel_size) for j in range(kernel_size)]
+    return tf.reshape(tf.stack(products), [kernel_size, kernel_size, channels, -1])
+
+
 def tensorflow_passes(shape, kernel_size, filters, precision):
-    """Callables computing each of `PASSES` in TensorFlow, returning NumPy arrays."""
+    """Callables computing each of `PASSES` and `MATRIX_PRODUCTS` in TensorFlow, returning NumPy arrays."""
     import tensorflow as tf
 
     channels = shape[-1]
@@ -50,7 +74,9 @@ def tensorflow_passes(shape, kernel_size, filters, precision):
     kernel_gradient = tf.function(lambda: tf.raw_ops.Conv2DBackpropFilter(
         input=images, filter_sizes=[kernel_size, kernel_size, channels, filters], out_backprop=upstream,
         strides=strides, padding="SAME"))
-    return {name: (lambda f=f: f().numpy()) for name, f in zip(PASSES, (forward, input_gradient, kernel_gradient))}
+    by_products = tf.function(lambda: kernel_gradient_by_matrix_products(images, upstream, kernel_size))
+    passes = dict(zip((*PASSES, MATRIX_PRODUCTS), (forward, input_gradient, kernel_gradient, by_products)))
+    return {name: (lambda f=f: f().numpy()) for name, f in passes.items()}
 
 
 def torch_passes(shape, kernel_size, filters, precision, channels_last):

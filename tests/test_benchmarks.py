@@ -336,8 +336,25 @@ def test_convolution_passes_compute_the_same_gradients_in_tensorflow_and_pytorch
                                    atol=1e-5)
         np.testing.assert_allclose(ours["kernel gradient"], theirs["kernel gradient"].transpose(2, 3, 1, 0),
                                    rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ours[convolution_passes.MATRIX_PRODUCTS], ours["kernel gradient"], rtol=1e-5, atol=1e-5)
     result = convolution_passes.measure(shape, kernel_size, filters, "float32", repeats=1)
-    assert len(result["gflops"]) == 9 and all(rate > 0 for rate in result["gflops"].values())
+    assert len(result["gflops"]) == 10 and all(rate > 0 for rate in result["gflops"].values())
+
+
+def test_kernel_gradient_as_matrix_products_for_every_kernel_size():
+    import tensorflow as tf
+
+    from benchmarks.convolution_passes import kernel_gradient_by_matrix_products
+    from benchmarks.convolution_passes import random_inputs
+
+    for kernel_size in (1, 3, 5):
+        images, _, upstream = random_inputs((2, 6, 5, 3), kernel_size, 4)
+        expected = tf.raw_ops.Conv2DBackpropFilter(
+            input=images, filter_sizes=[kernel_size, kernel_size, 3, 4], out_backprop=upstream,
+            strides=[1, 1, 1, 1], padding="SAME")
+        # Sums of at most 60 products in float32.
+        np.testing.assert_allclose(kernel_gradient_by_matrix_products(tf.constant(images), tf.constant(upstream),
+                                                                      kernel_size), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_gpu_driver_keeps_the_last_json_line_of_a_configuration():
