@@ -51,10 +51,10 @@ def kernel_gradient_by_matrix_products(images, upstream, kernel_size):
     """
     import tensorflow as tf
 
-    batch, height, width, channels = images.shape
+    _, height, width, channels = images.shape
     pad = kernel_size // 2
     padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-    flat_upstream = tf.reshape(upstream, [batch * height * width, -1])
+    flat_upstream = tf.reshape(upstream, [-1, upstream.shape[-1]])
     products = [tf.matmul(tf.reshape(padded[:, i:i + height, j:j + width, :], [-1, channels]), flat_upstream,
                           transpose_a=True)
                 for i in range(kernel_size) for j in range(kernel_size)]

@@ -162,11 +162,12 @@ def _gib(mib):
 
 def _anonymous_peak_cells(ours, theirs):
     """The peaks less the file-backed pages (`benchmarks.timing.file_backed_rss_mib`) and their
-    ratio; empty for runs from before they were recorded."""
-    if "peak_anonymous_mib" not in ours or "peak_anonymous_mib" not in theirs:
+    ratio (`authors.add_ratios`); empty for runs from before they were recorded."""
+    if not all(key in entry for entry, key in ((ours, "peak_anonymous_mib"), (theirs, "peak_anonymous_mib"),
+                                               (ours, "anonymous_memory_ratio_to_authors"))):
         return ["", ""]
     return [f"{_gib(ours['peak_anonymous_mib'])} / {_gib(theirs['peak_anonymous_mib'])}",
-            _fmt(ours["peak_anonymous_mib"] / theirs["peak_anonymous_mib"], unit="x")]
+            _fmt(ours["anonymous_memory_ratio_to_authors"], unit="x")]
 
 
 def authors_lines(store):

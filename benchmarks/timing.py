@@ -68,7 +68,7 @@ def current_rss_mib():
 
 def file_backed_rss_mib():
     """Resident pages of this process mapped from files (RssFile), in MiB: mostly the code
-    of the shared libraries loaded (TensorFlow's are about 0.48 GiB, PyTorch's 0.1 GiB).
+    of the shared libraries loaded (TensorFlow's 0.4-0.5 GiB once its kernels have run, PyTorch's 0.1 GiB).
     They are shared with other processes that map the same files and are dropped, not
     swapped, when memory is short; `peak_rss_mib() - file_backed_rss_mib()` is the peak of
     the rest (the process's anonymous memory: tensors, allocator caches, compiled code) to
