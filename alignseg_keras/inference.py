@@ -39,6 +39,11 @@ fast = inference_model(model, "bfloat16")
 for batch in batches:
     probabilities = predict_whole(fast, batch)
 ```
+
+On TensorFlow, `frozen_inference.FrozenInferenceModel(model, precision)`
+makes the weights constants of the graph, which lets oneDNN keep its
+reordered kernels between calls: about 10% faster on a CPU, after a one-off
+cost of some seconds. Every function here takes it in place of the model.
 """
 
 import contextlib
@@ -182,7 +187,19 @@ def inference_model(model, precision):
 
 
 def _with_precision(model, precision):
-    return model if precision is None else inference_model(model, precision)
+    """`model` in `precision` (`inference_model`); a model frozen in one precision
+    (`frozen_inference.FrozenInferenceModel`) as it is, if that is `precision`."""
+    if precision is None:
+        return model
+    if isinstance(model, keras.Model):
+        return inference_model(model, precision)
+    frozen_precision = getattr(model, "precision", None)
+    if frozen_precision != precision:
+        raise ValueError(
+            f"{model.name} computes in {frozen_precision}, frozen; received precision="
+            f"{precision!r}. Freeze the Keras model in {precision}, or pass precision=None."
+        )
+    return model
 
 
 def _as_image_batch(images):
@@ -327,7 +344,8 @@ def predict_whole(model, images, batch_size=DEFAULT_BATCH_SIZE, precision=None):
 
     Args:
         model: a Keras model from RGB images (0..255) to logits
-            `(B, H, W, classes)` at the input size, such as `AlignSeg`.
+            `(B, H, W, classes)` at the input size, such as `AlignSeg`, or a
+            `FrozenInferenceModel` of one.
         images: `(B, H, W, 3)` or `(H, W, 3)` array, uint8 or float.
         batch_size: int, images per forward pass.
         precision: None to run `model` as it is, or `"float32"` or
@@ -369,7 +387,8 @@ def predict_sliding(
     batched together, `batch_size` per forward pass.
 
     Args:
-        model: a Keras model from RGB images (0..255) to logits at input size.
+        model: a Keras model from RGB images (0..255) to logits at input size,
+            or a `FrozenInferenceModel` of one.
         images: `(B, H, W, 3)` or `(H, W, 3)` array, uint8 or float.
         tile_size: int or `(height, width)`, window size (769 in the paper).
         overlap: float in [0, 1), fraction shared by neighbouring windows (1/3).
@@ -418,7 +437,8 @@ def predict_multiscale(
     mirrored back. All logits are averaged, then the softmax is taken.
 
     Args:
-        model: a Keras model from RGB images (0..255) to logits at input size.
+        model: a Keras model from RGB images (0..255) to logits at input size,
+            or a `FrozenInferenceModel` of one.
         images: `(B, H, W, 3)` or `(H, W, 3)` array, uint8 or float.
         scales: positive floats (the paper: 0.75, 1.0, 1.25, 1.5, 1.75).
         flip: bool, also average the horizontally flipped prediction.

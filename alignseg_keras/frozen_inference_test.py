@@ -1,0 +1,121 @@
+import keras
+import numpy as np
+import pytest
+
+from alignseg_keras.batch_norm_folding_test import randomize_statistics
+from alignseg_keras.batch_norm_folding_test import relative_error
+from alignseg_keras.frozen_inference import FrozenInferenceModel
+from alignseg_keras.inference import inference_model
+from alignseg_keras.inference import predict_multiscale
+from alignseg_keras.inference import predict_sliding
+from alignseg_keras.inference import predict_whole
+from alignseg_keras.testing import tiny_alignseg
+
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow graphs")
+
+
+def randomize_biases(model, seed=1):
+    """Convolution biases away from their initial zeros: a graph optimiser removes the
+    addition of a constant zero, so zero biases would test another graph than a
+    trained model's."""
+    rng = np.random.default_rng(seed)
+    for layer in model._flatten_layers(recursive=True):
+        if isinstance(layer, keras.layers.Conv2D) and layer.use_bias:
+            layer.bias.assign(rng.normal(0.0, 0.1, layer.bias.shape))
+
+
+@pytest.fixture(scope="module")
+def model():
+    model = tiny_alignseg(num_classes=4)
+    randomize_statistics(model)
+    randomize_biases(model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def frozen(model):
+    return FrozenInferenceModel(model, "float32")
+
+
+def images(shape, seed=0):
+    return np.random.default_rng(seed).uniform(0, 255, shape).astype("float32")
+
+
+def test_float32_logits_equal_the_models_at_any_size(model, frozen):
+    for shape in ((2, 64, 96, 3), (1, 80, 48, 3)):
+        x = images(shape)
+        expected = np.asarray(model.predict_on_batch(x), np.float64)
+        logits = frozen.predict_on_batch(x)
+        assert logits.dtype == np.float32 and logits.shape == shape[:3] + (4,)
+        # The same float32 arithmetic; TensorFlow may fuse and order the additions
+        # differently, which moves logits by a few float32 roundings.
+        assert relative_error(logits, expected) < 1e-5
+
+
+def test_bfloat16_computes_as_the_inference_model(model):
+    frozen = FrozenInferenceModel(model, "bfloat16")
+    assert frozen.precision == "bfloat16"
+    x = images((2, 64, 64, 3), seed=2)
+    expected = np.asarray(inference_model(model, "bfloat16").predict_on_batch(x), np.float64)
+    reference = np.asarray(model.predict_on_batch(x), np.float64)
+    logits = frozen.predict_on_batch(x)
+    assert logits.dtype == np.float32
+    # Both round kernels and activations to bfloat16 (2^-9 relative per rounding),
+    # but not at the same places: where TensorFlow fuses a bias addition into a
+    # convolution the sum is rounded once instead of twice. So the two differ
+    # about as much as each differs from float32 (~2% of the largest logit for
+    # this tiny model); the frozen graph must be as accurate as the Keras model.
+    assert relative_error(logits, reference) <= 1.5 * relative_error(expected, reference)
+    assert (logits.argmax(-1) == expected.argmax(-1)).mean() > 0.95
+
+
+def test_weights_are_constants_and_a_snapshot(model, frozen):
+    operations = {op.type for op in frozen._function.graph.get_operations()}
+    assert not operations & {"ReadVariableOp", "VarHandleOp", "ResourceGather"}
+    x = images((1, 32, 32, 3), seed=3)
+    before = frozen.predict_on_batch(x)
+    kernel = next(v for v in model.weights if "kernel" in v.path)
+    original = kernel.numpy()
+    try:
+        kernel.assign(original * 2.0)
+        np.testing.assert_array_equal(frozen.predict_on_batch(x), before)
+    finally:
+        kernel.assign(original)
+
+
+def test_the_model_is_left_as_it_was():
+    model = tiny_alignseg(num_classes=3)
+    weights = [w.copy() for w in model.get_weights()]
+    FrozenInferenceModel(model, "bfloat16")
+    assert model.dtype_policy.name == "float32"
+    for before, after in zip(weights, model.get_weights()):
+        np.testing.assert_array_equal(before, after)
+    assert not any(getattr(layer, "folded", False) for layer in model._flatten_layers(recursive=True))
+
+
+def test_inference_functions_take_it_in_place_of_the_model(model, frozen):
+    x = images((2, 50, 70, 3), seed=4)
+    for predict, kwargs in (
+        (predict_whole, {}),
+        (predict_sliding, {"tile_size": 32, "batch_size": 3}),
+        (predict_multiscale, {"scales": (0.75, 1.0), "flip": True}),
+    ):
+        expected = predict(model, x, **kwargs)
+        probabilities = predict(frozen, x, **kwargs)
+        assert probabilities.shape == expected.shape
+        np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    np.testing.assert_allclose(predict_whole(frozen, x[0], precision="float32"), predict_whole(model, x[0]),
+                               atol=1e-5)
+
+
+def test_a_precision_other_than_its_own_is_refused(frozen):
+    with pytest.raises(ValueError, match="computes in float32, frozen; received precision='bfloat16'"):
+        predict_whole(frozen, images((1, 32, 32, 3)), precision="bfloat16")
+
+
+def test_bad_arguments_name_the_culprit(model, frozen):
+    with pytest.raises(ValueError, match=r"RGB images .* received shape \(32, 32, 3\)"):
+        frozen.predict_on_batch(images((32, 32, 3)))
+    with pytest.raises(ValueError, match="`precision` must be one of float32, bfloat16; received 'float16'"):
+        FrozenInferenceModel(model, "float16")
+    assert frozen.num_classes == 4 and frozen.normalization == model.normalization
