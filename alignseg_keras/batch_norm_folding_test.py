@@ -11,21 +11,10 @@ from alignseg_keras.inference import as_precision
 from alignseg_keras.inference import inference_model
 from alignseg_keras.layers import FusedBatchNormalization
 from alignseg_keras.layers import ResidualConvBlock
+from alignseg_keras.testing import randomize_statistics
 from alignseg_keras.testing import tiny_alignseg
 
 EPSILON = 1e-5
-
-
-def randomize_statistics(model, seed=0):
-    """Statistics and affine weights far from their initial 0 and 1, as after training."""
-    rng = np.random.default_rng(seed)
-    for layer in model._flatten_layers(recursive=True):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            channels = layer.moving_mean.shape[0]
-            layer.gamma.assign(rng.uniform(0.3, 1.5, channels))
-            layer.beta.assign(rng.normal(0.0, 0.3, channels))
-            layer.moving_mean.assign(rng.normal(0.0, 0.5, channels))
-            layer.moving_variance.assign(rng.uniform(0.2, 3.0, channels))
 
 
 def small_functional_model():

@@ -10,16 +10,19 @@ kernels' float32 -> bfloat16 casts away. `FrozenInferenceModel` is that
 graph: the model as the inference functions run it in the precision asked
 for (`inference_model`: in bfloat16 with BatchNormalization folded into the
 convolutions), traced once for images of any size, its variables replaced by constants
-(`convert_variables_to_constants_v2`). At 512x512 it runs AlignSeg-R101 in
-0.86-0.90x the time of the Keras model (docs/benchmarks.md, "Weights frozen
-into the graph").
+(`convert_variables_to_constants_v2`). On a 2-core Zen 5 EPYC it runs
+AlignSeg-R101 in 0.72-0.79x the Keras model's time at 256x256, 0.91-0.98x at
+512x512 in bfloat16 (0.89-0.95x in float32), and no faster at 1024x2048: the
+reorders cost the same whatever the image size (docs/benchmarks.md, "Weights
+frozen into the graph").
 
-The price is paid once: freezing AlignSeg-R101 takes 10-15 s and its first
-call another 5-7 s (TensorFlow optimises a graph that holds every weight),
-against about 1.5 s for the first call of the Keras model; it pays off from
-a few hundred 512x512 images on. A frozen model is a snapshot: later changes
-of the Keras model's weights do not reach it. It is for inference only, in
-this process; to serve, export the Keras model (`alignseg_keras.export`).
+The price: freezing AlignSeg-R101 takes 12-14 s and its first call another
+10-14 s (TensorFlow optimises a graph that holds every weight), against 2 s
+for the first call of the Keras model, so it pays off after about a thousand
+512x512 images; and the process holds about 5.9 GiB instead of 1.6 GiB. A
+frozen model is a snapshot: later changes of the Keras model's weights do not
+reach it. It is for inference in this process; to serve, export the Keras
+model (`alignseg_keras.export`).
 
 Every function of `alignseg_keras.inference` takes it in place of a model:
 
@@ -41,7 +44,8 @@ from alignseg_keras.inference import output_classes
 class FrozenInferenceModel:
     """A model's inference in one precision, its weights constants of a TensorFlow graph.
 
-    It has what the inference functions read from a model:
+    Called on images it returns logits as a TensorFlow tensor, like a Keras
+    model. It has what the inference functions read from a model:
     `predict_on_batch`, `num_classes` and `normalization` (the model's, for the
     padding colour of sliding windows), and `precision`, the precision it
     computes in, which a `precision=` argument of those functions must match.
@@ -73,18 +77,22 @@ class FrozenInferenceModel:
         self.normalization = getattr(model, "normalization", None)
         self._function = _frozen_function(inference_model(model, precision))
 
-    def predict_on_batch(self, images):
-        """Float32 logits `(B, H, W, classes)` as a NumPy array, for RGB `images` `(B, H, W, 3)`."""
-        images = np.asarray(images, dtype="float32")
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(
-                f"{self.name} takes RGB images of shape (batch, height, width, 3); received "
-                f"shape {images.shape}."
-            )
+    def __call__(self, images):
+        """Float32 logits `(B, H, W, classes)` as a TensorFlow tensor, for RGB `images` `(B, H, W, 3)`."""
         import tensorflow as tf
 
-        (logits,) = self._function(tf.constant(images))
-        return logits.numpy().astype("float32", copy=False)
+        images = tf.convert_to_tensor(images, dtype=tf.float32)
+        if images.shape.rank != 4 or images.shape[-1] != 3:
+            raise ValueError(
+                f"{self.name} takes RGB images of shape (batch, height, width, 3); received "
+                f"shape {tuple(images.shape)}."
+            )
+        (logits,) = self._function(images)
+        return logits
+
+    def predict_on_batch(self, images):
+        """Float32 logits `(B, H, W, classes)` as a NumPy array, for RGB `images` `(B, H, W, 3)`."""
+        return self(np.asarray(images, dtype="float32")).numpy()
 
 
 def _frozen_function(model):

@@ -2,33 +2,22 @@ import keras
 import numpy as np
 import pytest
 
-from alignseg_keras.batch_norm_folding_test import randomize_statistics
 from alignseg_keras.batch_norm_folding_test import relative_error
 from alignseg_keras.frozen_inference import FrozenInferenceModel
 from alignseg_keras.inference import inference_model
 from alignseg_keras.inference import predict_multiscale
 from alignseg_keras.inference import predict_sliding
 from alignseg_keras.inference import predict_whole
+from alignseg_keras.testing import randomize_statistics
 from alignseg_keras.testing import tiny_alignseg
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow graphs")
 
 
-def randomize_biases(model, seed=1):
-    """Convolution biases away from their initial zeros: a graph optimiser removes the
-    addition of a constant zero, so zero biases would test another graph than a
-    trained model's."""
-    rng = np.random.default_rng(seed)
-    for layer in model._flatten_layers(recursive=True):
-        if isinstance(layer, keras.layers.Conv2D) and layer.use_bias:
-            layer.bias.assign(rng.normal(0.0, 0.1, layer.bias.shape))
-
-
 @pytest.fixture(scope="module")
 def model():
     model = tiny_alignseg(num_classes=4)
-    randomize_statistics(model)
-    randomize_biases(model)
+    randomize_statistics(model, biases=True)
     return model
 
 
@@ -50,6 +39,7 @@ def test_float32_logits_equal_the_models_at_any_size(model, frozen):
         # The same float32 arithmetic; TensorFlow may fuse and order the additions
         # differently, which moves logits by a few float32 roundings.
         assert relative_error(logits, expected) < 1e-5
+        np.testing.assert_array_equal(frozen(x).numpy(), logits)
 
 
 def test_bfloat16_computes_as_the_inference_model(model):
@@ -116,6 +106,8 @@ def test_a_precision_other_than_its_own_is_refused(frozen):
 def test_bad_arguments_name_the_culprit(model, frozen):
     with pytest.raises(ValueError, match=r"RGB images .* received shape \(32, 32, 3\)"):
         frozen.predict_on_batch(images((32, 32, 3)))
+    with pytest.raises(ValueError, match=r"RGB images .* received shape \(1, 32, 32, 4\)"):
+        frozen(images((1, 32, 32, 4)))
     with pytest.raises(ValueError, match="`precision` must be one of float32, bfloat16; received 'float16'"):
         FrozenInferenceModel(model, "float16")
     assert frozen.num_classes == 4 and frozen.normalization == model.normalization

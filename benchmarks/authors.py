@@ -3,6 +3,7 @@
     python -m benchmarks.run --only authors             # the tables (27-40 min on 2 AVX-512 cores)
     python -m benchmarks.run --only authors --quick     # the goals at 512x512, and 256x256 (~10 min)
     python -m benchmarks.authors --side torch --kind training --size 512 512 --batch 2
+    python -m benchmarks.authors --side keras --kind inference --precision bfloat16 --frozen
 
 Ours: the `alignseg_resnet101_official` preset (the authors' deep-stem ResNet-101
 and decoder) on the Keras backend of the run: inference is `model(x,
@@ -64,34 +65,52 @@ def random_batch(size, batch, seed=0):
     return images, labels
 
 
-def keras_step(kind, precision, images, labels, depth=101, fold_batch_norm=None):
+def keras_step(kind, precision, images, labels, depth=101, fold_batch_norm=None, frozen=False):
     """A call of our model (inference or one training step) that blocks until done.
 
     Inference runs the model as the library's inference functions do with
     `fold_batch_norm=None` (`inference_model`: in bfloat16 with
     BatchNormalization folded into the convolutions, in float32 as built),
-    folded in any precision with True, as built with False.
+    folded in any precision with True, as built with False; with `frozen`, as
+    `FrozenInferenceModel` runs it (its weights graph constants; TensorFlow
+    only). Its normalisations and biases are randomised as after training
+    (`randomize_statistics`): a frozen graph drops the addition of a zero bias,
+    which a trained model does not have.
     """
     import keras
 
     from alignseg_keras import AlignSeg
-    from alignseg_keras.batch_norm_folding import fold_batch_normalization
-    from alignseg_keras.inference import inference_model
     from alignseg_keras.models.presets import OFFICIAL_PRESETS
+    from alignseg_keras.testing import randomize_statistics
     from benchmarks import backends
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
     model = AlignSeg.from_preset(OFFICIAL_PRESETS[depth], num_classes=NUM_CLASSES)
     if kind == "inference":
-        if fold_batch_norm is None:
-            model = inference_model(model, precision)
-        elif fold_batch_norm:
-            model = fold_batch_normalization(model)
-        inputs = backends.device_array(images)
-        forward = backends.compiled(lambda x: model(x, training=False), xla=backends.backend() == "jax")
+        randomize_statistics(model, biases=True)
+        forward, inputs = keras_inference(model, precision, fold_batch_norm, frozen), backends.device_array(images)
         return lambda: backends.block(forward(inputs))
     model.compile(total_steps=10_000, metrics=[], aux_loss_weight=AUX_LOSS_WEIGHT)
     return lambda: model.train_on_batch(images, labels)
+
+
+def keras_inference(model, precision, fold_batch_norm, frozen):
+    """`model`'s compiled inference as `keras_step` describes it."""
+    from alignseg_keras.batch_norm_folding import fold_batch_normalization
+    from alignseg_keras.inference import inference_model
+    from benchmarks import backends
+
+    if frozen:
+        if fold_batch_norm is not None:
+            raise ValueError("A frozen model is folded as `inference_model` folds it; leave fold_batch_norm None.")
+        from alignseg_keras.frozen_inference import FrozenInferenceModel
+
+        return FrozenInferenceModel(model, precision)
+    if fold_batch_norm is None:
+        model = inference_model(model, precision)
+    elif fold_batch_norm:
+        model = fold_batch_normalization(model)
+    return backends.compiled(lambda x: model(x, training=False), xla=backends.backend() == "jax")
 
 
 def torch_training_loss(outputs, labels):
@@ -169,14 +188,17 @@ def timed_calls(step, repeats, warmup):
     return times, first
 
 
-def measure(side, kind, precision, size, batch, repeats=3, warmup=2, depth=101):
-    """One configuration in this process: its times and resident memory (MiB)."""
+def measure(side, kind, precision, size, batch, repeats=3, warmup=2, depth=101, frozen=False):
+    """One configuration in this process: its times and resident memory (MiB);
+    `frozen` runs our inference as `FrozenInferenceModel` (`keras_step`)."""
     from benchmarks.timing import resident_memory_after
     from benchmarks.timing import resident_memory_before
 
     images, labels = random_batch(tuple(size), batch)
-    build = keras_step if side == "keras" else torch_step
-    step = build(kind, precision, images, labels, depth=depth)
+    if side == "keras":
+        step = keras_step(kind, precision, images, labels, depth=depth, frozen=frozen)
+    else:
+        step = torch_step(kind, precision, images, labels, depth=depth)
     before = resident_memory_before()
     times, first = timed_calls(step, repeats, warmup)
     return {
@@ -263,7 +285,12 @@ def parse(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--depth", type=int, choices=(50, 101), default=101)
-    return parser.parse_args(argv)
+    parser.add_argument("--frozen", action="store_true",
+                        help="our inference with the weights frozen into the graph (FrozenInferenceModel)")
+    args = parser.parse_args(argv)
+    if args.frozen and (args.side, args.kind) != ("keras", "inference"):
+        parser.error("--frozen is for --side keras --kind inference")
+    return args
 
 
 def main(argv=None):
@@ -272,7 +299,7 @@ def main(argv=None):
     backends.select_backend()
     args = parse(argv)
     result = measure(args.side, args.kind, args.precision, args.size, args.batch,
-                     repeats=args.repeats, warmup=args.warmup, depth=args.depth)
+                     repeats=args.repeats, warmup=args.warmup, depth=args.depth, frozen=args.frozen)
     print(json.dumps(result), flush=True)
 
 

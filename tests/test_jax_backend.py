@@ -133,3 +133,11 @@ def test_the_ablation_runs_on_jax(tmp_path):
         result = json.loads((runs / f"{variant}_seed0.json").read_text())
         assert result["backend"] == "jax" and 0.0 <= result["miou"] <= 1.0
     assert "backend: jax" in output.read_text()
+
+
+def test_frozen_inference_names_the_backend_it_needs():
+    from alignseg_keras.frozen_inference import FrozenInferenceModel
+    from alignseg_keras.testing import tiny_alignseg
+
+    with pytest.raises(ValueError, match=r"needs KERAS_BACKEND=tensorflow \(current: 'jax'\)"):
+        FrozenInferenceModel(tiny_alignseg(num_classes=3))

@@ -54,12 +54,28 @@ def add_precision_argument(parser):
     )
 
 
+def add_frozen_argument(parser):
+    """--frozen (predict, evaluate): the weights frozen into the graph as constants."""
+    parser.add_argument(
+        "--frozen", action="store_true",
+        help="freeze the weights into the TensorFlow graph as constants "
+        "(alignseg_keras.frozen_inference): CPU inference up to 10%% faster at 512x512 and "
+        "more on small images or tiles, after a one-off cost (about 25 s for AlignSeg-R101) "
+        "and with 3-4 GiB more memory; for many images. TensorFlow backend only",
+    )
+
+
 def with_precision(model, args):
     """`model` for inference in the `--precision` of `args` (`inference.inference_model`;
-    as it is when the command has no --precision)."""
+    as it is when the command has no --precision), frozen with `--frozen`
+    (`frozen_inference.FrozenInferenceModel`)."""
     from alignseg_keras import inference
 
     precision = getattr(args, "precision", None)
+    if getattr(args, "frozen", False):
+        from alignseg_keras.frozen_inference import FrozenInferenceModel
+
+        return FrozenInferenceModel(model, precision or inference.PRECISIONS[0])
     return model if precision is None else inference.inference_model(model, precision)
 
 

@@ -5,6 +5,7 @@ import numpy as np
 
 def add_parser(subparsers):
     from alignseg_keras.cli.common import add_dataset_arguments
+    from alignseg_keras.cli.common import add_frozen_argument
     from alignseg_keras.cli.common import add_model_arguments
     from alignseg_keras.cli.common import add_precision_argument
     from alignseg_keras.cli.common import add_test_time_arguments
@@ -22,6 +23,7 @@ def add_parser(subparsers):
     parser.add_argument("--split", default="val", choices=("train", "val"))
     add_test_time_arguments(parser)
     add_precision_argument(parser)
+    add_frozen_argument(parser)
     parser.add_argument("--limit", type=int, help="evaluate only the first N images")
     parser.set_defaults(func=run)
 

@@ -7,6 +7,7 @@ from alignseg_keras.cli import build_parser
 from alignseg_keras.cli import main
 from alignseg_keras.cli.evaluate import format_table
 from alignseg_keras.testing import tiny_alignseg
+from alignseg_keras.testing.spies import record_predicted_models
 from alignseg_keras.testing.metric_references import reference_boundary_iou
 from alignseg_keras.testing.metric_references import reference_confusion_counts
 from alignseg_keras.testing.metric_references import reference_dice
@@ -108,23 +109,33 @@ def test_evaluate_prints_boundary_iou_and_dice_that_match_the_references(tmp_pat
 
 def test_evaluate_in_bfloat16_scores_the_bfloat16_model(tmp_path, capsys, monkeypatch):
     from alignseg_keras import data
-    from alignseg_keras.cli import common
 
     path = str(tmp_path / "m.keras")
     tiny_alignseg(len(data.SYNTHETIC_CLASSES), seed=0).save(path)
-    policies = set()
-    original = common.predict_probabilities
-
-    def spy(model, image, args):
-        policies.add(model.dtype_policy.name)
-        return original(model, image, args)
-
-    monkeypatch.setattr(common, "predict_probabilities", spy)
+    models = record_predicted_models(monkeypatch)
     miou = {}
     for precision in ("float32", "bfloat16"):
         assert main(["evaluate", "--model", path, "--synthetic-images", "8",
                      "--synthetic-size", "48", "64", "--limit", "2",
                      "--precision", precision]) == 0
         miou[precision] = parse_table(capsys.readouterr().out)[1]["mIoU:"]
-    assert policies == {"float32", "mixed_bfloat16"}
+    assert {model.dtype_policy.name for model in models} == {"float32", "mixed_bfloat16"}
     assert abs(miou["float32"] - miou["bfloat16"]) < 0.05
+
+
+def test_evaluate_frozen_scores_the_frozen_model(tmp_path, capsys, monkeypatch):
+    from alignseg_keras import data
+    from alignseg_keras.frozen_inference import FrozenInferenceModel
+
+    path = str(tmp_path / "m.keras")
+    tiny_alignseg(len(data.SYNTHETIC_CLASSES), seed=0).save(path)
+    evaluated = record_predicted_models(monkeypatch)
+    tables = {}
+    for frozen in ([], ["--frozen"]):
+        assert main(["evaluate", "--model", path, "--synthetic-images", "8", "--synthetic-size", "48", "64",
+                     "--limit", "2", "--precision", "bfloat16", *frozen]) == 0
+        tables[bool(frozen)] = parse_table(capsys.readouterr().out)[1]
+    assert isinstance(evaluated[-1], FrozenInferenceModel) and evaluated[-1].precision == "bfloat16"
+    assert not isinstance(evaluated[0], FrozenInferenceModel)
+    # Both round to bfloat16, at different places (frozen_inference_test).
+    assert abs(tables[True]["mIoU:"] - tables[False]["mIoU:"]) < 0.05

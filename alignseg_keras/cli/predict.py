@@ -18,6 +18,7 @@ skipped; the others are predicted, and the exit code is then 1.
 import pathlib
 import sys
 
+from alignseg_keras.cli.common import add_frozen_argument
 from alignseg_keras.cli.common import add_model_arguments
 from alignseg_keras.cli.common import add_precision_argument
 from alignseg_keras.cli.common import add_test_time_arguments
@@ -57,6 +58,7 @@ def add_parser(subparsers):
                         help="also draw the offset fields of every AlignFA/AlignCM module")
     add_test_time_arguments(parser)
     add_precision_argument(parser)
+    add_frozen_argument(parser)
     parser.add_argument("--alpha", type=float, default=0.5,
                         help="opacity of the labels in the overlay (default 0.5)")
     parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
@@ -122,6 +124,9 @@ def run(args):
             "--num-classes sets the classes of a named --preset; "
             f"{model_name(args)} has its own."
         )
+    if args.offsets and args.frozen:
+        raise ValueError("--offsets draws the offset fields from the Keras model's layers, which "
+                         "a --frozen model does not have; leave out one of the two.")
     stems = output_names(args.images)
     prepare_output_dir(args.output, "--output")
     model = load_model(args, args.num_classes)

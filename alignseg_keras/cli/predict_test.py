@@ -12,6 +12,7 @@ from alignseg_keras.cli import main
 from alignseg_keras.datasets_info import LABEL_ID_TO_TRAIN_ID
 from alignseg_keras.models.alignseg import OFFSET_MODULES
 from alignseg_keras.testing import read_only_folder
+from alignseg_keras.testing.spies import record_predicted_models
 from alignseg_keras.testing import tiny_alignseg
 from alignseg_keras.visualize import cityscapes_palette
 from alignseg_keras.visualize import load_image
@@ -175,23 +176,14 @@ def test_read_image_checks_the_pixel_limit_before_decoding(images):
 
 
 def test_predict_in_bfloat16_writes_the_same_pictures(model_path, images, tmp_path, monkeypatch):
-    from alignseg_keras.cli import common
-
-    policies = []
-    original = common.predict_probabilities
-
-    def spy(model, image, args):
-        policies.append(model.dtype_policy.name)
-        return original(model, image, args)
-
-    monkeypatch.setattr(common, "predict_probabilities", spy)
+    models = record_predicted_models(monkeypatch)
     outputs = {}
     for precision in ("float32", "bfloat16"):
         outputs[precision] = tmp_path / precision
         code = main(["predict", *images, "--model", model_path, "--output",
                      str(outputs[precision]), "--precision", precision, "--offsets"])
         assert code == 0
-    assert policies == ["float32"] * 2 + ["mixed_bfloat16"] * 2
+    assert [model.dtype_policy.name for model in models] == ["float32"] * 2 + ["mixed_bfloat16"] * 2
     names = sorted(path.name for path in outputs["float32"].iterdir())
     assert sorted(path.name for path in outputs["bfloat16"].iterdir()) == names
     for name in ("first", "second"):
@@ -206,3 +198,29 @@ def test_predict_refuses_an_unknown_precision(model_path, images, tmp_path, caps
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "--precision" in err and "float32" in err and "bfloat16" in err
+
+
+def test_predict_frozen_writes_the_pictures_of_the_model(model_path, images, tmp_path, monkeypatch):
+    from alignseg_keras.frozen_inference import FrozenInferenceModel
+
+    models = record_predicted_models(monkeypatch)
+    outputs = {"keras": tmp_path / "keras", "frozen": tmp_path / "frozen"}
+    assert main(["predict", *images, "--model", model_path, "--output", str(outputs["keras"]),
+                 "--sliding", "32"]) == 0
+    assert main(["predict", *images, "--model", model_path, "--output", str(outputs["frozen"]),
+                 "--frozen", "--sliding", "32"]) == 0
+    assert [type(model) for model in models[2:]] == [FrozenInferenceModel] * 2
+    assert models[2] is models[3] and models[2].precision == "float32"
+    for name in ("first", "second"):
+        colors = [np.asarray(load_image(outputs[p] / f"{name}_color.png")) for p in outputs]
+        # Float32 logits equal to rounding (frozen_inference_test): a label may
+        # differ only where two classes tie to a few roundings.
+        assert (colors[0] == colors[1]).all(-1).mean() > 0.99
+
+
+def test_predict_frozen_cannot_draw_offsets(model_path, images, tmp_path, capsys):
+    code = main(["predict", images[0], "--model", model_path, "--output", str(tmp_path / "out"),
+                 "--frozen", "--offsets"])
+    assert code != 0
+    assert "--offsets draws the offset fields from the Keras model's layers" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -1,6 +1,7 @@
 """Helpers for tests of alignseg_keras and of code built on it.
 
-- `models`: tiny AlignSeg models and a tiny feature-pyramid encoder.
+- `models`: tiny AlignSeg models, a tiny feature-pyramid encoder, and
+  `randomize_statistics` (weights as after training, for inference tests).
 - `layer_test`: `run_layer_test`, `run_backbone_test` and `run_task_test`, the
   checks every layer, backbone and segmenter test runs (after Keras'
   `run_layer_test` and keras-hub's `run_vision_backbone_test` / `run_task_test`).
@@ -12,10 +13,12 @@
 - `checkpoints`: the authors' checkpoint layout, random state dicts and the
   export comparison of the converter tests.
 - `folders`: read-only folders for tests of output errors.
+- `spies`: `record_predicted_models`, the models the command line predicts with.
 """
 
 from alignseg_keras.testing.folders import read_only_folder
 from alignseg_keras.testing.models import TINY_CONFIG
 from alignseg_keras.testing.models import TINY_PYRAMID_LEVELS
 from alignseg_keras.testing.models import TinyPyramidEncoder
+from alignseg_keras.testing.models import randomize_statistics
 from alignseg_keras.testing.models import tiny_alignseg

@@ -1,6 +1,7 @@
 """Small, fast AlignSeg models and encoders for tests and quick experiments."""
 
 import keras
+import numpy as np
 
 from alignseg_keras.models.alignseg import AlignSeg
 
@@ -71,3 +72,23 @@ def tiny_alignseg(num_classes=3, seed=0, **kwargs):
     if seed is not None:
         keras.utils.set_random_seed(seed)
     return AlignSeg(num_classes, **{**TINY_CONFIG, **kwargs})
+
+
+def randomize_statistics(model, seed=0, biases=False):
+    """Gives `model`'s BatchNormalizations statistics and affine weights far from their
+    initial 0 and 1, as after training; with `biases`, its convolutions' biases too.
+
+    Freshly built, every BatchNormalization is the identity and every bias zero, and
+    a graph optimiser removes the addition of a constant zero: randomised weights test
+    (and time) the graph of a trained model.
+    """
+    rng = np.random.default_rng(seed)
+    for layer in model._flatten_layers(recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            channels = layer.moving_mean.shape[0]
+            layer.gamma.assign(rng.uniform(0.3, 1.5, channels))
+            layer.beta.assign(rng.normal(0.0, 0.3, channels))
+            layer.moving_mean.assign(rng.normal(0.0, 0.5, channels))
+            layer.moving_variance.assign(rng.uniform(0.2, 3.0, channels))
+        elif biases and isinstance(layer, keras.layers.Conv2D) and layer.use_bias:
+            layer.bias.assign(rng.normal(0.0, 0.1, layer.bias.shape))
