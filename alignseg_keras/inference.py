@@ -192,9 +192,9 @@ def _with_precision(model, precision):
     (`frozen_inference.FrozenInferenceModel`) as it is, if that is `precision`."""
     if precision is None:
         return model
-    if isinstance(model, keras.Model):
+    frozen_precision = None if isinstance(model, keras.Model) else getattr(model, "precision", None)
+    if frozen_precision is None:
         return inference_model(model, precision)
-    frozen_precision = getattr(model, "precision", None)
     if frozen_precision != precision:
         raise ValueError(
             f"{model.name} computes in {frozen_precision}, frozen; received precision="
