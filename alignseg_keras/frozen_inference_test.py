@@ -8,6 +8,7 @@ from alignseg_keras.inference import inference_model
 from alignseg_keras.inference import predict_multiscale
 from alignseg_keras.inference import predict_sliding
 from alignseg_keras.inference import predict_whole
+from alignseg_keras.inference_test import random_images as images
 from alignseg_keras.testing import randomize_statistics
 from alignseg_keras.testing import tiny_alignseg
 
@@ -24,10 +25,6 @@ def model():
 @pytest.fixture(scope="module")
 def frozen(model):
     return FrozenInferenceModel(model, "float32")
-
-
-def images(shape, seed=0):
-    return np.random.default_rng(seed).uniform(0, 255, shape).astype("float32")
 
 
 def test_float32_logits_equal_the_models_at_any_size(model, frozen):

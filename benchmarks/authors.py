@@ -8,9 +8,11 @@
 Ours: the `alignseg_resnet101_official` preset (the authors' deep-stem ResNet-101
 and decoder) on the Keras backend of the run: inference is `model(x,
 training=False)` compiled (TensorFlow graph mode, the path `predict` takes on a
-CPU; `jax.jit` on JAX), training is `train_on_batch` after the default
-`compile()` (SGD with poly LR, cross-entropy + 0.4 x the deep-supervision loss;
-Keras leaves XLA off on CPU-only TensorFlow). Theirs: the authors' network
+CPU; `jax.jit` on JAX; with `--frozen`, `FrozenInferenceModel`), with the
+normalisations' statistics and the biases randomised as after training;
+training is `train_on_batch` after the default `compile()` (SGD with poly LR,
+cross-entropy + 0.4 x the deep-supervision loss; Keras leaves XLA off on
+CPU-only TensorFlow). Theirs: the authors' network
 re-implemented from the reference facts in PyTorch (`tests/torch_reference.py`,
 the network of the equivalence test), eager, with SGD momentum 0.9 and the
 same loss. Its InPlaceABN is arithmetic-exact but not in-place, so its memory

@@ -55,13 +55,14 @@ def add_precision_argument(parser):
 
 
 def add_frozen_argument(parser):
-    """--frozen (predict, evaluate): the weights frozen into the graph as constants."""
+    """--frozen (predict and evaluate, which also have --precision): the weights frozen
+    into the graph as constants, in that precision."""
     parser.add_argument(
         "--frozen", action="store_true",
         help="freeze the weights into the TensorFlow graph as constants "
         "(alignseg_keras.frozen_inference): CPU inference up to 10%% faster at 512x512 and "
         "more on small images or tiles, after a one-off cost (about 25 s for AlignSeg-R101) "
-        "and with 3-4 GiB more memory; for many images. TensorFlow backend only",
+        "and with about 4 GiB more memory; for many images. TensorFlow backend only",
     )
 
 
@@ -75,7 +76,7 @@ def with_precision(model, args):
     if getattr(args, "frozen", False):
         from alignseg_keras.frozen_inference import FrozenInferenceModel
 
-        return FrozenInferenceModel(model, precision or inference.PRECISIONS[0])
+        return FrozenInferenceModel(model, precision)
     return model if precision is None else inference.inference_model(model, precision)
 
 
