@@ -1,9 +1,15 @@
+import ctypes
+import os
+import platform
+import sys
+
 import keras
 import numpy as np
 import pytest
 
 from alignseg_keras.batch_norm_folding_test import relative_error
 from alignseg_keras.frozen_inference import FrozenInferenceModel
+from alignseg_keras.frozen_inference import release_freed_memory
 from alignseg_keras.inference import inference_model
 from alignseg_keras.inference import predict_multiscale
 from alignseg_keras.inference import predict_sliding
@@ -108,3 +114,58 @@ def test_bad_arguments_name_the_culprit(model, frozen):
     with pytest.raises(ValueError, match="`precision` must be one of float32, bfloat16; received 'float16'"):
         FrozenInferenceModel(model, "float16")
     assert frozen.num_classes == 4 and frozen.normalization == model.normalization
+
+
+def test_the_graph_is_optimised_at_construction_between_two_releases(model, monkeypatch):
+    from alignseg_keras import frozen_inference
+
+    events = []
+    monkeypatch.setattr(frozen_inference, "release_freed_memory", lambda: events.append("release"))
+    original = frozen_inference._frozen_function
+
+    def recording_frozen_function(inference_copy):
+        function = original(inference_copy)
+
+        def call(images):
+            events.append(("call", tuple(images.shape)))
+            return function(images)
+
+        return call
+
+    monkeypatch.setattr(frozen_inference, "_frozen_function", recording_frozen_function)
+    frozen = FrozenInferenceModel(model, "float32")
+    warm_up = ("call", (1,) + frozen_inference.WARM_UP_IMAGE_SIZE + (3,))
+    assert events == ["release", warm_up, "release"]
+    frozen.predict_on_batch(images((1, 32, 32, 3)))
+    assert events[-1] == ("call", (1, 32, 32, 3))
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"),
+                    reason="malloc_trim is glibc's")
+def test_release_freed_memory_gives_freed_heap_pages_back():
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    # 64 KiB blocks come from the heap (below glibc's mmap threshold of 128 KiB); the
+    # last one stays allocated, so the freed ones lie below the heap's top and free()
+    # does not give them back by itself.
+    block, count = 64 * 1024, 1024
+    blocks = [libc.malloc(block) for _ in range(count)]
+    try:
+        for address in blocks:
+            ctypes.memset(address, 1, block)
+        for address in blocks[:-1]:
+            libc.free(address)
+        before = resident_mib()
+        assert release_freed_memory() is True
+        # 64 MiB were freed; allow for the rest of the process moving meanwhile.
+        assert before - resident_mib() > 48
+    finally:
+        libc.free(blocks[-1])
+
+
+def resident_mib():
+    """This process's resident memory now, from /proc/self/statm (Linux)."""
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

@@ -191,19 +191,23 @@ def timed_calls(step, repeats, warmup):
 
 
 def measure(side, kind, precision, size, batch, repeats=3, warmup=2, depth=101, frozen=False):
-    """One configuration in this process: its times and resident memory (MiB);
-    `frozen` runs our inference as `FrozenInferenceModel` (`keras_step`)."""
+    """One configuration in this process: the seconds to build the step (the model, and
+    its freezing with `frozen`, which runs our inference as `FrozenInferenceModel`:
+    `keras_step`), the calls' times and resident memory (MiB)."""
     from benchmarks.timing import resident_memory_after
     from benchmarks.timing import resident_memory_before
 
     images, labels = random_batch(tuple(size), batch)
+    start = time.perf_counter()
     if side == "keras":
         step = keras_step(kind, precision, images, labels, depth=depth, frozen=frozen)
     else:
         step = torch_step(kind, precision, images, labels, depth=depth)
+    setup = time.perf_counter() - start
     before = resident_memory_before()
     times, first = timed_calls(step, repeats, warmup)
     return {
+        "setup_seconds": setup,
         "seconds": min(times),
         "median_seconds": statistics.median(times),
         "first_call_seconds": first,

@@ -83,9 +83,11 @@ def resident_memory_before():
 
 def resident_memory_after(before):
     """`before` with the peak after the calls (MiB): the whole peak (VmHWM), the file-backed
-    pages then, and the peak less them (`file_backed_rss_mib`), with the same difference before."""
+    pages then, and the peak less them (`file_backed_rss_mib`), with the same difference before;
+    and what the process still holds after the calls (VmRSS)."""
     peak, file_rss = peak_rss_mib(), file_backed_rss_mib()
-    return {**before, "peak_rss_mib": peak, "file_rss_mib": file_rss, "peak_anonymous_mib": peak - file_rss,
+    return {**before, "peak_rss_mib": peak, "rss_after_mib": current_rss_mib(),
+            "file_rss_mib": file_rss, "peak_anonymous_mib": peak - file_rss,
             "anonymous_before_mib": before["rss_before_mib"] - before["file_rss_before_mib"]}
 
 

@@ -27,10 +27,12 @@ def test_restated_constants_agree_with_the_library():
 
 def test_our_side_measures_time_and_memory_in_this_process():
     result = authors.measure("keras", "inference", "float32", (64, 64), 1, repeats=2, warmup=1, depth=50)
-    assert set(result) == {"seconds", "median_seconds", "first_call_seconds", "rss_before_mib", "peak_rss_mib",
-                           "file_rss_before_mib", "file_rss_mib", "peak_anonymous_mib", "anonymous_before_mib"}
-    assert 0 < result["seconds"] <= result["median_seconds"]
+    assert set(result) == {"setup_seconds", "seconds", "median_seconds", "first_call_seconds", "rss_before_mib",
+                           "peak_rss_mib", "rss_after_mib", "file_rss_before_mib", "file_rss_mib",
+                           "peak_anonymous_mib", "anonymous_before_mib"}
+    assert 0 < result["seconds"] <= result["median_seconds"] and 0 < result["setup_seconds"]
     assert 0 < result["rss_before_mib"] <= result["peak_rss_mib"]
+    assert 0 < result["rss_after_mib"] <= result["peak_rss_mib"]
     # TensorFlow's libraries are resident once imported (0.4-0.5 GiB, more than PyTorch's).
     assert 100 < result["file_rss_before_mib"] <= result["file_rss_mib"] < result["peak_rss_mib"]
     assert result["peak_anonymous_mib"] == result["peak_rss_mib"] - result["file_rss_mib"]
