@@ -16,10 +16,13 @@ AlignSeg-R101 in 0.72-0.79x the Keras model's time at 256x256, 0.91-0.98x at
 reorders cost the same whatever the image size (docs/benchmarks.md, "Weights
 frozen into the graph").
 
-The price: freezing AlignSeg-R101 takes 12-14 s and its first call another
-10-14 s (TensorFlow optimises a graph that holds every weight), against 2 s
-for the first call of the Keras model, so it pays off after about a thousand
-512x512 images; and the process holds about 5.9 GiB instead of 1.6 GiB. A
+The price: building it takes about 20 s for AlignSeg-R101 (freezing, then TensorFlow's
+optimisation of a graph that holds every weight, done at construction on a small
+image so that the first real call is as fast as the others), and memory: on a 2-core
+Zen 5 EPYC the process peaks at 5.0 GiB during construction and keeps 3.5 GiB at
+512x512 in bfloat16, against a 1.6 GiB peak for the Keras model (5.0 GiB and 4.2-4.3
+kept against a 2.6 GiB peak at 1024x2048). Against the Keras model's 2 s first call it
+pays off after 500-1000 images of 512x512 in bfloat16. A
 frozen model is a snapshot: later changes of the Keras model's weights do not
 reach it. It is for inference in this process; to serve, export the Keras
 model (`alignseg_keras.export`).
@@ -88,10 +91,10 @@ class FrozenInferenceModel:
         # The inference copy and the traced function are garbage now, their memory free
         # but kept by the allocator; give it back before the optimisation's own peak.
         release_freed_memory()
-        self._optimize()
+        self._optimize(warm_up_image_size(model))
 
-    def _optimize(self):
-        """Let TensorFlow optimise the graph now, on a small image, and give back what that freed.
+    def _optimize(self, image_size):
+        """Let TensorFlow optimise the graph now, on one image of `image_size`, and give back what that freed.
 
         TensorFlow optimises a function's graph at its first call, for any image size
         (the sizes are not part of the graph), copying the constants a few times while it
@@ -101,7 +104,7 @@ class FrozenInferenceModel:
         """
         import tensorflow as tf
 
-        self._function(tf.zeros((1,) + WARM_UP_IMAGE_SIZE + (3,), tf.float32))
+        self._function(tf.zeros((1, *image_size, 3), tf.float32))
         release_freed_memory()
 
     def __call__(self, images):
@@ -130,6 +133,14 @@ def _frozen_function(model):
     traced = tf.function(lambda images: model(images, training=False))
     concrete = traced.get_concrete_function(tf.TensorSpec((None, None, None, 3), tf.float32))
     return convert_variables_to_constants_v2(concrete)
+
+
+def warm_up_image_size(model):
+    """`(height, width)` of the image that `FrozenInferenceModel` optimises its graph on:
+    the model's own input size where it has one, `WARM_UP_IMAGE_SIZE` where it takes any."""
+    inputs = getattr(model, "inputs", None) or [None]
+    size = tuple(getattr(inputs[0], "shape", (None, None, None))[1:3])
+    return size if len(size) == 2 and None not in size else WARM_UP_IMAGE_SIZE
 
 
 def release_freed_memory():

@@ -140,6 +140,18 @@ def test_the_graph_is_optimised_at_construction_between_two_releases(model, monk
     assert events[-1] == ("call", (1, 32, 32, 3))
 
 
+def test_a_model_of_one_image_size_is_optimised_at_that_size():
+    from alignseg_keras.frozen_inference import WARM_UP_IMAGE_SIZE
+    from alignseg_keras.frozen_inference import warm_up_image_size
+
+    fixed = tiny_alignseg(num_classes=3, image_shape=(96, 32, 3))
+    assert warm_up_image_size(fixed) == (96, 32)
+    assert warm_up_image_size(tiny_alignseg(num_classes=3)) == WARM_UP_IMAGE_SIZE
+    x = images((1, 96, 32, 3), seed=5)
+    expected = np.asarray(fixed.predict_on_batch(x), np.float64)
+    assert relative_error(FrozenInferenceModel(fixed).predict_on_batch(x), expected) < 1e-5
+
+
 @pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"),
                     reason="malloc_trim is glibc's")
 def test_release_freed_memory_gives_freed_heap_pages_back():

@@ -61,8 +61,9 @@ def add_frozen_argument(parser):
         "--frozen", action="store_true",
         help="freeze the weights into the TensorFlow graph as constants "
         "(alignseg_keras.frozen_inference): CPU inference up to 10%% faster at 512x512 and "
-        "more on small images or tiles, after a one-off cost (about 25 s for AlignSeg-R101) "
-        "and with about 4 GiB more memory; for many images. TensorFlow backend only",
+        "more on small images or tiles, after a one-off cost (about 20 s for AlignSeg-R101) "
+        "and with about 2 GiB more memory (up to 3.5 GiB more at the peak); for many images. "
+        "TensorFlow backend only",
     )
 
 
