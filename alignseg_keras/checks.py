@@ -8,6 +8,7 @@ functions use the others for arrays, generators and (through
 """
 
 import numbers
+import os
 
 import numpy as np
 
@@ -20,6 +21,10 @@ IGNORE_INDEX = 255
 # almost always raw ids used as a class count, and would only fail later as an
 # out-of-memory error (100000 classes: an 80 GB confusion matrix).
 MAX_CLASSES = 4096
+
+# TensorFlow's switch that makes oneDNN treat every convolution's kernel as a constant:
+# each convolution reorders its kernel at its first call and reuses it ever after.
+ONEDNN_FROZEN_WEIGHTS_VARIABLE = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
 
 # Images checked at once, so that a check never allocates more than a few
 # images' worth of temporary memory.
@@ -195,3 +200,28 @@ def squeeze_masks(masks):
     if len(np.shape(masks)) == 4 and np.shape(masks)[-1] == 1:
         return masks[..., 0]
     return masks
+
+
+def check_weights_may_change(backend, environment=None):
+    """Raises `ValueError` where TensorFlow would keep using a convolution's first kernel.
+
+    With `TF_ONEDNN_ASSUME_FROZEN_WEIGHTS` true, TensorFlow's oneDNN convolutions
+    cache the kernel they were first called with and ignore later changes of the
+    weights, so training would run every step with the initial weights, and report
+    losses that do not move, without an error. It is meant for processes that only
+    infer (docs/inference.md); `fit` and `train_on_batch` refuse to start under it.
+
+    Args:
+        backend: the Keras backend's name; only "tensorflow" reads the variable.
+        environment: the environment variables (`os.environ` when None).
+    """
+    environment = os.environ if environment is None else environment
+    value = environment.get(ONEDNN_FROZEN_WEIGHTS_VARIABLE, "")
+    # TensorFlow reads the variable as a bool: "1" or "true" in any case.
+    if backend == "tensorflow" and value.strip().lower() in ("1", "true"):
+        raise ValueError(
+            f"{ONEDNN_FROZEN_WEIGHTS_VARIABLE}={value} is set: TensorFlow's oneDNN convolutions "
+            "then keep the kernel of their first call, and training would compute every step "
+            "with the initial weights. Unset it to train; it is for processes that only infer "
+            "(see docs/inference.md)."
+        )

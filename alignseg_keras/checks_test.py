@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 
@@ -5,6 +6,7 @@ from alignseg_keras.checks import MAX_CLASSES
 from alignseg_keras.checks import check_class_count
 from alignseg_keras.checks import check_finite_images
 from alignseg_keras.checks import check_masks
+from alignseg_keras.checks import check_weights_may_change
 from alignseg_keras.checks import squeeze_masks
 from alignseg_keras.metrics import MeanIoU
 from alignseg_keras.testing import tiny_alignseg
@@ -66,3 +68,29 @@ def test_good_masks_pass_and_lose_their_channel_axis():
     check_masks((2, 4, 6, 3), np.full((2, 4, 6), -1), num_classes=19, ignore_index=-1)
     assert squeeze_masks(masks).shape == (2, 4, 6)
     assert squeeze_masks(masks[..., 0]).shape == (2, 4, 6)
+
+
+def test_weights_that_onednn_assumes_frozen_refuse_training():
+    name = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
+    for value in ("1", "true", "TRUE", " True "):
+        with pytest.raises(ValueError, match=f"{name}={value} is set: .* initial weights. Unset it to train"):
+            check_weights_may_change("tensorflow", {name: value})
+        check_weights_may_change("jax", {name: value})  # TensorFlow's switch, not read there
+    for environment in ({}, {name: "0"}, {name: "false"}, {name: ""}):
+        check_weights_may_change("tensorflow", environment)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's oneDNN switch")
+def test_fit_and_train_on_batch_refuse_weights_assumed_frozen(monkeypatch):
+    model = tiny_alignseg(num_classes=3)
+    model.compile(total_steps=10, metrics=[])
+    images = np.zeros((1, 32, 32, 3), "float32")
+    masks = np.zeros((1, 32, 32), "int32")
+    monkeypatch.setenv("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS", "1")
+    for train in (lambda: model.train_on_batch(images, masks), lambda: model.fit(images, masks, verbose=0)):
+        with pytest.raises(ValueError, match="TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1 is set"):
+            train()
+    # Inference stays allowed: that is what the switch is for.
+    assert model.predict_on_batch(images).shape == (1, 32, 32, 3)
+    monkeypatch.delenv("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS")
+    assert np.all(np.isfinite(model.train_on_batch(images, masks)))

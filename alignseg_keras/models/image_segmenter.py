@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from alignseg_keras.checks import IGNORE_INDEX
+from alignseg_keras.checks import check_weights_may_change
 from alignseg_keras.models import data_checks
 from alignseg_keras.optimizers import PolyScheduleLength
 
@@ -143,6 +144,12 @@ class ImageSegmenter(keras.Model):
             arguments["callbacks"] = checks + list(callbacks or [])
         with data_checks.data_errors(x):
             return super().fit(**arguments)
+
+    def make_train_function(self, force=False):
+        """Keras' training step (`fit`, `train_on_batch`), refused where the weights could not
+        change (`checks.check_weights_may_change`)."""
+        check_weights_may_change(keras.backend.backend())
+        return super().make_train_function(force=force)
 
     def evaluate(self, *args, **kwargs):
         """Keras' `evaluate`, after checking images and masks as `fit` does."""
