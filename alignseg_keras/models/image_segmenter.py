@@ -85,7 +85,10 @@ class ImageSegmenter(keras.Model):
     `shuffle` warning), and adds a `PolyScheduleLength` callback, which fits a
     `WarmupPolynomialDecay` compiled without `total_steps` to the steps
     Keras counts for that `fit`. `predict` on an empty batch returns empty
-    logits without running the network.
+    logits without running the network. On TensorFlow, `fit` and
+    `train_on_batch` refuse to start where `TF_ONEDNN_ASSUME_FROZEN_WEIGHTS` is
+    set, under which every step would compute with the initial weights
+    (`checks.check_weights_may_change`).
 
     A subclass sets `num_classes`; the ignore label is the compiled loss's
     `ignore_index` (255 when it has none).
