@@ -11,7 +11,7 @@ graph: the model as the inference functions run it in the precision asked
 for (`inference_model`: in bfloat16 with BatchNormalization folded into the
 convolutions), traced once for images of any size, its variables replaced by constants
 (`convert_variables_to_constants_v2`). On a 2-core Zen 5 EPYC it runs
-AlignSeg-R101 in 0.72-0.79x the Keras model's time at 256x256, 0.91-0.98x at
+AlignSeg-R101 in 0.72-0.79x the Keras model's time at 256x256, 0.89-0.98x at
 512x512 in bfloat16 (0.89-0.95x in float32), and no faster at 1024x2048: the
 reorders cost the same whatever the image size (docs/benchmarks.md, "Weights
 frozen into the graph").
