@@ -12,6 +12,7 @@ from alignseg_keras.inference import inference_model
 from alignseg_keras.layers import FusedBatchNormalization
 from alignseg_keras.layers import ResidualConvBlock
 from alignseg_keras.testing import randomize_statistics
+from alignseg_keras.testing import relative_error
 from alignseg_keras.testing import tiny_alignseg
 
 EPSILON = 1e-5
@@ -67,10 +68,6 @@ def numpy_reference(model, images):
     shared = conv("c", x)
     x = norm("c_norm", shared) + shared
     return norm("d_norm", conv("d", x))
-
-
-def relative_error(actual, expected):
-    return np.abs(np.asarray(actual, np.float64) - expected).max() / np.abs(expected).max()
 
 
 def test_folds_the_conv_norm_pairs_and_keeps_the_rest():

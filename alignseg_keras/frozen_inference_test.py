@@ -7,7 +7,6 @@ import keras
 import numpy as np
 import pytest
 
-from alignseg_keras.batch_norm_folding_test import relative_error
 from alignseg_keras.frozen_inference import FrozenInferenceModel
 from alignseg_keras.frozen_inference import release_freed_memory
 from alignseg_keras.inference import inference_model
@@ -16,6 +15,7 @@ from alignseg_keras.inference import predict_sliding
 from alignseg_keras.inference import predict_whole
 from alignseg_keras.inference_test import random_images as images
 from alignseg_keras.testing import randomize_statistics
+from alignseg_keras.testing import relative_error
 from alignseg_keras.testing import tiny_alignseg
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow graphs")

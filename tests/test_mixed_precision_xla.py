@@ -15,6 +15,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 from jax_session import cases  # noqa: E402
+from jax_session.cases import relative_error  # noqa: E402
 
 from alignseg_keras import AlignSeg  # noqa: E402
 
@@ -58,10 +59,6 @@ def count_traces(model, step_name):
 
     setattr(model, step_name, counted)
     return calls
-
-
-def relative_error(actual, expected):
-    return float(np.abs(np.asarray(actual) - expected).max() / max(np.abs(expected).max(), 1.0))
 
 
 def test_xla_predict_matches_graph_and_traces_once(float32_model):

@@ -14,8 +14,10 @@
   export comparison of the converter tests.
 - `folders`: read-only folders for tests of output errors.
 - `spies`: `record_predicted_models`, the models the command line predicts with.
+- `comparisons`: `relative_error`, how far a result is from its reference.
 """
 
+from alignseg_keras.testing.comparisons import relative_error
 from alignseg_keras.testing.folders import read_only_folder
 from alignseg_keras.testing.models import TINY_CONFIG
 from alignseg_keras.testing.models import TINY_PYRAMID_LEVELS

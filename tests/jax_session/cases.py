@@ -11,6 +11,7 @@ import numpy as np
 
 from alignseg_keras import AlignSeg
 from alignseg_keras import layers
+from alignseg_keras.testing import comparisons
 
 NUM_CLASSES = 5
 IMAGE_SHAPE = (2, 64, 80, 3)
@@ -142,9 +143,7 @@ def alignment_objective(output):
 
 def relative_error(actual, expected):
     """Max |actual - expected|, relative to the largest magnitude of `expected` (at least 1)."""
-    expected = np.asarray(expected)
-    scale = max(float(np.abs(expected).max()), 1.0)
-    return float(np.abs(np.asarray(actual) - expected).max()) / scale
+    return comparisons.relative_error(actual, expected, minimum_scale=1.0)
 
 
 def weights_by_path(model):
