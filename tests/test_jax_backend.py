@@ -141,3 +141,17 @@ def test_frozen_inference_names_the_backend_it_needs():
 
     with pytest.raises(ValueError, match=r"needs KERAS_BACKEND=tensorflow \(current: 'jax'\)"):
         FrozenInferenceModel(tiny_alignseg(num_classes=3))
+
+
+def test_the_command_line_refuses_frozen_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    from alignseg_keras import cli
+
+    loaded = []
+    monkeypatch.setattr(keras.saving, "load_model", lambda path: loaded.append(path))
+    image = tmp_path / "image.png"
+    image.write_bytes(b"")
+    assert cli.main(["predict", str(image), "--model", str(tmp_path / "model.keras"), "--output",
+                     str(tmp_path / "out"), "--frozen"]) == 2
+    error = capsys.readouterr().err
+    assert "--frozen freezes a TensorFlow graph and needs KERAS_BACKEND=tensorflow (current: 'jax')" in error
+    assert "leave out --frozen" in error and loaded == []

@@ -93,6 +93,11 @@ def load_model(args, num_classes=None):
     from alignseg_keras.models.preset_files import is_preset_directory
     from alignseg_keras.models.presets import DEFAULT_NUM_CLASSES
 
+    if getattr(args, "frozen", False) and keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            f"--frozen freezes a TensorFlow graph and needs KERAS_BACKEND=tensorflow (current: "
+            f"{keras.backend.backend()!r}); leave out --frozen on this backend."
+        )
     if args.model:
         model = keras.saving.load_model(args.model)
     elif is_preset_directory(args.preset):
