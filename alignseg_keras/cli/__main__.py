@@ -1,5 +1,5 @@
 import sys
 
-from alignseg_keras.cli import main
+from alignseg_keras.cli import program
 
-sys.exit(main())
+sys.exit(program())
