@@ -53,7 +53,7 @@ def program(argv=None):
     For the subcommands that only infer (`INFERENCE_ONLY_SUBCOMMANDS`) it first
     sets `TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1` unless the environment sets it
     already (`=0` turns it off): TensorFlow's oneDNN convolutions then reorder each
-    kernel once instead of at every call, 0-10% faster for 0.05-0.3 GiB more memory
+    kernel once instead of at every call, 0-15% faster for 0.05-0.3 GiB more memory
     (docs/benchmarks.md). TensorFlow reads the variable once per process and it
     would make any later training use the first kernels, so `main`, which other
     processes call (tests, notebooks), never sets it.
