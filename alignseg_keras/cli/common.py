@@ -93,11 +93,10 @@ def load_model(args, num_classes=None):
     from alignseg_keras.models.preset_files import is_preset_directory
     from alignseg_keras.models.presets import DEFAULT_NUM_CLASSES
 
-    if getattr(args, "frozen", False) and keras.backend.backend() != "tensorflow":
-        raise ValueError(
-            f"--frozen freezes a TensorFlow graph and needs KERAS_BACKEND=tensorflow (current: "
-            f"{keras.backend.backend()!r}); leave out --frozen on this backend."
-        )
+    if getattr(args, "frozen", False):
+        from alignseg_keras.frozen_inference import check_tensorflow_backend
+
+        check_tensorflow_backend("--frozen", "leave out --frozen on this backend")  # before loading
     if args.model:
         model = keras.saving.load_model(args.model)
     elif is_preset_directory(args.preset):
