@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from alignseg_keras import AlignSeg
+from alignseg_keras.backbones import CeilModeMaxPooling2D
 from alignseg_keras.export import export_model
 from alignseg_keras.export import missing_requirements
 
@@ -50,17 +51,35 @@ def test_litert_export_matches_the_keras_model(tmp_path):
     model = tiny_model()
     path = tmp_path / "alignseg.tflite"
     export_model(model, path, format="litert")
+    images = random_images((2, 40, 52, 3))
+    assert_logits_close(litert_logits(path, images), np.asarray(model(images)))
+
+
+def litert_logits(path, images):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
         interpreter = tf.lite.Interpreter(model_path=str(path))
-    images = random_images((2, 40, 52, 3))
     source = interpreter.get_input_details()[0]
     interpreter.resize_tensor_input(source["index"], images.shape)
     interpreter.allocate_tensors()
     interpreter.set_tensor(source["index"], images)
     interpreter.invoke()
-    logits = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-    assert_logits_close(logits, np.asarray(model(images)))
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+def test_litert_export_of_the_deep_stems_pool_needs_no_tensorflow_ops(tmp_path):
+    # The official backbone's ceil-mode pool, then a convolution: LiteRT's converter
+    # keeps a convolution whose input channels it cannot see as a TensorFlow op
+    # (FlexConv2D), which tf.lite.Interpreter cannot run.
+    keras.utils.set_random_seed(0)
+    images = keras.Input((None, None, 3))
+    pooled = CeilModeMaxPooling2D()(keras.layers.ReLU()(images))
+    model = keras.Model(images, keras.layers.Conv2D(4, 1)(pooled))
+    path = tmp_path / "stem.tflite"
+    export_model(model, path, format="litert")
+    for shape in ((1, 33, 47, 3), (2, 32, 32, 3)):
+        inputs = random_images(shape)
+        assert_logits_close(litert_logits(path, inputs), np.asarray(model(inputs)))
 
 
 @pytest.mark.skipif(

@@ -49,3 +49,12 @@ def test_ceil_mode_max_pool_matches_pytorch_rule():
     for i in range(4):
         for j in range(5):
             assert out[0, i, j, 0] == padded[0, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3, 0].max()
+
+
+@pytest.mark.parametrize("height, width", [(7, 8), (8, 7), (9, 9), (6, 6), (2, 3)])
+def test_ceil_mode_max_pool_equals_pytorch(height, width):
+    torch = pytest.importorskip("torch")
+    # Non-negative, as after the stem's ReLU.
+    x = np.random.default_rng(height * 10 + width).random((2, height, width, 3)).astype("float32")
+    expected = torch.nn.MaxPool2d(3, 2, padding=1, ceil_mode=True)(torch.from_numpy(x).permute(0, 3, 1, 2))
+    np.testing.assert_array_equal(np.asarray(CeilModeMaxPooling2D()(x)), expected.permute(0, 2, 3, 1).numpy())

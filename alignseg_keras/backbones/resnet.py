@@ -33,6 +33,13 @@ class CeilModeMaxPooling2D(keras.layers.Layer):
     PyTorch's negative-infinity padding. An input of size H gives
     `ceil((H - 1) / 2) + 1` (512 -> 256 -> 129 in the authors' stem).
 
+    The input is padded by 1 before and 2 after, whatever its size: for an even
+    size the second row after is ceil mode's extra window, for an odd one no
+    window reaches it. A constant padding keeps the static shape (a padding
+    computed from the input's shape leaves even the channels unknown to
+    TensorFlow, and LiteRT's converter then kept the next convolutions as
+    TensorFlow ops that its interpreter cannot run).
+
     Example:
     ```python
     pooled = CeilModeMaxPooling2D()(np.ones((1, 256, 256, 8), "float32"))  # (1, 129, 129, 8)
@@ -40,10 +47,7 @@ class CeilModeMaxPooling2D(keras.layers.Layer):
     """
 
     def call(self, inputs):
-        shape = ops.shape(inputs)
-        pad_h = 2 - shape[1] % 2
-        pad_w = 2 - shape[2] % 2
-        x = ops.pad(inputs, [[0, 0], [1, pad_h], [1, pad_w], [0, 0]])
+        x = ops.pad(inputs, [[0, 0], [1, 2], [1, 2], [0, 0]])
         return ops.max_pool(x, pool_size=3, strides=2, padding="valid")
 
     def compute_output_shape(self, input_shape):
