@@ -407,3 +407,26 @@ def test_gpu_program_memory_counts_arguments_outputs_and_donation():
     donated = gpu.program_memory_gib(jax.jit(double, donate_argnums=0).lower(array).compile()) * 2**30
     assert kept >= 2 * array.nbytes  # the argument and the output
     assert kept - donated == array.nbytes  # the output reuses the donated argument
+
+
+def test_onnx_operator_times_sum_the_kernels_of_the_last_run(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto
+    from onnx import helper
+
+    from benchmarks import int8
+
+    # images -> Relu -> Add(itself) -> Relu: two Relu kernels and one Add per run.
+    nodes = [helper.make_node("Relu", ["images"], ["a"]), helper.make_node("Add", ["a", "a"], ["b"]),
+             helper.make_node("Relu", ["b"], ["logits"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 64, 64, 3])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 64, 64, 3])])
+    path = str(tmp_path / "tiny.onnx")
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    times = int8.onnx_operator_times(path, np.ones((1, 64, 64, 3), "float32"), calls=3)
+    assert list(times)[0] == "model run" and set(times) == {"model run", "Relu", "Add"}
+    assert all(value > 0 for value in times.values())
+    # One run's kernels only: together they fit inside that run.
+    assert times["Relu"] + times["Add"] <= times["model run"]
+    assert list(times)[1:] == sorted(list(times)[1:], key=lambda name: -times[name])
