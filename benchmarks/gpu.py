@@ -38,19 +38,30 @@ PyTorch that is `max_memory_allocated` over the timed calls alone (the peak
 is reset after the first call); on JAX, whose allocator peak cannot be reset,
 it is XLA's buffer assignment of the compiled program (arguments + outputs -
 donated + temporaries, `memory_analysis()` of the executable that ran).
+
+With `--profile-steps N`, each side then records N more training steps with its
+framework's profiler (`jax.profiler.trace`, `torch.profiler.profile` with the
+GPU's activity) and stores `training_profile`: per process of the trace (the
+GPU is one), its busy time, its span and the kernels that took most of it
+(`benchmarks.trace_summary`), so a run on a lent GPU brings back where a step's
+time goes without the trace files themselves.
 """
 
 import argparse
+import glob
 import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 from benchmarks.authors import AUX_LOSS_WEIGHT
 from benchmarks.authors import NUM_CLASSES
 from benchmarks.authors import timed_calls
+from benchmarks.trace_summary import load_events
+from benchmarks.trace_summary import summarize
 
 SIDES = ("jax", "torch")
 PRECISIONS = ("float32", "bfloat16")
@@ -70,6 +81,8 @@ def parse(argv=None):
     parser.add_argument("--inference-only", action="store_true")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=PRECISIONS)
     parser.add_argument("--torch-device", default="cuda", help="cpu only to check the script")
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="training steps to record with each side's profiler (training_profile)")
     return parser.parse_args(argv)
 
 
@@ -162,6 +175,11 @@ def run_jax(args, emit):
     device_images, device_labels = jax.device_put(train_images), jax.device_put(train_labels)
     on_device = timed(lambda: model.train_on_batch(device_images, device_labels), max(3, args.repeats // 2))
     result["training_batch_on_device"] = summary(on_device)
+    if args.profile_steps:
+        result["training_profile"] = jax_profile(
+            lambda: model.train_on_batch(device_images, device_labels), args.profile_steps
+        )
+        emit(result)
     # Keras' JAX trainer runs jax.jit(model.train_step, donate_argnums=0) on this state;
     # lowering the same function on the same shapes returns that executable from jit's cache.
     model.jax_state_sync()
@@ -216,13 +234,47 @@ def run_torch(args, emit):
     train_step = torch_step("training", args.precision, train_images, train_labels, device=args.torch_device)
     losses = []
     training, peak, steady_peak = steady(lambda: losses.append(train_step()), max(3, args.repeats // 2))
-    return {
+    result = {
         **result,
         "training": summary(training),
         "loss": float(losses[-1]),
         "peak_gpu_memory_gib": peak,
         "steady_gpu_memory_gib": steady_peak,
     }
+    if args.profile_steps:
+        emit(result)
+        result["training_profile"] = torch_profile(train_step, args.profile_steps, cuda)
+    return result
+
+
+def jax_profile(step, steps):
+    """`trace_summary.summarize` of `steps` calls of `step` under JAX's profiler."""
+    import jax
+
+    with tempfile.TemporaryDirectory() as folder:
+        with jax.profiler.trace(folder):
+            for _ in range(steps):
+                step()
+        (path,) = glob.glob(os.path.join(folder, "plugins", "profile", "*", "*.trace.json.gz"))
+        return summarize(load_events(path))
+
+
+def torch_profile(step, steps, cuda):
+    """`trace_summary.summarize` of `steps` calls of `step` under PyTorch's profiler."""
+    import torch
+
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if cuda:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profile:
+        for _ in range(steps):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "trace.json")
+        profile.export_chrome_trace(path)
+        return summarize(load_events(path))
 
 
 def one(args):
@@ -271,6 +323,7 @@ def drive(args):
         "--preset", args.preset, "--repeats", str(args.repeats),
         "--size", *map(str, args.size), "--train-size", *map(str, args.train_size),
         "--train-batch", str(args.train_batch), "--torch-device", args.torch_device,
+        "--profile-steps", str(args.profile_steps),
         *(["--inference-only"] if args.inference_only else []),
     ]
     results = {"gpu": gpu_name(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs": []}

@@ -430,3 +430,75 @@ def test_onnx_operator_times_sum_the_kernels_of_the_last_run(tmp_path):
     # One run's kernels only: together they fit inside that run.
     assert times["Relu"] + times["Add"] <= times["model run"]
     assert list(times)[1:] == sorted(list(times)[1:], key=lambda name: -times[name])
+
+
+def test_trace_union_counts_overlaps_once():
+    from benchmarks.trace_summary import union_length
+
+    assert union_length([(0, 10), (5, 15), (20, 25)]) == 20
+    assert union_length([(0, 10), (2, 3)]) == 10
+    assert union_length([]) == 0
+
+
+def test_trace_summary_of_a_pytorch_gpu_trace():
+    from benchmarks.trace_summary import summarize
+
+    # The shape of PyTorch's Chrome trace of a CUDA run: a host process and a GPU
+    # process labelled "GPU 0" whose kernels and copies run on streams.
+    def meta(pid, name, args):
+        return {"ph": "M", "pid": pid, "tid": 0, "name": name, "args": args}
+
+    def event(pid, category, name, ts, dur):
+        return {"ph": "X", "pid": pid, "tid": 7, "cat": category, "name": name, "ts": ts, "dur": dur}
+
+    events = [
+        meta(4242, "process_name", {"name": "python"}),
+        meta(0, "process_name", {"name": "python"}), meta(0, "process_labels", {"labels": "GPU 0"}),
+        event(4242, "cpu_op", "aten::conv2d", 0, 3000), event(4242, "cpu_op", "aten::convolution", 10, 2900),
+        event(0, "gpu_memcpy", "Memcpy HtoD (Pageable -> Device)", 100, 400),
+        event(0, "kernel", "sm90_xmma_fprop", 600, 1000), event(0, "kernel", "sm90_xmma_fprop", 1700, 1000),
+        event(0, "kernel", "elementwise_kernel", 2700, 100),
+    ]
+    summary = summarize(events, top=2)
+    assert list(summary) == ["python", "python [GPU 0]"]  # busiest first: the host spans 3 ms
+    gpu = summary["python [GPU 0]"]
+    assert gpu["busy_ms"] == pytest.approx(2.5) and gpu["span_ms"] == pytest.approx(2.7) and gpu["events"] == 4
+    assert gpu["by_name"] == [["sm90_xmma_fprop", pytest.approx(2.0), 2],
+                              ["Memcpy HtoD (Pageable -> Device)", pytest.approx(0.4), 1]]
+    assert gpu["by_category"] == {"kernel": pytest.approx(2.1), "gpu_memcpy": pytest.approx(0.4)}
+    # Nested host events are summed by name but their union counts once.
+    assert summary["python"]["busy_ms"] == pytest.approx(3.0)
+
+
+def test_trace_summary_reads_a_jax_profile(tmp_path):
+    pytest.importorskip("jax")
+    from benchmarks.trace_summary import load_events
+    from benchmarks.trace_summary import summarize
+
+    # In a process of its own: JAX's profiler beside TensorFlow's is not asked for here.
+    script = (
+        "import jax, jax.numpy as jnp\n"
+        "f = jax.jit(lambda x: jnp.tanh(x @ x).sum())\n"
+        "x = jnp.ones((256, 256)); f(x).block_until_ready()\n"
+        f"with jax.profiler.trace({str(tmp_path)!r}):\n"
+        "    for _ in range(3): f(x).block_until_ready()\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    (path,) = [str(p) for p in tmp_path.glob("plugins/profile/*/*.trace.json.gz")]
+    summary = summarize(load_events(path))
+    host = summary["/host:CPU"]
+    assert 0 < host["busy_ms"] <= host["span_ms"]
+    names = [name for name, _, _ in host["by_name"]]
+    assert any("PjitFunction" in name for name in names)
+
+
+def test_gpu_script_profiles_the_pytorch_side_on_the_cpu():
+    torch = pytest.importorskip("torch")
+    from benchmarks import gpu
+
+    convolution = torch.nn.Conv2d(3, 4, 3)
+    images = torch.ones(1, 3, 16, 16)
+    summary = gpu.torch_profile(lambda: convolution(images).sum().backward(), steps=2, cuda=False)
+    host = next(value for name, value in summary.items() if "[CPU]" in name)
+    calls = {name: count for name, _, count in host["by_name"]}
+    assert calls["aten::convolution_backward"] == 2 and 0 < host["busy_ms"] <= host["span_ms"]
