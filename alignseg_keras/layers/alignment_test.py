@@ -180,3 +180,19 @@ def test_dynamic_shapes_in_a_tf_function():
     out = run(tf.ones((2, 5, 6, 3)), tf.zeros((2, 9, 4, 2)))
     assert tuple(out.shape) == (2, 9, 4, 3)
     np.testing.assert_allclose(out.numpy(), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_feature_gradient_sums_in_float32(dtype):
+    # 32x32 output pixels all sample (1.25, 2.5) of a 4x4 map: each of the 4 taps
+    # receives 1024 terms. Summed in the features' type they stall once a term is
+    # below half the sum's spacing (a bfloat16 sum of 0.375s stops at 128).
+    from alignseg_keras.layers.alignment import bilinear_sample_gradient
+
+    features = tf.ones((1, 4, 4, 1), dtype)
+    y, x = tf.fill((1, 32, 32), 1.25), tf.fill((1, 32, 32), 2.5)
+    table_grad, _, _ = bilinear_sample_gradient(features, y, x, tf.ones((1, 32, 32, 1), dtype))
+    assert table_grad.dtype == dtype
+    expected = np.zeros((4, 4), "float32")
+    expected[1:3, 2:4] = 1024 * np.outer([0.75, 0.25], [0.5, 0.5])  # (1 - wy, wy) x (1 - wx, wx)
+    np.testing.assert_array_equal(np.asarray(table_grad, "float32")[0, :, :, 0], expected)
