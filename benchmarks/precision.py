@@ -47,13 +47,11 @@ NUM_CLASSES = 19
 
 
 def bf16_cpu_flags():
-    """The CPU's bfloat16 features (amx_bf16, amx_tile, avx512_bf16) found in /proc/cpuinfo."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = next(line for line in handle if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return []
-    return sorted(flag for flag in flags if flag in ("amx_bf16", "amx_tile", "avx512_bf16"))
+    """The CPU's bfloat16 features (`hardware.BFLOAT16_CPU_FEATURES`) found in /proc/cpuinfo."""
+    from alignseg_keras.hardware import BFLOAT16_CPU_FEATURES
+    from alignseg_keras.hardware import cpu_flags
+
+    return sorted(set(BFLOAT16_CPU_FEATURES).intersection(cpu_flags() or ()))
 
 
 def segmentation_scores(labels, predictions, num_classes):

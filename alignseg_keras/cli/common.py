@@ -50,7 +50,8 @@ def add_precision_argument(parser):
         help="arithmetic of the model: float32 (default), or bfloat16 (Keras' mixed_bfloat16: "
         "float32 weights and logits, bfloat16 arithmetic, BatchNorm folded into the "
         "convolutions: faster where the hardware has "
-        "bfloat16 units, such as CPUs with AMX, slightly less accurate; see docs/inference.md)",
+        "bfloat16 units, such as GPUs and CPUs with AMX or AVX512-BF16 (a warning says when "
+        "this machine has none), slightly less accurate; see docs/inference.md)",
     )
 
 
@@ -81,6 +82,19 @@ def with_precision(model, args):
     return model if precision is None else inference.inference_model(model, precision)
 
 
+def warn_about_precision(command, precision):
+    """Print on stderr why `precision` will not be faster than float32 on this machine
+    (`hardware.precision_warning`), if it will not; the reason, or None."""
+    import sys
+
+    from alignseg_keras.hardware import precision_warning
+
+    reason = precision_warning(precision)
+    if reason:
+        print(f"alignseg {command}: warning: {reason}", file=sys.stderr)
+    return reason
+
+
 def load_model(args, num_classes=None):
     """The model of `--model` or `--preset`, in the `--precision` of `args` if it has one.
 
@@ -97,6 +111,7 @@ def load_model(args, num_classes=None):
         from alignseg_keras.frozen_inference import check_tensorflow_backend
 
         check_tensorflow_backend("--frozen", "leave out --frozen on this backend")  # before loading
+    warn_about_precision(getattr(args, "command", "model"), getattr(args, "precision", None))
     if args.model:
         model = keras.saving.load_model(args.model)
     elif is_preset_directory(args.preset):

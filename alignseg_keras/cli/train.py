@@ -85,7 +85,9 @@ def add_parser(subparsers):
     train.add_argument("--focal-gamma", type=float, default=focal["gamma"],
                        help="focusing parameter of --loss focal (default %(default)g)")
     train.add_argument("--precision", choices=sorted(PRECISIONS), default="float32",
-                       help="float16/bfloat16: mixed precision")
+                       help="float16/bfloat16: mixed precision (float16 on GPUs; bfloat16 on GPUs, "
+                       "TPUs and CPUs with AMX or AVX512-BF16; a warning says when this "
+                       "machine has no fast path for it)")
     train.add_argument("--xla", action="store_true", help="compile training steps with XLA")
     train.add_argument("--distribute", choices=("none", "mirrored", "multi_worker", "data_parallel"),
                        default="none",
@@ -334,6 +336,7 @@ def run(args):
     from alignseg_keras.callbacks import ResumableBackup
     from alignseg_keras.callbacks import training_callbacks
     from alignseg_keras.cli.common import load_dataset
+    from alignseg_keras.cli.common import warn_about_precision
 
     _check_arguments(args)
     final_path = _prepare_output(args)
@@ -342,6 +345,7 @@ def run(args):
     _remove_killed_writes(os.path.dirname(final_path))
     if PRECISIONS[args.precision]:
         keras.mixed_precision.set_global_policy(PRECISIONS[args.precision])
+        warn_about_precision("train", args.precision)
     dataset, num_classes, _ = load_dataset(args, "train")
     strategy = _strategy(args.distribute)
     with strategy.scope():

@@ -1,0 +1,103 @@
+"""What this machine offers for reduced-precision arithmetic, and a warning when a
+requested precision has no fast path on it.
+
+bfloat16 pays off on GPUs and on CPUs with bfloat16 units (AMX or AVX512-BF16,
+Intel Sapphire Rapids and later, AMD Zen 4 and later); on other CPUs oneDNN
+converts bfloat16 to float32 inside its kernels and the conversions cost
+about what the narrower memory traffic saves. float16 has no fast CPU path in
+TensorFlow at all. `alignseg predict`, `evaluate` and `train` print
+`precision_warning`'s reason before they start; docs/inference.md ("When to
+use bfloat16") and docs/benchmarks.md give the measurements.
+
+Example:
+```python
+from alignseg_keras.hardware import precision_warning
+
+reason = precision_warning("bfloat16")  # None on a GPU or an AMX CPU
+if reason:
+    print(reason)
+```
+"""
+
+CPUINFO = "/proc/cpuinfo"
+
+# Either feature gives oneDNN (and XLA) native bfloat16 dot products on a CPU.
+BFLOAT16_CPU_FEATURES = ("amx_bf16", "avx512_bf16")
+
+BFLOAT16_PRECISIONS = ("bfloat16", "mixed_bfloat16")
+FLOAT16_PRECISIONS = ("float16", "mixed_float16")
+
+
+def cpu_flags(cpuinfo=CPUINFO):
+    """The feature flags of the first processor listed in `cpuinfo` (a frozenset),
+    or None where the file cannot be read or lists none (not Linux, some containers).
+
+    Example:
+    ```python
+    "avx512_bf16" in (cpu_flags() or ())
+    ```
+    """
+    try:
+        with open(cpuinfo) as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "flags":
+                    return frozenset(value.split())
+    except OSError:
+        return None
+    return None
+
+
+def has_accelerator():
+    """Whether the Keras backend computes on a GPU or TPU: True or False, or None for
+    a backend this function cannot ask (numpy, openvino)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    if backend not in ("tensorflow", "jax"):
+        return None
+    # The default device type: GPUs or TPUs where there are any, else the CPUs.
+    return not keras.distribution.list_devices()[0].lower().startswith("cpu")
+
+
+def slow_precision_reason(precision, accelerator, flags):
+    """Why `precision` computes no faster than float32 on a machine with `accelerator`
+    (True, False or None: unknown) and CPU `flags` (a set, or None: unknown), or None
+    where it may well be faster or the machine is not known well enough to say.
+
+    Example:
+    ```python
+    slow_precision_reason("bfloat16", False, {"avx2"})  # a reason
+    slow_precision_reason("bfloat16", False, {"avx512_bf16"})  # None
+    ```
+    """
+    if accelerator is not False:
+        return None
+    if precision in FLOAT16_PRECISIONS:
+        return (
+            f"{precision} on a machine without a GPU: CPUs have no fast float16 path in "
+            "TensorFlow (4 training steps of AlignSeg-R101 at 512x512 took more than 25 "
+            "minutes on an Intel Xeon, see docs/benchmarks.md); use bfloat16 on CPUs with "
+            f"{' or '.join(BFLOAT16_CPU_FEATURES)}, float32 elsewhere."
+        )
+    if precision in BFLOAT16_PRECISIONS and flags is not None:
+        if not flags.intersection(BFLOAT16_CPU_FEATURES):
+            return (
+                f"{precision} on a CPU without bfloat16 units (no "
+                f"{' or '.join(BFLOAT16_CPU_FEATURES)} among its flags) and no GPU: the "
+                "kernels convert bfloat16 to float32 and gain little or nothing over "
+                "float32, which is also exact; see docs/inference.md (\"When to use "
+                "bfloat16\")."
+            )
+    return None
+
+
+def precision_warning(precision):
+    """`slow_precision_reason` for this machine: a sentence, or None."""
+    if precision in FLOAT16_PRECISIONS + BFLOAT16_PRECISIONS:
+        return slow_precision_reason(precision, has_accelerator(), cpu_flags())
+    return None

@@ -1,0 +1,115 @@
+import keras
+import pytest
+
+from alignseg_keras import hardware
+from alignseg_keras.cli import main
+
+XEON_CPUINFO = (
+    "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
+    "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n\n"
+    "processor\t: 1\nflags\t\t: fpu\n\n"
+)
+ZEN3_CPUINFO = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma\n\n"
+
+
+def write(tmp_path, text):
+    path = tmp_path / "cpuinfo"
+    path.write_text(text)
+    return str(path)
+
+
+def test_cpu_flags_reads_the_first_processor(tmp_path):
+    flags = hardware.cpu_flags(write(tmp_path, XEON_CPUINFO))
+    assert {"avx512_bf16", "amx_bf16", "avx2"} <= flags and "amx" not in flags
+    assert hardware.cpu_flags(write(tmp_path, ZEN3_CPUINFO)) == {"fpu", "sse2", "avx", "avx2", "fma"}
+    assert hardware.cpu_flags(str(tmp_path / "missing")) is None
+    assert hardware.cpu_flags(write(tmp_path, "processor\t: 0\nmodel name\t: ARM\n")) is None
+
+
+@pytest.mark.parametrize(
+    "precision, accelerator, flags, slow",
+    [
+        ("bfloat16", False, {"avx2", "avx512f"}, True),
+        ("mixed_bfloat16", False, {"avx2"}, True),
+        ("bfloat16", False, {"avx2", "avx512_bf16"}, False),
+        ("bfloat16", False, {"amx_bf16"}, False),
+        ("bfloat16", False, None, False),  # flags unknown: no claim
+        ("bfloat16", True, {"avx2"}, False),  # a GPU computes it
+        ("bfloat16", None, {"avx2"}, False),  # devices unknown
+        ("float16", False, {"avx512_bf16", "amx_bf16"}, True),
+        ("mixed_float16", False, None, True),
+        ("float16", True, {"avx2"}, False),
+        ("float32", False, {"avx2"}, False),
+    ],
+)
+def test_slow_precision_reason(precision, accelerator, flags, slow):
+    reason = hardware.slow_precision_reason(
+        precision, accelerator, None if flags is None else frozenset(flags)
+    )
+    assert (reason is not None) == slow
+    if slow:
+        assert precision in reason and "float32" in reason
+
+
+def test_has_accelerator_agrees_with_the_backend():
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        expected = bool(tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"))
+    elif backend == "jax":
+        import jax
+
+        expected = jax.default_backend() != "cpu"
+    else:
+        pytest.skip(f"{backend} is checked in its own session")
+    assert hardware.has_accelerator() is expected
+
+
+def on_a_cpu(monkeypatch, flags):
+    monkeypatch.setattr(hardware, "has_accelerator", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_flags", lambda cpuinfo=hardware.CPUINFO: frozenset(flags))
+
+
+def test_precision_warning_asks_this_machine(monkeypatch):
+    on_a_cpu(monkeypatch, {"avx2"})
+    assert "bfloat16" in hardware.precision_warning("bfloat16")
+    assert hardware.precision_warning("float32") is None
+    on_a_cpu(monkeypatch, {"avx2", "avx512_bf16"})
+    assert hardware.precision_warning("bfloat16") is None
+
+
+@pytest.fixture
+def restore_dtype_policy():
+    policy = keras.config.dtype_policy()
+    yield
+    keras.config.set_dtype_policy(policy)
+
+
+@pytest.mark.parametrize("flags, warned", [({"avx2"}, True), ({"avx512_bf16"}, False)])
+def test_evaluate_warns_where_bfloat16_is_not_faster(monkeypatch, capsys, flags, warned):
+    on_a_cpu(monkeypatch, flags)
+
+    def stop(*args, **kwargs):
+        raise ValueError("stopped after the warning")
+
+    monkeypatch.setattr(keras.saving, "load_model", stop)
+    assert main(["evaluate", "--model", "m.keras", "--precision", "bfloat16"]) == 2
+    err = capsys.readouterr().err
+    assert "stopped after the warning" in err
+    assert ("alignseg evaluate: warning: bfloat16 on a CPU without bfloat16 units" in err) == warned
+
+
+def test_train_warns_about_float16_without_a_gpu(monkeypatch, capsys, tmp_path, restore_dtype_policy):
+    on_a_cpu(monkeypatch, {"avx512_bf16", "amx_bf16"})
+    from alignseg_keras.cli import common
+
+    def stop(*args, **kwargs):
+        raise ValueError("stopped after the warning")
+
+    monkeypatch.setattr(common, "load_dataset", stop)
+    code = main(["train", "--precision", "float16", "--output-dir", str(tmp_path / "run")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "alignseg train: warning: float16 on a machine without a GPU" in err
+    assert "stopped after the warning" in err
