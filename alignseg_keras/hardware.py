@@ -2,10 +2,12 @@
 requested precision has no fast path on it.
 
 bfloat16 pays off on GPUs and on CPUs with bfloat16 units (AMX or AVX512-BF16,
-Intel Sapphire Rapids and later, AMD Zen 4 and later); on other CPUs oneDNN
-converts bfloat16 to float32 inside its kernels and the conversions cost
-about what the narrower memory traffic saves. float16 has no fast CPU path in
-TensorFlow at all. `alignseg predict`, `evaluate` and `train` print
+Intel Sapphire Rapids and later, AMD Zen 4 and later). On other CPUs it gains
+nothing in inference, and TensorFlow, which uses oneDNN for bfloat16 only on
+CPUs with AVX-512, computes bfloat16 convolution gradients with far slower
+kernels: on a 2-core AVX2-only AMD EPYC, an AlignSeg-R101 training step at
+512x512, batch 2, took 166 s in bfloat16 against 17.8 s in float32
+(docs/benchmarks.md). float16 has no fast CPU path in TensorFlow at all. `alignseg predict`, `evaluate` and `train` print
 `precision_warning`'s reason before they start; docs/inference.md ("When to
 use bfloat16") and docs/benchmarks.md give the measurements.
 
@@ -23,6 +25,11 @@ CPUINFO = "/proc/cpuinfo"
 
 # Either feature gives oneDNN (and XLA) native bfloat16 dot products on a CPU.
 BFLOAT16_CPU_FEATURES = ("amx_bf16", "avx512_bf16")
+
+# TensorFlow's oneDNN kernels take bfloat16 only on CPUs with AVX-512 ("oneDNN supports
+# DT_BFLOAT16 only on platforms with AVX-512. Falling back to the default Eigen-based
+# implementation", TensorFlow's log on an AVX2-only CPU).
+AVX512_CPU_FEATURE = "avx512f"
 
 BFLOAT16_PRECISIONS = ("bfloat16", "mixed_bfloat16")
 FLOAT16_PRECISIONS = ("float16", "mixed_float16")
@@ -88,12 +95,23 @@ def slow_precision_reason(precision, accelerator, flags):
         if not flags.intersection(BFLOAT16_CPU_FEATURES):
             return (
                 f"{precision} on a CPU without bfloat16 units (no "
-                f"{' or '.join(BFLOAT16_CPU_FEATURES)} among its flags) and no GPU: the "
-                "kernels convert bfloat16 to float32 and gain little or nothing over "
-                "float32, which is also exact; see docs/inference.md (\"When to use "
-                "bfloat16\")."
+                f"{' or '.join(BFLOAT16_CPU_FEATURES)} among its flags) and no GPU: "
+                + _without_bfloat16_units(flags)
+                + " Use float32, which is also exact; see docs/inference.md (\"When to "
+                "use bfloat16\")."
             )
     return None
+
+
+def _without_bfloat16_units(flags):
+    """What bfloat16 costs on a CPU with these `flags` and no bfloat16 units."""
+    if AVX512_CPU_FEATURE in flags:
+        return ("oneDNN converts bfloat16 to float32 inside its kernels, so expect little "
+                "or no gain over float32 (not measured on such a CPU).")
+    return ("inference is no faster than in float32, and TensorFlow, which uses oneDNN "
+            "for bfloat16 only with AVX-512, computes its convolution gradients with "
+            "Eigen's generic kernels: a training step is about 9 times slower (measured "
+            "on an AVX2-only AMD EPYC).")
 
 
 def precision_warning(precision):

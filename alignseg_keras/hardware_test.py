@@ -51,6 +51,13 @@ def test_slow_precision_reason(precision, accelerator, flags, slow):
         assert precision in reason and "float32" in reason
 
 
+def test_the_reason_says_what_bfloat16_costs_with_and_without_avx512():
+    avx2 = hardware.slow_precision_reason("bfloat16", False, frozenset({"avx2"}))
+    avx512 = hardware.slow_precision_reason("bfloat16", False, frozenset({"avx2", "avx512f"}))
+    assert "9 times slower" in avx2 and "Eigen" in avx2
+    assert "9 times slower" not in avx512 and "little or no gain" in avx512
+
+
 def test_has_accelerator_agrees_with_the_backend():
     backend = keras.backend.backend()
     if backend == "tensorflow":
