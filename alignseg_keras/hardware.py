@@ -8,7 +8,8 @@ CPUs with AVX-512, computes bfloat16 convolution gradients with far slower
 kernels: on a 2-core AVX2-only AMD EPYC, an AlignSeg-R101 training step at
 512x512, batch 2, took 166 s in bfloat16 against 17.8 s in float32
 (docs/benchmarks.md). float16 has no fast CPU path in TensorFlow at all. `alignseg predict`, `evaluate` and `train` print
-`precision_warning`'s reason before they start; docs/inference.md ("When to
+`precision_warning`'s reason before they start, and `AlignSeg.compile` warns
+(`warn_once`); docs/inference.md ("When to
 use bfloat16") and docs/benchmarks.md give the measurements.
 
 Example:
@@ -20,6 +21,8 @@ if reason:
     print(reason)
 ```
 """
+
+import warnings
 
 CPUINFO = "/proc/cpuinfo"
 
@@ -119,3 +122,31 @@ def precision_warning(precision):
     if precision in FLOAT16_PRECISIONS + BFLOAT16_PRECISIONS:
         return slow_precision_reason(precision, has_accelerator(), cpu_flags())
     return None
+
+
+# The precisions warned about in this process, by compute type ("bfloat16", "float16").
+_warned = set()
+
+
+def warn_once(precision, emit=None):
+    """Emit `precision_warning(precision)`, if there is one, once per process and compute
+    type: through `emit(reason)` where given (the command line prints it), else as a
+    `UserWarning`. Returns the reason emitted by this call, or None.
+
+    Example:
+    ```python
+    warn_once(model.dtype_policy.name)  # "mixed_bfloat16": warns on an AVX2-only CPU
+    ```
+    """
+    compute_type = precision.removeprefix("mixed_") if isinstance(precision, str) else precision
+    if compute_type in _warned:
+        return None
+    reason = precision_warning(precision)
+    if reason is None:
+        return None
+    _warned.add(compute_type)
+    if emit is None:
+        warnings.warn(reason, UserWarning, stacklevel=3)
+    else:
+        emit(reason)
+    return reason

@@ -12,6 +12,11 @@ XEON_CPUINFO = (
 ZEN3_CPUINFO = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma\n\n"
 
 
+@pytest.fixture(autouse=True)
+def nothing_warned_yet(monkeypatch):
+    monkeypatch.setattr(hardware, "_warned", set())
+
+
 def write(tmp_path, text):
     path = tmp_path / "cpuinfo"
     path.write_text(text)
@@ -120,3 +125,33 @@ def test_train_warns_about_float16_without_a_gpu(monkeypatch, capsys, tmp_path, 
     err = capsys.readouterr().err
     assert "alignseg train: warning: float16 on a machine without a GPU" in err
     assert "stopped after the warning" in err
+
+
+def test_warn_once_warns_once_per_compute_type(monkeypatch):
+    on_a_cpu(monkeypatch, {"avx2"})
+    emitted = []
+    assert "bfloat16" in hardware.warn_once("bfloat16", emitted.append)
+    assert hardware.warn_once("mixed_bfloat16", emitted.append) is None  # the same arithmetic
+    assert hardware.warn_once("float32", emitted.append) is None
+    assert "float16" in hardware.warn_once("mixed_float16", emitted.append)
+    assert len(emitted) == 2
+    monkeypatch.setattr(hardware, "_warned", set())
+    with pytest.warns(UserWarning, match="9 times slower"):
+        hardware.warn_once("mixed_bfloat16")
+
+
+def test_compile_warns_under_a_policy_with_no_fast_path(monkeypatch, restore_dtype_policy):
+    import warnings
+
+    from alignseg_keras.testing import tiny_alignseg
+
+    on_a_cpu(monkeypatch, {"avx2"})
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    model = tiny_alignseg(num_classes=3)
+    with pytest.warns(UserWarning, match="mixed_bfloat16 on a CPU without bfloat16 units"):
+        model.compile()
+    on_a_cpu(monkeypatch, {"avx2", "avx512_bf16"})
+    monkeypatch.setattr(hardware, "_warned", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model.compile()

@@ -84,15 +84,14 @@ def with_precision(model, args):
 
 def warn_about_precision(command, precision):
     """Print on stderr why `precision` will not be faster than float32 on this machine
-    (`hardware.precision_warning`), if it will not; the reason, or None."""
+    (`hardware.warn_once`), if it will not and nothing has said so yet; the reason, or None."""
     import sys
 
-    from alignseg_keras.hardware import precision_warning
+    from alignseg_keras.hardware import warn_once
 
-    reason = precision_warning(precision)
-    if reason:
-        print(f"alignseg {command}: warning: {reason}", file=sys.stderr)
-    return reason
+    return warn_once(
+        precision, lambda reason: print(f"alignseg {command}: warning: {reason}", file=sys.stderr)
+    )
 
 
 def load_model(args, num_classes=None):
