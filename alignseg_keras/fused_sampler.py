@@ -21,6 +21,9 @@ training computes what it did; the forward value differs from the gathered
 form by float32 rounding of the positions (normalising and scaling back), about
 1e-7 of the position.
 
+NaN positions (diverged offsets) give NaN samples and infinite ones the map's
+edge, as in the gathered form; `CropAndResize` itself refuses non-finite boxes.
+
 XLA has no kernel for `CropAndResize`; graphs that XLA compiles keep the
 `keras.ops` form (`fused_resize.xla_compiles_this_graph`).
 """
@@ -69,8 +72,13 @@ def crop_and_resize_sample(features, y, x):
     padded = tf.pad(tf.cast(features, tf.float32), [[0, 0], [1, 1], [1, 1], [0, 0]])
     # The padded map's corner pixels are at 0 and size + 1.
     height_f, width_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-    rows = (tf.clip_by_value(y, -1.0, height_f) + 1.0) / (height_f + 1.0)
-    cols = (tf.clip_by_value(x, -1.0, width_f) + 1.0) / (width_f + 1.0)
+    y = tf.clip_by_value(y, -1.0, height_f)  # infinities become the edges, NaN stays
+    x = tf.clip_by_value(x, -1.0, width_f)
+    nan_position = tf.math.logical_or(tf.math.is_nan(y), tf.math.is_nan(x))
+    any_nan = tf.reduce_any(nan_position)
+    # CropAndResize refuses non-finite boxes; sample those pixels at 0 and make them NaN below.
+    rows = (tf.where(nan_position, 0.0, y) + 1.0) / (height_f + 1.0)
+    cols = (tf.where(nan_position, 0.0, x) + 1.0) / (width_f + 1.0)
     boxes = tf.reshape(tf.stack([rows, cols, rows, cols], axis=-1), (-1, 4))
     box_indices = tf.repeat(tf.range(batch), out_shape[1] * out_shape[2])
     sampled = tf.raw_ops.CropAndResize(
@@ -82,4 +90,13 @@ def crop_and_resize_sample(features, y, x):
         extrapolation_value=0.0,
     )
     output_shape = tf.stack([batch, out_shape[1], out_shape[2], channels])
-    return tf.cast(tf.reshape(sampled, output_shape), features.dtype)
+    sampled = tf.reshape(sampled, output_shape)
+    # NaN where a position is NaN, as `gathered_bilinear_sample` gives (diverged offsets then
+    # reach the loss, where training stops with a clear message); no pass over the output
+    # when every position is a number.
+    sampled = tf.cond(
+        any_nan,
+        lambda: tf.where(nan_position[..., tf.newaxis], tf.constant(float("nan")), sampled),
+        lambda: sampled,
+    )
+    return tf.cast(sampled, features.dtype)

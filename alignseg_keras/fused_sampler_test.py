@@ -125,3 +125,46 @@ def test_degenerate_sizes(size, out_size):
     expected = numpy_sample(features.astype(np.float64), y.astype(np.float64), x.astype(np.float64))
     assert fused.shape == (1, *out_size, 5)
     np.testing.assert_allclose(fused, expected, atol=position_tolerance(features, size))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_non_finite_positions_sample_as_the_gathered_form(dtype):
+    import tensorflow as tf
+
+    features, y, x = random_case(4)
+    features = tf.cast(features, dtype)
+    y[0, 1, :4] = [np.nan, np.inf, -np.inf, 2.0]
+    x[0, 1, :4] = [1.0, 1.0, 1.0, np.nan]
+    x[1, 2, 3] = -np.inf
+    fused = tf.function(bilinear_sample)(features, y, x)
+    gathered = gathered_bilinear_sample(features, y, x)
+    nan_pixels = np.zeros(y.shape, bool)
+    nan_pixels[0, 1, [0, 3]] = True
+    # NaN positions give NaN in every channel (CropAndResize itself would refuse them);
+    # infinite ones the map's edge; both forms agree everywhere.
+    for sampled in (fused, gathered):
+        sampled = np.asarray(tf.cast(sampled, "float32"))
+        np.testing.assert_array_equal(np.isnan(sampled).all(-1), nan_pixels)
+        assert not np.isnan(sampled[~nan_pixels]).any()
+    # The gathered form rounds each of its 4 products and 3 sums to bfloat16 (2^-9 relative).
+    atol = 1e-5 if dtype == "float32" else 8 * 2.0**-9 * float(tf.reduce_max(tf.abs(tf.cast(features, "float32"))))
+    np.testing.assert_allclose(np.asarray(tf.cast(fused, "float32")),
+                               np.asarray(tf.cast(gathered, "float32")), atol=atol, rtol=0)
+
+
+def test_a_training_step_through_nan_positions_gives_a_nan_loss_not_an_error():
+    import tensorflow as tf
+
+    features, y, x = random_case(5)
+    y[0, 0, 0] = np.nan
+
+    @tf.function
+    def loss_and_gradient(features):
+        with tf.GradientTape() as tape:
+            tape.watch(features)
+            loss = tf.reduce_sum(bilinear_sample(features, y, x))
+        return loss, tape.gradient(loss, features)
+
+    loss, gradient = loss_and_gradient(tf.constant(features))
+    assert np.isnan(loss.numpy())
+    assert gradient.shape == features.shape
