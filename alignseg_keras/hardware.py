@@ -6,11 +6,13 @@ Intel Sapphire Rapids and later, AMD Zen 4 and later). On other CPUs it gains
 nothing in inference, and TensorFlow, which uses oneDNN for bfloat16 only on
 CPUs with AVX-512, computes bfloat16 convolution gradients with far slower
 kernels: on a 2-core AVX2-only AMD EPYC, an AlignSeg-R101 training step at
-512x512, batch 2, took 166 s in bfloat16 against 17.8 s in float32
-(docs/benchmarks.md). float16 has no fast CPU path in TensorFlow at all. `alignseg predict`, `evaluate` and `train` print
-`precision_warning`'s reason before they start, and `AlignSeg.compile` warns
-(`warn_once`); docs/inference.md ("When to
-use bfloat16") and docs/benchmarks.md give the measurements.
+512x512, batch 2, took 165.5-166.1 s in bfloat16 against 17.6-17.9 s in
+float32 (docs/benchmarks.md). float16 has no fast CPU path in TensorFlow.
+
+`alignseg predict`, `evaluate` and `train` print `precision_warning`'s reason
+before they start, and `AlignSeg.compile` gives it as a `UserWarning`, once
+per process (`warn_once`); docs/inference.md ("When to use bfloat16") gives
+the measurements.
 
 Example:
 ```python
@@ -94,15 +96,16 @@ def slow_precision_reason(precision, accelerator, flags):
             "minutes on an Intel Xeon, see docs/benchmarks.md); use bfloat16 on CPUs with "
             f"{' or '.join(BFLOAT16_CPU_FEATURES)}, float32 elsewhere."
         )
-    if precision in BFLOAT16_PRECISIONS and flags is not None:
-        if not flags.intersection(BFLOAT16_CPU_FEATURES):
-            return (
-                f"{precision} on a CPU without bfloat16 units (no "
-                f"{' or '.join(BFLOAT16_CPU_FEATURES)} among its flags) and no GPU: "
-                + _without_bfloat16_units(flags)
-                + " Use float32, which is also exact; see docs/inference.md (\"When to "
-                "use bfloat16\")."
-            )
+    if precision in BFLOAT16_PRECISIONS and flags is not None and not flags.intersection(
+        BFLOAT16_CPU_FEATURES
+    ):
+        return (
+            f"{precision} on a CPU without bfloat16 units (no "
+            f"{' or '.join(BFLOAT16_CPU_FEATURES)} among its flags) and no GPU: "
+            + _without_bfloat16_units(flags)
+            + " Use float32, which is also exact; see docs/inference.md (\"When to "
+            "use bfloat16\")."
+        )
     return None
 
 
@@ -119,6 +122,7 @@ def _without_bfloat16_units(flags):
 
 def precision_warning(precision):
     """`slow_precision_reason` for this machine: a sentence, or None."""
+    # Other precisions never have a reason: no device query for them (float32 compiles).
     if precision in FLOAT16_PRECISIONS + BFLOAT16_PRECISIONS:
         return slow_precision_reason(precision, has_accelerator(), cpu_flags())
     return None
@@ -138,7 +142,7 @@ def warn_once(precision, emit=None):
     warn_once(model.dtype_policy.name)  # "mixed_bfloat16": warns on an AVX2-only CPU
     ```
     """
-    compute_type = precision.removeprefix("mixed_") if isinstance(precision, str) else precision
+    compute_type = (precision or "").removeprefix("mixed_")
     if compute_type in _warned:
         return None
     reason = precision_warning(precision)
