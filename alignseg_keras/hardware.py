@@ -1,5 +1,6 @@
 """What this machine offers for reduced-precision arithmetic, and a warning when a
-requested precision has no fast path on it.
+requested precision has no fast path on it; what TensorFlow's oneDNN kernels cost
+or save on a CPU without AVX-512.
 
 bfloat16 pays off on GPUs and on CPUs with bfloat16 units (AMX or AVX512-BF16,
 Intel Sapphire Rapids and later, AMD Zen 4 and later). On other CPUs it gains
@@ -14,6 +15,17 @@ before they start, and `AlignSeg.compile` gives it as a `UserWarning`, once
 per process (`warn_once`); docs/inference.md ("When to use bfloat16") gives
 the measurements.
 
+TensorFlow computes its CPU operations with oneDNN or with Eigen, as
+`TF_ENABLE_ONEDNN_OPTS` says when it is imported; unset, it chooses oneDNN
+only on CPUs with VNNI, AVX512-BF16 or AMX (on Linux). On an AVX2-only CPU oneDNN's
+forward convolutions run through a GEMM fallback and its backward ones through
+fast AVX2 kernels: on a 2-core AVX2-only AMD EPYC, AlignSeg-R101 inference at
+512x512 took 12.0 s with oneDNN against 1.46 s without, and a float32 training
+step at 512x512, batch 2, 12.9-13.6 s against 17.2-17.6 s. `alignseg predict`
+and `evaluate` warn when the variable turns oneDNN on there
+(`onednn_inference_reason`); `alignseg train` says when turning it on would
+make its steps faster (`onednn_training_hint`).
+
 Example:
 ```python
 from alignseg_keras.hardware import precision_warning
@@ -24,6 +36,7 @@ if reason:
 ```
 """
 
+import os
 import warnings
 
 CPUINFO = "/proc/cpuinfo"
@@ -35,6 +48,10 @@ BFLOAT16_CPU_FEATURES = ("amx_bf16", "avx512_bf16")
 # DT_BFLOAT16 only on platforms with AVX-512. Falling back to the default Eigen-based
 # implementation", TensorFlow's log on an AVX2-only CPU).
 AVX512_CPU_FEATURE = "avx512f"
+
+# Read by TensorFlow once, when it is imported: "1"/"true" computes CPU operations with
+# oneDNN, "0"/"false" with Eigen (in any case, no spaces: TensorFlow's ReadBoolFromEnvVar).
+ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
 
 BFLOAT16_PRECISIONS = ("bfloat16", "mixed_bfloat16")
 FLOAT16_PRECISIONS = ("float16", "mixed_float16")
@@ -118,6 +135,98 @@ def _without_bfloat16_units(flags):
             "for bfloat16 only with AVX-512, computes its convolution gradients with "
             "Eigen's generic kernels: a training step is about 9 times slower (measured "
             "on an AVX2-only AMD EPYC).")
+
+
+def onednn_setting(environ=None):
+    """What `TF_ENABLE_ONEDNN_OPTS` in `environ` (default `os.environ`) asks TensorFlow
+    for: True (oneDNN), False (Eigen), or None where it is unset or not a value
+    TensorFlow reads (TensorFlow then decides from the CPU).
+
+    Example:
+    ```python
+    onednn_setting({"TF_ENABLE_ONEDNN_OPTS": "true"})  # True
+    ```
+    """
+    value = (os.environ if environ is None else environ).get(ONEDNN_VARIABLE, "").lower()
+    return {"1": True, "true": True, "0": False, "false": False}.get(value)
+
+
+def _cpu_without_avx512(accelerator, flags):
+    """Whether the machine is known to compute on a CPU that lacks AVX-512."""
+    return accelerator is False and flags is not None and AVX512_CPU_FEATURE not in flags
+
+
+def onednn_inference_reason(setting, accelerator, flags):
+    """Why inference will be slow with oneDNN `setting` (`onednn_setting`) on a machine
+    with `accelerator` (True, False or None: unknown) and CPU `flags` (a set, or None),
+    or None.
+
+    Example:
+    ```python
+    onednn_inference_reason(True, False, {"avx2"})  # a reason
+    onednn_inference_reason(None, False, {"avx2"})  # None: TensorFlow keeps Eigen
+    ```
+    """
+    if setting is not True or not _cpu_without_avx512(accelerator, flags):
+        return None
+    return (
+        f"{ONEDNN_VARIABLE} turns TensorFlow's oneDNN kernels on, on a CPU without AVX-512 "
+        "and no GPU: their forward convolutions fall back to GEMM there, with the "
+        "BatchNormalization fused into them slower still; AlignSeg-R101 inference at "
+        f"512x512 took 12.0 s against 1.46 s with {ONEDNN_VARIABLE}=0 (measured on an "
+        "AVX2-only AMD EPYC). Unset it, or set it to 0, for inference; see "
+        "docs/benchmarks.md (\"oneDNN on a CPU without AVX-512\")."
+    )
+
+
+def onednn_training_hint(setting, accelerator, flags):
+    """What turning oneDNN on would save a training process with oneDNN `setting`, on
+    a machine with `accelerator` and CPU `flags` (as `onednn_inference_reason`): a
+    sentence where the setting is unset on a CPU without AVX-512, else None (an
+    explicit setting, either way, is the user's choice).
+
+    Example:
+    ```python
+    onednn_training_hint(None, False, {"avx2"})  # a hint
+    onednn_training_hint(False, False, {"avx2"})  # None
+    ```
+    """
+    if setting is not None or not _cpu_without_avx512(accelerator, flags):
+        return None
+    return (
+        "on this CPU (no AVX-512) TensorFlow computes with Eigen; with "
+        f"{ONEDNN_VARIABLE}=1 in the environment its oneDNN kernels computed a float32 "
+        "AlignSeg-R101 training step at 512x512, batch 2, in 12.9-13.6 s against "
+        "17.2-17.6 s (measured on an AVX2-only AMD EPYC), but it makes inference in the "
+        "same process far slower and two runs no longer train the same model. "
+        f"{ONEDNN_VARIABLE}=0 keeps Eigen and silences this note; see docs/training.md."
+    )
+
+
+# The oneDNN setting each note concerns, and the rule that gives it.
+_ONEDNN_NOTES = {
+    "inference": (True, onednn_inference_reason),
+    "training": (None, onednn_training_hint),
+}
+
+
+def onednn_note(kind):
+    """`onednn_inference_reason` (`kind` "inference") or `onednn_training_hint`
+    ("training") for this process's environment and machine: a sentence, or None.
+
+    Example:
+    ```python
+    note = onednn_note("inference")  # None unless TF_ENABLE_ONEDNN_OPTS=1 on an AVX2 CPU
+    ```
+    """
+    import keras
+
+    concerned, rule = _ONEDNN_NOTES[kind]
+    setting = onednn_setting()
+    # Only TensorFlow's kernels read the variable; no device query where the rule is silent.
+    if keras.backend.backend() != "tensorflow" or setting is not concerned:
+        return None
+    return rule(setting, has_accelerator(), cpu_flags())
 
 
 def precision_warning(precision):

@@ -155,3 +155,121 @@ def test_compile_warns_under_a_policy_with_no_fast_path(monkeypatch, restore_dty
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         model.compile()
+
+
+@pytest.mark.parametrize(
+    "environ, setting",
+    [
+        ({"TF_ENABLE_ONEDNN_OPTS": "1"}, True),
+        ({"TF_ENABLE_ONEDNN_OPTS": "TRUE"}, True),
+        ({"TF_ENABLE_ONEDNN_OPTS": " 1"}, None),  # TensorFlow does not strip spaces
+        ({"TF_ENABLE_ONEDNN_OPTS": "0"}, False),
+        ({"TF_ENABLE_ONEDNN_OPTS": "False"}, False),
+        ({"TF_ENABLE_ONEDNN_OPTS": "yes"}, None),  # TensorFlow ignores it and decides
+        ({}, None),
+    ],
+)
+def test_onednn_setting(environ, setting):
+    assert hardware.onednn_setting(environ) is setting
+
+
+def test_onednn_setting_reads_the_variable_as_tensorflow_does():
+    """TensorFlow's own answer, in fresh processes: oneDNN on for "TRUE", off for "False",
+    and for values it does not read (" 1", "yes") whatever it chooses with the variable unset."""
+    import os
+    import subprocess
+    import sys
+
+    ask = "from tensorflow.python.util import _pywrap_util_port as p; print(p.IsMklEnabled())"
+    values = ("TRUE", "False", " 1", "yes", None)
+    processes = []
+    for value in values:
+        env = {key: item for key, item in os.environ.items() if key != hardware.ONEDNN_VARIABLE}
+        if value is not None:
+            env[hardware.ONEDNN_VARIABLE] = value
+        processes.append(subprocess.Popen(
+            [sys.executable, "-c", ask], env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"},
+            stdout=subprocess.PIPE, text=True,
+        ))
+    enabled = dict(zip(values, (process.communicate()[0].strip() == "True" for process in processes)))
+    assert enabled["TRUE"] is True and enabled["False"] is False
+    for value in (" 1", "yes"):
+        assert enabled[value] == enabled[None]
+        assert hardware.onednn_setting({hardware.ONEDNN_VARIABLE: value}) is None
+
+
+@pytest.mark.parametrize(
+    "setting, accelerator, flags, inference_slow, training_hint",
+    [
+        (True, False, {"avx2"}, True, False),
+        (None, False, {"avx2"}, False, True),
+        (False, False, {"avx2"}, False, False),  # Eigen, asked for
+        (True, False, {"avx2", "avx512f"}, False, False),
+        (None, False, {"avx2", "avx512f"}, False, False),
+        (True, True, {"avx2"}, False, False),  # a GPU computes the convolutions
+        (None, None, {"avx2"}, False, False),  # devices unknown
+        (True, False, None, False, False),  # flags unknown
+    ],
+)
+def test_onednn_notes(setting, accelerator, flags, inference_slow, training_hint):
+    flags = None if flags is None else frozenset(flags)
+    reason = hardware.onednn_inference_reason(setting, accelerator, flags)
+    hint = hardware.onednn_training_hint(setting, accelerator, flags)
+    assert (reason is not None) == inference_slow
+    assert (hint is not None) == training_hint
+    if reason:
+        assert "TF_ENABLE_ONEDNN_OPTS" in reason and "12.0 s against 1.46 s" in reason
+    if hint:
+        assert "TF_ENABLE_ONEDNN_OPTS=1" in hint and "TF_ENABLE_ONEDNN_OPTS=0" in hint
+
+
+def test_onednn_note_asks_this_process(monkeypatch):
+    on_a_cpu(monkeypatch, {"avx2"})
+    monkeypatch.setenv(hardware.ONEDNN_VARIABLE, "1")
+    assert "12.0 s" in hardware.onednn_note("inference")
+    assert hardware.onednn_note("training") is None
+    monkeypatch.delenv(hardware.ONEDNN_VARIABLE)
+    assert hardware.onednn_note("inference") is None
+    assert "12.9-13.6 s" in hardware.onednn_note("training")
+    with pytest.raises(KeyError):
+        hardware.onednn_note("export")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+@pytest.mark.parametrize("flags, warned", [({"avx2"}, True), ({"avx2", "avx512f"}, False)])
+def test_inference_commands_warn_about_onednn_without_avx512(
+    monkeypatch, capsys, tmp_path, command, flags, warned
+):
+    on_a_cpu(monkeypatch, flags)
+    monkeypatch.setenv(hardware.ONEDNN_VARIABLE, "true")
+
+    def stop(*args, **kwargs):
+        raise ValueError("stopped after the warning")
+
+    monkeypatch.setattr(keras.saving, "load_model", stop)
+    arguments = ["--model", "m.keras"]
+    if command == "predict":
+        arguments += [str(tmp_path / "x.png"), "--output", str(tmp_path / "out")]
+    assert main([command, *arguments]) == 2
+    err = capsys.readouterr().err
+    assert "stopped after the warning" in err
+    assert (f"alignseg {command}: warning: TF_ENABLE_ONEDNN_OPTS turns" in err) == warned
+
+
+@pytest.mark.parametrize("setting, noted", [(None, True), ("0", False), ("1", False)])
+def test_train_notes_what_onednn_would_save_in_float32(monkeypatch, capsys, tmp_path, setting, noted):
+    on_a_cpu(monkeypatch, {"avx2"})
+    if setting is None:
+        monkeypatch.delenv(hardware.ONEDNN_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(hardware.ONEDNN_VARIABLE, setting)
+    from alignseg_keras.cli import common
+
+    def stop(*args, **kwargs):
+        raise ValueError("stopped after the note")
+
+    monkeypatch.setattr(common, "load_dataset", stop)
+    assert main(["train", "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "stopped after the note" in err
+    assert ("alignseg train: note: on this CPU (no AVX-512)" in err) == noted

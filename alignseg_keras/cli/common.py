@@ -94,6 +94,21 @@ def warn_about_precision(command, precision):
     )
 
 
+def print_onednn_note(command, kind):
+    """Print on stderr what TensorFlow's oneDNN setting costs ("inference": a warning) or
+    could save ("training": a note) on this machine (`hardware.onednn_note`), if anything;
+    the sentence, or None."""
+    import sys
+
+    from alignseg_keras.hardware import onednn_note
+
+    note = onednn_note(kind)
+    if note:
+        label = "warning" if kind == "inference" else "note"
+        print(f"alignseg {command}: {label}: {note}", file=sys.stderr)
+    return note
+
+
 def load_model(args, num_classes=None):
     """The model of `--model` or `--preset`, in the `--precision` of `args` if it has one.
 
@@ -103,6 +118,7 @@ def load_model(args, num_classes=None):
     import keras
 
     from alignseg_keras import AlignSeg
+    from alignseg_keras.cli import INFERENCE_ONLY_SUBCOMMANDS
     from alignseg_keras.models.preset_files import is_preset_directory
     from alignseg_keras.models.presets import DEFAULT_NUM_CLASSES
 
@@ -110,7 +126,10 @@ def load_model(args, num_classes=None):
         from alignseg_keras.frozen_inference import check_tensorflow_backend
 
         check_tensorflow_backend("--frozen", "leave out --frozen on this backend")  # before loading
-    warn_about_precision(getattr(args, "command", "model"), getattr(args, "precision", None))
+    command = getattr(args, "command", "model")
+    warn_about_precision(command, getattr(args, "precision", None))
+    if command in INFERENCE_ONLY_SUBCOMMANDS:
+        print_onednn_note(command, "inference")
     if args.model:
         model = keras.saving.load_model(args.model)
     elif is_preset_directory(args.preset):

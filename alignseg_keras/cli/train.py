@@ -336,6 +336,7 @@ def run(args):
     from alignseg_keras.callbacks import ResumableBackup
     from alignseg_keras.callbacks import training_callbacks
     from alignseg_keras.cli.common import load_dataset
+    from alignseg_keras.cli.common import print_onednn_note
     from alignseg_keras.cli.common import warn_about_precision
 
     _check_arguments(args)
@@ -346,6 +347,8 @@ def run(args):
     if PRECISIONS[args.precision]:
         keras.mixed_precision.set_global_policy(PRECISIONS[args.precision])
         warn_about_precision("train", args.precision)
+    else:  # measured in float32; bfloat16 has its own warning on such CPUs
+        print_onednn_note("train", "training")
     dataset, num_classes, _ = load_dataset(args, "train")
     strategy = _strategy(args.distribute)
     with strategy.scope():
