@@ -203,11 +203,8 @@ def onednn_training_hint(setting, accelerator, flags):
     )
 
 
-# The oneDNN setting each note concerns, and the rule that gives it.
-_ONEDNN_NOTES = {
-    "inference": (True, onednn_inference_reason),
-    "training": (None, onednn_training_hint),
-}
+# The rule of each oneDNN note.
+_ONEDNN_NOTES = {"inference": onednn_inference_reason, "training": onednn_training_hint}
 
 
 def onednn_note(kind):
@@ -221,12 +218,10 @@ def onednn_note(kind):
     """
     import keras
 
-    concerned, rule = _ONEDNN_NOTES[kind]
-    setting = onednn_setting()
-    # Only TensorFlow's kernels read the variable; no device query where the rule is silent.
-    if keras.backend.backend() != "tensorflow" or setting is not concerned:
+    rule = _ONEDNN_NOTES[kind]
+    if keras.backend.backend() != "tensorflow":  # only TensorFlow's kernels read the variable
         return None
-    return rule(setting, has_accelerator(), cpu_flags())
+    return rule(onednn_setting(), has_accelerator(), cpu_flags())
 
 
 def precision_warning(precision):

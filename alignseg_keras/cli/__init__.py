@@ -43,7 +43,9 @@ def main(argv=None):
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as error:
-        print(f"alignseg {args.command}: error: {error}", file=sys.stderr)
+        from alignseg_keras.cli.common import print_message
+
+        print_message(args.command, "error", error)
         return 2
 
 

@@ -82,30 +82,31 @@ def with_precision(model, args):
     return model if precision is None else inference.inference_model(model, precision)
 
 
+def print_message(command, label, text):
+    """Print `alignseg COMMAND: LABEL: TEXT` on stderr, as the command line's warnings,
+    notes and errors read."""
+    import sys
+
+    print(f"alignseg {command}: {label}: {text}", file=sys.stderr)
+
+
 def warn_about_precision(command, precision):
     """Print on stderr why `precision` will not be faster than float32 on this machine
     (`hardware.warn_once`), if it will not and nothing has said so yet; the reason, or None."""
-    import sys
-
     from alignseg_keras.hardware import warn_once
 
-    return warn_once(
-        precision, lambda reason: print(f"alignseg {command}: warning: {reason}", file=sys.stderr)
-    )
+    return warn_once(precision, lambda reason: print_message(command, "warning", reason))
 
 
 def print_onednn_note(command, kind):
     """Print on stderr what TensorFlow's oneDNN setting costs ("inference": a warning) or
     could save ("training": a note) on this machine (`hardware.onednn_note`), if anything;
     the sentence, or None."""
-    import sys
-
     from alignseg_keras.hardware import onednn_note
 
     note = onednn_note(kind)
     if note:
-        label = "warning" if kind == "inference" else "note"
-        print(f"alignseg {command}: {label}: {note}", file=sys.stderr)
+        print_message(command, "warning" if kind == "inference" else "note", note)
     return note
 
 
