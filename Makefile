@@ -44,7 +44,8 @@ $(TEST_STAMP): $(STAMP)
 # builds, to 8-9 GB after the whole suite, and a worker ran out of memory in CI when one
 # test started a TensorFlow process beside two such workers); the multi-process JAX
 # tests on their own (their job processes need memory too); then a small JAX session
-# and a small torch session (Keras fixes its backend per process): each backend's
+# (two workers: 311 s against 380 s in one on 2 cores, 2026-12-05) and a small torch
+# session (one: 49 s) (Keras fixes its backend per process): each backend's
 # comparisons with TensorFlow and every layer's test (ablation layers included) on it.
 # Both sessions collect the layer tests, so pytest never ends with "no tests" (exit 5).
 # MALLOC_ARENA_MAX=2 caps glibc's malloc arenas (up to 8 per core otherwise), a common
@@ -55,7 +56,7 @@ test: $(TEST_STAMP)
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS) alignseg_keras
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS) tests --ignore=tests/test_multiprocess_jax.py
 	$(TEST_ENV) $(PY) -m pytest tests/test_multiprocess_jax.py
-	KERAS_BACKEND=jax $(TEST_ENV) $(PY) -m pytest tests/test_jax_backend.py alignseg_keras/layers/blocks_test.py
+	KERAS_BACKEND=jax $(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS) tests/test_jax_backend.py alignseg_keras/layers/blocks_test.py
 	KERAS_BACKEND=torch $(TEST_ENV) $(PY) -m pytest tests/test_torch_backend.py alignseg_keras/layers/blocks_test.py
 
 # BENCH_ARGS="--quick" takes minutes; "--only alignment,inference" runs a subset.
