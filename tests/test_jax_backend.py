@@ -123,6 +123,33 @@ def test_alignseg_works_without_tensorflow():
     check_without_tensorflow(start_without_tensorflow("jax"))
 
 
+def test_the_command_line_runs_its_steps_through_jax_jit(tmp_path, caplog):
+    import logging
+
+    import jax
+
+    from alignseg_keras.cli import build_parser
+    from alignseg_keras.cli.common import steps_through_xla_on_jax
+    from alignseg_keras.cli.train import _build_model
+    from alignseg_keras.cli.train import resolve_pipeline_defaults
+
+    # `alignseg train` without --xla: jit_compile=False ran every operation on its own.
+    args = resolve_pipeline_defaults(build_parser().parse_args(
+        ["train", "--backbone", "resnet18", "--decoder-channels", "8"]))
+    assert _build_model(args, num_classes=3).jit_compile is True
+    # A .keras file of a TensorFlow training without --xla says jit_compile=False.
+    model = cases.tiny_alignseg()
+    model.compile(jit_compile=False)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert loaded.jit_compile is False
+    loaded = steps_through_xla_on_jax(loaded)
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING, logger="jax"):
+        loaded.predict_on_batch(cases.images()[:1])
+    compiled = [record.getMessage() for record in caplog.records]
+    assert any("jit(predict_step)" in message for message in compiled), compiled[:5]
+
+
 def test_the_ablation_runs_on_jax(tmp_path):
     from benchmarks import ablation
 

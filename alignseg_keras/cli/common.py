@@ -139,7 +139,22 @@ def load_model(args, num_classes=None):
         model = AlignSeg.from_preset(
             args.preset, num_classes=num_classes or DEFAULT_NUM_CLASSES
         )
-    return with_precision(model, args)
+    return steps_through_xla_on_jax(with_precision(model, args))
+
+
+def steps_through_xla_on_jax(model):
+    """`model`, whose predict and evaluate steps run through `jax.jit` on JAX.
+
+    A .keras file keeps the `jit_compile` it was compiled with: False for a
+    TensorFlow training without XLA (`alignseg train` without --xla), which on
+    JAX would run every operation of a step on its own. Elsewhere, and for
+    models compiled otherwise, the model is returned as it is.
+    """
+    import keras
+
+    if keras.backend.backend() == "jax" and getattr(model, "compiled", False) and not model.jit_compile:
+        model.jit_compile = True
+    return model
 
 
 def model_name(args):

@@ -88,7 +88,8 @@ def add_parser(subparsers):
                        help="float16/bfloat16: mixed precision (float16 on GPUs; bfloat16 on GPUs, "
                        "TPUs and CPUs with AMX or AVX512-BF16; a warning says when this "
                        "machine has no fast path for it)")
-    train.add_argument("--xla", action="store_true", help="compile training steps with XLA")
+    train.add_argument("--xla", action="store_true",
+                       help="compile training steps with XLA (TensorFlow; JAX always does)")
     train.add_argument("--distribute", choices=("none", "mirrored", "multi_worker", "data_parallel"),
                        default="none",
                        help="mirrored: tf.distribute on one machine's GPUs (TensorFlow); "
@@ -177,9 +178,18 @@ def _build_model(args, num_classes):
         warmup_steps=args.warmup_steps,
         weight_decay=args.weight_decay,
         aux_loss_weight=args.aux_weight,
-        jit_compile=args.xla,
+        jit_compile=training_jit_compile(args.xla),
     )
     return model
+
+
+def training_jit_compile(xla):
+    """`compile`'s `jit_compile` for `--xla`: on TensorFlow, graphs with XLA only when asked;
+    on JAX always. Keras runs a JAX step as one program only through `jax.jit`; with
+    `jit_compile=False` every operation is dispatched (and compiled) on its own."""
+    import keras
+
+    return bool(xla) or keras.backend.backend() == "jax"
 
 
 def training_batches(dataset, model, args):

@@ -85,6 +85,12 @@ def test_train_builds_from_a_preset_name_or_directory(tmp_path):
                      num_classes=3)
 
 
+def test_training_uses_xla_on_tensorflow_only_when_asked():
+    # TensorFlow: graphs without XLA unless --xla (tests/test_jax_backend.py: JAX always).
+    assert _build_model(train_args(*TINY), num_classes=3).jit_compile is False
+    assert _build_model(train_args(*TINY, "--xla"), num_classes=3).jit_compile is True
+
+
 def test_a_subcommand_that_cannot_load_fails_loudly(monkeypatch):
     monkeypatch.setattr(cli, "SUBCOMMANDS", (*cli.SUBCOMMANDS, "nonexistent"))
     with pytest.raises(ImportError, match=r"'nonexistent' \(alignseg_keras.cli.nonexistent\)"):
