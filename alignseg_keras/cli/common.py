@@ -142,17 +142,25 @@ def load_model(args, num_classes=None):
     return steps_through_xla_on_jax(with_precision(model, args))
 
 
+def jit_compile_setting(xla=False):
+    """`compile`'s `jit_compile` for the command line (`--xla` is `xla`): on TensorFlow,
+    graphs with XLA only when asked; on JAX always. Keras runs a JAX step as one
+    program only through `jax.jit`; with `jit_compile=False` every operation is
+    dispatched (and compiled) on its own."""
+    import keras
+
+    return bool(xla) or keras.backend.backend() == "jax"
+
+
 def steps_through_xla_on_jax(model):
-    """`model`, whose predict and evaluate steps run through `jax.jit` on JAX.
+    """`model`, its predict and evaluate steps compiled as `jit_compile_setting` says.
 
     A .keras file keeps the `jit_compile` it was compiled with: False for a
     TensorFlow training without XLA (`alignseg train` without --xla), which on
     JAX would run every operation of a step on its own. Elsewhere, and for
     models compiled otherwise, the model is returned as it is.
     """
-    import keras
-
-    if keras.backend.backend() == "jax" and getattr(model, "compiled", False) and not model.jit_compile:
+    if getattr(model, "compiled", False) and jit_compile_setting() and not model.jit_compile:
         model.jit_compile = True
     return model
 

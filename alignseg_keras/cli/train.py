@@ -150,6 +150,7 @@ def training_loss(args):
 
 def _build_model(args, num_classes):
     from alignseg_keras import AlignSeg
+    from alignseg_keras.cli.common import jit_compile_setting
     from alignseg_keras.models.preset_files import is_preset_directory
 
     architecture = {
@@ -178,18 +179,9 @@ def _build_model(args, num_classes):
         warmup_steps=args.warmup_steps,
         weight_decay=args.weight_decay,
         aux_loss_weight=args.aux_weight,
-        jit_compile=training_jit_compile(args.xla),
+        jit_compile=jit_compile_setting(args.xla),
     )
     return model
-
-
-def training_jit_compile(xla):
-    """`compile`'s `jit_compile` for `--xla`: on TensorFlow, graphs with XLA only when asked;
-    on JAX always. Keras runs a JAX step as one program only through `jax.jit`; with
-    `jit_compile=False` every operation is dispatched (and compiled) on its own."""
-    import keras
-
-    return bool(xla) or keras.backend.backend() == "jax"
 
 
 def training_batches(dataset, model, args):
