@@ -26,6 +26,14 @@ and `evaluate` warn when the variable turns oneDNN on there
 (`onednn_inference_reason`); `alignseg train` says when turning it on would
 make its steps faster (`onednn_training_hint`).
 
+JAX compiles with XLA, whose CPU compiler (jax 0.10) hands convolutions to
+YNNPACK kernels unless `XLA_FLAGS` says otherwise. On the same AVX2-only EPYC
+their kernel gradients were 1.2-4.7 times slower than XLA's own, and a float32
+training step at 512x512, batch 2, took 35.5-36.8 s against 21.3-22.2 s with
+`XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=`; `alignseg train` on JAX
+says so there (`ynn_training_hint`). `kernel_note` gives the note of the
+process's backend.
+
 Example:
 ```python
 from alignseg_keras.hardware import precision_warning
@@ -52,6 +60,12 @@ AVX512_CPU_FEATURE = "avx512f"
 # Read by TensorFlow once, when it is imported: "1"/"true" computes CPU operations with
 # oneDNN, "0"/"false" with Eigen (in any case, no spaces: TensorFlow's ReadBoolFromEnvVar).
 ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
+
+# Read by XLA (JAX's compiler) when the backend starts: space-separated `--name=value` flags.
+XLA_FLAGS_VARIABLE = "XLA_FLAGS"
+# Which of XLA's CPU fusions YNNPACK computes; an empty list (`--...=`) keeps XLA's own
+# convolution kernels (jax 0.10.2: "Comma-separated list of YNN fusion types").
+YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 
 BFLOAT16_PRECISIONS = ("bfloat16", "mixed_bfloat16")
 FLOAT16_PRECISIONS = ("float16", "mixed_float16")
@@ -203,25 +217,71 @@ def onednn_training_hint(setting, accelerator, flags):
     )
 
 
-# The rule of each oneDNN note.
-_ONEDNN_NOTES = {"inference": onednn_inference_reason, "training": onednn_training_hint}
-
-
-def onednn_note(kind):
-    """`onednn_inference_reason` (`kind` "inference") or `onednn_training_hint`
-    ("training") for this process's environment and machine: a sentence, or None.
+def xla_flag_given(flag, environ=None):
+    """Whether `XLA_FLAGS` in `environ` (default `os.environ`) sets `flag`, with any value.
 
     Example:
     ```python
-    note = onednn_note("inference")  # None unless TF_ENABLE_ONEDNN_OPTS=1 on an AVX2 CPU
+    xla_flag_given(YNN_FUSION_FLAG, {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type="})  # True
+    ```
+    """
+    value = (os.environ if environ is None else environ).get(XLA_FLAGS_VARIABLE, "")
+    return any(token.partition("=")[0] == flag for token in value.split())
+
+
+def ynn_training_hint(flag_given, accelerator, flags):
+    """What XLA's own convolution kernels would save a JAX training process in which
+    `YNN_FUSION_FLAG` is `flag_given` (True or False), on a machine with `accelerator`
+    and CPU `flags` (as `onednn_inference_reason`): a sentence where the flag is not
+    given on a CPU without AVX-512 (where it was measured), else None.
+
+    Example:
+    ```python
+    ynn_training_hint(False, False, {"avx2"})  # a hint
+    ynn_training_hint(True, False, {"avx2"})  # None: the user chose
+    ```
+    """
+    if flag_given or not _cpu_without_avx512(accelerator, flags):
+        return None
+    return (
+        "on this CPU (no AVX-512) JAX's XLA computes convolutions with YNNPACK kernels, "
+        "whose kernel gradients were 1.2-4.7 times slower than XLA's own; with "
+        f"{XLA_FLAGS_VARIABLE}={YNN_FUSION_FLAG}= in the environment a float32 "
+        "AlignSeg-R101 training step at 512x512, batch 2, took 21.3-22.2 s against "
+        "35.5-36.8 s (measured on an AVX2-only AMD EPYC with jax 0.10.2; the flag is "
+        "experimental). Giving the flag any value silences this note; see docs/jax.md."
+    )
+
+
+# What each backend's notes read from the environment, and the rule of each kind. JAX has
+# no inference note: the flag of `ynn_training_hint` saved 8-13% there (1.51-1.53 s
+# against 1.66-1.73 s at 512x512), too little to print before every run.
+_KERNEL_NOTES = {
+    "tensorflow": (onednn_setting, {"inference": onednn_inference_reason,
+                                    "training": onednn_training_hint}),
+    "jax": (lambda: xla_flag_given(YNN_FUSION_FLAG), {"training": ynn_training_hint}),
+}
+
+
+def kernel_note(kind):
+    """What the CPU kernels of this process's backend cost (`kind` "inference") or what
+    other kernels could save ("training") on this machine, as the environment sets them:
+    TensorFlow's oneDNN rules (`onednn_inference_reason`, `onednn_training_hint`) or
+    XLA's YNNPACK rule on JAX (`ynn_training_hint`). A sentence, or None.
+
+    Example:
+    ```python
+    note = kernel_note("inference")  # None unless TF_ENABLE_ONEDNN_OPTS=1 on an AVX2 CPU
     ```
     """
     import keras
 
-    rule = _ONEDNN_NOTES[kind]
-    if keras.backend.backend() != "tensorflow":  # only TensorFlow's kernels read the variable
+    if kind not in ("inference", "training"):
+        raise KeyError(kind)
+    setting, rules = _KERNEL_NOTES.get(keras.backend.backend(), (None, {}))
+    if kind not in rules:  # no rule for this backend and kind
         return None
-    return rule(onednn_setting(), has_accelerator(), cpu_flags())
+    return rules[kind](setting(), has_accelerator(), cpu_flags())
 
 
 def precision_warning(precision):

@@ -223,16 +223,70 @@ def test_onednn_notes(setting, accelerator, flags, inference_slow, training_hint
         assert "TF_ENABLE_ONEDNN_OPTS=1" in hint and "TF_ENABLE_ONEDNN_OPTS=0" in hint
 
 
-def test_onednn_note_asks_this_process(monkeypatch):
+def test_kernel_note_asks_this_process(monkeypatch):
     on_a_cpu(monkeypatch, {"avx2"})
     monkeypatch.setenv(hardware.ONEDNN_VARIABLE, "1")
-    assert "12.0 s" in hardware.onednn_note("inference")
-    assert hardware.onednn_note("training") is None
+    assert "12.0 s" in hardware.kernel_note("inference")
+    assert hardware.kernel_note("training") is None
     monkeypatch.delenv(hardware.ONEDNN_VARIABLE)
-    assert hardware.onednn_note("inference") is None
-    assert "12.9-13.6 s" in hardware.onednn_note("training")
+    assert hardware.kernel_note("inference") is None
+    assert "12.9-13.6 s" in hardware.kernel_note("training")
     with pytest.raises(KeyError):
-        hardware.onednn_note("export")
+        hardware.kernel_note("export")
+
+
+@pytest.mark.parametrize(
+    "xla_flags, given",
+    [
+        ("--xla_cpu_experimental_ynn_fusion_type=", True),
+        ("--xla_force_host_platform_device_count=2 --xla_cpu_experimental_ynn_fusion_type=dot", True),
+        ("--xla_cpu_experimental_ynn_fusion_type", True),
+        ("--xla_cpu_experimental_ynn_fusion_type_other=", False),
+        ("--xla_force_host_platform_device_count=2", False),
+        (None, False),
+    ],
+)
+def test_xla_flag_given(xla_flags, given):
+    environ = {} if xla_flags is None else {hardware.XLA_FLAGS_VARIABLE: xla_flags}
+    assert hardware.xla_flag_given(hardware.YNN_FUSION_FLAG, environ) is given
+
+
+@pytest.mark.parametrize(
+    "flag_given, accelerator, flags, hint",
+    [
+        (False, False, {"avx2"}, True),
+        (True, False, {"avx2"}, False),  # the user chose
+        (False, False, {"avx2", "avx512f"}, False),  # not measured there
+        (False, True, {"avx2"}, False),  # a GPU computes the convolutions
+        (False, None, {"avx2"}, False),
+        (False, False, None, False),
+    ],
+)
+def test_ynn_training_hint(flag_given, accelerator, flags, hint):
+    flags = None if flags is None else frozenset(flags)
+    sentence = hardware.ynn_training_hint(flag_given, accelerator, flags)
+    assert (sentence is not None) == hint
+    if sentence:
+        assert f"XLA_FLAGS={hardware.YNN_FUSION_FLAG}= " in sentence and "21.3-22.2 s" in sentence
+
+
+def test_kernel_note_follows_the_backend(monkeypatch):
+    """The JAX rule reads XLA_FLAGS, not TensorFlow's variable; torch has no rule."""
+    on_a_cpu(monkeypatch, {"avx2"})
+    monkeypatch.delenv(hardware.ONEDNN_VARIABLE, raising=False)
+    monkeypatch.setenv(hardware.XLA_FLAGS_VARIABLE, "--xla_force_host_platform_device_count=2")
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    assert "21.3-22.2 s" in hardware.kernel_note("training")
+    assert hardware.kernel_note("inference") is None
+    monkeypatch.setenv(hardware.ONEDNN_VARIABLE, "1")
+    monkeypatch.setenv(hardware.XLA_FLAGS_VARIABLE, f"{hardware.YNN_FUSION_FLAG}=")
+    assert hardware.kernel_note("training") is None
+    assert hardware.kernel_note("inference") is None
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    monkeypatch.delenv(hardware.XLA_FLAGS_VARIABLE)
+    assert hardware.kernel_note("training") is None
+    with pytest.raises(KeyError):
+        hardware.kernel_note("export")
 
 
 @pytest.mark.parametrize("command", ["evaluate", "predict"])

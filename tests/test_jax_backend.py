@@ -182,3 +182,57 @@ def test_the_command_line_refuses_frozen_before_loading_the_model(tmp_path, caps
     error = capsys.readouterr().err
     assert "--frozen freezes a TensorFlow graph and needs KERAS_BACKEND=tensorflow (current: 'jax')" in error
     assert "leave out --frozen" in error and loaded == []
+
+
+# Compiles a convolution's gradients and prints whether XLA gave any of them to YNNPACK.
+YNN_PROBE = """
+import jax, jax.numpy as jnp
+x, k = jnp.ones((2, 64, 64, 64)), jnp.ones((3, 3, 64, 64))
+conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+gradients = jax.grad(lambda x, k: conv(x, k).sum(), argnums=(0, 1))
+print("__ynn_fusion" in jax.jit(gradients).lower(x, k).compile().as_text())
+"""
+
+
+def test_the_flag_of_the_training_note_keeps_convolutions_from_ynnpack():
+    """What `hardware.ynn_training_hint` tells users to set does what it says with the
+    installed jax: without it XLA's CPU compiler gives convolution gradients to YNNPACK,
+    with it none (fresh processes: XLA reads XLA_FLAGS once, when the backend starts)."""
+    import os
+    import subprocess
+    import sys
+
+    from alignseg_keras import hardware
+
+    environ = {key: value for key, value in os.environ.items() if key != hardware.XLA_FLAGS_VARIABLE}
+    answers = []
+    for xla_flags in (None, f"{hardware.YNN_FUSION_FLAG}="):
+        env = dict(environ, JAX_PLATFORMS="cpu")
+        if xla_flags is not None:
+            env[hardware.XLA_FLAGS_VARIABLE] = xla_flags
+        answers.append(subprocess.run([sys.executable, "-c", YNN_PROBE], env=env, check=True,
+                                      capture_output=True, text=True).stdout.strip())
+    assert answers == ["True", "False"]
+
+
+def test_train_notes_what_xla_kernels_would_save_on_a_cpu(monkeypatch, capsys, tmp_path):
+    from alignseg_keras import cli
+    from alignseg_keras import hardware
+    from alignseg_keras.cli import common
+
+    monkeypatch.setattr(hardware, "has_accelerator", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_flags", lambda cpuinfo=hardware.CPUINFO: frozenset({"avx2"}))
+
+    def stop(*args, **kwargs):
+        raise ValueError("stopped after the note")
+
+    monkeypatch.setattr(common, "load_dataset", stop)
+    for xla_flags, noted in ((None, True), (f"{hardware.YNN_FUSION_FLAG}=", False)):
+        if xla_flags is None:
+            monkeypatch.delenv(hardware.XLA_FLAGS_VARIABLE, raising=False)
+        else:
+            monkeypatch.setenv(hardware.XLA_FLAGS_VARIABLE, xla_flags)
+        assert cli.main(["train", "--output-dir", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err
+        assert "stopped after the note" in err
+        assert ("alignseg train: note: on this CPU (no AVX-512) JAX's XLA" in err) == noted

@@ -98,13 +98,13 @@ def warn_about_precision(command, precision):
     return warn_once(precision, lambda reason: print_message(command, "warning", reason))
 
 
-def print_onednn_note(command, kind):
-    """Print on stderr what TensorFlow's oneDNN setting costs ("inference": a warning) or
-    could save ("training": a note) on this machine (`hardware.onednn_note`), if anything;
-    the sentence, or None."""
-    from alignseg_keras.hardware import onednn_note
+def print_kernel_note(command, kind):
+    """Print on stderr what the backend's CPU kernels cost ("inference": a warning) or what
+    others could save ("training": a note) on this machine (`hardware.kernel_note`), if
+    anything; the sentence, or None."""
+    from alignseg_keras.hardware import kernel_note
 
-    note = onednn_note(kind)
+    note = kernel_note(kind)
     if note:
         print_message(command, "warning" if kind == "inference" else "note", note)
     return note
@@ -130,7 +130,7 @@ def load_model(args, num_classes=None):
     command = getattr(args, "command", "model")
     warn_about_precision(command, getattr(args, "precision", None))
     if command in INFERENCE_ONLY_SUBCOMMANDS:
-        print_onednn_note(command, "inference")
+        print_kernel_note(command, "inference")
     if args.model:
         model = keras.saving.load_model(args.model)
     elif is_preset_directory(args.preset):

@@ -338,7 +338,7 @@ def run(args):
     from alignseg_keras.callbacks import ResumableBackup
     from alignseg_keras.callbacks import training_callbacks
     from alignseg_keras.cli.common import load_dataset
-    from alignseg_keras.cli.common import print_onednn_note
+    from alignseg_keras.cli.common import print_kernel_note
     from alignseg_keras.cli.common import warn_about_precision
 
     _check_arguments(args)
@@ -350,7 +350,7 @@ def run(args):
         keras.mixed_precision.set_global_policy(PRECISIONS[args.precision])
         warn_about_precision("train", args.precision)
     else:  # measured in float32; bfloat16 has its own warning on such CPUs
-        print_onednn_note("train", "training")
+        print_kernel_note("train", "training")
     dataset, num_classes, _ = load_dataset(args, "train")
     strategy = _strategy(args.distribute)
     with strategy.scope():
