@@ -277,7 +277,7 @@ def kernel_note(kind):
     import keras
 
     if kind not in ("inference", "training"):
-        raise KeyError(kind)
+        raise ValueError(f"kind must be 'inference' or 'training'; received {kind!r}.")
     setting, rules = _KERNEL_NOTES.get(keras.backend.backend(), (None, {}))
     if kind not in rules:  # no rule for this backend and kind
         return None

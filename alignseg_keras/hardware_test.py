@@ -231,7 +231,7 @@ def test_kernel_note_asks_this_process(monkeypatch):
     monkeypatch.delenv(hardware.ONEDNN_VARIABLE)
     assert hardware.kernel_note("inference") is None
     assert "12.9-13.6 s" in hardware.kernel_note("training")
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="'inference' or 'training'; received 'export'"):
         hardware.kernel_note("export")
 
 
@@ -285,7 +285,7 @@ def test_kernel_note_follows_the_backend(monkeypatch):
     monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
     monkeypatch.delenv(hardware.XLA_FLAGS_VARIABLE)
     assert hardware.kernel_note("training") is None
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="'inference' or 'training'; received 'export'"):
         hardware.kernel_note("export")
 
 
