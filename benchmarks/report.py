@@ -262,9 +262,19 @@ def machine_lines(store):
         gpus = ", ".join(machine["gpus"]) or "none"
         rows.append(
             [section, machine["date"], f"{machine['cpu']}, {machine['cores']} cores, GPU: {gpus}",
-             machine["backend"], f"{info['load_before']:.1f} / {info['load_after']:.1f}", versions]
+             machine["backend"], f"{info['load_before']:.1f} / {info['load_after']:.1f}",
+             settings_text(machine.get("settings")), versions]
         )
-    return lines + _table(["Section", "Measured", "Machine", "Backend", "Load avg before / after", "Versions"], rows)
+    return lines + _table(["Section", "Measured", "Machine", "Backend", "Load avg before / after",
+                           "Kernel settings", "Versions"], rows)
+
+
+def settings_text(settings):
+    """`timing.kernel_settings` as a table cell: "defaults" where none was set, "not
+    recorded" for runs from before the settings were recorded (None)."""
+    if settings is None:
+        return "not recorded"
+    return "; ".join(f"{name}={value}" for name, value in sorted(settings.items())) or "defaults"
 
 
 def markdown(store):

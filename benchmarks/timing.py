@@ -143,6 +143,20 @@ def versions():
     return found
 
 
+def kernel_settings(environ=None):
+    """`{name: value}` of the environment variables set in `environ` (default `os.environ`)
+    that choose which CPU kernels run: TensorFlow's oneDNN switch and its frozen-weights
+    cache, and XLA's flags (JAX). Each can change a time several-fold
+    (docs/benchmarks.md), so a measurement names them."""
+    from alignseg_keras.checks import ONEDNN_FROZEN_WEIGHTS_VARIABLE
+    from alignseg_keras.hardware import ONEDNN_VARIABLE
+    from alignseg_keras.hardware import XLA_FLAGS_VARIABLE
+
+    environ = os.environ if environ is None else environ
+    names = (ONEDNN_VARIABLE, ONEDNN_FROZEN_WEIGHTS_VARIABLE, XLA_FLAGS_VARIABLE)
+    return {name: environ[name] for name in names if name in environ}
+
+
 def machine_info(backend):
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -151,6 +165,7 @@ def machine_info(backend):
         "gpus": gpu_names(),
         "backend": backend,
         "versions": versions(),
+        "settings": kernel_settings(),
         "platform": platform.platform(),
         "command": " ".join(sys.argv),
     }

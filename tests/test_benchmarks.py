@@ -100,6 +100,34 @@ def last_line_of_process(command):
     return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
 
 
+def test_runs_record_the_variables_that_choose_the_cpu_kernels(monkeypatch):
+    from benchmarks import report
+    from benchmarks.timing import kernel_settings
+    from benchmarks.timing import machine_info
+
+    environ = {"TF_ENABLE_ONEDNN_OPTS": "1", "XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=",
+               "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "0", "OMP_NUM_THREADS": "2", "HOME": "/root"}
+    assert kernel_settings(environ) == {key: environ[key] for key in list(environ)[:3]}
+    assert kernel_settings({}) == {}
+    for name in ("TF_ENABLE_ONEDNN_OPTS", "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS", "XLA_FLAGS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    machine = machine_info("jax")
+    assert machine["settings"] == {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    older = dict(machine, settings=None)
+    del older["settings"]  # a run recorded before the settings were
+    store = {"sections": {}, "entries": {}}
+    report.record(store, "alignment", [], machine, 0.5, 0.7)
+    report.record(store, "data", [], dict(machine, backend="tensorflow", settings={}), 0.5, 0.7)
+    report.record(store, "inference", [], dict(older, backend="tensorflow"), 0.5, 0.7)
+    lines = report.machine_lines(store)
+    assert "| Kernel settings |" in lines[3]
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines[5:]}
+    assert "| XLA_FLAGS=--xla_force_host_platform_device_count=2 |" in rows["alignment, jax"]
+    assert "| defaults |" in rows["data, tensorflow"]
+    assert "| not recorded |" in rows["inference, tensorflow"]
+
+
 def test_the_authors_side_trains_in_a_process_without_keras_or_tensorflow():
     pytest.importorskip("torch")
     code = (
