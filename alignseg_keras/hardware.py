@@ -26,7 +26,7 @@ and `evaluate` warn when the variable turns oneDNN on there
 (`onednn_inference_reason`); `alignseg train` says when turning it on would
 make its steps faster (`onednn_training_hint`).
 
-JAX compiles with XLA, whose CPU compiler (jax 0.10) hands convolutions to
+JAX compiles with XLA, whose CPU compiler (jax 0.10.2) hands convolutions to
 YNNPACK kernels unless `XLA_FLAGS` says otherwise. On the same AVX2-only EPYC
 their kernel gradients were 1.2-4.7 times slower than XLA's own, and a float32
 training step at 512x512, batch 2, took 35.5-36.8 s against 21.3-22.2 s with
