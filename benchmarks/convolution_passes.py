@@ -9,18 +9,26 @@ forward's best rate; this script measures how fast each one runs, in
 TensorFlow (`Conv2D`, `Conv2DBackpropInput`, `Conv2DBackpropFilter`: oneDNN's
 kernels on CPU, channels last) and in PyTorch (`aten.convolution_backward`, in
 its default channels-first layout and in channels last), round-robin in one
-process, the minimum of `--repeats` rounds; and TensorFlow's kernel gradient
-computed as `k * k` matrix products (`kernel_gradient_by_matrix_products`). Prints
-one JSON line: GFLOP/s (2 per multiply-add) of each (library, pass).
+process, the minimum of `--repeats` rounds; TensorFlow's kernel gradient
+computed as `k * k` matrix products (`kernel_gradient_by_matrix_products`); and all
+three passes together (forward, then both gradients through autodiff) of
+TensorFlow's convolution, of `convolution_by_shifted_products` (the offset heads'
+form) and of PyTorch's. Prints one JSON line: GFLOP/s (2 per multiply-add, three
+times the forward's for the three passes together) of each (library, pass).
 """
 
 import argparse
 import json
 
+from alignseg_keras.layers.offset_head import convolution_by_shifted_products
+
 PASSES = ("forward", "input gradient", "kernel gradient")
 # A candidate for the kernel gradient, timed beside TensorFlow's own (see
 # `kernel_gradient_by_matrix_products`).
 MATRIX_PRODUCTS = "kernel gradient, k*k matrix products"
+# Forward and both gradients in one call, as a training step runs them.
+ALL_PASSES = "forward and both gradients"
+SHIFTED_PRODUCTS = "forward and both gradients, shifted products"
 
 
 def random_inputs(shape, kernel_size, filters, seed=0):
@@ -76,7 +84,24 @@ def tensorflow_passes(shape, kernel_size, filters, precision):
         strides=strides, padding="SAME"))
     by_products = tf.function(lambda: kernel_gradient_by_matrix_products(images, upstream, kernel_size))
     passes = dict(zip((*PASSES, MATRIX_PRODUCTS), (forward, input_gradient, kernel_gradient, by_products)))
-    return {name: (lambda f=f: f().numpy()) for name, f in passes.items()}
+    passes[ALL_PASSES] = all_passes(lambda x, k: tf.nn.conv2d(x, k, strides, "SAME"), images, kernel, upstream)
+    passes[SHIFTED_PRODUCTS] = all_passes(convolution_by_shifted_products, images, kernel, upstream)
+    return {name: (lambda f=f: tf.nest.map_structure(lambda t: t.numpy(), f())) for name, f in passes.items()}
+
+
+def all_passes(convolve, images, kernel, upstream):
+    """A `tf.function` running `convolve(images, kernel)` and the gradients of
+    `sum(output * upstream)` with respect to the images and the kernel."""
+    import tensorflow as tf
+
+    @tf.function
+    def run():
+        with tf.GradientTape() as tape:
+            tape.watch([images, kernel])
+            value = tf.reduce_sum(convolve(images, kernel) * upstream)
+        return tape.gradient(value, [images, kernel])
+
+    return run
 
 
 def torch_passes(shape, kernel_size, filters, precision, channels_last):
@@ -103,7 +128,14 @@ def torch_passes(shape, kernel_size, filters, precision, channels_last):
         with torch.no_grad():
             return torch.nn.functional.conv2d(images, kernel, padding=padding)
 
-    return dict(zip(PASSES, (forward, backward([True, False, False]), backward([False, True, False]))))
+    def all_three():
+        inputs, weights = images.detach().requires_grad_(), kernel.detach().requires_grad_()
+        (torch.nn.functional.conv2d(inputs, weights, padding=padding) * upstream).sum().backward()
+        return inputs.grad, weights.grad
+
+    passes = dict(zip(PASSES, (forward, backward([True, False, False]), backward([False, True, False]))))
+    passes[ALL_PASSES] = all_three
+    return passes
 
 
 def measure(shape, kernel_size, filters, precision, repeats=7):
@@ -121,8 +153,10 @@ def measure(shape, kernel_size, filters, precision, repeats=7):
         pass  # PyTorch is optional: TensorFlow's passes alone
     seconds = interleaved_minimum(candidates, repeats, warmup=2)
     gflop = convolution_gflop(shape, kernel_size, filters)
+    passes_of = {ALL_PASSES: 3, SHIFTED_PRODUCTS: 3}
     return {"shape": list(shape), "kernel_size": kernel_size, "filters": filters, "precision": precision,
-            "gflop": gflop, "gflops": {f"{library}, {name}": gflop / s for (library, name), s in seconds.items()}}
+            "gflop": gflop, "gflops": {f"{library}, {name}": passes_of.get(name, 1) * gflop / s
+                                       for (library, name), s in seconds.items()}}
 
 
 def main(argv=None):

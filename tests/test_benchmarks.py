@@ -322,7 +322,7 @@ def test_decoder_forms_are_restored_and_timed():
     from benchmarks import decoder_forms
 
     images = np.zeros((1, 4, 4, 2), "float32")
-    split = OffsetHead.call_on_upsampled_pair
+    split, shifted = OffsetHead.call_on_upsampled_pair, OffsetHead._offsets_from_hidden
     with decoder_forms.decoder_form("before"):
         assert not alignment._uses_fused_resize(images)
         assert OffsetHead.call_on_upsampled_pair is decoder_forms._concatenated_pair
@@ -335,10 +335,17 @@ def test_decoder_forms_are_restored_and_timed():
         assert not alignment._uses_fused_sampler(images)
     with decoder_forms.decoder_form("fused_sampler"):
         assert alignment._uses_fused_sampler(images)
+        assert OffsetHead._offsets_from_hidden is decoder_forms._offsets_by_convolution
+    with decoder_forms.decoder_form("shifted_offsets"):
+        assert OffsetHead._offsets_from_hidden is shifted
     assert OffsetHead.call_on_upsampled_pair is split and alignment._uses_fused_resize(images)
-    assert alignment._uses_fused_sampler(images)
+    assert alignment._uses_fused_sampler(images) and OffsetHead._offsets_from_hidden is shifted
     result = decoder_forms.measure("inference", "float32", rounds=1, size=(64, 64), depth=50)
     assert set(result["min_seconds"]) == set(decoder_forms.FORMS)
+    assert decoder_forms.parse(["--forms", "fused_sampler", "shifted_offsets"]).forms == [
+        "fused_sampler", "shifted_offsets"]
+    with pytest.raises(ValueError, match="folded"):
+        decoder_forms.measure("training", "float32", rounds=1, size=(64, 64), forms=["folded"])
 
 
 def test_op_kinds_sort_tensorflow_and_onednn_op_types():
@@ -381,8 +388,12 @@ def test_convolution_passes_compute_the_same_gradients_in_tensorflow_and_pytorch
     ours = {name: f() for name, f in convolution_passes.tensorflow_passes(shape, kernel_size, filters,
                                                                           "float32").items()}
     for channels_last in (True, False):
-        theirs = {name: f().contiguous().numpy() for name, f in convolution_passes.torch_passes(
-            shape, kernel_size, filters, "float32", channels_last=channels_last).items()}
+        passes = convolution_passes.torch_passes(shape, kernel_size, filters, "float32", channels_last=channels_last)
+        all_three = [t.contiguous().numpy() for t in passes.pop(convolution_passes.ALL_PASSES)()]
+        theirs = {name: f().contiguous().numpy() for name, f in passes.items()}
+        # Three passes in one call: the gradients of sum(output * upstream), as the separate passes.
+        np.testing.assert_allclose(all_three[0], theirs["input gradient"], atol=1e-5)
+        np.testing.assert_allclose(all_three[1], theirs["kernel gradient"], rtol=1e-5, atol=1e-5)
         # PyTorch's layouts back to TensorFlow's: NCHW -> NHWC, OIHW -> HWIO. Tolerances: float32
         # rounding of sums of 45 (forward), 36 (input gradient) and 126 (kernel gradient) products.
         np.testing.assert_allclose(ours["forward"], theirs["forward"].transpose(0, 2, 3, 1), atol=1e-5)
@@ -391,8 +402,12 @@ def test_convolution_passes_compute_the_same_gradients_in_tensorflow_and_pytorch
         np.testing.assert_allclose(ours["kernel gradient"], theirs["kernel gradient"].transpose(2, 3, 1, 0),
                                    rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ours[convolution_passes.MATRIX_PRODUCTS], ours["kernel gradient"], rtol=1e-5, atol=1e-5)
+    for name in (convolution_passes.ALL_PASSES, convolution_passes.SHIFTED_PRODUCTS):
+        input_gradient, kernel_gradient = ours[name]
+        np.testing.assert_allclose(input_gradient, ours["input gradient"], atol=1e-5)
+        np.testing.assert_allclose(kernel_gradient, ours["kernel gradient"], rtol=1e-5, atol=1e-5)
     result = convolution_passes.measure(shape, kernel_size, filters, "float32", repeats=1)
-    assert len(result["gflops"]) == 10 and all(rate > 0 for rate in result["gflops"].values())
+    assert len(result["gflops"]) == 14 and all(rate > 0 for rate in result["gflops"].values())
 
 
 def test_kernel_gradient_as_matrix_products_for_every_kernel_size():

@@ -10,6 +10,7 @@ from alignseg_keras.layers.alignment import resize_bilinear
 from alignseg_keras.layers.batch_normalization import FusedBatchNormalization
 from alignseg_keras.layers.conv_norm_activation import ConvNormActivation
 from alignseg_keras.layers.offset_head import OffsetHead
+from alignseg_keras.layers.offset_head import convolution_by_shifted_products
 from alignseg_keras.layers.preprocessing import CropToReference
 from alignseg_keras.layers.preprocessing import ImageNormalization
 from alignseg_keras.layers.preprocessing import PadToMultiple

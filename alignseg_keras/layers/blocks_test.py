@@ -112,6 +112,96 @@ def test_align_fa_offsets_move_the_samples():
     np.testing.assert_allclose(out[0, -1], 0.0, atol=1e-6)  # zeros outside
 
 
+def _convolution_pair(seed, shape=(2, 7, 9, 6), size=3, out_channels=2, dtype="float32"):
+    rng = np.random.default_rng(seed)
+    inputs = rng.normal(size=shape).astype(dtype)
+    kernel = rng.normal(size=(size, size, shape[-1], out_channels)).astype(dtype)
+    return inputs, kernel
+
+
+def _absolute_convolution(inputs, kernel):
+    """`conv(|x|, |W|)` in float64: what the rounding bounds of a convolution scale with."""
+    return ops.convert_to_numpy(ops.conv(np.abs(inputs).astype("float64"),
+                                         np.abs(kernel).astype("float64"), padding="same"))
+
+
+@pytest.mark.parametrize("size,shape,out_channels", [
+    (3, (2, 7, 9, 6), 2), (1, (1, 5, 4, 3), 2), (5, (2, 6, 11, 4), 3), (3, (1, 2, 1, 8), 2)])
+def test_convolution_by_shifted_products_is_the_convolution(size, shape, out_channels):
+    inputs, kernel = _convolution_pair(0, shape, size, out_channels)
+    shifted = ops.convert_to_numpy(layers.convolution_by_shifted_products(inputs, kernel))
+    # Keras' own "same" convolution, in float64: the float32 result may differ from it
+    # by the rounding of its two sums, at most 2 n u sum |x||W| with n terms per output.
+    exact = ops.convert_to_numpy(ops.conv(inputs.astype("float64"), kernel.astype("float64"),
+                                          padding="same"))
+    terms = size * size * shape[-1]
+    bound = 2 * terms * np.finfo("float32").eps / 2 * _absolute_convolution(inputs, kernel)
+    assert shifted.dtype == np.float32 and shifted.shape == exact.shape
+    assert np.all(np.abs(shifted - exact) <= bound)
+    # Not trivially: the kernel's taps are placed where the convolution places them.
+    assert np.abs(exact).max() > 100 * bound.max()
+
+
+@pytest.mark.parametrize("kernel_shape", [(2, 2, 3, 2), (3, 1, 3, 2)])
+def test_convolution_by_shifted_products_names_a_kernel_it_cannot_shift(kernel_shape):
+    with pytest.raises(ValueError, match=r"odd size.*\(" + ", ".join(map(str, kernel_shape))):
+        layers.convolution_by_shifted_products(np.zeros((1, 4, 4, 3), "float32"), np.zeros(kernel_shape, "float32"))
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="float64 gradients through tf.GradientTape")
+def test_convolution_by_shifted_products_has_the_convolutions_gradients():
+    import tensorflow as tf
+
+    inputs, kernel = _convolution_pair(1, dtype="float64")
+    weights = np.random.default_rng(2).normal(size=inputs.shape[:-1] + (2,))
+    inputs, kernel = tf.constant(inputs), tf.constant(kernel)
+    results = []
+    for convolve in (lambda x, k: tf.nn.conv2d(x, k, 1, "SAME"), layers.convolution_by_shifted_products):
+        with tf.GradientTape() as tape:
+            tape.watch([inputs, kernel])
+            value = tf.reduce_sum(convolve(inputs, kernel) * weights)
+        results.append([g.numpy() for g in tape.gradient(value, [inputs, kernel])])
+    # float64 throughout: equal to float64 rounding of sums of at most 2 * 7 * 9 terms.
+    for shifted, direct in zip(results[1], results[0]):
+        np.testing.assert_allclose(shifted, direct, rtol=0, atol=1e-12 * np.abs(direct).max())
+
+
+def test_convolution_by_shifted_products_in_bfloat16():
+    # bfloat16 inputs and kernel, so that the products are exact in float32.
+    inputs, kernel = (ops.convert_to_numpy(ops.cast(ops.cast(v, "bfloat16"), "float32"))
+                      for v in _convolution_pair(3, (2, 9, 8, 64)))
+    shifted = layers.convolution_by_shifted_products(ops.cast(inputs, "bfloat16"), ops.cast(kernel, "bfloat16"))
+    assert keras.backend.standardize_dtype(shifted.dtype) == "bfloat16"
+    shifted = ops.convert_to_numpy(ops.cast(shifted, "float32")).astype("float64")
+    exact = ops.convert_to_numpy(ops.conv(inputs.astype("float64"), kernel.astype("float64"), padding="same"))
+    # Each tap's product z_ij is rounded to bfloat16 once (unit roundoff 2^-8), the sum of
+    # the taps once more; the float32 sums add at most 2 n u32 sum |x||W|.
+    # (sum_ij |z_ij| <= conv(|x|, |W|) at every output.)
+    magnitude = _absolute_convolution(inputs, kernel)
+    bound = 2.0 ** -8 * (magnitude + np.abs(exact)) + 2 * 9 * 64 * 2.0 ** -24 * magnitude
+    assert np.all(np.abs(shifted - exact) <= bound)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_offset_head_computes_its_convolution_layer(dtype):
+    """The head's output is its `offsets` Conv2D layer applied to its hidden features:
+    the weights of saved files and converted checkpoints mean what they meant."""
+    head = layers.OffsetHead(offset_channels=16, dtype=dtype)
+    inputs = np.random.default_rng(5).normal(size=(2, 9, 11, 12)).astype("float32")
+    head.build(inputs.shape)
+    _randomized(head, 6)
+    offsets = head(inputs, training=False)
+    by_layer = head.offsets(head.hidden(inputs, training=False))
+    assert offsets.dtype == by_layer.dtype and tuple(offsets.shape) == (2, 9, 11, 2)
+    offsets, by_layer = (ops.convert_to_numpy(ops.cast(v, "float32")) for v in (offsets, by_layer))
+    hidden = ops.convert_to_numpy(ops.cast(head.hidden(inputs, training=False), "float32"))
+    magnitude = _absolute_convolution(hidden, ops.convert_to_numpy(head.offsets.kernel))
+    # float32: both sums' rounding; bfloat16: each side's roundings to 2^-8 (see above).
+    unit = 2.0 ** -8 if dtype == "mixed_bfloat16" else 2 * 9 * 16 * 2.0 ** -24
+    assert np.all(np.abs(offsets - by_layer) <= 2 * unit * (magnitude + np.abs(by_layer)))
+    assert np.abs(by_layer).max() > 10 * (unit * magnitude).max()
+
+
 def _randomized(layer, seed, scale=0.3):
     """`layer` with every weight random (offsets kernels included, which start at 0)."""
     rng = np.random.default_rng(seed)
