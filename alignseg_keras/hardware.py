@@ -21,7 +21,7 @@ only on CPUs with VNNI, AVX512-BF16 or AMX (on Linux). On an AVX2-only CPU oneDN
 forward convolutions run through a GEMM fallback and its backward ones through
 fast AVX2 kernels: on a 2-core AVX2-only AMD EPYC, AlignSeg-R101 inference at
 512x512 took 12.0 s with oneDNN against 1.46 s without, and a float32 training
-step at 512x512, batch 2, 12.9-13.6 s against 17.2-17.6 s. `alignseg predict`
+step at 512x512, batch 2, 13.0-13.7 s against 15.7-16.0 s. `alignseg predict`
 and `evaluate` warn when the variable turns oneDNN on there
 (`onednn_inference_reason`); `alignseg train` says when turning it on would
 make its steps faster (`onednn_training_hint`).
@@ -210,8 +210,8 @@ def onednn_training_hint(setting, accelerator, flags):
     return (
         "on this CPU (no AVX-512) TensorFlow computes with Eigen; with "
         f"{ONEDNN_VARIABLE}=1 in the environment its oneDNN kernels computed a float32 "
-        "AlignSeg-R101 training step at 512x512, batch 2, in 12.9-13.6 s against "
-        "17.2-17.6 s (measured on an AVX2-only AMD EPYC), but it makes inference in the "
+        "AlignSeg-R101 training step at 512x512, batch 2, in 13.0-13.7 s against "
+        "15.7-16.0 s (measured on an AVX2-only AMD EPYC), but it makes inference in the "
         "same process far slower and two runs no longer train the same model. "
         f"{ONEDNN_VARIABLE}=0 keeps Eigen and silences this note; see docs/training.md."
     )

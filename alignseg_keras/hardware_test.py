@@ -230,7 +230,7 @@ def test_kernel_note_asks_this_process(monkeypatch):
     assert hardware.kernel_note("training") is None
     monkeypatch.delenv(hardware.ONEDNN_VARIABLE)
     assert hardware.kernel_note("inference") is None
-    assert "12.9-13.6 s" in hardware.kernel_note("training")
+    assert "13.0-13.7 s" in hardware.kernel_note("training")
     with pytest.raises(ValueError, match="'inference' or 'training'; received 'export'"):
         hardware.kernel_note("export")
 
