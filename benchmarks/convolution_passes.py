@@ -20,8 +20,6 @@ times the forward's for the three passes together) of each (library, pass).
 import argparse
 import json
 
-from alignseg_keras.layers.offset_head import convolution_by_shifted_products
-
 PASSES = ("forward", "input gradient", "kernel gradient")
 # A candidate for the kernel gradient, timed beside TensorFlow's own (see
 # `kernel_gradient_by_matrix_products`).
@@ -72,6 +70,8 @@ def kernel_gradient_by_matrix_products(images, upstream, kernel_size):
 def tensorflow_passes(shape, kernel_size, filters, precision):
     """Callables computing each of `PASSES` and `MATRIX_PRODUCTS` in TensorFlow, returning NumPy arrays."""
     import tensorflow as tf
+
+    from alignseg_keras.layers.offset_head import convolution_by_shifted_products
 
     channels = shape[-1]
     images, kernel, upstream = (tf.constant(array, precision) for array in random_inputs(shape, kernel_size, filters))
