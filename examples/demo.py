@@ -1,6 +1,6 @@
 """Train and evaluate a small AlignSeg on the embedded synthetic street scenes.
 
-`make demo` runs this on a CPU in about 8 minutes: it trains a ResNet-18 AlignSeg
+`make demo` runs this on a 2-core CPU in 5-8 minutes: it trains a ResNet-18 AlignSeg
 from scratch with the paper's recipe (SGD, poly LR, deep supervision, OHEM
 cross-entropy) on procedurally drawn scenes, evaluates it on a held-out set of
 scenes, prints per-class IoU and Boundary IoU and a final `mIoU: X` line, and
