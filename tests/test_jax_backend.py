@@ -219,6 +219,41 @@ def test_the_flag_of_the_training_note_keeps_convolutions_from_ynnpack():
         assert answers[0] == "True"
 
 
+# What docs/jax.md ("Start-up") tells users to set, and a process that compiles what building
+# a model compiles: an initialiser's program (under a second to compile) and a jitted step.
+COMPILATION_CACHE_SETTINGS = {
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
+}
+COMPILING_PROCESS = """
+import jax, jax.numpy as jnp
+kernel = jax.random.truncated_normal(jax.random.key(0), -2.0, 2.0, (3, 3, 8, 16))
+step = jax.jit(lambda a: jnp.tanh(a @ a.T).sum())
+print(float(kernel.sum() + step(jnp.ones((4, 4)))))
+"""
+
+
+def test_the_compilation_cache_settings_keep_programs_for_later_processes(tmp_path):
+    """The documented variables, read by the installed jax in fresh processes: the first
+    process writes its programs (the initialiser's included), a second one finds them all
+    and writes nothing."""
+    import os
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    environ = {key: value for key, value in os.environ.items() if not key.startswith("JAX_")}
+    env = dict(environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
+               **COMPILATION_CACHE_SETTINGS)
+    entries = []
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", COMPILING_PROCESS], env=env, check=True,
+                       capture_output=True, text=True)
+        entries.append(sorted(os.listdir(cache)))
+    assert len(entries[0]) >= 2, entries[0]  # at least the initialiser and the step
+    assert entries[1] == entries[0]
+
+
 def test_train_notes_what_xla_kernels_would_save_on_a_cpu(monkeypatch, capsys, tmp_path):
     from alignseg_keras import cli
     from alignseg_keras import hardware
