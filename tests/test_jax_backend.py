@@ -250,7 +250,9 @@ def test_the_compilation_cache_settings_keep_programs_for_later_processes(tmp_pa
         subprocess.run([sys.executable, "-c", COMPILING_PROCESS], env=env, check=True,
                        capture_output=True, text=True)
         entries.append(sorted(os.listdir(cache)))
-    assert len(entries[0]) >= 2, entries[0]  # at least the initialiser and the step
+    # The initialiser, the step and the small programs around them (8 with jax 0.10.2); with
+    # JAX's default threshold of a second only the process's first, slowest compile (1).
+    assert len(entries[0]) >= 4, entries[0]
     assert entries[1] == entries[0]
 
 
