@@ -1,9 +1,10 @@
 """Atomic file writes: a temporary file in the destination's folder, then `os.replace`.
 
 Every file that `alignseg` writes and a user may lose (checkpoints, backups, the
-final model, pictures) goes through `atomic_path`: a reader, a second process
-writing the same file, or a re-run after a kill or a full disk sees the old
-file or the new one, never a torn one.
+final model, pictures, exported models) goes through `atomic_path`, and every
+folder written as a whole (a SavedModel) through `atomic_folder`: a reader, a
+second process writing the same file, or a re-run after a kill or a full disk
+sees the old file or the new one, never a torn one.
 """
 
 import contextlib
@@ -11,6 +12,7 @@ import errno
 import os
 import pathlib
 import secrets
+import shutil
 
 TEMP_PREFIX = ".tmp-"
 
@@ -43,6 +45,78 @@ def atomic_path(path):
             os.remove(temporary)
         raise
     _fsync(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_folder(path, replaceable_entries):
+    """Yields a new, empty folder next to `path`; on success it takes the place of `path`.
+
+    For folders written as a whole, such as a SavedModel: a reader (TF Serving
+    watching its model folder loads each new version folder as soon as it
+    appears) finds no folder, the old one or the complete new one. `path` must
+    not exist, be empty, or hold only `replaceable_entries` (an earlier folder
+    of the same kind, which is then replaced and removed); anything else is a
+    `ValueError` before anything is written, so no other files are deleted.
+    When the block raises, the temporary folder is removed and `path` is left
+    as it was. The rename of a new `path` is atomic; replacing an existing
+    one takes two renames, between which `path` is briefly absent.
+
+    Args:
+        path: the folder to write.
+        replaceable_entries: names of the files and folders an existing `path`
+            may hold and still be replaced.
+
+    Example:
+    ```python
+    with atomic_folder("models/alignseg/1", {"saved_model.pb", "variables"}) as temporary:
+        tf.saved_model.save(module, str(temporary))
+    ```
+    """
+    path = pathlib.Path(path)
+    check_replaceable_folder(path, replaceable_entries)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
+    try:
+        temporary.mkdir()
+        yield temporary
+        for written in [temporary, *temporary.rglob("*")]:
+            _fsync(written)
+        _replace_folder(temporary, path)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    _fsync(path.parent)
+
+
+def check_replaceable_folder(path, replaceable_entries):
+    """Raises the `ValueError` of `atomic_folder` when it would refuse `path`."""
+    path = pathlib.Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file, not a folder; give a folder (created if needed).")
+    if not path.is_dir():
+        return
+    foreign = sorted(entry.name for entry in path.iterdir() if entry.name not in replaceable_entries)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ValueError(
+            f"{path} holds files that replacing it would delete ({shown}); give a new or "
+            "empty folder, or remove them first."
+        )
+
+
+def _replace_folder(new, path):
+    """Renames the folder `new` to `path`, removing the folder `path` was."""
+    if not path.exists():
+        os.rename(new, path)
+        return
+    old = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-replaced-{path.name}")
+    os.rename(path, old)
+    try:
+        os.rename(new, path)
+    except BaseException:
+        os.rename(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _fsync(path):

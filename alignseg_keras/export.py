@@ -31,7 +31,10 @@ ONNX and LiteRT go through Keras' own `model.export(format=...)` and keep the
 model's plain interface (float images in, logits out); they need extra
 packages (`tf2onnx` for ONNX; LiteRT uses TensorFlow's converter). They are
 traced with the alignment's `keras.ops` sampler (`portable_sampling`), the
-SavedModel with TensorFlow's fused one.
+SavedModel with TensorFlow's fused one. Every export is written atomically:
+under a temporary name beside its destination, then renamed, so that a reader
+(TF Serving watching a model folder, a server reloading a file) never sees a
+partly written one, and a failed export leaves the old one as it was.
 
 Example:
 ```python
@@ -40,11 +43,18 @@ export_saved_model(model, "serving/alignseg/1")
 ```
 """
 
+import contextlib
+import functools
 import importlib.util
+import os
+import warnings
 
 import keras
 import tensorflow as tf
 
+from alignseg_keras.atomic import atomic_folder
+from alignseg_keras.atomic import atomic_path
+from alignseg_keras.atomic import check_replaceable_folder
 from alignseg_keras.export_formats import EXPORT_FORMATS
 from alignseg_keras.image_files import MAX_PIXELS
 from alignseg_keras.inference import output_classes
@@ -65,6 +75,11 @@ _JPEG_SIGNATURE = b"\xff\xd8\xff"
 # Packages each format needs beyond TensorFlow and Keras, and its file suffix.
 FORMAT_REQUIREMENTS = {"saved_model": (), "onnx": ("tf2onnx", "onnx"), "litert": ()}
 FORMAT_SUFFIXES = {"onnx": ".onnx", "litert": ".tflite"}
+# What a SavedModel folder holds; an export replaces a folder holding only these. Not
+# TF Serving's assets.extra (warm-up requests), which a user adds and must not lose.
+SAVED_MODEL_ENTRIES = ("saved_model.pb", "saved_model.pbtxt", "fingerprint.pb", "variables", "assets")
+# tf2onnx's switch between optimising copies of the graph and the graph itself.
+TF2ONNX_CATCH_ERRORS = "TF2ONNX_CATCH_ERRORS"
 
 
 def serving_signature(input_name=SERVING_INPUT):
@@ -211,7 +226,12 @@ def export_saved_model(model, export_dir):
     Args:
         model: an `AlignSeg` (or any model from images to logits at input size).
         export_dir: folder to write; for TF Serving, a numbered version folder
-            such as `models/alignseg/1`.
+            such as `models/alignseg/1`. It is written atomically (as a hidden
+            folder beside it, then renamed), so TF Serving never loads a
+            partly written version. An existing SavedModel there is replaced;
+            a folder holding other files (TF Serving's `assets.extra` among
+            them) is refused with a `ValueError`. Paths such as `gs://...`
+            are written in place.
 
     Example:
     ```python
@@ -236,7 +256,17 @@ def export_saved_model(model, export_dir):
         archive.add_endpoint(
             name, make(model, outputs, forward), input_signature=[serving_signature(input_name)]
         )
-    archive.write_out(str(export_dir), verbose=False)
+    if "://" in str(export_dir):  # gs://, s3://...: object stores rename no folders
+        archive.write_out(str(export_dir), verbose=False)
+        return
+    with atomic_folder(export_dir, SAVED_MODEL_ENTRIES) as temporary:
+        archive.write_out(str(temporary), verbose=False)
+
+
+def check_saved_model_folder(export_dir):
+    """Raises the `ValueError` `export_saved_model` would raise for `export_dir`, at once."""
+    if "://" not in str(export_dir):
+        check_replaceable_folder(export_dir, SAVED_MODEL_ENTRIES)
 
 
 def missing_requirements(format):
@@ -252,7 +282,8 @@ def export_model(model, path, format="saved_model"):
     `"saved_model"` writes the serving SavedModel (`export_saved_model`) into
     the folder `path`. `"onnx"` (file `*.onnx`) and `"litert"` (file
     `*.tflite`) use Keras' `model.export`, whose artifacts take float32
-    images `[batch, height, width, 3]` (0..255) and return logits.
+    images `[batch, height, width, 3]` (0..255) and return logits. Each is
+    written atomically (see `export_saved_model` for an existing folder).
 
     Args:
         model: a Keras model from images to logits.
@@ -262,7 +293,8 @@ def export_model(model, path, format="saved_model"):
     Raises:
         ValueError: unknown format, a package the format needs is missing, or
             a format this backend cannot export (SavedModel needs TensorFlow;
-            ONNX does not work on torch).
+            ONNX does not work on torch), or a SavedModel folder that holds
+            other files.
 
     Example:
     ```python
@@ -295,5 +327,70 @@ def export_model(model, path, format="saved_model"):
     ]
     # TensorFlow's fused sampling kernel is a SavedModel op only: LiteRT has no builtin
     # for it, and ONNX Runtime (and its int8 quantisation) runs the gathers.
-    with portable_sampling():
-        model.export(str(path), format=format, input_signature=input_signature, verbose=False)
+    # The file is written under a temporary name beside `path`, then renamed.
+    with portable_sampling(), atomic_path(path) as temporary:
+        if format == "onnx":
+            _export_onnx(model, temporary, input_signature)
+        else:
+            model.export(str(temporary), format=format, input_signature=input_signature,
+                         verbose=False)
+
+
+def _export_onnx(model, path, input_signature):
+    """`model.export(format="onnx")`, without tf2onnx's graph copies where it can.
+
+    tf2onnx applies each of its graph optimisers to a deep copy of the graph, so
+    that one that raises is skipped instead of stopping the conversion; the copies
+    (36 of them for AlignSeg's graph) took 37 of the 120 s of the tiny test model's
+    export. With the environment variable `TF2ONNX_CATCH_ERRORS` set, it optimises
+    the graph itself and an optimiser's error stops the conversion, which is then
+    repeated with the variable unset, i.e. with the copies (other errors, a full
+    disk for one, are raised at once). The variable is restored afterwards.
+    tf2onnx 1.17 makes no copies whatever value the variable has (it compares the
+    variable's name, not its value, with "TRUE"), so a user's setting cannot ask
+    for them; the second conversion gives what they would.
+    """
+    export = functools.partial(
+        model.export, str(path), format="onnx", input_signature=input_signature, verbose=False
+    )
+    try:
+        with _environment_variable(TF2ONNX_CATCH_ERRORS, "FALSE"):
+            export()
+    except Exception as error:
+        if not _raised_by_a_tf2onnx_optimizer(error):
+            raise
+        warnings.warn(
+            f"tf2onnx failed without its graph copies ({type(error).__name__}: {error}); "
+            "converting again with them, skipping the graph optimisers that fail.",
+            stacklevel=3,
+        )
+        with _environment_variable(TF2ONNX_CATCH_ERRORS, None):
+            export()
+
+
+def _raised_by_a_tf2onnx_optimizer(error):
+    """Whether `error` was raised inside one of tf2onnx's graph optimisers."""
+    frame = error.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_globals.get("__name__", "").startswith("tf2onnx.optimizer"):
+            return True
+        frame = frame.tb_next
+    return False
+
+
+@contextlib.contextmanager
+def _environment_variable(name, value):
+    """Sets the environment variable `name` to `value` (unsets it for None) inside the block."""
+    previous = os.environ.get(name)
+    _set_environment_variable(name, value)
+    try:
+        yield
+    finally:
+        _set_environment_variable(name, previous)
+
+
+def _set_environment_variable(name, value):
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value

@@ -63,3 +63,18 @@ def test_export_in_bfloat16_writes_a_saved_model_that_runs(model_path, tmp_path,
     np.testing.assert_array_equal(outputs["labels"].numpy(), probabilities.argmax(-1))
     reference = predict_whole(keras.saving.load_model(model_path), images)
     assert (probabilities.argmax(-1) == reference.argmax(-1)).mean() > 0.9
+
+
+def test_export_replaces_an_earlier_saved_model_and_keeps_other_files(model_path, tmp_path, capsys):
+    export_dir = tmp_path / "alignseg" / "1"
+    assert main(["export", model_path, str(export_dir)]) == 0
+    (export_dir / "saved_model.pb").write_bytes(b"an older export")
+    assert main(["export", model_path, str(export_dir)]) == 0
+    tf.saved_model.load(str(export_dir))  # the new export, whole
+    assert sorted(entry.name for entry in export_dir.parent.iterdir()) == ["1"]
+    (export_dir / "assets.extra").mkdir()  # TF Serving's warm-up requests, added by hand
+    capsys.readouterr()
+    assert main(["export", model_path, str(export_dir)]) == 2
+    assert (f"EXPORT_DIR {export_dir} holds files that replacing it would delete (assets.extra)"
+            in capsys.readouterr().err)
+    assert (export_dir / "assets.extra").is_dir()

@@ -502,8 +502,11 @@ class AlignSeg(ImageSegmenter):
 
         `config.json` and `model.weights.h5` hold the backbone, `task.json` and
         `task.weights.h5` the segmenter and its heads, `metadata.json` the
-        versions, parameter count and `description`. An existing directory is
-        replaced whole; a crash leaves it as it was.
+        versions, parameter count and `description`. The directory is written
+        beside its place and renamed into it: an earlier preset there is
+        replaced, and a crash leaves it as it was. A directory holding other
+        files (a README added for an upload, say) is refused with a
+        `ValueError` naming them, rather than deleted with the old preset.
 
         Example:
         ```python

@@ -11,18 +11,16 @@ A preset directory holds:
 This is the layout of keras-hub's `save_to_preset` (same file names and
 contents), so a preset directory can be copied, versioned or uploaded like
 theirs. A directory is written to a temporary folder beside it and renamed into
-place, so a crash never leaves half a preset.
+place (`atomic_folder`), so a crash never leaves half a preset.
 """
 
 import datetime
 import json
 import os
-import pathlib
-import secrets
-import shutil
 
 import keras
 
+from alignseg_keras.atomic import atomic_folder
 from alignseg_keras.version import __version__
 
 CONFIG_FILE = "config.json"
@@ -30,6 +28,7 @@ MODEL_WEIGHTS_FILE = "model.weights.h5"
 TASK_CONFIG_FILE = "task.json"
 TASK_WEIGHTS_FILE = "task.weights.h5"
 METADATA_FILE = "metadata.json"
+PRESET_FILES = (CONFIG_FILE, MODEL_WEIGHTS_FILE, TASK_CONFIG_FILE, TASK_WEIGHTS_FILE, METADATA_FILE)
 
 
 def is_preset_directory(preset):
@@ -44,10 +43,11 @@ def save_task_preset(task, directory, description=None):
 
     Args:
         task: a built `AlignSeg`.
-        directory: the preset directory; replaced whole if it exists.
+        directory: the preset directory. An earlier preset there is replaced;
+            a directory holding other files is refused with a `ValueError`.
         description: str or None, a line for `metadata.json`.
     """
-    with _directory_written_atomically(directory) as temporary:
+    with atomic_folder(directory, PRESET_FILES) as temporary:
         backbone = task.backbone
         _write_json(temporary / CONFIG_FILE, keras.saving.serialize_keras_object(backbone))
         backbone.save_weights(temporary / MODEL_WEIGHTS_FILE)
@@ -120,36 +120,3 @@ def _read_json(directory, name):
 def _write_json(path, value):
     with open(path, "w") as file:
         json.dump(value, file, indent=4)
-
-
-class _directory_written_atomically:
-    """A temporary directory beside `directory` that replaces it when the block succeeds."""
-
-    def __init__(self, directory):
-        self.directory = pathlib.Path(directory)
-        token = f"{os.getpid()}-{secrets.token_hex(4)}"
-        self.temporary = self.directory.with_name(f".tmp-{token}-{self.directory.name}")
-        self.previous = self.directory.with_name(f".old-{token}-{self.directory.name}")
-
-    def __enter__(self):
-        if self.directory.exists() and not self.directory.is_dir():
-            raise ValueError(f"{self.directory} exists and is not a directory.")
-        if self.directory.is_dir() and any(self.directory.iterdir()):
-            if not is_preset_directory(self.directory):
-                raise ValueError(
-                    f"{self.directory} holds files but no preset (no {CONFIG_FILE}); a preset "
-                    "replaces its directory whole, so choose a new or empty directory."
-                )
-        self.directory.parent.mkdir(parents=True, exist_ok=True)
-        self.temporary.mkdir()
-        return self.temporary
-
-    def __exit__(self, error_type, error, traceback):
-        if error_type is not None:
-            shutil.rmtree(self.temporary, ignore_errors=True)
-            return False
-        if self.directory.exists():
-            os.replace(self.directory, self.previous)
-        os.replace(self.temporary, self.directory)
-        shutil.rmtree(self.previous, ignore_errors=True)
-        return False

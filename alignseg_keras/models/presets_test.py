@@ -99,9 +99,14 @@ def test_preset_directories_refuse_what_they_cannot_do(saved, tmp_path):
     with pytest.raises(ValueError, match="fixes its backbone; decoder_channels cannot override"):
         AlignSeg.from_preset(directory, decoder_channels=16)
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="holds files but no preset"):
+    with pytest.raises(ValueError, match=r"holds files that replacing it would delete \(notes.txt\)"):
         small_model().save_to_preset(tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+    (directory / "README.md").write_text("added for an upload")
+    with pytest.raises(ValueError, match=r"holds files that replacing it would delete \(README.md\)"):
+        small_model().save_to_preset(directory)
+    assert (directory / "README.md").read_text() == "added for an upload"
+    (directory / "README.md").unlink()
 
 
 def test_named_presets_and_unknown_names():
