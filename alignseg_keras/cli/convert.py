@@ -49,6 +49,7 @@ def add_parser(subparsers):
 
 
 def run(args):
+    from alignseg_keras.callbacks import save_model
     from alignseg_keras.cli.common import prepare_output_file
     from alignseg_keras.convert import encoder_architecture
     from alignseg_keras.convert import load_backbone_checkpoint
@@ -81,7 +82,7 @@ def run(args):
         print(f"alignseg convert: error: {error}", file=sys.stderr)
         return 2
     if as_keras_file:
-        model.save(args.output)
+        save_model(model, args.output)
     else:
         model.save_to_preset(args.output, description=preset_description(args, model))
     what = "" if as_keras_file else "the preset directory "
@@ -93,19 +94,16 @@ def run(args):
 
 
 def check_preset_output(path):
-    """Refuses an --output that is a file, or a folder holding something other than a
-    preset (writing a preset replaces the folder whole)."""
+    """Refuses an --output that is a file, or a folder holding files besides a preset's
+    (writing a preset replaces the folder), before the conversion's work."""
+    from alignseg_keras.atomic import check_replaceable_folder
     from alignseg_keras.cli.common import prepare_output_dir
-    from alignseg_keras.models.preset_files import is_preset_directory
+    from alignseg_keras.models.preset_files import PRESET_FILES
 
-    if os.path.isdir(path) and os.listdir(path) and not is_preset_directory(path):
-        raise ValueError(
-            f"--output {path} is a folder that holds other files than a preset; writing a "
-            "preset replaces the folder whole. Give a new folder, or a .keras file name."
-        )
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"--output {path} is a file; give a folder for the preset, or a "
-                         "name ending in .keras.")
+    try:
+        check_replaceable_folder(path, PRESET_FILES)
+    except ValueError as error:
+        raise ValueError(f"--output {error} Or give a .keras file name.") from None
     prepare_output_dir(os.path.dirname(os.path.abspath(path)), "the folder of --output")
 
 

@@ -47,8 +47,12 @@ def test_convert_refuses_outputs_a_preset_cannot_replace(checkpoint, tmp_path, c
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")
     assert main(["convert", path, "--output", str(busy)]) == 2
-    assert "holds other files than a preset" in capsys.readouterr().err
+    assert (f"--output {busy} holds files that replacing it would delete (notes.txt)"
+            in capsys.readouterr().err)
     assert (busy / "notes.txt").read_text() == "mine"
+    (tmp_path / "a_file").write_text("")
+    assert main(["convert", path, "--output", str(tmp_path / "a_file")]) == 2
+    assert f"--output {tmp_path / 'a_file'} is a file, not a folder" in capsys.readouterr().err
     assert main(["convert", path, "--output", str(tmp_path / "weights.h5")]) == 2
     assert "--output must be a .keras file or a preset directory" in capsys.readouterr().err
 
