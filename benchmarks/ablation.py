@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 
+from benchmarks.timing import write_atomic
+
 # The decoder variants of the paper's ablation, as AlignSeg arguments.
 VARIANTS = {
     "baseline": dict(fusion="bilinear", context=None),
@@ -303,14 +305,6 @@ def train_and_evaluate(variant, seed, settings):
 
 def run_path(args, variant, seed):
     return os.path.join(args.runs, f"{variant}_seed{seed}.json")
-
-
-def write_atomic(path, data):
-    from alignseg_keras.atomic import atomic_path
-
-    with atomic_path(path) as temporary:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
 
 
 def run_one(args, variant, seed):

@@ -202,14 +202,12 @@ def parse(argv=None):
 
 
 def write_result(result, output):
-    from alignseg_keras.atomic import atomic_path
+    from benchmarks.timing import write_atomic
 
     result = measured(result)
     print(json.dumps(result, indent=1), flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with atomic_path(output) as temporary:
-        with open(temporary, "w") as handle:
-            json.dump(result, handle, indent=2)
+    write_atomic(output, json.dumps(result, indent=2))
     print(f"wrote {output}")
 
 

@@ -38,6 +38,7 @@ BACKEND = backends.select_backend()
 from benchmarks.timing import interleaved_minimum  # noqa: E402
 from benchmarks.timing import load_average  # noqa: E402
 from benchmarks.timing import machine_info  # noqa: E402
+from benchmarks.timing import write_atomic  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_MODEL = os.path.join(ROOT, "runs", "demo", "model.keras")
@@ -206,8 +207,7 @@ def main(argv=None):
             results["timing"] = measured(timing(models, args.repeats))
             print(json.dumps(results["timing"]), flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as handle:
-        json.dump(results, handle, indent=2)
+    write_atomic(args.output, json.dumps(results, indent=2))
     print(f"wrote {args.output}")
     return 0
 

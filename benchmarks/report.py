@@ -32,9 +32,10 @@ def load(path):
 
 
 def save(store, path):
-    with open(path, "w") as handle:
-        json.dump(store, handle, indent=1, sort_keys=True)
-        handle.write("\n")
+    """Writes the store atomically: a kill while writing leaves the old one."""
+    from benchmarks.timing import write_atomic
+
+    write_atomic(path, json.dumps(store, indent=1, sort_keys=True) + "\n")
 
 
 def record(store, section, entries, machine, load_before, load_after):

@@ -43,6 +43,15 @@ def json_of_process(command, cwd, backend):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def write_atomic(path, data):
+    """Writes the bytes or text `data` to `path` atomically (`alignseg_keras.atomic`)."""
+    from alignseg_keras.atomic import atomic_path
+
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb" if isinstance(data, bytes) else "w") as handle:
+            handle.write(data)
+
+
 def load_average():
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 

@@ -545,3 +545,24 @@ def test_gpu_script_profiles_the_pytorch_side_on_the_cpu():
     host = next(value for name, value in summary.items() if "[CPU]" in name)
     calls = {name: count for name, _, count in host["by_name"]}
     assert calls["aten::convolution_backward"] == 2 and 0 < host["busy_ms"] <= host["span_ms"]
+
+
+def test_the_results_store_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    from benchmarks import timing
+
+    path = tmp_path / "results.json"
+    store = {"sections": {"inference, tensorflow": {"load_before": 0.5}}, "entries": {}}
+    report.save(store, path)
+    assert report.load(path) == store
+    before = path.read_bytes()
+
+    def full_disk(path, mode):  # writes a part of the file, then the disk is full
+        with open(path, mode) as handle:
+            handle.write('{"sections": {')
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(timing, "open", full_disk, raising=False)
+    with pytest.raises(OSError, match="No space left"):
+        report.save({"sections": {}, "entries": {"lost": 1}}, path)
+    assert path.read_bytes() == before
+    assert [entry.name for entry in tmp_path.iterdir()] == ["results.json"]
