@@ -43,11 +43,7 @@ export_saved_model(model, "serving/alignseg/1")
 ```
 """
 
-import contextlib
-import functools
 import importlib.util
-import os
-import warnings
 
 import keras
 import tensorflow as tf
@@ -78,8 +74,6 @@ FORMAT_SUFFIXES = {"onnx": ".onnx", "litert": ".tflite"}
 # What a SavedModel folder holds; an export replaces a folder holding only these. Not
 # TF Serving's assets.extra (warm-up requests), which a user adds and must not lose.
 SAVED_MODEL_ENTRIES = ("saved_model.pb", "saved_model.pbtxt", "fingerprint.pb", "variables", "assets")
-# tf2onnx's switch between optimising copies of the graph and the graph itself.
-TF2ONNX_CATCH_ERRORS = "TF2ONNX_CATCH_ERRORS"
 
 
 def serving_signature(input_name=SERVING_INPUT):
@@ -329,68 +323,5 @@ def export_model(model, path, format="saved_model"):
     # for it, and ONNX Runtime (and its int8 quantisation) runs the gathers.
     # The file is written under a temporary name beside `path`, then renamed.
     with portable_sampling(), atomic_path(path) as temporary:
-        if format == "onnx":
-            _export_onnx(model, temporary, input_signature)
-        else:
-            model.export(str(temporary), format=format, input_signature=input_signature,
-                         verbose=False)
-
-
-def _export_onnx(model, path, input_signature):
-    """`model.export(format="onnx")`, without tf2onnx's graph copies where it can.
-
-    tf2onnx applies each of its graph optimisers to a deep copy of the graph, so
-    that one that raises is skipped instead of stopping the conversion; the copies
-    (36 of them for AlignSeg's graph) took 37 of the 120 s of the tiny test model's
-    export. With the environment variable `TF2ONNX_CATCH_ERRORS` set, it optimises
-    the graph itself and an optimiser's error stops the conversion, which is then
-    repeated with the variable unset, i.e. with the copies (other errors, a full
-    disk for one, are raised at once). The variable is restored afterwards.
-    tf2onnx 1.17 makes no copies whatever value the variable has (it compares the
-    variable's name, not its value, with "TRUE"), so a user's setting cannot ask
-    for them; the second conversion gives what they would.
-    """
-    export = functools.partial(
-        model.export, str(path), format="onnx", input_signature=input_signature, verbose=False
-    )
-    try:
-        with _environment_variable(TF2ONNX_CATCH_ERRORS, "FALSE"):
-            export()
-    except Exception as error:
-        if not _raised_by_a_tf2onnx_optimizer(error):
-            raise
-        warnings.warn(
-            f"tf2onnx failed without its graph copies ({type(error).__name__}: {error}); "
-            "converting again with them, skipping the graph optimisers that fail.",
-            stacklevel=3,
-        )
-        with _environment_variable(TF2ONNX_CATCH_ERRORS, None):
-            export()
-
-
-def _raised_by_a_tf2onnx_optimizer(error):
-    """Whether `error` was raised inside one of tf2onnx's graph optimisers."""
-    frame = error.__traceback__
-    while frame is not None:
-        if frame.tb_frame.f_globals.get("__name__", "").startswith("tf2onnx.optimizer"):
-            return True
-        frame = frame.tb_next
-    return False
-
-
-@contextlib.contextmanager
-def _environment_variable(name, value):
-    """Sets the environment variable `name` to `value` (unsets it for None) inside the block."""
-    previous = os.environ.get(name)
-    _set_environment_variable(name, value)
-    try:
-        yield
-    finally:
-        _set_environment_variable(name, previous)
-
-
-def _set_environment_variable(name, value):
-    if value is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = value
+        model.export(str(temporary), format=format, input_signature=input_signature,
+                     verbose=False)

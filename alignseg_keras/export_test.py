@@ -1,6 +1,5 @@
 import errno
 import importlib.util
-import os
 import warnings
 
 import keras
@@ -108,102 +107,6 @@ def one_convolution_model():
     keras.utils.set_random_seed(0)
     images = keras.Input((None, None, 3))
     return keras.Model(images, keras.layers.Conv2D(2, 3, padding="same")(images))
-
-
-@pytest.fixture
-def optimize_graph_calls(monkeypatch):
-    """The `catch_errors` of each tf2onnx graph optimisation, which still runs."""
-    from tf2onnx import optimizer
-
-    calls = []
-    optimize_graph = optimizer.optimize_graph
-
-    def recording_optimize_graph(graph, catch_errors=True, optimizers=None):
-        calls.append(catch_errors)
-        return optimize_graph(graph, catch_errors, optimizers=optimizers)
-
-    monkeypatch.setattr(optimizer, "optimize_graph", recording_optimize_graph)
-    monkeypatch.delenv("TF2ONNX_CATCH_ERRORS", raising=False)
-    return calls
-
-
-def assert_onnx_matches(path, model):
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path))
-    images = random_images((1, 9, 7, 3))
-    (logits,) = session.run(None, {session.get_inputs()[0].name: images})
-    assert_logits_close(logits, np.asarray(model(images)))
-
-
-@onnx_runtime_installed
-def test_onnx_export_optimises_the_graph_without_copies(tmp_path, optimize_graph_calls):
-    model = one_convolution_model()
-    export_model(model, tmp_path / "model.onnx", format="onnx")
-    assert optimize_graph_calls == [False]
-    assert "TF2ONNX_CATCH_ERRORS" not in os.environ
-    assert_onnx_matches(tmp_path / "model.onnx", model)
-
-
-@onnx_runtime_installed
-def test_a_failing_tf2onnx_optimiser_is_skipped_in_a_second_conversion(
-    tmp_path, optimize_graph_calls, monkeypatch
-):
-    from tf2onnx import optimizer
-    from tf2onnx.optimizer.optimizer_base import GraphOptimizerBase
-
-    class FailingOptimizer(GraphOptimizerBase):
-        def _optimize(self, graph):
-            raise RuntimeError("an optimiser's bug")
-
-    monkeypatch.setitem(optimizer._optimizers, "failing_optimizer", FailingOptimizer)
-    model = one_convolution_model()
-    with pytest.warns(UserWarning, match="an optimiser's bug.*converting again"):
-        export_model(model, tmp_path / "model.onnx", format="onnx")
-    assert optimize_graph_calls == [False, True]
-    assert "TF2ONNX_CATCH_ERRORS" not in os.environ
-    assert_onnx_matches(tmp_path / "model.onnx", model)
-
-
-@onnx_runtime_installed
-def test_other_onnx_export_errors_are_raised_at_once(tmp_path, monkeypatch):
-    from tf2onnx import optimizer
-
-    calls = []
-
-    def full_disk(graph, catch_errors=True, optimizers=None):
-        calls.append(catch_errors)
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(optimizer, "optimize_graph", full_disk)
-    monkeypatch.delenv("TF2ONNX_CATCH_ERRORS", raising=False)
-    with pytest.raises(OSError, match="No space left"):
-        export_model(one_convolution_model(), tmp_path / "model.onnx", format="onnx")
-    assert calls == [False]
-    assert "TF2ONNX_CATCH_ERRORS" not in os.environ
-
-
-@onnx_runtime_installed
-def test_a_users_tf2onnx_setting_is_restored_after_both_conversions(
-    tmp_path, optimize_graph_calls, monkeypatch
-):
-    from tf2onnx import optimizer
-    from tf2onnx.optimizer.optimizer_base import GraphOptimizerBase
-
-    settings = []
-
-    class FailingOptimizer(GraphOptimizerBase):
-        def _optimize(self, graph):
-            settings.append(os.environ.get("TF2ONNX_CATCH_ERRORS"))
-            raise RuntimeError("an optimiser's bug")
-
-    monkeypatch.setitem(optimizer._optimizers, "failing_optimizer", FailingOptimizer)
-    monkeypatch.setenv("TF2ONNX_CATCH_ERRORS", "TRUE")
-    with pytest.warns(UserWarning, match="converting again"):
-        export_model(one_convolution_model(), tmp_path / "model.onnx", format="onnx")
-    assert optimize_graph_calls == [False, True]
-    assert settings[0] == "FALSE" and set(settings[1:]) == {None}
-    assert os.environ["TF2ONNX_CATCH_ERRORS"] == "TRUE"
 
 
 def test_a_saved_model_folder_appears_only_when_complete(tmp_path, monkeypatch):
