@@ -13,6 +13,7 @@ import os
 import pathlib
 import secrets
 import shutil
+import warnings
 
 TEMP_PREFIX = ".tmp-"
 
@@ -35,7 +36,7 @@ def atomic_path(path):
     ```
     """
     path = pathlib.Path(path)
-    temporary = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
+    temporary = _temporary_name(path)
     try:
         yield temporary
         _fsync(temporary)
@@ -55,11 +56,17 @@ def atomic_folder(path, replaceable_entries):
     watching its model folder loads each new version folder as soon as it
     appears) finds no folder, the old one or the complete new one. `path` must
     not exist, be empty, or hold only `replaceable_entries` (an earlier folder
-    of the same kind, which is then replaced and removed); anything else is a
-    `ValueError` before anything is written, so no other files are deleted.
-    When the block raises, the temporary folder is removed and `path` is left
-    as it was. The rename of a new `path` is atomic; replacing an existing
-    one takes two renames, between which `path` is briefly absent.
+    of the same kind, which is then replaced and removed); anything else, a
+    symbolic link, or the current folder or one above it is a `ValueError`
+    before anything is written, and files added to `path` while the new folder
+    is written are a `ValueError` too, so no other files are deleted. When the
+    block raises, the temporary folder is removed and `path` is left as it was.
+    The rename of a new `path` is atomic; replacing an existing one takes two
+    renames, between which `path` is briefly absent (a process killed there
+    leaves the old folder as `.tmp-...-replaced-<name>`). Processes replacing
+    the same folder take turns (a lock on its parent folder, on POSIX systems). A
+    mount point, or a folder whose parent cannot be written, cannot be renamed:
+    it is written in place, with a warning.
 
     Args:
         path: the folder to write.
@@ -72,16 +79,24 @@ def atomic_folder(path, replaceable_entries):
         tf.saved_model.save(module, str(temporary))
     ```
     """
-    path = pathlib.Path(path)
     check_replaceable_folder(path, replaceable_entries)
+    shown, path = path, pathlib.Path(os.path.abspath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
+    reason = _in_place_reason(path)
+    if reason:
+        warnings.warn(f"{shown} is written in place, not atomically: {reason}.", stacklevel=3)
+        path.mkdir(exist_ok=True)
+        yield path
+        return
+    temporary = _temporary_name(path)
     try:
         temporary.mkdir()
         yield temporary
         for written in [temporary, *temporary.rglob("*")]:
             _fsync(written)
-        _replace_folder(temporary, path)
+        with _folder_lock(path):
+            check_replaceable_folder(shown, replaceable_entries)  # what was added meanwhile
+            _replace_folder(temporary, path)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
@@ -90,18 +105,58 @@ def atomic_folder(path, replaceable_entries):
 
 def check_replaceable_folder(path, replaceable_entries):
     """Raises the `ValueError` of `atomic_folder` when it would refuse `path`."""
-    path = pathlib.Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{path} is a file, not a folder; give a folder (created if needed).")
-    if not path.is_dir():
+    shown, path = path, pathlib.Path(os.path.abspath(path))
+    if os.path.islink(shown):
+        raise ValueError(f"{shown} is a symbolic link; give the folder it points to "
+                         f"({os.path.realpath(shown)}) or a new name.")
+    current = pathlib.Path.cwd()
+    if path == current or path in current.parents:
+        raise ValueError(f"{shown} is the current folder or holds it, which cannot be replaced; "
+                         "give a folder inside it (for TF Serving a version folder such as "
+                         f"{os.path.join(shown, '1')}).")
+    try:  # one look at the folder: another process may be renaming it
+        entries = os.listdir(path)
+    except FileNotFoundError:
         return
-    foreign = sorted(entry.name for entry in path.iterdir() if entry.name not in replaceable_entries)
+    except NotADirectoryError:
+        raise ValueError(f"{shown} is a file, not a folder; give a folder (created if needed).") from None
+    foreign = sorted(name for name in entries if name not in replaceable_entries)
     if foreign:
-        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        listed = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise ValueError(
-            f"{path} holds files that replacing it would delete ({shown}); give a new or "
+            f"{shown} holds files that replacing it would delete ({listed}); give a new or "
             "empty folder, or remove them first."
         )
+
+
+def _in_place_reason(path):
+    """Why the folder `path` cannot be written beside and renamed, or None."""
+    if os.path.ismount(path):
+        return "it is a mount point, which cannot be renamed"
+    if not os.access(path.parent, os.W_OK):
+        return f"its folder {path.parent} is not writable"
+    return None
+
+
+def _temporary_name(path, tag=""):
+    """A free hidden name beside `path` that ends with the name of `path`."""
+    return path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{tag}{path.name}")
+
+
+@contextlib.contextmanager
+def _folder_lock(path):
+    """Holds an exclusive lock on the folder that holds `path` (POSIX; nothing elsewhere)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    descriptor = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
 
 
 def _replace_folder(new, path):
@@ -109,7 +164,7 @@ def _replace_folder(new, path):
     if not path.exists():
         os.rename(new, path)
         return
-    old = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-replaced-{path.name}")
+    old = _temporary_name(path, tag="replaced-")
     os.rename(path, old)
     try:
         os.rename(new, path)

@@ -81,3 +81,69 @@ def test_a_file_is_refused(tmp_path):
     with pytest.raises(ValueError, match="is a file, not a folder"):
         check_replaceable_folder(path, ENTRIES)
     check_replaceable_folder(tmp_path / "absent", ENTRIES)
+
+
+def test_the_current_folder_and_symbolic_links_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for path in (".", tmp_path, tmp_path.parent):
+        with pytest.raises(ValueError, match="is the current folder or holds it"):
+            check_replaceable_folder(path, ENTRIES)
+    (tmp_path / "7").mkdir()
+    (tmp_path / "current").symlink_to(tmp_path / "7")
+    with pytest.raises(ValueError, match=f"current is a symbolic link; give the folder it "
+                                         f"points to \\({tmp_path / '7'}\\)"):
+        with atomic_folder("current", ENTRIES):
+            raise AssertionError("never reached")
+    with atomic_folder("1", ENTRIES) as temporary:  # relative to the current folder
+        write_model(temporary, "new")
+    assert read_model(tmp_path / "1") == ("new", "new")
+
+
+def test_files_added_while_the_folder_is_written_are_not_deleted(tmp_path):
+    path = tmp_path / "1"
+    path.mkdir()
+    write_model(path, "old")
+    with pytest.raises(ValueError, match=r"holds files that replacing it would delete \(assets.extra\)"):
+        with atomic_folder(path, ENTRIES) as temporary:
+            write_model(temporary, "new")
+            (path / "assets.extra").mkdir()  # added by hand during a long export
+    assert read_model(path) == ("old", "old") and (path / "assets.extra").is_dir()
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["1"]
+
+
+def test_a_mount_point_is_written_in_place_with_a_warning(tmp_path, monkeypatch):
+    path = tmp_path / "1"
+    path.mkdir()
+    write_model(path, "old")
+    monkeypatch.setattr("os.path.ismount", lambda folder: str(folder) == str(path))
+    with pytest.warns(UserWarning, match="written in place, not atomically: it is a mount point"):
+        with atomic_folder(path, ENTRIES) as written:
+            assert written == path
+            (path / "model.pb").write_text("new")
+    assert (path / "model.pb").read_text() == "new"
+
+
+WRITER = """
+import sys, time
+from alignseg_keras.atomic import atomic_folder
+path, label = sys.argv[1], sys.argv[2]
+for count in range(40):
+    with atomic_folder(path, ("model.pb", "variables")) as temporary:
+        (temporary / "variables").mkdir()
+        (temporary / "variables" / "data").write_text(f"{label}{count}")
+        (temporary / "model.pb").write_text(f"{label}{count}")
+"""
+
+
+def test_processes_replacing_one_folder_take_turns(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "1"
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), label],
+                                stderr=subprocess.PIPE, text=True) for label in "abc"]
+    errors = [writer.communicate()[1] for writer in writers]
+    assert [writer.returncode for writer in writers] == [0, 0, 0], errors
+    model, variables = read_model(path)
+    assert model == variables and model in ("a39", "b39", "c39")
+    assert [entry.name for entry in tmp_path.iterdir()] == ["1"]

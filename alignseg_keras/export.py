@@ -31,10 +31,11 @@ ONNX and LiteRT go through Keras' own `model.export(format=...)` and keep the
 model's plain interface (float images in, logits out); they need extra
 packages (`tf2onnx` for ONNX; LiteRT uses TensorFlow's converter). They are
 traced with the alignment's `keras.ops` sampler (`portable_sampling`), the
-SavedModel with TensorFlow's fused one. Every export is written atomically:
-under a temporary name beside its destination, then renamed, so that a reader
-(TF Serving watching a model folder, a server reloading a file) never sees a
-partly written one, and a failed export leaves the old one as it was.
+SavedModel with TensorFlow's fused one. Every export to a local path is
+written atomically: under a temporary name beside its destination, then
+renamed, so that a reader (TF Serving watching a model folder, a server
+reloading a file) never sees a partly written one, and a failed export leaves
+the old one as it was (URLs such as `gs://...` are written in place).
 
 Example:
 ```python
@@ -240,6 +241,7 @@ def export_saved_model(model, export_dir):
             f"KERAS_BACKEND=tensorflow (current: {keras.backend.backend()!r}); save a .keras "
             "file on this backend and export it from a TensorFlow process."
         )
+    check_saved_model_folder(export_dir)  # before the tracing
     archive = keras.export.ExportArchive()
     # The endpoints track the variables they use. `archive.track(model)` would
     # also store the model's Keras variables a second time (Keras 3.15),
@@ -250,7 +252,7 @@ def export_saved_model(model, export_dir):
         archive.add_endpoint(
             name, make(model, outputs, forward), input_signature=[serving_signature(input_name)]
         )
-    if "://" in str(export_dir):  # gs://, s3://...: object stores rename no folders
+    if _is_url(export_dir):  # gs://, s3://...: object stores rename no folders
         archive.write_out(str(export_dir), verbose=False)
         return
     with atomic_folder(export_dir, SAVED_MODEL_ENTRIES) as temporary:
@@ -259,8 +261,12 @@ def export_saved_model(model, export_dir):
 
 def check_saved_model_folder(export_dir):
     """Raises the `ValueError` `export_saved_model` would raise for `export_dir`, at once."""
-    if "://" not in str(export_dir):
+    if not _is_url(export_dir):
         check_replaceable_folder(export_dir, SAVED_MODEL_ENTRIES)
+
+
+def _is_url(path):
+    return "://" in str(path)
 
 
 def missing_requirements(format):

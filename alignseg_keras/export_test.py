@@ -145,3 +145,15 @@ def test_a_failed_export_leaves_the_earlier_file(tmp_path, monkeypatch):
         export_model(one_convolution_model(), path, format="litert")
     assert path.read_bytes() == b"the earlier export"
     assert [entry.name for entry in tmp_path.iterdir()] == ["model.tflite"]
+
+
+def test_a_saved_model_folder_with_other_files_is_refused_before_tracing(tmp_path, monkeypatch):
+    from alignseg_keras import export
+
+    def never(model):
+        raise AssertionError("the model was traced")
+
+    monkeypatch.setattr(export, "model_forward", never)
+    (tmp_path / "1" / "assets.extra").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"holds files that replacing it would delete \(assets.extra\)"):
+        export.export_saved_model(one_convolution_model(), tmp_path / "1")

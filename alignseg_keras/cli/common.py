@@ -282,6 +282,23 @@ def prepare_output_dir(path, option):
     return path
 
 
+def prepare_whole_folder(path, option, check, hint=""):
+    """Checks a folder written elsewhere and renamed into place, before the work.
+
+    `check(path)` raises the writer's `ValueError` (a file, a folder holding other
+    files); it is raised naming `option`, with `hint` after it. The folder itself
+    is not created (it appears complete or not at all); its parent must be writable.
+    """
+    import os
+
+    try:
+        check(path)
+    except ValueError as error:
+        raise ValueError(f"{option} {error}{hint}") from None
+    prepare_output_dir(os.path.dirname(os.path.abspath(path)), f"the folder of {option}")
+    return path
+
+
 def prepare_output_file(path, option):
     """Checks that the file `path` can be written: its folder is writable, it is not a folder."""
     import os

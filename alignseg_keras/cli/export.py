@@ -27,12 +27,10 @@ def add_parser(subparsers):
 
 
 def run(args):
-    import os
-
     import keras
 
-    from alignseg_keras.cli.common import prepare_output_dir
     from alignseg_keras.cli.common import prepare_output_file
+    from alignseg_keras.cli.common import prepare_whole_folder
     from alignseg_keras.cli.common import with_precision
     from alignseg_keras.export import check_saved_model_folder
     from alignseg_keras.export import export_model
@@ -40,12 +38,7 @@ def run(args):
     if args.format == "saved_model":
         # The folder itself appears only when the export is complete (TF Serving
         # would try to load an empty version folder).
-        try:
-            check_saved_model_folder(args.export_path)
-        except ValueError as error:
-            raise ValueError(f"EXPORT_DIR {error}") from None
-        prepare_output_dir(os.path.dirname(os.path.abspath(args.export_path)),
-                           "the folder of EXPORT_DIR")
+        prepare_whole_folder(args.export_path, "EXPORT_DIR", check_saved_model_folder)
     else:
         prepare_output_file(args.export_path, "the export file")
     model = with_precision(keras.saving.load_model(args.model), args)
