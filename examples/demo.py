@@ -58,6 +58,7 @@ with start_up_lines_hidden():
     from alignseg_keras import data
     from alignseg_keras import metrics
     from alignseg_keras import visualize
+    from alignseg_keras.callbacks import save_model
     from alignseg_keras.cli.evaluate import format_table
     from alignseg_keras.inference import predict_whole
     from alignseg_keras.losses import OhemCrossEntropy
@@ -248,7 +249,7 @@ def main():
         args.val_images, tuple(args.image_size), seed=args.seed + 1
     )
     predictions, results = evaluate(model, images, masks, class_names)
-    model.save(os.path.join(args.output, "model.keras"))
+    save_model(model, os.path.join(args.output, "model.keras"))  # atomically
     heading = (
         f"AlignSeg (ResNet-18, trained from scratch for {args.steps} steps) on held-out "
         f"synthetic street scenes: mIoU {results['miou']:.3f}, pole IoU {results['pole_iou']:.3f}, "

@@ -96,14 +96,11 @@ def run(args):
 def check_preset_output(path):
     """Refuses an --output that is a file, or a folder holding files besides a preset's
     (writing a preset replaces the folder), before the conversion's work."""
-    import functools
-
-    from alignseg_keras.atomic import check_replaceable_folder
     from alignseg_keras.cli.common import prepare_whole_folder
-    from alignseg_keras.models.preset_files import PRESET_FILES
+    from alignseg_keras.models.preset_files import check_preset_directory
 
-    check = functools.partial(check_replaceable_folder, replaceable_entries=PRESET_FILES)
-    prepare_whole_folder(path, "--output", check, hint=" Or give a .keras file name.")
+    prepare_whole_folder(path, "--output", check_preset_directory,
+                         hint=" Or give a .keras file name.")
 
 
 def preset_description(args, model):

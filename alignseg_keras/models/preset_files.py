@@ -21,6 +21,7 @@ import os
 import keras
 
 from alignseg_keras.atomic import atomic_folder
+from alignseg_keras.atomic import check_replaceable_folder
 from alignseg_keras.version import __version__
 
 CONFIG_FILE = "config.json"
@@ -36,6 +37,11 @@ def is_preset_directory(preset):
     return isinstance(preset, (str, os.PathLike)) and os.path.isfile(
         os.path.join(os.fspath(preset), CONFIG_FILE)
     )
+
+
+def check_preset_directory(directory):
+    """Raises the `ValueError` `save_task_preset` would raise for `directory`, at once."""
+    check_replaceable_folder(directory, PRESET_FILES)
 
 
 def save_task_preset(task, directory, description=None):
