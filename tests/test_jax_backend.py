@@ -52,7 +52,8 @@ def test_layers_match_tensorflow(reference):
 
 
 @pytest.mark.parametrize("mode", ["standard", "official"])
-def test_alignment_gradients_match_tensorflow(reference, mode):
+@pytest.mark.parametrize("training", [None, True])  # the sequential and the batched tap sum
+def test_alignment_gradients_match_tensorflow(reference, mode, training):
     import jax
 
     inputs = np.load(reference_file(reference, "layer_inputs"))
@@ -60,7 +61,7 @@ def test_alignment_gradients_match_tensorflow(reference, mode):
     layer = AlignmentLayer(mode)
 
     def objective(features, offsets):
-        return cases.alignment_objective(layer([features, offsets]))
+        return cases.alignment_objective(layer([features, offsets], training=training))
 
     gradients = jax.jit(jax.grad(objective, argnums=(0, 1)))(inputs["coarse"], inputs["offsets"])
     assert_close(gradients[0], expected[f"{mode}_features"])

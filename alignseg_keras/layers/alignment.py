@@ -40,7 +40,7 @@ def _official_scale(in_size, out_size):
     )
 
 
-def bilinear_sample(features, y, x):
+def bilinear_sample(features, y, x, batched_taps=False):
     """Bilinear samples of `features` at float positions, zero outside the map.
 
     On TensorFlow, float16, bfloat16 and float32 features are sampled by
@@ -53,6 +53,8 @@ def bilinear_sample(features, y, x):
         features: tensor `(B, H_in, W_in, C)`.
         y: float32 tensor `(B, H_out, W_out)` of row positions in input pixels.
         x: float32 tensor `(B, H_out, W_out)` of column positions.
+        batched_taps: how `gathered_bilinear_sample` sums the four taps
+            (`_weighted_tap_sum`); the same values to rounding.
 
     Returns:
         Tensor `(B, H_out, W_out, C)` with the dtype of `features`.
@@ -61,7 +63,7 @@ def bilinear_sample(features, y, x):
         from alignseg_keras.fused_sampler import fused_bilinear_sample
 
         return fused_bilinear_sample(features, y, x, bilinear_sample_gradient)
-    return gathered_bilinear_sample(features, y, x)
+    return gathered_bilinear_sample(features, y, x, batched_taps)
 
 
 # Set by `portable_sampling`: trace the keras.ops sampler even on TensorFlow.
@@ -88,6 +90,13 @@ def portable_sampling():
         _portable_sampling_depth -= 1
 
 
+def batches_taps(training):
+    """Whether `AlignmentLayer` sums the four taps in one batched product
+    (`_weighted_tap_sum`): on the JAX backend while training, where it was
+    measured faster; the sequential sum elsewhere."""
+    return bool(training) and keras.backend.backend() == "jax"
+
+
 def _uses_fused_sampler(features):
     if _portable_sampling_depth or keras.backend.backend() != "tensorflow" or len(features.shape) != 4:
         return False
@@ -109,13 +118,15 @@ def _clipped_taps(features, y, x):
     return index, valid, ops.reshape(y - y0, (-1,)), ops.reshape(x - x0, (-1,))
 
 
-def gathered_bilinear_sample(features, y, x):
+def gathered_bilinear_sample(features, y, x, batched_taps=False):
     """`bilinear_sample` in `keras.ops` on every backend: four gathers of whole
-    channel rows and their weighted sum, with a hand-written gradient."""
+    channel rows and their weighted sum (`_weighted_tap_sum`, batched or not),
+    with a hand-written gradient."""
     batch, _, _, channels = ops.shape(features)
     out_h, out_w = ops.shape(y)[1], ops.shape(y)[2]
     index, valid, wy1, wx1 = _clipped_taps(features, y, x)
-    output = _sample_rows(ops.reshape(features, (-1, channels)), index, valid, wy1, wx1)
+    sample_rows = _sample_rows_batched if batched_taps else _sample_rows
+    output = sample_rows(ops.reshape(features, (-1, channels)), index, valid, wy1, wx1)
     return ops.reshape(output, (batch, out_h, out_w, channels))
 
 
@@ -163,9 +174,9 @@ def _tap_weights(valid, wy1, wx1):
     return weights, wy, wx
 
 
-@ops.custom_gradient
-def _sample_rows(table, index, valid, wy1, wx1):
-    """`sum_t weight_t * table[index_t]` over the 4 taps, with a hand-written gradient.
+def _rows_sampler(batched):
+    """`sample_rows(table, index, valid, wy1, wx1)`: `sum_t weight_t * table[index_t]`
+    over the 4 taps (`_weighted_tap_sum`, batched or not), with a hand-written gradient.
 
     Autodiff of the 4 gathers would keep 4 gathered copies of the output for
     the backward pass and reduce over channels with slow row reductions; here
@@ -173,30 +184,79 @@ def _sample_rows(table, index, valid, wy1, wx1):
     summed in float32 (`_scattered_feature_gradient`), and
     the weight gradients are channel sums computed as matrix-vector products
     (much faster than a row reduction under XLA) of re-gathered rows.
-
-    The taps are gathered one after the other (`computed_after`): on
-    TensorFlow's graph executor the 4 independent gathers would otherwise run
-    first and hold 4 copies of the output at once, in the forward pass and
-    again in the backward pass (docs/benchmarks.md, "Where the training memory
-    goes").
     """
-    weights, wy, wx = _tap_weights(valid, wy1, wx1)
+
+    @ops.custom_gradient
+    def sample_rows(table, index, valid, wy1, wx1):
+        weights, wy, wx = _tap_weights(valid, wy1, wx1)
+        output = _weighted_tap_sum(table, index, weights, batched)
+
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            table_grad, wy1_grad, wx1_grad = _sample_rows_gradient(
+                table, index, valid, (weights, wy, wx), upstream
+            )
+            return table_grad, None, None, wy1_grad, wx1_grad
+
+        return output, grad
+
+    return sample_rows
+
+
+_sample_rows = _rows_sampler(batched=False)
+_sample_rows_batched = _rows_sampler(batched=True)
+
+
+def _weighted_tap_sum(table, index, weights, batched):
+    """`sum_t weights[t, n] * table[index[t, n]]`, `(N, C)` in `table`'s dtype.
+
+    Sequential (`batched=False`): the taps are gathered one after the other
+    (`computed_after`): on TensorFlow's graph executor the 4 independent gathers
+    would otherwise run first and hold 4 copies of the output at once, in the
+    forward pass and again in the backward pass (docs/benchmarks.md, "Where the
+    training memory goes").
+
+    Batched (`batched=True`, what `AlignmentLayer` uses on the JAX backend while
+    training): one gather of the four taps `(N, 4, C)` and one batched product
+    with the weights `(N, 4)`. XLA fuses the sequential form's products and sums
+    into whatever reads the output; in a training step that reader is a
+    transpose for a convolution's kernel gradient (channels first), which then
+    read the eight gathered inputs of AlignFA's two samples with a stride of C:
+    1.0-2.1 s per AlignFA at stride 4 in a 512x512 step on a CPU. A product's
+    output is stored before it is read. Measured on JAX on a CPU
+    (docs/benchmarks.md, "The sampler's output on JAX"): a float32 512x512
+    training step's forward and backward 0.82x round-robin in one process
+    (whole steps in paired processes 0.93-0.96x), its peak memory 0.91-0.93x;
+    inference, whose reader is not a transpose, 1.04x, so inference keeps the
+    sequential form.
+
+    Args:
+        table: `(R, C)` rows to sample.
+        index: int32 `(4, N)` rows of the four taps.
+        weights: float32 `(4, N)` bilinear weights of the taps (0 outside the map).
+        batched: whether to gather the four taps at once (see above).
+
+    Returns:
+        `(N, C)` in `table`'s dtype.
+
+    Example:
+    ```python
+    index, valid, wy1, wx1 = _clipped_taps(features, y, x)
+    weights, _, _ = _tap_weights(valid, wy1, wx1)
+    rows = _weighted_tap_sum(ops.reshape(features, (-1, channels)), index, weights, batched=False)
+    ```
+    """
+    if batched:
+        rows = ops.take(table, ops.transpose(index), axis=0)
+        return ops.einsum("nt,ntc->nc", ops.cast(ops.transpose(weights), rows.dtype), rows)
     output = None
     for tap in range(4):
         tap_index = index[tap] if output is None else computed_after(output, index[tap])[0]
         rows = ops.take(table, tap_index, axis=0)
         term = rows * ops.cast(ops.expand_dims(weights[tap], -1), rows.dtype)
         output = term if output is None else output + term
-
-    def grad(*args, upstream=None):
-        if upstream is None:
-            (upstream,) = args
-        table_grad, wy1_grad, wx1_grad = _sample_rows_gradient(
-            table, index, valid, (weights, wy, wx), upstream
-        )
-        return table_grad, None, None, wy1_grad, wx1_grad
-
-    return output, grad
+    return output
 
 
 def _sample_rows_gradient(table, index, valid, tap_weights, upstream):
@@ -358,6 +418,8 @@ class AlignmentLayer(keras.layers.Layer):
     Call arguments:
         inputs: a list `[features, offsets]`: features `(B, H_in, W_in, C)`,
             offsets `(B, H_out, W_out, 2)`.
+        training: chooses, on the JAX backend, how the sampled taps are summed
+            (`batches_taps`); the values are the same to rounding.
 
     Returns:
         Tensor `(B, H_out, W_out, C)`.
@@ -394,10 +456,10 @@ class AlignmentLayer(keras.layers.Layer):
             x = cols * _official_scale(in_w, out_w) - 0.5 + offsets[..., 0] * 0.5
         return y, x
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         features, offsets = inputs
         y, x = self.sampling_positions(ops.shape(features), offsets)
-        return bilinear_sample(features, y, x)
+        return bilinear_sample(features, y, x, batched_taps=batches_taps(training))
 
     def compute_output_shape(self, input_shape):
         features_shape, offsets_shape = input_shape

@@ -476,3 +476,21 @@ def test_image_normalization_and_padding():
     assert tuple(cropped.shape) == (1, 5, 6, 3)
     with pytest.raises(ValueError, match="std"):
         layers.ImageNormalization(mean=(0, 0, 0), std=(1, 0, 1))
+
+
+@pytest.mark.parametrize("training", [True, False, None])
+def test_alignment_modules_tell_their_samplers_whether_they_train(monkeypatch, training):
+    # The training flag reaches every AlignmentLayer inside AlignFA and AlignCM (Keras
+    # passes it down), and the batched tap sum is chosen on JAX while training only.
+    from alignseg_keras.layers import alignment
+
+    seen = []
+    monkeypatch.setattr(alignment, "batches_taps", lambda flag: seen.append(bool(flag)) or False)
+    fine = np.random.rand(1, 6, 6, 4).astype("float32")
+    coarse = np.random.rand(1, 3, 3, 4).astype("float32")
+    layers.AlignFA(offset_channels=4)([fine, coarse], training=training)
+    layers.AlignCM(filters=4, context_bins=2)(fine, training=training)
+    assert seen == [bool(training)] * 3
+    monkeypatch.undo()
+    assert alignment.batches_taps(True) == (keras.backend.backend() == "jax")
+    assert alignment.batches_taps(False) is False and alignment.batches_taps(None) is False
