@@ -28,11 +28,13 @@ def keras_candidates(features, offsets):
 
     layer = AlignmentLayer("standard")
 
-    def forward(f, o):
-        return layer([f, o])
+    def forward(f, o, training=False):
+        return layer([f, o], training=training)
 
     def objective(f, o):
-        return ops.sum(ops.square(forward(f, o)))
+        # As in a training step: on JAX's CPU the taps are then summed batched
+        # (alignment.batches_taps).
+        return ops.sum(ops.square(forward(f, o, training=True)))
 
     f, o = backends.device_array(features), backends.device_array(offsets)
     candidates = {}

@@ -53,7 +53,7 @@ def test_layers_match_tensorflow(reference):
 
 @pytest.mark.parametrize("mode", ["standard", "official"])
 @pytest.mark.parametrize("training", [None, True])  # the sequential and the batched tap sum
-def test_alignment_gradients_match_tensorflow(reference, mode, training):
+def test_alignment_outputs_and_gradients_match_tensorflow(reference, mode, training):
     import jax
 
     inputs = np.load(reference_file(reference, "layer_inputs"))
@@ -63,6 +63,10 @@ def test_alignment_gradients_match_tensorflow(reference, mode, training):
     def objective(features, offsets):
         return cases.alignment_objective(layer([features, offsets], training=training))
 
+    # The forward sum (batched while training on a CPU: alignment.batches_taps) against
+    # TensorFlow's output, then the gradients, which also depend on it through the objective.
+    output = layer([inputs["coarse"], inputs["offsets"]], training=training)
+    assert_close(output, np.load(reference_file(reference, "layer_outputs"))[f"align_{mode}"])
     gradients = jax.jit(jax.grad(objective, argnums=(0, 1)))(inputs["coarse"], inputs["offsets"])
     assert_close(gradients[0], expected[f"{mode}_features"])
     assert_close(gradients[1], expected[f"{mode}_offsets"])

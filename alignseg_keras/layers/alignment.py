@@ -54,7 +54,8 @@ def bilinear_sample(features, y, x, batched_taps=False):
         y: float32 tensor `(B, H_out, W_out)` of row positions in input pixels.
         x: float32 tensor `(B, H_out, W_out)` of column positions.
         batched_taps: how `gathered_bilinear_sample` sums the four taps
-            (`_weighted_tap_sum`); the same values to rounding.
+            (`_weighted_tap_sum`); the same values to rounding. TensorFlow's
+            fused sampler, where it applies, ignores it.
 
     Returns:
         Tensor `(B, H_out, W_out, C)` with the dtype of `features`.
@@ -90,11 +91,18 @@ def portable_sampling():
         _portable_sampling_depth -= 1
 
 
-def batches_taps(training):
+def batches_taps(training, dtype):
     """Whether `AlignmentLayer` sums the four taps in one batched product
-    (`_weighted_tap_sum`): on the JAX backend while training, where it was
-    measured faster; the sequential sum elsewhere."""
-    return bool(training) and keras.backend.backend() == "jax"
+    (`_weighted_tap_sum`): only where that was measured faster, on the JAX
+    backend's CPU, while training, with float32 features (docs/benchmarks.md,
+    "The sampler's output on JAX"); the sequential sum elsewhere. On GPUs and
+    TPUs JAX's default float32 products may round to TF32 or bfloat16, and
+    bfloat16 features were not measured."""
+    if keras.backend.backend() != "jax" or not training or dtype != "float32":
+        return False
+    from alignseg_keras.hardware import has_accelerator
+
+    return has_accelerator() is False
 
 
 def _uses_fused_sampler(features):
@@ -125,7 +133,7 @@ def gathered_bilinear_sample(features, y, x, batched_taps=False):
     batch, _, _, channels = ops.shape(features)
     out_h, out_w = ops.shape(y)[1], ops.shape(y)[2]
     index, valid, wy1, wx1 = _clipped_taps(features, y, x)
-    sample_rows = _sample_rows_batched if batched_taps else _sample_rows
+    sample_rows = _sample_rows_batched_taps if batched_taps else _sample_rows
     output = sample_rows(ops.reshape(features, (-1, channels)), index, valid, wy1, wx1)
     return ops.reshape(output, (batch, out_h, out_w, channels))
 
@@ -174,7 +182,7 @@ def _tap_weights(valid, wy1, wx1):
     return weights, wy, wx
 
 
-def _rows_sampler(batched):
+def _rows_sampler(batched_taps):
     """`sample_rows(table, index, valid, wy1, wx1)`: `sum_t weight_t * table[index_t]`
     over the 4 taps (`_weighted_tap_sum`, batched or not), with a hand-written gradient.
 
@@ -189,7 +197,7 @@ def _rows_sampler(batched):
     @ops.custom_gradient
     def sample_rows(table, index, valid, wy1, wx1):
         weights, wy, wx = _tap_weights(valid, wy1, wx1)
-        output = _weighted_tap_sum(table, index, weights, batched)
+        output = _weighted_tap_sum(table, index, weights, batched_taps)
 
         def grad(*args, upstream=None):
             if upstream is None:
@@ -204,38 +212,33 @@ def _rows_sampler(batched):
     return sample_rows
 
 
-_sample_rows = _rows_sampler(batched=False)
-_sample_rows_batched = _rows_sampler(batched=True)
+_sample_rows = _rows_sampler(batched_taps=False)
+_sample_rows_batched_taps = _rows_sampler(batched_taps=True)
 
 
-def _weighted_tap_sum(table, index, weights, batched):
+def _weighted_tap_sum(table, index, weights, batched_taps):
     """`sum_t weights[t, n] * table[index[t, n]]`, `(N, C)` in `table`'s dtype.
 
-    Sequential (`batched=False`): the taps are gathered one after the other
+    Sequential (`batched_taps=False`): the taps are gathered one after the other
     (`computed_after`): on TensorFlow's graph executor the 4 independent gathers
     would otherwise run first and hold 4 copies of the output at once, in the
     forward pass and again in the backward pass (docs/benchmarks.md, "Where the
     training memory goes").
 
-    Batched (`batched=True`, what `AlignmentLayer` uses on the JAX backend while
-    training): one gather of the four taps `(N, 4, C)` and one batched product
-    with the weights `(N, 4)`. XLA fuses the sequential form's products and sums
-    into whatever reads the output; in a training step that reader is a
-    transpose for a convolution's kernel gradient (channels first), which then
-    read the eight gathered inputs of AlignFA's two samples with a stride of C:
-    1.0-2.1 s per AlignFA at stride 4 in a 512x512 step on a CPU. A product's
-    output is stored before it is read. Measured on JAX on a CPU
-    (docs/benchmarks.md, "The sampler's output on JAX"): a float32 512x512
-    training step's forward and backward 0.82x round-robin in one process
-    (whole steps in paired processes 0.93-0.96x), its peak memory 0.91-0.93x;
-    inference, whose reader is not a transpose, 1.04x, so inference keeps the
-    sequential form.
+    Batched (`batched_taps=True`, where `batches_taps` says): one gather of the
+    four taps `(N, 4, C)` and one batched product with the weights `(N, 4)`. XLA
+    fuses the sequential form's products and sums into whatever reads the
+    output; in a training step that reader is the transpose before a
+    convolution's kernel gradient (channels first), which then read the eight
+    gathered inputs of AlignFA's two samples with a stride of C. A product's
+    output is stored before it is read (docs/benchmarks.md, "The sampler's
+    output on JAX").
 
     Args:
         table: `(R, C)` rows to sample.
         index: int32 `(4, N)` rows of the four taps.
         weights: float32 `(4, N)` bilinear weights of the taps (0 outside the map).
-        batched: whether to gather the four taps at once (see above).
+        batched_taps: whether to gather the four taps at once (see above).
 
     Returns:
         `(N, C)` in `table`'s dtype.
@@ -244,10 +247,10 @@ def _weighted_tap_sum(table, index, weights, batched):
     ```python
     index, valid, wy1, wx1 = _clipped_taps(features, y, x)
     weights, _, _ = _tap_weights(valid, wy1, wx1)
-    rows = _weighted_tap_sum(ops.reshape(features, (-1, channels)), index, weights, batched=False)
+    rows = _weighted_tap_sum(ops.reshape(features, (-1, channels)), index, weights, False)
     ```
     """
-    if batched:
+    if batched_taps:
         rows = ops.take(table, ops.transpose(index), axis=0)
         return ops.einsum("nt,ntc->nc", ops.cast(ops.transpose(weights), rows.dtype), rows)
     output = None
@@ -418,8 +421,8 @@ class AlignmentLayer(keras.layers.Layer):
     Call arguments:
         inputs: a list `[features, offsets]`: features `(B, H_in, W_in, C)`,
             offsets `(B, H_out, W_out, 2)`.
-        training: chooses, on the JAX backend, how the sampled taps are summed
-            (`batches_taps`); the values are the same to rounding.
+        training: chooses, on the JAX backend's CPU, how the sampled taps are
+            summed (`batches_taps`); the values are the same to rounding.
 
     Returns:
         Tensor `(B, H_out, W_out, C)`.
@@ -459,7 +462,8 @@ class AlignmentLayer(keras.layers.Layer):
     def call(self, inputs, training=None):
         features, offsets = inputs
         y, x = self.sampling_positions(ops.shape(features), offsets)
-        return bilinear_sample(features, y, x, batched_taps=batches_taps(training))
+        dtype = keras.backend.standardize_dtype(features.dtype)
+        return bilinear_sample(features, y, x, batched_taps=batches_taps(training, dtype))
 
     def compute_output_shape(self, input_shape):
         features_shape, offsets_shape = input_shape

@@ -197,24 +197,3 @@ def test_feature_gradient_sums_in_float32(dtype):
     expected[1:3, 2:4] = 1024 * np.outer([0.75, 0.25], [0.5, 0.5])  # (1 - wy, wy) x (1 - wx, wx)
     np.testing.assert_array_equal(np.asarray(table_grad, "float32")[0, :, :, 0], expected)
 
-
-@pytest.mark.parametrize("dtype, unit_roundoff", [("float32", 2.0**-24), ("bfloat16", 2.0**-8)])
-@pytest.mark.parametrize("batched", [False, True])
-def test_weighted_tap_sum_within_rounding_of_a_float64_loop(dtype, unit_roundoff, batched):
-    # Both forms (the JAX backend's batched one, the others' sequential one) against
-    # sum_t w[t, n] * table[index[t, n]] in float64: the weight's cast to the dtype,
-    # one product and up to three sums per element, so within 5 u sum_t |w table|
-    # (u: the dtype's unit roundoff).
-    from alignseg_keras.layers.alignment import _weighted_tap_sum
-
-    rng = np.random.default_rng(3)
-    table = rng.standard_normal((50, 7)).astype("float32")
-    index = rng.integers(0, 50, (4, 40)).astype("int32")
-    weights = (rng.random((4, 40)) * (rng.random((4, 40)) > 0.2)).astype("float32")
-    table = np.asarray(tf.cast(tf.cast(table, dtype), "float32"))  # representable in dtype
-    terms = weights[..., None].astype("float64") * table[index].astype("float64")  # (4, N, C)
-    got = _weighted_tap_sum(tf.constant(table, dtype), tf.constant(index), tf.constant(weights), batched)
-    assert got.dtype == dtype
-    error = np.abs(np.asarray(tf.cast(got, "float32"), "float64") - terms.sum(0))
-    assert np.all(error <= 5 * unit_roundoff * np.abs(terms).sum(0)), error.max()
-    assert error.max() < np.abs(terms).sum(0).max()  # the bound is not vacuous

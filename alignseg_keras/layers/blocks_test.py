@@ -478,19 +478,58 @@ def test_image_normalization_and_padding():
         layers.ImageNormalization(mean=(0, 0, 0), std=(1, 0, 1))
 
 
+
+@pytest.mark.parametrize("dtype, unit_roundoff", [("float32", 2.0**-24), ("bfloat16", 2.0**-8)])
+@pytest.mark.parametrize("batched_taps", [False, True])
+def test_weighted_tap_sum_within_rounding_of_a_float64_loop(dtype, unit_roundoff, batched_taps):
+    # Both forms, on this session's backend, against sum_t w[t, n] * table[index[t, n]] in
+    # float64: the weight's cast to the dtype, one product and up to three sums per
+    # element, so within 5 u sum_t |w table| (u: the dtype's unit roundoff).
+    from alignseg_keras.layers.alignment import _weighted_tap_sum
+
+    rng = np.random.default_rng(3)
+    table = ops.cast(rng.standard_normal((50, 7)).astype("float32"), dtype)
+    index = rng.integers(0, 50, (4, 40)).astype("int32")
+    weights = (rng.random((4, 40)) * (rng.random((4, 40)) > 0.2)).astype("float32")
+    rows = ops.convert_to_numpy(ops.cast(table, "float32")).astype("float64")[index]  # (4, N, C)
+    terms = weights[..., None].astype("float64") * rows
+    got = _weighted_tap_sum(table, ops.convert_to_tensor(index), ops.convert_to_tensor(weights), batched_taps)
+    assert keras.backend.standardize_dtype(got.dtype) == dtype
+    bound = 5 * unit_roundoff * np.abs(terms).sum(0)
+    error = np.abs(ops.convert_to_numpy(ops.cast(got, "float32")).astype("float64") - terms.sum(0))
+    assert np.all(error <= bound), (error / np.maximum(bound, 1e-30)).max()
+    # The bound tells a sum without its last tap from the right one.
+    assert np.any(np.abs(terms[:3].sum(0) - terms.sum(0)) > bound)
+
+
 @pytest.mark.parametrize("training", [True, False, None])
 def test_alignment_modules_tell_their_samplers_whether_they_train(monkeypatch, training):
     # The training flag reaches every AlignmentLayer inside AlignFA and AlignCM (Keras
-    # passes it down), and the batched tap sum is chosen on JAX while training only.
+    # passes it down), and the layer hands `batches_taps`' answer to the tap sum.
     from alignseg_keras.layers import alignment
 
-    seen = []
-    monkeypatch.setattr(alignment, "batches_taps", lambda flag: seen.append(bool(flag)) or False)
+    tap_sum, seen = alignment._weighted_tap_sum, []
+
+    def recorded(table, index, weights, batched_taps):
+        seen.append(batched_taps)
+        return tap_sum(table, index, weights, batched_taps)
+
+    monkeypatch.setattr(alignment, "batches_taps", lambda flag, dtype: bool(flag) and dtype == "float32")
+    monkeypatch.setattr(alignment, "_weighted_tap_sum", recorded)
     fine = np.random.rand(1, 6, 6, 4).astype("float32")
     coarse = np.random.rand(1, 3, 3, 4).astype("float32")
-    layers.AlignFA(offset_channels=4)([fine, coarse], training=training)
-    layers.AlignCM(filters=4, context_bins=2)(fine, training=training)
+    with alignment.portable_sampling():  # the keras.ops sampler on TensorFlow too
+        layers.AlignFA(offset_channels=4)([fine, coarse], training=training)
+        layers.AlignCM(filters=4, context_bins=2)(fine, training=training)
     assert seen == [bool(training)] * 3
-    monkeypatch.undo()
-    assert alignment.batches_taps(True) == (keras.backend.backend() == "jax")
-    assert alignment.batches_taps(False) is False and alignment.batches_taps(None) is False
+
+
+def test_taps_are_batched_only_where_measured():
+    # The JAX backend's CPU, while training, float32 features (docs/benchmarks.md).
+    from alignseg_keras.hardware import has_accelerator
+    from alignseg_keras.layers.alignment import batches_taps
+
+    on_jax_cpu = keras.backend.backend() == "jax" and has_accelerator() is False
+    assert batches_taps(True, "float32") == on_jax_cpu
+    assert not batches_taps(True, "bfloat16") and not batches_taps(True, "float16")
+    assert not batches_taps(False, "float32") and not batches_taps(None, "float32")
