@@ -15,6 +15,7 @@ import keras
 from keras import ops
 
 from alignseg_keras.execution_order import computed_after
+from alignseg_keras.hardware import has_accelerator
 from alignseg_keras.layers.config_names import renamed_config
 
 ALIGNMENT_MODES = ("standard", "official")
@@ -100,8 +101,6 @@ def batches_taps(training, dtype):
     bfloat16 features were not measured."""
     if keras.backend.backend() != "jax" or not training or dtype != "float32":
         return False
-    from alignseg_keras.hardware import has_accelerator
-
     return has_accelerator() is False
 
 

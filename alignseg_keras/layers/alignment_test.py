@@ -196,4 +196,3 @@ def test_feature_gradient_sums_in_float32(dtype):
     expected = np.zeros((4, 4), "float32")
     expected[1:3, 2:4] = 1024 * np.outer([0.75, 0.25], [0.5, 0.5])  # (1 - wy, wy) x (1 - wx, wx)
     np.testing.assert_array_equal(np.asarray(table_grad, "float32")[0, :, :, 0], expected)
-
