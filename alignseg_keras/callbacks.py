@@ -39,7 +39,8 @@ class NonFiniteLossError(RuntimeError):
         self.step = step
 
 
-def _step(model):
+def optimizer_step(model):
+    """The optimizer steps `model` has made (restored ones included), as an int."""
     return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
@@ -64,7 +65,7 @@ class StopOnNaN(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is None or math.isfinite(float(loss)):
             return
-        step = _step(self.model)
+        step = optimizer_step(self.model)
         raise NonFiniteLossError(
             f"Training stopped: the loss became {float(loss)} at step {step}. Usual "
             "causes: a learning rate too high for the batch size, label values outside "
@@ -82,7 +83,7 @@ def check_finite_state(model):
     for variable in variables:
         value = keras.ops.convert_to_numpy(variable)
         if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
-            step = _step(model)
+            step = optimizer_step(model)
             raise NonFiniteLossError(
                 f"Training stopped: {variable.path} became NaN or infinite by step {step} "
                 "(the loss was still finite: the training diverged). This state is not "
@@ -104,7 +105,7 @@ class StopAtStep(keras.callbacks.Callback):
         self.total_steps = int(total_steps)
 
     def on_train_batch_end(self, batch, logs=None):
-        if _step(self.model) >= self.total_steps:
+        if optimizer_step(self.model) >= self.total_steps:
             self.model.stop_training = True
 
 
@@ -194,7 +195,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                 continue
             self.model._initial_epoch = epoch
             self.restored, self.epochs_done = path, epoch
-            self._newest = (path, _step(self.model))
+            self._newest = (path, optimizer_step(self.model))
             return path
         return None
 
@@ -203,7 +204,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         os.makedirs(self.backup_dir, exist_ok=True)
         path = os.path.join(self.backup_dir, f"epoch-{self._current_epoch:04d}.keras")
         save_model(self.model, path)
-        self._newest = (path, _step(self.model))
+        self._newest = (path, optimizer_step(self.model))
         for _, old in self.backups()[self.keep:]:
             os.remove(old)
 

@@ -159,6 +159,34 @@ def test_full_disk_and_a_kill_during_the_final_save_lose_nothing(small_disk, mon
     assert "has finished" in capsys.readouterr().err
 
 
+def test_a_resume_with_another_checkpoint_interval_ends_at_the_requested_step(
+        tmp_path, monkeypatch, capsys):
+    from alignseg_keras.callbacks import ResumableBackup
+
+    output = str(tmp_path / "run")
+    save = ResumableBackup._save_model
+
+    def killed_after_the_second_backup(self):
+        save(self)
+        if self._current_epoch == 2:
+            raise Killed()
+
+    monkeypatch.setattr(ResumableBackup, "_save_model", killed_after_the_second_backup)
+    with pytest.raises(Killed):
+        main(["train", *TINY, "--steps", "4", "--checkpoint-every", "1", "--output-dir", output])
+    monkeypatch.undo()
+    capsys.readouterr()
+    # Epoch-counted, 2 backups of --checkpoint-every 3 would be 6 steps: the old plan ran none.
+    assert main(["train", *TINY, "--steps", "4", "--checkpoint-every", "3",
+                 "--output-dir", output]) == 0
+    out = capsys.readouterr().out
+    assert "2 of 4 steps done" in out
+    assert "2/2" in out  # the progress bar counts to the steps left
+    assert iterations(os.path.join(output, "model.keras")) == 4
+    # The kill came after the second backup, before its history row; the resume logs the third.
+    assert epochs_in_history(output) == [0, 2]
+
+
 def test_evaluate_prints_a_table_with_miou(tmp_path, capsys):
     from alignseg_keras import AlignSeg
     from alignseg_keras import data

@@ -304,8 +304,8 @@ def alignseg_train(tmp_path_factory):
 def test_alignseg_train_job_resumes_after_a_kill_and_its_model_loads(alignseg_train):
     output, outputs, records, _ = alignseg_train
     assert [record["exit"] for record in records] == [0] * NUM_PROCESSES
-    # The second run took up the first backup: 1 of 2 epochs (2 of 4 steps) done.
-    assert "epoch-0001.keras: 1 epochs of 2 (2 steps) done." in outputs["alignseg-0"], (
+    # The second run took up the first backup: 2 of 4 steps done.
+    assert "epoch-0001.keras: 2 of 4 steps done." in outputs["alignseg-0"], (
         outputs["alignseg-0"][-3000:])
     model, steps = load_final_model(output)
     assert steps == 4

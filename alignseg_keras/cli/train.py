@@ -289,14 +289,33 @@ def _disk_full_message(error, output_dir):
             "and run the same command again to resume.")
 
 
+def epoch_plan(total_steps, checkpoint_every, epochs_done, steps_done):
+    """`(epochs, steps_per_epoch)` for `fit` to end at `total_steps` optimizer steps.
+
+    An epoch is the stretch between two checkpoints: `checkpoint_every` steps,
+    or the steps left when fewer are (so the progress bar counts to what
+    runs). The plan starts from the optimizer steps restored (`steps_done`),
+    not from `epochs_done * checkpoint_every`: a run resumed with another
+    --checkpoint-every ends at `total_steps`, neither short of it nor past it.
+    `epochs == epochs_done` when nothing is left; `StopAtStep` ends a last,
+    shorter epoch.
+    """
+    remaining = max(total_steps - steps_done, 0)
+    if remaining == 0:
+        return epochs_done, checkpoint_every
+    steps_per_epoch = min(checkpoint_every, remaining)
+    return epochs_done + math.ceil(remaining / steps_per_epoch), steps_per_epoch
+
+
 def _train(model, batches, callbacks, backup, args, final_path):
     """Trains what the backup has not done yet, then saves the final model atomically."""
+    from alignseg_keras.callbacks import optimizer_step
     from alignseg_keras.multiprocess import save_on_chief
 
-    epochs = math.ceil(args.steps / args.checkpoint_every)
+    epochs, steps_per_epoch = epoch_plan(args.steps, args.checkpoint_every,
+                                         backup.epochs_done, optimizer_step(model))
     if backup.epochs_done < epochs:
-        model.fit(batches, epochs=epochs, steps_per_epoch=args.checkpoint_every,
-                  callbacks=callbacks)
+        model.fit(batches, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks)
     # Of a multi-process job, only process 0 keeps it (all take part in saving).
     save_on_chief(model, final_path)
 
@@ -336,6 +355,7 @@ def run(args):
     from alignseg_keras.atomic import is_disk_full
     from alignseg_keras.callbacks import NonFiniteLossError
     from alignseg_keras.callbacks import ResumableBackup
+    from alignseg_keras.callbacks import optimizer_step
     from alignseg_keras.callbacks import training_callbacks
     from alignseg_keras.cli.common import load_dataset
     from alignseg_keras.cli.common import print_kernel_note
@@ -365,9 +385,8 @@ def run(args):
         _set_aside_previous_run(args.output_dir)
     multiprocess.check_same_start(model)
     if restored is not None:
-        print(f"Resuming from {restored}: {backup.epochs_done} epochs of "
-              f"{math.ceil(args.steps / args.checkpoint_every)} "
-              f"({int(model.optimizer.iterations)} steps) done.", flush=True)
+        print(f"Resuming from {restored}: {optimizer_step(model)} of {args.steps} steps "
+              "done.", flush=True)
     try:
         _train(model, batches, callbacks, backup, args, final_path)
     except NonFiniteLossError as error:

@@ -125,3 +125,26 @@ def test_the_loss_option_builds_the_named_losses():
         training_loss(train_args("--ohem", "--loss", "dice"))
     with pytest.raises(ValueError, match="Unknown loss"):
         training_loss(train_args("--loss", "bce"))
+
+
+@pytest.mark.parametrize(
+    "total, every, epochs_done, steps_done, expected",
+    [
+        (4, 1000, 0, 0, (1, 4)),  # fewer steps than one checkpoint: the bar counts to 4
+        (2500, 1000, 0, 0, (3, 1000)),  # StopAtStep ends the third epoch at 500 steps
+        (6, 2, 1, 2, (3, 2)),  # resumed with the same --checkpoint-every
+        (4, 3, 2, 2, (3, 2)),  # resumed with a larger one: 2 steps left, not 0
+        (10, 2, 1, 3, (5, 2)),  # resumed with a smaller one: 7 steps left, not 8
+        (4, 2, 2, 4, (2, 2)),  # all done (killed before the final save): nothing runs
+        (4, 2, 3, 6, (3, 2)),  # --steps lowered below what was done: nothing runs
+    ],
+)
+def test_the_epoch_plan_ends_at_the_requested_step(total, every, epochs_done, steps_done,
+                                                   expected):
+    from alignseg_keras.cli.train import epoch_plan
+
+    epochs, steps_per_epoch = epoch_plan(total, every, epochs_done, steps_done)
+    assert (epochs, steps_per_epoch) == expected
+    if epochs > epochs_done:  # whole epochs reach the total; one fewer would not
+        run = (epochs - epochs_done) * steps_per_epoch
+        assert steps_done + run >= total > steps_done + run - steps_per_epoch
