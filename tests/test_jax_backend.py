@@ -73,6 +73,34 @@ def test_alignment_outputs_and_gradients_match_tensorflow(reference, mode, train
     assert np.abs(np.asarray(gradients[1])).max() > 0
 
 
+@pytest.mark.parametrize("training", [None, True])  # the sequential and the batched tap sum
+def test_bfloat16_alignment_is_within_rounding_of_tensorflows_float32(reference, training):
+    # bfloat16 features, as under mixed_bfloat16 (batched while training on a CPU:
+    # alignment.batches_taps), against TensorFlow's float32 output: the features' rounding
+    # (u = 2**-8 each) and at most 5 u for the weighted sum of the 4 taps, whose weights add
+    # up to at most 1, so within 6 u max|features| (+ the float32 comparison's tolerance).
+    import jax
+
+    inputs = np.load(reference_file(reference, "layer_inputs"))
+    features = keras.ops.cast(inputs["coarse"], "bfloat16")
+    layer = AlignmentLayer("official")
+    # `call`, not `__call__`: a float32 layer would cast bfloat16 inputs back to float32.
+    output = layer.call([features, inputs["offsets"]], training=training)
+    assert keras.backend.standardize_dtype(output.dtype) == "bfloat16"
+    expected = np.load(reference_file(reference, "layer_outputs"))["align_official"]
+    bound = 6 * 2.0**-8 * np.abs(inputs["coarse"]).max() + cases.TOLERANCE * np.abs(expected).max()
+    error = np.abs(np.asarray(keras.ops.cast(output, "float32")) - expected)
+    assert error.max() <= bound, (error.max(), bound)
+
+    def objective(features, offsets):
+        output = layer.call([features, offsets], training=training)
+        return cases.alignment_objective(keras.ops.cast(output, "float32"))
+
+    gradients = jax.jit(jax.grad(objective, argnums=(0, 1)))(features, inputs["offsets"])
+    assert keras.backend.standardize_dtype(gradients[0].dtype) == "bfloat16"
+    assert all(np.isfinite(np.asarray(keras.ops.cast(g, "float32"))).all() for g in gradients)
+
+
 def test_alignseg_outputs_match_tensorflow(reference):
     import jax
 

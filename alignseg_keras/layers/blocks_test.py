@@ -478,7 +478,6 @@ def test_image_normalization_and_padding():
         layers.ImageNormalization(mean=(0, 0, 0), std=(1, 0, 1))
 
 
-
 @pytest.mark.parametrize("dtype, unit_roundoff", [("float32", 2.0**-24), ("bfloat16", 2.0**-8)])
 @pytest.mark.parametrize("batched_taps", [False, True])
 def test_weighted_tap_sum_within_rounding_of_a_float64_loop(dtype, unit_roundoff, batched_taps):
@@ -525,11 +524,12 @@ def test_alignment_modules_tell_their_samplers_whether_they_train(monkeypatch, t
 
 
 def test_taps_are_batched_only_where_measured():
-    # The JAX backend's CPU, while training, float32 features (docs/benchmarks.md).
+    # The JAX backend's CPU, while training, float32 or bfloat16 features (docs/benchmarks.md).
     from alignseg_keras.hardware import has_accelerator
     from alignseg_keras.layers.alignment import batches_taps
 
     on_jax_cpu = keras.backend.backend() == "jax" and has_accelerator() is False
     assert batches_taps(True, "float32") == on_jax_cpu
-    assert not batches_taps(True, "bfloat16") and not batches_taps(True, "float16")
-    assert not batches_taps(False, "float32") and not batches_taps(None, "float32")
+    assert batches_taps(True, "bfloat16") == on_jax_cpu
+    assert not batches_taps(True, "float16") and not batches_taps(True, "float64")
+    assert not batches_taps(False, "float32") and not batches_taps(None, "bfloat16")
