@@ -11,6 +11,7 @@ import numpy as np
 
 from alignseg_keras.atomic import atomic_path
 from alignseg_keras.atomic import move_aside
+from alignseg_keras.optimizers import optimizer_step
 
 BACKUP_NAME = re.compile(r"^epoch-(\d+)\.keras$")
 
@@ -37,11 +38,6 @@ class NonFiniteLossError(RuntimeError):
     def __init__(self, message, step=None):
         super().__init__(message)
         self.step = step
-
-
-def optimizer_step(model):
-    """The optimizer steps `model` has made (restored ones included), as an int."""
-    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
 class StopOnNaN(keras.callbacks.Callback):

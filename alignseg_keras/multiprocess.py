@@ -456,7 +456,9 @@ def check_same_start(model):
     """Raises unless every process starts (or resumes) from the same weights and step."""
     import numpy as np
 
-    step = int(model.optimizer.iterations) if getattr(model, "optimizer", None) else 0
+    from alignseg_keras.optimizers import optimizer_step
+
+    step = optimizer_step(model)
     assert_same_on_all_processes(
         np.concatenate([weights_fingerprint(model), np.asarray([step], np.int32)]),
         "the weights and step to start from (do all processes read the same backup, on shared "

@@ -8,6 +8,13 @@ from keras import ops
 from alignseg_keras.execution_order import computed_after
 
 
+def optimizer_step(model):
+    """The optimizer steps `model` has made (restored ones included), as an int;
+    0 for a model without an optimizer."""
+    optimizer = getattr(model, "optimizer", None)
+    return 0 if optimizer is None else int(ops.convert_to_numpy(optimizer.iterations))
+
+
 @keras.saving.register_keras_serializable(package="alignseg_keras")
 class WarmupPolynomialDecay(keras.optimizers.schedules.PolynomialDecay):
     """Keras' `PolynomialDecay` with an optional linear warm-up.
@@ -142,7 +149,7 @@ class PolyScheduleLength(keras.callbacks.Callback):
         schedule = getattr(optimizer, "_learning_rate", None)
         if not isinstance(schedule, WarmupPolynomialDecay):
             return
-        done = int(ops.convert_to_numpy(optimizer.iterations))
+        done = optimizer_step(self.model)
         if not schedule.length_from_fit:
             _warn_if_ended(schedule, done)
             return

@@ -21,6 +21,7 @@ import keras
 
 from alignseg_keras import visualize
 from alignseg_keras.checks import IGNORE_INDEX
+from alignseg_keras.optimizers import optimizer_step
 
 GAP = 4  # white pixels between the pictures of a panel
 # The heat map goes from white (0) to this dark blue (1).
@@ -303,19 +304,16 @@ class SegmentationPictures(keras.callbacks.Callback):
         self._legend_written = False
         self._last_step = None
 
-    def _step(self):
-        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
-
     def on_train_batch_end(self, batch, logs=None):
         if self.every_n_steps is None:
             return
-        step = self._step()
+        step = optimizer_step(self.model)
         if step % self.every_n_steps == 0:
             self.write(step)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.every_n_steps is None:
-            self.write(self._step())
+            self.write(optimizer_step(self.model))
 
     def on_train_end(self, logs=None):
         if self._writer is not None:

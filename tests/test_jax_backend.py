@@ -74,19 +74,31 @@ def test_alignment_outputs_and_gradients_match_tensorflow(reference, mode, train
 
 
 @pytest.mark.parametrize("training", [None, True])  # the sequential and the batched tap sum
-def test_bfloat16_alignment_is_within_rounding_of_tensorflows_float32(reference, training):
+def test_bfloat16_alignment_is_within_rounding_of_tensorflows_float32(reference, training,
+                                                                    monkeypatch):
     # bfloat16 features, as under mixed_bfloat16 (batched while training on a CPU:
     # alignment.batches_taps), against TensorFlow's float32 output: the features' rounding
     # (u = 2**-8 each) and at most 5 u for the weighted sum of the 4 taps, whose weights add
     # up to at most 1, so within 6 u max|features| (+ the float32 comparison's tolerance).
     import jax
 
+    from alignseg_keras.hardware import has_accelerator
+    from alignseg_keras.layers import alignment
+
+    tap_sum, batched = alignment._weighted_tap_sum, []
+
+    def recorded(table, index, weights, batched_taps):
+        batched.append(batched_taps)
+        return tap_sum(table, index, weights, batched_taps)
+
+    monkeypatch.setattr(alignment, "_weighted_tap_sum", recorded)
     inputs = np.load(reference_file(reference, "layer_inputs"))
     features = keras.ops.cast(inputs["coarse"], "bfloat16")
     layer = AlignmentLayer("official")
     # `call`, not `__call__`: a float32 layer would cast bfloat16 inputs back to float32.
     output = layer.call([features, inputs["offsets"]], training=training)
     assert keras.backend.standardize_dtype(output.dtype) == "bfloat16"
+    assert batched == [bool(training) and has_accelerator() is False]
     expected = np.load(reference_file(reference, "layer_outputs"))["align_official"]
     bound = 6 * 2.0**-8 * np.abs(inputs["coarse"]).max() + cases.TOLERANCE * np.abs(expected).max()
     error = np.abs(np.asarray(keras.ops.cast(output, "float32")) - expected)

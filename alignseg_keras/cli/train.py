@@ -293,8 +293,8 @@ def epoch_plan(total_steps, checkpoint_every, epochs_done, steps_done):
     """`(epochs, steps_per_epoch)` for `fit` to end at `total_steps` optimizer steps.
 
     An epoch is the stretch between two checkpoints: `checkpoint_every` steps,
-    or the steps left when fewer are (so the progress bar counts to what
-    runs). The plan starts from the optimizer steps restored (`steps_done`),
+    or the steps left when fewer are (then the progress bar counts to them, not
+    to `checkpoint_every`). The plan starts from the optimizer steps restored (`steps_done`),
     not from `epochs_done * checkpoint_every`: a run resumed with another
     --checkpoint-every ends at `total_steps`, neither short of it nor past it.
     `epochs == epochs_done` when nothing is left; `StopAtStep` ends a last,
@@ -307,13 +307,20 @@ def epoch_plan(total_steps, checkpoint_every, epochs_done, steps_done):
     return epochs_done + math.ceil(remaining / steps_per_epoch), steps_per_epoch
 
 
-def _train(model, batches, callbacks, backup, args, final_path):
-    """Trains what the backup has not done yet, then saves the final model atomically."""
-    from alignseg_keras.callbacks import optimizer_step
+def _resume_message(restored, steps_done, total_steps):
+    message = f"Resuming from {restored}: {steps_done} of {total_steps} steps done."
+    if steps_done > total_steps:
+        message += f" That is more than --steps {total_steps}: nothing more is trained."
+    return message
+
+
+def _train(model, batches, callbacks, backup, steps_done, args, final_path):
+    """Trains what the backup has not done yet (`steps_done` optimizer steps
+    restored), then saves the final model atomically."""
     from alignseg_keras.multiprocess import save_on_chief
 
     epochs, steps_per_epoch = epoch_plan(args.steps, args.checkpoint_every,
-                                         backup.epochs_done, optimizer_step(model))
+                                         backup.epochs_done, steps_done)
     if backup.epochs_done < epochs:
         model.fit(batches, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks)
     # Of a multi-process job, only process 0 keeps it (all take part in saving).
@@ -355,11 +362,11 @@ def run(args):
     from alignseg_keras.atomic import is_disk_full
     from alignseg_keras.callbacks import NonFiniteLossError
     from alignseg_keras.callbacks import ResumableBackup
-    from alignseg_keras.callbacks import optimizer_step
     from alignseg_keras.callbacks import training_callbacks
     from alignseg_keras.cli.common import load_dataset
     from alignseg_keras.cli.common import print_kernel_note
     from alignseg_keras.cli.common import warn_about_precision
+    from alignseg_keras.optimizers import optimizer_step
 
     _check_arguments(args)
     final_path = _prepare_output(args)
@@ -384,11 +391,11 @@ def run(args):
     if restored is None and multiprocess.is_chief():
         _set_aside_previous_run(args.output_dir)
     multiprocess.check_same_start(model)
+    steps_done = optimizer_step(model)
     if restored is not None:
-        print(f"Resuming from {restored}: {optimizer_step(model)} of {args.steps} steps "
-              "done.", flush=True)
+        print(_resume_message(restored, steps_done, args.steps), flush=True)
     try:
-        _train(model, batches, callbacks, backup, args, final_path)
+        _train(model, batches, callbacks, backup, steps_done, args, final_path)
     except NonFiniteLossError as error:
         print(_nan_message(error, backup, args), file=sys.stderr)
         return 1

@@ -10,6 +10,8 @@ from alignseg_keras import inference
 from alignseg_keras.cli import build_parser
 from alignseg_keras.cli.common import signature_defaults
 from alignseg_keras.cli.train import _build_model
+from alignseg_keras.cli.train import _resume_message
+from alignseg_keras.cli.train import epoch_plan
 from alignseg_keras.cli.train import resolve_pipeline_defaults
 from alignseg_keras.cli.train import training_batches
 from alignseg_keras.layers.alignment import ALIGNMENT_MODES
@@ -141,10 +143,15 @@ def test_the_loss_option_builds_the_named_losses():
 )
 def test_the_epoch_plan_ends_at_the_requested_step(total, every, epochs_done, steps_done,
                                                    expected):
-    from alignseg_keras.cli.train import epoch_plan
-
     epochs, steps_per_epoch = epoch_plan(total, every, epochs_done, steps_done)
     assert (epochs, steps_per_epoch) == expected
     if epochs > epochs_done:  # whole epochs reach the total; one fewer would not
         run = (epochs - epochs_done) * steps_per_epoch
         assert steps_done + run >= total > steps_done + run - steps_per_epoch
+
+
+def test_the_resume_message_says_when_nothing_is_left_to_train():
+    assert _resume_message("b/epoch-0001.keras", 2, 4) == (
+        "Resuming from b/epoch-0001.keras: 2 of 4 steps done.")
+    assert _resume_message("b/epoch-0003.keras", 6, 4).endswith(
+        "6 of 4 steps done. That is more than --steps 4: nothing more is trained.")

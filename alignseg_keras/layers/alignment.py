@@ -98,11 +98,12 @@ _BATCHED_TAP_DTYPES = ("float32", "bfloat16")
 def batches_taps(training, dtype):
     """Whether `AlignmentLayer` sums the four taps in one batched product
     (`_weighted_tap_sum`): only where that was measured, on the JAX backend's
-    CPU, while training, with float32 features (faster) or bfloat16 ones (as
-    fast or faster, and less memory): docs/benchmarks.md, "The sampler's output
-    on JAX"; the sequential sum elsewhere. On GPUs and TPUs JAX's default
-    float32 products may round to TF32 or bfloat16, and float16 features were
-    not measured."""
+    CPU, while training, with float32 features (a step's forward and backward
+    0.82x) or bfloat16 ones (0.83x; whole steps in paired processes 0.88-1.08x,
+    within their spread, with 0.93-0.97x the peak memory): docs/benchmarks.md,
+    "The sampler's output on JAX"; the sequential sum elsewhere. On GPUs and
+    TPUs JAX's default float32 products may round to TF32 or bfloat16, and
+    float16 features were not measured."""
     if keras.backend.backend() != "jax" or not training or dtype not in _BATCHED_TAP_DTYPES:
         return False
     return has_accelerator() is False
