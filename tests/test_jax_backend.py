@@ -83,15 +83,9 @@ def test_bfloat16_alignment_is_within_rounding_of_tensorflows_float32(reference,
     import jax
 
     from alignseg_keras.hardware import has_accelerator
-    from alignseg_keras.layers import alignment
+    from alignseg_keras.testing.spies import record_tap_sums
 
-    tap_sum, batched = alignment._weighted_tap_sum, []
-
-    def recorded(table, index, weights, batched_taps):
-        batched.append(batched_taps)
-        return tap_sum(table, index, weights, batched_taps)
-
-    monkeypatch.setattr(alignment, "_weighted_tap_sum", recorded)
+    batched = record_tap_sums(monkeypatch)
     inputs = np.load(reference_file(reference, "layer_inputs"))
     features = keras.ops.cast(inputs["coarse"], "bfloat16")
     layer = AlignmentLayer("official")

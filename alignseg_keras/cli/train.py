@@ -294,9 +294,10 @@ def epoch_plan(total_steps, checkpoint_every, epochs_done, steps_done):
 
     An epoch is the stretch between two checkpoints: `checkpoint_every` steps,
     or the steps left when fewer are (then the progress bar counts to them, not
-    to `checkpoint_every`). The plan starts from the optimizer steps restored (`steps_done`),
-    not from `epochs_done * checkpoint_every`: a run resumed with another
-    --checkpoint-every ends at `total_steps`, neither short of it nor past it.
+    to `checkpoint_every`). The plan starts from the optimizer steps restored
+    (`steps_done`), not from `epochs_done * checkpoint_every`: a run resumed
+    with another --checkpoint-every ends at `total_steps`, neither short of it
+    nor past it.
     `epochs == epochs_done` when nothing is left; `StopAtStep` ends a last,
     shorter epoch.
     """

@@ -506,15 +506,10 @@ def test_alignment_modules_tell_their_samplers_whether_they_train(monkeypatch, t
     # The training flag reaches every AlignmentLayer inside AlignFA and AlignCM (Keras
     # passes it down), and the layer hands `batches_taps`' answer to the tap sum.
     from alignseg_keras.layers import alignment
-
-    tap_sum, seen = alignment._weighted_tap_sum, []
-
-    def recorded(table, index, weights, batched_taps):
-        seen.append(batched_taps)
-        return tap_sum(table, index, weights, batched_taps)
+    from alignseg_keras.testing.spies import record_tap_sums
 
     monkeypatch.setattr(alignment, "batches_taps", lambda flag, dtype: bool(flag) and dtype == "float32")
-    monkeypatch.setattr(alignment, "_weighted_tap_sum", recorded)
+    seen = record_tap_sums(monkeypatch)
     fine = np.random.rand(1, 6, 6, 4).astype("float32")
     coarse = np.random.rand(1, 3, 3, 4).astype("float32")
     with alignment.portable_sampling():  # the keras.ops sampler on TensorFlow too

@@ -13,7 +13,8 @@
 - `checkpoints`: the authors' checkpoint layout, random state dicts and the
   export comparison of the converter tests.
 - `folders`: read-only folders for tests of output errors.
-- `spies`: `record_predicted_models`, the models the command line predicts with.
+- `spies`: `record_predicted_models`, the models the command line predicts with, and
+  `record_tap_sums`, which tap sum the alignment sampler traces.
 - `comparisons`: `relative_error`, how far a result is from its reference.
 """
 

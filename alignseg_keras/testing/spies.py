@@ -1,4 +1,4 @@
-"""Spies on the command line, for its tests."""
+"""Spies on the command line and on the alignment sampler, for their tests."""
 
 
 def record_predicted_models(monkeypatch):
@@ -23,3 +23,28 @@ def record_predicted_models(monkeypatch):
 
     monkeypatch.setattr(common, "predict_probabilities", predict_probabilities)
     return models
+
+
+def record_tap_sums(monkeypatch):
+    """A list that receives `batched_taps` of every weighted tap sum the
+    alignment sampler traces (`alignseg_keras.layers.alignment._weighted_tap_sum`:
+    True where it sums the four taps batched), in order.
+
+    Example:
+    ```python
+    batched = record_tap_sums(monkeypatch)
+    AlignmentLayer("official")([features, offsets], training=True)
+    batched  # [True] on JAX's CPU (`alignment.batches_taps`)
+    ```
+    """
+    from alignseg_keras.layers import alignment
+
+    batched = []
+    original = alignment._weighted_tap_sum
+
+    def weighted_tap_sum(table, index, weights, batched_taps):
+        batched.append(batched_taps)
+        return original(table, index, weights, batched_taps)
+
+    monkeypatch.setattr(alignment, "_weighted_tap_sum", weighted_tap_sum)
+    return batched
