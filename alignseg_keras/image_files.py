@@ -8,14 +8,18 @@ Label maps are read with Pillow rather than `tf.io.decode_png` because
 palette PNGs (Pascal VOC style) must yield their palette indices, not the
 palette colors, and because every error here can name the file it concerns.
 An image of more than `MAX_PIXELS` pixels is refused from its header, before
-it is decoded.
+it is decoded. Files are read as they are displayed: an EXIF orientation (how
+cameras and phones store portrait photos) is applied, as OpenCV's `imread`,
+which the authors' code reads with, and every image viewer apply it.
 """
 
 import os
 import re
+import threading
 
 import numpy as np
 from PIL import Image
+from PIL import ImageOps
 
 # Pillow modes that hold one class id per pixel.
 LABEL_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L")
@@ -25,6 +29,11 @@ UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 # Images with more pixels are refused before they are decoded (8192 x 8192): a small
 # compressed file can decode to gigabytes.
 MAX_PIXELS = 8192 * 8192
+# Pillow modes of 16-bit single-channel images.
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+# Pillow's own limit (`Image.MAX_IMAGE_PIXELS`) is a process-wide setting: it is lifted
+# for one `Image.open` at a time, where the caller's limit is higher.
+_PILLOW_LIMIT_LOCK = threading.Lock()
 
 
 def _too_large(description, path, size, max_pixels):
@@ -35,13 +44,28 @@ def _too_large(description, path, size, max_pixels):
     )
 
 
+def _open_with_limit(path, max_pixels):
+    """`Image.open`, whose own decompression-bomb check never refuses what
+    `max_pixels` allows (None or 0: no limit); ours is checked after it."""
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    if pillow_limit is None or (max_pixels and max_pixels <= pillow_limit):
+        return Image.open(path)
+    with _PILLOW_LIMIT_LOCK:
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = pillow_limit
+
+
 def _open(path, description, max_pixels=MAX_PIXELS):
     """Opens and decodes an image file, refusing one of more than `max_pixels` pixels
-    (checked on the header, before decoding)."""
+    (checked on the header, before decoding), and turns it as its EXIF
+    orientation says."""
     if isinstance(path, (str, os.PathLike)) and not os.path.exists(path):
         raise FileNotFoundError(f"No such {description}: '{path}'.")
     try:
-        image = Image.open(path)
+        image = _open_with_limit(path, max_pixels)
     except Image.DecompressionBombError as error:  # beyond Pillow's own, higher limit
         pixels = re.search(r"\((\d+) pixels\)", str(error))
         size = f"{int(pixels[1]):,} pixels" if pixels else "too many pixels"
@@ -55,19 +79,42 @@ def _open(path, description, max_pixels=MAX_PIXELS):
         raise _too_large(description, path, size, max_pixels)
     try:
         image.load()
+        ImageOps.exif_transpose(image, in_place=True)
     except UNREADABLE as error:
         image.close()
         raise ValueError(f"Cannot read {description} '{path}': {error}") from None
     return image
 
 
-def read_image(path, max_pixels=MAX_PIXELS):
-    """Reads an image file (PNG, JPEG, ...) as uint8 RGB `(H, W, 3)`.
+def _as_rgb(image, path):
+    """uint8 RGB `(H, W, 3)` of an opened image. 16-bit single-channel images keep
+    their high byte (`v >> 8`, as TensorFlow's PNG decoder, which the exported
+    `encoded` signatures use, gives them); 32-bit ones (Pillow modes "I", "F") are
+    taken as they are when their values lie in [0, 255] and refused otherwise, as
+    their scale is unknown."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        gray = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if image.mode in ("I", "F"):
+        low, high = image.getextrema()
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"Image file '{path}' has Pillow mode {image.mode!r} (one 32-bit "
+                f"channel) with values from {low} to {high}; expected 8-bit or 16-bit "
+                "images, or values in [0, 255]. Convert it to an 8-bit image."
+            )
+    return np.asarray(image.convert("RGB"))
 
-    Raises a `FileNotFoundError` when the file does not exist, and a
-    `ValueError` naming the file when it cannot be read or has more than
-    `max_pixels` pixels (checked on its header, before decoding; None or 0: no
-    limit).
+
+def read_image(path, max_pixels=MAX_PIXELS):
+    """Reads an image file (PNG, JPEG, ...) as uint8 RGB `(H, W, 3)`, as it is displayed.
+
+    An EXIF orientation is applied; gray images become three equal channels,
+    16-bit ones scaled to 8 bits; an alpha channel is dropped. Raises a
+    `FileNotFoundError` when the file does not exist, and a `ValueError`
+    naming the file when it cannot be read, is a 32-bit image with values
+    outside [0, 255], or has more than `max_pixels` pixels (checked on its
+    header, before decoding; None or 0: no limit, not even Pillow's own).
 
     Example:
     ```python
@@ -75,12 +122,13 @@ def read_image(path, max_pixels=MAX_PIXELS):
     ```
     """
     with _open(path, "image file", max_pixels) as image:
-        return np.asarray(image.convert("RGB"))
+        return _as_rgb(image, path)
 
 
 def read_label_map(path):
     """Reads a single-channel label file (8-bit, palette or 16-bit PNG) as an
-    integer array `(H, W)` of the stored values (palette indices for palette PNGs).
+    integer array `(H, W)` of the stored values (palette indices for palette PNGs),
+    turned as its EXIF orientation says, like its image.
 
     Example:
     ```python

@@ -33,3 +33,79 @@ def test_label_maps_keep_palette_indices_and_refuse_color_images(tmp_path):
     Image.fromarray(np.zeros((2, 2, 3), "uint8")).save(tmp_path / "rgb.png")
     with pytest.raises(ValueError, match="not a color image"):
         read_label_map(tmp_path / "rgb.png")
+
+
+def test_sixteen_bit_gray_images_are_scaled_to_eight_bits(tmp_path):
+    # The standard 8-to-16-bit expansion, v * 257, must read back as the 8-bit image.
+    gray = np.random.default_rng(1).integers(0, 256, (9, 13)).astype("uint16")
+    gray[0, :2] = (0, 255)
+    Image.fromarray(gray * 257).save(tmp_path / "gray16.png")
+    assert Image.open(tmp_path / "gray16.png").mode == "I;16"
+    np.testing.assert_array_equal(read_image(tmp_path / "gray16.png"), np.stack([gray] * 3, -1))
+    # Any 16-bit values as TensorFlow's decoder gives them (the `encoded` serving signatures).
+    import tensorflow as tf
+
+    values = np.random.default_rng(3).integers(0, 65536, (9, 13)).astype("uint16")
+    Image.fromarray(values).save(tmp_path / "values16.png")
+    decoded = tf.io.decode_png((tmp_path / "values16.png").read_bytes(), channels=3, dtype=tf.uint8)
+    np.testing.assert_array_equal(read_image(tmp_path / "values16.png"), decoded.numpy())
+
+
+def test_thirty_two_bit_images_outside_eight_bit_values_are_refused(tmp_path):
+    small = np.arange(12, dtype="int32").reshape(3, 4) * 20
+    Image.fromarray(small).save(tmp_path / "small.tif")
+    np.testing.assert_array_equal(read_image(tmp_path / "small.tif"), np.stack([small] * 3, -1))
+    Image.fromarray(small.astype("float32") * 100).save(tmp_path / "depth.tif")
+    with pytest.raises(ValueError, match=r"depth.tif' has Pillow mode 'F' .* from 0.0 to 22000.0"):
+        read_image(tmp_path / "depth.tif")
+
+
+def _save_with_orientation(array, path, orientation, mode=None):
+    picture = Image.fromarray(array, mode=mode)
+    if mode == "P":
+        picture.putpalette([value % 256 for value in range(768)])
+    exif = picture.getexif()
+    exif[0x0112] = orientation  # the EXIF Orientation tag
+    picture.save(path, exif=exif.tobytes())
+
+
+def test_images_and_label_maps_are_read_as_their_exif_orientation_shows_them(tmp_path):
+    stored = np.random.default_rng(2).integers(0, 256, (4, 7, 3)).astype("uint8")
+    # Orientation 6: the camera was turned; viewers rotate the stored pixels clockwise.
+    _save_with_orientation(stored, tmp_path / "portrait.png", 6)
+    np.testing.assert_array_equal(read_image(tmp_path / "portrait.png"), np.rot90(stored, -1))
+    _save_with_orientation(stored, tmp_path / "mirrored.png", 2)  # mirrored left to right
+    np.testing.assert_array_equal(read_image(tmp_path / "mirrored.png"), stored[:, ::-1])
+    labels = np.arange(28, dtype="uint8").reshape(4, 7)
+    _save_with_orientation(labels, tmp_path / "labels.png", 6, mode="P")
+    np.testing.assert_array_equal(read_label_map(tmp_path / "labels.png"), np.rot90(labels, -1))
+
+
+def _png_header(path, width, height):
+    """A PNG that declares `width x height` 8-bit gray pixels and holds almost no data."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    )
+
+
+def test_a_raised_pixel_limit_lifts_pillows_own_limit_too(tmp_path):
+    path = tmp_path / "huge.png"
+    _png_header(path, 15000, 12000)  # 180 million pixels: beyond Pillow's 2 x 89.5 million
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ValueError, match="huge.png' has 180,000,000 pixels, more than the limit of 67,108,864"):
+        read_image(path)
+    with pytest.raises(ValueError, match="15000x12000 = 180,000,000 pixels, more than the limit of 179,999,999"):
+        read_image(path, max_pixels=179_999_999)
+    for no_or_higher_limit in (None, 0, 180_000_000):
+        # Allowed, so it is decoded: and this file holds almost no pixel data.
+        with pytest.raises(ValueError, match="Cannot read image file .*huge.png': .*truncated"):
+            read_image(path, max_pixels=no_or_higher_limit)
+    assert Image.MAX_IMAGE_PIXELS == pillow_limit
