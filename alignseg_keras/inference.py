@@ -416,7 +416,9 @@ def predict_sliding(
 
 
 def _scaled_size(size, scale):
-    return max(1, int(size * scale + 0.5))
+    """`round(size * scale)`, halves to even, at least 1: the size that
+    `scipy.ndimage.zoom`, which the authors' multi-scale test resizes with, gives."""
+    return max(1, round(size * scale))
 
 
 def predict_multiscale(

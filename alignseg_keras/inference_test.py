@@ -170,6 +170,19 @@ def test_multiscale_runs_scales_with_sliding_windows(model, monkeypatch):
     assert sum(shape[0] for shape in shapes) == 2 * (1 + 4)
 
 
+def test_multiscale_sizes_are_those_of_the_authors_zoom(pointwise_model, monkeypatch):
+    zoom = pytest.importorskip("scipy.ndimage").zoom
+    shapes = spy_on_batches(monkeypatch, pointwise_model)
+    scales = (0.5, 0.75, 1.25, 0.1)
+    # 1025 x 0.5 and 510 x 0.75 end in .5; 5 x 0.1 rounds to 0.
+    for height, width in ((1025, 510), (5, 6)):
+        predict_multiscale(pointwise_model, np.zeros((1, height, width, 3), "uint8"), scales, flip=False)
+        for scale in scales:
+            expected = zoom(np.zeros((height, width)), scale, order=1, prefilter=False).shape
+            assert shapes.pop(0)[1:3] == tuple(max(1, side) for side in expected)
+    assert not shapes
+
+
 @pytest.mark.parametrize(
     "call, message",
     [
