@@ -48,10 +48,12 @@ def paired_dataset(image_paths, mask_paths, mapping=None, num_classes=None,
     dataset = paired_dataset(["a.jpg"], ["a.png"], num_classes=150)
     ```
     """
-    image_paths = [os.fspath(path) for path in image_paths]
+    # As bytes: a file name that is not valid UTF-8 (os.fsdecode's surrogate escapes)
+    # cannot be a string tensor, and `read` decodes them back.
+    image_paths = [os.fsencode(path) for path in image_paths]
     if mask_paths is None:
         mask_paths = [UNLABELLED] * len(image_paths)
-    mask_paths = [os.fspath(path) for path in mask_paths]
+    mask_paths = [os.fsencode(path) for path in mask_paths]
     dataset = tf.data.Dataset.from_tensor_slices((image_paths, mask_paths))
     if shuffle_files:
         dataset = dataset.shuffle(len(image_paths), seed=seed, reshuffle_each_iteration=True)

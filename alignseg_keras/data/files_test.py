@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -136,3 +138,18 @@ def test_bad_label_arguments(pair, kwargs, message):
     image_path, label_path = pair(stored_values())
     with pytest.raises(ValueError, match=message):
         data.from_files([image_path], [label_path], **kwargs)
+
+
+def test_file_names_that_are_not_utf8_are_read(tmp_path, write_image, random_image):
+    # b"caf\xe9" is Latin-1: Python names such files with surrogate escapes.
+    folder = os.fsencode(tmp_path)
+    image_path = os.fsdecode(os.path.join(folder, b"caf\xe9.png"))
+    label_path = os.fsdecode(os.path.join(folder, b"caf\xe9_label.png"))
+    picture = random_image(*SIZE)
+    write_image(image_path, picture)
+    write_image(label_path, stored_values())
+    image, mask = only(data.from_files([image_path], [label_path], num_classes=4))
+    np.testing.assert_array_equal(image, picture)
+    np.testing.assert_array_equal(mask, stored_values())
+    image, mask = only(data.from_files([image_path], None))
+    assert (mask == 255).all()
