@@ -239,13 +239,22 @@ def add_test_time_arguments(parser):
                        help=f"images or tiles per forward pass (default {sliding['batch_size']})")
 
 
+def sliding_tile(args):
+    """The tile of --sliding: None, one size or `(height, width)`; more values are a
+    `ValueError` (predict and evaluate check it before loading the model)."""
+    if not args.sliding:
+        return None
+    if len(args.sliding) > 2:
+        raise ValueError("--sliding takes one tile size or two (height and width); "
+                         f"received {len(args.sliding)}: {' '.join(map(str, args.sliding))}.")
+    return args.sliding[0] if len(args.sliding) == 1 else tuple(args.sliding)
+
+
 def predict_probabilities(model, image, args):
     """Probabilities for one image with the test-time procedure the arguments ask for."""
     from alignseg_keras import inference
 
-    tile = None
-    if args.sliding:
-        tile = args.sliding[0] if len(args.sliding) == 1 else tuple(args.sliding[:2])
+    tile = sliding_tile(args)
     if args.scales or args.flip:
         return inference.predict_multiscale(
             model, image, scales=args.scales or (1.0,), flip=args.flip, sliding=tile,

@@ -80,12 +80,17 @@ def run(args):
     from alignseg_keras.cli.common import load_model
     from alignseg_keras.cli.common import model_name
     from alignseg_keras.cli.common import predict_probabilities
+    from alignseg_keras.cli.common import sliding_tile
     from alignseg_keras.metrics import BoundaryIoU
     from alignseg_keras.metrics import MeanIoU
     from alignseg_keras.metrics import dice_from_confusion
 
     from alignseg_keras.models.preset_files import is_preset_directory
+    from alignseg_keras.models.tf_data_checks import data_errors_as_value_errors
 
+    sliding_tile(args)  # checked before the model is loaded
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be at least 1 (images to evaluate); received {args.limit}.")
     # A file or preset directory is read first (a missing one fails fast); a preset
     # name is built with the data's classes.
     named_preset = args.preset and not is_preset_directory(args.preset)
@@ -98,15 +103,16 @@ def run(args):
             f"The model {model_name(args)} predicts {model.num_classes} classes but the "
             f"{args.dataset} data has {num_classes}."
         )
-    if args.limit:
+    if args.limit is not None:
         dataset = dataset.take(args.limit)
     metric = MeanIoU(num_classes)
     boundary = BoundaryIoU(num_classes)  # band: 2% of each image's diagonal
-    for image, mask in dataset.as_numpy_iterator():
-        probabilities = predict_probabilities(model, image, args)
-        predictions = probabilities.argmax(-1)[None]
-        metric.update_state(mask[None], predictions)
-        boundary.update_state(mask[None], predictions)
+    with data_errors_as_value_errors():  # a bad file: its message, not TensorFlow's
+        for image, mask in dataset.as_numpy_iterator():
+            probabilities = predict_probabilities(model, image, args)
+            predictions = probabilities.argmax(-1)[None]
+            metric.update_state(mask[None], predictions)
+            boundary.update_state(mask[None], predictions)
     ious = metric.per_class_iou()
     boundary_ious = boundary.per_class_iou()
     dice = dice_from_confusion(metric.confusion_matrix())

@@ -1,5 +1,7 @@
 """`alignseg evaluate`'s table, and its numbers against the slow NumPy references."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -139,3 +141,28 @@ def test_evaluate_frozen_scores_the_frozen_model(tmp_path, capsys, monkeypatch):
     assert not isinstance(evaluated[0], FrozenInferenceModel)
     # Both round to bfloat16, at different places (frozen_inference_test).
     assert abs(tables[True]["mIoU:"] - tables[False]["mIoU:"]) < 0.05
+
+
+def test_evaluate_names_a_bad_file_in_one_line(tmp_path, capsys):
+    from PIL import Image
+
+    path = str(tmp_path / "m.keras")
+    tiny_alignseg(3, seed=0).save(path)
+    Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((30, 48), np.uint8)).save(tmp_path / "a_mask.png")
+    Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(tmp_path / "b.png")
+    Image.fromarray(np.full((40, 48), 7, np.uint8)).save(tmp_path / "b_mask.png")
+    for name, message in (("a", r"a_mask.png' is 30x48 \(HxW\) but its image '.*a.png' is 40x48."),
+                          ("b", r"b_mask.png' contains value\(s\) \[7\] outside \[0, 3\)")):
+        arguments = ["evaluate", "--model", path, "--dataset", "files", "--num-classes", "3",
+                     "--images", str(tmp_path / f"{name}.png"),
+                     "--masks", str(tmp_path / f"{name}_mask.png")]
+        assert main(arguments) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and error.startswith("alignseg evaluate: error: ")
+        assert re.search(message, error), error
+
+
+def test_evaluate_refuses_a_limit_below_one(capsys):
+    assert main(["evaluate", "--model", "never-read.keras", "--limit", "0"]) == 2
+    assert "--limit must be at least 1" in capsys.readouterr().err

@@ -63,7 +63,7 @@ def add_parser(subparsers):
                         help="opacity of the labels in the overlay (default 0.5)")
     parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                         help="refuse images with more pixels, before decoding them "
-                        f"(default {MAX_PIXELS:,})")
+                        f"(default {MAX_PIXELS:,}; 0: no limit)")
     parser.set_defaults(func=run)
 
 
@@ -88,7 +88,8 @@ def write_pictures(model, image, labels, palette, args, stem):
     output = pathlib.Path(args.output)
     pictures = {
         "color": visualize.colorize_labels(labels, palette),
-        "overlay": visualize.overlay(image, labels, palette, alpha=args.alpha),
+        # Predictions hold no ignore label: class 255 of a larger model is colored too.
+        "overlay": visualize.overlay(image, labels, palette, alpha=args.alpha, ignore_index=None),
     }
     if args.label_ids:
         pictures["labelIds"] = visualize.train_ids_to_label_ids(labels)
@@ -116,9 +117,13 @@ def run(args):
     from alignseg_keras.cli.common import load_model
     from alignseg_keras.cli.common import model_name
     from alignseg_keras.cli.common import prepare_output_dir
+    from alignseg_keras.cli.common import sliding_tile
     from alignseg_keras.models.preset_files import is_preset_directory
     from alignseg_keras.visualize import get_palette
 
+    sliding_tile(args)  # checked before the model is loaded
+    if args.max_pixels < 0:
+        raise ValueError(f"--max-pixels must be 0 (no limit) or more; received {args.max_pixels}.")
     if args.num_classes is not None and (args.model or is_preset_directory(args.preset)):
         raise ValueError(
             "--num-classes sets the classes of a named --preset; "

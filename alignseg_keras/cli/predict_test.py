@@ -224,3 +224,32 @@ def test_predict_frozen_cannot_draw_offsets(model_path, images, tmp_path, capsys
     assert code != 0
     assert "--offsets draws the offset fields from the Keras model's layers" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [(["--sliding", "8", "16", "32"], "--sliding takes one tile size or two (height and width); "
+      "received 3: 8 16 32."),
+     (["--max-pixels", "-1"], "--max-pixels must be 0 (no limit) or more; received -1.")],
+)
+def test_predict_refuses_bad_options_before_loading_the_model(images, tmp_path, capsys, option, message):
+    assert main(["predict", images[0], "--model", str(tmp_path / "never-read.keras"),
+                 "--output", str(tmp_path / "out"), *option]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_overlay_colors_every_predicted_class(tmp_path):
+    from types import SimpleNamespace
+
+    from alignseg_keras.cli.predict import write_pictures
+    from alignseg_keras.visualize import get_palette
+
+    # Class 255 of a 300-class model is a class, not the ignore label.
+    labels = np.array([[254, 255, 256]])
+    image = np.zeros((1, 3, 3), "uint8")
+    palette = get_palette("auto", 300)
+    args = SimpleNamespace(output=str(tmp_path), alpha=1.0, label_ids=False, offsets=False)
+    write_pictures(None, image, labels, palette, args, "scene")
+    np.testing.assert_array_equal(load_image(tmp_path / "scene_overlay.png"), palette[labels])
+    np.testing.assert_array_equal(load_image(tmp_path / "scene_color.png"), palette[labels])

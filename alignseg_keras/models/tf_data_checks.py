@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from alignseg_keras.checks import check_finite_images
 from alignseg_keras.checks import check_masks
+from alignseg_keras.data.decoding import read_example
 
 def _masks_rank_ok(masks):
     rank = masks.shape.rank
@@ -43,6 +44,11 @@ def _raise_batch_error(images, masks=None, num_classes=None, ignore_index=255):
     if masks is not None:
         check_masks(images.shape, masks, num_classes, ignore_index)
     return True
+
+
+# The Python functions whose `ValueError` a pipeline raises as an `OpError` (its
+# message holds their traceback): the batch check above and the files' reader.
+_CHECKING_FUNCTIONS = (_raise_batch_error.__name__, read_example.__name__)
 
 
 def _check_element(*element, num_classes, ignore_index):
@@ -90,12 +96,13 @@ def checked_dataset(dataset, num_classes=None, ignore_index=255):
 
 @contextlib.contextmanager
 def data_errors_as_value_errors():
-    """Re-raises a failed pipeline check as the plain `ValueError` it raised inside `tf.data`."""
+    """Re-raises a failed pipeline check, or a file that `alignseg_keras.data` could not
+    read or refused, as the plain `ValueError` it raised inside `tf.data`."""
     try:
         yield
     except tf.errors.OpError as error:
         message = error.message or ""
         found = re.search(r"ValueError: (.*)", message)
-        if _raise_batch_error.__name__ not in message or found is None:
+        if found is None or not any(name in message for name in _CHECKING_FUNCTIONS):
             raise
         raise ValueError(found.group(1)) from None

@@ -85,3 +85,19 @@ def test_evaluate_and_predict_refuse_non_finite_pipelines():
         model.evaluate(batches(NAN_IMAGES, MASKS).skip(1), verbose=0)
     with pytest.raises(ValueError, match=message):
         model.predict(batches(NAN_IMAGES).skip(1), verbose=0)
+
+
+def test_a_file_the_reader_refuses_is_its_plain_value_error(tmp_path):
+    from PIL import Image
+
+    from alignseg_keras import data
+
+    Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((30, 48), np.uint8)).save(tmp_path / "a_mask.png")
+    files = data.from_files([tmp_path / "a.png"], [tmp_path / "a_mask.png"], num_classes=3)
+    with pytest.raises(ValueError, match=r"a_mask.png' is 30x48 \(HxW\) but its image"):
+        read_all(files)
+    # An error of TensorFlow's own is left as it is.
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        read_all(tf.data.Dataset.from_tensors(tf.constant([1.0])).map(
+            lambda x: tf.debugging.check_numerics(x / 0.0, "a ValueError: in TensorFlow")))
