@@ -4,7 +4,8 @@ Boundary IoU and trimap IoU, streaming over batches.
 Every metric accepts predictions as logits/probabilities `(B, H, W, num_classes)`
 or as class ids `(B, H, W)` (or a dict with "logits", AlignSeg's training
 output), and labels `(B, H, W)` or `(B, H, W, 1)`. Pixels labelled
-`ignore_index`, or with a label outside `[0, num_classes)`, are not counted.
+`ignore_index`, or with a label outside `[0, num_classes)`, are not counted; a
+predicted id outside `[0, num_classes)` is no class: a miss of the pixel's class.
 Only `keras.ops` run in `update_state`/`result`, so the metrics work on every
 backend, eagerly and compiled (`model.compile(metrics=[...])`).
 """
@@ -27,7 +28,23 @@ _CARRY = 2**20
 _FAR_BELOW = -(2**30)
 
 
-def iou_from_confusion(confusion):
+def _class_totals(confusion, unclassified):
+    """`(tp, predicted, labelled)` per class, float64, from a confusion matrix and the
+    per-class counts of labelled pixels predicted as no class (or None)."""
+    confusion = np.asarray(confusion, np.float64)
+    labelled = confusion.sum(1)
+    if unclassified is not None:
+        unclassified = np.asarray(unclassified, np.float64)
+        if unclassified.shape != labelled.shape:
+            raise ValueError(
+                f"`unclassified` has shape {unclassified.shape}; expected one count per class "
+                f"{labelled.shape}."
+            )
+        labelled = labelled + unclassified
+    return np.diag(confusion), confusion.sum(0), labelled
+
+
+def iou_from_confusion(confusion, unclassified=None):
     """Per-class IoU `tp / (tp + fp + fn)` from a confusion matrix (rows = truth).
 
     Classes that occur neither in the labels nor in the predictions get NaN and
@@ -35,20 +52,22 @@ def iou_from_confusion(confusion):
 
     Args:
         confusion: `(C, C)` counts, rows = labels, columns = predictions.
+        unclassified: optional `(C,)` counts, per class, of its labelled pixels
+            predicted as no class (an id outside [0, C)): false negatives of
+            that class, no class's false positives.
 
     Example:
     ```python
     iou_from_confusion([[3, 1], [0, 2]])  # [0.75, 0.6667]
     ```
     """
-    confusion = np.asarray(confusion, np.float64)
-    tp = np.diag(confusion)
-    union = confusion.sum(0) + confusion.sum(1) - tp
+    tp, predicted, labelled = _class_totals(confusion, unclassified)
+    union = predicted + labelled - tp
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, tp / union, np.nan)
 
 
-def dice_from_confusion(confusion):
+def dice_from_confusion(confusion, unclassified=None):
     """Per-class Dice (F1) score `2 tp / (2 tp + fp + fn)` from a confusion matrix.
 
     Classes that occur neither in the labels nor in the predictions get NaN, as
@@ -56,15 +75,16 @@ def dice_from_confusion(confusion):
 
     Args:
         confusion: `(C, C)` counts, rows = labels, columns = predictions.
+        unclassified: optional `(C,)` counts of labelled pixels predicted as no
+            class, as in `iou_from_confusion`.
 
     Example:
     ```python
     dice_from_confusion([[3, 1], [0, 2]])  # [0.8571, 0.8]
     ```
     """
-    confusion = np.asarray(confusion, np.float64)
-    tp = np.diag(confusion)
-    total = confusion.sum(0) + confusion.sum(1)  # 2 tp + fp + fn
+    tp, predicted, labelled = _class_totals(confusion, unclassified)
+    total = predicted + labelled  # 2 tp + fp + fn
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(total > 0, 2 * tp / total, np.nan)
 
@@ -187,14 +207,20 @@ def _differs_within(ids, radius, outside):
 
 
 class _ConfusionMetric(keras.metrics.Metric):
-    """A streaming confusion matrix (rows = labels) over the pixels `_region` keeps."""
+    """A streaming confusion matrix (rows = labels) over the pixels `_region` keeps.
+
+    Its counts have one column more than classes: a predicted id outside
+    [0, num_classes) (class ids given directly; an argmax never is) is no class,
+    counted in the last column as a false negative of the pixel's class and
+    nobody's false positive, as `BoundaryIoU` and the official evaluation count it.
+    """
 
     def __init__(self, num_classes, ignore_index=IGNORE_INDEX, name=None, **kwargs):
         super().__init__(name=name, **kwargs)
         # Refuses counts whose confusion matrix would not fit in memory.
         self.num_classes = check_class_count(num_classes, minimum=1)
         self.ignore_index = _check_int(ignore_index, "ignore_index", type(self).__name__)
-        shape = (self.num_classes, self.num_classes)
+        shape = (self.num_classes, self.num_classes + 1)
         self.low = self.add_variable(shape, initializer="zeros", dtype="int32", name="confusion_low")
         self.high = self.add_variable(shape, initializer="zeros", dtype="int32", name="confusion_high")
 
@@ -205,28 +231,36 @@ class _ConfusionMetric(keras.metrics.Metric):
     def update_state(self, y_true, y_pred, sample_weight=None):
         """Adds a batch. `sample_weight` is not supported and ignored, as pixels are counted."""
         labels, predictions = _class_ids(y_true, y_pred, self.num_classes, type(self).__name__)
-        valid = ops.logical_and(
-            _in_range(labels, self.num_classes), _in_range(predictions, self.num_classes)
-        )
-        valid = ops.logical_and(valid, labels != self.ignore_index)
+        classes = self.num_classes
+        labelled = ops.logical_and(_in_range(labels, classes), labels != self.ignore_index)
         region = self._region(labels)
         if region is not None:
-            valid = ops.logical_and(valid, region)
-        # Index label * C + prediction only for valid pixels: no overflow, no stray bins.
-        counts = _class_counts(valid, labels * self.num_classes + predictions, self.num_classes**2)
+            labelled = ops.logical_and(labelled, region)
+        column = ops.where(_in_range(predictions, classes), predictions, classes)
+        # Index label * (C + 1) + column only for labelled pixels: no overflow, no stray bins.
+        counts = _class_counts(labelled, labels * (classes + 1) + column, classes * (classes + 1))
         _add_exact(self.low, self.high, ops.reshape(counts, self.low.shape))
 
-    def _confusion_tensor(self):
-        return _exact_float(self.low, self.high)
+    def _class_totals_tensor(self):
+        """`(tp, predicted, labelled)` per class as float32 tensors."""
+        counts = _exact_float(self.low, self.high)
+        confusion = counts[:, : self.num_classes]
+        return ops.diagonal(confusion), ops.sum(confusion, axis=0), ops.sum(counts, axis=1)
 
     def confusion_matrix(self):
-        """Exact counts `(num_classes, num_classes)`, rows = labels, columns = predictions."""
-        return _exact_numpy(self.low, self.high)
+        """Exact counts `(num_classes, num_classes)`, rows = labels, columns = predictions
+        (labelled pixels predicted as no class are in `unclassified_pixels()`)."""
+        return _exact_numpy(self.low, self.high)[:, : self.num_classes]
+
+    def unclassified_pixels(self):
+        """Per class, its labelled pixels predicted as no class (an id outside
+        [0, num_classes)), exact `(num_classes,)`: false negatives of that class."""
+        return _exact_numpy(self.low, self.high)[:, self.num_classes]
 
     def pixel_accuracy(self):
         """The fraction of counted pixels predicted right, as a Python float."""
-        confusion = self.confusion_matrix()
-        return float(np.trace(confusion) / max(confusion.sum(), 1))
+        counts = _exact_numpy(self.low, self.high)
+        return float(np.trace(counts[:, : self.num_classes]) / max(counts.sum(), 1))
 
     def reset_state(self):
         self.low.assign(ops.zeros(self.low.shape, "int32"))
@@ -238,9 +272,8 @@ class _ConfusionMetric(keras.metrics.Metric):
         return config
 
 
-def _mean_iou_tensor(confusion):
-    tp = ops.diagonal(confusion)
-    union = ops.sum(confusion, axis=0) + ops.sum(confusion, axis=1) - tp
+def _mean_iou_tensor(tp, predicted, labelled):
+    union = predicted + labelled - tp
     present = union > 0
     iou = ops.where(present, tp / ops.maximum(union, 1.0), 0.0)
     return ops.sum(iou) / ops.maximum(ops.sum(ops.cast(present, "float32")), 1.0)
@@ -283,11 +316,11 @@ class MeanIoU(_ConfusionMetric):
         super().__init__(num_classes, ignore_index=ignore_index, name=name, **kwargs)
 
     def result(self):
-        return _mean_iou_tensor(self._confusion_tensor())
+        return _mean_iou_tensor(*self._class_totals_tensor())
 
     def per_class_iou(self):
         """Per-class IoU as a NumPy array; NaN for classes that never occur."""
-        return iou_from_confusion(self.confusion_matrix())
+        return iou_from_confusion(self.confusion_matrix(), self.unclassified_pixels())
 
 
 @keras.saving.register_keras_serializable(package="alignseg_keras")
@@ -319,15 +352,15 @@ class MeanDice(_ConfusionMetric):
         super().__init__(num_classes, ignore_index=ignore_index, name=name, **kwargs)
 
     def result(self):
-        confusion = self._confusion_tensor()
-        total = ops.sum(confusion, axis=0) + ops.sum(confusion, axis=1)
+        tp, predicted, labelled = self._class_totals_tensor()
+        total = predicted + labelled
         present = total > 0
-        dice = ops.where(present, 2.0 * ops.diagonal(confusion) / ops.maximum(total, 1.0), 0.0)
+        dice = ops.where(present, 2.0 * tp / ops.maximum(total, 1.0), 0.0)
         return ops.sum(dice) / ops.maximum(ops.sum(ops.cast(present, "float32")), 1.0)
 
     def per_class_dice(self):
         """Per-class Dice as a NumPy array; NaN for classes that never occur."""
-        return dice_from_confusion(self.confusion_matrix())
+        return dice_from_confusion(self.confusion_matrix(), self.unclassified_pixels())
 
 
 @keras.saving.register_keras_serializable(package="alignseg_keras")

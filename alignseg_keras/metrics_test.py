@@ -516,3 +516,37 @@ def test_on_jax_eagerly_jitted_and_compiled(tmp_path):
     model_predictions = np.array(out["model_predictions"])
     for name, value in expected(labels, model_predictions).items():
         np.testing.assert_allclose(out["model"][name], value, rtol=1e-5, err_msg=name)
+
+
+def test_a_predicted_id_that_is_no_class_is_a_miss():
+    # Worked by hand: class 0: tp 2; class 1: tp 1, and one pixel predicted 255 (no class).
+    labels = np.array([[[0, 0, 1, 1]]])
+    predictions = np.array([[[0, 0, 1, 255]]])
+    iou, dice = MeanIoU(2), MeanDice(2)
+    for metric in (iou, dice):
+        metric.update_state(labels, predictions)
+        assert metric.confusion_matrix().tolist() == [[2, 0], [0, 1]]
+        assert metric.unclassified_pixels().tolist() == [0, 1]
+        np.testing.assert_allclose(metric.pixel_accuracy(), 3 / 4)
+    np.testing.assert_allclose(iou.per_class_iou(), [1.0, 1 / 2])
+    np.testing.assert_allclose(float(iou.result()), 3 / 4, rtol=1e-6)
+    np.testing.assert_allclose(dice.per_class_dice(), [1.0, 2 / 3])
+    np.testing.assert_allclose(float(dice.result()), 5 / 6, rtol=1e-6)
+
+
+def test_predicted_ids_outside_the_classes_against_the_official_counts():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 4, size=(2, 9, 7))
+    labels[rng.random(labels.shape) < 0.1] = 255
+    predictions = rng.choice([-1, 0, 1, 2, 3, 4, 255], size=labels.shape)
+    iou, dice = MeanIoU(4), MeanDice(4)
+    iou.update_state(labels, predictions)
+    dice.update_state(labels, predictions)
+    expected_iou = official_cityscapes_iou(labels, predictions, 4)
+    np.testing.assert_allclose(iou.per_class_iou(), expected_iou, equal_nan=True)
+    np.testing.assert_allclose(float(iou.result()), np.nanmean(expected_iou), rtol=1e-6)
+    expected_dice = reference_dice(labels, predictions, 4)
+    np.testing.assert_allclose(dice.per_class_dice(), expected_dice, equal_nan=True)
+    np.testing.assert_allclose(float(dice.result()), np.nanmean(expected_dice), rtol=1e-6)
+    labelled = labels != 255
+    assert iou.confusion_matrix().sum() + iou.unclassified_pixels().sum() == labelled.sum()

@@ -115,7 +115,7 @@ def run(args):
             boundary.update_state(mask[None], predictions)
     ious = metric.per_class_iou()
     boundary_ious = boundary.per_class_iou()
-    dice = dice_from_confusion(metric.confusion_matrix())
+    dice = dice_from_confusion(metric.confusion_matrix(), metric.unclassified_pixels())
     print(
         format_table(
             class_names,

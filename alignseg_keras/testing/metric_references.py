@@ -10,15 +10,13 @@ import numpy as np
 
 def reference_confusion_counts(labels, predictions, num_classes, ignore_index=255, region=None):
     """Per class `(tp, fp, fn)` int arrays, counting pixels whose label is a class
-    (not `ignore_index`), whose prediction is a class, and where `region` (bool,
-    same shape, or None) holds."""
+    (not `ignore_index`) and where `region` (bool, same shape, or None) holds; a
+    prediction that is no class (outside [0, num_classes)) is a false negative only."""
     labels, predictions = np.asarray(labels), np.asarray(predictions)
     tp, fp, fn = (np.zeros(num_classes, np.int64) for _ in range(3))
     for index in np.ndindex(labels.shape):
         label, prediction = int(labels[index]), int(predictions[index])
         if label == ignore_index or not 0 <= label < num_classes:
-            continue
-        if not 0 <= prediction < num_classes:
             continue
         if region is not None and not region[index]:
             continue
@@ -26,7 +24,8 @@ def reference_confusion_counts(labels, predictions, num_classes, ignore_index=25
             tp[label] += 1
         else:
             fn[label] += 1
-            fp[prediction] += 1
+            if 0 <= prediction < num_classes:
+                fp[prediction] += 1
     return tp, fp, fn
 
 
