@@ -176,7 +176,8 @@ def add_dataset_arguments(parser):
                        help="which data to read (default: the embedded synthetic scenes)")
     group.add_argument("--data-dir", help="dataset root (Cityscapes or ADEChallengeData2016)")
     group.add_argument("--images", help="glob of image files, for --dataset files")
-    group.add_argument("--masks", help="glob of label PNGs (same sort order), for --dataset files")
+    group.add_argument("--masks", help="glob of label PNGs, for --dataset files, each paired "
+                       "with the image of its name (frame_1.png, frame_1_mask.png)")
     group.add_argument("--num-classes", type=int,
                        help="number of classes, for --dataset files")
     group.add_argument("--synthetic-images", type=int, default=400,
@@ -215,7 +216,7 @@ def load_dataset(args, split):
     if not args.num_classes:
         raise ValueError("--dataset files needs --num-classes.")
     images = _sorted_glob(args.images, "images")
-    masks = _sorted_glob(args.masks, "masks")
+    masks = data.pair_by_name(images, _sorted_glob(args.masks, "masks"))
     dataset = data.from_files(images, masks, num_classes=args.num_classes)
     return dataset, args.num_classes, [str(i) for i in range(args.num_classes)]
 

@@ -155,3 +155,21 @@ def test_the_resume_message_says_when_nothing_is_left_to_train():
         "Resuming from b/epoch-0001.keras: 2 of 4 steps done.")
     assert _resume_message("b/epoch-0003.keras", 6, 4).endswith(
         "6 of 4 steps done. That is more than --steps 4: nothing more is trained.")
+
+
+def test_files_of_the_glob_pair_by_name_not_by_sorted_position(tmp_path):
+    from PIL import Image
+
+    from alignseg_keras.cli.common import load_dataset
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "masks").mkdir()
+    for n in range(1, 12):
+        Image.fromarray(np.full((4, 6, 3), n, np.uint8)).save(tmp_path / "imgs" / f"frame_{n}.png")
+        Image.fromarray(np.full((4, 6), n, np.uint8)).save(tmp_path / "masks" / f"frame_{n}_mask.png")
+    args = train_args("--dataset", "files", "--num-classes", "12",
+                      "--images", str(tmp_path / "imgs" / "*.png"),
+                      "--masks", str(tmp_path / "masks" / "*.png"))
+    dataset, _, _ = load_dataset(args, "train")
+    pairs = [(int(image[0, 0, 0]), int(mask[0, 0])) for image, mask in dataset.as_numpy_iterator()]
+    assert len(pairs) == 11 and all(image == mask for image, mask in pairs)

@@ -68,6 +68,64 @@ def paired_dataset(image_paths, mask_paths, mapping=None, num_classes=None,
     return dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def _name_keys(paths):
+    """Each path without its extension, less the prefix and suffix all of them share:
+    the part of the name that tells the files apart."""
+    stems = [os.path.splitext(os.fspath(path))[0] for path in paths]
+    prefix = len(os.path.commonprefix(stems))
+    rests = [stem[prefix:] for stem in stems]
+    suffix = len(os.path.commonprefix([rest[::-1] for rest in rests]))
+    return [rest[: len(rest) - suffix] for rest in rests]
+
+
+def pair_by_name(image_paths, mask_paths):
+    """The label files reordered to pair with `image_paths` by name.
+
+    A name's key is its path without the extension, less the prefix and suffix
+    that all images (all label files) share: `img/frame_1.png` pairs with
+    `ann/frame_1_mask.png`, and `frame_10` with `frame_10_mask` however the two
+    lists are sorted (sorted separately, `frame_1_mask` comes after `frame_10_mask`).
+
+    Args:
+        image_paths: list of image files.
+        mask_paths: list of label files, one per image, in any order.
+
+    Returns:
+        The label files in the order of `image_paths`.
+
+    Raises:
+        ValueError: the lists differ in length, or some names have no
+            counterpart (named in the message).
+
+    Example:
+    ```python
+    pair_by_name(["a/x1.jpg", "a/x2.jpg"], ["b/x2_label.png", "b/x1_label.png"])
+    # ["b/x1_label.png", "b/x2_label.png"]
+    ```
+    """
+    image_paths, mask_paths = list(image_paths), list(mask_paths)
+    if len(image_paths) != len(mask_paths):
+        raise ValueError(
+            f"{len(image_paths)} images but {len(mask_paths)} label files; give one label file "
+            "per image."
+        )
+    masks = dict(zip(_name_keys(mask_paths), mask_paths))
+    images = dict(zip(_name_keys(image_paths), image_paths))
+    for kind, paths, by_key in (("images", image_paths, images), ("label files", mask_paths, masks)):
+        if len(by_key) < len(paths):
+            raise ValueError(f"Two {kind} differ only in their extension: {sorted(paths)}.")
+    if masks.keys() != images.keys():
+        lonely_image = next((path for key, path in images.items() if key not in masks), None)
+        lonely_mask = next((path for key, path in masks.items() if key not in images), None)
+        raise ValueError(
+            "The images and label files do not pair up by name (the part of the names that "
+            f"differs between files): no label file for '{lonely_image}', no image for "
+            f"'{lonely_mask}'. Name each label file after its image, e.g. 'frame_1.png' and "
+            "'frame_1_mask.png'."
+        )
+    return [masks[key] for key in images]
+
+
 def from_files(image_paths, mask_paths, num_classes=None, label_map=None,
                shuffle_files=False, seed=None):
     """A segmentation dataset from your own image and label files.

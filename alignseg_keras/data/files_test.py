@@ -1,4 +1,5 @@
 import os
+import re
 
 import numpy as np
 import pytest
@@ -153,3 +154,29 @@ def test_file_names_that_are_not_utf8_are_read(tmp_path, write_image, random_ima
     np.testing.assert_array_equal(mask, stored_values())
     image, mask = only(data.from_files([image_path], None))
     assert (mask == 255).all()
+
+
+def test_label_files_pair_with_images_by_name():
+    images = [f"/d/img/frame_{n}.png" for n in (1, 10, 2)]  # as sorted()
+    masks = [f"/d/ann/frame_{n}_mask.png" for n in (10, 1, 2)]  # as sorted(): "1_" > "10"
+    assert data.pair_by_name(images, masks) == [f"/d/ann/frame_{n}_mask.png" for n in (1, 10, 2)]
+    cityscapes = ["/c/leftImg8bit/val/lindau/lindau_000001_000019_leftImg8bit.png",
+                  "/c/leftImg8bit/val/munster/munster_000000_000019_leftImg8bit.png"]
+    labels = [path.replace("leftImg8bit", "gtFine").replace("_gtFine.png", "_gtFine_labelIds.png")
+              for path in cityscapes]
+    assert data.pair_by_name(cityscapes, labels[::-1]) == labels
+    # The shared prefix and suffix never overlap: "ab" and "abb" stay apart.
+    assert data.pair_by_name(["ab.jpg", "abb.jpg"], ["abb.png", "ab.png"]) == ["ab.png", "abb.png"]
+    assert data.pair_by_name(["one.jpg"], ["other.png"]) == ["other.png"]
+
+
+@pytest.mark.parametrize(
+    "images, masks, message",
+    [(["a/x1.png", "a/x2.png"], ["b/x1_m.png", "b/x3_m.png"],
+      "no label file for 'a/x2.png', no image for 'b/x3_m.png'"),
+     (["a/x1.png", "a/x2.png"], ["b/x1_m.png"], "2 images but 1 label files"),
+     (["a/x1.png", "a/x1.jpg"], ["b/x1_m.png", "b/x2_m.png"], "Two images differ only in their extension")],
+)
+def test_files_that_do_not_pair_by_name_are_refused(images, masks, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        data.pair_by_name(images, masks)
