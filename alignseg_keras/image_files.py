@@ -23,6 +23,8 @@ from PIL import ImageOps
 
 # Pillow modes that hold one class id per pixel.
 LABEL_MODES = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L")
+# Pillow's formats whose compression changes pixel values: refused for label files.
+LOSSY_FORMATS = ("JPEG", "MPO")
 # Pillow's errors for files it cannot read.
 UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
@@ -128,7 +130,8 @@ def read_image(path, max_pixels=MAX_PIXELS):
 def read_label_map(path):
     """Reads a single-channel label file (8-bit, palette or 16-bit PNG) as an
     integer array `(H, W)` of the stored values (palette indices for palette PNGs),
-    turned as its EXIF orientation says, like its image.
+    turned as its EXIF orientation says, like its image. Color images and JPEG
+    files (whose compression invents class ids at edges) are refused.
 
     Example:
     ```python
@@ -136,6 +139,12 @@ def read_label_map(path):
     ```
     """
     with _open(path, "label file") as label:
+        if label.format in LOSSY_FORMATS:
+            raise ValueError(
+                f"Label file '{path}' is a {label.format} file: its lossy compression changes "
+                "class ids near every edge (into ids of other classes, silently). Store label "
+                "files as PNG."
+            )
         if label.mode not in LABEL_MODES:
             raise ValueError(
                 f"Label file '{path}' has Pillow mode {label.mode!r} "

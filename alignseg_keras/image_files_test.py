@@ -109,3 +109,15 @@ def test_a_raised_pixel_limit_lifts_pillows_own_limit_too(tmp_path):
         with pytest.raises(ValueError, match="Cannot read image file .*huge.png': .*truncated"):
             read_image(path, max_pixels=no_or_higher_limit)
     assert Image.MAX_IMAGE_PIXELS == pillow_limit
+
+
+def test_jpeg_label_files_are_refused(tmp_path):
+    # A disc of class 2 on class 0: JPEG's compression puts ids 1 and 3 around its edge.
+    rows, columns = np.mgrid[:64, :64]
+    labels = np.where((rows - 30) ** 2 + (columns - 33) ** 2 < 15**2, 2, 0).astype("uint8")
+    Image.fromarray(labels).save(tmp_path / "labels.jpg", quality=75)
+    assert set(np.unique(np.asarray(Image.open(tmp_path / "labels.jpg")))) - {0, 2}
+    with pytest.raises(ValueError, match="labels.jpg' is a JPEG file: its lossy compression"):
+        read_label_map(tmp_path / "labels.jpg")
+    Image.fromarray(labels).save(tmp_path / "labels.png")
+    np.testing.assert_array_equal(read_label_map(tmp_path / "labels.png"), labels)
