@@ -41,14 +41,22 @@ PHOTOMETRIC_DEFAULTS = {
 }
 
 
+def _whole_number(name, value, minimum, maximum=None):
+    """`value` as an int, or a `ValueError` naming `name` for a bool, a string, a
+    fraction (2.7 is not silently 2) or a value outside [minimum, maximum]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != int(value) \
+            or value < minimum or (maximum is not None and value > maximum):
+        bounds = f"in {minimum}..{maximum}" if maximum is not None else f">= {minimum}"
+        raise ValueError(f"`{name}` must be an int {bounds}; received {value!r}.")
+    return int(value)
+
+
 def _positive_pair(name, value):
     try:
-        first, second = (int(v) for v in value)
+        first, second = value
     except (TypeError, ValueError):
         raise ValueError(f"`{name}` must be a pair of ints (height, width); received {value!r}.") from None
-    if min(first, second) < 1:
-        raise ValueError(f"`{name}` must be positive; received {value!r}.")
-    return first, second
+    return _whole_number(name, first, 1), _whole_number(name, second, 1)
 
 
 def _check_scale(scale_range, scale_step):
@@ -78,17 +86,15 @@ def _check_photometric(photometric):
 
 def _check_cat_max(cat_max_ratio, cat_max_tries):
     """Returns `(ratio or None, tries)`; a ratio of 1 turns the check off, as in mmseg."""
-    if isinstance(cat_max_tries, bool) or not isinstance(cat_max_tries, numbers.Integral) \
-            or cat_max_tries < 1:
-        raise ValueError(f"`cat_max_tries` must be an int >= 1; received {cat_max_tries!r}.")
+    cat_max_tries = _whole_number("cat_max_tries", cat_max_tries, 1)
     if cat_max_ratio is None:
-        return None, int(cat_max_tries)
+        return None, cat_max_tries
     if isinstance(cat_max_ratio, bool) or not isinstance(cat_max_ratio, numbers.Real) \
             or not 0 < cat_max_ratio <= 1:
         raise ValueError(
             f"`cat_max_ratio` must be None or a number in (0, 1]; received {cat_max_ratio!r}."
         )
-    return (float(cat_max_ratio) if cat_max_ratio < 1 else None), int(cat_max_tries)
+    return (float(cat_max_ratio) if cat_max_ratio < 1 else None), cat_max_tries
 
 
 def _check_fill_mean(fill_mean):
@@ -114,7 +120,9 @@ def _standardiser(dataset):
     if image.shape.rank != 3 or image.shape[-1] not in (3, None):
         raise ValueError(
             "`dataset` images must be unbatched (height, width, 3); their shape is "
-            f"{image.shape}. Pass the dataset before batching."
+            f"{image.shape}. Pass the dataset before batching (images decoded with "
+            "`tf.io.decode_image` need `expand_animations=False`). Images of an unknown "
+            "channel count are made RGB: gray repeated, an alpha channel dropped."
         )
     squeeze = mask.shape.rank == 3 and mask.shape[-1] == 1
     if mask.shape.rank != 2 and not squeeze:
@@ -124,9 +132,24 @@ def _standardiser(dataset):
 
     def standardise(image, mask):
         mask = tf.squeeze(mask, -1) if squeeze else mask
-        return tf.cast(image, tf.float32), tf.cast(mask, tf.int32)
+        image = tf.cast(image, tf.float32)
+        if image.shape[-1] is None:  # as decoded from files of any kind
+            image = _as_rgb(image)
+        return image, tf.cast(mask, tf.int32)
 
     return standardise
+
+
+def _as_rgb(image):
+    """`(H, W, 3)` from an image of any channel count, as `image_files.read_image`
+    reads files: gray (and gray + alpha) repeated to three channels, an alpha dropped."""
+    channels = tf.shape(image)[-1]
+    rgb = tf.cond(
+        channels < 3,
+        lambda: tf.repeat(image[..., :1], 3, axis=-1),
+        lambda: image[..., :3],
+    )
+    return tf.ensure_shape(rgb, (None, None, 3))
 
 
 def random_scale(image, mask, scale_range, seed, scale_step=None):
@@ -437,7 +460,8 @@ def training_pipeline(
             of the keys `brightness`, `contrast`, `saturation`, `hue`.
         ignore_index: int, mask value of the padding.
         fill_mean: three floats, RGB value of the image padding (the model's mean).
-        shuffle: int, shuffle buffer size (decoded examples); 0 disables.
+        shuffle: int, shuffle buffer size (decoded examples); 0 disables. A
+            bool is refused (True would be a buffer of 1: no shuffling).
         repeat: bool, repeat forever (then give `fit` a `steps_per_epoch`):
             every iterator yields the same stream, each pass over `dataset`
             reshuffled and augmented anew. False: one pass per iteration, each
@@ -470,13 +494,13 @@ def training_pipeline(
     jitter = _check_photometric(photometric)
     fill_mean = _check_fill_mean(fill_mean)
     cat_max_ratio, cat_max_tries = _check_cat_max(cat_max_ratio, cat_max_tries)
-    if int(batch_size) < 1:
-        raise ValueError(f"`batch_size` must be a positive int; received {batch_size!r}.")
-    if not 0 <= int(ignore_index) <= IGNORE_INDEX:
-        raise ValueError(f"`ignore_index` must be in 0..255; received {ignore_index!r}.")
+    batch_size = _whole_number("batch_size", batch_size, 1)
+    ignore_index = _whole_number("ignore_index", ignore_index, 0, IGNORE_INDEX)
+    # A buffer size: `shuffle=True` would be a buffer of one, which shuffles nothing.
+    shuffle = _whole_number("shuffle", shuffle, 0)
     standardise = _standardiser(dataset)
     seed = random.SystemRandom().randrange(2**31) if seed is None else int(seed)
-    dataset = _examples_with_seeds(dataset, seed, int(shuffle), repeat)
+    dataset = _examples_with_seeds(dataset, seed, shuffle, repeat)
 
     def augment(example, element_seed):
         image, mask = standardise(*example)
@@ -484,18 +508,18 @@ def training_pipeline(
         image, mask = random_scale(image, mask, scale_range, scale_seed, scale_step)
         if jitter:
             image = photometric_jitter(image, jitter_seed, **jitter)
-        image, mask = pad_to_size(image, mask, crop, fill_mean, int(ignore_index))
+        image, mask = pad_to_size(image, mask, crop, fill_mean, ignore_index)
         if cat_max_ratio is None:
             image, mask = random_crop(image, mask, crop, crop_seed)
         else:
             image, mask = class_balanced_crop(image, mask, crop, crop_seed, cat_max_ratio,
-                                              cat_max_tries, int(ignore_index))
+                                              cat_max_tries, ignore_index)
         if flip:
             image, mask = random_flip(image, mask, flip_seed)
         return image, mask
 
     dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.batch(int(batch_size), drop_remainder=True)
+    dataset = dataset.batch(batch_size, drop_remainder=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -516,8 +540,7 @@ def evaluation_pipeline(dataset, batch_size=1):
     model.evaluate(val)
     ```
     """
-    if int(batch_size) < 1:
-        raise ValueError(f"`batch_size` must be a positive int; received {batch_size!r}.")
+    batch_size = _whole_number("batch_size", batch_size, 1)
     standardise = _standardiser(dataset)
     dataset = dataset.map(standardise, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.batch(int(batch_size)).prefetch(tf.data.AUTOTUNE)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -254,12 +254,34 @@ def test_finite_pipeline_without_repeat():
         (dict(photometric={"blur": 1.0}), "photometric"),
         (dict(fill_mean=(1.0, 2.0)), "fill_mean"),
         (dict(batch_size=0), "batch_size"),
+        (dict(batch_size=2.7), r"`batch_size` must be an int >= 1; received 2.7"),
+        (dict(batch_size=True), "batch_size"),
+        (dict(crop_size=(16.9, 16.9)), "crop_size"),
         (dict(ignore_index=300), "ignore_index"),
+        (dict(shuffle=True), r"`shuffle` must be an int >= 0; received True"),
+        (dict(shuffle=-1), "shuffle"),
     ],
 )
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         pipeline(block_scenes(count=1), **kwargs)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_images_of_an_unknown_channel_count_are_made_rgb(channels):
+    # As `tf.io.decode_png` gives them: the channels the file stores, unknown statically.
+    gray = np.arange(20 * 24, dtype="uint8").reshape(20, 24, 1)
+    stored = np.concatenate([gray] + [np.full_like(gray, 200 + k) for k in range(channels - 1)], -1)
+    rgb = np.repeat(gray, 3, -1) if channels < 3 else stored[..., :3]
+    dataset = tf.data.Dataset.from_generator(
+        lambda: iter([(stored, np.zeros((20, 24), "uint8"))]),
+        output_signature=(tf.TensorSpec((None, None, None), tf.uint8), tf.TensorSpec((None, None), tf.uint8)),
+    )
+    images, _ = augment.evaluation_pipeline(dataset).get_single_element()
+    np.testing.assert_array_equal(images[0], rgb)
+    images, masks = pipeline(dataset, crop_size=(20, 24), scale_range=(1, 1), flip=False,
+                             batch_size=1).take(1).get_single_element()
+    np.testing.assert_array_equal(images[0], rgb)
 
 
 def test_bad_datasets():
