@@ -80,6 +80,29 @@ def _chunks(array):
         yield start, np.asarray(array[start : start + _CHUNK])
 
 
+def check_image_batch_shape(shape):
+    """Raises `ValueError` unless `shape` is that of an image batch `(batch, H, W, 3)`
+    (dimensions that are None pass; so does a shape of unknown rank).
+
+    Example:
+    ```python
+    check_image_batch_shape((2, 64, 64, 3))
+    ```
+    """
+    if shape is not None and getattr(shape, "rank", 0) is None:
+        return  # unknown rank (a symbolic tensor): checked where the values are known
+    if shape is None or len(shape) != 4:
+        raise ValueError(
+            "AlignSeg expects a batch of images (batch, height, width, 3 channels); "
+            f"received an input of shape {shape}."
+        )
+    if shape[-1] is not None and shape[-1] != 3:
+        raise ValueError(
+            "AlignSeg expects RGB images with 3 channels; received an input "
+            f"of shape {tuple(shape)} with {shape[-1]} channels."
+        )
+
+
 def check_finite_images(images, source="`images`"):
     """Raises `ValueError` if a float image batch holds a NaN or infinite value.
 

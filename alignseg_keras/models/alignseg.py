@@ -10,6 +10,7 @@ from alignseg_keras.backbones.encoders import encoder_input_convention
 from alignseg_keras.backbones.encoders import keras_hub_encoder
 from alignseg_keras.checks import IGNORE_INDEX
 from alignseg_keras.checks import check_class_count
+from alignseg_keras.checks import check_image_batch_shape
 from alignseg_keras.config_utils import deserialized
 from alignseg_keras.config_utils import model_config
 from alignseg_keras.layers.alignment import BilinearResize
@@ -21,7 +22,6 @@ from alignseg_keras.models import preset_files
 from alignseg_keras.models.alignseg_backbone import OFFSET_MODULES
 from alignseg_keras.models.alignseg_backbone import AlignSegBackbone
 from alignseg_keras.models.image_segmenter import ImageSegmenter
-from alignseg_keras.models.image_segmenter import check_image_batch_shape
 from alignseg_keras.models.legacy import LEGACY_FILE_MESSAGE
 from alignseg_keras.models.legacy import is_legacy_config
 from alignseg_keras.models.presets import DEFAULT_ENCODER

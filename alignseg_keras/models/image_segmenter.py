@@ -14,29 +14,10 @@ import keras
 import numpy as np
 
 from alignseg_keras.checks import IGNORE_INDEX
+from alignseg_keras.checks import check_image_batch_shape
 from alignseg_keras.checks import check_weights_may_change
 from alignseg_keras.models import data_checks
 from alignseg_keras.optimizers import PolyScheduleLength
-
-
-def check_image_batch_shape(shape):
-    """Raises `ValueError` unless `shape` is that of an image batch `(batch, H, W, 3)`.
-
-    Example:
-    ```python
-    check_image_batch_shape((2, 64, 64, 3))
-    ```
-    """
-    if shape is None or len(shape) != 4:
-        raise ValueError(
-            "AlignSeg expects a batch of images (batch, height, width, 3 channels); "
-            f"received an input of shape {shape}."
-        )
-    if shape[-1] is not None and shape[-1] != 3:
-        raise ValueError(
-            "AlignSeg expects RGB images with 3 channels; received an input "
-            f"of shape {tuple(shape)} with {shape[-1]} channels."
-        )
 
 
 def _image_shape_of(x):
@@ -44,9 +25,10 @@ def _image_shape_of(x):
     spec = getattr(x, "element_spec", None)
     if spec is not None:
         x = spec[0] if isinstance(spec, (tuple, list)) else spec
-    if isinstance(x, dict) or getattr(x, "shape", None) is None:
-        return None
-    return tuple(x.shape)
+    shape = getattr(x, "shape", None)
+    if isinstance(x, dict) or shape is None or getattr(shape, "rank", 0) is None:
+        return None  # an unknown rank is checked batch by batch
+    return tuple(shape)
 
 
 def _given_arguments(method, args, kwargs):

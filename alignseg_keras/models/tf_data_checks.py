@@ -14,6 +14,7 @@ import re
 import tensorflow as tf
 
 from alignseg_keras.checks import check_finite_images
+from alignseg_keras.checks import check_image_batch_shape
 from alignseg_keras.checks import check_masks
 from alignseg_keras.data.decoding import read_example
 
@@ -40,6 +41,7 @@ def _mask_problem(images, masks, num_classes, ignore_index):
 
 def _raise_batch_error(images, masks=None, num_classes=None, ignore_index=255):
     """The NumPy check of a batch the fast check flagged; raises its `ValueError`."""
+    check_image_batch_shape(images.shape)
     check_finite_images(images, "A batch of images")
     if masks is not None:
         check_masks(images.shape, masks, num_classes, ignore_index)
@@ -55,8 +57,11 @@ def _check_element(*element, num_classes, ignore_index):
     images, rest = element[0], list(element[1:])
     masks = rest[0] if rest and num_classes is not None else None
     problem = tf.constant(False)
+    if images.shape.rank != 4 or images.shape[-1] != 3:  # decoded files: known at run time
+        shape = tf.shape(images)
+        problem = (tf.size(shape) != 4) | (shape[-1] != 3)
     if images.dtype.is_floating:
-        problem = ~tf.reduce_all(tf.math.is_finite(images))
+        problem = problem | ~tf.reduce_all(tf.math.is_finite(images))
     if masks is not None:
         problem = problem | _mask_problem(images, masks, num_classes, ignore_index)
     report = functools.partial(_raise_batch_error, num_classes=num_classes, ignore_index=ignore_index)
@@ -67,7 +72,7 @@ def _check_element(*element, num_classes, ignore_index):
         lambda: tf.constant(True),
     )
     with tf.control_dependencies([checked]):
-        images = tf.identity(images)
+        images = tf.ensure_shape(tf.identity(images), (None, None, None, 3))
     if masks is not None and masks.shape.rank == 4:
         rest[0] = masks[..., 0]
     return (images, *rest) if rest else images

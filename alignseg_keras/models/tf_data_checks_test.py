@@ -101,3 +101,40 @@ def test_a_file_the_reader_refuses_is_its_plain_value_error(tmp_path):
     with pytest.raises(tf.errors.InvalidArgumentError):
         read_all(tf.data.Dataset.from_tensors(tf.constant([1.0])).map(
             lambda x: tf.debugging.check_numerics(x / 0.0, "a ValueError: in TensorFlow")))
+
+
+def _decoded_pairs(tmp_path, channels_per_file, **decode_options):
+    """A batched dataset of PNG files decoded by `tf.io.decode_image`, whose static
+    image shape is unknown (`expand_animations=True`, the default: unknown rank)."""
+    from PIL import Image
+
+    paths = []
+    for index, channels in enumerate(channels_per_file):
+        pixels = np.full((32, 40, channels), 50 * index, np.uint8)
+        Image.fromarray(pixels[..., 0] if channels == 1 else pixels).save(tmp_path / f"{index}.png")
+        Image.fromarray(MASKS[0].astype(np.uint8)).save(tmp_path / f"{index}_mask.png")
+        paths.append((str(tmp_path / f"{index}.png"), str(tmp_path / f"{index}_mask.png")))
+
+    def load(image_path, mask_path):
+        image = tf.io.decode_image(tf.io.read_file(image_path), **decode_options)
+        return image, tf.io.decode_png(tf.io.read_file(mask_path))[..., 0]
+
+    images, masks = (list(column) for column in zip(*paths))
+    return tf.data.Dataset.from_tensor_slices((images, masks)).map(load).batch(1)
+
+
+def test_images_of_unknown_shape_are_checked_as_they_are_read(tmp_path):
+    good = checked_dataset(_decoded_pairs(tmp_path, [3, 3]), num_classes=3)
+    assert good.element_spec[0].shape.as_list() == [None, None, None, 3]
+    assert len(read_all(good)) == 2
+    rgba = checked_dataset(_decoded_pairs(tmp_path, [3, 4], expand_animations=False), num_classes=3)
+    with pytest.raises(ValueError, match=r"RGB images with 3 channels; received an input of shape "
+                                         r"\(1, 32, 40, 4\) with 4 channels"):
+        read_all(rgba)
+
+
+def test_fit_takes_images_of_unknown_rank(tmp_path):
+    model = tiny_alignseg(num_classes=3)
+    model.compile(total_steps=2)
+    history = model.fit(_decoded_pairs(tmp_path, [3, 3]), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
