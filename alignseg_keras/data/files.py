@@ -163,6 +163,12 @@ def from_files(image_paths, mask_paths, num_classes=None, label_map=None,
                          label_map={0: 255, 1: 0, 2: 1, 3: 2})
     ```
     """
+    for name, paths in (("image_paths", image_paths), ("mask_paths", mask_paths)):
+        if isinstance(paths, (str, bytes, os.PathLike)):
+            raise ValueError(
+                f"`{name}` must be a list of files; received the single path {paths!r}. "
+                f"Pass [{paths!r}]."
+            )
     image_paths = list(image_paths)
     if not image_paths:
         raise ValueError("`image_paths` is empty: no images to read.")

@@ -121,12 +121,19 @@ def test_listing_errors_are_eager(tmp_path, pair):
         data.from_files([image_path], [label_path, label_path])
     with pytest.raises(ValueError, match="empty"):
         data.from_files([], [])
+    with pytest.raises(ValueError, match=r"`image_paths` must be a list of files; received the single path"):
+        data.from_files(image_path, [label_path])
+    with pytest.raises(ValueError, match=r"`mask_paths` must be a list of files; .* Pass \["):
+        data.from_files([image_path], tmp_path / "a_label.png")
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
         (dict(num_classes=0), "num_classes"),
+        (dict(num_classes=2.5), r"`num_classes` must be an int between 1 and 255 .* received 2.5"),
+        (dict(num_classes=True), "num_classes"),
+        (dict(num_classes="3"), "num_classes"),
         (dict(num_classes=256), "num_classes"),
         (dict(label_map={1: 7}, num_classes=3), r"label_map.*\[7\]"),
         (dict(label_map={"a": 1}), "ints"),

@@ -5,6 +5,7 @@ value, so that a bad dataset fails when it is listed or read rather than as a
 crash deep inside TensorFlow or a silent NaN in the loss.
 """
 
+import numbers
 import os
 
 from alignseg_keras.checks import IGNORE_INDEX
@@ -56,9 +57,10 @@ def check_num_classes(num_classes):
     """Returns `num_classes` as an int in [1, 255] (255 is the ignore value), or None."""
     if num_classes is None:
         return None
-    if not 1 <= int(num_classes) <= IGNORE_INDEX:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) \
+            or not 1 <= num_classes <= IGNORE_INDEX:
         raise ValueError(
-            f"`num_classes` must be between 1 and {IGNORE_INDEX} (label {IGNORE_INDEX} "
+            f"`num_classes` must be an int between 1 and {IGNORE_INDEX} (label {IGNORE_INDEX} "
             f"means ignore); received {num_classes!r}."
         )
     return int(num_classes)
