@@ -1,5 +1,7 @@
 """`tf.data` datasets of (image, mask) pairs read from files, and `from_files`."""
 
+import atexit
+import gc
 import os
 
 import tensorflow as tf
@@ -10,6 +12,13 @@ from alignseg_keras.data.validation import require_files
 
 # Stands for "no label file" in the path tensor: the mask is all ignore (255).
 UNLABELLED = ""
+
+# A pipeline whose iteration failed (a bad file) is often left in a reference cycle
+# (the error's traceback holds the frames that hold its iterator), freed only by the
+# garbage collector. Freed during the interpreter's shutdown, its parallel map waits
+# for reads that can no longer take Python's lock, and the process never exits; so
+# the garbage is collected before the shutdown, while they still can.
+atexit.register(gc.collect)
 
 
 def _reader(mapping, num_classes):

@@ -187,3 +187,52 @@ def test_label_files_pair_with_images_by_name():
 def test_files_that_do_not_pair_by_name_are_refused(images, masks, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         data.pair_by_name(images, masks)
+
+
+# A bad file first, then reads that are still running (sleeping) when the error
+# arrives; the failed iterator is left in a reference cycle, as Keras' `fit` leaves it.
+FAILED_PIPELINE_EXIT = """
+import sys, time
+import alignseg_keras.data.files as files
+from alignseg_keras import data
+
+original = files.read_example
+
+def slow_read(image_path, mask_path, *args):
+    if "good" in image_path:
+        time.sleep(1.0)
+    return original(image_path, mask_path, *args)
+
+files.read_example = slow_read
+folder = sys.argv[1]
+images = [f"{folder}/bad.png"] + [f"{folder}/good{i}.png" for i in range(6)]
+masks = [f"{folder}/bad_label.png"] + [f"{folder}/good{i}_label.png" for i in range(6)]
+
+def fail():
+    iterator = iter(data.from_files(images, masks, num_classes=4))
+    try:
+        next(iterator)
+    except Exception as error:
+        cycle = [error]
+        cycle.append(cycle)
+        print("raised", type(error).__name__, flush=True)
+
+fail()
+"""
+
+
+def test_a_process_exits_after_a_pipeline_failed_on_a_file(tmp_path, write_image, random_image):
+    import subprocess
+    import sys
+
+    write_image(tmp_path / "bad.png", random_image(*SIZE))
+    write_image(tmp_path / "bad_label.png", np.zeros((SIZE[0] + 1, SIZE[1]), np.uint8))
+    for i in range(6):
+        write_image(tmp_path / f"good{i}.png", random_image(*SIZE))
+        write_image(tmp_path / f"good{i}_label.png", stored_values())
+    # Before the garbage was collected at exit, the interpreter's shutdown freed the
+    # pipeline while reads were running, and they could never finish: a hang.
+    process = subprocess.run([sys.executable, "-c", FAILED_PIPELINE_EXIT, str(tmp_path)],
+                             capture_output=True, text=True, timeout=60)
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert "raised InvalidArgumentError" in process.stdout
