@@ -96,6 +96,20 @@ def test_fit_on_no_images_is_refused(model):
         np.testing.assert_array_equal(old, new)
 
 
+def test_fit_on_a_pipeline_that_gives_no_batch_is_refused(model):
+    import tensorflow as tf
+
+    # One example, batches of two with the remainder dropped: no batch, and a length
+    # that Keras cannot count beforehand.
+    pipeline = tf.data.Dataset.from_tensor_slices((IMAGES[:1], MASKS[:1])).filter(
+        lambda image, mask: True).batch(2, drop_remainder=True)
+    with pytest.raises(ValueError, match="trained on no batch: the data gave none"):
+        model.fit(pipeline, steps_per_epoch=3, verbose=0)
+    # A fit with every epoch done (as BackupAndRestore resumes a finished run) begins no
+    # epoch, and is not refused.
+    assert model.fit(pipeline, steps_per_epoch=3, epochs=2, initial_epoch=2, verbose=0)
+
+
 @pytest.mark.parametrize("shape", [(0, 32, 40, 3), (2, 0, 0, 3), (1, 5, 0, 3)])
 def test_empty_inputs_give_empty_results(model, shape):
     images = np.zeros(shape, "uint8")

@@ -43,13 +43,30 @@ def _given_arguments(method, args, kwargs):
 
 
 class _RefuseEmptyFit(keras.callbacks.Callback):
-    """Raises before the first step when Keras counts no training batches."""
+    """Raises before the first step when Keras counts no training batches, and at the
+    end of a fit that began an epoch (a resumed fit with every epoch done begins none)
+    but whose data, of a length Keras could not count, gave no batch."""
 
     def on_train_begin(self, logs=None):
+        self.epochs = self.batches = 0
         if self.params.get("steps") == 0:
             raise ValueError(
                 "This fit call has no training batches: the data is empty. "
                 "Pass at least one image and its mask."
+            )
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs += 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+    def on_train_end(self, logs=None):
+        if self.epochs and not self.batches and not self.model.stop_training:
+            raise ValueError(
+                "This fit call trained on no batch: the data gave none (an empty dataset, or "
+                "fewer examples than the batch size where incomplete batches are dropped, as "
+                "`training_pipeline` drops them). Nothing was trained."
             )
 
 
