@@ -81,10 +81,13 @@ def _open(path, description, max_pixels=MAX_PIXELS):
         raise _too_large(description, path, size, max_pixels)
     try:
         image.load()
-        ImageOps.exif_transpose(image, in_place=True)
     except UNREADABLE as error:
         image.close()
         raise ValueError(f"Cannot read {description} '{path}': {error}") from None
+    try:
+        ImageOps.exif_transpose(image, in_place=True)
+    except UNREADABLE:
+        pass  # EXIF data that cannot be parsed: the pixels as stored, as viewers show them
     return image
 
 

@@ -121,3 +121,11 @@ def test_jpeg_label_files_are_refused(tmp_path):
         read_label_map(tmp_path / "labels.jpg")
     Image.fromarray(labels).save(tmp_path / "labels.png")
     np.testing.assert_array_equal(read_label_map(tmp_path / "labels.png"), labels)
+
+
+def test_exif_data_that_cannot_be_parsed_leaves_the_pixels_as_stored(tmp_path):
+    stored = np.random.default_rng(4).integers(0, 256, (4, 5, 3)).astype("uint8")
+    Image.fromarray(stored).save(tmp_path / "odd_exif.png", exif=b"garbage!")
+    np.testing.assert_array_equal(read_image(tmp_path / "odd_exif.png"), stored)
+    Image.fromarray(stored[..., 0]).save(tmp_path / "odd_exif_labels.png", exif=b"garbage!")
+    np.testing.assert_array_equal(read_label_map(tmp_path / "odd_exif_labels.png"), stored[..., 0])
