@@ -22,13 +22,23 @@ atexit.register(gc.collect)
 
 
 def _reader(mapping, num_classes):
-    def read(image_path, mask_path):
+    def read_files_of_example(image_path, mask_path):
         mask_path = os.fsdecode(mask_path)
-        return read_example(
-            os.fsdecode(image_path), mask_path or None, mapping, num_classes
-        )
+        try:
+            return read_example(
+                os.fsdecode(image_path), mask_path or None, mapping, num_classes
+            )
+        except (ValueError, FileNotFoundError) as error:
+            # A name that is not UTF-8 (os.fsdecode's surrogate escapes) would reach
+            # TensorFlow as an empty message: its bytes are written as escapes ("\xe9").
+            text = str(error).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise type(error)(text) from None
 
-    return read
+    return read_files_of_example
+
+
+# The name of the reader in the traceback of a pipeline's error (`tf_data_checks`).
+READER_NAME = _reader(None, None).__name__
 
 
 def paired_dataset(image_paths, mask_paths, mapping=None, num_classes=None,
@@ -77,14 +87,38 @@ def paired_dataset(image_paths, mask_paths, mapping=None, num_classes=None,
     return dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _name_keys(paths):
-    """Each path without its extension, less the prefix and suffix all of them share:
-    the part of the name that tells the files apart."""
-    stems = [os.path.splitext(os.fspath(path))[0] for path in paths]
+def _stems(paths):
+    return [os.path.splitext(os.fspath(path))[0] for path in paths]
+
+
+def _keys(stems, prefix, suffix):
+    return [stem[prefix : len(stem) - suffix] for stem in stems]
+
+
+def _name_keys(stems):
+    """Each stem less the longest prefix and suffix all of them share: the part of
+    the name that tells the files apart."""
     prefix = len(os.path.commonprefix(stems))
-    rests = [stem[prefix:] for stem in stems]
-    suffix = len(os.path.commonprefix([rest[::-1] for rest in rests]))
-    return [rest[: len(rest) - suffix] for rest in rests]
+    suffix = len(os.path.commonprefix([stem[prefix:][::-1] for stem in stems]))
+    return _keys(stems, prefix, suffix)
+
+
+def _keys_matching(stems, wanted):
+    """The keys of `stems` under a shared prefix and suffix (longest first) that are
+    exactly the distinct keys `wanted`, or None. The longest shared prefix may take
+    the start of a key (stems `photo` and `photo_2_mask` share `photo`, where the
+    images `photo` and `photo_2` make the keys `` and `_2`)."""
+    longest_prefix = len(os.path.commonprefix(stems))
+    for prefix in range(longest_prefix, -1, -1):
+        rests = [stem[prefix:] for stem in stems]
+        longest_suffix = len(os.path.commonprefix([rest[::-1] for rest in rests]))
+        for suffix in range(longest_suffix, -1, -1):
+            if rests[0][: len(rests[0]) - suffix] not in wanted:
+                continue
+            keys = _keys(stems, prefix, suffix)
+            if set(keys) == wanted and len(keys) == len(wanted):
+                return keys
+    return None
 
 
 def pair_by_name(image_paths, mask_paths):
@@ -118,11 +152,18 @@ def pair_by_name(image_paths, mask_paths):
             f"{len(image_paths)} images but {len(mask_paths)} label files; give one label file "
             "per image."
         )
-    masks = dict(zip(_name_keys(mask_paths), mask_paths))
-    images = dict(zip(_name_keys(image_paths), image_paths))
-    for kind, paths, by_key in (("images", image_paths, images), ("label files", mask_paths, masks)):
-        if len(by_key) < len(paths):
+    for kind, paths in (("images", image_paths), ("label files", mask_paths)):
+        if len(set(_stems(paths))) < len(paths):
             raise ValueError(f"Two {kind} differ only in their extension: {sorted(paths)}.")
+    image_keys, mask_keys = _name_keys(_stems(image_paths)), _name_keys(_stems(mask_paths))
+    if set(image_keys) != set(mask_keys):  # one side's shared prefix took part of a key
+        matching = _keys_matching(_stems(mask_paths), set(image_keys))
+        if matching is not None:
+            mask_keys = matching
+        else:
+            image_keys = _keys_matching(_stems(image_paths), set(mask_keys)) or image_keys
+    masks = dict(zip(mask_keys, mask_paths))
+    images = dict(zip(image_keys, image_paths))
     if masks.keys() != images.keys():
         lonely_image = next((path for key, path in images.items() if key not in masks), None)
         lonely_mask = next((path for key, path in masks.items() if key not in images), None)

@@ -161,6 +161,13 @@ def test_file_names_that_are_not_utf8_are_read(tmp_path, write_image, random_ima
     np.testing.assert_array_equal(mask, stored_values())
     image, mask = only(data.from_files([image_path], None))
     assert (mask == 255).all()
+    # A bad file of such a name is named too (TensorFlow carried an empty message).
+    from alignseg_keras.models.tf_data_checks import data_errors_as_value_errors
+
+    write_image(label_path, np.full(SIZE, 7, np.uint8))
+    with pytest.raises(ValueError, match=r"caf\\xe9_label.png' contains value\(s\) \[7\]"):
+        with data_errors_as_value_errors():
+            list(data.from_files([image_path], [label_path], num_classes=4))
 
 
 def test_label_files_pair_with_images_by_name():
@@ -175,6 +182,30 @@ def test_label_files_pair_with_images_by_name():
     # The shared prefix and suffix never overlap: "ab" and "abb" stay apart.
     assert data.pair_by_name(["ab.jpg", "abb.jpg"], ["abb.png", "ab.png"]) == ["ab.png", "abb.png"]
     assert data.pair_by_name(["one.jpg"], ["other.png"]) == ["other.png"]
+    # One name the start of another: the longest shared prefix takes part of a key.
+    assert data.pair_by_name(["d/photo.jpg", "d/photo_2.jpg"], ["m/photo_2_mask.png", "m/photo_mask.png"]) \
+        == ["m/photo_mask.png", "m/photo_2_mask.png"]
+    assert data.pair_by_name(["f_1.png", "f_1_2.png", "f_1_3.png"],
+                             ["f_1_3_mask.png", "f_1_mask.png", "f_1_2_mask.png"]) \
+        == ["f_1_mask.png", "f_1_2_mask.png", "f_1_3_mask.png"]
+    assert data.pair_by_name(["a/x_mask.png", "a/x_2_mask.png"], ["b/x.png", "b/x_2.png"]) \
+        == ["b/x.png", "b/x_2.png"]
+
+
+def test_pairing_by_name_on_random_names():
+    # Labels named prefix + the image's distinct part + suffix, in any order.
+    rng = np.random.default_rng(0)
+    alphabet = list("ab_1-")
+    for _ in range(300):
+        count = int(rng.integers(1, 6))
+        parts = set()
+        while len(parts) < count:
+            parts.add("".join(rng.choice(alphabet, int(rng.integers(0, 4)))))
+        parts = sorted(parts)
+        stem, suffix = ("".join(rng.choice(alphabet, int(rng.integers(0, 4)))) for _ in range(2))
+        images = [f"img/s{stem}{part}.jpg" for part in parts]
+        masks = [f"ann/s{stem}{part}{suffix}_m.png" for part in parts]
+        assert data.pair_by_name(images, masks[::-1]) == masks, (images, masks)
 
 
 @pytest.mark.parametrize(

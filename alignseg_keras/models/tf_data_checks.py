@@ -16,7 +16,7 @@ import tensorflow as tf
 from alignseg_keras.checks import check_finite_images
 from alignseg_keras.checks import check_image_batch_shape
 from alignseg_keras.checks import check_masks
-from alignseg_keras.data.decoding import read_example
+from alignseg_keras.data.files import READER_NAME
 
 def _masks_rank_ok(masks):
     rank = masks.shape.rank
@@ -50,7 +50,7 @@ def _raise_batch_error(images, masks=None, num_classes=None, ignore_index=255):
 
 # The Python functions whose `ValueError` a pipeline raises as an `OpError` (its
 # message holds their traceback): the batch check above and the files' reader.
-_CHECKING_FUNCTIONS = (_raise_batch_error.__name__, read_example.__name__)
+_CHECKING_FUNCTIONS = (_raise_batch_error.__name__, READER_NAME)
 
 
 def _check_element(*element, num_classes, ignore_index):
