@@ -23,6 +23,7 @@ inputs), `RandomZoom` (one fill value for images and masks) and
 in Keras 3.15) do not fit either and are not used.
 """
 
+import math
 import numbers
 import random
 
@@ -44,7 +45,8 @@ PHOTOMETRIC_DEFAULTS = {
 def _whole_number(name, value, minimum, maximum=None):
     """`value` as an int, or a `ValueError` naming `name` for a bool, a string, a
     fraction (2.7 is not silently 2) or a value outside [minimum, maximum]."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or value != int(value) \
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not math.isfinite(value) or value != int(value) \
             or value < minimum or (maximum is not None and value > maximum):
         bounds = f"in {minimum}..{maximum}" if maximum is not None else f">= {minimum}"
         raise ValueError(f"`{name}` must be an int {bounds}; received {value!r}.")
@@ -460,8 +462,8 @@ def training_pipeline(
             of the keys `brightness`, `contrast`, `saturation`, `hue`.
         ignore_index: int, mask value of the padding.
         fill_mean: three floats, RGB value of the image padding (the model's mean).
-        shuffle: int, shuffle buffer size (decoded examples); 0 disables. A
-            bool is refused (True would be a buffer of 1: no shuffling).
+        shuffle: int, shuffle buffer size (decoded examples); 0 (or False)
+            disables. True is refused (a buffer of 1: no shuffling).
         repeat: bool, repeat forever (then give `fit` a `steps_per_epoch`):
             every iterator yields the same stream, each pass over `dataset`
             reshuffled and augmented anew. False: one pass per iteration, each
@@ -497,7 +499,7 @@ def training_pipeline(
     batch_size = _whole_number("batch_size", batch_size, 1)
     ignore_index = _whole_number("ignore_index", ignore_index, 0, IGNORE_INDEX)
     # A buffer size: `shuffle=True` would be a buffer of one, which shuffles nothing.
-    shuffle = _whole_number("shuffle", shuffle, 0)
+    shuffle = 0 if shuffle is False else _whole_number("shuffle", shuffle, 0)
     standardise = _standardiser(dataset)
     seed = random.SystemRandom().randrange(2**31) if seed is None else int(seed)
     dataset = _examples_with_seeds(dataset, seed, shuffle, repeat)

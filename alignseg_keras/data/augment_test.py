@@ -260,6 +260,8 @@ def test_finite_pipeline_without_repeat():
         (dict(ignore_index=300), "ignore_index"),
         (dict(shuffle=True), r"`shuffle` must be an int >= 0; received True"),
         (dict(shuffle=-1), "shuffle"),
+        (dict(batch_size=float("inf")), r"`batch_size` must be an int >= 1; received inf"),
+        (dict(crop_size=(float("nan"), 4)), "crop_size"),
     ],
 )
 def test_bad_arguments(kwargs, message):
