@@ -103,11 +103,15 @@ def test_fit_on_a_pipeline_that_gives_no_batch_is_refused(model):
     # that Keras cannot count beforehand.
     pipeline = tf.data.Dataset.from_tensor_slices((IMAGES[:1], MASKS[:1])).filter(
         lambda image, mask: True).batch(2, drop_remainder=True)
-    with pytest.raises(ValueError, match="trained on no batch: the data gave none"):
-        model.fit(pipeline, steps_per_epoch=3, verbose=0)
+    ended = []
+    epochs = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: ended.append(epoch))
+    with pytest.raises(ValueError, match="has no training batches: the data gave none"):
+        model.fit(pipeline, steps_per_epoch=3, epochs=3, callbacks=[epochs], verbose=0)
+    assert ended == []  # refused at the end of the first epoch, before the other callbacks'
     # A fit with every epoch done (as BackupAndRestore resumes a finished run) begins no
     # epoch, and is not refused.
-    assert model.fit(pipeline, steps_per_epoch=3, epochs=2, initial_epoch=2, verbose=0)
+    one_batch = tf.data.Dataset.from_tensor_slices((IMAGES[:2], MASKS[:2])).batch(2)
+    assert model.fit(one_batch, steps_per_epoch=1, epochs=2, initial_epoch=2, verbose=0)
 
 
 @pytest.mark.parametrize("shape", [(0, 32, 40, 3), (2, 0, 0, 3), (1, 5, 0, 3)])

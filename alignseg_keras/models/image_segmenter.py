@@ -42,13 +42,18 @@ def _given_arguments(method, args, kwargs):
     return arguments
 
 
+_NO_BATCH = (
+    "This fit call has no training batches: the data gave none (an empty dataset, or fewer "
+    "examples than the batch size where incomplete batches are dropped, as "
+    "`training_pipeline` drops them). Nothing was trained."
+)
+
+
 class _RefuseEmptyFit(keras.callbacks.Callback):
     """Raises before the first step when Keras counts no training batches, and at the
-    end of a fit that began an epoch (a resumed fit with every epoch done begins none)
-    but whose data, of a length Keras could not count, gave no batch."""
+    end of the first epoch when data of a length Keras could not count gave none."""
 
     def on_train_begin(self, logs=None):
-        self.epochs = self.batches = 0
         if self.params.get("steps") == 0:
             raise ValueError(
                 "This fit call has no training batches: the data is empty. "
@@ -56,18 +61,14 @@ class _RefuseEmptyFit(keras.callbacks.Callback):
             )
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epochs += 1
+        self.batches = 0
 
     def on_train_batch_end(self, batch, logs=None):
         self.batches += 1
 
-    def on_train_end(self, logs=None):
-        if self.epochs and not self.batches and not self.model.stop_training:
-            raise ValueError(
-                "This fit call trained on no batch: the data gave none (an empty dataset, or "
-                "fewer examples than the batch size where incomplete batches are dropped, as "
-                "`training_pipeline` drops them). Nothing was trained."
-            )
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.batches and not self.model.stop_training:
+            raise ValueError(_NO_BATCH)
 
 
 class ImageSegmenter(keras.Model):
@@ -145,7 +146,10 @@ class ImageSegmenter(keras.Model):
         else:
             arguments["callbacks"] = checks + list(callbacks or [])
         with data_checks.data_errors(x):
-            return super().fit(**arguments)
+            try:
+                return super().fit(**arguments)
+            except StopIteration:  # Keras on JAX, building the step from data that gave none
+                raise ValueError(_NO_BATCH) from None
 
     def make_train_function(self, force=False):
         """Keras' training step (`fit`, `train_on_batch`), refused where the weights could not
