@@ -47,7 +47,7 @@ $(TEST_STAMP): $(STAMP)
 # (two workers: 311 s against 380 s in one on 2 cores, 2026-12-05) and a small torch
 # session (one: 49 s) (Keras fixes its backend per process): each backend's
 # comparisons with TensorFlow and every layer's test (ablation layers included) on it, and on
-# JAX the data checks of `fit` (its Keras builds the step from the data first).
+# JAX and torch the data checks of `fit` (their Keras builds the step from the data first).
 # Both sessions collect the layer tests, so pytest never ends with "no tests" (exit 5).
 # MALLOC_ARENA_MAX=2 caps glibc's malloc arenas (up to 8 per core otherwise), a common
 # source of resident-memory growth with TensorFlow's many threads; its effect on this
@@ -58,7 +58,7 @@ test: $(TEST_STAMP)
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS) tests --ignore=tests/test_multiprocess_jax.py
 	$(TEST_ENV) $(PY) -m pytest tests/test_multiprocess_jax.py
 	KERAS_BACKEND=jax $(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS) tests/test_jax_backend.py alignseg_keras/layers/blocks_test.py alignseg_keras/models/data_checks_test.py
-	KERAS_BACKEND=torch $(TEST_ENV) $(PY) -m pytest tests/test_torch_backend.py alignseg_keras/layers/blocks_test.py
+	KERAS_BACKEND=torch $(TEST_ENV) $(PY) -m pytest tests/test_torch_backend.py alignseg_keras/layers/blocks_test.py alignseg_keras/models/data_checks_test.py
 
 # BENCH_ARGS="--quick" takes minutes; "--only alignment,inference" runs a subset.
 bench: $(STAMP)

@@ -42,6 +42,10 @@ def _given_arguments(method, args, kwargs):
     return arguments
 
 
+_NO_IMAGES = (
+    "This fit call has no training batches: the data is empty. "
+    "Pass at least one image and its mask."
+)
 _NO_BATCH = (
     "This fit call has no training batches: the data gave none (an empty dataset, or fewer "
     "examples than the batch size where incomplete batches are dropped, as "
@@ -55,10 +59,7 @@ class _RefuseEmptyFit(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         if self.params.get("steps") == 0:
-            raise ValueError(
-                "This fit call has no training batches: the data is empty. "
-                "Pass at least one image and its mask."
-            )
+            raise ValueError(_NO_IMAGES)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.batches = 0
@@ -129,6 +130,8 @@ class ImageSegmenter(keras.Model):
         """Keras' `fit` on checked data, with the poly schedule fitted to it (see the class)."""
         arguments = _given_arguments(keras.Model.fit, args, kwargs)
         x = arguments.get("x")
+        if data_checks.is_empty_array(x) and len(x) == 0:  # before Keras' torch sampler fails
+            raise ValueError(_NO_IMAGES)
         if data_checks.shuffles_itself(x):
             arguments.setdefault("shuffle", False)
         arguments["x"], arguments["y"] = self.checked_data(x, arguments.get("y"))
