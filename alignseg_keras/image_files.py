@@ -115,7 +115,7 @@ def read_image(path, max_pixels=MAX_PIXELS):
     """Reads an image file (PNG, JPEG, ...) as uint8 RGB `(H, W, 3)`, as it is displayed.
 
     An EXIF orientation is applied; gray images become three equal channels,
-    16-bit ones scaled to 8 bits; an alpha channel is dropped. Raises a
+    16-bit ones reduced to their high byte; an alpha channel is dropped. Raises a
     `FileNotFoundError` when the file does not exist, and a `ValueError`
     naming the file when it cannot be read, is a 32-bit image with values
     outside [0, 255], or has more than `max_pixels` pixels (checked on its

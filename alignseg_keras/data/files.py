@@ -152,16 +152,18 @@ def pair_by_name(image_paths, mask_paths):
             f"{len(image_paths)} images but {len(mask_paths)} label files; give one label file "
             "per image."
         )
-    for kind, paths in (("images", image_paths), ("label files", mask_paths)):
-        if len(set(_stems(paths))) < len(paths):
+    image_stems, mask_stems = _stems(image_paths), _stems(mask_paths)
+    for kind, paths, stems in (("images", image_paths, image_stems),
+                               ("label files", mask_paths, mask_stems)):
+        if len(set(stems)) < len(paths):
             raise ValueError(f"Two {kind} differ only in their extension: {sorted(paths)}.")
-    image_keys, mask_keys = _name_keys(_stems(image_paths)), _name_keys(_stems(mask_paths))
+    image_keys, mask_keys = _name_keys(image_stems), _name_keys(mask_stems)
     if set(image_keys) != set(mask_keys):  # one side's shared prefix took part of a key
-        matching = _keys_matching(_stems(mask_paths), set(image_keys))
+        matching = _keys_matching(mask_stems, set(image_keys))
         if matching is not None:
             mask_keys = matching
         else:
-            image_keys = _keys_matching(_stems(image_paths), set(mask_keys)) or image_keys
+            image_keys = _keys_matching(image_stems, set(mask_keys)) or image_keys
     masks = dict(zip(mask_keys, mask_paths))
     images = dict(zip(image_keys, image_paths))
     if masks.keys() != images.keys():
