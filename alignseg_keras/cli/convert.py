@@ -6,9 +6,6 @@ import sys
 from alignseg_keras.models.presets import DEFAULT_NUM_CLASSES
 from alignseg_keras.models.presets import OFFICIAL_PRESETS
 
-# Extensions of model files that --output refuses as a preset directory's name.
-MODEL_FILE_EXTENSIONS = (".h5", ".hdf5", ".pth", ".pt", ".npz", ".pb", ".onnx", ".json")
-
 
 def add_parser(subparsers):
     parser = subparsers.add_parser(
@@ -54,17 +51,13 @@ def run(args):
     from alignseg_keras.convert import encoder_architecture
     from alignseg_keras.convert import load_backbone_checkpoint
     from alignseg_keras.convert import load_official_checkpoint
+    from alignseg_keras.models.preset_files import check_preset_directory_name
 
     as_keras_file = args.output.endswith(".keras")
-    extension = os.path.splitext(os.path.basename(args.output.rstrip("/\\")))[1]
-    if not as_keras_file and extension.lower() in MODEL_FILE_EXTENSIONS:
-        raise ValueError(
-            f"--output must be a .keras file or a preset directory (a folder name without a "
-            f"model file's extension); received {args.output!r}."
-        )
     if as_keras_file:
         prepare_output_file(args.output, "--output")
     else:
+        check_preset_directory_name(args.output, "--output", hint=", or a .keras file name")
         check_preset_output(args.output)
     if args.num_classes is not None and args.num_classes < 1:
         raise ValueError(f"--num-classes must be positive; received {args.num_classes}.")

@@ -54,7 +54,9 @@ def test_convert_refuses_outputs_a_preset_cannot_replace(checkpoint, tmp_path, c
     assert main(["convert", path, "--output", str(tmp_path / "a_file")]) == 2
     assert f"--output {tmp_path / 'a_file'} is a file, not a folder" in capsys.readouterr().err
     assert main(["convert", path, "--output", str(tmp_path / "weights.h5")]) == 2
-    assert "--output must be a .keras file or a preset directory" in capsys.readouterr().err
+    assert ("--output '" + str(tmp_path / "weights.h5") + "' ends with .h5, a model file's "
+            "extension; a preset is a folder: give a name without it, or a .keras file name"
+            in capsys.readouterr().err)
 
 
 def test_predict_and_evaluate_take_a_preset(tmp_path, capsys):

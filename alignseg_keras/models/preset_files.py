@@ -14,6 +14,7 @@ theirs. A directory is written to a temporary folder beside it and renamed into
 place (`atomic_folder`), so a crash never leaves half a preset.
 """
 
+import contextlib
 import datetime
 import json
 import os
@@ -44,6 +45,23 @@ def check_preset_directory(directory):
     check_replaceable_folder(directory, PRESET_FILES)
 
 
+# Extensions of single-file models: a preset directory named so is a mistake.
+MODEL_FILE_EXTENSIONS = (".keras", ".h5", ".hdf5", ".pth", ".pt", ".npz", ".pb", ".onnx",
+                         ".tflite", ".json")
+
+
+def check_preset_directory_name(directory, what="the preset directory", hint=""):
+    """Raises a `ValueError` when `directory` ends with a model file's extension."""
+    name = os.path.basename(os.fspath(directory).rstrip("/\\"))
+    extension = os.path.splitext(name)[1]
+    if extension.lower() in MODEL_FILE_EXTENSIONS:
+        raise ValueError(
+            f"{what} {os.fspath(directory)!r} ends with {extension}, a model file's extension; "
+            f"a preset is a folder: give a name without it{hint}."
+        )
+    return directory
+
+
 def save_task_preset(task, directory, description=None):
     """Writes `task` (an `AlignSeg`) and its backbone to a preset directory.
 
@@ -53,6 +71,7 @@ def save_task_preset(task, directory, description=None):
             a directory holding other files is refused with a `ValueError`.
         description: str or None, a line for `metadata.json`.
     """
+    check_preset_directory_name(directory)
     with atomic_folder(directory, PRESET_FILES) as temporary:
         backbone = task.backbone
         _write_json(temporary / CONFIG_FILE, keras.saving.serialize_keras_object(backbone))
@@ -75,17 +94,31 @@ def load_backbone(directory, load_weights=True):
     """The `AlignSegBackbone` of a preset directory, with its weights by default."""
     backbone = keras.saving.deserialize_keras_object(_read_json(directory, CONFIG_FILE))
     if load_weights:
-        backbone.load_weights(_existing(directory, MODEL_WEIGHTS_FILE))
+        path = _existing(directory, MODEL_WEIGHTS_FILE)
+        with _weights_file_errors(path):
+            backbone.load_weights(path)
     return backbone
 
 
 def load_task_weights(task, directory):
     """Loads the segmenter's own weights (`task.weights.h5`) into `task`."""
-    keras.saving.load_weights(
-        task,
-        _existing(directory, TASK_WEIGHTS_FILE),
-        objects_to_skip=list(task.backbone._flatten_layers()),
-    )
+    path = _existing(directory, TASK_WEIGHTS_FILE)
+    with _weights_file_errors(path):
+        keras.saving.load_weights(
+            task, path, objects_to_skip=list(task.backbone._flatten_layers())
+        )
+
+
+@contextlib.contextmanager
+def _weights_file_errors(path):
+    """h5py's error for a truncated or foreign file, as a ValueError naming `path`."""
+    try:
+        yield
+    except OSError as error:
+        raise ValueError(
+            f"{path} cannot be read as a Keras weights file ({error}); the preset is "
+            "damaged or incomplete (an interrupted copy or download?): write or copy it again."
+        ) from error
 
 
 def load_metadata(directory):

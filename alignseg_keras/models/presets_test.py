@@ -109,6 +109,35 @@ def test_preset_directories_refuse_what_they_cannot_do(saved, tmp_path):
     (directory / "README.md").unlink()
 
 
+def test_a_class_count_of_zero_is_refused_not_read_as_the_presets(saved):
+    # `num_classes or saved` kept the saved count with fresh, untrained heads.
+    _, directory = saved
+    for preset in (directory, "alignseg_resnet18_small"):
+        with pytest.raises(ValueError, match="num_classes"):
+            AlignSeg.from_preset(preset, num_classes=0)
+
+
+def test_damaged_weight_files_are_named(saved, tmp_path):
+    import shutil
+
+    _, directory = saved
+    for name in ("model.weights.h5", "task.weights.h5"):
+        copy = tmp_path / name.split(".")[0]
+        shutil.copytree(directory, copy)
+        data = (copy / name).read_bytes()
+        (copy / name).write_bytes(data[: len(data) // 2])  # an interrupted copy
+        with pytest.raises(ValueError, match=f"{copy / name} cannot be read as a Keras weights "
+                                             "file .*truncated"):
+            AlignSeg.from_preset(copy)
+
+
+def test_a_preset_directory_named_like_a_model_file_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="'.*model.keras' ends with .keras, a model file's "
+                                         "extension; a preset is a folder"):
+        small_model().save_to_preset(tmp_path / "model.keras")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_named_presets_and_unknown_names():
     assert preset_arguments("alignseg_resnet18_small", {"dropout": 0.3})["dropout"] == 0.3
     assert all(set(entry) == {"description", "arguments"} for entry in PRESETS.values())
