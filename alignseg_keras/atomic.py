@@ -66,7 +66,7 @@ def atomic_folder(path, replaceable_entries):
     leaves the old folder as `.tmp-...-replaced-<name>`). Processes replacing
     the same folder take turns (a lock on its parent folder, on POSIX systems). A
     mount point, or a folder whose parent cannot be written, cannot be renamed:
-    it is written in place, with a warning.
+    it is written in place, with a warning (see `_write_in_place`).
 
     Args:
         path: the folder to write.
@@ -84,9 +84,12 @@ def atomic_folder(path, replaceable_entries):
     path.parent.mkdir(parents=True, exist_ok=True)
     reason = _in_place_reason(path)
     if reason:
-        warnings.warn(f"{shown} is written in place, not atomically: {reason}.", stacklevel=3)
-        path.mkdir(exist_ok=True)
-        yield path
+        warnings.warn(f"{shown} is written in place, not atomically: {reason}. The new files "
+                      "are written in a hidden folder inside it and moved into place when "
+                      "complete; a reader may see old and new files during the moves.",
+                      stacklevel=3)
+        with _write_in_place(shown, path, replaceable_entries) as staging:
+            yield staging
         return
     temporary = _temporary_name(path)
     try:
@@ -101,6 +104,53 @@ def atomic_folder(path, replaceable_entries):
         shutil.rmtree(temporary, ignore_errors=True)
         raise
     _fsync(path.parent)
+
+
+@contextlib.contextmanager
+def _write_in_place(shown, path, replaceable_entries):
+    """Yields a hidden folder inside `path`; on success its entries replace those of `path`.
+
+    For a folder that cannot be renamed (a mount point, an unwritable parent):
+    a failure while writing (the long part, where a full disk strikes) leaves
+    the old entries as they were and removes the hidden folder. Only the moves
+    at the end, one rename per entry, are not atomic as a whole.
+    """
+    path.mkdir(exist_ok=True)
+    staging = _temporary_name(path / path.name)
+    try:
+        staging.mkdir()
+        yield staging
+        for written in [staging, *staging.rglob("*")]:
+            _fsync(written)
+        with _folder_lock(path):
+            check_replaceable_folder(shown, {*replaceable_entries, staging.name})
+            new_entries = set(os.listdir(staging))
+            _move_entries(staging, path)
+            for stale in set(os.listdir(path)) & set(replaceable_entries) - new_entries:
+                _remove(path / stale)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _fsync(path)
+
+
+def _move_entries(source, path):
+    """Replaces the entries of folder `path` that `source` has by those of `source`."""
+    for entry in sorted(os.listdir(source)):
+        target = path / entry
+        old = _temporary_name(target, tag="replaced-")
+        if os.path.lexists(target):
+            os.rename(target, old)
+        os.rename(source / entry, target)
+        _remove(old)
+
+
+def _remove(path):
+    """Removes the file or folder `path`, if it exists."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.remove(path)
 
 
 def check_replaceable_folder(path, replaceable_entries):
@@ -119,7 +169,9 @@ def check_replaceable_folder(path, replaceable_entries):
     except FileNotFoundError:
         return
     except NotADirectoryError:
-        raise ValueError(f"{shown} is a file, not a folder; give a folder (created if needed).") from None
+        file = next(p for p in [path, *path.parents] if os.path.exists(p) and not os.path.isdir(p))
+        what = f"{shown} is a file" if file == path else f"{shown} is inside the file {file}"
+        raise ValueError(f"{what}, not a folder; give a folder (created if needed).") from None
     foreign = sorted(name for name in entries if name not in replaceable_entries)
     if foreign:
         listed = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
@@ -127,6 +179,28 @@ def check_replaceable_folder(path, replaceable_entries):
             f"{shown} holds files that replacing it would delete ({listed}); give a new or "
             "empty folder, or remove them first."
         )
+
+
+def check_writable(path):
+    """Raises a `ValueError` when the file or folder `path` cannot be written.
+
+    `path` and missing folders above it are to be created: the nearest folder
+    that exists must be writable. An existing file is replaced beside it (its
+    folder must be writable); an existing folder either so or in place.
+    """
+    shown, path = path, pathlib.Path(os.path.abspath(path))
+    existing = next(p for p in [path, *path.parents] if os.path.lexists(p))
+    if existing != path and not existing.is_dir():
+        raise ValueError(f"{shown} is inside the file {existing}, not a folder; give a "
+                         "path in a folder.")
+    if existing == path:
+        writable = os.access(path.parent, os.W_OK) or (
+            path.is_dir() and os.access(path, os.W_OK))
+        existing = path.parent
+    else:
+        writable = os.access(existing, os.W_OK)
+    if not writable:
+        raise ValueError(f"{shown} cannot be written: the folder {existing} is not writable.")
 
 
 def _in_place_reason(path):

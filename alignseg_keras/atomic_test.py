@@ -111,16 +111,58 @@ def test_files_added_while_the_folder_is_written_are_not_deleted(tmp_path):
     assert sorted(entry.name for entry in tmp_path.iterdir()) == ["1"]
 
 
+def as_mount_point(monkeypatch, path):
+    monkeypatch.setattr("os.path.ismount", lambda folder: str(folder) == str(path))
+
+
 def test_a_mount_point_is_written_in_place_with_a_warning(tmp_path, monkeypatch):
     path = tmp_path / "1"
     path.mkdir()
     write_model(path, "old")
-    monkeypatch.setattr("os.path.ismount", lambda folder: str(folder) == str(path))
+    (path / "fingerprint.pb").write_text("old")  # the new export has none: removed
+    as_mount_point(monkeypatch, path)
     with pytest.warns(UserWarning, match="written in place, not atomically: it is a mount point"):
+        with atomic_folder(path, (*ENTRIES, "fingerprint.pb")) as written:
+            assert written.parent == path and written.name.startswith(TEMP_PREFIX)
+            write_model(written, "new")
+            assert read_model(path) == ("old", "old")
+    assert read_model(path) == ("new", "new")
+    assert sorted(entry.name for entry in path.iterdir()) == ["model.pb", "variables"]
+    assert [entry.name for entry in tmp_path.iterdir()] == ["1"]
+
+
+def test_a_failed_write_in_place_leaves_the_old_folder(tmp_path, monkeypatch):
+    # A mount point's export that fails (a full disk) must not tear the version
+    # TF Serving would load next.
+    path = tmp_path / "1"
+    path.mkdir()
+    write_model(path, "old")
+    as_mount_point(monkeypatch, path)
+    with pytest.warns(UserWarning, match="written in place"), pytest.raises(OSError, match="full"):
         with atomic_folder(path, ENTRIES) as written:
-            assert written == path
-            (path / "model.pb").write_text("new")
-    assert (path / "model.pb").read_text() == "new"
+            (written / "model.pb").write_text("half")
+            raise OSError("disk full")
+    assert read_model(path) == ("old", "old")
+    assert sorted(entry.name for entry in path.iterdir()) == ["model.pb", "variables"]
+
+
+def test_files_added_in_place_while_writing_are_not_deleted(tmp_path, monkeypatch):
+    path = tmp_path / "1"
+    path.mkdir()
+    write_model(path, "old")
+    as_mount_point(monkeypatch, path)
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"delete \(assets.extra\)"):
+        with atomic_folder(path, ENTRIES) as written:
+            write_model(written, "new")
+            (path / "assets.extra").mkdir()
+    assert read_model(path) == ("old", "old")
+    assert sorted(entry.name for entry in path.iterdir()) == ["assets.extra", "model.pb", "variables"]
+
+
+def test_a_folder_inside_a_file_names_the_file(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ValueError, match=r"1 is inside the file .*a_file, not a folder"):
+        check_replaceable_folder(tmp_path / "a_file" / "1", ENTRIES)
 
 
 WRITER = """
