@@ -45,6 +45,7 @@ export_saved_model(model, "serving/alignseg/1")
 """
 
 import importlib.util
+import os
 
 import keras
 import tensorflow as tf
@@ -52,7 +53,10 @@ import tensorflow as tf
 from alignseg_keras.atomic import atomic_folder
 from alignseg_keras.atomic import atomic_path
 from alignseg_keras.atomic import check_replaceable_folder
+from alignseg_keras.atomic import check_writable
 from alignseg_keras.export_formats import EXPORT_FORMATS
+from alignseg_keras.export_formats import FORMAT_SUFFIXES
+from alignseg_keras.export_formats import check_float32_computation
 from alignseg_keras.image_files import MAX_PIXELS
 from alignseg_keras.inference import output_classes
 from alignseg_keras.layers.alignment import portable_sampling
@@ -71,7 +75,6 @@ _JPEG_SIGNATURE = b"\xff\xd8\xff"
 
 # Packages each format needs beyond TensorFlow and Keras, and its file suffix.
 FORMAT_REQUIREMENTS = {"saved_model": (), "onnx": ("tf2onnx", "onnx"), "litert": ()}
-FORMAT_SUFFIXES = {"onnx": ".onnx", "litert": ".tflite"}
 # What a SavedModel folder holds; an export replaces a folder holding only these. Not
 # TF Serving's assets.extra (warm-up requests), which a user adds and must not lose.
 SAVED_MODEL_ENTRIES = ("saved_model.pb", "saved_model.pbtxt", "fingerprint.pb", "variables", "assets")
@@ -263,6 +266,7 @@ def check_saved_model_folder(export_dir):
     """Raises the `ValueError` `export_saved_model` would raise for `export_dir`, at once."""
     if not _is_url(export_dir):
         check_replaceable_folder(export_dir, SAVED_MODEL_ENTRIES)
+        check_writable(export_dir)
 
 
 def _is_url(path):
@@ -293,8 +297,10 @@ def export_model(model, path, format="saved_model"):
     Raises:
         ValueError: unknown format, a package the format needs is missing, or
             a format this backend cannot export (SavedModel needs TensorFlow;
-            ONNX does not work on torch), or a SavedModel folder that holds
-            other files.
+            ONNX does not work on torch), a SavedModel folder that holds
+            other files, a destination that cannot be written, or an ONNX or
+            LiteRT export of a model that does not compute in float32
+            (`check_float32_computation`); all before the conversion.
 
     Example:
     ```python
@@ -322,6 +328,11 @@ def export_model(model, path, format="saved_model"):
             f"A {format} export is a single file whose name ends with "
             f"{FORMAT_SUFFIXES[format]}; received {str(path)!r}."
         )
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder; a {format} export is a file: give a file name.")
+    check_float32_computation(model, format)
+    check_writable(path)  # before the conversion
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     input_signature = [
         keras.InputSpec(shape=(None, None, None, 3), dtype="float32", name=SERVING_INPUT)
     ]

@@ -1,4 +1,5 @@
 import errno
+import os
 import importlib.util
 import warnings
 
@@ -157,3 +158,64 @@ def test_a_saved_model_folder_with_other_files_is_refused_before_tracing(tmp_pat
     (tmp_path / "1" / "assets.extra").mkdir(parents=True)
     with pytest.raises(ValueError, match=r"holds files that replacing it would delete \(assets.extra\)"):
         export.export_saved_model(one_convolution_model(), tmp_path / "1")
+
+
+def refuse_conversion(monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the conversion ran")
+
+    monkeypatch.setattr(keras.Model, "export", never)
+
+
+def test_file_destinations_are_checked_before_the_conversion(tmp_path, monkeypatch):
+    refuse_conversion(monkeypatch)
+    model = one_convolution_model()
+    (tmp_path / "folder.tflite").mkdir()
+    with pytest.raises(ValueError, match="folder.tflite is a folder; a litert export is a file"):
+        export_model(model, tmp_path / "folder.tflite", format="litert")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: real_access(path, mode)
+                        and os.path.abspath(path) != str(locked))  # root may write anywhere
+    with pytest.raises(ValueError, match=f"the folder {locked} is not writable"):
+        export_model(model, locked / "new" / "alignseg.tflite", format="litert")
+    from alignseg_keras import export
+
+    monkeypatch.setattr(export, "model_forward", lambda model: pytest.fail("traced"))
+    with pytest.raises(ValueError, match=f"the folder {locked} is not writable"):
+        export.export_saved_model(model, locked / "1")
+
+
+def test_single_file_exports_of_a_bfloat16_model_are_refused(tmp_path, monkeypatch):
+    # Measured with Keras 3.15: the ONNX file did not load in ONNX Runtime, the
+    # LiteRT file needed Flex ops; both exports had reported success.
+    refuse_conversion(monkeypatch)
+    from alignseg_keras.inference import inference_model
+
+    model = inference_model(tiny_model(), "bfloat16")
+    formats = ["litert"] + ([] if missing_requirements("onnx") else ["onnx"])
+    for format, name in [(f, {"litert": "a.tflite", "onnx": "a.onnx"}[f]) for f in formats]:
+        with pytest.raises(ValueError, match=f"{format} export needs a model computing in "
+                                             "float32; this one computes in bfloat16"):
+            export_model(model, tmp_path / name, format=format)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_alignseg_export_traces_the_portable_sampling(tmp_path, monkeypatch):
+    # Keras' own model.export(format="litert") traced TensorFlow's fused kernel,
+    # which LiteRT's interpreter cannot run (test_litert_export_matches_the_keras_model
+    # runs the portable form).
+    from alignseg_keras.layers import alignment
+
+    seen = []
+    monkeypatch.setattr(keras.Model, "export", lambda model, *args, **kwargs: seen.append(
+        (args[1], alignment._portable_sampling_depth > 0)))
+    model = tiny_model()
+    for format in ("litert", "onnx", "tf_saved_model"):
+        model.export(tmp_path / "a", format=format)
+    assert seen == [("litert", True), ("onnx", True), ("tf_saved_model", False)]
+    with pytest.raises(ValueError, match="computes in bfloat16"):
+        from alignseg_keras.inference import inference_model
+
+        inference_model(model, "bfloat16").export(tmp_path / "a.tflite", format="litert")

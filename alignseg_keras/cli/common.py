@@ -32,7 +32,8 @@ def add_model_arguments(parser, what):
     from alignseg_keras.models.presets import PRESETS
 
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help=f"a .keras file saved by alignseg, to {what}")
+    source.add_argument("--model", help=f"a .keras file saved by alignseg (or a preset "
+                        f"directory), to {what}")
     source.add_argument(
         "--preset", metavar="NAME_OR_DIR",
         help="a preset directory (written by save_to_preset or `alignseg convert`, with "
@@ -110,14 +111,26 @@ def print_kernel_note(command, kind):
     return note
 
 
+def load_saved_model(path):
+    """The model saved at `path`: a .keras file, or a preset directory (written by
+    `alignseg convert` or `save_to_preset`; Keras' `load_model` reads one as its
+    bare backbone)."""
+    import keras
+
+    from alignseg_keras import AlignSeg
+    from alignseg_keras.models.preset_files import is_preset_directory
+
+    if is_preset_directory(path):
+        return AlignSeg.from_preset(path)
+    return keras.saving.load_model(path)
+
+
 def load_model(args, num_classes=None):
     """The model of `--model` or `--preset`, in the `--precision` of `args` if it has one.
 
     `num_classes` sets the classes of a named preset (a preset directory keeps
     its own; a .keras file has its own).
     """
-    import keras
-
     from alignseg_keras import AlignSeg
     from alignseg_keras.cli import INFERENCE_ONLY_SUBCOMMANDS
     from alignseg_keras.models.preset_files import is_preset_directory
@@ -132,7 +145,7 @@ def load_model(args, num_classes=None):
     if command in INFERENCE_ONLY_SUBCOMMANDS:
         print_kernel_note(command, "inference")
     if args.model:
-        model = keras.saving.load_model(args.model)
+        model = load_saved_model(args.model)
     elif is_preset_directory(args.preset):
         model = AlignSeg.from_preset(args.preset)
     else:

@@ -2,6 +2,7 @@
 
 from alignseg_keras.cli.common import add_precision_argument
 from alignseg_keras.export_formats import EXPORT_FORMATS
+from alignseg_keras.export_formats import format_for_path
 
 
 def add_parser(subparsers):
@@ -17,31 +18,33 @@ def add_parser(subparsers):
         "(file *.tflite) export the model as it is: float32 images in, logits out. "
         "--precision bfloat16 exports the model computing in bfloat16 (float32 outputs).",
     )
-    parser.add_argument("model", help="a .keras file saved by alignseg")
+    parser.add_argument("model", help="a .keras file saved by alignseg, or a preset directory "
+                        "(alignseg convert, save_to_preset)")
     parser.add_argument("export_path", metavar="EXPORT_DIR",
                         help="SavedModel folder, or the .onnx / .tflite file to write")
-    parser.add_argument("--format", choices=EXPORT_FORMATS, default="saved_model",
-                        help="export format (default saved_model)")
+    parser.add_argument("--format", choices=EXPORT_FORMATS, default=None,
+                        help="export format (default: onnx for a name ending in .onnx, litert "
+                        "for .tflite, else saved_model)")
     add_precision_argument(parser)
     parser.set_defaults(func=run)
 
 
 def run(args):
-    import keras
-
+    from alignseg_keras.cli.common import load_saved_model
     from alignseg_keras.cli.common import prepare_output_file
     from alignseg_keras.cli.common import prepare_whole_folder
     from alignseg_keras.cli.common import with_precision
     from alignseg_keras.export import check_saved_model_folder
     from alignseg_keras.export import export_model
 
+    args.format = args.format or format_for_path(args.export_path)
     if args.format == "saved_model":
         # The folder itself appears only when the export is complete (TF Serving
         # would try to load an empty version folder).
         prepare_whole_folder(args.export_path, "EXPORT_DIR", check_saved_model_folder)
     else:
         prepare_output_file(args.export_path, "the export file")
-    model = with_precision(keras.saving.load_model(args.model), args)
+    model = with_precision(load_saved_model(args.model), args)
     export_model(model, args.export_path, format=args.format)
     print(f"Exported {args.model} ({args.format}, {args.precision}) to {args.export_path}")
     return 0

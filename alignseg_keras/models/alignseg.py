@@ -13,7 +13,9 @@ from alignseg_keras.checks import check_class_count
 from alignseg_keras.checks import check_image_batch_shape
 from alignseg_keras.config_utils import deserialized
 from alignseg_keras.config_utils import model_config
+from alignseg_keras.export_formats import check_float32_computation
 from alignseg_keras.layers.alignment import BilinearResize
+from alignseg_keras.layers.alignment import portable_sampling
 from alignseg_keras.layers.preprocessing import CropToReference
 from alignseg_keras.layers.preprocessing import ImageNormalization
 from alignseg_keras.layers.preprocessing import PadToMultiple
@@ -472,10 +474,12 @@ class AlignSeg(ImageSegmenter):
         same = AlignSeg.from_preset("my_preset")
         ```
         """
+        if num_classes is not None:  # 0 is not "keep the preset's"
+            num_classes = check_class_count(num_classes)
         if preset_files.is_preset_directory(preset):
             return cls._from_preset_directory(preset, num_classes, load_weights, kwargs)
         arguments = preset_arguments(preset, kwargs)
-        return cls(num_classes or DEFAULT_NUM_CLASSES, **arguments)
+        return cls(DEFAULT_NUM_CLASSES if num_classes is None else num_classes, **arguments)
 
     @classmethod
     def _from_preset_directory(cls, directory, num_classes, load_weights, overrides):
@@ -491,7 +495,7 @@ class AlignSeg(ImageSegmenter):
             )
         config.update(overrides)
         config["backbone"] = preset_files.load_backbone(directory, load_weights)
-        config["num_classes"] = num_classes or saved_classes
+        config["num_classes"] = saved_classes if num_classes is None else num_classes
         model = cls.from_config(config)
         if load_weights and not new_heads:
             preset_files.load_task_weights(model, directory)
@@ -515,6 +519,29 @@ class AlignSeg(ImageSegmenter):
         ```
         """
         preset_files.save_task_preset(self, directory, description)
+
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
+               **kwargs):
+        """Keras' `Model.export`, tracing the sampling every format can run.
+
+        TensorFlow's fused sampling kernel (`CropAndResize`) is kept for
+        `"tf_saved_model"` only: the other formats trace the gathers
+        (`portable_sampling`; a LiteRT file with the fused kernel needs
+        TensorFlow's Flex ops, which the plain interpreter lacks). ONNX and
+        LiteRT files need a model computing in float32 (a ValueError
+        otherwise). For TF Serving, `alignseg_keras.export.export_saved_model`
+        writes the serving signatures (uint8 images in, labels out).
+
+        Example:
+        ```python
+        model.export("alignseg.tflite", format="litert")
+        ```
+        """
+        if format == "tf_saved_model":
+            return super().export(filepath, format, verbose, input_signature, **kwargs)
+        check_float32_computation(self, format)  # ONNX and LiteRT only
+        with portable_sampling():
+            return super().export(filepath, format, verbose, input_signature, **kwargs)
 
     def get_config(self):
         return {
