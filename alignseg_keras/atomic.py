@@ -92,18 +92,29 @@ def atomic_folder(path, replaceable_entries):
             yield staging
         return
     temporary = _temporary_name(path)
-    try:
-        temporary.mkdir()
+    with _new_folder_removed_on_failure(temporary):
         yield temporary
-        for written in [temporary, *temporary.rglob("*")]:
-            _fsync(written)
+        _fsync_tree(temporary)
         with _folder_lock(path):
             check_replaceable_folder(shown, replaceable_entries)  # what was added meanwhile
             _replace_folder(temporary, path)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     _fsync(path.parent)
+
+
+@contextlib.contextmanager
+def _new_folder_removed_on_failure(folder):
+    """Creates `folder` for the block; removes it with its contents if the block raises."""
+    try:
+        folder.mkdir()
+        yield
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _fsync_tree(folder):
+    for written in [folder, *folder.rglob("*")]:
+        _fsync(written)
 
 
 @contextlib.contextmanager
@@ -117,19 +128,16 @@ def _write_in_place(shown, path, replaceable_entries):
     """
     path.mkdir(exist_ok=True)
     staging = _temporary_name(path / path.name)
-    try:
-        staging.mkdir()
+    with _new_folder_removed_on_failure(staging):
         yield staging
-        for written in [staging, *staging.rglob("*")]:
-            _fsync(written)
+        _fsync_tree(staging)
         with _folder_lock(path):
             check_replaceable_folder(shown, {*replaceable_entries, staging.name})
             new_entries = set(os.listdir(staging))
             _move_entries(staging, path)
             for stale in set(os.listdir(path)) & set(replaceable_entries) - new_entries:
                 _remove(path / stale)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        os.rmdir(staging)  # emptied by the moves
     _fsync(path)
 
 
