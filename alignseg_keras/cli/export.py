@@ -9,14 +9,17 @@ def add_parser(subparsers):
     parser = subparsers.add_parser(
         "export",
         help="export a saved model for serving (SavedModel, ONNX, LiteRT)",
-        description="Export a .keras model. saved_model (default) writes a SavedModel whose "
+        description="Export a .keras model or a preset directory. saved_model (default) "
+        "writes a SavedModel whose "
         "serving_default signature takes uint8 images [batch, height, width, 3] and returns "
         "int32 labels and float32 probabilities, 'labels' returns the labels only, and "
         "'encoded' / 'encoded_labels' take PNG or JPEG files (string [batch]) instead "
         "(docs/serving.md); for TF Serving give a numbered version "
         "folder, e.g. models/alignseg/1. onnx (file *.onnx, needs tf2onnx) and litert "
-        "(file *.tflite) export the model as it is: float32 images in, logits out. "
-        "--precision bfloat16 exports the model computing in bfloat16 (float32 outputs).",
+        "(file *.tflite; each the default for such a name) export the model as it is: "
+        "float32 images in, logits out. "
+        "--precision bfloat16 exports the model computing in bfloat16 (float32 outputs; "
+        "SavedModel only: ONNX and LiteRT files need float32).",
     )
     parser.add_argument("model", help="a .keras file saved by alignseg, or a preset directory "
                         "(alignseg convert, save_to_preset)")
