@@ -4,7 +4,9 @@ Every file that `alignseg` writes and a user may lose (checkpoints, backups, the
 final model, pictures, exported models) goes through `atomic_path`, and every
 folder written as a whole (a SavedModel) through `atomic_folder`: a reader, a
 second process writing the same file, or a re-run after a kill or a full disk
-sees the old file or the new one, never a torn one.
+sees the old file or the new one, never a torn one. A folder that cannot be
+renamed (a mount point) is written in place: staged inside it, then moved
+entry by entry, which a failure does not tear but a reader may see mid-move.
 """
 
 import contextlib
@@ -50,7 +52,8 @@ def atomic_path(path):
 
 @contextlib.contextmanager
 def atomic_folder(path, replaceable_entries):
-    """Yields a new, empty folder next to `path`; on success it takes the place of `path`.
+    """Yields a new, empty folder next to `path` (inside it where it is written in
+    place); on success it takes the place of `path`.
 
     For folders written as a whole, such as a SavedModel: a reader (TF Serving
     watching its model folder loads each new version folder as soon as it
@@ -124,7 +127,10 @@ def _write_in_place(shown, path, replaceable_entries):
     For a folder that cannot be renamed (a mount point, an unwritable parent):
     a failure while writing (the long part, where a full disk strikes) leaves
     the old entries as they were and removes the hidden folder. Only the moves
-    at the end, one rename per entry, are not atomic as a whole.
+    at the end, one rename per entry (folders first), are not atomic as a
+    whole; one that fails puts the old entries back. Hidden temporaries inside
+    `path` (other writers', or a killed one's) are not counted as foreign files;
+    old entries a killed writer left mid-move are removed under the lock.
     """
     path.mkdir(exist_ok=True)
     staging = _temporary_name(path / path.name)
@@ -132,23 +138,42 @@ def _write_in_place(shown, path, replaceable_entries):
         yield staging
         _fsync_tree(staging)
         with _folder_lock(path):
-            check_replaceable_folder(shown, {*replaceable_entries, staging.name})
+            temporaries = {name for name in os.listdir(path) if name.startswith(TEMP_PREFIX)}
+            check_replaceable_folder(shown, replaceable_entries)
             new_entries = set(os.listdir(staging))
             _move_entries(staging, path)
             for stale in set(os.listdir(path)) & set(replaceable_entries) - new_entries:
                 _remove(path / stale)
+            for name in temporaries:
+                if name.split("-", 3)[-1].startswith("replaced-"):
+                    _remove(path / name)
         os.rmdir(staging)  # emptied by the moves
     _fsync(path)
 
 
 def _move_entries(source, path):
-    """Replaces the entries of folder `path` that `source` has by those of `source`."""
-    for entry in sorted(os.listdir(source)):
-        target = path / entry
-        old = _temporary_name(target, tag="replaced-")
-        if os.path.lexists(target):
-            os.rename(target, old)
-        os.rename(source / entry, target)
+    """Replaces the entries of folder `path` that `source` has by those of `source`
+    (folders first, so that a SavedModel's graph file comes last); if a move fails,
+    the entries moved so far are put back."""
+    entries = sorted(os.listdir(source), key=lambda name: (not (source / name).is_dir(), name))
+    moved = []
+    try:
+        for entry in entries:
+            target = path / entry
+            old = _temporary_name(target, tag="replaced-")
+            if os.path.lexists(target):
+                os.rename(target, old)
+            moved.append((entry, old))
+            os.rename(source / entry, target)
+    except BaseException:
+        for entry, old in reversed(moved):
+            with contextlib.suppress(OSError):
+                if os.path.lexists(path / entry) and not os.path.lexists(source / entry):
+                    os.rename(path / entry, source / entry)
+                if os.path.lexists(old):
+                    os.rename(old, path / entry)
+        raise
+    for _, old in moved:
         _remove(old)
 
 
@@ -162,7 +187,8 @@ def _remove(path):
 
 
 def check_replaceable_folder(path, replaceable_entries):
-    """Raises the `ValueError` of `atomic_folder` when it would refuse `path`."""
+    """Raises the `ValueError` of `atomic_folder` when it would refuse `path` (hidden
+    `.tmp-` entries are this module's temporaries, not counted as foreign files)."""
     shown, path = path, pathlib.Path(os.path.abspath(path))
     if os.path.islink(shown):
         raise ValueError(f"{shown} is a symbolic link; give the folder it points to "
@@ -177,10 +203,12 @@ def check_replaceable_folder(path, replaceable_entries):
     except FileNotFoundError:
         return
     except NotADirectoryError:
-        file = next(p for p in [path, *path.parents] if os.path.exists(p) and not os.path.isdir(p))
+        file = next((p for p in [path, *path.parents] if os.path.exists(p) and not os.path.isdir(p)),
+                    path)
         what = f"{shown} is a file" if file == path else f"{shown} is inside the file {file}"
         raise ValueError(f"{what}, not a folder; give a folder (created if needed).") from None
-    foreign = sorted(name for name in entries if name not in replaceable_entries)
+    foreign = sorted(name for name in entries  # temporaries: `_write_in_place`'s
+                     if name not in replaceable_entries and not name.startswith(TEMP_PREFIX))
     if foreign:
         listed = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise ValueError(
@@ -199,16 +227,16 @@ def check_writable(path):
     shown, path = path, pathlib.Path(os.path.abspath(path))
     existing = next(p for p in [path, *path.parents] if os.path.lexists(p))
     if existing != path and not existing.is_dir():
-        raise ValueError(f"{shown} is inside the file {existing}, not a folder; give a "
+        raise ValueError(f"{shown} is inside {existing}, which is not a folder; give a "
                          "path in a folder.")
-    if existing == path:
-        writable = os.access(path.parent, os.W_OK) or (
-            path.is_dir() and os.access(path, os.W_OK))
-        existing = path.parent
+    if existing != path:
+        folder = existing
+    elif path.is_dir() and _in_place_reason(path):
+        folder = path  # written in place
     else:
-        writable = os.access(existing, os.W_OK)
-    if not writable:
-        raise ValueError(f"{shown} cannot be written: the folder {existing} is not writable.")
+        folder = path.parent  # written beside, then renamed
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{shown} cannot be written: the folder {folder} is not writable.")
 
 
 def _in_place_reason(path):

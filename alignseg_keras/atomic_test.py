@@ -159,6 +159,74 @@ def test_files_added_in_place_while_writing_are_not_deleted(tmp_path, monkeypatc
     assert sorted(entry.name for entry in path.iterdir()) == ["assets.extra", "model.pb", "variables"]
 
 
+def test_in_place_temporaries_of_other_writers_do_not_block(tmp_path, monkeypatch):
+    # A killed in-place writer's staging folder (or a running one's) is no foreign
+    # file; old entries a writer killed mid-move left are removed.
+    path = tmp_path / "1"
+    path.mkdir()
+    write_model(path, "old")
+    (path / f"{TEMP_PREFIX}999-abcd-1").mkdir()
+    (path / f"{TEMP_PREFIX}999-abcd-replaced-variables").mkdir()
+    as_mount_point(monkeypatch, path)
+    with pytest.warns(UserWarning, match="written in place"):
+        with atomic_folder(path, ENTRIES) as written:
+            write_model(written, "new")
+    assert read_model(path) == ("new", "new")
+    assert sorted(entry.name for entry in path.iterdir()) == [
+        f"{TEMP_PREFIX}999-abcd-1", "model.pb", "variables"]
+
+
+def test_a_move_that_fails_in_place_puts_the_old_entries_back(tmp_path, monkeypatch):
+    import os
+
+    path = tmp_path / "1"
+    path.mkdir()
+    write_model(path, "old")
+    as_mount_point(monkeypatch, path)
+    rename = os.rename
+    calls = []
+
+    def failing_rename(source, target):
+        calls.append(target)
+        if len(calls) == 4:  # variables aside and in, model.pb aside, then this
+            raise OSError("the disk went away")
+        rename(source, target)
+
+    with pytest.warns(UserWarning), pytest.raises(OSError, match="went away"):
+        with atomic_folder(path, ENTRIES) as written:
+            write_model(written, "new")
+            monkeypatch.setattr(os, "rename", failing_rename)
+    monkeypatch.setattr(os, "rename", rename)
+    assert str(calls[0]).endswith("replaced-variables") and str(calls[3]).endswith("model.pb")
+    assert read_model(path) == ("old", "old")
+    assert sorted(entry.name for entry in path.iterdir()) == ["model.pb", "variables"]
+
+
+def test_check_writable_follows_where_the_folder_is_written(tmp_path, monkeypatch):
+    import os
+
+    from alignseg_keras.atomic import check_writable
+
+    mount = tmp_path / "mount"
+    mount.mkdir()
+    locked = {str(mount)}
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: access(p, mode)
+                        and os.path.abspath(p) not in locked)  # root may write anywhere
+    check_writable(mount)  # replaced beside it: its folder is writable
+    as_mount_point(monkeypatch, mount)
+    with pytest.raises(ValueError, match=f"the folder {mount} is not writable"):
+        check_writable(mount)  # a mount point is written in place
+    with pytest.raises(ValueError, match=f"the folder {mount} is not writable"):
+        check_writable(mount / "new" / "deeper")  # created inside it
+    locked.add(str(tmp_path))
+    with pytest.raises(ValueError, match=f"the folder {tmp_path} is not writable"):
+        check_writable(tmp_path / "a.tflite")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match="a_file, which is not a folder"):
+        check_writable(tmp_path / "a_file" / "1")
+
+
 def test_a_folder_inside_a_file_names_the_file(tmp_path):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(ValueError, match=r"1 is inside the file .*a_file, not a folder"):

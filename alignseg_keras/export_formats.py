@@ -10,7 +10,9 @@ FORMAT_SUFFIXES = {"onnx": ".onnx", "litert": ".tflite"}
 
 
 def format_for_path(path):
-    """The export format a destination's name implies: by its suffix, else "saved_model".
+    """The export format a destination's name implies: by its suffix, in any case (so that
+    `export_model` refuses `A.TFLITE` by name instead of writing a folder), else
+    "saved_model".
 
     Example:
     ```python
@@ -19,28 +21,39 @@ def format_for_path(path):
     ```
     """
     for format, suffix in FORMAT_SUFFIXES.items():
-        if str(path).endswith(suffix):
+        if str(path).lower().endswith(suffix):
             return format
     return "saved_model"
 
 
 def check_float32_computation(model, format):
     """Raises a `ValueError` when `model` computes in another dtype than float32 and
-    `format` is a single-file format (ONNX, LiteRT).
+    `format` is a single-file format (ONNX, LiteRT); see `check_export_precision`."""
+    if format in FORMAT_SUFFIXES:
+        other = sorted({layer.compute_dtype for layer in model._flatten_layers()} - {"float32"})
+        if other:
+            raise ValueError(_precision_message(format, ", ".join(other)))
+
+
+def check_export_precision(format, precision):
+    """Raises `check_float32_computation`'s `ValueError` for a `precision` ("float32",
+    "bfloat16") asked of `format`, before a model is loaded.
 
     Measured with Keras 3.15 (2026-12-06): a mixed_bfloat16 model exported to ONNX
     has bfloat16 and float16 operands in one Sub (ONNX Runtime refuses to load the
     file), and to LiteRT it needs TensorFlow's Flex ops (the plain interpreter
     refuses it); both exports reported success. The SavedModel serves bfloat16.
+    Other dtypes were not tried, so they are refused too.
     """
-    if format not in FORMAT_SUFFIXES:
-        return
-    other = sorted({layer.compute_dtype for layer in model._flatten_layers()} - {"float32"})
-    if other:
-        raise ValueError(
-            f"{format} export needs a model computing in float32; this one computes in "
-            f"{', '.join(other)} (ONNX Runtime cannot load such a file, and LiteRT's "
-            "interpreter cannot run it). Export the float32 model (alignseg export without "
-            "--precision); ONNX Runtime and LiteRT have their own reduced-precision "
-            "conversions (docs/serving.md)."
-        )
+    if format in FORMAT_SUFFIXES and precision != "float32":
+        raise ValueError(_precision_message(format, precision))
+
+
+def _precision_message(format, dtype):
+    return (
+        f"{format} export takes a model computing in float32; this one computes in {dtype} "
+        "(a bfloat16 model gave an ONNX file that ONNX Runtime could not load and a LiteRT "
+        "file that LiteRT's interpreter could not run). Export the float32 model "
+        "(inference.as_precision(model, \"float32\"); alignseg export without --precision); "
+        "ONNX Runtime and LiteRT have their own reduced-precision conversions (docs/serving.md)."
+    )

@@ -2,6 +2,7 @@
 
 from alignseg_keras.cli.common import add_precision_argument
 from alignseg_keras.export_formats import EXPORT_FORMATS
+from alignseg_keras.export_formats import check_export_precision
 from alignseg_keras.export_formats import format_for_path
 
 
@@ -41,6 +42,7 @@ def run(args):
     from alignseg_keras.export import export_model
 
     args.format = args.format or format_for_path(args.export_path)
+    check_export_precision(args.format, args.precision)  # before the model is loaded
     if args.format == "saved_model":
         # The folder itself appears only when the export is complete (TF Serving
         # would try to load an empty version folder).

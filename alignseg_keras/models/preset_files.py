@@ -114,6 +114,8 @@ def _weights_file_errors(path):
     """h5py's error for a truncated or foreign file, as a ValueError naming `path`."""
     try:
         yield
+    except (PermissionError, FileNotFoundError):
+        raise  # the file system's own error says it
     except OSError as error:
         raise ValueError(
             f"{path} cannot be read as a Keras weights file ({error}); the preset is "
