@@ -42,7 +42,9 @@ def test_float32_logits_equal_the_models_at_any_size(model, frozen):
         # The same float32 arithmetic; TensorFlow may fuse and order the additions
         # differently, which moves logits by a few float32 roundings.
         assert relative_error(logits, expected) < 1e-5
-        np.testing.assert_array_equal(frozen(x).numpy(), logits)
+        # The same function called directly: equal up to the kernels' own run-to-run
+        # rounding (bit-equal on most CPUs; not with oneDNN limited to AVX2).
+        assert relative_error(frozen(x).numpy(), np.asarray(logits, np.float64)) < 1e-5
 
 
 def test_bfloat16_computes_as_the_inference_model(model):
@@ -71,7 +73,9 @@ def test_weights_are_constants_and_a_snapshot(model, frozen):
     original = kernel.numpy()
     try:
         kernel.assign(original * 2.0)
-        np.testing.assert_array_equal(frozen.predict_on_batch(x), before)
+        assert relative_error(model.predict_on_batch(x), np.asarray(before, np.float64)) > 1e-2
+        # Rounding (1e-5, above) is far below what the doubled kernel changes.
+        assert relative_error(frozen.predict_on_batch(x), np.asarray(before, np.float64)) < 1e-5
     finally:
         kernel.assign(original)
 

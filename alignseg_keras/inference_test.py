@@ -74,7 +74,11 @@ def test_single_image_convenience(model):
     image = random_images((40, 48, 3))
     single = predict_whole(model, image)
     assert single.shape == (40, 48, 4)
-    np.testing.assert_allclose(single, predict_whole(model, image[None])[0], atol=1e-6)
+    # A batch of one and the image alone may run different kernels: the logits differ by
+    # float32 roundings (1e-5 of their largest magnitude, as frozen_inference_test.py
+    # measures), and a softmax moves no probability by more than half the largest change.
+    tolerance = 0.5 * 1e-5 * np.abs(model.predict_on_batch(image[None])).max()
+    np.testing.assert_allclose(single, predict_whole(model, image[None])[0], atol=tolerance)
 
 
 def test_sliding_over_an_image_no_larger_than_a_tile_equals_whole(model):

@@ -58,7 +58,7 @@ def test_convert_reports_bad_arguments(tmp_path, capsys):
     assert main(["convert", str(missing), "--output", str(tmp_path / "m.keras")]) == 2
     assert "No checkpoint file at" in capsys.readouterr().err
     assert main(["convert", str(missing), "--output", str(tmp_path / "m.h5")]) == 2
-    assert "--output must be a .keras file" in capsys.readouterr().err
+    assert "m.h5' ends with .h5, a model file's extension" in capsys.readouterr().err
     output = str(tmp_path / "m.keras")
     assert main(["convert", str(missing), "--output", output, "--num-classes", "0"]) == 2
     assert "--num-classes must be positive" in capsys.readouterr().err
