@@ -269,6 +269,20 @@ def check_saved_model_folder(export_dir):
         check_writable(export_dir)
 
 
+def check_export_file(path, format):
+    """Raises the `ValueError` `export_model` would raise for the destination `path` of
+    a single-file `format` (ONNX, LiteRT), at once: a name without the format's suffix, a
+    folder, a place that cannot be written."""
+    if not str(path).endswith(FORMAT_SUFFIXES[format]):
+        raise ValueError(
+            f"A {format} export is a single file whose name ends with "
+            f"{FORMAT_SUFFIXES[format]}; received {str(path)!r}."
+        )
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder; a {format} export is a file: give a file name.")
+    check_writable(path)
+
+
 def _is_url(path):
     return "://" in str(path)
 
@@ -323,15 +337,8 @@ def export_model(model, path, format="saved_model"):
     if format == "saved_model":
         export_saved_model(model, path)
         return
-    if not str(path).endswith(FORMAT_SUFFIXES[format]):
-        raise ValueError(
-            f"A {format} export is a single file whose name ends with "
-            f"{FORMAT_SUFFIXES[format]}; received {str(path)!r}."
-        )
-    if os.path.isdir(path):
-        raise ValueError(f"{path} is a folder; a {format} export is a file: give a file name.")
+    check_export_file(path, format)
     check_float32_computation(model, format)
-    check_writable(path)  # before the conversion
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     input_signature = [
         keras.InputSpec(shape=(None, None, None, 3), dtype="float32", name=SERVING_INPUT)

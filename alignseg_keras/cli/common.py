@@ -144,10 +144,8 @@ def load_model(args, num_classes=None):
     warn_about_precision(command, getattr(args, "precision", None))
     if command in INFERENCE_ONLY_SUBCOMMANDS:
         print_kernel_note(command, "inference")
-    if args.model:
-        model = load_saved_model(args.model)
-    elif is_preset_directory(args.preset):
-        model = AlignSeg.from_preset(args.preset)
+    if args.model or is_preset_directory(args.preset):
+        model = load_saved_model(args.model or args.preset)
     else:
         model = AlignSeg.from_preset(
             args.preset, num_classes=num_classes or DEFAULT_NUM_CLASSES

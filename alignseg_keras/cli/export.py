@@ -38,6 +38,7 @@ def run(args):
     from alignseg_keras.cli.common import prepare_output_file
     from alignseg_keras.cli.common import prepare_whole_folder
     from alignseg_keras.cli.common import with_precision
+    from alignseg_keras.export import check_export_file
     from alignseg_keras.export import check_saved_model_folder
     from alignseg_keras.export import export_model
 
@@ -49,6 +50,7 @@ def run(args):
         prepare_whole_folder(args.export_path, "EXPORT_DIR", check_saved_model_folder)
     else:
         prepare_output_file(args.export_path, "the export file")
+        check_export_file(args.export_path, args.format)  # before the model is loaded
     model = with_precision(load_saved_model(args.model), args)
     export_model(model, args.export_path, format=args.format)
     print(f"Exported {args.model} ({args.format}, {args.precision}) to {args.export_path}")

@@ -30,6 +30,9 @@ def test_export_errors_name_the_file(model_path, tmp_path, capsys):
     assert "absent.keras" in capsys.readouterr().err
     assert main(["export", model_path, str(tmp_path / "model"), "--format", "litert"]) == 2
     assert ".tflite" in capsys.readouterr().err
+    # ... before the model is loaded (this one does not exist)
+    assert main(["export", "absent.keras", str(tmp_path / "model"), "--format", "litert"]) == 2
+    assert ".tflite" in capsys.readouterr().err
 
 
 def test_export_paths_that_are_files_or_read_only_are_reported(tmp_path, capsys):
