@@ -55,12 +55,20 @@ def test_litert_export_matches_the_keras_model(tmp_path):
     export_model(model, path, format="litert")
     images = random_images((2, 40, 52, 3))
     assert_logits_close(litert_logits(path, images), np.asarray(model(images)))
+    # The names docs/serving.md gives.
+    assert litert_interpreter(path).get_signature_list() == {
+        "serving_default": {"inputs": ["images"], "outputs": ["output_0"]}
+    }
+
+
+def litert_interpreter(path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
+        return tf.lite.Interpreter(model_path=str(path))
 
 
 def litert_logits(path, images):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
-        interpreter = tf.lite.Interpreter(model_path=str(path))
+    interpreter = litert_interpreter(path)
     source = interpreter.get_input_details()[0]
     interpreter.resize_tensor_input(source["index"], images.shape)
     interpreter.allocate_tensors()
@@ -100,7 +108,10 @@ def test_onnx_export_matches_the_keras_model(tmp_path):
     export_model(model, path, format="onnx")
     session = onnxruntime.InferenceSession(str(path))
     images = random_images((2, 40, 52, 3))
-    (logits,) = session.run(None, {session.get_inputs()[0].name: images})
+    # The names docs/serving.md gives.
+    assert [tensor.name for tensor in session.get_inputs()] == ["images"]
+    assert [tensor.name for tensor in session.get_outputs()] == ["Identity:0"]
+    (logits,) = session.run(None, {"images": images})
     assert_logits_close(logits, np.asarray(model(images)))
 
 
