@@ -194,8 +194,9 @@ def median_frequency_weights(masks, num_classes, power=0.5, ignore_index=IGNORE_
 def deep_supervision_loss(loss, y_true, logits, aux_logits, aux_weight=0.4):
     """`loss(y, logits) + aux_weight * loss(y, aux_logits)` (paper Sec. 3.4).
 
-    The auxiliary head sits on the third fused feature; the authors weight it
-    0.4 with OHEM and 0.1 with plain cross-entropy.
+    The auxiliary head sits on the third fused feature. The authors' criteria
+    give it plain cross-entropy whatever the main loss, weighted 0.1 (0.4 in
+    their unused OHEM criterion); `AlignSeg.compile(aux_loss=...)` does that.
     """
     total = loss(y_true, logits)
     if aux_logits is not None and aux_weight:

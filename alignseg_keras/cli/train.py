@@ -77,6 +77,12 @@ def add_parser(subparsers):
         "'ce:1,dice:0.5' (default %(default)s; see docs/losses.md); deep supervision "
         "applies it to both heads",
     )
+    train.add_argument(
+        "--aux-loss", default=None, metavar="SPEC",
+        help="the deep-supervision head's loss, in the terms of --loss (default: the same "
+        "as --loss); the authors' criteria give that head plain cross-entropy: "
+        "--aux-loss ce (docs/training.md)",
+    )
     train.add_argument("--ohem", action="store_true", help="the same as --loss ohem")
     train.add_argument("--ohem-threshold", type=float, default=ohem["threshold"],
                        help="default %(default)g")
@@ -134,13 +140,28 @@ def _strategy(name):
 
 def training_loss(args):
     """The loss of `--loss` (and `--ohem`), with the options of its terms."""
-    from alignseg_keras.losses import loss_from_spec
-
     spec = args.loss
     if args.ohem:
         if spec not in ("ce", "ohem"):
             raise ValueError(f"--ohem and --loss {spec} disagree; use --loss alone (e.g. 'ohem,dice:0.5').")
         spec = "ohem"
+    return _loss_of_spec(spec, args)
+
+
+def auxiliary_loss(args):
+    """The deep-supervision head's loss of `--aux-loss`, or None (the main loss)."""
+    if args.aux_loss is None:
+        return None
+    try:
+        return _loss_of_spec(args.aux_loss, args)
+    except ValueError as error:
+        raise ValueError(f"--aux-loss: {error}") from None
+
+
+def _loss_of_spec(spec, args):
+    """`losses.loss_from_spec` with the options of the command line's terms."""
+    from alignseg_keras.losses import loss_from_spec
+
     options = {
         "ohem": {"threshold": args.ohem_threshold, "min_kept": args.ohem_min_kept},
         "focal": {"gamma": args.focal_gamma},
@@ -179,6 +200,7 @@ def _build_model(args, num_classes):
         warmup_steps=args.warmup_steps,
         weight_decay=args.weight_decay,
         aux_loss_weight=args.aux_weight,
+        aux_loss=auxiliary_loss(args),
         jit_compile=jit_compile_setting(args.xla),
     )
     return model
@@ -225,7 +247,8 @@ def _check_arguments(args):
             "does not support). Leave out --xla on torch, or train with KERAS_BACKEND=jax "
             "(always compiled with XLA) or KERAS_BACKEND=tensorflow."
         )
-    training_loss(args)  # a bad --loss fails before any data is read
+    training_loss(args)  # a bad --loss or --aux-loss fails before any data is read
+    auxiliary_loss(args)
 
 
 def _remove_killed_writes(output_dir):

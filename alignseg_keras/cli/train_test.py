@@ -10,6 +10,7 @@ from alignseg_keras import inference
 from alignseg_keras.cli import build_parser
 from alignseg_keras.cli.common import signature_defaults
 from alignseg_keras.cli.train import _build_model
+from alignseg_keras.cli.train import _check_arguments
 from alignseg_keras.cli.train import _resume_message
 from alignseg_keras.cli.train import epoch_plan
 from alignseg_keras.cli.train import resolve_pipeline_defaults
@@ -127,6 +128,25 @@ def test_the_loss_option_builds_the_named_losses():
         training_loss(train_args("--ohem", "--loss", "dice"))
     with pytest.raises(ValueError, match="Unknown loss"):
         training_loss(train_args("--loss", "bce"))
+
+
+def test_the_aux_loss_option_gives_the_deep_supervision_head_its_own_loss():
+    from alignseg_keras import losses
+
+    # The authors' train.py with --ohem True (CriterionOhemDSN, docs/training.md).
+    model = _build_model(
+        train_args(*TINY, "--loss", "ce:1,lovasz:0.8", "--aux-loss", "ce", "--aux-weight", "0.1"),
+        num_classes=3,
+    )
+    assert isinstance(model.loss, losses.CombinedLoss)
+    assert type(model.aux_loss) is losses.SegmentationCrossEntropy
+    assert model.aux_loss_weight == 0.1
+    ohem = _build_model(train_args(*TINY, "--aux-loss", "ohem", "--ohem-min-kept", "9"),
+                        num_classes=3).aux_loss
+    assert isinstance(ohem, losses.OhemCrossEntropy) and ohem.min_kept == 9
+    assert _build_model(train_args(*TINY), num_classes=3).aux_loss is None  # the main loss
+    with pytest.raises(ValueError, match="--aux-loss: Unknown loss 'bce'"):
+        _check_arguments(train_args("--aux-loss", "bce"))
 
 
 @pytest.mark.parametrize(

@@ -341,6 +341,7 @@ class AlignSeg(ImageSegmenter):
         loss=None,
         metrics=None,
         aux_loss_weight=0.4,
+        aux_loss=None,
         learning_rate=1e-2,
         total_steps=None,
         warmup_steps=0,
@@ -361,11 +362,15 @@ class AlignSeg(ImageSegmenter):
                 weight decay `weight_decay` and poly decay (power 0.9) from
                 `learning_rate`, with `warmup_steps` of linear warm-up.
             loss: a Keras loss on (labels, logits), or None for
-                `SegmentationCrossEntropy(ignore_index)`. With deep supervision it
-                is applied to both heads: `loss(y, logits) + aux_loss_weight *
-                loss(y, aux_logits)`.
+                `SegmentationCrossEntropy(ignore_index)`. With deep supervision the
+                total is `loss(y, logits) + aux_loss_weight * aux_loss(y, aux_logits)`.
             metrics: a list of metrics, or None for `MeanIoU(num_classes)`.
             aux_loss_weight: float, weight of the deep-supervision loss (0.4).
+            aux_loss: a `keras.losses.Loss` for the deep-supervision head, or
+                None for `loss` itself. The authors' criteria give that head plain
+                cross-entropy whatever the main head's loss (docs/training.md,
+                "The authors' criteria"): e.g. `loss=OhemCrossEntropy(),
+                aux_loss=SegmentationCrossEntropy()`.
             learning_rate: float, base rate of the default optimizer (1e-2).
             total_steps: int or None, steps of the poly schedule (a fixed plan);
                 None lets every `fit` extend the schedule over its own epochs and
@@ -393,6 +398,7 @@ class AlignSeg(ImageSegmenter):
         if metrics is None:
             metrics = [MeanIoU(self.num_classes, ignore_index=ignore_index)]
         self.aux_loss_weight = float(aux_loss_weight) if self.deep_supervision else 0.0
+        self.aux_loss = _checked_aux_loss(aux_loss)
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
         if self.built:
             # The optimizer's state now, as Keras does on JAX and under a
@@ -405,6 +411,9 @@ class AlignSeg(ImageSegmenter):
         config = super().get_compile_config()
         if config:
             config["aux_loss_weight"] = self.aux_loss_weight
+            aux_loss = getattr(self, "aux_loss", None)
+            if aux_loss is not None:
+                config["aux_loss"] = keras.saving.serialize_keras_object(aux_loss)
         return config
 
     def compile_from_config(self, config):
@@ -420,8 +429,11 @@ class AlignSeg(ImageSegmenter):
             y_pred = y_pred[LOGITS]
         loss = super().compute_loss(x, y, y_pred, sample_weight, training)
         weight = getattr(self, "aux_loss_weight", 0.0)
-        if aux_logits is not None and weight and self._compile_loss is not None:
-            loss = loss + weight * self._compile_loss(y, aux_logits, sample_weight)
+        aux_loss = getattr(self, "aux_loss", None)
+        if aux_loss is None:
+            aux_loss = self._compile_loss
+        if aux_logits is not None and weight and aux_loss is not None:
+            loss = loss + weight * aux_loss(y, aux_logits, sample_weight)
         return loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
@@ -561,6 +573,16 @@ class AlignSeg(ImageSegmenter):
         if is_legacy_config(config):
             raise ValueError(LEGACY_FILE_MESSAGE)
         return cls(**deserialized(config, ["backbone", "image_converter", "dtype"]))
+
+
+def _checked_aux_loss(aux_loss):
+    """`compile`'s `aux_loss`: None (the main loss) or a `keras.losses.Loss`."""
+    if aux_loss is None or isinstance(aux_loss, keras.losses.Loss):
+        return aux_loss
+    raise ValueError(
+        "AlignSeg.compile: `aux_loss` must be None (the main loss) or a keras.losses.Loss "
+        f"such as alignseg_keras.losses.SegmentationCrossEntropy(); received {aux_loss!r}."
+    )
 
 
 def _image_converter(image_converter, image_encoder, mean, std, bgr):

@@ -2,14 +2,17 @@
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from alignseg_keras.losses import OhemCrossEntropy
 from alignseg_keras.losses import SegmentationCrossEntropy
+from alignseg_keras.losses import loss_from_spec
 from alignseg_keras.metrics import MeanIoU
 from alignseg_keras.optimizers import WarmupPolynomialDecay
 from alignseg_keras.optimizers import PyTorchSGD
 from alignseg_keras.optimizers import paper_sgd
+from alignseg_keras.testing import loss_references
 from alignseg_keras.testing import tiny_alignseg
 
 
@@ -57,6 +60,32 @@ def test_fit_arrays_sets_the_poly_steps_and_adds_the_aux_loss():
     assert "mean_iou" in history.history
 
 
+def test_the_aux_loss_reproduces_the_released_ohem_flag():
+    # The authors' train.py with --ohem True trains with CriterionOhemDSN: on the main
+    # logits cross-entropy + 0.8 x Lovász-softmax, on the auxiliary logits plain
+    # cross-entropy weighted 0.1. Checked against the NumPy references of the losses.
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, (2, 16, 16)).astype("int32")
+    labels[:, :3] = 255
+    main, aux = (rng.normal(0.0, 3.0, (2, 16, 16, 3)).astype("float32") for _ in range(2))
+    model = tiny_model()
+    model.compile(loss=loss_from_spec("ce:1,lovasz:0.8"), aux_loss=SegmentationCrossEntropy(),
+                  aux_loss_weight=0.1)
+    value = model.compute_loss(y=labels, y_pred={"logits": main, "aux_logits": aux})
+    expected = (loss_references.reference_cross_entropy(labels, main)
+                + 0.8 * loss_references.reference_lovasz_softmax(labels, main)
+                + 0.1 * loss_references.reference_cross_entropy(labels, aux))
+    # float32 sums of a few hundred terms (as losses_test)
+    np.testing.assert_allclose(float(value), expected, rtol=2e-5)
+    # Without aux_loss the auxiliary head gets the main loss, as before.
+    model.compile(loss=loss_from_spec("ce:1,lovasz:0.8"), aux_loss_weight=0.1)
+    value = model.compute_loss(y=labels, y_pred={"logits": main, "aux_logits": aux})
+    expected_same = expected + 0.1 * 0.8 * loss_references.reference_lovasz_softmax(labels, aux)
+    np.testing.assert_allclose(float(value), expected_same, rtol=2e-5)
+    with pytest.raises(ValueError, match="`aux_loss` must be None"):
+        model.compile(aux_loss="sparse_categorical_crossentropy")
+
+
 def test_fit_a_dataset_with_ohem_and_evaluate():
     images, masks = toy_data()
     dataset = tf.data.Dataset.from_tensor_slices((images, masks)).batch(2)
@@ -87,12 +116,15 @@ def test_compile_creates_the_optimizer_state_before_the_first_step():
 def test_compiled_model_round_trips_through_keras_file(tmp_path):
     images, masks = toy_data()
     model = tiny_model()
-    model.compile(loss=OhemCrossEntropy(min_kept=50), aux_loss_weight=0.1)
+    model.compile(loss=OhemCrossEntropy(min_kept=50), aux_loss_weight=0.1,
+                  aux_loss=SegmentationCrossEntropy(ignore_index=254))
     model.fit(images, masks, batch_size=2, epochs=1, verbose=0)
     model.save(tmp_path / "trained.keras")
     restored = keras.saving.load_model(tmp_path / "trained.keras")
     assert isinstance(restored.loss, OhemCrossEntropy)
     assert restored.aux_loss_weight == 0.1
+    assert isinstance(restored.aux_loss, SegmentationCrossEntropy)
+    assert restored.aux_loss.ignore_index == 254
     assert restored.optimizer._learning_rate.decay_steps == 2
     np.testing.assert_allclose(
         restored.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-5
