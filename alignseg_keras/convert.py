@@ -294,9 +294,21 @@ def _torch_load(path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for unreadable files
         raise ValueError(
-            f"Cannot read {path!r} as a PyTorch checkpoint: {error}\nOnly tensors and "
-            "plain containers are read (weights_only=True); for a file you trust that "
-            "holds other objects, torch.load it yourself and pass its state_dict."
+            f"Cannot read {path!r} as a PyTorch checkpoint ({type(error).__name__}: "
+            f"{error})\nOnly tensors and plain containers are read (weights_only=True); "
+            "for a file you trust that holds other objects, torch.load it yourself and "
+            "pass its state_dict."
+        ) from error
+
+
+def _npz_load(path):
+    try:
+        with np.load(path) as archive:
+            return {name: archive[name] for name in archive.files}
+    except Exception as error:  # zipfile, zlib and NumPy raise many types for bad files
+        raise ValueError(
+            f"Cannot read {path!r} as a NumPy .npz archive of arrays "
+            f"({type(error).__name__}: {error}); it may be truncated or not an .npz file."
         ) from error
 
 
@@ -321,8 +333,7 @@ def read_state_dict(source):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"No checkpoint file at {path!r}.")
         if path.endswith(".npz"):
-            with np.load(path) as archive:
-                source = {name: archive[name] for name in archive.files}
+            source = _npz_load(path)
         else:
             source = _torch_load(path)
     if not isinstance(source, dict):
@@ -579,7 +590,13 @@ def load_official_weights(model, source, skip_classifiers=False):
         weight_map = {n: p for n, p in weight_map.items() if not _is_classifier(n)}
         optional |= {name for name in state_dict if _is_classifier(name)}
     target = f"{OFFICIAL_PRESETS[depth]} with {model.num_classes} classes"
-    return _assign_strictly(variables, state_dict, weight_map, optional, target)
+    hint = ""
+    if not any(name.startswith(("head.", "dsn.")) for name in state_dict):
+        hint = (
+            "\nThis checkpoint has no AlignSeg heads (head.*, dsn.*): for the authors' "
+            "ImageNet backbone use load_backbone_checkpoint (alignseg convert --backbone-only)."
+        )
+    return _assign_strictly(variables, state_dict, weight_map, optional, target, hint)
 
 
 def load_backbone_checkpoint(

@@ -196,6 +196,14 @@ def test_npz_files_and_bad_sources(tmp_path, r50_state):
     np.testing.assert_array_equal(read["bn1.running_mean"], r50_state["bn1.running_mean"])
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         convert.read_state_dict(tmp_path / "missing.pth")
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # an interrupted copy
+    with pytest.raises(ValueError, match=r"Cannot read .*truncated.npz.* as a NumPy .npz"):
+        convert.read_state_dict(truncated)
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, names=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match=r"Cannot read .*objects.npz.*allow_pickle"):
+        convert.read_state_dict(objects)
     with pytest.raises(ValueError, match="dict of name -> array; received list"):
         convert.read_state_dict([1, 2])
     with pytest.raises(ValueError, match="`preset` must be one of"):

@@ -51,6 +51,8 @@ def test_convert_backbone_only_starts_from_an_imagenet_resnet(tmp_path, capsys):
     np.savez(whole, **random_state_dict(50, seed=12))
     assert main(["convert", str(whole), "--backbone-only", "--output", str(output)]) == 2
     assert "whole AlignSeg checkpoint" in capsys.readouterr().err
+    assert main(["convert", str(checkpoint), "--output", str(output)]) == 2
+    assert "no AlignSeg heads (head.*, dsn.*)" in capsys.readouterr().err
 
 
 def test_convert_reports_bad_arguments(tmp_path, capsys):

@@ -55,6 +55,10 @@ def add_parser(subparsers):
                        help=f"default: {PIPELINE_DEFAULTS_HELP}")
     train.add_argument("--scale-range", type=float, nargs=2, metavar=("MIN", "MAX"),
                        help=f"default: {PIPELINE_DEFAULTS_HELP}")
+    train.add_argument("--scale-step", type=float, metavar="STEP",
+                       help="draw scales from MIN, MIN + STEP, ..., MAX only (the authors' "
+                       "Cityscapes grid: --scale-range 0.7 2.1 --scale-step 0.1); default: "
+                       "any scale in the range")
     train.add_argument("--batch-size", type=int, help=f"default: {PIPELINE_DEFAULTS_HELP}")
     train.add_argument("--cat-max-ratio", type=float, metavar="RATIO",
                        help="re-draw a crop (up to 10 times) while one class covers this share "
@@ -216,6 +220,7 @@ def training_batches(dataset, model, args):
         crop_size=tuple(args.crop_size),
         batch_size=args.batch_size,
         scale_range=tuple(args.scale_range),
+        scale_step=args.scale_step,
         fill_mean=model.image_converter.mean,
         seed=args.seed,
         cat_max_ratio=args.cat_max_ratio,

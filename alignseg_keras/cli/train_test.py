@@ -69,6 +69,20 @@ def test_training_crops_are_padded_with_the_models_mean():
     np.testing.assert_allclose(batch_images[~padded], 200.0)
 
 
+def test_the_scale_step_option_draws_scales_of_its_grid():
+    import tensorflow as tf
+
+    model = tiny_alignseg(num_classes=3)
+    images = np.full((8, 16, 16, 3), 200, "uint8")
+    dataset = tf.data.Dataset.from_tensor_slices((images, np.zeros((8, 16, 16), "uint8")))
+    # A 16x16 image at scale 0.5 or 1 covers 8x8 or 16x16 of a 32x32 crop.
+    args = train_args("--crop-size", "32", "32", "--scale-range", "0.5", "1", "--scale-step",
+                      "0.5", "--batch-size", "8")
+    _, masks = next(iter(training_batches(dataset, model, args)))
+    labelled = np.sum(np.asarray(masks) != 255, axis=(1, 2))
+    assert set(labelled) <= {64, 256} and len(set(labelled)) == 2, labelled
+
+
 def test_train_builds_from_a_preset_name_or_directory(tmp_path):
     args = train_args("--preset", "alignseg_resnet18_small", "--decoder-channels", "8")
     model = _build_model(args, num_classes=4)
