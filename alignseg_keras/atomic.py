@@ -297,11 +297,59 @@ def _fsync(path):
         os.close(descriptor)
 
 
+WRITER_LOCK = ".writer.lock"
+
+
+@contextlib.contextmanager
+def single_writer(folder, writer):
+    """Holds `folder` for this process alone while the block runs.
+
+    An exclusive `flock` on `folder/.writer.lock`, holding the process id. A
+    second process (or a second claim in this one) is refused at once with a
+    `ValueError` naming `folder` and the process that holds it; the kernel
+    releases the lock when the block ends or the process dies, even by a
+    kill. Without `fcntl` (not POSIX) nothing is locked.
+
+    Args:
+        folder: an existing folder.
+        writer: what writes there, for the message (e.g. "alignseg train").
+
+    Example:
+    ```python
+    with single_writer("runs/a", "alignseg train"):
+        ...  # remove_temporaries("runs/a") is now safe
+    ```
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = os.path.join(folder, WRITER_LOCK)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise ValueError(
+                f"{folder} is in use by another {writer} (process {holder}): two writers "
+                "would overwrite each other's files. Wait for it to end, or use another "
+                "folder."
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
 def remove_temporaries(folder):
     """Removes the temporary files a killed writer left in `folder`.
 
-    Only for folders with a single writer (a training run's output folder):
-    in a shared folder the temporaries may belong to a running process.
+    Only for folders with a single writer (a training run's output folder,
+    held with `single_writer`): in a shared folder the temporaries may belong
+    to a running process.
     """
     folder = pathlib.Path(folder)
     if not folder.is_dir():

@@ -1,10 +1,13 @@
-"""atomic_folder: a folder written as a whole appears complete or not at all."""
+"""atomic_folder: a folder written as a whole appears complete or not at all; single_writer."""
+
+import os
 
 import pytest
 
 from alignseg_keras.atomic import TEMP_PREFIX
 from alignseg_keras.atomic import atomic_folder
 from alignseg_keras.atomic import check_replaceable_folder
+from alignseg_keras.atomic import single_writer
 
 ENTRIES = ("model.pb", "variables")
 
@@ -257,3 +260,37 @@ def test_processes_replacing_one_folder_take_turns(tmp_path):
     model, variables = read_model(path)
     assert model == variables and model in ("a39", "b39", "c39")
     assert [entry.name for entry in tmp_path.iterdir()] == ["1"]
+
+
+HOLDER = """
+import sys, time
+from alignseg_keras.atomic import single_writer
+with single_writer(sys.argv[1], "test writer"):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_second_writer_is_refused_until_the_first_dies():
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    folder = tempfile.mkdtemp()
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, folder], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        message = rf"{folder} is in use by another alignseg train \(process {holder.pid}\)"
+        with pytest.raises(ValueError, match=message):
+            with single_writer(folder, "alignseg train"):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)  # the kernel releases a killed holder's lock
+        holder.wait()
+    with single_writer(folder, "alignseg train"):
+        with pytest.raises(ValueError, match=f"process {os.getpid()}"):  # a second claim here too
+            with single_writer(folder, "alignseg train"):
+                pass
+    with single_writer(folder, "alignseg train"):  # released at the block's end
+        pass

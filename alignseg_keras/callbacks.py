@@ -139,7 +139,9 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     from the newest backup that loads; one that does not (a torn file, or a
     model changed since it was written) is renamed to
     `epoch-NNNN.unusable-<time>.keras`, with
-    a message saying where, and the next older one is tried; with none left,
+    a message saying where, and the next older one is tried (a changed model
+    is one whose saved arguments differ from the model's, `changed_arguments`,
+    or whose weights do not load); with none left,
     training starts from the beginning. Backups are kept at the end of `fit`:
     call `discard()` once the final model is safely saved.
 
@@ -183,11 +185,17 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         initial = _snapshot(self.model)
         for epoch, path in candidates:
             try:
-                self.model.load_weights(path)
+                changed = changed_arguments(self.model, path)
+                if not changed:
+                    self.model.load_weights(path)
             except Exception as error:  # a torn file (OSError), a changed model (ValueError), ...
                 _assign(self.model, initial)
                 self._move_aside(path, "unusable", "cannot be restored into this model "
                                  f"(a torn file, or a model changed since): {_first_line(error)}")
+                continue
+            if changed:
+                self._move_aside(path, "unusable", "cannot be restored into this model: it "
+                                 f"was written by a model with other arguments ({changed})")
                 continue
             self.model._initial_epoch = epoch
             self.restored, self.epochs_done = path, epoch
@@ -231,6 +239,46 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         target = move_aside(path, label)
         print(f"Backup {path} {reason}. Moved it to {target}; it is not used.", file=sys.stderr)
         return target
+
+
+# Settings that may change between a backup and its resume: how the model computes
+# (precision, synchronised BatchNorm across replicas), not what it is; names may carry
+# a counter of the process's earlier models.
+RESUMABLE_CHANGES = ("dtype", "trainable", "sync_batchnorm", "name", "build_config",
+                     "compile_config")
+
+
+def changed_arguments(model, path):
+    """How the `.keras` file `path` was built differently from `model`, or "".
+
+    Compares the saved model configuration with `model`'s, leaving out
+    `RESUMABLE_CHANGES` and any setting only one of them has (a newer version
+    of the library may add one). Weights of the same shapes can still belong
+    to another model (e.g. another `alignment` sampler), which `load_weights`
+    alone does not see.
+    """
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        saved = json.loads(archive.read("config.json"))
+    current = keras.saving.serialize_keras_object(model)
+    differences = list(_config_differences(saved, current, "model"))
+    shown = "; ".join(f"{key}: {old!r} in the backup, {new!r} now" for key, old, new in differences[:3])
+    return shown + (f" (and {len(differences) - 3} more)" if len(differences) > 3 else "")
+
+
+def _config_differences(saved, current, key):
+    """`(key, saved, current)` of the settings that differ, depth first."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        for name in sorted(saved.keys() & current.keys()):
+            if name not in RESUMABLE_CHANGES:
+                yield from _config_differences(saved[name], current[name], f"{key}.{name}")
+    elif isinstance(saved, (list, tuple)) and isinstance(current, (list, tuple)) and len(saved) == len(current):
+        for index, (old, new) in enumerate(zip(saved, current)):
+            yield from _config_differences(old, new, f"{key}[{index}]")
+    elif saved != current:
+        yield key.replace(".config.", "."), saved, current
 
 
 def _snapshot(model):

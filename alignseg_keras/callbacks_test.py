@@ -21,10 +21,10 @@ X = np.linspace(-1, 1, 12, dtype="float32").reshape(4, 3)  # two batches of two:
 Y = np.zeros((4, 2), "float32")
 
 
-def small_model(hidden=False):
+def small_model(hidden=False, activation=None):
     keras.utils.set_random_seed(0)
     layers = [keras.layers.Dense(4)] if hidden else []
-    model = keras.Sequential([keras.Input((3,)), *layers, keras.layers.Dense(2)])
+    model = keras.Sequential([keras.Input((3,)), *layers, keras.layers.Dense(2, activation)])
     model.compile(keras.optimizers.SGD(0.01, momentum=0.9), "mse")
     return model
 
@@ -68,6 +68,21 @@ def test_a_torn_backup_is_moved_aside_and_the_older_one_used(tmp_path, capsys):
     assert any(name.startswith("epoch-0003.unusable-") for name in names(folder))
 
 
+def test_other_processes_of_a_job_skip_a_torn_backup_without_moving_it(tmp_path, monkeypatch, capsys):
+    from alignseg_keras import multiprocess
+
+    folder = tmp_path / "backup"
+    fit(small_model(), ResumableBackup(str(folder)), epochs=3)
+    newest = folder / "epoch-0003.keras"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    monkeypatch.setattr(multiprocess, "is_chief", lambda: False)
+    (backup,) = multiprocess.callbacks_for_this_process([ResumableBackup(str(folder))])
+    backup.set_model(small_model())
+    assert backup.restore().endswith("epoch-0002.keras")  # the backup process 0 picks
+    assert names(folder) == ["epoch-0002.keras", "epoch-0003.keras"]  # process 0 moves it
+    assert capsys.readouterr().err == ""
+
+
 def test_an_incompatible_backup_is_moved_aside_and_training_starts_over(tmp_path, capsys):
     folder = tmp_path / "backup"
     fit(small_model(), ResumableBackup(str(folder)), epochs=2)
@@ -82,6 +97,28 @@ def test_an_incompatible_backup_is_moved_aside_and_training_starts_over(tmp_path
     history = fit(model, backup, epochs=2)
     assert len(history.history["loss"]) == 2
     assert sum(name.count(".unusable-") for name in names(folder)) == 2
+
+
+def test_a_backup_of_a_model_with_other_arguments_is_not_resumed(tmp_path, capsys):
+    # Weights of the same shapes: load_weights alone would take them.
+    folder = tmp_path / "backup"
+    fit(small_model(), ResumableBackup(str(folder)), epochs=2)
+    backup = ResumableBackup(str(folder))
+    backup.set_model(small_model(activation="relu"))
+    assert backup.restore() is None
+    err = capsys.readouterr().err
+    assert "written by a model with other arguments" in err
+    assert "model.layers[1].activation: 'linear' in the backup, 'relu' now" in err
+    assert sum(name.count(".unusable-") for name in names(folder)) == 2
+    # In another precision, or with other layer names, the same model resumes.
+    fit(small_model(), ResumableBackup(str(folder / "again")), epochs=1)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        backup = ResumableBackup(str(folder / "again"))
+        backup.set_model(small_model())
+        assert backup.restore().endswith("epoch-0001.keras")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
 
 
 def test_nan_stop_keeps_the_state_before_the_divergence(tmp_path, capsys):

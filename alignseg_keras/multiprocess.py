@@ -428,7 +428,8 @@ def callbacks_for_this_process(callbacks):
     writing to a scratch folder.
 
     Every process restores from the same backups (shared storage); only
-    process 0 writes backups, checkpoints, CSV and TensorBoard logs. The other
+    process 0 writes backups, checkpoints, CSV and TensorBoard logs, and moves
+    unusable backups aside (the others skip them as it does). The other
     processes still make every save (see `save_on_chief`: a save is a
     computation of the whole job), into their scratch folder, and delete it.
     CSV and TensorBoard logs (numbers `fit` has already fetched) run on
@@ -448,6 +449,8 @@ def callbacks_for_this_process(callbacks):
         elif hasattr(callback, "_save_model"):  # ResumableBackup: restores, saves elsewhere
             callback._save_model = lambda callback=callback: _save_backup_elsewhere(callback)
             callback.discard = lambda: None
+            # Skips an unusable backup as process 0 does, leaving the move to it.
+            callback._move_aside = lambda path, label, reason: None
         kept.append(callback)
     return kept
 

@@ -187,6 +187,20 @@ def test_a_resume_with_another_checkpoint_interval_ends_at_the_requested_step(
     assert epochs_in_history(output) == [0, 2]
 
 
+def test_a_second_train_into_a_folder_in_use_is_refused(tmp_path, capsys):
+    from alignseg_keras.atomic import single_writer
+
+    output = tmp_path / "run"
+    output.mkdir()
+    in_flight = output / ".tmp-1234-abcd-checkpoint.keras"  # the running writer's
+    in_flight.write_text("half a checkpoint")
+    with single_writer(str(output), "alignseg train"):  # as a run in progress holds it
+        assert main(["train", *TINY, "--steps", "2", "--output-dir", str(output)]) == 2
+    assert f"is in use by another alignseg train (process {os.getpid()})" in capsys.readouterr().err
+    assert in_flight.exists()  # not removed as a killed run's
+    assert not (output / "model.keras").exists()
+
+
 def test_evaluate_prints_a_table_with_miou(tmp_path, capsys):
     from alignseg_keras import AlignSeg
     from alignseg_keras import data

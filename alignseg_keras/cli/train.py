@@ -385,6 +385,26 @@ def _pictures(args):
 
 
 def run(args):
+    import contextlib
+
+    import keras
+
+    from alignseg_keras import multiprocess
+    from alignseg_keras.atomic import single_writer
+
+    _check_arguments(args)
+    final_path = _prepare_output(args)
+    keras.utils.set_random_seed(args.seed)
+    multiprocess.start_data_parallel(args)  # joins a JAX job first: before any computation
+    # Process 0 alone writes the output folder (the others write scratch copies).
+    output_lock = (single_writer(os.path.dirname(final_path), "alignseg train")
+                   if multiprocess.is_chief() else contextlib.nullcontext())
+    with output_lock:
+        return _run_in_output_folder(args, final_path)
+
+
+def _run_in_output_folder(args, final_path):
+    """`run` once the output folder is this run's alone."""
     import keras
 
     from alignseg_keras import multiprocess
@@ -397,10 +417,6 @@ def run(args):
     from alignseg_keras.cli.common import warn_about_precision
     from alignseg_keras.optimizers import optimizer_step
 
-    _check_arguments(args)
-    final_path = _prepare_output(args)
-    keras.utils.set_random_seed(args.seed)
-    multiprocess.start_data_parallel(args)  # joins a JAX job first: before any computation
     _remove_killed_writes(os.path.dirname(final_path))
     if PRECISIONS[args.precision]:
         keras.mixed_precision.set_global_policy(PRECISIONS[args.precision])
