@@ -505,12 +505,26 @@ class AlignSeg(ImageSegmenter):
                 f"A preset directory fixes its backbone; {', '.join(not_task_level)} cannot "
                 f"override it. Arguments that may: {allowed}."
             )
+        saved_deep_supervision = config.get("deep_supervision")
         config.update(overrides)
         config["backbone"] = preset_files.load_backbone(directory, load_weights)
         config["num_classes"] = saved_classes if num_classes is None else num_classes
         model = cls.from_config(config)
-        if load_weights and not new_heads:
+        if not load_weights or new_heads:
+            return model
+        if config.get("deep_supervision") == saved_deep_supervision:
             preset_files.load_task_weights(model, directory)
+            return model
+        # Keras' weights files match layers by class and order, not by name: with one
+        # head more or fewer, `head` would take the auxiliary head's weights. Load them
+        # into the model as saved, then copy the heads both have (an added auxiliary
+        # head starts fresh, as new heads do).
+        saved = cls.from_config({**config, "deep_supervision": saved_deep_supervision})
+        preset_files.load_task_weights(saved, directory)
+        for layer in saved.layers:
+            if layer.weights and layer is not saved.backbone and any(
+                    other.name == layer.name for other in model.layers):
+                model.get_layer(layer.name).set_weights(layer.get_weights())
         return model
 
     def save_to_preset(self, directory, description=None):

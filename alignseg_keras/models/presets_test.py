@@ -78,6 +78,31 @@ def test_new_classes_keep_the_backbone_and_start_fresh_heads(saved):
     )
 
 
+def weights_of(layer):
+    return [np.asarray(weight) for weight in layer.weights]
+
+
+def assert_same_weights(layer, other):
+    for mine, theirs in zip(weights_of(layer), weights_of(other), strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+def test_turning_deep_supervision_off_or_on_keeps_each_head_its_weights(saved, tmp_path):
+    # Keras' weights files match layers by class and order: `head` once took the
+    # auxiliary head's weights here, and the logits were off by hundreds.
+    model, directory = saved
+    without = AlignSeg.from_preset(directory, deep_supervision=False)
+    assert not without.deep_supervision
+    assert_same_weights(without.get_layer("head"), model.get_layer("head"))
+    np.testing.assert_array_equal(without.predict(IMAGES, verbose=0), model.predict(IMAGES, verbose=0))
+    without.save_to_preset(tmp_path / "without")
+    with_again = AlignSeg.from_preset(tmp_path / "without", deep_supervision=True)
+    assert_same_weights(with_again.get_layer("head"), model.get_layer("head"))
+    fresh_kernel = weights_of(with_again.get_layer("auxiliary_head"))[0]  # a new head
+    assert not np.array_equal(fresh_kernel, weights_of(model.get_layer("auxiliary_head"))[0])
+    np.testing.assert_array_equal(with_again.predict(IMAGES, verbose=0), model.predict(IMAGES, verbose=0))
+
+
 def test_a_failed_write_leaves_the_previous_preset(saved, tmp_path, monkeypatch):
     model, _ = saved
     directory = tmp_path / "preset"
