@@ -1,4 +1,5 @@
-"""Bad data given to AlignSeg.fit/evaluate/predict as arrays, generators and PyDatasets."""
+"""Bad data given to AlignSeg.fit/evaluate/predict (and their *_on_batch) as arrays, generators
+and PyDatasets."""
 
 import keras
 import numpy as np
@@ -45,6 +46,10 @@ def test_fit_and_evaluate_refuse_bad_mask_arrays_before_training(model, case):
         model.evaluate(IMAGES, masks, batch_size=2, verbose=0)
     with pytest.raises(ValueError, match=message):
         model.fit(IMAGES, MASKS, validation_data=(IMAGES, masks), verbose=0)
+    with pytest.raises(ValueError, match=message):
+        model.train_on_batch(IMAGES, masks)
+    with pytest.raises(ValueError, match=message):
+        model.test_on_batch(IMAGES, masks)
     for old, new in zip(before, trainable_weights(model)):
         np.testing.assert_array_equal(old, new)
 
@@ -78,6 +83,15 @@ def test_non_finite_pixels_are_refused_everywhere(model):
         model.evaluate(NAN_IMAGES, MASKS, verbose=0)
     with pytest.raises(ValueError, match=message):
         model.predict(NAN_IMAGES, verbose=0)
+    before = trainable_weights(model)
+    # One NaN pixel in a train_on_batch made every weight of conv1 NaN.
+    for call in (lambda: model.train_on_batch(NAN_IMAGES, MASKS),
+                 lambda: model.test_on_batch(NAN_IMAGES, MASKS),
+                 lambda: model.predict_on_batch(NAN_IMAGES)):
+        with pytest.raises(ValueError, match=message):
+            call()
+    for old, new in zip(before, trainable_weights(model)):
+        np.testing.assert_array_equal(old, new)
     inf_images = NAN_IMAGES.copy()
     inf_images[2] = np.where(np.isnan(inf_images[2]), np.inf, inf_images[2])
     for predict in (predict_whole, lambda m, x: predict_sliding(m, x, 16), predict_multiscale):

@@ -160,6 +160,27 @@ class ImageSegmenter(keras.Model):
         check_weights_may_change(keras.backend.backend())
         return super().make_train_function(force=force)
 
+    def train_on_batch(self, x, y=None, *args, **kwargs):
+        """Keras' `train_on_batch`, after checking NumPy images and masks as `fit` does.
+
+        Tensors (a pipeline's, or already on a device) are passed on unchecked:
+        checking them would copy every batch back to the host.
+        """
+        return super().train_on_batch(*self._checked_host_batch(x, y), *args, **kwargs)
+
+    def test_on_batch(self, x, y=None, *args, **kwargs):
+        """Keras' `test_on_batch`, after checking NumPy images and masks as `evaluate` does."""
+        return super().test_on_batch(*self._checked_host_batch(x, y), *args, **kwargs)
+
+    def predict_on_batch(self, x):
+        """Keras' `predict_on_batch`, after checking NumPy images as `predict` does."""
+        return super().predict_on_batch(self._checked_host_batch(x, None, masks=False)[0])
+
+    def _checked_host_batch(self, x, y, masks=True):
+        if not isinstance(x, np.ndarray):
+            return x, y
+        return self.checked_data(x, np.asarray(y) if masks and y is not None else y, masks=masks)
+
     def evaluate(self, *args, **kwargs):
         """Keras' `evaluate`, after checking images and masks as `fit` does."""
         arguments = _given_arguments(keras.Model.evaluate, args, kwargs)
