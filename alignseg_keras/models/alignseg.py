@@ -364,7 +364,8 @@ class AlignSeg(ImageSegmenter):
             loss: a Keras loss on (labels, logits), or None for
                 `SegmentationCrossEntropy(ignore_index)`. With deep supervision the
                 total is `loss(y, logits) + aux_loss_weight * aux_loss(y, aux_logits)`.
-            metrics: a list of metrics, or None for `MeanIoU(num_classes)`.
+            metrics: a list of metrics, or None for `MeanIoU(num_classes)` ignoring
+                the loss's `ignore_index` (or `ignore_index` for a loss without one).
             aux_loss_weight: float, weight of the deep-supervision loss (0.4).
             aux_loss: a `keras.losses.Loss` for the deep-supervision head, or
                 None for `loss` itself. The authors' criteria give that head plain
@@ -379,7 +380,8 @@ class AlignSeg(ImageSegmenter):
                 `alignseg_keras.optimizers.WarmupPolynomialDecay`.
             warmup_steps: int, linear warm-up steps of the default optimizer.
             weight_decay: float, PyTorch-style weight decay of the default optimizer.
-            ignore_index: int, label ignored by the default loss and metric.
+            ignore_index: int, label ignored by the default loss, and by the
+                default metric when the loss has no `ignore_index` of its own.
             **kwargs: other `keras.Model.compile` arguments (`jit_compile`, ...).
         """
         from alignseg_keras.hardware import warn_once
@@ -395,8 +397,9 @@ class AlignSeg(ImageSegmenter):
             )
         if loss is None:
             loss = SegmentationCrossEntropy(ignore_index=ignore_index)
-        if metrics is None:
-            metrics = [MeanIoU(self.num_classes, ignore_index=ignore_index)]
+        if metrics is None:  # ignoring what the loss ignores
+            ignored = getattr(loss, "ignore_index", ignore_index)
+            metrics = [MeanIoU(self.num_classes, ignore_index=ignored)]
         self.aux_loss_weight = float(aux_loss_weight) if self.deep_supervision else 0.0
         self.aux_loss = _checked_aux_loss(aux_loss)
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)

@@ -42,6 +42,15 @@ def test_compile_defaults_are_the_paper_recipe():
     assert metrics[0].num_classes == 3
 
 
+def test_the_default_metric_ignores_what_the_loss_ignores():
+    model = tiny_model()
+    model.compile(loss=OhemCrossEntropy(ignore_index=0))
+    (metric,) = model._compile_config.config["metrics"]
+    assert metric.ignore_index == 0 == model.ignore_index
+    model.compile(ignore_index=7)
+    assert model._compile_config.config["metrics"][0].ignore_index == 7
+
+
 def test_fit_arrays_sets_the_poly_steps_and_adds_the_aux_loss():
     images, masks = toy_data()
     model = tiny_model()
