@@ -61,8 +61,61 @@ def _weighted_mean(values, weights):
     return ops.sum(values * weights) / ops.maximum(ops.sum(weights), 1e-12)
 
 
+def _pixel_sample_weights(sample_weight, labels):
+    """Keras' `sample_weight`, per image `(B,)` or per pixel `(B, H, W[, 1])`, as `(B, H, W)` factors."""
+    weights = ops.cast(ops.convert_to_tensor(sample_weight), "float32")
+    if len(weights.shape) == 4 and weights.shape[-1] == 1:
+        weights = ops.squeeze(weights, axis=-1)
+    if len(weights.shape) == 1:
+        weights = ops.reshape(weights, (-1, 1, 1))
+    elif len(weights.shape) != 3:
+        raise ValueError(
+            "A segmentation loss takes `sample_weight` per image (batch,) or per pixel "
+            f"(batch, height, width) at the labels' size; received shape {tuple(weights.shape)}."
+        )
+    return weights
+
+
+class _PixelMeanLoss(keras.losses.Loss):
+    """A loss whose value is a weighted mean over the valid pixels.
+
+    `sample_weight` (Keras' `fit(sample_weight=...)`, or a direct call) weights
+    each pixel in that mean, per image `(B,)` or per pixel `(B, H, W)`:
+    `sum(s w l) / sum(s w)`, with `w` the class weight of valid pixels. (Keras'
+    default would multiply the already averaged value by the weights' mean,
+    which weights no image or pixel.)
+    """
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        self._sample_weight = sample_weight
+        try:
+            return super().__call__(y_true, y_pred)
+        finally:
+            self._sample_weight = None
+
+    def _pixel_weights(self, labels, valid, class_weights):
+        weights = _pixel_weights(labels, valid, class_weights)
+        sample_weight = getattr(self, "_sample_weight", None)
+        if sample_weight is None:
+            return weights
+        return weights * _pixel_sample_weights(sample_weight, labels)
+
+
+class _RegionLoss(keras.losses.Loss):
+    """A loss over regions of the batch (Dice, Lovász), where a pixel's weight is undefined."""
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            raise ValueError(
+                f"{type(self).__name__} takes no `sample_weight`: it compares regions of the "
+                "batch, not pixels one by one. Use its `class_weights`, or a pixel loss "
+                "(SegmentationCrossEntropy, OhemCrossEntropy, FocalLoss) for weighted pixels."
+            )
+        return super().__call__(y_true, y_pred)
+
+
 @keras.saving.register_keras_serializable(package="alignseg_keras")
-class SegmentationCrossEntropy(keras.losses.Loss):
+class SegmentationCrossEntropy(_PixelMeanLoss):
     """Pixel-wise softmax cross-entropy with an ignore label and class weights.
 
     The mean over the valid pixels of the batch, each weighted by the weight of
@@ -88,7 +141,7 @@ class SegmentationCrossEntropy(keras.losses.Loss):
     def call(self, y_true, y_pred):
         labels, logits, valid = _prepare(y_true, y_pred, self.ignore_index)
         ce = _pixel_cross_entropy(labels, logits)
-        return _weighted_mean(ce, _pixel_weights(labels, valid, self.class_weights))
+        return _weighted_mean(ce, self._pixel_weights(labels, valid, self.class_weights))
 
     def get_config(self):
         config = super().get_config()
@@ -139,7 +192,7 @@ class OhemCrossEntropy(SegmentationCrossEntropy):
         kth = ops.take(ops.sort(flat), ops.maximum(k - 1, 0))
         threshold = ops.where(k > 0, ops.maximum(kth, self.threshold), self.threshold)
         kept = ops.logical_and(valid, true_prob <= threshold)
-        return _weighted_mean(ce, _pixel_weights(labels, kept, self.class_weights))
+        return _weighted_mean(ce, self._pixel_weights(labels, kept, self.class_weights))
 
     def get_config(self):
         config = super().get_config()
@@ -275,7 +328,7 @@ def _valid_one_hot(labels, valid, num_classes):
 
 
 @keras.saving.register_keras_serializable(package="alignseg_keras")
-class DiceLoss(keras.losses.Loss):
+class DiceLoss(_RegionLoss):
     """Soft multi-class Dice loss on softmax probabilities.
 
     With `p` the softmax probabilities and `g` the one-hot labels, over the
@@ -363,7 +416,7 @@ class DiceLoss(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package="alignseg_keras")
-class FocalLoss(keras.losses.Loss):
+class FocalLoss(_PixelMeanLoss):
     """Softmax focal loss (Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017).
 
     Per valid pixel with true class `t` and softmax probability `p_t`:
@@ -427,7 +480,7 @@ class FocalLoss(keras.losses.Loss):
             focal = focal * ops.take(ops.convert_to_tensor(self.alpha, "float32"), labels)
         elif self.alpha is not None:
             focal = focal * self.alpha
-        return _weighted_mean(focal, _pixel_weights(labels, valid, self.class_weights))
+        return _weighted_mean(focal, self._pixel_weights(labels, valid, self.class_weights))
 
     def get_config(self):
         config = super().get_config()
@@ -455,7 +508,7 @@ def _lovasz_gradient(fg_sorted):
 
 
 @keras.saving.register_keras_serializable(package="alignseg_keras")
-class LovaszSoftmaxLoss(keras.losses.Loss):
+class LovaszSoftmaxLoss(_RegionLoss):
     """Lovász-Softmax loss (Berman et al., "The Lovász-Softmax loss", CVPR 2018).
 
     A convex surrogate of the Jaccard (IoU) loss: for each class `c` the errors
@@ -581,11 +634,19 @@ class CombinedLoss(keras.losses.Loss):
         self.terms = terms
         self.ignore_index = labels.pop() if labels else IGNORE_INDEX
 
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        self._sample_weight = sample_weight  # for the terms (see `call`)
+        try:
+            return super().__call__(y_true, y_pred)
+        finally:
+            self._sample_weight = None
+
     def call(self, y_true, y_pred):
+        sample_weight = getattr(self, "_sample_weight", None)
         total = 0.0
         for loss, weight in self.terms:
             if weight:
-                total = total + weight * loss(y_true, y_pred)
+                total = total + weight * loss(y_true, y_pred, sample_weight=sample_weight)
         return ops.convert_to_tensor(total, "float32")
 
     def get_config(self):

@@ -146,6 +146,37 @@ def test_config_round_trip():
 TOL = dict(rtol=2e-5, atol=2e-6)  # float32 sums of a few hundred terms
 
 
+def test_sample_weights_weight_images_and_pixels_in_the_mean():
+    labels, logits = random_case(seed=3)
+    per_image = np.array([2.0, 0.5, 1.0], "float32")
+    per_pixel = np.random.default_rng(4).uniform(0, 3, labels.shape).astype("float32")
+    for weights in (per_image, per_pixel, per_pixel[..., None]):
+        expected = ref.reference_cross_entropy(labels, logits, class_weights=[1, 2, 1, 3],
+                                               sample_weights=np.squeeze(weights))
+        loss = SegmentationCrossEntropy(class_weights=[1, 2, 1, 3])
+        np.testing.assert_allclose(float(loss(labels, logits, sample_weight=weights)), expected, **TOL)
+        expected = ref.reference_focal(labels, logits, gamma=1.5, sample_weights=np.squeeze(weights))
+        value = FocalLoss(gamma=1.5)(labels, logits, sample_weight=weights)
+        np.testing.assert_allclose(float(value), expected, **TOL)
+    # A weight of 0 leaves an image out: the loss of the others alone (it was the mean
+    # loss times the mean weight, whatever image the weight selected).
+    only_first = SegmentationCrossEntropy()(labels, logits, sample_weight=np.array([1.0, 0.0, 0.0]))
+    np.testing.assert_allclose(float(only_first), ref.reference_cross_entropy(labels[:1], logits[:1]), **TOL)
+    ohem = OhemCrossEntropy(threshold=1.0)  # keeps every valid pixel: the cross-entropy
+    np.testing.assert_allclose(float(ohem(labels, logits, sample_weight=per_image)),
+                               ref.reference_cross_entropy(labels, logits, sample_weights=per_image), **TOL)
+    combined = combine((SegmentationCrossEntropy(), 1.0), (FocalLoss(gamma=1.5), 0.5))
+    np.testing.assert_allclose(
+        float(combined(labels, logits, sample_weight=per_image)),
+        ref.reference_cross_entropy(labels, logits, sample_weights=per_image)
+        + 0.5 * ref.reference_focal(labels, logits, gamma=1.5, sample_weights=per_image), **TOL)
+    for region in (DiceLoss(), LovaszSoftmaxLoss(), combine(SegmentationCrossEntropy(), DiceLoss())):
+        with pytest.raises(ValueError, match="takes no `sample_weight`"):
+            region(labels, logits, sample_weight=per_image)
+    with pytest.raises(ValueError, match=r"per image \(batch,\) or per pixel"):
+        SegmentationCrossEntropy()(labels, logits, sample_weight=per_image[:, None])
+
+
 def hand_case():
     """2x2 pixels, 2 classes: class-1 probabilities 0.2, 0.9, 0.6, 0.3; labels 0, 1, 1, 1."""
     probs = np.array([0.2, 0.9, 0.6, 0.3])

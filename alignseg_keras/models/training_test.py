@@ -51,6 +51,18 @@ def test_the_default_metric_ignores_what_the_loss_ignores():
     assert model._compile_config.config["metrics"][0].ignore_index == 7
 
 
+def test_sample_weights_weight_images_in_evaluate_and_fit():
+    images, masks = toy_data()
+    model = tiny_alignseg(3, seed=0)
+    model.compile(metrics=[])
+    first = model.evaluate(images[:1], masks[:1], verbose=0)
+    weighted = model.evaluate(images[:2], masks[:2], sample_weight=np.array([1.0, 0.0]), verbose=0)
+    np.testing.assert_allclose(weighted, first, rtol=1e-5)  # float32 rounding of the sums
+    history = model.fit(images, masks, sample_weight=np.array([1.0, 2.0, 0.0, 1.0]), batch_size=2,
+                        verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+
+
 def test_fit_arrays_sets_the_poly_steps_and_adds_the_aux_loss():
     images, masks = toy_data()
     model = tiny_model()

@@ -36,8 +36,18 @@ def _weighted_class_mean(values, class_weights):
     return sum(weights[c] * values[c] for c in values) / total if total > 0 else 0.0
 
 
-def reference_cross_entropy(labels, logits, ignore_index=IGNORE_INDEX, class_weights=None):
-    """Weighted mean over valid pixels of -log softmax(logits)[label] (PyTorch's convention)."""
+def _sample_weight(sample_weights, index):
+    """The weight of the pixel `index` (batch, row, column): per image, per pixel, or 1."""
+    if sample_weights is None:
+        return 1.0
+    sample_weights = np.asarray(sample_weights, np.float64)
+    return float(sample_weights[index[0]] if sample_weights.ndim == 1 else sample_weights[index])
+
+
+def reference_cross_entropy(labels, logits, ignore_index=IGNORE_INDEX, class_weights=None,
+                            sample_weights=None):
+    """Weighted mean over valid pixels of -log softmax(logits)[label] (PyTorch's convention);
+    `sample_weights` per image `(B,)` or per pixel `(B, H, W)` multiply the pixels' weights."""
     probs = softmax(logits)
     numerator = denominator = 0.0
     for index in np.ndindex(*labels.shape):
@@ -45,12 +55,14 @@ def reference_cross_entropy(labels, logits, ignore_index=IGNORE_INDEX, class_wei
         if label == ignore_index:
             continue
         weight = 1.0 if class_weights is None else float(class_weights[label])
+        weight *= _sample_weight(sample_weights, index)
         numerator += weight * -math.log(probs[index][label])
         denominator += weight
     return numerator / denominator if denominator > 0 else 0.0
 
 
-def reference_focal(labels, logits, gamma=2.0, alpha=None, ignore_index=IGNORE_INDEX, class_weights=None):
+def reference_focal(labels, logits, gamma=2.0, alpha=None, ignore_index=IGNORE_INDEX, class_weights=None,
+                    sample_weights=None):
     """Mean over valid pixels of -alpha_t (1 - p_t)^gamma log p_t (Lin et al. 2017, Eq. 5).
 
     With class weights, `sum(w_t FL) / sum(w_t)`.
@@ -69,6 +81,7 @@ def reference_focal(labels, logits, gamma=2.0, alpha=None, ignore_index=IGNORE_I
         else:
             a_t = float(alpha[label])
         weight = 1.0 if class_weights is None else float(class_weights[label])
+        weight *= _sample_weight(sample_weights, index)
         numerator += weight * -a_t * (1.0 - p_t) ** gamma * math.log(p_t)
         denominator += weight
     return numerator / denominator if denominator > 0 else 0.0
