@@ -465,13 +465,32 @@ class AlignmentLayer(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         features, offsets = inputs
+        self._check_shapes(features.shape, offsets.shape)
         y, x = self.sampling_positions(ops.shape(features), offsets)
         dtype = keras.backend.standardize_dtype(features.dtype)
         return bilinear_sample(features, y, x, batched_taps=batches_taps(training, dtype))
 
     def compute_output_shape(self, input_shape):
         features_shape, offsets_shape = input_shape
+        self._check_shapes(features_shape, offsets_shape)
         return (features_shape[0], offsets_shape[1], offsets_shape[2], features_shape[3])
+
+    def _check_shapes(self, features_shape, offsets_shape):
+        """A `ValueError` naming the layer for shapes it cannot sample (as far as they are known)."""
+        features_shape, offsets_shape = tuple(features_shape), tuple(offsets_shape)
+        problem = None
+        if len(features_shape) != 4 or len(offsets_shape) != 4:
+            problem = "both must have rank 4"
+        elif offsets_shape[3] not in (None, 2):
+            problem = "offsets need 2 channels (one per axis)"
+        elif None not in (features_shape[0], offsets_shape[0]) and features_shape[0] != offsets_shape[0]:
+            problem = "their batch sizes differ"
+        if problem:
+            raise ValueError(
+                f"{type(self).__name__} {self.name!r} samples features (B, H_in, W_in, C) at "
+                f"offsets (B, H_out, W_out, 2); received features {features_shape} and offsets "
+                f"{offsets_shape}: {problem}."
+            )
 
     def get_config(self):
         config = super().get_config()

@@ -168,6 +168,22 @@ def test_config_round_trip_and_bad_mode():
         AlignmentLayer("nearest")
 
 
+@pytest.mark.parametrize("offsets_shape, problem", [
+    ((2, 8, 8, 1), "offsets need 2 channels"),
+    ((2, 8, 8, 3), "offsets need 2 channels"),  # the third channel was silently unused
+    ((1, 8, 8, 2), "their batch sizes differ"),
+    ((2, 8, 8), "both must have rank 4"),
+])
+def test_offsets_it_cannot_sample_are_named(offsets_shape, problem):
+    features = np.zeros((2, 4, 4, 3), "float32")
+    message = rf"AlignmentLayer 'u' .*received features \(2, 4, 4, 3\) and offsets .*: {problem}"
+    layer = AlignmentLayer(name="u")
+    with pytest.raises(ValueError, match=message):
+        layer([features, np.zeros(offsets_shape, "float32")])
+    with pytest.raises(ValueError, match=message):
+        layer.compute_output_shape([features.shape, offsets_shape])
+
+
 def test_dynamic_shapes_in_a_tf_function():
     layer = AlignmentLayer()
 

@@ -1,6 +1,7 @@
 """The AlignSeg segmenter (paper Fig. 2): a backbone, its heads and the paper's training recipe."""
 
 import inspect
+import numbers
 
 import keras
 
@@ -242,6 +243,7 @@ class AlignSeg(ImageSegmenter):
         trainable=True,
     ):
         num_classes = check_class_count(num_classes)
+        pad_to_multiple = _checked_padding_multiple(pad_to_multiple)
         if tuple(image_shape)[-1] != 3:
             raise ValueError(
                 f"AlignSeg takes RGB images with 3 channels; image_shape={image_shape!r}."
@@ -590,6 +592,19 @@ class AlignSeg(ImageSegmenter):
         if is_legacy_config(config):
             raise ValueError(LEGACY_FILE_MESSAGE)
         return cls(**deserialized(config, ["backbone", "image_converter", "dtype"]))
+
+
+def _checked_padding_multiple(pad_to_multiple):
+    """`pad_to_multiple` as a positive int, or None for no padding (None, 0 or False)."""
+    if pad_to_multiple is None or pad_to_multiple is False or pad_to_multiple == 0:
+        return None
+    if (isinstance(pad_to_multiple, bool) or not isinstance(pad_to_multiple, numbers.Integral)
+            or pad_to_multiple < 1):
+        raise ValueError(
+            "AlignSeg: `pad_to_multiple` must be a positive int (32: the encoder's stride) or "
+            f"None for no padding; received {pad_to_multiple!r}."
+        )
+    return int(pad_to_multiple)
 
 
 def _checked_aux_loss(aux_loss):

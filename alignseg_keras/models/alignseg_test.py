@@ -54,6 +54,15 @@ def test_wrong_channels_raise_a_clear_error(model):
         tiny_model(image_shape=(None, None, 1))
 
 
+def test_the_padding_multiple_is_checked():
+    # -32 failed inside TensorFlow's Pad at predict; 32.5 and "32" were saved as given.
+    for bad in (-32, 32.5, "32", True):
+        with pytest.raises(ValueError, match=r"`pad_to_multiple` must be a positive int"):
+            tiny_model(pad_to_multiple=bad)
+    assert tiny_model(pad_to_multiple=np.int64(16)).pad_to_multiple == 16
+    assert tiny_model(pad_to_multiple=0).pad_to_multiple is None
+
+
 def test_offset_model_exposes_every_alignment_module(model):
     offsets = model.offset_model()(np.zeros((1, 64, 64, 3), "float32"))
     assert {k: tuple(v.shape) for k, v in offsets.items()} == {
