@@ -13,6 +13,8 @@ from alignseg_keras.checks import IGNORE_INDEX
 from alignseg_keras.checks import check_class_count
 from alignseg_keras.checks import check_image_batch_shape
 from alignseg_keras.config_utils import deserialized
+from alignseg_keras.config_utils import freeze_layers
+from alignseg_keras.config_utils import frozen_layers
 from alignseg_keras.config_utils import model_config
 from alignseg_keras.export_formats import check_float32_computation
 from alignseg_keras.layers.alignment import BilinearResize
@@ -505,7 +507,7 @@ class AlignSeg(ImageSegmenter):
         new_heads = num_classes is not None and num_classes != saved_classes
         not_task_level = sorted(set(overrides) - set(config))
         if not_task_level:
-            allowed = ", ".join(sorted(set(config) - {"backbone"}))
+            allowed = ", ".join(sorted(set(config) - {"backbone", "frozen_layers"}))
             raise ValueError(
                 f"A preset directory fixes its backbone; {', '.join(not_task_level)} cannot "
                 f"override it. Arguments that may: {allowed}."
@@ -585,13 +587,18 @@ class AlignSeg(ImageSegmenter):
             "sync_batchnorm": self.sync_batchnorm,
             "image_shape": self.image_shape,
             **model_config(self),
+            "frozen_layers": frozen_layers(self),
         }
 
     @classmethod
     def from_config(cls, config):
         if is_legacy_config(config):
             raise ValueError(LEGACY_FILE_MESSAGE)
-        return cls(**deserialized(config, ["backbone", "image_converter", "dtype"]))
+        config = dict(config)
+        frozen = config.pop("frozen_layers", [])
+        model = cls(**deserialized(config, ["backbone", "image_converter", "dtype"]))
+        freeze_layers(model, frozen)
+        return model
 
 
 def _checked_padding_multiple(pad_to_multiple):

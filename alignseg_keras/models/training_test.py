@@ -153,6 +153,37 @@ def test_compiled_model_round_trips_through_keras_file(tmp_path):
     restored.fit(images, masks, batch_size=2, epochs=1, verbose=0)  # training resumes
 
 
+def test_frozen_layers_stay_frozen_after_a_reload(tmp_path):
+    # They came back trainable (AlignSeg rebuilds its layers from its arguments), the
+    # optimizer state of the other weights was dropped, and fit changed the frozen ones.
+    import warnings
+
+    from alignseg_keras import AlignSeg
+
+    images, masks = toy_data()
+    model = tiny_model()
+    model.image_encoder.trainable = False
+    model.backbone.get_layer("align_fa2").trainable = False
+    model.compile()
+    model.fit(images, masks, batch_size=2, epochs=1, verbose=0)
+    model.save(tmp_path / "frozen.keras")
+    model.save_to_preset(tmp_path / "preset")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Keras warns when it skips the optimizer's variables
+        restored = keras.saving.load_model(tmp_path / "frozen.keras")
+    for loaded in (restored, AlignSeg.from_preset(tmp_path / "preset")):
+        assert not loaded.image_encoder.trainable
+        assert not loaded.backbone.get_layer("align_fa2").trainable
+        assert loaded.backbone.get_layer("align_fa3").trainable
+        assert len(loaded.trainable_weights) == len(model.trainable_weights)
+    encoder = [np.array(weight) for weight in restored.image_encoder.weights]
+    restored.fit(images, masks, batch_size=2, epochs=1, verbose=0)
+    for before, after in zip(encoder, restored.image_encoder.weights):
+        np.testing.assert_array_equal(before, np.array(after))
+    model.trainable = False
+    assert not AlignSeg.from_config(model.get_config()).trainable
+
+
 def trainable_weights(model):
     return [np.array(weight) for weight in model.trainable_weights]
 
