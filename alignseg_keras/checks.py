@@ -132,14 +132,20 @@ def check_finite_images(images, source="`images`"):
 
 
 def label_value_error(mask, limit, source, ignore_index=IGNORE_INDEX, hint=""):
-    """A `ValueError` naming the labels outside [0, limit) other than `ignore_index`, or None."""
-    bad = ((mask < 0) | (mask >= limit)) & (mask != ignore_index)
+    """A `ValueError` naming the labels outside [0, limit) other than `ignore_index`, or None.
+
+    `ignore_index=None`: no label is ignored (a loss that ignores none).
+    """
+    bad = (mask < 0) | (mask >= limit)
+    if ignore_index is not None:
+        bad &= mask != ignore_index
     if not bad.any():
         return None
     values = np.unique(mask[bad])[:10].tolist()
+    allowed = f" or {ignore_index} (ignore)" if ignore_index is not None else ""
     return ValueError(
         f"{source} contains value(s) {values} outside [0, {limit}) in {int(bad.sum())} "
-        f"pixel(s); labels must be class ids below {limit} or {ignore_index} (ignore).{hint}"
+        f"pixel(s); labels must be class ids below {limit}{allowed}.{hint}"
     )
 
 
@@ -166,7 +172,8 @@ def _fraction_error(block, num_classes, ignore_index):
     examples = np.unique(block[fractional])[:5].tolist()
     return ValueError(
         f"Masks hold fractional values {examples} in {int(fractional.sum())} pixel(s); "
-        f"masks are integer class ids 0..{num_classes - 1} ({ignore_index} = ignore). "
+        f"masks are integer class ids 0..{num_classes - 1}"
+        f"{f' ({ignore_index} = ignore)' if ignore_index is not None else ''}. "
         "Were they divided by 255? Pass the integer ids, e.g. "
         "`np.rint(masks * 255).astype('uint8')`."
     )
@@ -184,7 +191,8 @@ def check_masks(images_shape, masks, num_classes, ignore_index=IGNORE_INDEX):
         images_shape: shape of the image batch, `(batch, H, W, 3)`.
         masks: array `(batch, H, W)` or `(batch, H, W, 1)`.
         num_classes: int, the model's number of classes.
-        ignore_index: int, the label the loss ignores (255).
+        ignore_index: int, the label the loss ignores (255), or None when it
+            ignores none.
 
     Example:
     ```python
@@ -206,10 +214,15 @@ def _mask_value_error(block, num_classes, ignore_index):
         error = _fraction_error(block, num_classes, ignore_index)
         if error:
             return error
+    unlabelled = (
+        f"mark unlabelled pixels {ignore_index} rather than -1" if ignore_index is not None
+        else "give the loss an ignore label for unlabelled pixels (the compiled loss ignores "
+        "none; e.g. keras.losses.SparseCategoricalCrossentropy(ignore_class=255))"
+    )
     hint = (
         f" The model has num_classes={num_classes}: map raw label ids to train ids "
-        "(Cityscapes: alignseg_keras.data.cityscapes_to_train_ids), mark unlabelled "
-        f"pixels {ignore_index} rather than -1, or build the model with more classes."
+        f"(Cityscapes: alignseg_keras.data.cityscapes_to_train_ids), {unlabelled}, or build "
+        "the model with more classes."
     )
     return label_value_error(block, num_classes, "A mask", ignore_index, hint)
 

@@ -27,6 +27,7 @@ from alignseg_keras.models import preset_files
 from alignseg_keras.models.alignseg_backbone import OFFSET_MODULES
 from alignseg_keras.models.alignseg_backbone import AlignSegBackbone
 from alignseg_keras.models.image_segmenter import ImageSegmenter
+from alignseg_keras.models.image_segmenter import loss_ignore_label
 from alignseg_keras.models.legacy import LEGACY_FILE_MESSAGE
 from alignseg_keras.models.legacy import is_legacy_config
 from alignseg_keras.models.presets import DEFAULT_ENCODER
@@ -402,8 +403,8 @@ class AlignSeg(ImageSegmenter):
         if loss is None:
             loss = SegmentationCrossEntropy(ignore_index=ignore_index)
         if metrics is None:  # ignoring what the loss ignores
-            ignored = getattr(loss, "ignore_index", ignore_index)
-            metrics = [MeanIoU(self.num_classes, ignore_index=ignored)]
+            ignored = loss_ignore_label(loss, default=ignore_index)
+            metrics = [MeanIoU(self.num_classes, ignore_index=ignore_index if ignored is None else ignored)]
         self.aux_loss_weight = float(aux_loss_weight) if self.deep_supervision else 0.0
         self.aux_loss = _checked_aux_loss(aux_loss)
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)

@@ -54,6 +54,28 @@ def test_fit_and_evaluate_refuse_bad_mask_arrays_before_training(model, case):
         np.testing.assert_array_equal(old, new)
 
 
+def test_the_ignore_label_follows_keras_sparse_cross_entropy():
+    # With Keras' own loss, 255 passed the check and failed inside TensorFlow's
+    # SparseSoftmaxCrossEntropyWithLogits.
+    import tensorflow as tf
+
+    model = tiny_alignseg(num_classes=3)
+    masks = MASKS.copy()
+    masks[:, :4] = 255
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert model.ignore_index is None
+    message = r"\[255\] outside \[0, 3\).*below 3\. .*give the loss an ignore label"
+    with pytest.raises(ValueError, match=message):
+        model.fit(IMAGES, masks, verbose=0)
+    dataset = tf.data.Dataset.from_tensor_slices((IMAGES, masks)).batch(2)
+    with pytest.raises(ValueError, match=message):
+        model.fit(dataset, verbose=0)
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255))
+    assert model.ignore_index == 255
+    model.evaluate(IMAGES, masks, verbose=0)  # accepted, and Keras ignores it
+    assert model._compile_config.config["metrics"][0].ignore_index == 255
+
+
 def test_generators_and_py_datasets_are_checked_batch_by_batch(model):
     masks, message = BAD_MASKS["cityscapes_label_ids"]
 

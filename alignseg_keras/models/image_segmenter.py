@@ -31,6 +31,19 @@ def _image_shape_of(x):
     return tuple(shape)
 
 
+def loss_ignore_label(loss, default=IGNORE_INDEX):
+    """The label `loss` ignores: its `ignore_index` (this library's losses), the
+    `ignore_class` of Keras' sparse cross-entropy (None: it ignores no label), or
+    `default` for a loss that says neither (None too: `default`)."""
+    if hasattr(loss, "ignore_index"):
+        return loss.ignore_index
+    if isinstance(loss, keras.losses.Loss):
+        config = loss.get_config()
+        if "ignore_class" in config:
+            return config["ignore_class"]
+    return default
+
+
 def _given_arguments(method, args, kwargs):
     """The arguments given to a `keras.Model` method, by name (positional ones included)."""
     bound = inspect.signature(method).bind(None, *args, **kwargs)
@@ -103,8 +116,8 @@ class ImageSegmenter(keras.Model):
 
     @property
     def ignore_index(self):
-        """The label the compiled loss ignores (`checks.IGNORE_INDEX` unless it says otherwise)."""
-        return getattr(getattr(self, "loss", None), "ignore_index", IGNORE_INDEX)
+        """The label the compiled loss ignores (`loss_ignore_label`)."""
+        return loss_ignore_label(getattr(self, "loss", None))
 
     def checked_data(self, x, y=None, masks=True):
         """Returns `(x, y)` checked for Keras: arrays now, batch sources batch by batch.

@@ -35,7 +35,9 @@ def _mask_problem(images, masks, num_classes, ignore_index):
         labels = masks if masks.dtype == tf.int64 else tf.cast(masks, tf.int32)
         fractional = tf.constant(False)
     outside = (labels < 0) | (labels >= tf.cast(num_classes, labels.dtype))
-    out_of_range = tf.reduce_any(outside & (labels != tf.cast(ignore_index, labels.dtype)))
+    if ignore_index is not None:  # None: the loss ignores no label
+        outside &= labels != tf.cast(ignore_index, labels.dtype)
+    out_of_range = tf.reduce_any(outside)
     return size_differs | fractional | out_of_range
 
 
