@@ -141,11 +141,38 @@ def encoder_input_convention(image_encoder):
     return dict(convention) if convention else dict(IMAGENET_RGB)
 
 
+def _output_structure(model):
+    """A functional model's outputs as given (a dict stays a dict), or None."""
+    try:
+        return model.output
+    except (AttributeError, ValueError):  # a subclassed model not yet called
+        return None
+
+
+def pyramid_encoder_model(image_encoder):
+    """`image_encoder` in a form its config restores, with its pyramid.
+
+    A plain functional `keras.Model` whose `pyramid_outputs` was set as an
+    attribute loses it when saved (its config holds the graph only): it becomes
+    a functional model with the pyramid as its dict of outputs, on the same
+    layers and weights. Other encoders (keras-hub's backbones, `ResNetEncoder`,
+    models with four outputs) are returned as they are.
+    """
+    plain_functional = type(image_encoder).__name__ == "Functional" and type(
+        image_encoder).__module__.startswith("keras.")
+    pyramid = getattr(image_encoder, "pyramid_outputs", None)
+    if not (plain_functional and pyramid):
+        return image_encoder
+    return keras.Model(image_encoder.inputs, dict(pyramid), name=image_encoder.name)
+
+
 def _pyramid(image_encoder):
     """The encoder's feature maps by key: `pyramid_outputs`, or four plain outputs."""
     pyramid = getattr(image_encoder, "pyramid_outputs", None)
     if pyramid:
         return dict(pyramid)
+    if isinstance(image_encoder, keras.Model) and isinstance(_output_structure(image_encoder), dict):
+        return dict(_output_structure(image_encoder))  # e.g. `pyramid_encoder_model`'s
     outputs = image_encoder.outputs if isinstance(image_encoder, keras.Model) else None
     if outputs and len(outputs) == 4:
         return {f"output_{index}": tensor for index, tensor in enumerate(outputs)}

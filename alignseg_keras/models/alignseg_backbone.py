@@ -2,6 +2,7 @@
 
 import keras
 
+from alignseg_keras.backbones.encoders import pyramid_encoder_model
 from alignseg_keras.backbones.encoders import pyramid_feature_model
 from alignseg_keras.config_utils import deserialized
 from alignseg_keras.config_utils import model_config
@@ -134,6 +135,7 @@ class AlignSegBackbone(keras.Model):
             )
         kwargs.setdefault("name", "alignseg_backbone")
         offset_width = offset_channels or decoder_channels
+        image_encoder = pyramid_encoder_model(image_encoder)  # saved with its pyramid
 
         # === Layers ===
         features = pyramid_feature_model(image_encoder, name="image_encoder_pyramid")

@@ -53,6 +53,26 @@ def test_any_pyramid_encoder_works():
     assert tuple(outputs["d5"].shape) == (1, 16, 16, 8)
 
 
+def test_a_functional_encoder_with_a_pyramid_attribute_saves_and_loads(tmp_path):
+    # The attribute is not in a functional model's config: the saved model did not load.
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, None, 3))
+    features, pyramid = inputs, {}
+    for level in range(1, 6):
+        features = keras.layers.Conv2D(8, 3, strides=2, padding="same")(features)
+        pyramid[f"P{level}"] = features
+    encoder = keras.Model(inputs, features, name="encoder")  # the last map as its output
+    encoder.pyramid_outputs = pyramid
+    model = AlignSeg(3, image_encoder=encoder, decoder_channels=8, context_bins=2)
+    images = np.random.default_rng(0).uniform(0, 255, (1, 40, 36, 3)).astype("float32")
+    expected = model.predict(images, verbose=0)
+    model.save(tmp_path / "model.keras")
+    model.save_to_preset(tmp_path / "preset")
+    for loaded in (keras.saving.load_model(tmp_path / "model.keras"),
+                   AlignSeg.from_preset(tmp_path / "preset")):
+        np.testing.assert_array_equal(loaded.predict(images, verbose=0), expected)
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="`image_encoder` must be a keras.Model"):
         AlignSegBackbone("resnet18")
