@@ -154,12 +154,14 @@ def _mask_shape_error(image_shape, mask_shape):
     rank_ok = len(mask_shape) == 3 or (len(mask_shape) == 4 and mask_shape[-1] == 1)
     if rank_ok and tuple(mask_shape[1:3]) == tuple(image_shape[1:3]):
         return None
-    swapped = ""
-    if tuple(mask_shape[1:3]) == tuple(image_shape[2:0:-1]):
-        swapped = " (height and width swapped?)"
+    cause = ""
+    if len(mask_shape) == 4 and tuple(mask_shape[1:3]) == tuple(image_shape[1:3]):
+        cause = " (one-hot masks? give class ids: np.argmax(masks, axis=-1))"
+    elif tuple(mask_shape[1:3]) == tuple(image_shape[2:0:-1]):
+        cause = " (height and width swapped?)"
     return ValueError(
         f"Masks of shape {tuple(mask_shape)} do not fit images of shape {tuple(image_shape)}"
-        f"{swapped}: each mask must be (batch, height, width) or (batch, height, width, 1) "
+        f"{cause}: each mask must be (batch, height, width) or (batch, height, width, 1) "
         f"with its image's height and width, {image_shape[1]}x{image_shape[2]}."
     )
 

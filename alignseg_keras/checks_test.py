@@ -53,13 +53,19 @@ def test_non_finite_pixels_name_the_image(value):
         (np.full((2, 4, 6), -1), r"\[-1\].*unlabelled pixels 255 rather than -1"),
         (np.full((2, 4, 6, 1), 3 / 255.0), r"fractional values \[0.0117.*divided by 255"),
         (np.zeros((2, 6, 4)), r"\(2, 6, 4\) do not fit .*\(height and width swapped\?\)"),
-        (np.zeros((2, 4, 6, 2)), r"\(2, 4, 6, 2\) do not fit"),
+        (np.zeros((2, 4, 6, 19)), r"\(2, 4, 6, 19\) do not fit .*\(one-hot masks\? give class ids"),
         (np.zeros((2, 4)), r"\(2, 4\) do not fit"),
     ],
 )
 def test_bad_masks_name_value_class_count_and_fix(masks, message):
     with pytest.raises(ValueError, match=message):
         check_masks((2, 4, 6, 3), masks, num_classes=19)
+
+
+def test_one_hot_masks_of_square_images_are_not_called_swapped():
+    with pytest.raises(ValueError, match=r"\(one-hot masks\? give class ids") as error:
+        check_masks((2, 5, 5, 3), np.zeros((2, 5, 5, 19)), num_classes=19)
+    assert "swapped" not in str(error.value)
 
 
 def test_good_masks_pass_and_lose_their_channel_axis():
