@@ -334,6 +334,8 @@ class AlignSeg(ImageSegmenter):
         return {"mean": list(converter.mean), "std": list(converter.std), "bgr": converter.bgr}
 
     def call(self, inputs, training=None, mask=None):
+        if isinstance(inputs, dict):  # keyed by the input's name, as Keras' functional models take
+            inputs = _images_of_dict(inputs, self.inputs[0].name)
         check_image_batch_shape(getattr(inputs, "shape", None))
         outputs = super().call(inputs, training=training, mask=mask)
         if isinstance(outputs, dict) and not training:
@@ -600,6 +602,16 @@ class AlignSeg(ImageSegmenter):
         model = cls(**deserialized(config, ["backbone", "image_converter", "dtype"]))
         freeze_layers(model, frozen)
         return model
+
+
+def _images_of_dict(inputs, name):
+    """The images of a dict input `{name: images}`, or a `ValueError` naming the keys."""
+    if list(inputs) != [name]:
+        raise ValueError(
+            f"AlignSeg takes one input, the images: an array, or a dict {{{name!r}: images}}; "
+            f"received a dict with the keys {sorted(map(str, inputs))}."
+        )
+    return inputs[name]
 
 
 def _checked_padding_multiple(pad_to_multiple):

@@ -54,6 +54,17 @@ def test_wrong_channels_raise_a_clear_error(model):
         tiny_model(image_shape=(None, None, 1))
 
 
+def test_images_in_a_dict_keyed_by_the_input_name(model):
+    images = np.random.default_rng(0).uniform(0, 255, (1, 32, 40, 3)).astype("float32")
+    np.testing.assert_array_equal(model.predict({"images": images}, verbose=0),
+                                  model.predict(images, verbose=0))
+    images[0, 3, 4, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        model.predict({"images": images}, verbose=0)
+    with pytest.raises(ValueError, match=r"a dict \{'images': images\}; received a dict with the keys \['x'\]"):
+        model({"x": images})
+
+
 def test_the_padding_multiple_is_checked():
     # -32 failed inside TensorFlow's Pad at predict; 32.5 and "32" were saved as given.
     for bad in (-32, 32.5, "32", True):

@@ -127,6 +127,10 @@ class ImageSegmenter(keras.Model):
             y: masks when `x` is an array, else None.
             masks: bool, whether masks are checked too (False for `predict`).
         """
+        if isinstance(x, dict) and len(x) == 1:  # {input name: images}
+            ((name, images),) = x.items()
+            images, y = self.checked_data(images, y, masks)
+            return {name: images}, y
         shape = _image_shape_of(x)
         if shape is not None:
             check_image_batch_shape(shape)
