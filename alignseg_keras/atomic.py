@@ -337,6 +337,15 @@ def single_writer(folder, writer):
                 "would overwrite each other's files. Wait for it to end, or use another "
                 "folder."
             ) from None
+        except OSError as error:
+            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            warnings.warn(  # a file system without flock (NFS without its lock service)
+                f"{folder} cannot be locked ({error.strerror}): make sure no other {writer} "
+                "writes there.", stacklevel=3
+            )
+            yield
+            return
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, str(os.getpid()).encode(), 0)
         yield

@@ -294,3 +294,18 @@ def test_a_second_writer_is_refused_until_the_first_dies():
                 pass
     with single_writer(folder, "alignseg train"):  # released at the block's end
         pass
+
+
+def test_a_folder_that_cannot_be_locked_is_written_with_a_warning(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(descriptor, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)  # NFS without its lock service
+    ran = []
+    with pytest.warns(UserWarning, match="cannot be locked .*No locks available"):
+        with single_writer(str(tmp_path), "alignseg train"):
+            ran.append(True)
+    assert ran == [True]

@@ -241,11 +241,13 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         return target
 
 
-# Settings that may change between a backup and its resume: how the model computes
-# (precision, synchronised BatchNorm across replicas), not what it is; names may carry
-# a counter of the process's earlier models.
-RESUMABLE_CHANGES = ("dtype", "trainable", "sync_batchnorm", "name", "build_config",
-                     "compile_config")
+# Settings that may change between a backup and its resume: how the model computes or
+# trains (precision, synchronised BatchNorm across replicas, frozen layers), not what it
+# is; and layer names, which carry a counter of the process's earlier layers, with the
+# functional graphs' references to them (the layers themselves are compared in order).
+RESUMABLE_CHANGES = ("dtype", "trainable", "frozen_layers", "sync_batchnorm", "name",
+                     "build_config", "compile_config", "inbound_nodes", "input_layers",
+                     "output_layers")
 
 
 def changed_arguments(model, path):

@@ -121,6 +121,25 @@ def test_a_backup_of_a_model_with_other_arguments_is_not_resumed(tmp_path, capsy
         keras.mixed_precision.set_global_policy("float32")
 
 
+def test_a_functional_model_built_again_resumes_its_backups(tmp_path):
+    # Auto-named layers get a per-process counter, also in the graph's references to them.
+    from alignseg_keras.callbacks import changed_arguments
+
+    def functional_model():
+        inputs = keras.Input((3,))
+        model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dense(4)(inputs)))
+        model.compile(keras.optimizers.SGD(0.01), "mse")
+        return model
+
+    folder = str(tmp_path / "backup")
+    fit(functional_model(), ResumableBackup(folder), epochs=1)
+    again = functional_model()
+    assert changed_arguments(again, os.path.join(folder, "epoch-0001.keras")) == ""
+    backup = ResumableBackup(folder)
+    backup.set_model(again)
+    assert backup.restore().endswith("epoch-0001.keras")
+
+
 def test_nan_stop_keeps_the_state_before_the_divergence(tmp_path, capsys):
     folder = str(tmp_path / "backup")
     fit(small_model(), ResumableBackup(folder), epochs=2)  # backups after steps 2 and 4

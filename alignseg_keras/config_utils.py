@@ -32,19 +32,21 @@ def _sublayers(layer, path=""):
 
 
 def frozen_layers(model):
-    """The paths of the layers of `model` set `trainable=False` under a trainable parent.
+    """The paths of the fewest layers of `model` whose `trainable=False` covers all frozen ones.
 
-    Saved in a model's config by models that rebuild their layers from their
-    arguments (`AlignSeg`): the layers' own `trainable` flags would be lost.
+    A layer reached twice (an encoder's layers also belong to the pyramid model
+    built on them) counts once; a frozen layer inside another frozen one is
+    left out. Saved in a model's config by models that rebuild their layers
+    from their arguments (`AlignSeg`): the layers' own flags would be lost.
     """
-    frozen, seen = [], set()
+    first_paths, frozen = {}, []
     for path, layer in _sublayers(model):
-        parent = path.rpartition("/")[0] if "/" in path else ("" if path else None)
-        if not layer.trainable and (parent is None or parent not in seen):
-            frozen.append(path)
-        if not layer.trainable:
-            seen.add(path)
-    return frozen
+        if id(layer) not in first_paths:
+            first_paths[id(layer)] = path
+            if not layer.trainable:
+                frozen.append(layer)
+    covered = {id(inner) for layer in frozen for _, inner in list(_sublayers(layer))[1:]}
+    return [first_paths[id(layer)] for layer in frozen if id(layer) not in covered]
 
 
 def freeze_layers(model, paths):
@@ -58,4 +60,8 @@ def freeze_layers(model, paths):
         )
     for path in paths:
         if path in layers:
+            # Set True first: a functional model built with trainable=False (as its own
+            # saved config builds it) has the flag without having passed it to its layers,
+            # and setting the same value again does not pass it on.
+            layers[path].trainable = True
             layers[path].trainable = False

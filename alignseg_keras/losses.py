@@ -62,18 +62,25 @@ def _weighted_mean(values, weights):
 
 
 def _pixel_sample_weights(sample_weight, labels):
-    """Keras' `sample_weight`, per image `(B,)` or per pixel `(B, H, W[, 1])`, as `(B, H, W)` factors."""
+    """Keras' `sample_weight`, per image `(B,)` or per pixel `(B, H, W[, 1])`, as `(B, H, W)` factors.
+
+    Also for weights whose rank is known only at run time (Keras relaxes the
+    traced shapes when a step sees both kinds).
+    """
     weights = ops.cast(ops.convert_to_tensor(sample_weight), "float32")
-    if len(weights.shape) == 4 and weights.shape[-1] == 1:
-        weights = ops.squeeze(weights, axis=-1)
-    if len(weights.shape) == 1:
-        weights = ops.reshape(weights, (-1, 1, 1))
-    elif len(weights.shape) != 3:
+    try:
+        rank = len(weights.shape)
+    except (TypeError, ValueError):  # a rank known only at run time
+        rank = None
+    if rank is not None and rank not in (1, 3) and not (rank == 4 and weights.shape[-1] == 1):
         raise ValueError(
             "A segmentation loss takes `sample_weight` per image (batch,) or per pixel "
             f"(batch, height, width) at the labels' size; received shape {tuple(weights.shape)}."
         )
-    return weights
+    batch, height, width = ops.shape(labels)[0], ops.shape(labels)[1], ops.shape(labels)[2]
+    per_image_or_pixel = ops.reshape(weights, (batch, -1))  # (B, 1) or (B, H * W)
+    return ops.reshape(ops.broadcast_to(per_image_or_pixel, (batch, height * width)),
+                       (batch, height, width))
 
 
 class _PixelMeanLoss(keras.losses.Loss):
@@ -183,6 +190,8 @@ class OhemCrossEntropy(SegmentationCrossEntropy):
 
     def call(self, y_true, y_pred):
         labels, logits, valid = _prepare(y_true, y_pred, self.ignore_index)
+        if getattr(self, "_sample_weight", None) is not None:  # weight 0: not a candidate
+            valid = ops.logical_and(valid, _pixel_sample_weights(self._sample_weight, labels) > 0)
         ce = _pixel_cross_entropy(labels, logits)
         true_prob = ops.stop_gradient(ops.exp(-ce))
         # Invalid pixels sort last; the k-th smallest valid probability raises the threshold.

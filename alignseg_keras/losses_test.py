@@ -165,6 +165,10 @@ def test_sample_weights_weight_images_and_pixels_in_the_mean():
     ohem = OhemCrossEntropy(threshold=1.0)  # keeps every valid pixel: the cross-entropy
     np.testing.assert_allclose(float(ohem(labels, logits, sample_weight=per_image)),
                                ref.reference_cross_entropy(labels, logits, sample_weights=per_image), **TOL)
+    # With a binding min_kept, pixels of weight 0 are not among the hardest it keeps.
+    ohem = OhemCrossEntropy(threshold=0.05, min_kept=7)
+    np.testing.assert_allclose(float(ohem(labels, logits, sample_weight=np.array([1.0, 0.0, 0.0]))),
+                               float(ohem(labels[:1], logits[:1])), rtol=1e-6)
     combined = combine((SegmentationCrossEntropy(), 1.0), (FocalLoss(gamma=1.5), 0.5))
     np.testing.assert_allclose(
         float(combined(labels, logits, sample_weight=per_image)),
@@ -175,6 +179,20 @@ def test_sample_weights_weight_images_and_pixels_in_the_mean():
             region(labels, logits, sample_weight=per_image)
     with pytest.raises(ValueError, match=r"per image \(batch,\) or per pixel"):
         SegmentationCrossEntropy()(labels, logits, sample_weight=per_image[:, None])
+
+
+def test_sample_weights_of_a_rank_known_at_run_time():
+    # Keras relaxes the traced shapes once a step has seen both (B,) and (B, H, W) weights.
+    labels, logits = random_case(seed=3)
+    loss = SegmentationCrossEntropy()
+    traced = tf.function(lambda y, p, w: loss(y, p, sample_weight=w),
+                         input_signature=[tf.TensorSpec(labels.shape, tf.int32),
+                                          tf.TensorSpec(logits.shape, tf.float32),
+                                          tf.TensorSpec(None, tf.float32)])
+    for weights in (np.array([2.0, 0.5, 1.0], "float32"),
+                    np.random.default_rng(4).uniform(0, 3, labels.shape).astype("float32")):
+        np.testing.assert_allclose(float(traced(labels, logits, weights)),
+                                   float(loss(labels, logits, sample_weight=weights)), rtol=1e-6)
 
 
 def hand_case():

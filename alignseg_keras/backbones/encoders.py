@@ -163,7 +163,10 @@ def pyramid_encoder_model(image_encoder):
     pyramid = getattr(image_encoder, "pyramid_outputs", None)
     if not (plain_functional and pyramid):
         return image_encoder
-    return keras.Model(image_encoder.inputs, dict(pyramid), name=image_encoder.name)
+    encoder = keras.Model(image_encoder.inputs, dict(pyramid), name=image_encoder.name)
+    if getattr(image_encoder, "input_convention", None):  # read when the model is built
+        encoder.input_convention = image_encoder.input_convention
+    return encoder
 
 
 def _pyramid(image_encoder):

@@ -245,6 +245,8 @@ def _check_arguments(args):
     resolve_pipeline_defaults(args)
     if args.steps < 1 or args.checkpoint_every < 1 or args.batch_size < 1:
         raise ValueError("--steps, --checkpoint-every and --batch-size must be positive.")
+    if args.scale_step is not None and not args.scale_step > 0:
+        raise ValueError(f"--scale-step must be positive; received {args.scale_step}.")
     if args.xla and keras.backend.backend() == "torch":
         raise ValueError(
             "--xla compiles the training step with XLA, which the torch backend does not "
@@ -272,18 +274,24 @@ def _remove_killed_writes(output_dir):
 
 def _prepare_output(args):
     """Checks --output-dir; returns the final model's path."""
-    from alignseg_keras.callbacks import list_backups
     from alignseg_keras.cli.common import prepare_output_dir
 
     output = prepare_output_dir(args.output_dir, "--output-dir")
-    backup_dir = os.path.join(output, "backup")
     final_path = os.path.join(output, "model.keras")
-    if os.path.exists(final_path) and not list_backups(backup_dir):
+    _check_not_finished(final_path)
+    return final_path
+
+
+def _check_not_finished(final_path):
+    """Refuses a folder whose training has finished (its model saved, its backups removed)."""
+    from alignseg_keras.callbacks import list_backups
+
+    output = os.path.dirname(final_path)
+    if os.path.exists(final_path) and not list_backups(os.path.join(output, "backup")):
         raise ValueError(
             f"{final_path} exists: the training in {output} has finished. Use another "
             "--output-dir to train again, or move that folder away."
         )
-    return final_path
 
 
 def _set_aside_previous_run(output_dir):
@@ -417,6 +425,7 @@ def _run_in_output_folder(args, final_path):
     from alignseg_keras.cli.common import warn_about_precision
     from alignseg_keras.optimizers import optimizer_step
 
+    _check_not_finished(final_path)  # again: a run that held the folder may have finished
     _remove_killed_writes(os.path.dirname(final_path))
     if PRECISIONS[args.precision]:
         keras.mixed_precision.set_global_policy(PRECISIONS[args.precision])

@@ -81,6 +81,8 @@ def test_the_scale_step_option_draws_scales_of_its_grid():
     _, masks = next(iter(training_batches(dataset, model, args)))
     labelled = np.sum(np.asarray(masks) != 255, axis=(1, 2))
     assert set(labelled) <= {64, 256} and len(set(labelled)) == 2, labelled
+    with pytest.raises(ValueError, match="--scale-step must be positive"):
+        _check_arguments(train_args("--scale-step", "0"))
 
 
 def test_train_builds_from_a_preset_name_or_directory(tmp_path):

@@ -1,7 +1,6 @@
 """The AlignSeg segmenter (paper Fig. 2): a backbone, its heads and the paper's training recipe."""
 
 import inspect
-import numbers
 
 import keras
 
@@ -615,16 +614,24 @@ def _images_of_dict(inputs, name):
 
 
 def _checked_padding_multiple(pad_to_multiple):
-    """`pad_to_multiple` as a positive int, or None for no padding (None, 0 or False)."""
+    """`pad_to_multiple` as a positive int; None, 0 and False (no padding) stay as given.
+
+    A whole number given as a float or text (which earlier versions saved as
+    given, and padded to) is read as that int.
+    """
     if pad_to_multiple is None or pad_to_multiple is False or pad_to_multiple == 0:
-        return None
-    if (isinstance(pad_to_multiple, bool) or not isinstance(pad_to_multiple, numbers.Integral)
-            or pad_to_multiple < 1):
+        return pad_to_multiple
+    try:
+        multiple = int(pad_to_multiple)
+        whole = not isinstance(pad_to_multiple, bool) and float(pad_to_multiple) == multiple
+    except (TypeError, ValueError):
+        whole = False
+    if not whole or multiple < 1:
         raise ValueError(
             "AlignSeg: `pad_to_multiple` must be a positive int (32: the encoder's stride) or "
             f"None for no padding; received {pad_to_multiple!r}."
         )
-    return int(pad_to_multiple)
+    return multiple
 
 
 def _checked_aux_loss(aux_loss):

@@ -63,7 +63,9 @@ def test_a_functional_encoder_with_a_pyramid_attribute_saves_and_loads(tmp_path)
         pyramid[f"P{level}"] = features
     encoder = keras.Model(inputs, features, name="encoder")  # the last map as its output
     encoder.pyramid_outputs = pyramid
+    encoder.input_convention = {"mean": [104.0, 117.0, 123.0], "std": [1.0, 1.0, 1.0], "bgr": True}
     model = AlignSeg(3, image_encoder=encoder, decoder_channels=8, context_bins=2)
+    assert model.image_converter.bgr and list(model.image_converter.mean) == [104.0, 117.0, 123.0]
     images = np.random.default_rng(0).uniform(0, 255, (1, 40, 36, 3)).astype("float32")
     expected = model.predict(images, verbose=0)
     model.save(tmp_path / "model.keras")

@@ -70,6 +70,9 @@ def test_the_ignore_label_follows_keras_sparse_cross_entropy():
     dataset = tf.data.Dataset.from_tensor_slices((IMAGES, masks)).batch(2)
     with pytest.raises(ValueError, match=message):
         model.fit(dataset, verbose=0)
+    for by_name in ("sparse_categorical_crossentropy", keras.losses.sparse_categorical_crossentropy):
+        model.compile(loss=by_name)
+        assert model.ignore_index is None
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255))
     assert model.ignore_index == 255
     model.evaluate(IMAGES, masks, verbose=0)  # accepted, and Keras ignores it
@@ -108,6 +111,7 @@ def test_non_finite_pixels_are_refused_everywhere(model):
     before = trainable_weights(model)
     # One NaN pixel in a train_on_batch made every weight of conv1 NaN.
     for call in (lambda: model.train_on_batch(NAN_IMAGES, MASKS),
+                 lambda: model.train_on_batch({"images": NAN_IMAGES}, MASKS),
                  lambda: model.test_on_batch(NAN_IMAGES, MASKS),
                  lambda: model.predict_on_batch(NAN_IMAGES)):
         with pytest.raises(ValueError, match=message):

@@ -37,6 +37,8 @@ def loss_ignore_label(loss, default=IGNORE_INDEX):
     `default` for a loss that says neither (None too: `default`)."""
     if hasattr(loss, "ignore_index"):
         return loss.ignore_index
+    if loss == "sparse_categorical_crossentropy" or loss is keras.losses.sparse_categorical_crossentropy:
+        return None  # Keras' own, by name or function: it ignores no label
     if isinstance(loss, keras.losses.Loss):
         config = loss.get_config()
         if "ignore_class" in config:
@@ -194,7 +196,8 @@ class ImageSegmenter(keras.Model):
         return super().predict_on_batch(self._checked_host_batch(x, None, masks=False)[0])
 
     def _checked_host_batch(self, x, y, masks=True):
-        if not isinstance(x, np.ndarray):
+        images = next(iter(x.values())) if isinstance(x, dict) and len(x) == 1 else x
+        if not isinstance(images, np.ndarray):
             return x, y
         return self.checked_data(x, np.asarray(y) if masks and y is not None else y, masks=masks)
 

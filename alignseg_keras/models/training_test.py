@@ -180,6 +180,9 @@ def test_frozen_layers_stay_frozen_after_a_reload(tmp_path):
     restored.fit(images, masks, batch_size=2, epochs=1, verbose=0)
     for before, after in zip(encoder, restored.image_encoder.weights):
         np.testing.assert_array_equal(before, np.array(after))
+    # The fewest layers that say it: not each layer of the frozen encoder.
+    assert restored.get_config()["frozen_layers"] == [
+        "alignseg_backbone/align_fa2", f"alignseg_backbone/{model.image_encoder.name}"]
     model.trainable = False
     assert not AlignSeg.from_config(model.get_config()).trainable
 
