@@ -83,14 +83,12 @@ def _pixel_sample_weights(sample_weight, labels):
                        (batch, height, width))
 
 
-class _PixelMeanLoss(keras.losses.Loss):
-    """A loss whose value is a weighted mean over the valid pixels.
+class _SampleWeightedLoss(keras.losses.Loss):
+    """A loss that applies Keras' `sample_weight` itself, in `call`.
 
-    `sample_weight` (Keras' `fit(sample_weight=...)`, or a direct call) weights
-    each pixel in that mean, per image `(B,)` or per pixel `(B, H, W)`:
-    `sum(s w l) / sum(s w)`, with `w` the class weight of valid pixels. (Keras'
-    default would multiply the already averaged value by the weights' mean,
-    which weights no image or pixel.)
+    Keras' default would multiply the already reduced value by the weights'
+    mean, which weights no image or pixel. The weights given to `__call__` are
+    `self._sample_weight` while `call` runs (at trace time in a compiled step).
     """
 
     def __call__(self, y_true, y_pred, sample_weight=None):
@@ -100,12 +98,24 @@ class _PixelMeanLoss(keras.losses.Loss):
         finally:
             self._sample_weight = None
 
-    def _pixel_weights(self, labels, valid, class_weights):
-        weights = _pixel_weights(labels, valid, class_weights)
+
+class _PixelMeanLoss(_SampleWeightedLoss):
+    """A loss whose value is a weighted mean over the valid pixels.
+
+    `sample_weight` (Keras' `fit(sample_weight=...)`, or a direct call) weights
+    each pixel in that mean, per image `(B,)` or per pixel `(B, H, W)`:
+    `sum(s w l) / sum(s w)`, with `w` the class weight of valid pixels.
+    """
+
+    def _sample_factors(self, labels):
+        """The sample weights as `(B, H, W)` factors, or None without weights."""
         sample_weight = getattr(self, "_sample_weight", None)
-        if sample_weight is None:
-            return weights
-        return weights * _pixel_sample_weights(sample_weight, labels)
+        return None if sample_weight is None else _pixel_sample_weights(sample_weight, labels)
+
+    @staticmethod
+    def _pixel_weights(labels, valid, class_weights, factors):
+        weights = _pixel_weights(labels, valid, class_weights)
+        return weights if factors is None else weights * factors
 
 
 class _RegionLoss(keras.losses.Loss):
@@ -148,7 +158,8 @@ class SegmentationCrossEntropy(_PixelMeanLoss):
     def call(self, y_true, y_pred):
         labels, logits, valid = _prepare(y_true, y_pred, self.ignore_index)
         ce = _pixel_cross_entropy(labels, logits)
-        return _weighted_mean(ce, self._pixel_weights(labels, valid, self.class_weights))
+        factors = self._sample_factors(labels)
+        return _weighted_mean(ce, self._pixel_weights(labels, valid, self.class_weights, factors))
 
     def get_config(self):
         config = super().get_config()
@@ -190,8 +201,9 @@ class OhemCrossEntropy(SegmentationCrossEntropy):
 
     def call(self, y_true, y_pred):
         labels, logits, valid = _prepare(y_true, y_pred, self.ignore_index)
-        if getattr(self, "_sample_weight", None) is not None:  # weight 0: not a candidate
-            valid = ops.logical_and(valid, _pixel_sample_weights(self._sample_weight, labels) > 0)
+        factors = self._sample_factors(labels)
+        if factors is not None:  # weight 0: not a candidate
+            valid = ops.logical_and(valid, factors > 0)
         ce = _pixel_cross_entropy(labels, logits)
         true_prob = ops.stop_gradient(ops.exp(-ce))
         # Invalid pixels sort last; the k-th smallest valid probability raises the threshold.
@@ -201,7 +213,7 @@ class OhemCrossEntropy(SegmentationCrossEntropy):
         kth = ops.take(ops.sort(flat), ops.maximum(k - 1, 0))
         threshold = ops.where(k > 0, ops.maximum(kth, self.threshold), self.threshold)
         kept = ops.logical_and(valid, true_prob <= threshold)
-        return _weighted_mean(ce, self._pixel_weights(labels, kept, self.class_weights))
+        return _weighted_mean(ce, self._pixel_weights(labels, kept, self.class_weights, factors))
 
     def get_config(self):
         config = super().get_config()
@@ -489,7 +501,8 @@ class FocalLoss(_PixelMeanLoss):
             focal = focal * ops.take(ops.convert_to_tensor(self.alpha, "float32"), labels)
         elif self.alpha is not None:
             focal = focal * self.alpha
-        return _weighted_mean(focal, self._pixel_weights(labels, valid, self.class_weights))
+        factors = self._sample_factors(labels)
+        return _weighted_mean(focal, self._pixel_weights(labels, valid, self.class_weights, factors))
 
     def get_config(self):
         config = super().get_config()
@@ -598,7 +611,7 @@ class LovaszSoftmaxLoss(_RegionLoss):
 
 
 @keras.saving.register_keras_serializable(package="alignseg_keras")
-class CombinedLoss(keras.losses.Loss):
+class CombinedLoss(_SampleWeightedLoss):
     """A weighted sum of losses: `sum_i weight_i * loss_i(y_true, y_pred)`.
 
     Each term is a `keras.losses.Loss` (with its own reduction) or a
@@ -643,15 +656,8 @@ class CombinedLoss(keras.losses.Loss):
         self.terms = terms
         self.ignore_index = labels.pop() if labels else IGNORE_INDEX
 
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        self._sample_weight = sample_weight  # for the terms (see `call`)
-        try:
-            return super().__call__(y_true, y_pred)
-        finally:
-            self._sample_weight = None
-
     def call(self, y_true, y_pred):
-        sample_weight = getattr(self, "_sample_weight", None)
+        sample_weight = getattr(self, "_sample_weight", None)  # passed on to each term
         total = 0.0
         for loss, weight in self.terms:
             if weight:
