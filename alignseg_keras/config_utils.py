@@ -1,26 +1,73 @@
 """What every model class of this library puts in, and takes from, its config."""
 
+import contextlib
 import warnings
 
 import keras
 
 
 def model_config(model):
-    """The `keras.Model` arguments of `model`'s config: name, trainable and dtype policy."""
-    return {
-        "name": model.name,
-        "trainable": model.trainable,
-        "dtype": keras.saving.serialize_keras_object(model.dtype_policy),
-    }
+    """The `keras.Model` arguments of `model`'s config: name and trainable.
+
+    Not its dtype policy, as keras-hub's backbones: a saved model computes in
+    the policy of the process that loads it (Keras' global policy), or in the
+    one its loader asks for (`AlignSeg.from_preset(..., dtype=...)`,
+    `inference.as_precision`).
+    """
+    return {"name": model.name, "trainable": model.trainable}
 
 
 def deserialized(config, keys):
-    """A copy of `config` with the serialized Keras objects at `keys` deserialized."""
-    config = dict(config)
+    """A copy of `config` with the serialized Keras objects at `keys` deserialized.
+
+    Without a `"dtype"`: files of earlier versions saved the policy a model was
+    built in, which never decided the policy it loads in (Keras' functional
+    models drop the argument) and must not start to.
+    """
+    config = {key: value for key, value in config.items() if key != "dtype"}
     for key in keys:
         if isinstance(config.get(key), dict):
             config[key] = keras.saving.deserialize_keras_object(config[key])
     return config
+
+
+@contextlib.contextmanager
+def global_dtype_policy(policy):
+    """Keras' global dtype policy set to `policy` inside the block (Keras keeps it per
+    thread); None leaves it as it is."""
+    if policy is None:
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def set_model_dtype_policy(model, dtype):
+    """Gives a functional `model` the policy `dtype` its layers were built in (Keras'
+    functional models drop a `dtype` argument and report the global policy); None
+    keeps the global one."""
+    if dtype is not None:
+        model.dtype_policy = dtype
+
+
+def warn_if_policy_differs(component, what, dtype):
+    """Warns that `component` (given built, `what` names it) computes in another
+    policy than the `dtype` asked for the layers built around it."""
+    if dtype is None:
+        return
+    wanted = keras.dtype_policies.get(dtype).name
+    has = component.dtype_policy.name
+    if has != wanted:
+        warnings.warn(
+            f"dtype={wanted!r} applies to the layers built here; the {what} given, "
+            f"{component.name!r}, was built in {has!r} and keeps it. Build it with "
+            f"dtype={wanted!r} too (or set Keras' global policy before building both).",
+            stacklevel=3,
+        )
 
 
 def _sublayers(layer, path=""):

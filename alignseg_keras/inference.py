@@ -47,7 +47,6 @@ reordered kernels between calls: faster on a CPU for small images and tiles
 and with more memory. Every function here takes it in place of the model.
 """
 
-import contextlib
 import math
 
 import keras
@@ -55,6 +54,7 @@ import numpy as np
 from keras import ops
 
 from alignseg_keras.checks import check_finite_images
+from alignseg_keras.config_utils import global_dtype_policy
 from alignseg_keras.layers.alignment import resize_bilinear
 
 PAPER_SCALES = (0.75, 1.0, 1.25, 1.5, 1.75)
@@ -73,17 +73,6 @@ def check_precision(precision):
             f"`precision` must be one of {', '.join(PRECISIONS)}; received {precision!r}."
         )
     return precision
-
-
-@contextlib.contextmanager
-def _global_dtype_policy(policy):
-    """Keras' global dtype policy set to `policy` inside the block (Keras keeps it per thread)."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 def _replace_policy(config, source, target):
@@ -160,7 +149,7 @@ def copy_model(model, policy=None):
     source = model.dtype_policy.name
     policy = policy or source
     config = _replace_policy(keras.saving.serialize_keras_object(model), source, policy)
-    with _global_dtype_policy(policy):
+    with global_dtype_policy(policy):
         clone = keras.saving.deserialize_keras_object(config)
     clone.set_weights(model.get_weights())
     return clone

@@ -18,6 +18,7 @@ from alignseg_keras.backbones.resnet import basic_resnet
 from alignseg_keras.backbones.resnet import deep_stem_resnet
 from alignseg_keras.config_utils import deserialized
 from alignseg_keras.config_utils import model_config
+from alignseg_keras.config_utils import set_model_dtype_policy
 
 # The strides AlignSeg reads, and the keras-hub level names they usually carry.
 PYRAMID_STRIDES = (4, 8, 16, 32)
@@ -62,7 +63,10 @@ class ResNetEncoder(keras.Model):
         weights: None, or `"imagenet"` for `resnet50` / `resnet101`
             (downloaded by Keras when asked, or read from its cache).
         image_shape: input shape without the batch, `(None, None, 3)`.
-        **kwargs: `keras.Model` arguments (`name`, `dtype`, `trainable`).
+        dtype: the dtype policy of every layer (e.g. `"mixed_bfloat16"`);
+            None takes Keras' global policy. Not saved in the config (a
+            loaded model takes the policy of the process that loads it).
+        **kwargs: `keras.Model` arguments (`name`, `trainable`).
 
     Example:
     ```python
@@ -72,7 +76,7 @@ class ResNetEncoder(keras.Model):
     """
 
     def __init__(self, architecture="resnet101", weights=None, image_shape=(None, None, 3),
-                 **kwargs):
+                 dtype=None, **kwargs):
         if architecture not in RESNET_ARCHITECTURES:
             raise ValueError(
                 f"Unknown ResNet architecture {architecture!r}; choose one of "
@@ -87,11 +91,14 @@ class ResNetEncoder(keras.Model):
             )
         kwargs.setdefault("name", architecture)
         if build is applications_resnet:
-            stages = applications_resnet(architecture, weights=weights, input_shape=image_shape)
+            stages = applications_resnet(
+                architecture, weights=weights, input_shape=image_shape, dtype=dtype
+            )
         else:
-            stages = build(architecture, input_shape=image_shape)
+            stages = build(architecture, input_shape=image_shape, dtype=dtype)
         outputs = dict(zip(PYRAMID_LEVELS, stages.outputs))
         super().__init__(inputs=stages.inputs[0], outputs=outputs, **kwargs)
+        set_model_dtype_policy(self, dtype)
         self.pyramid_outputs = outputs
         self.architecture = architecture
         self.image_shape = tuple(image_shape)
@@ -110,10 +117,10 @@ class ResNetEncoder(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**deserialized(config, ["dtype"]))
+        return cls(**deserialized(config, []))
 
 
-def keras_hub_encoder(preset, load_weights=True):
+def keras_hub_encoder(preset, load_weights=True, dtype=None):
     """A keras-hub backbone preset (e.g. `"resnet_vd_50_imagenet"`) as an image encoder.
 
     Needs keras-hub (`pip install keras-hub`), and downloads the preset when
@@ -124,6 +131,8 @@ def keras_hub_encoder(preset, load_weights=True):
     Args:
         preset: a keras-hub preset name or directory of a `FeaturePyramidBackbone`.
         load_weights: bool, load the preset's weights.
+        dtype: the dtype policy, passed to keras-hub's `from_preset` (None:
+            keras-hub's choice, the global policy for most vision presets).
     """
     try:
         import keras_hub
@@ -132,7 +141,7 @@ def keras_hub_encoder(preset, load_weights=True):
             f"{preset!r} is not one of this library's ResNets ({', '.join(RESNET_ARCHITECTURES)}); "
             "keras-hub presets as encoders need keras-hub: `pip install keras-hub`."
         ) from error
-    return keras_hub.models.Backbone.from_preset(preset, load_weights=load_weights)
+    return keras_hub.models.Backbone.from_preset(preset, load_weights=load_weights, dtype=dtype)
 
 
 def encoder_input_convention(image_encoder):
@@ -254,9 +263,13 @@ def pyramid_feature_model(image_encoder, name=None):
             f"(its pyramid: {found})."
         )
     outputs = [pyramid[by_stride[stride]] for stride in PYRAMID_STRIDES]
-    return keras.Model(
+    model = keras.Model(
         _image_input(image_encoder), outputs, name=name or f"{image_encoder.name}_pyramid"
     )
+    policy = image_encoder.dtype_policy
+    if type(policy) is keras.dtype_policies.DTypePolicy:  # not a quantized encoder's map
+        model.dtype_policy = policy  # it runs the encoder's layers
+    return model
 
 
 def _image_input(image_encoder):

@@ -2,6 +2,8 @@
 
 import keras
 
+from alignseg_keras.config_utils import global_dtype_policy
+
 # Last layer of each stage (strides 4, 8, 16, 32) in keras.applications.
 STAGE_OUTPUTS = {
     "resnet50": ["conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"],
@@ -13,13 +15,17 @@ CONSTRUCTORS = {
 }
 
 
-def applications_resnet(name="resnet101", weights=None, input_shape=(None, None, 3)):
+def applications_resnet(name="resnet101", weights=None, input_shape=(None, None, 3),
+                        dtype=None):
     """`keras.applications.ResNet50/101` returning `[C2, C3, C4, C5]`.
 
     `weights="imagenet"` downloads (or reads from the Keras cache) the ImageNet
     weights; those were trained on Caffe-style input (BGR, mean subtracted, no
     std), which is what AlignSeg's default normalisation for these backbones does.
+    `dtype`: the layers' dtype policy (None: Keras' global policy; the
+    constructors take no `dtype`, so it is the global policy while they run).
     """
-    base = CONSTRUCTORS[name](include_top=False, weights=weights, input_shape=input_shape)
+    with global_dtype_policy(dtype):
+        base = CONSTRUCTORS[name](include_top=False, weights=weights, input_shape=input_shape)
     outputs = [base.get_layer(layer).output for layer in STAGE_OUTPUTS[name]]
     return keras.Model(base.input, outputs, name=name)

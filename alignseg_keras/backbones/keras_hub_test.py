@@ -55,8 +55,9 @@ def test_keras_hub_backbones_are_encoders_and_save(build, image_shape, tmp_path)
 def test_keras_hub_presets_by_name_are_loaded_only_when_named(monkeypatch):
     calls = []
 
-    def from_preset(preset, load_weights=True):
+    def from_preset(preset, load_weights=True, dtype=None):
         calls.append((preset, load_weights))
+        assert dtype is None
         return small_resnet()
 
     monkeypatch.setattr(keras_hub.models.Backbone, "from_preset", from_preset)
@@ -65,3 +66,25 @@ def test_keras_hub_presets_by_name_are_loaded_only_when_named(monkeypatch):
     assert model.normalization["std"] == list(encoders.IMAGENET_RGB["std"])
     keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
     assert len(calls) == 1  # rebuilding from a config downloads nothing
+
+
+def test_a_keras_hub_preset_named_by_its_directory_computes_in_the_dtype_asked(tmp_path):
+    # keras-hub's own from_preset, on a preset directory written by keras-hub.
+    small_resnet().save_to_preset(str(tmp_path / "preset"))
+    model = AlignSeg(3, backbone=str(tmp_path / "preset"), decoder_channels=8,
+                     dtype="mixed_bfloat16")
+    encoder = model.backbone.image_encoder
+    assert isinstance(encoder, keras_hub.models.ResNetBackbone)
+    assert encoder.dtype_policy.name == "mixed_bfloat16"
+    convolutions = [layer for layer in encoder._flatten_layers()
+                    if isinstance(layer, keras.layers.Conv2D)]
+    assert convolutions and {layer.compute_dtype for layer in convolutions} == {"bfloat16"}
+    assert model.predict(IMAGES, verbose=0).dtype == np.float32
+
+
+def test_an_encoder_given_in_another_policy_is_named_in_a_warning():
+    with pytest.warns(UserWarning, match="image encoder given.*'float32'"):
+        model = AlignSeg(3, image_encoder=small_resnet(), decoder_channels=8,
+                         dtype="mixed_bfloat16")
+    assert model.backbone.image_encoder.dtype_policy.name == "float32"
+    assert model.backbone.get_layer("rcb1a").compute_dtype == "bfloat16"

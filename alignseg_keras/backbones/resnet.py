@@ -57,11 +57,11 @@ class CeilModeMaxPooling2D(keras.layers.Layer):
         return (input_shape[0], pooled(input_shape[1]), pooled(input_shape[2]), input_shape[3])
 
 
-def _conv(x, filters, kernel_size, strides, name):
+def _conv(x, filters, kernel_size, strides, name, dtype):
     """Conv2D without bias, padded symmetrically like PyTorch."""
     padding = "same"
     if strides > 1 and kernel_size > 1:
-        x = keras.layers.ZeroPadding2D(kernel_size // 2, name=f"{name}_pad")(x)
+        x = keras.layers.ZeroPadding2D(kernel_size // 2, dtype=dtype, name=f"{name}_pad")(x)
         padding = "valid"
     return keras.layers.Conv2D(
         filters,
@@ -70,81 +70,87 @@ def _conv(x, filters, kernel_size, strides, name):
         padding=padding,
         use_bias=False,
         kernel_initializer="he_normal",
+        dtype=dtype,
         name=name,
     )(x)
 
 
-def _conv_bn(x, filters, kernel_size, strides, conv_name, bn_name, relu=True):
-    x = _conv(x, filters, kernel_size, strides, conv_name)
-    x = batch_norm(bn_name)(x)
-    return keras.layers.ReLU(name=f"{bn_name}_relu")(x) if relu else x
+def _conv_bn(x, filters, kernel_size, strides, conv_name, bn_name, dtype, relu=True):
+    x = _conv(x, filters, kernel_size, strides, conv_name, dtype)
+    x = batch_norm(bn_name, dtype=dtype)(x)
+    return keras.layers.ReLU(dtype=dtype, name=f"{bn_name}_relu")(x) if relu else x
 
 
-def _shortcut(x, filters, strides, prefix):
+def _shortcut(x, filters, strides, prefix, dtype):
     if strides == 1 and x.shape[-1] == filters:
         return x
-    x = _conv(x, filters, 1, strides, f"{prefix}_downsample_0")
-    return batch_norm(f"{prefix}_downsample_1")(x)
+    x = _conv(x, filters, 1, strides, f"{prefix}_downsample_0", dtype)
+    return batch_norm(f"{prefix}_downsample_1", dtype=dtype)(x)
 
 
-def _basic_block(x, width, strides, prefix):
-    shortcut = _shortcut(x, width, strides, prefix)
-    x = _conv_bn(x, width, 3, strides, f"{prefix}_conv1", f"{prefix}_bn1")
-    x = _conv_bn(x, width, 3, 1, f"{prefix}_conv2", f"{prefix}_bn2", relu=False)
-    x = keras.layers.Add(name=f"{prefix}_add")([x, shortcut])
-    return keras.layers.ReLU(name=f"{prefix}_out")(x)
+def _block_output(x, shortcut, prefix, dtype):
+    x = keras.layers.Add(dtype=dtype, name=f"{prefix}_add")([x, shortcut])
+    return keras.layers.ReLU(dtype=dtype, name=f"{prefix}_out")(x)
 
 
-def _bottleneck_block(x, width, strides, prefix):
-    shortcut = _shortcut(x, width * 4, strides, prefix)
-    x = _conv_bn(x, width, 1, 1, f"{prefix}_conv1", f"{prefix}_bn1")
-    x = _conv_bn(x, width, 3, strides, f"{prefix}_conv2", f"{prefix}_bn2")
-    x = _conv_bn(x, width * 4, 1, 1, f"{prefix}_conv3", f"{prefix}_bn3", relu=False)
-    x = keras.layers.Add(name=f"{prefix}_add")([x, shortcut])
-    return keras.layers.ReLU(name=f"{prefix}_out")(x)
+def _basic_block(x, width, strides, prefix, dtype):
+    shortcut = _shortcut(x, width, strides, prefix, dtype)
+    x = _conv_bn(x, width, 3, strides, f"{prefix}_conv1", f"{prefix}_bn1", dtype)
+    x = _conv_bn(x, width, 3, 1, f"{prefix}_conv2", f"{prefix}_bn2", dtype, relu=False)
+    return _block_output(x, shortcut, prefix, dtype)
 
 
-def _stages(x, blocks_per_stage, block):
+def _bottleneck_block(x, width, strides, prefix, dtype):
+    shortcut = _shortcut(x, width * 4, strides, prefix, dtype)
+    x = _conv_bn(x, width, 1, 1, f"{prefix}_conv1", f"{prefix}_bn1", dtype)
+    x = _conv_bn(x, width, 3, strides, f"{prefix}_conv2", f"{prefix}_bn2", dtype)
+    x = _conv_bn(x, width * 4, 1, 1, f"{prefix}_conv3", f"{prefix}_bn3", dtype, relu=False)
+    return _block_output(x, shortcut, prefix, dtype)
+
+
+def _stages(x, blocks_per_stage, block, dtype):
     features = []
     for stage, blocks in enumerate(blocks_per_stage):
         for index in range(blocks):
             strides = 2 if stage > 0 and index == 0 else 1
-            x = block(x, STAGE_WIDTHS[stage], strides, f"layer{stage + 1}_{index}")
+            x = block(x, STAGE_WIDTHS[stage], strides, f"layer{stage + 1}_{index}", dtype)
         features.append(x)
     return features
 
 
-def basic_resnet(name="resnet18", input_shape=(None, None, 3)):
+def basic_resnet(name="resnet18", input_shape=(None, None, 3), dtype=None):
     """ResNet-18 or ResNet-34 (torchvision layout, 7x7 stem), randomly initialised.
 
     Returns a `keras.Model` from images to `[C2, C3, C4, C5]` at strides 4..32
-    with 64, 128, 256 and 512 channels.
+    with 64, 128, 256 and 512 channels; every layer in the dtype policy
+    `dtype` (None: Keras' global policy).
     """
     inputs = keras.Input(input_shape, name="images")
-    x = _conv_bn(inputs, 64, 7, 2, "conv1", "bn1")
-    x = _max_pool(x)
-    features = _stages(x, STAGE_BLOCKS[name], _basic_block)
+    x = _conv_bn(inputs, 64, 7, 2, "conv1", "bn1", dtype)
+    x = _max_pool(x, dtype)
+    features = _stages(x, STAGE_BLOCKS[name], _basic_block, dtype)
     return keras.Model(inputs, features, name=name)
 
 
-def _max_pool(x):
+def _max_pool(x, dtype):
     """PyTorch's 3x3/2 max-pool with padding 1 (floor mode)."""
-    x = keras.layers.ZeroPadding2D(1, name="maxpool_pad")(x)
-    return keras.layers.MaxPooling2D(3, 2, name="maxpool")(x)
+    x = keras.layers.ZeroPadding2D(1, dtype=dtype, name="maxpool_pad")(x)
+    return keras.layers.MaxPooling2D(3, 2, dtype=dtype, name="maxpool")(x)
 
 
-def deep_stem_resnet(name="resnet101_deepstem", input_shape=(None, None, 3)):
+def deep_stem_resnet(name="resnet101_deepstem", input_shape=(None, None, 3), dtype=None):
     """The authors' deep-stem bottleneck ResNet-50/101, randomly initialised.
 
     Stem: 3x3 convs 3->64 (stride 2), 64->64, 64->128, each BN + ReLU, then a
     3x3/2 ceil-mode max-pool; bottleneck stages [3, 4, 6, 3] or [3, 4, 23, 3]
     with the stride on the 3x3 convolution. Returns `[C2, C3, C4, C5]` with
     256, 512, 1024 and 2048 channels; a 512x512 input gives 129, 65, 33, 17.
+    Every layer is in the dtype policy `dtype` (None: Keras' global policy).
     """
     inputs = keras.Input(input_shape, name="images")
-    x = _conv_bn(inputs, 64, 3, 2, "conv1", "bn1")
-    x = _conv_bn(x, 64, 3, 1, "conv2", "bn2")
-    x = _conv_bn(x, 128, 3, 1, "conv3", "bn3")
-    x = CeilModeMaxPooling2D(name="maxpool")(x)
-    features = _stages(x, STAGE_BLOCKS[name], _bottleneck_block)
+    x = _conv_bn(inputs, 64, 3, 2, "conv1", "bn1", dtype)
+    x = _conv_bn(x, 64, 3, 1, "conv2", "bn2", dtype)
+    x = _conv_bn(x, 128, 3, 1, "conv3", "bn3", dtype)
+    x = CeilModeMaxPooling2D(dtype=dtype, name="maxpool")(x)
+    features = _stages(x, STAGE_BLOCKS[name], _bottleneck_block, dtype)
     return keras.Model(inputs, features, name=name)

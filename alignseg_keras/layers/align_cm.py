@@ -54,7 +54,8 @@ class AlignCM(keras.layers.Layer):
         context: `"align"` (Eq. 3) or `"pool"` (no alignment, no offsets).
         activation: `"relu"` or `"leaky_relu"`.
         sync_batchnorm: bool, synchronise BatchNorm across replicas.
-        **kwargs: standard `keras.layers.Layer` arguments.
+        **kwargs: standard `keras.layers.Layer` arguments; `dtype` reaches
+            every sublayer (the sampling positions are float32 whatever it is).
 
     Call arguments:
         inputs: `(B, H, W, C_in)` stride-32 backbone features.
@@ -104,7 +105,9 @@ class AlignCM(keras.layers.Layer):
         self.context = context
         self.activation = check_activation(activation)
         self.sync_batchnorm = sync_batchnorm
-        self.pool = AdaptiveAveragePooling2D(self.context_bins, name="pool")
+        self.pool = AdaptiveAveragePooling2D(
+            self.context_bins, dtype=self.dtype_policy, name="pool"
+        )
         self.offset_head = None
         self.align = None
         if context == "align":
@@ -112,13 +115,18 @@ class AlignCM(keras.layers.Layer):
                 offset_channels,
                 activation=activation,
                 sync_batchnorm=sync_batchnorm,
+                dtype=self.dtype_policy,
                 name="offset_head",
             )
-            self.align = AlignmentLayer(alignment, name="align")
+            self.align = AlignmentLayer(alignment, dtype=self.dtype_policy, name="align")
 
     def build(self, input_shape):
         hidden = self.context_hidden_channels or input_shape[-1]
-        args = dict(activation=self.activation, sync_batchnorm=self.sync_batchnorm)
+        args = dict(
+            activation=self.activation,
+            sync_batchnorm=self.sync_batchnorm,
+            dtype=self.dtype_policy,
+        )
         self.context_reduce = ConvNormActivation(hidden, 1, name="context_reduce", **args)
         self.context_project = ConvNormActivation(
             self.filters, 3, name="context_project", **args

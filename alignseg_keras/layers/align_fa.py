@@ -43,7 +43,8 @@ class AlignFA(keras.layers.Layer):
         align_fa_offsets: `"both"` (Eq. 1), `"low_res"` or `"high_res"`.
         activation: `"relu"` or `"leaky_relu"`.
         sync_batchnorm: bool, synchronise BatchNorm across replicas.
-        **kwargs: standard `keras.layers.Layer` arguments.
+        **kwargs: standard `keras.layers.Layer` arguments; `dtype` reaches
+            every sublayer (the sampling positions are float32 whatever it is).
 
     Call arguments:
         inputs: `[high_resolution, low_resolution]`, `(B, H, W, C)` and
@@ -80,7 +81,9 @@ class AlignFA(keras.layers.Layer):
         self.align_fa_offsets = align_fa_offsets
         self.activation = check_activation(activation)
         self.sync_batchnorm = sync_batchnorm
-        head_args = dict(activation=activation, sync_batchnorm=sync_batchnorm)
+        head_args = dict(
+            activation=activation, sync_batchnorm=sync_batchnorm, dtype=self.dtype_policy
+        )
         # Created in this order (low, high) for the default, as every saved file has them.
         self.low_resolution_offsets = None
         self.high_resolution_offsets = None
@@ -92,7 +95,7 @@ class AlignFA(keras.layers.Layer):
             self.high_resolution_offsets = OffsetHead(
                 offset_channels, name="high_resolution_offsets", **head_args
             )
-        self.align = AlignmentLayer(alignment, name="align")
+        self.align = AlignmentLayer(alignment, dtype=self.dtype_policy, name="align")
 
     def _offset_heads(self):
         """The offset heads built, in the order of the offset channels.

@@ -31,12 +31,15 @@ def apply_activation(x, activation):
     return x
 
 
-def batch_norm(name, sync_batchnorm=False):
-    """The BatchNormalization used throughout: epsilon 1e-5, momentum 0.9 (fused on TF)."""
+def batch_norm(name, sync_batchnorm=False, dtype=None):
+    """The BatchNormalization used throughout: epsilon 1e-5, momentum 0.9 (fused on TF).
+
+    `dtype`: its dtype policy (None: Keras' global policy)."""
     return FusedBatchNormalization(
         epsilon=BN_EPSILON,
         momentum=BN_MOMENTUM,
         synchronized=sync_batchnorm,
+        dtype=dtype,
         name=name,
     )
 
@@ -58,7 +61,8 @@ class ConvNormActivation(keras.layers.Layer):
         activation: `"relu"`, `"leaky_relu"` or None.
         sync_batchnorm: bool, synchronise BatchNorm statistics across replicas
             (TensorFlow backend).
-        **kwargs: standard `keras.layers.Layer` arguments.
+        **kwargs: standard `keras.layers.Layer` arguments; `dtype` reaches the
+            convolution and the BatchNormalization.
 
     Example:
     ```python
@@ -87,7 +91,9 @@ class ConvNormActivation(keras.layers.Layer):
         padding = "same" if strides == 1 else "valid"
         self.padding = None
         if strides != 1 and kernel_size > 1:
-            self.padding = keras.layers.ZeroPadding2D(kernel_size // 2, name="pad")
+            self.padding = keras.layers.ZeroPadding2D(
+                kernel_size // 2, dtype=self.dtype_policy, name="pad"
+            )
         self.conv = keras.layers.Conv2D(
             filters,
             kernel_size,
@@ -95,9 +101,10 @@ class ConvNormActivation(keras.layers.Layer):
             padding=padding,
             use_bias=use_bias,
             kernel_initializer="he_normal",
+            dtype=self.dtype_policy,
             name="conv",
         )
-        self.norm = batch_norm("norm", sync_batchnorm)
+        self.norm = batch_norm("norm", sync_batchnorm, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         if self.padding is not None:

@@ -86,7 +86,8 @@ class OffsetHead(keras.layers.Layer):
         offset_channels: int, hidden channels (256 in the paper).
         activation: `"relu"` or `"leaky_relu"`.
         sync_batchnorm: bool, synchronise BatchNorm across replicas.
-        **kwargs: standard `keras.layers.Layer` arguments.
+        **kwargs: standard `keras.layers.Layer` arguments; `dtype` reaches
+            every sublayer.
 
     Example:
     ```python
@@ -105,6 +106,7 @@ class OffsetHead(keras.layers.Layer):
             1,
             activation=activation,
             sync_batchnorm=sync_batchnorm,
+            dtype=self.dtype_policy,
             name="hidden",
         )
         self.offsets = keras.layers.Conv2D(
@@ -113,6 +115,7 @@ class OffsetHead(keras.layers.Layer):
             padding="same",
             use_bias=False,
             kernel_initializer="zeros",
+            dtype=self.dtype_policy,
             name="offsets",
         )
 

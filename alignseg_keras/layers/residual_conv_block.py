@@ -22,7 +22,8 @@ class ResidualConvBlock(keras.layers.Layer):
         filters: int, output channels (256 in the paper).
         activation: `"relu"` or `"leaky_relu"` (the authors' InPlaceABN).
         sync_batchnorm: bool, synchronise BatchNorm across replicas.
-        **kwargs: standard `keras.layers.Layer` arguments.
+        **kwargs: standard `keras.layers.Layer` arguments; `dtype` reaches
+            every sublayer.
 
     Example:
     ```python
@@ -37,13 +38,19 @@ class ResidualConvBlock(keras.layers.Layer):
         self.activation = check_activation(activation)
         self.sync_batchnorm = sync_batchnorm
         self.unify = keras.layers.Conv2D(
-            filters, 1, use_bias=False, kernel_initializer="he_normal", name="unify"
+            filters,
+            1,
+            use_bias=False,
+            kernel_initializer="he_normal",
+            dtype=self.dtype_policy,
+            name="unify",
         )
         self.residual_reduce = ConvNormActivation(
             filters // 4,
             3,
             activation=activation,
             sync_batchnorm=sync_batchnorm,
+            dtype=self.dtype_policy,
             name="residual_reduce",
         )
         self.residual_expand = keras.layers.Conv2D(
@@ -52,9 +59,10 @@ class ResidualConvBlock(keras.layers.Layer):
             padding="same",
             use_bias=False,
             kernel_initializer="he_normal",
+            dtype=self.dtype_policy,
             name="residual_expand",
         )
-        self.norm = batch_norm("norm", sync_batchnorm)
+        self.norm = batch_norm("norm", sync_batchnorm, dtype=self.dtype_policy)
 
     def build(self, input_shape):
         self.unify.build(input_shape)

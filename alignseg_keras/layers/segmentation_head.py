@@ -18,7 +18,8 @@ class SegmentationHead(keras.layers.Layer):
         dropout: float, SpatialDropout2D rate (0.1).
         activation: `"relu"` or `"leaky_relu"`.
         sync_batchnorm: bool, synchronise BatchNorm across replicas.
-        **kwargs: standard `keras.layers.Layer` arguments.
+        **kwargs: standard `keras.layers.Layer` arguments; `dtype` reaches
+            every sublayer.
 
     Example:
     ```python
@@ -48,10 +49,15 @@ class SegmentationHead(keras.layers.Layer):
             use_bias=True,
             activation=activation,
             sync_batchnorm=sync_batchnorm,
+            dtype=self.dtype_policy,
             name="hidden",
         )
-        self.spatial_dropout = keras.layers.SpatialDropout2D(dropout, name="dropout")
-        self.classifier = keras.layers.Conv2D(num_classes, 1, name="classifier")
+        self.spatial_dropout = keras.layers.SpatialDropout2D(
+            dropout, dtype=self.dtype_policy, name="dropout"
+        )
+        self.classifier = keras.layers.Conv2D(
+            num_classes, 1, dtype=self.dtype_policy, name="classifier"
+        )
 
     def build(self, input_shape):
         self.hidden.build(input_shape)

@@ -14,7 +14,10 @@ from alignseg_keras.checks import check_image_batch_shape
 from alignseg_keras.config_utils import deserialized
 from alignseg_keras.config_utils import freeze_layers
 from alignseg_keras.config_utils import frozen_layers
+from alignseg_keras.config_utils import global_dtype_policy
 from alignseg_keras.config_utils import model_config
+from alignseg_keras.config_utils import set_model_dtype_policy
+from alignseg_keras.config_utils import warn_if_policy_differs
 from alignseg_keras.export_formats import check_float32_computation
 from alignseg_keras.layers.alignment import BilinearResize
 from alignseg_keras.layers.alignment import portable_sampling
@@ -38,7 +41,7 @@ from alignseg_keras.models.presets import preset_arguments
 DECODER_DEFAULTS = {
     name: parameter.default
     for name, parameter in inspect.signature(AlignSegBackbone.__init__).parameters.items()
-    if parameter.default is not inspect.Parameter.empty and name != "image_shape"
+    if parameter.default is not inspect.Parameter.empty and name not in ("image_shape", "dtype")
 }
 # Keys of the training outputs with deep supervision.
 LOGITS, AUX_LOGITS = "logits", "aux_logits"
@@ -73,8 +76,9 @@ def synchronize_batchnorm(model):
             layer.synchronized = True
 
 
-def _image_encoder(backbone, image_encoder, backbone_weights):
-    """The encoder to build a backbone on: `image_encoder`, or a ResNet by name."""
+def _image_encoder(backbone, image_encoder, backbone_weights, dtype):
+    """The encoder to build a backbone on: `image_encoder`, or a ResNet (or keras-hub
+    preset) by name, built in the dtype policy `dtype`."""
     if image_encoder is not None:
         if backbone is not None:
             raise ValueError(
@@ -89,9 +93,9 @@ def _image_encoder(backbone, image_encoder, backbone_weights):
     if isinstance(backbone, str) and backbone not in RESNET_ARCHITECTURES:
         if backbone_weights is not None:
             raise ValueError("`backbone_weights` applies to ResNets named by `backbone`.")
-        return keras_hub_encoder(backbone)
+        return keras_hub_encoder(backbone, dtype=dtype)
     if isinstance(backbone, str):
-        return ResNetEncoder(backbone, weights=backbone_weights)
+        return ResNetEncoder(backbone, weights=backbone_weights, dtype=dtype)
     if isinstance(backbone, keras.Model):
         if backbone_weights is not None:
             raise ValueError("`backbone_weights` applies to ResNets named by `backbone`.")
@@ -102,7 +106,8 @@ def _image_encoder(backbone, image_encoder, backbone_weights):
     )
 
 
-def build_backbone(backbone=None, image_encoder=None, backbone_weights=None, **decoder):
+def build_backbone(backbone=None, image_encoder=None, backbone_weights=None, dtype=None,
+                   **decoder):
     """An `AlignSegBackbone` from `AlignSeg`'s convenience arguments.
 
     Args:
@@ -111,6 +116,9 @@ def build_backbone(backbone=None, image_encoder=None, backbone_weights=None, **d
             `keras.Model` image encoder, or None for `"resnet101"`.
         image_encoder: a `keras.Model` with `pyramid_outputs`, instead of `backbone`.
         backbone_weights: None or `"imagenet"` for a ResNet named by `backbone`.
+        dtype: the dtype policy of the layers built here (None: the global one);
+            a backbone or encoder given keeps its own (with a warning when it
+            differs).
         **decoder: `AlignSegBackbone` arguments (`DECODER_DEFAULTS`); None
             values take the default, but for `context`, where None means no
             context module and `DEFAULT` takes the default.
@@ -131,9 +139,10 @@ def build_backbone(backbone=None, image_encoder=None, backbone_weights=None, **d
                 f"The AlignSegBackbone given already has its encoder and decoder; "
                 f"{', '.join(extra)} cannot change them (build the AlignSegBackbone with them)."
             )
+        warn_if_policy_differs(backbone, "backbone", dtype)
         return backbone
-    encoder = _image_encoder(backbone, image_encoder, backbone_weights)
-    return AlignSegBackbone(encoder, **{**DECODER_DEFAULTS, **given})
+    encoder = _image_encoder(backbone, image_encoder, backbone_weights, dtype)
+    return AlignSegBackbone(encoder, **{**DECODER_DEFAULTS, **given}, dtype=dtype)
 
 
 @keras.saving.register_keras_serializable(package="alignseg_keras")
@@ -206,7 +215,14 @@ class AlignSeg(ImageSegmenter):
         sync_batchnorm: bool or None; None synchronises BatchNorm when the
             model is built inside a `tf.distribute` strategy with several replicas.
         image_shape: image shape, `(None, None, 3)` by default.
-        name, dtype, trainable: `keras.Model` arguments.
+        dtype: the dtype policy of every layer built here (e.g.
+            `"mixed_bfloat16"`, as keras-hub's models take it); None takes
+            Keras' global policy. The logits leave the model in float32
+            either way. A backbone, encoder or image converter given keeps
+            the policy it was built in (a warning says so when it differs).
+            Not saved in the config: a loaded model computes in the policy of
+            the process that loads it (`from_preset` takes `dtype=` too).
+        name, trainable: `keras.Model` arguments.
 
     Example:
     ```python
@@ -265,9 +281,10 @@ class AlignSeg(ImageSegmenter):
             align_fa_offsets=align_fa_offsets,
             context=context,
             activation=activation,
+            dtype=dtype,
         )
         image_converter = _image_converter(
-            image_converter, backbone.image_encoder, mean, std, bgr
+            image_converter, backbone.image_encoder, mean, std, bgr, dtype
         )
         heads = {
             name: SegmentationHead(
@@ -275,6 +292,7 @@ class AlignSeg(ImageSegmenter):
                 backbone.decoder_channels,
                 dropout,
                 activation=backbone.activation,
+                dtype=dtype,
                 name=name,
             )
             for name in ("head", "auxiliary_head")[: 1 + bool(deep_supervision)]
@@ -284,7 +302,7 @@ class AlignSeg(ImageSegmenter):
         images = keras.Input(image_shape, name="images")
         x = image_converter(images)
         if pad_to_multiple:
-            x = PadToMultiple(pad_to_multiple, name="pad")(x)
+            x = PadToMultiple(pad_to_multiple, dtype=dtype, name="pad")(x)
         features = backbone(x)
 
         def logits_at_input_size(head, stream):
@@ -299,8 +317,9 @@ class AlignSeg(ImageSegmenter):
             aux_logits = logits_at_input_size("auxiliary_head", "d3")
             outputs = {LOGITS: outputs, AUX_LOGITS: aux_logits}
         super().__init__(
-            inputs=images, outputs=outputs, name=name, dtype=dtype, trainable=trainable
+            inputs=images, outputs=outputs, name=name, trainable=trainable
         )
+        set_model_dtype_policy(self, dtype)
         # Shape checks happen in `call`, with a clear message.
         self.input_spec = None
 
@@ -486,7 +505,9 @@ class AlignSeg(ImageSegmenter):
                 fine-tuning on other classes.
             load_weights: bool, load a preset directory's weights.
             **kwargs: `AlignSeg` arguments overriding the preset (for a
-                directory, those of the segmenter, e.g. `pad_to_multiple`).
+                directory, those of the segmenter, e.g. `pad_to_multiple`,
+                and `dtype`, the policy every layer computes in: the
+                directory's weights load into it).
 
         Example:
         ```python
@@ -498,7 +519,9 @@ class AlignSeg(ImageSegmenter):
         if num_classes is not None:  # 0 is not "keep the preset's"
             num_classes = check_class_count(num_classes)
         if preset_files.is_preset_directory(preset):
-            return cls._from_preset_directory(preset, num_classes, load_weights, kwargs)
+            dtype = kwargs.pop("dtype", None)
+            with global_dtype_policy(dtype):  # the backbone is rebuilt from its config
+                return cls._from_preset_directory(preset, num_classes, load_weights, kwargs)
         arguments = preset_arguments(preset, kwargs)
         return cls(DEFAULT_NUM_CLASSES if num_classes is None else num_classes, **arguments)
 
@@ -582,7 +605,9 @@ class AlignSeg(ImageSegmenter):
         return {
             "num_classes": self.num_classes,
             "backbone": keras.saving.serialize_keras_object(self.backbone),
-            "image_converter": keras.saving.serialize_keras_object(self.image_converter),
+            "image_converter": _without_dtype(
+                keras.saving.serialize_keras_object(self.image_converter)
+            ),
             "deep_supervision": self.deep_supervision,
             "dropout": self.dropout,
             "pad_to_multiple": self.pad_to_multiple,
@@ -598,7 +623,9 @@ class AlignSeg(ImageSegmenter):
             raise ValueError(LEGACY_FILE_MESSAGE)
         config = dict(config)
         frozen = config.pop("frozen_layers", [])
-        model = cls(**deserialized(config, ["backbone", "image_converter", "dtype"]))
+        if isinstance(config.get("image_converter"), dict):  # files of earlier versions
+            config["image_converter"] = _without_dtype(config["image_converter"])
+        model = cls(**deserialized(config, ["backbone", "image_converter"]))
         freeze_layers(model, frozen)
         return model
 
@@ -644,8 +671,16 @@ def _checked_aux_loss(aux_loss):
     )
 
 
-def _image_converter(image_converter, image_encoder, mean, std, bgr):
-    """The converter given, or one with the encoder's convention and the overrides."""
+def _without_dtype(serialized):
+    """A serialized layer without its dtype policy, which then follows the model's."""
+    return {**serialized, "config": {
+        key: value for key, value in serialized["config"].items() if key != "dtype"
+    }}
+
+
+def _image_converter(image_converter, image_encoder, mean, std, bgr, dtype):
+    """The converter given, or one in `dtype` with the encoder's convention and the
+    overrides."""
     overrides = {key: value for key, value in (("mean", mean), ("std", std), ("bgr", bgr))
                  if value is not None}
     if image_converter is not None:
@@ -658,6 +693,7 @@ def _image_converter(image_converter, image_encoder, mean, std, bgr):
                 "`image_converter` must be an ImageNormalization layer; received "
                 f"{type(image_converter).__name__}."
             )
+        warn_if_policy_differs(image_converter, "image converter", dtype)
         return image_converter
     convention = {**encoder_input_convention(image_encoder), **overrides}
-    return ImageNormalization(**convention, name="normalization")
+    return ImageNormalization(**convention, dtype=dtype, name="normalization")

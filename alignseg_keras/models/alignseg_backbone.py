@@ -6,6 +6,8 @@ from alignseg_keras.backbones.encoders import pyramid_encoder_model
 from alignseg_keras.backbones.encoders import pyramid_feature_model
 from alignseg_keras.config_utils import deserialized
 from alignseg_keras.config_utils import model_config
+from alignseg_keras.config_utils import set_model_dtype_policy
+from alignseg_keras.config_utils import warn_if_policy_differs
 from alignseg_keras.layers.align_cm import AlignCM
 from alignseg_keras.layers.align_fa import ALIGN_FA_OFFSETS
 from alignseg_keras.layers.align_fa import AlignFA
@@ -94,7 +96,12 @@ class AlignSegBackbone(keras.Model):
         image_shape: input shape without the batch; None takes the encoder's
             (`(None, None, 3)` for encoders of any size; a fixed size for
             encoders that need one, such as keras-hub's `MiTBackbone`).
-        **kwargs: `keras.Model` arguments (`name`, `dtype`, `trainable`).
+        dtype: the dtype policy of the decoder's layers (e.g.
+            `"mixed_bfloat16"`); None takes Keras' global policy. The encoder
+            given keeps the policy it was built in (a warning says so when it
+            differs). Not saved in the config: a loaded model takes the policy
+            of the process that loads it.
+        **kwargs: `keras.Model` arguments (`name`, `trainable`).
 
     Example:
     ```python
@@ -117,6 +124,7 @@ class AlignSegBackbone(keras.Model):
         context="align",
         activation="relu",
         image_shape=None,
+        dtype=None,
         **kwargs,
     ):
         if not isinstance(image_encoder, keras.Model):
@@ -136,11 +144,14 @@ class AlignSegBackbone(keras.Model):
         kwargs.setdefault("name", "alignseg_backbone")
         offset_width = offset_channels or decoder_channels
         image_encoder = pyramid_encoder_model(image_encoder)  # saved with its pyramid
+        warn_if_policy_differs(image_encoder, "image encoder", dtype)
 
         # === Layers ===
         features = pyramid_feature_model(image_encoder, name="image_encoder_pyramid")
         rcb = {
-            name: ResidualConvBlock(decoder_channels, activation=activation, name=name)
+            name: ResidualConvBlock(
+                decoder_channels, activation=activation, dtype=dtype, name=name
+            )
             for name in ("rcb1a", "rcb2a", "rcb2b", "rcb3a", "rcb3b", "rcb4a", "rcb4b",
                          "rcb5a", "rcb5b")
         }
@@ -151,13 +162,14 @@ class AlignSegBackbone(keras.Model):
                     alignment=alignment,
                     align_fa_offsets=align_fa_offsets,
                     activation=activation,
+                    dtype=dtype,
                     name=f"align_fa{level}",
                 )
                 for level in (2, 3, 4, 5)
             }
         else:
             fusions = {
-                level: UpsampleFusion(fusion, factor, name=f"fusion{level}")
+                level: UpsampleFusion(fusion, factor, dtype=dtype, name=f"fusion{level}")
                 for level, factor in _FUSION_FACTORS.items()
             }
         context_module = None
@@ -171,6 +183,7 @@ class AlignSegBackbone(keras.Model):
                 alignment=alignment,
                 context=context,
                 activation=activation,
+                dtype=dtype,
                 name="align_cm" if context == "align" else "pooled_context",
             )
 
@@ -200,6 +213,7 @@ class AlignSegBackbone(keras.Model):
         d5 = rcb["rcb5b"](fuse(5, d4, rcb["rcb5a"](c5)))
         offsets = {module: offsets[module] for module in OFFSET_MODULES if module in offsets}
         super().__init__(inputs=images, outputs={"d3": d3, "d5": d5, **offsets}, **kwargs)
+        set_model_dtype_policy(self, dtype)
 
         # === Config ===
         self.image_encoder = image_encoder
@@ -236,4 +250,4 @@ class AlignSegBackbone(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**deserialized(config, ["image_encoder", "dtype"]))
+        return cls(**deserialized(config, ["image_encoder"]))

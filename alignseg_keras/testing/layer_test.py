@@ -148,6 +148,13 @@ def _check_mixed_precision(layer_cls, init_kwargs, values, call_kwargs):
     expected = keras.tree.flatten(reference(_as_inputs(values), **call_kwargs))
     layer = layer_cls(**init_kwargs, dtype="mixed_bfloat16")
     layer(_as_inputs(values), **call_kwargs)  # builds
+    # `dtype` reaches every sublayer, those made in `build` too (Keras' global policy
+    # is float32 here, so a sublayer left to it would show).
+    for sublayer in layer._flatten_layers(include_self=False, recursive=True):
+        assert sublayer.dtype_policy.name == "mixed_bfloat16", (
+            f"{sublayer.name} ({type(sublayer).__name__}) computes in "
+            f"{sublayer.dtype_policy.name}, not in the layer's mixed_bfloat16"
+        )
     for weight, reference_weight in zip(layer.weights, reference.weights):
         assert weight.dtype == "float32", f"{weight.path} is {weight.dtype} under mixed precision"
         weight.assign(reference_weight)
