@@ -265,16 +265,24 @@ def median_frequency_weights(masks, num_classes, power=0.5, ignore_index=IGNORE_
     return [float(w) for w in weights]
 
 
-def deep_supervision_loss(loss, y_true, logits, aux_logits, aux_weight=0.4):
-    """`loss(y, logits) + aux_weight * loss(y, aux_logits)` (paper Sec. 3.4).
+def deep_supervision_loss(loss, y_true, logits, aux_logits, aux_weight=0.4, aux_loss=None):
+    """`loss(y, logits) + aux_weight * aux_loss(y, aux_logits)` (paper Sec. 3.4), for
+    custom training loops; `AlignSeg.compute_loss` is the same sum.
 
     The auxiliary head sits on the third fused feature. The authors' criteria
     give it plain cross-entropy whatever the main loss, weighted 0.1 (0.4 in
-    their unused OHEM criterion); `AlignSeg.compile(aux_loss=...)` does that.
+    their unused OHEM criterion): `aux_loss=SegmentationCrossEntropy()`, as
+    `AlignSeg.compile(aux_loss=...)` does. `aux_loss=None` uses `loss`.
+
+    Example:
+    ```python
+    total = deep_supervision_loss(OhemCrossEntropy(), labels, logits, aux_logits,
+                                  aux_weight=0.1, aux_loss=SegmentationCrossEntropy())
+    ```
     """
     total = loss(y_true, logits)
     if aux_logits is not None and aux_weight:
-        total = total + aux_weight * loss(y_true, aux_logits)
+        total = total + aux_weight * (aux_loss or loss)(y_true, aux_logits)
     return total
 
 

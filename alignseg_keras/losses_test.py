@@ -133,6 +133,11 @@ def test_deep_supervision_weights_the_auxiliary_loss():
     total = deep_supervision_loss(loss, labels, main, aux, aux_weight=0.4)
     expected = float(loss(labels, main)) + 0.4 * float(loss(labels, aux))
     np.testing.assert_allclose(float(total), expected, rtol=1e-6)
+    ohem = OhemCrossEntropy(threshold=0.7, min_kept=4, class_weights=[1.0, 5.0, 1.0])
+    total = deep_supervision_loss(ohem, labels, main, aux, aux_weight=0.1, aux_loss=loss)
+    expected = float(ohem(labels, main)) + 0.1 * float(loss(labels, aux))
+    np.testing.assert_allclose(float(total), expected, rtol=1e-6)
+    assert float(total) != pytest.approx(float(ohem(labels, main)) + 0.1 * float(ohem(labels, aux)))
 
 
 def test_config_round_trip():

@@ -298,6 +298,17 @@ class MeanIoU(_ConfusionMetric):
     Cityscapes class-average IoU); `per_class_iou()`, `pixel_accuracy()` and
     `confusion_matrix()` give the rest, as NumPy values.
 
+    Two conventions where the official script differs: with no pixel counted
+    yet (every label ignored), `result()` is 0.0, as Keras' own `MeanIoU`
+    gives (a NaN would stop callbacks that compare it), where the official
+    script and `per_class_iou()` give NaN. An `ignore_index` inside
+    `0..num_classes - 1` ignores the pixels labelled with it, but predictions
+    of that class on other pixels count against it: its IoU is 0 and stays in
+    the mean (Keras' `MeanIoU(ignore_class=...)` and MMSegmentation do the
+    same), where the official script leaves ignored classes out of the
+    evaluation. Give such labels a value outside the classes (255) to leave
+    the class out.
+
     Args:
         num_classes: int, number of classes (at most
             `alignseg_keras.checks.MAX_CLASSES`).
@@ -452,7 +463,8 @@ class BoundaryIoU(keras.metrics.Metric):
     over the dataset, pixels whose label is `ignore_index` (or outside
     `[0, num_classes)`) excluded; the class's Boundary IoU is
     `sum |G_c & P_c| / sum |G_c | P_c|`. `result()` is the mean over the
-    classes with a non-zero union; `per_class_iou()` gives NaN for the others.
+    classes with a non-zero union (0.0 while there is none, as `MeanIoU`);
+    `per_class_iou()` gives NaN for the others.
 
     Ignored pixels are not in any ground-truth mask, so the pixels of a class
     next to an ignored region are in its band; a prediction's bands are taken

@@ -15,7 +15,7 @@ def add_parser(subparsers):
         help="evaluate a saved model (per-class IoU and Boundary IoU, mean Dice, mIoU)",
         description="Evaluate a .keras model or a preset. Without --sliding/--scales/--flip each image is "
         "predicted whole; --sliding 769 --scales 0.75 1.0 1.25 1.5 1.75 --flip is the paper's "
-        "multi-scale test. Prints per-class IoU and Boundary IoU (band width 2%% of the image "
+        "multi-scale test. Prints per-class IoU and Boundary IoU (band width 2% of the image "
         "diagonal), then pixel accuracy, mean Dice, boundary mIoU and, last, the mIoU.",
     )
     add_model_arguments(parser, "evaluate")

@@ -54,3 +54,13 @@ def test_the_program_predicts_as_main_does(tmp_path, capsys):
     colors = load_image(tmp_path / "program" / "image_color.png")
     # The same float32 arithmetic with the kernels reordered once: the same labels.
     assert np.array_equal(colors, expected)
+
+
+@pytest.mark.parametrize("command", cli.SUBCOMMANDS)
+def test_every_help_text_reads_as_written(command, capsys):
+    # argparse unescapes "%%" in help= strings only; a description keeps both signs.
+    with pytest.raises(SystemExit) as stop:
+        cli.build_parser().parse_args([command, "--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage: alignseg" in text and "%%" not in text
