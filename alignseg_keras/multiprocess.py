@@ -318,6 +318,31 @@ def assert_same_on_all_processes(value, what):
         raise RuntimeError(f"The processes of the job disagree on {what}: {error}") from None
 
 
+def raise_if_chief_refused(refusal):
+    """Stops every process of the job when process 0 could not start.
+
+    `refusal` is process 0's error (e.g. the `ValueError` of
+    `atomic.single_writer`: another run writes the output folder), or None; in
+    the other processes it is ignored. Process 0 raises its own error; every
+    other process raises a `ValueError` pointing at it. Without this, process 0
+    ends and the others fail in their first collective after JAX's timeout
+    (30 s), with a `JaxRuntimeError` about a Gloo context. Every process of the job
+    must call it at the same point. In one process it raises `refusal`, if any.
+    """
+    if process_count() > 1:
+        import numpy as np
+        from jax.experimental import multihost_utils
+
+        refused = multihost_utils.broadcast_one_to_all(np.int32(refusal is not None))
+        if not is_chief():
+            refusal = None if not int(refused) else ValueError(
+                f"Process 0 of the job refused to start (its message says why, e.g. another "
+                f"run writes the output folder); process {process_index()} stops too."
+            )
+    if refusal is not None:
+        raise refusal
+
+
 def weights_fingerprint(model):
     """A SHA-256 of every variable's value, as 8 int32: equal in every process of a healthy job."""
     import hashlib

@@ -34,6 +34,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -221,6 +222,8 @@ CLI_TINY = [
 # variable is put onto the mesh, with a check across processes) and compiling the
 # training step; about 8 minutes when the 2 cores are shared with other tests.
 CLI_TIME_LIMIT = 600
+# Seconds for a job that stops at its start (about 20 s on idle cores).
+REFUSAL_TIME_LIMIT = 240
 
 
 def alignseg_train_job(output, address, steps, records=None):
@@ -333,3 +336,28 @@ def test_only_process_0_of_the_job_writes(alignseg_train):
               if name.startswith("events.out.tfevents.")]
     assert events
     assert all(any(f".{pid}." in name for pid in chief_pids) for name in events), events
+
+
+def test_a_job_whose_process_0_cannot_hold_the_output_folder_stops_whole(tmp_path):
+    # Another run holds the folder: process 0 is refused, and process 1 must not wait
+    # for it in a collective until JAX's timeouts.
+    from alignseg_keras.atomic import single_writer
+
+    output = tmp_path / "run"
+    output.mkdir()
+
+    def start(address):
+        commands = alignseg_train_job(output, address, steps=4)
+        with Job(commands, str(tmp_path), cwd=str(tmp_path)) as job:
+            deadline = time.monotonic() + REFUSAL_TIME_LIMIT
+            while None in job.returncodes().values() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            return job.returncodes(), job.outputs()
+
+    with single_writer(str(output), "alignseg train"):
+        codes, outputs = with_free_port(start)
+    assert codes == {"alignseg-0": 2, "alignseg-1": 2}, outputs
+    assert f"{output} is in use by another alignseg train (process {os.getpid()})" in (
+        outputs["alignseg-0"])
+    assert "Process 0 of the job refused to start" in outputs["alignseg-1"]
+    assert sorted(os.listdir(output)) == [".writer.lock"]  # nothing written

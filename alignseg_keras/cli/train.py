@@ -404,10 +404,17 @@ def run(args):
     final_path = _prepare_output(args)
     keras.utils.set_random_seed(args.seed)
     multiprocess.start_data_parallel(args)  # joins a JAX job first: before any computation
-    # Process 0 alone writes the output folder (the others write scratch copies).
-    output_lock = (single_writer(os.path.dirname(final_path), "alignseg train")
-                   if multiprocess.is_chief() else contextlib.nullcontext())
-    with output_lock:
+    # Process 0 alone writes the output folder (the others write scratch copies); if it
+    # cannot hold it, the whole job stops.
+    with contextlib.ExitStack() as output_lock:
+        refusal = None
+        if multiprocess.is_chief():
+            try:
+                output_lock.enter_context(
+                    single_writer(os.path.dirname(final_path), "alignseg train"))
+            except ValueError as error:
+                refusal = error
+        multiprocess.raise_if_chief_refused(refusal)
         return _run_in_output_folder(args, final_path)
 
 
