@@ -259,6 +259,30 @@ def test_nan_message_resumes_from_before_the_divergence(tmp_path, capsys):
     assert [epoch for epoch, _ in backup.backups()] == [1]
 
 
+def test_nan_message_of_a_process_other_than_0_leaves_the_backups_to_it(
+        tmp_path, capsys, monkeypatch):
+    import argparse
+
+    from alignseg_keras import multiprocess
+    from alignseg_keras.callbacks import NonFiniteLossError
+    from alignseg_keras.callbacks import ResumableBackup
+    from alignseg_keras.cli.train import _nan_message
+
+    folder = tmp_path / "backup"
+    folder.mkdir()
+    for name in ("epoch-0001.keras", "epoch-0002.keras"):
+        (folder / name).write_bytes(b"a backup")
+    monkeypatch.setattr(multiprocess, "process_index", lambda: 1)
+    [backup] = multiprocess.callbacks_for_this_process([ResumableBackup(str(folder))])
+    backup._newest = (str(folder / "epoch-0002.keras"), 4)  # process 0 moves it
+    error = NonFiniteLossError("Training stopped: the loss became nan at step 5.", step=5)
+    message = _nan_message(error, backup, argparse.Namespace(lr=0.01))
+    assert "resumes from" not in message  # epoch-0002, diverged, would be named
+    assert "Process 0 of the job says where re-running the command resumes" in message
+    assert "--lr 0.001" in message
+    assert sorted(os.listdir(folder)) == ["epoch-0001.keras", "epoch-0002.keras"]
+
+
 def test_starting_over_moves_the_previous_checkpoint_aside(tmp_path, capsys):
     from alignseg_keras.cli.train import _set_aside_previous_run
 

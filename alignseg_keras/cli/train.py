@@ -307,10 +307,19 @@ def _set_aside_previous_run(output_dir):
 
 
 def _nan_message(error, backup, args):
-    """The NaN stop's message, with where a re-run resumes and how to avoid diverging again."""
+    """The NaN stop's message, with where a re-run resumes and how to avoid diverging again.
+
+    Process 0 of a job moves the diverged backup aside and names the one a re-run
+    resumes from; the other processes leave both to it (the shared folder may still
+    hold the diverged backup when they look)."""
+    from alignseg_keras import multiprocess
+
     backup.set_aside_if_diverged(error.step)
     left = backup.backups()
-    if left:
+    if not multiprocess.is_chief():
+        resume = ("Process 0 of the job says where re-running the command resumes (it sets "
+                  "aside a backup that diverged)")
+    elif left:
         resume = (f"Re-running the same command resumes from {left[0][1]} (before the "
                   "divergence)")
     else:
