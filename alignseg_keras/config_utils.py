@@ -1,6 +1,9 @@
 """What every model class of this library puts in, and takes from, its config."""
 
+import collections
 import contextlib
+import os
+import sys
 import warnings
 
 import keras
@@ -31,15 +34,98 @@ def deserialized(config, keys):
     return config
 
 
+def _is_plain_policy(value):
+    """Whether `value` is a serialized float `DTypePolicy` (not a quantized policy or a
+    `DTypePolicyMap`, which keep their layers' quantization)."""
+    return isinstance(value, dict) and value.get("class_name") == "DTypePolicy"
+
+
+def _plain_policy_names(config):
+    """The names of the plain policies in a serialized config, one per layer."""
+    if isinstance(config, dict):
+        if _is_plain_policy(config):
+            return [config.get("config", {}).get("name")]
+        if config.get("class_name") in ("InputLayer", "__keras_tensor__"):
+            return []  # their "dtype" is a tensor's
+        return [name for value in config.values() for name in _plain_policy_names(value)]
+    if isinstance(config, list):
+        return [name for value in config for name in _plain_policy_names(value)]
+    return []
+
+
+def _without_policy(config, name):
+    if isinstance(config, dict):
+        if config.get("class_name") in ("InputLayer", "__keras_tensor__"):
+            return config
+        return {
+            key: _without_policy(value, name)
+            for key, value in config.items()
+            if not (key == "dtype" and _is_plain_policy(value)
+                    and value.get("config", {}).get("name") == name)
+        }
+    if isinstance(config, list):
+        return [_without_policy(value, name) for value in config]
+    return config
+
+
+def without_saved_policy(serialized):
+    """A serialized model or layer (an encoder, an image converter) without the float
+    policy it was built in, so that it is rebuilt in the policy of the process that
+    loads it, as AlignSeg's own layers are.
+
+    Removes the top-level `"dtype"` (keras-hub's backbones, a layer) and every
+    layer's policy of that name; a plain functional model saves one per layer,
+    and its most common one is the model's. Layers pinned to another policy
+    (e.g. float32 outputs) and quantized policies stay, as keras-hub's preset
+    loader keeps them.
+    """
+    names = _plain_policy_names(serialized)
+    top = serialized.get("config", {}).get("dtype") if isinstance(serialized, dict) else None
+    if _is_plain_policy(top):
+        name = top.get("config", {}).get("name")
+    elif names:
+        name = collections.Counter(names).most_common(1)[0][0]
+    else:
+        return serialized
+    return _without_policy(serialized, name)
+
+
+def computing_policies(component):
+    """The names of the policies `component`'s layers compute in: its own for a plain
+    layer; for a model, those of its layers with weights (a functional model reports
+    the global policy at its construction, whatever its layers')."""
+    if not isinstance(component, keras.Model):
+        return {component.dtype_policy.name}
+    policies = {
+        layer.dtype_policy.name
+        for layer in component._flatten_layers(include_self=False, recursive=True)
+        if layer.weights and not isinstance(layer, keras.Model)
+    }
+    return policies or {component.dtype_policy.name}
+
+
+def stacklevel_outside_library():
+    """The `stacklevel` for `warnings.warn` that names the first caller outside this
+    library (the user's line; the tests beside the code, `*_test.py`, count as users),
+    counted from the function that calls this one."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(package) and not (
+            frame.f_code.co_filename.endswith("_test.py")):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 @contextlib.contextmanager
 def global_dtype_policy(policy):
-    """Keras' global dtype policy set to `policy` inside the block (Keras keeps it per
-    thread); None leaves it as it is."""
+    """Keras' global dtype policy set to `policy` (a name, a `DTypePolicy` or its
+    serialized form) inside the block (Keras keeps it per thread); None leaves it as
+    it is."""
     if policy is None:
         yield
         return
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)
+    keras.config.set_dtype_policy(keras.dtype_policies.get(policy))
     try:
         yield
     finally:
@@ -60,13 +146,14 @@ def warn_if_policy_differs(component, what, dtype):
     if dtype is None:
         return
     wanted = keras.dtype_policies.get(dtype).name
-    has = component.dtype_policy.name
-    if has != wanted:
+    has = sorted(computing_policies(component) - {wanted})
+    if has:
         warnings.warn(
             f"dtype={wanted!r} applies to the layers built here; the {what} given, "
-            f"{component.name!r}, was built in {has!r} and keeps it. Build it with "
-            f"dtype={wanted!r} too (or set Keras' global policy before building both).",
-            stacklevel=3,
+            f"{component.name!r}, has layers built in {', '.join(map(repr, has))} and keeps "
+            f"them. Build it with dtype={wanted!r} too (or set Keras' global policy before "
+            "building both).",
+            stacklevel=stacklevel_outside_library(),
         )
 
 

@@ -82,6 +82,8 @@ def _replace_policy(config, source, target):
     outputs of a mixed-precision model) and stay.
     """
     if isinstance(config, dict):
+        if config.get("class_name") in ("InputLayer", "__keras_tensor__"):
+            return config  # their "dtype" is a tensor's, not a policy
         if config.get("class_name") == "DTypePolicy" and isinstance(config.get("config"), dict):
             if config["config"].get("name") == source:
                 return {**config, "config": {**config["config"], "name": target}}

@@ -88,3 +88,14 @@ def test_an_encoder_given_in_another_policy_is_named_in_a_warning():
                          dtype="mixed_bfloat16")
     assert model.backbone.image_encoder.dtype_policy.name == "float32"
     assert model.backbone.get_layer("rcb1a").compute_dtype == "bfloat16"
+
+
+def test_a_keras_hub_encoder_follows_the_policy_of_the_loading_process(tmp_path):
+    model = AlignSeg(3, image_encoder=small_resnet(), decoder_channels=8)
+    model.save_to_preset(str(tmp_path / "preset"))
+    mixed = AlignSeg.from_preset(str(tmp_path / "preset"), dtype="mixed_bfloat16")
+    layers = mixed.backbone.image_encoder._flatten_layers(include_self=False)
+    assert {layer.dtype_policy.name for layer in layers if layer.weights} == {"mixed_bfloat16"}
+    mixed.save(tmp_path / "mixed.keras")
+    loaded = keras.saving.load_model(tmp_path / "mixed.keras")  # in float32
+    assert {layer.dtype_policy.name for layer in loaded._flatten_layers()} == {"float32"}

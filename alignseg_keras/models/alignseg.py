@@ -18,6 +18,7 @@ from alignseg_keras.config_utils import global_dtype_policy
 from alignseg_keras.config_utils import model_config
 from alignseg_keras.config_utils import set_model_dtype_policy
 from alignseg_keras.config_utils import warn_if_policy_differs
+from alignseg_keras.config_utils import without_saved_policy
 from alignseg_keras.export_formats import check_float32_computation
 from alignseg_keras.layers.alignment import BilinearResize
 from alignseg_keras.layers.alignment import portable_sampling
@@ -530,7 +531,7 @@ class AlignSeg(ImageSegmenter):
         config = dict(preset_files.load_task_config(directory)["config"])
         saved_classes = config.pop("num_classes")
         new_heads = num_classes is not None and num_classes != saved_classes
-        not_task_level = sorted(set(overrides) - set(config))
+        not_task_level = sorted(set(overrides) - (set(config) - {"backbone", "frozen_layers"}))
         if not_task_level:
             allowed = ", ".join(sorted(set(config) - {"backbone", "frozen_layers"}))
             raise ValueError(
@@ -605,7 +606,7 @@ class AlignSeg(ImageSegmenter):
         return {
             "num_classes": self.num_classes,
             "backbone": keras.saving.serialize_keras_object(self.backbone),
-            "image_converter": _without_dtype(
+            "image_converter": without_saved_policy(
                 keras.saving.serialize_keras_object(self.image_converter)
             ),
             "deep_supervision": self.deep_supervision,
@@ -624,7 +625,7 @@ class AlignSeg(ImageSegmenter):
         config = dict(config)
         frozen = config.pop("frozen_layers", [])
         if isinstance(config.get("image_converter"), dict):  # files of earlier versions
-            config["image_converter"] = _without_dtype(config["image_converter"])
+            config["image_converter"] = without_saved_policy(config["image_converter"])
         model = cls(**deserialized(config, ["backbone", "image_converter"]))
         freeze_layers(model, frozen)
         return model
@@ -669,13 +670,6 @@ def _checked_aux_loss(aux_loss):
         "AlignSeg.compile: `aux_loss` must be None (the main loss) or a keras.losses.Loss "
         f"such as alignseg_keras.losses.SegmentationCrossEntropy(); received {aux_loss!r}."
     )
-
-
-def _without_dtype(serialized):
-    """A serialized layer without its dtype policy, which then follows the model's."""
-    return {**serialized, "config": {
-        key: value for key, value in serialized["config"].items() if key != "dtype"
-    }}
 
 
 def _image_converter(image_converter, image_encoder, mean, std, bgr, dtype):

@@ -8,6 +8,7 @@ from alignseg_keras.config_utils import deserialized
 from alignseg_keras.config_utils import model_config
 from alignseg_keras.config_utils import set_model_dtype_policy
 from alignseg_keras.config_utils import warn_if_policy_differs
+from alignseg_keras.config_utils import without_saved_policy
 from alignseg_keras.layers.align_cm import AlignCM
 from alignseg_keras.layers.align_fa import ALIGN_FA_OFFSETS
 from alignseg_keras.layers.align_fa import AlignFA
@@ -233,6 +234,8 @@ class AlignSegBackbone(keras.Model):
 
     def get_config(self):
         return {
+            # As Keras serializes it; its policy is left out when it loads (once:
+            # the most common policy of a plain functional encoder is its own).
             "image_encoder": keras.saving.serialize_keras_object(self.image_encoder),
             "decoder_channels": self.decoder_channels,
             "offset_channels": self.offset_channels,
@@ -250,4 +253,6 @@ class AlignSegBackbone(keras.Model):
 
     @classmethod
     def from_config(cls, config):
+        if isinstance(config.get("image_encoder"), dict):  # rebuilt in the global policy
+            config = {**config, "image_encoder": without_saved_policy(config["image_encoder"])}
         return cls(**deserialized(config, ["image_encoder"]))

@@ -3,6 +3,8 @@
 import keras
 import numpy as np
 
+from alignseg_keras.config_utils import deserialized
+from alignseg_keras.config_utils import set_model_dtype_policy
 from alignseg_keras.models.alignseg import AlignSeg
 
 # The levels of `TinyPyramidEncoder` by default: keras-hub's "P1".."P5", strides 2..32.
@@ -19,6 +21,7 @@ class TinyPyramidEncoder(keras.Model):
     Args:
         levels: sequence of `(key, channels)`, one per stride-2 convolution.
         image_shape: input shape without the batch.
+        dtype: the convolutions' dtype policy (None: Keras' global policy); not saved.
         **kwargs: `keras.Model` arguments.
 
     Example:
@@ -27,14 +30,16 @@ class TinyPyramidEncoder(keras.Model):
     ```
     """
 
-    def __init__(self, levels=TINY_PYRAMID_LEVELS, image_shape=(None, None, 3), **kwargs):
+    def __init__(self, levels=TINY_PYRAMID_LEVELS, image_shape=(None, None, 3), dtype=None,
+                 **kwargs):
         levels = tuple((str(key), int(channels)) for key, channels in levels)
         images = keras.Input(image_shape)
         pyramid, x = {}, images
         for key, channels in levels:
-            x = keras.layers.Conv2D(channels, 3, strides=2, padding="same")(x)
+            x = keras.layers.Conv2D(channels, 3, strides=2, padding="same", dtype=dtype)(x)
             pyramid[key] = x
         super().__init__(images, x, **kwargs)
+        set_model_dtype_policy(self, dtype)
         self.pyramid_outputs = pyramid
         self.levels = levels
         self.image_shape = tuple(image_shape)
@@ -49,7 +54,7 @@ class TinyPyramidEncoder(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        return cls(**deserialized(config, []))
 
 
 TINY_CONFIG = dict(backbone="resnet18", decoder_channels=16, context_hidden_channels=32)
