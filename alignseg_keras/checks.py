@@ -80,9 +80,10 @@ def _chunks(array):
         yield start, np.asarray(array[start : start + _CHUNK])
 
 
-def check_image_batch_shape(shape):
+def check_image_batch_shape(shape, image_size=None):
     """Raises `ValueError` unless `shape` is that of an image batch `(batch, H, W, 3)`
-    (dimensions that are None pass; so does a shape of unknown rank).
+    (dimensions that are None pass; so does a shape of unknown rank), of the size
+    `image_size` `(H, W)` where a model fixes it (None in it: any).
 
     Example:
     ```python
@@ -101,6 +102,15 @@ def check_image_batch_shape(shape):
             "AlignSeg expects RGB images with 3 channels; received an input "
             f"of shape {tuple(shape)} with {shape[-1]} channels."
         )
+    for size, fixed in zip(shape[1:3], image_size or (None, None)):
+        if size is not None and fixed is not None and size != fixed:
+            raise ValueError(
+                f"This AlignSeg takes images of {image_size[0]}x{image_size[1]} (its "
+                "`image_shape`, fixed by its encoder, such as keras-hub's MiTBackbone); "
+                f"received an input of shape {tuple(shape)}. Resize or crop the images, or "
+                "predict larger ones in tiles of that size "
+                "(`alignseg_keras.inference.predict_sliding`)."
+            )
 
 
 def check_finite_images(images, source="`images`"):

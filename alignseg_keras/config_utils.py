@@ -90,18 +90,21 @@ def without_saved_policy(serialized):
     return _without_policy(serialized, name)
 
 
-def computing_policies(component):
-    """The names of the policies `component`'s layers compute in: its own for a plain
-    layer; for a model, those of its layers with weights (a functional model reports
-    the global policy at its construction, whatever its layers')."""
+def computing_policy(component):
+    """The name of the policy `component` computes in: a layer's own; for a model, the
+    most common policy of its layers with weights. A model's reported policy does not
+    say it: a functional model reports the global policy at its construction, and a
+    model may not pass its `dtype` on to every layer (keras-hub's `MiTBackbone` 0.32
+    does not). Layers pinned to another policy do not decide it."""
     if not isinstance(component, keras.Model):
-        return {component.dtype_policy.name}
-    policies = {
+        return component.dtype_policy.name
+    names = [
         layer.dtype_policy.name
         for layer in component._flatten_layers(include_self=False, recursive=True)
         if layer.weights and not isinstance(layer, keras.Model)
-    }
-    return policies or {component.dtype_policy.name}
+    ]
+    return collections.Counter(names).most_common(1)[0][0] if names else (
+        component.dtype_policy.name)
 
 
 def stacklevel_outside_library():
@@ -146,13 +149,13 @@ def warn_if_policy_differs(component, what, dtype):
     if dtype is None:
         return
     wanted = keras.dtype_policies.get(dtype).name
-    has = sorted(computing_policies(component) - {wanted})
-    if has:
+    has = computing_policy(component)
+    if has != wanted:
         warnings.warn(
             f"dtype={wanted!r} applies to the layers built here; the {what} given, "
-            f"{component.name!r}, has layers built in {', '.join(map(repr, has))} and keeps "
-            f"them. Build it with dtype={wanted!r} too (or set Keras' global policy before "
-            "building both).",
+            f"{component.name!r}, computes in {has!r} (most of its layers) and keeps it. "
+            f"Build it with dtype={wanted!r} too, or under Keras' global policy "
+            f"{wanted!r} if its class does not pass dtype to its layers.",
             stacklevel=stacklevel_outside_library(),
         )
 

@@ -225,6 +225,13 @@ def pyramid_strides(image_encoder):
     probe_model = keras.Model(_image_input(image_encoder), pyramid)
     probe = keras.KerasTensor((1, height, width, channels))
     shapes = probe_model.compute_output_spec(probe)
+    maps = {key: tuple(spec.shape) for key, spec in shapes.items() if len(spec.shape) != 4}
+    if maps:
+        raise ValueError(
+            f"An AlignSeg image encoder's pyramid holds feature maps (batch, height, width, "
+            f"channels); {image_encoder.name!r} gives {maps} for a "
+            f"{height}x{width} image (token sequences, e.g. a ViT's, need reshaping into maps)."
+        )
     return {
         key: 2 ** round(math.log2(height / spec.shape[1])) for key, spec in shapes.items()
     }

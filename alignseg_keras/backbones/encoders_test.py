@@ -66,3 +66,14 @@ def test_missing_strides_and_wrong_encoders_are_named():
     single = keras.Model(inputs, keras.layers.Conv2D(4, 1)(inputs), name="single")
     with pytest.raises(ValueError, match="with `pyramid_outputs`.*received Functional 'single'"):
         pyramid_feature_model(single)
+
+
+def test_an_encoder_of_token_sequences_is_refused_with_its_shapes():
+    images = keras.Input((None, None, 3))
+    maps = [keras.layers.Conv2D(4, 3, strides=2 ** level, padding="same")(images)
+            for level in range(2, 6)]
+    tokens = keras.layers.Reshape((-1, 4))(maps[-1])
+    encoder = keras.Model(images, maps[:-1] + [tokens])
+    encoder.pyramid_outputs = {"P2": maps[0], "P3": maps[1], "P4": maps[2], "P5": tokens}
+    with pytest.raises(ValueError, match=r"feature maps .*'P5': \(1, 64, 4\)"):
+        pyramid_strides(encoder)

@@ -13,7 +13,7 @@ from alignseg_keras.backbones.encoders import pyramid_strides  # noqa: E402
 IMAGES = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3)).astype("uint8")
 
 
-def small_resnet():
+def small_resnet(**kwargs):
     return keras_hub.models.ResNetBackbone(
         input_conv_filters=[64],
         input_conv_kernel_sizes=[7],
@@ -22,10 +22,11 @@ def small_resnet():
         stackwise_num_strides=[1, 2, 2, 2],
         block_type="basic_block",
         use_pre_activation=False,
+        **kwargs,
     )
 
 
-def small_mit():
+def small_mit(**kwargs):
     return keras_hub.models.MiTBackbone(
         layerwise_depths=[1, 1, 1, 1],
         num_layers=4,
@@ -36,6 +37,7 @@ def small_mit():
         layerwise_strides=[4, 2, 2, 2],
         hidden_dims=[8, 8, 8, 8],
         image_shape=(64, 64, 3),
+        **kwargs,
     )
 
 
@@ -82,6 +84,15 @@ def test_a_keras_hub_preset_named_by_its_directory_computes_in_the_dtype_asked(t
     assert model.predict(IMAGES, verbose=0).dtype == np.float32
 
 
+def test_a_keras_hub_encoder_built_in_the_dtype_asked_gives_no_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        AlignSeg(3, image_encoder=small_resnet(dtype="mixed_bfloat16"), decoder_channels=8,
+                 dtype="mixed_bfloat16")
+
+
 def test_an_encoder_given_in_another_policy_is_named_in_a_warning():
     with pytest.warns(UserWarning, match="image encoder given.*'float32'"):
         model = AlignSeg(3, image_encoder=small_resnet(), decoder_channels=8,
@@ -99,3 +110,11 @@ def test_a_keras_hub_encoder_follows_the_policy_of_the_loading_process(tmp_path)
     mixed.save(tmp_path / "mixed.keras")
     loaded = keras.saving.load_model(tmp_path / "mixed.keras")  # in float32
     assert {layer.dtype_policy.name for layer in loaded._flatten_layers()} == {"float32"}
+
+
+def test_a_fixed_size_encoder_gives_the_model_its_image_shape():
+    model = AlignSeg(3, image_encoder=small_mit(), decoder_channels=8)  # no image_shape
+    assert model.image_shape == (64, 64, 3)
+    assert model.predict(IMAGES, verbose=0).shape == (1, 64, 64, 3)
+    with pytest.raises(ValueError, match=r"takes images of 64x64 .* shape \(1, 70, 90, 3\)"):
+        model.predict(np.zeros((1, 70, 90, 3), "uint8"), verbose=0)

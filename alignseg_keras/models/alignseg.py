@@ -215,7 +215,9 @@ class AlignSeg(ImageSegmenter):
             None processes the input size as it is (the authors' model).
         sync_batchnorm: bool or None; None synchronises BatchNorm when the
             model is built inside a `tf.distribute` strategy with several replicas.
-        image_shape: image shape, `(None, None, 3)` by default.
+        image_shape: image shape without the batch; None takes the backbone's
+            (`(None, None, 3)`, any size, for this library's ResNets; a fixed
+            size for encoders that need one, such as keras-hub's `MiTBackbone`).
         dtype: the dtype policy of every layer built here (e.g.
             `"mixed_bfloat16"`, as keras-hub's models take it); None takes
             Keras' global policy. The logits leave the model in float32
@@ -256,17 +258,15 @@ class AlignSeg(ImageSegmenter):
         dropout=0.1,
         pad_to_multiple=32,
         sync_batchnorm=None,
-        image_shape=(None, None, 3),
+        image_shape=None,
         name="alignseg",
         dtype=None,
         trainable=True,
     ):
         num_classes = check_class_count(num_classes)
         pad_to_multiple = _checked_padding_multiple(pad_to_multiple)
-        if tuple(image_shape)[-1] != 3:
-            raise ValueError(
-                f"AlignSeg takes RGB images with 3 channels; image_shape={image_shape!r}."
-            )
+        if image_shape is not None:
+            _check_rgb(image_shape)
         sync = _should_sync_batchnorm(sync_batchnorm)
         backbone = build_backbone(
             backbone,
@@ -284,6 +284,8 @@ class AlignSeg(ImageSegmenter):
             activation=activation,
             dtype=dtype,
         )
+        if image_shape is None:
+            image_shape = _check_rgb(backbone.image_shape)
         image_converter = _image_converter(
             image_converter, backbone.image_encoder, mean, std, bgr, dtype
         )
@@ -355,7 +357,7 @@ class AlignSeg(ImageSegmenter):
     def call(self, inputs, training=None, mask=None):
         if isinstance(inputs, dict):  # keyed by the input's name, as Keras' functional models take
             inputs = _images_of_dict(inputs, self.inputs[0].name)
-        check_image_batch_shape(getattr(inputs, "shape", None))
+        check_image_batch_shape(getattr(inputs, "shape", None), self.image_shape[:2])
         outputs = super().call(inputs, training=training, mask=mask)
         if isinstance(outputs, dict) and not training:
             return outputs[LOGITS]
@@ -629,6 +631,14 @@ class AlignSeg(ImageSegmenter):
         model = cls(**deserialized(config, ["backbone", "image_converter"]))
         freeze_layers(model, frozen)
         return model
+
+
+def _check_rgb(image_shape):
+    if tuple(image_shape)[-1] != 3:
+        raise ValueError(
+            f"AlignSeg takes RGB images with 3 channels; image_shape={image_shape!r}."
+        )
+    return tuple(image_shape)
 
 
 def _images_of_dict(inputs, name):

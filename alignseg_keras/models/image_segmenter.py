@@ -134,8 +134,8 @@ class ImageSegmenter(keras.Model):
             images, y = self.checked_data(images, y, masks)
             return {name: images}, y
         shape = _image_shape_of(x)
-        if shape is not None:
-            check_image_batch_shape(shape)
+        if shape is not None:  # the size too, where the model fixes it
+            check_image_batch_shape(shape, tuple(getattr(self, "image_shape", ()))[:2])
         num_classes = self.num_classes if masks else None
         return data_checks.checked_data(x, y, num_classes, self.ignore_index)
 

@@ -8,9 +8,13 @@ A preset directory holds:
     task.weights.h5     the segmenter's own weights (heads), without the backbone's
     metadata.json       versions, parameter count, date, and the preset's description
 
-This is the layout of keras-hub's `save_to_preset` (same file names and
-contents), so a preset directory can be copied, versioned or uploaded like
-theirs. A directory is written to a temporary folder beside it and renamed into
+This is the layout of keras-hub's `save_to_preset` (the same file names; the
+JSON files hold Keras' serialized objects as theirs do, but keep the build and
+compile configs, and metadata.json names this library's version rather than
+keras-hub's), so a preset directory can be copied, versioned or uploaded like
+theirs. keras-hub's own loaders do not load it (AlignSeg is not a keras-hub
+class); `AlignSeg.from_preset` does, and takes keras-hub's backbone presets as
+encoders (`AlignSeg(num_classes, backbone=directory)`). A directory is written to a temporary folder beside it and renamed into
 place (`atomic_folder`), so a crash never leaves half a preset.
 """
 
@@ -86,8 +90,23 @@ def save_task_preset(task, directory, description=None):
 
 
 def load_task_config(directory):
-    """The serialized segmenter of a preset directory (`task.json`)."""
-    return _read_json(directory, TASK_CONFIG_FILE)
+    """The serialized segmenter of a preset directory (`task.json`), or a `ValueError`
+    saying what the directory holds instead (a keras-hub backbone, another task)."""
+    if not os.path.isfile(os.path.join(os.fspath(directory), TASK_CONFIG_FILE)):
+        backbone = _read_json(directory, CONFIG_FILE).get("class_name")
+        if backbone != "AlignSegBackbone":
+            raise ValueError(
+                f"{os.fspath(directory)!r} is a preset of a {backbone} (its config.json), "
+                "not of an AlignSeg: give it as AlignSeg's encoder, "
+                f"AlignSeg(num_classes, backbone={os.fspath(directory)!r})."
+            )
+    task = _read_json(directory, TASK_CONFIG_FILE)
+    if task.get("class_name") != "AlignSeg":
+        raise ValueError(
+            f"{os.fspath(directory)!r} is a preset of a {task.get('class_name')} (its "
+            f"{TASK_CONFIG_FILE}), not of an AlignSeg."
+        )
+    return task
 
 
 def load_backbone(directory, load_weights=True):

@@ -134,6 +134,28 @@ def test_preset_directories_refuse_what_they_cannot_do(saved, tmp_path):
     (directory / "README.md").unlink()
 
 
+def test_a_preset_of_another_task_or_of_a_backbone_alone_is_named(saved, tmp_path):
+    import shutil
+
+    _, directory = saved
+    other = tmp_path / "other_task"
+    shutil.copytree(directory, other)
+    task = json.loads((other / "task.json").read_text())
+    (other / "task.json").write_text(json.dumps({**task, "class_name": "DeepLabV3ImageSegmenter"}))
+    with pytest.raises(ValueError, match="a preset of a DeepLabV3ImageSegmenter .*not of an AlignSeg"):
+        AlignSeg.from_preset(str(other))
+    backbone_only = tmp_path / "backbone_only"
+    shutil.copytree(directory, backbone_only)
+    (backbone_only / "task.json").unlink()
+    config = json.loads((backbone_only / "config.json").read_text())
+    (backbone_only / "config.json").write_text(json.dumps({**config, "class_name": "ResNetBackbone"}))
+    with pytest.raises(ValueError, match=r"AlignSeg\(num_classes, backbone="):
+        AlignSeg.from_preset(str(backbone_only))
+    (backbone_only / "config.json").write_text(json.dumps(config))  # ours, task.json lost
+    with pytest.raises(ValueError, match="has no task.json"):
+        AlignSeg.from_preset(str(backbone_only))
+
+
 def test_a_class_count_of_zero_is_refused_not_read_as_the_presets(saved):
     # `num_classes or saved` kept the saved count with fresh, untrained heads.
     _, directory = saved
