@@ -12,10 +12,11 @@ import keras
 def model_config(model):
     """The `keras.Model` arguments of `model`'s config: name and trainable.
 
-    Not its dtype policy, as keras-hub's backbones: a saved model computes in
-    the policy of the process that loads it (Keras' global policy), or in the
-    one its loader asks for (`AlignSeg.from_preset(..., dtype=...)`,
-    `inference.as_precision`).
+    Not its dtype policy: a saved model computes in the policy of the process
+    that loads it (Keras' global policy), or in the one its loader asks for
+    (`AlignSeg.from_preset(..., dtype=...)`, `inference.as_precision`), as
+    keras-hub's preset loader gives a model (keras-hub saves a float policy and
+    replaces it when loading; `without_saved_policy` does that for encoders).
     """
     return {"name": model.name, "trainable": model.trainable}
 
