@@ -92,7 +92,9 @@ def save_task_preset(task, directory, description=None):
 def load_task_config(directory):
     """The serialized segmenter of a preset directory (`task.json`), or a `ValueError`
     saying what the directory holds instead (a keras-hub backbone, another task)."""
-    if not os.path.isfile(os.path.join(os.fspath(directory), TASK_CONFIG_FILE)):
+    directory_path = os.fspath(directory)
+    if not os.path.isfile(os.path.join(directory_path, TASK_CONFIG_FILE)) and os.path.isfile(
+            os.path.join(directory_path, CONFIG_FILE)):
         backbone = _read_json(directory, CONFIG_FILE).get("class_name")
         if backbone != "AlignSegBackbone":
             raise ValueError(
