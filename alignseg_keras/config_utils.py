@@ -41,11 +41,18 @@ def _is_plain_policy(value):
     return isinstance(value, dict) and value.get("class_name") == "DTypePolicy"
 
 
+def _policy_name(value):
+    """The name of a policy serialized as a plain `DTypePolicy` or as a string, else None."""
+    if isinstance(value, str):
+        return value
+    return value.get("config", {}).get("name") if _is_plain_policy(value) else None
+
+
 def _plain_policy_names(config):
     """The names of the plain policies in a serialized config, one per layer."""
     if isinstance(config, dict):
         if _is_plain_policy(config):
-            return [config.get("config", {}).get("name")]
+            return [_policy_name(config)]
         if config.get("class_name") in ("InputLayer", "__keras_tensor__"):
             return []  # their "dtype" is a tensor's
         return [name for value in config.values() for name in _plain_policy_names(value)]
@@ -54,19 +61,34 @@ def _plain_policy_names(config):
     return []
 
 
-def _without_policy(config, name):
-    if isinstance(config, dict):
-        if config.get("class_name") in ("InputLayer", "__keras_tensor__"):
-            return config
-        return {
-            key: _without_policy(value, name)
-            for key, value in config.items()
-            if not (key == "dtype" and _is_plain_policy(value)
-                    and value.get("config", {}).get("name") == name)
-        }
+def replaced_policy(config, source, target=None):
+    """A serialized config with every dtype policy named `source` (serialized, or a
+    string as older Keras wrote them) set to `target`, or left out where `target` is
+    None (the layer then takes the global policy when rebuilt).
+
+    Policies of another name are layers pinned to a dtype (such as float32 outputs
+    of a mixed-precision model) and stay; an InputLayer's or a tensor's `"dtype"`
+    is a tensor's, not a policy, and stays too.
+    """
     if isinstance(config, list):
-        return [_without_policy(value, name) for value in config]
-    return config
+        return [replaced_policy(value, source, target) for value in config]
+    if not isinstance(config, dict) or config.get("class_name") in (
+            "InputLayer", "__keras_tensor__"):
+        return config
+    if _is_plain_policy(config):
+        if target is None or _policy_name(config) != source:
+            return config
+        return {**config, "config": {**config["config"], "name": target}}
+    replaced = {}
+    for key, value in config.items():
+        if key == "dtype" and _policy_name(value) == source:
+            if target is None:
+                continue
+            if isinstance(value, str):
+                replaced[key] = target
+                continue
+        replaced[key] = replaced_policy(value, source, target)
+    return replaced
 
 
 def without_saved_policy(serialized):
@@ -83,12 +105,12 @@ def without_saved_policy(serialized):
     names = _plain_policy_names(serialized)
     top = serialized.get("config", {}).get("dtype") if isinstance(serialized, dict) else None
     if _is_plain_policy(top):
-        name = top.get("config", {}).get("name")
+        name = _policy_name(top)
     elif names:
         name = collections.Counter(names).most_common(1)[0][0]
     else:
         return serialized
-    return _without_policy(serialized, name)
+    return replaced_policy(serialized, name)
 
 
 def computing_policy(component):

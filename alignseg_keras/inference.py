@@ -55,6 +55,7 @@ from keras import ops
 
 from alignseg_keras.checks import check_finite_images
 from alignseg_keras.config_utils import global_dtype_policy
+from alignseg_keras.config_utils import replaced_policy
 from alignseg_keras.layers.alignment import resize_bilinear
 
 PAPER_SCALES = (0.75, 1.0, 1.25, 1.5, 1.75)
@@ -73,29 +74,6 @@ def check_precision(precision):
             f"`precision` must be one of {', '.join(PRECISIONS)}; received {precision!r}."
         )
     return precision
-
-
-def _replace_policy(config, source, target):
-    """`config` with every dtype policy named `source` (serialized or a string) set to `target`.
-
-    Policies of another name are layers pinned to a dtype (such as float32
-    outputs of a mixed-precision model) and stay.
-    """
-    if isinstance(config, dict):
-        if config.get("class_name") in ("InputLayer", "__keras_tensor__"):
-            return config  # their "dtype" is a tensor's, not a policy
-        if config.get("class_name") == "DTypePolicy" and isinstance(config.get("config"), dict):
-            if config["config"].get("name") == source:
-                return {**config, "config": {**config["config"], "name": target}}
-            return config
-        return {
-            key: target if key == "dtype" and value == source
-            else _replace_policy(value, source, target)
-            for key, value in config.items()
-        }
-    if isinstance(config, list):
-        return [_replace_policy(value, source, target) for value in config]
-    return config
 
 
 def as_precision(model, precision):
@@ -150,7 +128,7 @@ def copy_model(model, policy=None):
     """
     source = model.dtype_policy.name
     policy = policy or source
-    config = _replace_policy(keras.saving.serialize_keras_object(model), source, policy)
+    config = replaced_policy(keras.saving.serialize_keras_object(model), source, policy)
     with global_dtype_policy(policy):
         clone = keras.saving.deserialize_keras_object(config)
     clone.set_weights(model.get_weights())

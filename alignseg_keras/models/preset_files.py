@@ -98,14 +98,14 @@ def load_task_config(directory):
         backbone = _read_json(directory, CONFIG_FILE).get("class_name")
         if backbone != "AlignSegBackbone":
             raise ValueError(
-                f"{os.fspath(directory)!r} is a preset of a {backbone} (its config.json), "
+                f"{directory_path!r} is a preset of a {backbone} (its config.json), "
                 "not of an AlignSeg: give it as AlignSeg's encoder, "
-                f"AlignSeg(num_classes, backbone={os.fspath(directory)!r})."
+                f"AlignSeg(num_classes, backbone={directory_path!r})."
             )
     task = _read_json(directory, TASK_CONFIG_FILE)
     if task.get("class_name") != "AlignSeg":
         raise ValueError(
-            f"{os.fspath(directory)!r} is a preset of a {task.get('class_name')} (its "
+            f"{directory_path!r} is a preset of a {task.get('class_name')} (its "
             f"{TASK_CONFIG_FILE}), not of an AlignSeg."
         )
     return task
