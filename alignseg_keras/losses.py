@@ -73,9 +73,11 @@ def _pixel_sample_weights(sample_weight, labels):
     except (TypeError, ValueError):  # a rank known only at run time
         rank = None
     if rank is not None and rank not in (1, 3) and not (rank == 4 and weights.shape[-1] == 1):
+        replicas = _replicas_in_sync()
+        share = f" (one of {replicas} replicas' share of the batch)" if replicas > 1 else ""
         raise ValueError(
             "A segmentation loss takes `sample_weight` per image (batch,) or per pixel "
-            f"(batch, height, width) at the labels' size; received shape {tuple(weights.shape)}."
+            f"(batch, height, width) at the labels' size; received shape {tuple(weights.shape)}{share}."
         )
     batch, height, width = ops.shape(labels)[0], ops.shape(labels)[1], ops.shape(labels)[2]
     per_image_or_pixel = ops.reshape(weights, (batch, -1))  # (B, 1) or (B, H * W)
@@ -83,7 +85,42 @@ def _pixel_sample_weights(sample_weight, labels):
                        (batch, height, width))
 
 
-class _SampleWeightedLoss(keras.losses.Loss):
+def _replica_share(value):
+    """A batch-mean loss divided by the number of `tf.distribute` replicas in sync.
+
+    Under `tf.distribute` each replica computes the loss on its part of the batch
+    and the replicas' gradients are summed, so Keras divides every loss by the
+    replica count (`scale_loss_for_distribution` in keras/src/losses/loss.py). It
+    does so in `reduce_values`, for values `call` left unreduced only: a loss whose
+    `call` returns the reduced scalar, as these do, must divide it itself, or its
+    gradients (and the reported loss) are the replica count times too large. On
+    JAX and torch Keras computes one loss over the global batch: nothing to divide.
+    """
+    replicas = _replicas_in_sync()
+    return value if replicas == 1 else value * (1.0 / replicas)
+
+
+def _replicas_in_sync():
+    """The `tf.distribute` strategy's replica count on TensorFlow, 1 on the other backends."""
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    from alignseg_keras.distribute import replicas_in_sync
+
+    return replicas_in_sync()
+
+
+class _ScalarLoss(keras.losses.Loss):
+    """A loss whose `call` returns the batch's mean itself: divided per replica (`_replica_share`)."""
+
+    # CombinedLoss sums terms that each did the division.
+    divides_by_replicas = True
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        value = super().__call__(y_true, y_pred, sample_weight)
+        return _replica_share(value) if self.divides_by_replicas else value
+
+
+class _SampleWeightedLoss(_ScalarLoss):
     """A loss that applies Keras' `sample_weight` itself, in `call`.
 
     Keras' default would multiply the already reduced value by the weights'
@@ -118,7 +155,7 @@ class _PixelMeanLoss(_SampleWeightedLoss):
         return weights if factors is None else weights * factors
 
 
-class _RegionLoss(keras.losses.Loss):
+class _RegionLoss(_ScalarLoss):
     """A loss over regions of the batch (Dice, Lovász), where a pixel's weight is undefined."""
 
     def __call__(self, y_true, y_pred, sample_weight=None):
@@ -641,6 +678,9 @@ class CombinedLoss(_SampleWeightedLoss):
     model.compile(loss=loss)  # the same sum on the auxiliary head, times aux_loss_weight
     ```
     """
+
+    # Each term divides itself under tf.distribute (Keras' own losses too).
+    divides_by_replicas = False
 
     def __init__(self, losses, name="combined_loss", **kwargs):
         super().__init__(name=name, **kwargs)

@@ -1,6 +1,6 @@
 """Multi-replica checks run in a subprocess (logical devices must be set before TF starts).
 
-Usage: python tests/distributed_checks.py sync_batchnorm
+Usage: python tests/distributed_checks.py sync_batchnorm|replica_loss
 Prints "OK" and exits 0 when the check passes.
 """
 
@@ -29,6 +29,7 @@ keras.config.set_dtype_policy("float64")
 RTOL, ATOL = 1e-8, 1e-10
 
 from alignseg_keras import AlignSeg  # noqa: E402
+from alignseg_keras import losses  # noqa: E402
 
 
 def build(sync_batchnorm=None):
@@ -92,5 +93,70 @@ def check_sync_batchnorm():
     print("OK")
 
 
+def trained_step(model, images, masks, **compile_arguments):
+    """One SGD step on the whole batch: the weight update, the step's loss, then `evaluate`'s."""
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=1e-3), **compile_arguments)
+    before = [v.numpy() for v in model.trainable_variables]
+    history = model.fit(images, masks, batch_size=len(images), epochs=1, shuffle=False, verbose=0)
+    update = np.concatenate([
+        (v.numpy() - w).ravel() for v, w in zip(model.trainable_variables, before)
+    ])
+    evaluated = model.evaluate(images, masks, batch_size=len(images), verbose=0, return_dict=True)
+    return update, history.history["loss"][0], evaluated["loss"]
+
+
+# The losses compute in float32 whatever the policy (`losses._prepare`): a mean over 8192
+# pixels (4096 per replica), whose pairwise-sum bound is 2 log2(8192) u = 1.6e-6 (measured
+# 0.7-1.2e-7); 1e-5 leaves room for Eigen's blocked sums. The bug this finds gives 1.0.
+LOSS_RTOL = 1e-5
+
+
+def check_replica_loss():
+    """Two replicas take the step one device takes on the same global batch.
+
+    Keras divides a loss by the replica count, since the replicas' gradients are
+    summed; our losses reduce themselves to a scalar, which Keras does not divide
+    (before they did it themselves, two replicas took twice the step and reported
+    twice the loss). Every pixel is labelled and the halves are of equal size, so
+    the mean of the replicas' pixel means is the whole batch's mean; a plain Keras
+    model with Keras' own loss is the control of the comparison itself.
+    """
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (4, 32, 32, 3)).astype("float32")
+    masks = rng.integers(0, 3, (4, 32, 32)).astype("int32")
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    cases = {
+        "compile() defaults (cross-entropy + deep supervision)": dict(),
+        "CombinedLoss with a Keras term": dict(
+            loss=losses.CombinedLoss([
+                losses.SegmentationCrossEntropy(),
+                (keras.losses.SparseCategoricalCrossentropy(from_logits=True), 0.5),
+            ]),
+            aux_loss=losses.OhemCrossEntropy(min_kept=10**6),
+        ),
+    }
+    for name, compile_arguments in cases.items():
+        single = build()
+        initial = single.get_weights()
+        expected = trained_step(single, images, masks, **compile_arguments)
+        with strategy.scope():
+            replicated = build()
+            replicated.set_weights(initial)
+            got = trained_step(replicated, images, masks, **compile_arguments)
+        change = np.linalg.norm(got[0] - expected[0]) / np.linalg.norm(expected[0])
+        # Float64: the synchronised statistics' rounding (see RTOL above) bounds this far below 1e-8.
+        assert change < RTOL, f"{name}: the two replicas' update differs by {change:.3g} of one device's"
+        for what, value, reference in zip(("fit", "evaluate"), got[1:], expected[1:]):
+            np.testing.assert_allclose(value, reference, rtol=LOSS_RTOL, err_msg=f"{name}: {what} loss")
+    # A wrong sample_weight is seen per replica: the message says whose shape it gives.
+    try:
+        replicated.fit(images, masks, sample_weight=np.ones((4, 32)), batch_size=4, verbose=0)
+    except ValueError as error:
+        assert "received shape (2, 32) (one of 2 replicas' share of the batch)" in str(error), error
+    else:
+        raise AssertionError("a (batch, height) sample_weight was accepted")
+    print("OK")
+
+
 if __name__ == "__main__":
-    {"sync_batchnorm": check_sync_batchnorm}[sys.argv[1]]()
+    {"sync_batchnorm": check_sync_batchnorm, "replica_loss": check_replica_loss}[sys.argv[1]]()
