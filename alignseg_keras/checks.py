@@ -69,15 +69,33 @@ def check_class_count(num_classes, minimum=2):
 
 
 def _dtype_kind(array):
-    """The NumPy kind ("f", "i", "u", ...) of a NumPy, TensorFlow or JAX array's dtype."""
+    """The NumPy kind ("f", "i", "u", "b", ...) of a NumPy, TensorFlow, JAX or torch array's
+    dtype; "f" for bfloat16 too (NumPy's kind of ml_dtypes' bfloat16 is "V")."""
+    import keras
+
     dtype = getattr(array, "dtype", None)
-    return np.dtype(getattr(dtype, "as_numpy_dtype", dtype)).kind
+    try:
+        name = keras.backend.standardize_dtype(dtype)  # torch.float32 -> "float32"
+    except ValueError:  # strings, objects: what NumPy makes of them
+        return np.dtype(dtype).kind
+    return "f" if "float" in name else np.dtype(name).kind
+
+
+def _host_array(block):
+    """`block` as a NumPy array: also a torch tensor in bfloat16 or on a GPU, which
+    `np.asarray` refuses, through the backend's own conversion."""
+    try:
+        return np.asarray(block)
+    except (TypeError, RuntimeError):
+        import keras
+
+        return keras.ops.convert_to_numpy(block)
 
 
 def _chunks(array):
     """`(start, block)` pairs over the first axis, `_CHUNK` items at a time."""
     for start in range(0, len(array), _CHUNK):
-        yield start, np.asarray(array[start : start + _CHUNK])
+        yield start, _host_array(array[start : start + _CHUNK])
 
 
 def check_image_batch_shape(shape, image_size=None):

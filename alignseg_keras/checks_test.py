@@ -46,6 +46,19 @@ def test_non_finite_pixels_name_the_image(value):
         check_finite_images(images)
 
 
+def test_bfloat16_images_are_checked_too():
+    # NumPy's kind of ml_dtypes' bfloat16 is "V": such images passed unchecked.
+    import ml_dtypes
+    import tensorflow as tf
+
+    images = np.zeros((2, 4, 4, 3), ml_dtypes.bfloat16)
+    images[1, 0, 0, 0] = np.nan
+    for batch in (images, tf.constant(images)):
+        with pytest.raises(ValueError, match=r"1 NaN or infinite value\(s\), the first in image 1"):
+            check_finite_images(batch)
+    check_finite_images(np.zeros((2, 4, 4, 3), ml_dtypes.bfloat16))
+
+
 @pytest.mark.parametrize(
     "masks, message",
     [

@@ -46,6 +46,7 @@ from jax_session.tf_comparison import train_one_step  # noqa: E402
 
 from alignseg_keras.cli import main as alignseg  # noqa: E402
 from alignseg_keras.layers import AlignmentLayer  # noqa: E402
+from alignseg_keras.testing import tiny_alignseg  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -169,6 +170,38 @@ def test_training_options_of_other_backends_are_refused(options, message, tmp_pa
     error = capsys.readouterr().err
     assert re.search(message, error), error
     assert not (output / "model.keras").exists()
+
+
+def test_a_file_saved_with_jit_compile_loads_eager_and_predicts_read_only_images(tmp_path):
+    # Files saved on JAX by earlier versions hold jit_compile=True; torch would hand
+    # the steps to torch.compile, which crashed inside dynamo on read-only arrays.
+    model = tiny_alignseg(3)
+    model.compile(jit_compile=True)
+    assert model.get_compile_config()["jit_compile"] is True
+    model.save(tmp_path / "model.keras")
+    restored = keras.saving.load_model(tmp_path / "model.keras")
+    assert restored.jit_compile is False
+    images = np.random.default_rng(0).integers(0, 256, (1, 40, 56, 3)).astype("uint8")
+    images.flags.writeable = False  # as image_files.read_image gives them
+    assert restored.predict(images, verbose=0).shape == (1, 40, 56, 3)
+
+
+def test_torch_tensors_are_checked_as_arrays_are():
+    import torch
+
+    model = tiny_alignseg(3)
+    model.compile()
+    rng = np.random.default_rng(0)
+    images = torch.as_tensor(rng.integers(0, 256, (2, 32, 32, 3)).astype("float32"))
+    masks = torch.as_tensor(rng.integers(0, 3, (2, 32, 32)).astype("int32"))
+    model.fit(images, masks, epochs=1, verbose=0)
+    assert model.predict(images, verbose=0).shape == (2, 32, 32, 3)
+    bad = images.clone().to(torch.bfloat16)
+    bad[1, 3, 3, 0] = float("nan")
+    with pytest.raises(ValueError, match="1 NaN or infinite value"):
+        model.predict(bad, verbose=0)
+    with pytest.raises(ValueError, match=r"\[7\]"):
+        model.fit(images, torch.full((2, 32, 32), 7, dtype=torch.int32), epochs=1, verbose=0)
 
 
 def test_alignseg_works_without_tensorflow(without_tensorflow):

@@ -430,6 +430,9 @@ class AlignSeg(ImageSegmenter):
             metrics = [MeanIoU(self.num_classes, ignore_index=ignore_index if ignored is None else ignored)]
         self.aux_loss_weight = float(aux_loss_weight) if self.deep_supervision else 0.0
         self.aux_loss = _checked_aux_loss(aux_loss)
+        # Saved as given (get_compile_config): Keras saves "auto" resolved for the
+        # backend at hand, which another backend then reads as the user's choice.
+        self._jit_compile_argument = kwargs.setdefault("jit_compile", "auto")
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
         if self.built:
             # The optimizer's state now, as Keras does on JAX and under a
@@ -439,8 +442,17 @@ class AlignSeg(ImageSegmenter):
             self.optimizer.build(self.trainable_variables)
 
     def get_compile_config(self):
+        """Keras' compile config, with `jit_compile` as `compile` was given it.
+
+        Keras saves the value "auto" resolved to on the saving backend: True on
+        JAX, which torch reads as `torch.compile` (not supported here: it crashed
+        inside dynamo on read-only NumPy images and took 42 s for a first
+        `predict`), False on TensorFlow without a GPU, which JAX reads as not
+        jitting at all. "auto" is resolved again where the file loads.
+        """
         config = super().get_compile_config()
         if config:
+            config["jit_compile"] = getattr(self, "_jit_compile_argument", config.get("jit_compile"))
             config["aux_loss_weight"] = self.aux_loss_weight
             aux_loss = getattr(self, "aux_loss", None)
             if aux_loss is not None:
@@ -448,8 +460,15 @@ class AlignSeg(ImageSegmenter):
         return config
 
     def compile_from_config(self, config):
-        """Restores the compiled state saved in a `.keras` file (optimizer included)."""
+        """Restores the compiled state saved in a `.keras` file (optimizer included).
+
+        On torch a saved `jit_compile=True` loads as "auto" (eager): files of
+        earlier versions stored JAX's resolved True, and torch would hand every
+        step to `torch.compile`, which this library does not support (docs/torch.md).
+        """
         config = keras.saving.deserialize_keras_object(config)
+        if keras.backend.backend() == "torch" and config.get("jit_compile") is True:
+            config["jit_compile"] = "auto"
         self.compile(**config)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):

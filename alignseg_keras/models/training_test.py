@@ -153,6 +153,19 @@ def test_compiled_model_round_trips_through_keras_file(tmp_path):
     restored.fit(images, masks, batch_size=2, epochs=1, verbose=0)  # training resumes
 
 
+@pytest.mark.parametrize("given, saved", [(None, "auto"), (False, False), (True, True)])
+def test_a_file_keeps_jit_compile_as_compile_was_given_it(given, saved, tmp_path):
+    # Keras saves "auto" resolved on the saving backend (True on JAX, which torch then
+    # hands to torch.compile); "auto" is resolved again where the file loads.
+    model = tiny_model()
+    model.compile(**({} if given is None else {"jit_compile": given}))
+    assert model.get_compile_config()["jit_compile"] == saved
+    model.save(tmp_path / "model.keras")
+    restored = keras.saving.load_model(tmp_path / "model.keras")
+    assert restored.get_compile_config()["jit_compile"] == saved
+    assert restored.jit_compile == model.jit_compile
+
+
 def test_frozen_layers_stay_frozen_after_a_reload(tmp_path):
     # They came back trainable (AlignSeg rebuilds its layers from its arguments), the
     # optimizer state of the other weights was dropped, and fit changed the frozen ones.
