@@ -209,3 +209,11 @@ def test_files_of_the_glob_pair_by_name_not_by_sorted_position(tmp_path):
     dataset, _, _ = load_dataset(args, "train")
     pairs = [(int(image[0, 0, 0]), int(mask[0, 0])) for image, mask in dataset.as_numpy_iterator()]
     assert len(pairs) == 11 and all(image == mask for image, mask in pairs)
+    # Training reads them in a seeded permutation, a new one on every pass, the same
+    # in every process (each builds the pipeline with --seed).
+    shuffled, _, _ = load_dataset(args, "train", shuffle_files=True)
+    passes = [[int(image[0, 0, 0]) for image, _ in shuffled.as_numpy_iterator()] for _ in range(2)]
+    assert sorted(passes[0]) == sorted(passes[1]) == sorted(first for first, _ in pairs)
+    assert passes[0] != [first for first, _ in pairs] and passes[0] != passes[1]
+    again, _, _ = load_dataset(args, "train", shuffle_files=True)
+    assert [int(image[0, 0, 0]) for image, _ in again.as_numpy_iterator()] == passes[0]

@@ -165,7 +165,7 @@ def random_scale(image, mask, scale_range, seed, scale_step=None):
         scale_range: `(min, max)` of the factor.
         seed: int tensor `(2,)`, stateless seed.
         scale_step: None (any factor) or a float: factors `min, min + step, ...,
-            max` (the authors' code uses 0.7..2.0 in steps of 0.1).
+            max` (the authors' code uses 0.7..2.1 in steps of 0.1).
 
     Returns:
         The resized `(image, mask)`.
@@ -456,14 +456,16 @@ def training_pipeline(
             Cityscapes code).
         batch_size: int; incomplete batches are dropped.
         scale_range: `(min, max)` random scale (paper: 0.5..2.0; the
-            authors' code: 0.7..2.0); `(1, 1)` disables scaling.
+            authors' code: 0.7..2.1); `(1, 1)` disables scaling.
         flip: bool, random horizontal flip.
         photometric: False, True (`PHOTOMETRIC_DEFAULTS`) or a dict with some
             of the keys `brightness`, `contrast`, `saturation`, `hue`.
         ignore_index: int, mask value of the padding.
         fill_mean: three floats, RGB value of the image padding (the model's mean).
         shuffle: int, shuffle buffer size (decoded examples); 0 (or False)
-            disables. True is refused (a buffer of 1: no shuffling).
+            disables. True is refused (a buffer of 1: no shuffling). A buffer
+            mixes neighbouring examples only: give a sorted dataset (Cityscapes'
+            files are sorted by city) its files shuffled, `shuffle_files=True`.
         repeat: bool, repeat forever (then give `fit` a `steps_per_epoch`):
             every iterator yields the same stream, each pass over `dataset`
             reshuffled and augmented anew. False: one pass per iteration, each
@@ -486,7 +488,7 @@ def training_pipeline(
 
     Example:
     ```python
-    train = training_pipeline(load_cityscapes(root, "train"), crop_size=(769, 769),
+    train = training_pipeline(load_cityscapes(root, "train", shuffle_files=True, seed=0), crop_size=(769, 769),
                               batch_size=8, scale_range=(0.5, 2.0), seed=0)
     model.fit(train, steps_per_epoch=1000, epochs=40)
     ```
