@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 
+from alignseg_keras.backbones.keras_applications import applications_resnet
 from alignseg_keras.backbones.resnet import CeilModeMaxPooling2D
 from alignseg_keras.backbones.resnet import basic_resnet
 from alignseg_keras.backbones.resnet import deep_stem_resnet
@@ -58,3 +59,16 @@ def test_ceil_mode_max_pool_equals_pytorch(height, width):
     x = np.random.default_rng(height * 10 + width).random((2, height, width, 3)).astype("float32")
     expected = torch.nn.MaxPool2d(3, 2, padding=1, ceil_mode=True)(torch.from_numpy(x).permute(0, 3, 1, 2))
     np.testing.assert_array_equal(np.asarray(CeilModeMaxPooling2D()(x)), expected.permute(0, 2, 3, 1).numpy())
+
+
+def test_keras_applications_resnets_train_their_batchnorm_with_the_authors_momentum():
+    # keras.applications builds momentum 0.99 (a ~100-step average); the authors'
+    # InPlaceABNSync uses PyTorch's 0.1, Keras' 0.9. Epsilon stays the weights' 1.001e-5.
+    model = applications_resnet("resnet50")
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 53
+    assert {(layer.momentum, layer.epsilon) for layer in norms} == {(0.9, 1.001e-5)}
+    norm = norms[0]
+    x = np.random.default_rng(0).normal(2.0, 1.0, (2, 8, 8, norm.moving_mean.shape[0])).astype("float32")
+    norm(x, training=True)
+    np.testing.assert_allclose(np.asarray(norm.moving_mean), 0.1 * x.mean(axis=(0, 1, 2)), rtol=1e-5)
