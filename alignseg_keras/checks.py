@@ -1,7 +1,7 @@
 """Checks on what enters the model, with errors that name the culprit and the fix.
 
-NumPy only, so they run on every Keras backend (and without TensorFlow): class
-counts, image pixels and label maps. `alignseg_keras.data.validation` uses the
+NumPy and `keras.backend`, so they run on every Keras backend (and without
+TensorFlow): class counts, image pixels and label maps. `alignseg_keras.data.validation` uses the
 label check for files, `AlignSeg.fit`/`evaluate`/`predict` and the inference
 functions use the others for arrays, generators and (through
 `alignseg_keras.models.tf_data_checks`) `tf.data` pipelines.
@@ -76,9 +76,14 @@ def _dtype_kind(array):
     dtype = getattr(array, "dtype", None)
     try:
         name = keras.backend.standardize_dtype(dtype)  # torch.float32 -> "float32"
-    except ValueError:  # strings, objects: what NumPy makes of them
-        return np.dtype(dtype).kind
-    return "f" if "float" in name else np.dtype(name).kind
+    except ValueError:  # dtypes Keras does not know: what NumPy makes of them
+        name = getattr(dtype, "as_numpy_dtype", dtype)
+    if "float" in str(name):
+        return "f"
+    try:
+        return np.dtype(name).kind
+    except TypeError:  # TensorFlow's "string", torch's quantized types
+        return "O"
 
 
 def _host_array(block):

@@ -46,6 +46,13 @@ def test_non_finite_pixels_name_the_image(value):
         check_finite_images(images)
 
 
+def test_images_of_dtypes_that_are_not_numbers_are_left_to_the_shape_checks():
+    import tensorflow as tf
+
+    check_finite_images(tf.constant([["a"]]))  # TensorFlow's string dtype: no NaN to find
+    check_finite_images(np.array([["a"]]))
+
+
 def test_bfloat16_images_are_checked_too():
     # NumPy's kind of ml_dtypes' bfloat16 is "V": such images passed unchecked.
     import ml_dtypes

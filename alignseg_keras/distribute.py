@@ -2,7 +2,12 @@
 
 
 def replicas_in_sync():
-    """Number of replicas of the current `tf.distribute` strategy (1 outside one)."""
+    """Number of replicas of the current `tf.distribute` strategy (1 outside one,
+    and on the other Keras backends, without importing TensorFlow)."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return 1
     import tensorflow as tf
 
     if not tf.distribute.has_strategy():

@@ -101,9 +101,6 @@ def _replica_share(value):
 
 
 def _replicas_in_sync():
-    """The `tf.distribute` strategy's replica count on TensorFlow, 1 on the other backends."""
-    if keras.backend.backend() != "tensorflow":
-        return 1
     from alignseg_keras.distribute import replicas_in_sync
 
     return replicas_in_sync()
@@ -679,7 +676,9 @@ class CombinedLoss(_SampleWeightedLoss):
     ```
     """
 
-    # Each term divides itself under tf.distribute (Keras' own losses too).
+    # Each term's value is divided under tf.distribute once, in `call`: ours and
+    # Keras' reduced ones divide themselves; unreduced values are averaged and divided
+    # here. Keras divides no "sum" (per-replica sums add up to the global one).
     divides_by_replicas = False
 
     def __init__(self, losses, name="combined_loss", **kwargs):
@@ -709,7 +708,10 @@ class CombinedLoss(_SampleWeightedLoss):
         total = 0.0
         for loss, weight in self.terms:
             if weight:
-                total = total + weight * loss(y_true, y_pred, sample_weight=sample_weight)
+                value = loss(y_true, y_pred, sample_weight=sample_weight)
+                if len(value.shape):  # a Keras term with reduction None: its batch mean
+                    value = _replica_share(ops.mean(value))
+                total = total + weight * value
         return ops.convert_to_tensor(total, "float32")
 
     def get_config(self):

@@ -492,6 +492,17 @@ def test_combined_loss_is_the_weighted_sum():
     assert CombinedLoss([keras.losses.MeanSquaredError()]).ignore_index == IGNORE_INDEX
 
 
+def test_combined_loss_averages_an_unreduced_keras_term():
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, (2, 6, 5)).astype("int32")
+    logits = rng.normal(size=(2, 6, 5, 4)).astype("float32")
+    ce = SegmentationCrossEntropy()
+    keras_ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+    expected = float(ce(labels, logits)) + 0.5 * float(np.mean(keras_ce(labels, logits)))
+    combined = CombinedLoss([ce, (keras_ce, 0.5)])
+    np.testing.assert_allclose(float(combined(labels, logits)), expected, rtol=1e-6)
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="smooth"):
         DiceLoss(smooth=-1.0)

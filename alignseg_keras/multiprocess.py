@@ -37,7 +37,7 @@ from alignseg_keras import AlignSeg, data, multiprocess
 
 job = multiprocess.initialize()              # KERAS_DISTRIBUTION_* variables, or arguments
 multiprocess.data_parallel()                 # before building the model
-train = data.training_pipeline(data.load_cityscapes(root, "train", shuffle_files=True, seed=0),
+train = data.training_pipeline(data.load_cityscapes(root, "train", shuffle_files=True, seed=0, repeat=True),
                                batch_size=16, seed=0)
 model = AlignSeg(num_classes=19)
 model.compile(total_steps=40000)

@@ -27,7 +27,7 @@ def main(data_dir, output):
         model = AlignSeg(len(data.CITYSCAPES_CLASSES), backbone_weights="imagenet")
         model.compile()  # the paper's recipe
     batches = data.training_pipeline(
-        data.load_cityscapes(data_dir, split="train", shuffle_files=True, seed=0),  # sorted by city
+        data.load_cityscapes(data_dir, split="train", shuffle_files=True, seed=0, repeat=True),  # sorted by city
         fill_mean=model.image_converter.mean,  # crops are padded with the model's own mean
     )
     model.fit(batches, epochs=STEPS // STEPS_PER_EPOCH, steps_per_epoch=STEPS_PER_EPOCH)

@@ -20,6 +20,5 @@ def test_synchronized_batchnorm_matches_one_device_with_the_whole_batch():
     run_check("sync_batchnorm")
 
 
-
 def test_replicas_take_the_step_of_one_device_on_the_same_global_batch():
     run_check("replica_loss")

@@ -179,7 +179,8 @@ def test_a_file_saved_with_jit_compile_loads_eager_and_predicts_read_only_images
     model.compile(jit_compile=True)
     assert model.get_compile_config()["jit_compile"] is True
     model.save(tmp_path / "model.keras")
-    restored = keras.saving.load_model(tmp_path / "model.keras")
+    with pytest.warns(UserWarning, match="loads with jit_compile='auto'"):
+        restored = keras.saving.load_model(tmp_path / "model.keras")
     assert restored.jit_compile is False
     images = np.random.default_rng(0).integers(0, 256, (1, 40, 56, 3)).astype("uint8")
     images.flags.writeable = False  # as image_files.read_image gives them

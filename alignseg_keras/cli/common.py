@@ -206,19 +206,20 @@ def _sorted_glob(pattern, what):
     return paths
 
 
-def load_dataset(args, split, shuffle_files=False):
+def load_dataset(args, split, training=False):
     """Returns `(dataset, num_classes, class_names)` for `split` ("train" or "val").
 
-    `shuffle_files` permutes the whole file list on every pass, seeded by
-    `args.seed` (the same order in every process of a job), as the authors'
-    DataLoader(shuffle=True) and DistributedSampler do: Cityscapes' files are
-    sorted by city, and `training_pipeline`'s 64-example buffer alone left about
-    a quarter of the batches of 8 from one city and walked the cities in
+    For `training` the files come as an endless stream of passes, each in a
+    permutation of the whole list drawn from `args.seed` and the pass number (the
+    same in every iterator and every process of a job), as the authors'
+    DataLoader(shuffle=True) and DistributedSampler permute: Cityscapes' files
+    are sorted by city, and `training_pipeline`'s 64-example buffer alone left
+    about a quarter of the batches of 8 from one city and walked the cities in
     alphabetical order every epoch.
     """
     from alignseg_keras import data
 
-    order = dict(shuffle_files=shuffle_files, seed=getattr(args, "seed", None) if shuffle_files else None)
+    order = dict(shuffle_files=training, repeat=training, seed=args.seed if training else None)
 
     if args.dataset == "synthetic":
         seed = 0 if split == "train" else 1

@@ -448,7 +448,7 @@ def _run_in_output_folder(args, final_path):
         warn_about_precision("train", args.precision)
     else:  # measured in float32; bfloat16 has its own warning on such CPUs
         print_kernel_note("train", "training")
-    dataset, num_classes, _ = load_dataset(args, "train", shuffle_files=True)
+    dataset, num_classes, _ = load_dataset(args, "train", training=True)
     strategy = _strategy(args.distribute)
     with strategy.scope():
         model = _build_model(args, num_classes)

@@ -57,7 +57,7 @@ def ade20k_files(root, split):
     return image_paths, label_paths
 
 
-def load_ade20k(root, split="training", shuffle_files=False, seed=None):
+def load_ade20k(root, split="training", shuffle_files=False, seed=None, repeat=False):
     """ADE20K scene parsing as `(image, mask)` pairs of 150 train ids.
 
     Reads `root/images/<split>/*.jpg` and `root/annotations/<split>/*.png`;
@@ -69,6 +69,10 @@ def load_ade20k(root, split="training", shuffle_files=False, seed=None):
         split: `"training"` or `"validation"`.
         shuffle_files: bool, shuffle the file order on every iteration.
         seed: int or None, seed of the file shuffle.
+        repeat: bool, an endless stream of passes over the files; with
+            `shuffle_files` each pass in its own permutation drawn statelessly
+            from `seed` and the pass number, the same in every iterator and
+            every process of a job (training; `alignseg train` uses it).
 
     Returns:
         A `tf.data.Dataset` of `(image uint8 (H, W, 3), mask uint8 (H, W))`.
@@ -87,5 +91,5 @@ def load_ade20k(root, split="training", shuffle_files=False, seed=None):
     """
     image_paths, label_paths = ade20k_files(root, split)
     return paired_dataset(
-        image_paths, label_paths, _TRAIN_ID_MAPPING, ADE20K_NUM_CLASSES, shuffle_files, seed
+        image_paths, label_paths, _TRAIN_ID_MAPPING, ADE20K_NUM_CLASSES, shuffle_files, seed, repeat
     )

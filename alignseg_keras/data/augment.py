@@ -488,7 +488,7 @@ def training_pipeline(
 
     Example:
     ```python
-    train = training_pipeline(load_cityscapes(root, "train", shuffle_files=True, seed=0), crop_size=(769, 769),
+    train = training_pipeline(load_cityscapes(root, "train", shuffle_files=True, seed=0, repeat=True), crop_size=(769, 769),
                               batch_size=8, scale_range=(0.5, 2.0), seed=0)
     model.fit(train, steps_per_epoch=1000, epochs=40)
     ```

@@ -92,7 +92,7 @@ def cityscapes_files(root, split):
     return image_paths, label_paths
 
 
-def load_cityscapes(root, split="train", shuffle_files=False, seed=None):
+def load_cityscapes(root, split="train", shuffle_files=False, seed=None, repeat=False):
     """Cityscapes fine annotations as `(image, mask)` pairs of 19 train ids.
 
     Reads the official layout `root/leftImg8bit/<split>/<city>/*_leftImg8bit.png`
@@ -109,6 +109,10 @@ def load_cityscapes(root, split="train", shuffle_files=False, seed=None):
         split: `"train"` (2975 images), `"val"` (500) or `"test"` (1525).
         shuffle_files: bool, shuffle the file order on every iteration.
         seed: int or None, seed of the file shuffle.
+        repeat: bool, an endless stream of passes over the files; with
+            `shuffle_files` each pass in its own permutation drawn statelessly
+            from `seed` and the pass number, the same in every iterator and
+            every process of a job (training; `alignseg train` uses it).
 
     Returns:
         A `tf.data.Dataset` of `(image uint8 (1024, 2048, 3), mask uint8 (1024, 2048))`.
@@ -127,5 +131,5 @@ def load_cityscapes(root, split="train", shuffle_files=False, seed=None):
     """
     image_paths, label_paths = cityscapes_files(root, split)
     return paired_dataset(
-        image_paths, label_paths, _TRAIN_ID_MAPPING, len(CITYSCAPES_CLASSES), shuffle_files, seed
+        image_paths, label_paths, _TRAIN_ID_MAPPING, len(CITYSCAPES_CLASSES), shuffle_files, seed, repeat
     )

@@ -3,6 +3,7 @@
 import atexit
 import gc
 import os
+import random
 
 import tensorflow as tf
 
@@ -41,8 +42,26 @@ def _reader(mapping, num_classes):
 READER_NAME = _reader(None, None).__name__
 
 
+def endless_file_order(count, shuffle_files, seed=None):
+    """File indices, pass after pass without end; with `shuffle_files` each pass in
+    a permutation drawn statelessly from `seed` and the pass number.
+
+    `Dataset.shuffle(reshuffle_each_iteration=True)` draws its permutations from a
+    seed generator that all iterators of the dataset share: an iterator that
+    reads ahead (Keras' JAX `fit` peeks with a first one) can start a pass
+    before another, which then gets the next permutation, so iterators and the
+    processes of a job need not agree. Here every iterator and process yields
+    the same stream (`seed` None: a key drawn once, when the dataset is built).
+    """
+    if not shuffle_files:
+        return tf.data.Dataset.range(count).repeat()
+    key = random.randrange(2**31) if seed is None else int(seed)
+    return tf.data.Dataset.counter().flat_map(lambda epoch: tf.data.Dataset.from_tensor_slices(
+        tf.argsort(tf.random.stateless_uniform((count,), seed=tf.stack([tf.constant(key, tf.int64), epoch])))))
+
+
 def paired_dataset(image_paths, mask_paths, mapping=None, num_classes=None,
-                   shuffle_files=False, seed=None):
+                   shuffle_files=False, seed=None, repeat=False):
     """A dataset that reads and validates `(image, mask)` files in parallel.
 
     Files are decoded by Pillow inside `tf.numpy_function`, so that a bad file
@@ -58,6 +77,7 @@ def paired_dataset(image_paths, mask_paths, mapping=None, num_classes=None,
         shuffle_files: bool, shuffle the file order on every iteration
             (cheaper than shuffling decoded images).
         seed: int or None, seed of the file shuffle.
+        repeat: bool, an endless stream of passes (`endless_file_order`).
 
     Returns:
         A dataset of `(image uint8 (H, W, 3), mask uint8 (H, W))`.
@@ -73,9 +93,14 @@ def paired_dataset(image_paths, mask_paths, mapping=None, num_classes=None,
     if mask_paths is None:
         mask_paths = [UNLABELLED] * len(image_paths)
     mask_paths = [os.fsencode(path) for path in mask_paths]
-    dataset = tf.data.Dataset.from_tensor_slices((image_paths, mask_paths))
-    if shuffle_files:
-        dataset = dataset.shuffle(len(image_paths), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        order = endless_file_order(len(image_paths), shuffle_files, seed)
+        paths = tf.constant(image_paths), tf.constant(mask_paths)
+        dataset = order.map(lambda index: (tf.gather(paths[0], index), tf.gather(paths[1], index)))
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices((image_paths, mask_paths))
+        if shuffle_files:
+            dataset = dataset.shuffle(len(image_paths), seed=seed, reshuffle_each_iteration=True)
     read = _reader(mapping, num_classes)
 
     def decode(image_path, mask_path):
@@ -179,7 +204,7 @@ def pair_by_name(image_paths, mask_paths):
 
 
 def from_files(image_paths, mask_paths, num_classes=None, label_map=None,
-               shuffle_files=False, seed=None):
+               shuffle_files=False, seed=None, repeat=False):
     """A segmentation dataset from your own image and label files.
 
     Images may be PNG, JPEG or anything Pillow reads (converted to RGB); label
@@ -198,6 +223,10 @@ def from_files(image_paths, mask_paths, num_classes=None, label_map=None,
             (values beyond its end are an error).
         shuffle_files: bool, shuffle the file order on every iteration.
         seed: int or None, seed of the file shuffle.
+        repeat: bool, an endless stream of passes over the files; with
+            `shuffle_files` each pass in its own permutation drawn statelessly
+            from `seed` and the pass number, the same in every iterator and
+            every process of a job (training; `alignseg train` uses it).
 
     Returns:
         A `tf.data.Dataset` of `(image uint8 (H, W, 3), mask uint8 (H, W))`.
@@ -234,4 +263,4 @@ def from_files(image_paths, mask_paths, num_classes=None, label_map=None,
         require_files(mask_paths, "Label")
     require_files(image_paths, "Image")
     mapping, num_classes = label_mapping(label_map, num_classes)
-    return paired_dataset(image_paths, mask_paths, mapping, num_classes, shuffle_files, seed)
+    return paired_dataset(image_paths, mask_paths, mapping, num_classes, shuffle_files, seed, repeat)

@@ -1,6 +1,7 @@
 """The AlignSeg segmenter (paper Fig. 2): a backbone, its heads and the paper's training recipe."""
 
 import inspect
+import warnings
 
 import keras
 
@@ -63,8 +64,6 @@ DEFAULT = _Default()
 def _should_sync_batchnorm(sync_batchnorm):
     if sync_batchnorm is not None:
         return bool(sync_batchnorm)
-    if keras.backend.backend() != "tensorflow":
-        return False
     from alignseg_keras.distribute import replicas_in_sync
 
     return replicas_in_sync() > 1
@@ -432,7 +431,8 @@ class AlignSeg(ImageSegmenter):
         self.aux_loss = _checked_aux_loss(aux_loss)
         # Saved as given (get_compile_config): Keras saves "auto" resolved for the
         # backend at hand, which another backend then reads as the user's choice.
-        self._jit_compile_argument = kwargs.setdefault("jit_compile", "auto")
+        kwargs.setdefault("jit_compile", "auto")
+        self._jit_compile_argument = False if kwargs.get("run_eagerly") else kwargs["jit_compile"]
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
         if self.built:
             # The optimizer's state now, as Keras does on JAX and under a
@@ -468,6 +468,12 @@ class AlignSeg(ImageSegmenter):
         """
         config = keras.saving.deserialize_keras_object(config)
         if keras.backend.backend() == "torch" and config.get("jit_compile") is True:
+            warnings.warn(
+                "This model was saved with jit_compile=True (on JAX, or asked for); on torch "
+                "that is torch.compile, which alignseg_keras does not support: it loads "
+                "with jit_compile='auto' (eager). Set model.jit_compile = True to insist.",
+                stacklevel=2,
+            )
             config["jit_compile"] = "auto"
         self.compile(**config)
 
