@@ -38,6 +38,9 @@ def build_parser():
 
 
 def main(argv=None):
+    # Quiets the TensorFlow that JAX and torch runs import later (tf.data); on
+    # TensorFlow, importing alignseg_keras has loaded it already, and its C++ log
+    # level is read once: set the variable in the shell to quiet its start-up lines.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
     try:
