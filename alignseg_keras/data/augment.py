@@ -465,7 +465,9 @@ def training_pipeline(
         shuffle: int, shuffle buffer size (decoded examples); 0 (or False)
             disables. True is refused (a buffer of 1: no shuffling). A buffer
             mixes neighbouring examples only: give a sorted dataset (Cityscapes'
-            files are sorted by city) its files shuffled, `shuffle_files=True`.
+            files are sorted by city) its files shuffled: `shuffle_files=True,
+            seed=..., repeat=True` of the loaders, the same stream in every
+            iterator and process.
         repeat: bool, repeat forever (then give `fit` a `steps_per_epoch`):
             every iterator yields the same stream, each pass over `dataset`
             reshuffled and augmented anew. False: one pass per iteration, each

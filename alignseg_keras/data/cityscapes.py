@@ -126,7 +126,7 @@ def load_cityscapes(root, split="train", shuffle_files=False, seed=None, repeat=
 
     Example:
     ```python
-    train = load_cityscapes("/data/cityscapes", "train", shuffle_files=True)
+    train = load_cityscapes("/data/cityscapes", "train", shuffle_files=True, seed=0, repeat=True)
     ```
     """
     image_paths, label_paths = cityscapes_files(root, split)
