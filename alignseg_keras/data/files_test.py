@@ -267,3 +267,19 @@ def test_a_process_exits_after_a_pipeline_failed_on_a_file(tmp_path, write_image
                              capture_output=True, text=True, timeout=60)
     assert process.returncode == 0, process.stderr[-2000:]
     assert "raised InvalidArgumentError" in process.stdout
+
+
+def test_the_endless_file_order_is_the_same_in_every_iterator():
+    from alignseg_keras.data.files import endless_file_order
+
+    assert list(endless_file_order(3, shuffle_files=False).take(7).as_numpy_iterator()) == [0, 1, 2, 0, 1, 2, 0]
+    for seed in (0, None):
+        order = endless_file_order(5, shuffle_files=True, seed=seed)
+        first = order.as_numpy_iterator()
+        head = next(first)  # a first iterator that has read ahead
+        stream = list(order.take(15).as_numpy_iterator())
+        assert [head] + [next(first) for _ in range(14)] == stream
+        passes = [stream[:5], stream[5:10], stream[10:]]
+        assert all(sorted(one) == [0, 1, 2, 3, 4] for one in passes) and len({tuple(p) for p in passes}) > 1
+    rebuilt = [list(endless_file_order(5, shuffle_files=True, seed=0).take(15).as_numpy_iterator()) for _ in range(2)]
+    assert rebuilt[0] == rebuilt[1]
