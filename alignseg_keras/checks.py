@@ -1,8 +1,8 @@
 """Checks on what enters the model, with errors that name the culprit and the fix.
 
 NumPy and `keras.backend`, so they run on every Keras backend (and without
-TensorFlow): class counts, image pixels and label maps. `alignseg_keras.data.validation` uses the
-label check for files, `AlignSeg.fit`/`evaluate`/`predict` and the inference
+TensorFlow): class counts, image pixels and label maps.
+`alignseg_keras.data.validation` uses the label check for files, `AlignSeg.fit`/`evaluate`/`predict` and the inference
 functions use the others for arrays, generators and (through
 `alignseg_keras.models.tf_data_checks`) `tf.data` pipelines.
 """

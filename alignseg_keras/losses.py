@@ -13,6 +13,7 @@ import keras
 from keras import ops
 
 from alignseg_keras.checks import IGNORE_INDEX
+from alignseg_keras.distribute import replicas_in_sync
 from alignseg_keras.layers.alignment import resize_bilinear
 
 
@@ -73,7 +74,7 @@ def _pixel_sample_weights(sample_weight, labels):
     except (TypeError, ValueError):  # a rank known only at run time
         rank = None
     if rank is not None and rank not in (1, 3) and not (rank == 4 and weights.shape[-1] == 1):
-        replicas = _replicas_in_sync()
+        replicas = replicas_in_sync()
         share = f" (one of {replicas} replicas' share of the batch)" if replicas > 1 else ""
         raise ValueError(
             "A segmentation loss takes `sample_weight` per image (batch,) or per pixel "
@@ -96,14 +97,8 @@ def _replica_share(value):
     gradients (and the reported loss) are the replica count times too large. On
     JAX and torch Keras computes one loss over the global batch: nothing to divide.
     """
-    replicas = _replicas_in_sync()
+    replicas = replicas_in_sync()
     return value if replicas == 1 else value * (1.0 / replicas)
-
-
-def _replicas_in_sync():
-    from alignseg_keras.distribute import replicas_in_sync
-
-    return replicas_in_sync()
 
 
 class _ScalarLoss(keras.losses.Loss):
