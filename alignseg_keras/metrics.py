@@ -466,9 +466,14 @@ class BoundaryIoU(keras.metrics.Metric):
     classes with a non-zero union (0.0 while there is none, as `MeanIoU`);
     `per_class_iou()` gives NaN for the others.
 
-    Ignored pixels are not in any ground-truth mask, so the pixels of a class
-    next to an ignored region are in its band; a prediction's bands are taken
-    on the whole predicted map, then counted at the non-ignored pixels only.
+    Ignored pixels are in no class's mask, in the labels and in the
+    predictions alike (whatever is predicted there), so the pixels of a class
+    next to an ignored region are in its band on both sides, and the metric
+    depends only on what is predicted at labelled pixels: a prediction right
+    at every labelled pixel scores 1, as with `MeanIoU`. (The authors'
+    `mask_to_boundary` has no ignore label; taking the predicted bands on the
+    whole map would put the edge of every ignored region, such as Cityscapes'
+    ego vehicle, in the label band but not the predicted one.)
 
     The band is computed once for all classes: a pixel is in the band of its
     own class iff its (2d+1)x(2d+1) window holds another class or leaves the
@@ -549,12 +554,14 @@ class BoundaryIoU(keras.metrics.Metric):
         labels, predictions = _class_ids(y_true, y_pred, self.num_classes, "BoundaryIoU")
         dilation = self._dilation_for(labels)
         labelled = ops.logical_and(_in_range(labels, self.num_classes), labels != self.ignore_index)
-        predicted = _in_range(predictions, self.num_classes)
+        # Ignored pixels are background in both maps: the bands then depend only on what
+        # is predicted at labelled pixels, as every count does.
+        predicted = ops.logical_and(_in_range(predictions, self.num_classes), labelled)
         truth = ops.where(labelled, labels, self.num_classes)
         prediction = ops.where(predicted, predictions, self.num_classes)
         band = _differs_within(ops.stack([truth, prediction]), dilation, outside="differs")
         truth_band = ops.logical_and(band[0], labelled)
-        prediction_band = ops.logical_and(ops.logical_and(band[1], predicted), labelled)
+        prediction_band = ops.logical_and(band[1], predicted)
         both = ops.logical_and(ops.logical_and(truth_band, prediction_band), truth == prediction)
         for part, mask, classes in (
             ("intersection", both, truth),

@@ -189,6 +189,25 @@ def test_ignored_pixels_make_a_boundary_and_are_not_counted():
     assert float(metric.result()) == 1.0
 
 
+def test_what_is_predicted_at_ignored_pixels_does_not_count():
+    # An ignored strip beside a labelled region, as Cityscapes' ego vehicle: a prediction
+    # right at every labelled pixel scores 1 whatever it predicts in the strip. Taking
+    # the predicted bands on the whole map scored 0.80 when the strip continued class 0.
+    labels = np.zeros((1, 16, 24), "int32")
+    labels[0, :, :5] = 1
+    labels[0, :, 12:] = 255
+    for fill in (0, 1, 2):
+        predictions = np.where(labels == 255, fill, labels)
+        metric = BoundaryIoU(num_classes=3, dilation=2)
+        metric.update_state(labels, predictions)
+        np.testing.assert_allclose(metric.per_class_iou(), [1.0, 1.0, np.nan])
+        assert float(metric.result()) == 1.0
+        # Class 0 (columns 5-11): columns 5-6 beside class 1 and 10-11 beside the strip
+        # (4 x 16) and the top and bottom 2 rows of columns 7-9 (12): 76. Class 1
+        # (columns 0-4): columns 0-1 at the border and 3-4 (4 x 16), 4 pixels of column 2.
+        assert metric.band_counts()[1].tolist() == [76, 68, 0]
+
+
 def test_a_class_missing_from_one_side_scores_zero_and_an_absent_one_nan():
     labels, _ = shifted_square_case()
     metric = BoundaryIoU(num_classes=3, dilation=1)

@@ -83,8 +83,10 @@ def reference_boundary_iou(
 ):
     """Per-class Boundary IoU over a batch `(B, H, W)` of label and predicted class ids.
 
-    Per image and class, the bands of `labels == c` and `predictions == c`; their
-    intersections and unions at the pixels not labelled `ignore_index` summed over
+    Per image and class, the bands of `labels == c` and `predictions == c`, both
+    masks taken at the labelled pixels only (ignored pixels are in no class's
+    mask on either side); their intersections and unions at the pixels not
+    labelled `ignore_index` summed over
     the images; NaN for a class whose summed union is 0. Also returns the summed
     `(intersection, truth band, predicted band)` counts.
     """
@@ -96,7 +98,7 @@ def reference_boundary_iou(
         counted = (image_labels != ignore_index) & (image_labels >= 0) & (image_labels < num_classes)
         for c in range(num_classes):
             truth_band = reference_boundary_band(image_labels == c, d) & counted
-            predicted_band = reference_boundary_band(image_predictions == c, d) & counted
+            predicted_band = reference_boundary_band((image_predictions == c) & counted, d) & counted
             intersection[c] += np.sum(truth_band & predicted_band)
             truth[c] += np.sum(truth_band)
             predicted[c] += np.sum(predicted_band)
