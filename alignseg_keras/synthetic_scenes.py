@@ -138,7 +138,7 @@ def _draw_vegetation(canvas, horizon):
     for _ in range(rng.integers(1, 4)):
         size = int(canvas.height * rng.uniform(0.12, 0.22))
         _draw_tree(canvas, int(rng.uniform(0, canvas.width)), horizon, size)
-    hedge_height = int(canvas.height * rng.uniform(0.03, 0.07))
+    hedge_height = max(int(canvas.height * rng.uniform(0.03, 0.07)), 1)  # as `_box`
     hedge_left = int(rng.uniform(0, 0.6) * canvas.width)
     hedge_width = int(rng.uniform(0.2, 0.5) * canvas.width)
     green = np.array(rng.uniform((45, 100, 30), (75, 135, 50)), np.float32)
