@@ -13,11 +13,19 @@ import contextlib
 import errno
 import os
 import pathlib
+import re
 import secrets
 import shutil
 import warnings
 
 TEMP_PREFIX = ".tmp-"
+# The names `_temporary_name` gives: the prefix, a process id, hex digits, a dash.
+_TEMPORARY_NAME = re.compile(re.escape(TEMP_PREFIX) + r"[0-9]+-[0-9a-f]+-")
+
+
+def _is_temporary(name):
+    """Whether `name` is one of this module's temporaries (a user's `.tmp-notes` is not)."""
+    return _TEMPORARY_NAME.match(name) is not None
 
 
 @contextlib.contextmanager
@@ -51,16 +59,17 @@ def atomic_path(path):
 
 
 @contextlib.contextmanager
-def atomic_folder(path, replaceable_entries):
+def atomic_folder(path, replaceable_entries, required_entries):
     """Yields a new, empty folder next to `path` (inside it where it is written in
     place); on success it takes the place of `path`.
 
     For folders written as a whole, such as a SavedModel: a reader (TF Serving
     watching its model folder loads each new version folder as soon as it
     appears) finds no folder, the old one or the complete new one. `path` must
-    not exist, be empty, or hold only `replaceable_entries` (an earlier folder
-    of the same kind, which is then replaced and removed); anything else, a
-    symbolic link, or the current folder or one above it is a `ValueError`
+    not exist, be empty, or be an earlier folder of the same kind, which is
+    then replaced and removed: one that holds all of `required_entries` and
+    nothing but `replaceable_entries`; anything else (a folder of a user's
+    own files named `assets` or `variables` too), a symbolic link, or the current folder or one above it is a `ValueError`
     before anything is written, and files added to `path` while the new folder
     is written are a `ValueError` too, so no other files are deleted. When the
     block raises, the temporary folder is removed and `path` is left as it was.
@@ -75,14 +84,17 @@ def atomic_folder(path, replaceable_entries):
         path: the folder to write.
         replaceable_entries: names of the files and folders an existing `path`
             may hold and still be replaced.
+        required_entries: names an existing `path` must all hold to be
+            replaced (those that say it is a folder of this kind).
 
     Example:
     ```python
-    with atomic_folder("models/alignseg/1", {"saved_model.pb", "variables"}) as temporary:
+    with atomic_folder("models/alignseg/1", {"saved_model.pb", "variables"},
+                       {"saved_model.pb"}) as temporary:
         tf.saved_model.save(module, str(temporary))
     ```
     """
-    check_replaceable_folder(path, replaceable_entries)
+    check_replaceable_folder(path, replaceable_entries, required_entries)
     shown, path = path, pathlib.Path(os.path.abspath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     reason = _in_place_reason(path)
@@ -91,7 +103,7 @@ def atomic_folder(path, replaceable_entries):
                       "are written in a hidden folder inside it and moved into place when "
                       "complete; a reader may see old and new files during the moves.",
                       stacklevel=3)
-        with _write_in_place(shown, path, replaceable_entries) as staging:
+        with _write_in_place(shown, path, replaceable_entries, required_entries) as staging:
             yield staging
         return
     temporary = _temporary_name(path)
@@ -99,7 +111,8 @@ def atomic_folder(path, replaceable_entries):
         yield temporary
         _fsync_tree(temporary)
         with _folder_lock(path):
-            check_replaceable_folder(shown, replaceable_entries)  # what was added meanwhile
+            # What was added meanwhile:
+            check_replaceable_folder(shown, replaceable_entries, required_entries)
             _replace_folder(temporary, path)
     _fsync(path.parent)
 
@@ -121,7 +134,7 @@ def _fsync_tree(folder):
 
 
 @contextlib.contextmanager
-def _write_in_place(shown, path, replaceable_entries):
+def _write_in_place(shown, path, replaceable_entries, required_entries):
     """Yields a hidden folder inside `path`; on success its entries replace those of `path`.
 
     For a folder that cannot be renamed (a mount point, an unwritable parent):
@@ -138,8 +151,8 @@ def _write_in_place(shown, path, replaceable_entries):
         yield staging
         _fsync_tree(staging)
         with _folder_lock(path):
-            temporaries = {name for name in os.listdir(path) if name.startswith(TEMP_PREFIX)}
-            check_replaceable_folder(shown, replaceable_entries)
+            temporaries = {name for name in os.listdir(path) if _is_temporary(name)}
+            check_replaceable_folder(shown, replaceable_entries, required_entries)
             new_entries = set(os.listdir(staging))
             _move_entries(staging, path)
             for stale in set(os.listdir(path)) & set(replaceable_entries) - new_entries:
@@ -186,11 +199,12 @@ def _remove(path):
             os.remove(path)
 
 
-def check_replaceable_folder(path, replaceable_entries):
-    """Raises the `ValueError` of `atomic_folder` when it would refuse `path` (hidden
-    `.tmp-` entries are this module's temporaries, not counted as foreign files)."""
+def check_replaceable_folder(path, replaceable_entries, required_entries):
+    """Raises the `ValueError` of `atomic_folder` when it would refuse `path` (this
+    module's hidden temporaries are not counted as files of the folder)."""
     shown, path = path, pathlib.Path(os.path.abspath(path))
-    if os.path.islink(shown):
+    # "link/" names the folder a link points to, which islink does not see as a link.
+    if os.path.islink(str(shown).rstrip("/" + os.sep) or str(shown)):
         raise ValueError(f"{shown} is a symbolic link; give the folder it points to "
                          f"({os.path.realpath(shown)}) or a new name.")
     current = pathlib.Path.cwd()
@@ -207,14 +221,24 @@ def check_replaceable_folder(path, replaceable_entries):
                     path)
         what = f"{shown} is a file" if file == path else f"{shown} is inside the file {file}"
         raise ValueError(f"{what}, not a folder; give a folder (created if needed).") from None
-    foreign = sorted(name for name in entries  # temporaries: `_write_in_place`'s
-                     if name not in replaceable_entries and not name.startswith(TEMP_PREFIX))
+    entries = sorted(name for name in entries if not _is_temporary(name))  # `_write_in_place`'s
+    foreign = [name for name in entries if name not in replaceable_entries]
     if foreign:
-        listed = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise ValueError(
-            f"{shown} holds files that replacing it would delete ({listed}); give a new or "
+            f"{shown} holds files that replacing it would delete ({_listed(foreign)}); give a "
+            "new or empty folder, or remove them first."
+        )
+    missing = sorted(set(required_entries) - set(entries))
+    if entries and missing:
+        raise ValueError(
+            f"{shown} holds {_listed(entries)} but no {', '.join(missing)}, so it is not an "
+            "earlier folder of this kind and replacing it would delete them; give a new or "
             "empty folder, or remove them first."
         )
+
+
+def _listed(names):
+    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
 
 
 def check_writable(path):
@@ -364,8 +388,9 @@ def remove_temporaries(folder):
     if not folder.is_dir():
         return
     for path in folder.glob(f"{TEMP_PREFIX}*"):
-        with contextlib.suppress(OSError):
-            path.unlink()
+        if _is_temporary(path.name):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 def is_disk_full(error):

@@ -10,6 +10,7 @@ from alignseg_keras.atomic import check_replaceable_folder
 from alignseg_keras.atomic import single_writer
 
 ENTRIES = ("model.pb", "variables")
+REQUIRED = ("model.pb",)
 
 
 def write_model(folder, text):
@@ -24,7 +25,7 @@ def read_model(folder):
 
 def test_a_new_folder_appears_only_when_complete(tmp_path):
     path = tmp_path / "models" / "1"
-    with atomic_folder(path, ENTRIES) as temporary:
+    with atomic_folder(path, ENTRIES, REQUIRED) as temporary:
         write_model(temporary, "new")
         assert not path.exists()
         assert temporary.parent == path.parent and temporary.name.startswith(TEMP_PREFIX)
@@ -36,7 +37,7 @@ def test_an_earlier_folder_of_the_kind_is_replaced(tmp_path):
     path = tmp_path / "1"
     path.mkdir()
     write_model(path, "old")
-    with atomic_folder(path, ENTRIES) as temporary:
+    with atomic_folder(path, ENTRIES, REQUIRED) as temporary:
         write_model(temporary, "new")
         assert read_model(path) == ("old", "old")
     assert read_model(path) == ("new", "new")
@@ -46,7 +47,7 @@ def test_an_earlier_folder_of_the_kind_is_replaced(tmp_path):
 def test_an_empty_folder_is_replaced(tmp_path):
     path = tmp_path / "1"
     path.mkdir()
-    with atomic_folder(path, ENTRIES) as temporary:
+    with atomic_folder(path, ENTRIES, REQUIRED) as temporary:
         write_model(temporary, "new")
     assert read_model(path) == ("new", "new")
 
@@ -56,7 +57,7 @@ def test_a_failed_write_leaves_the_old_folder_and_no_temporary(tmp_path):
     path.mkdir()
     write_model(path, "old")
     with pytest.raises(OSError, match="disk full"):
-        with atomic_folder(path, ENTRIES) as temporary:
+        with atomic_folder(path, ENTRIES, REQUIRED) as temporary:
             (temporary / "model.pb").write_text("half")
             raise OSError("disk full")
     assert read_model(path) == ("old", "old")
@@ -71,33 +72,73 @@ def test_a_folder_with_other_files_is_refused_before_anything_is_written(tmp_pat
     (path / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match=r"1 holds files that replacing it would delete "
                                          r"\(assets.extra, notes.txt\)"):
-        with atomic_folder(path, ENTRIES):
+        with atomic_folder(path, ENTRIES, REQUIRED):
             raise AssertionError("never reached")
     assert read_model(path) == ("old", "old")
     assert (path / "notes.txt").read_text() == "mine"
     assert sorted(entry.name for entry in tmp_path.iterdir()) == ["1"]
 
 
+def test_a_folder_of_replaceable_names_without_the_required_ones_is_refused(tmp_path):
+    # A user's folder that happens to hold only names an export writes (`variables`,
+    # here with their own files) and names like this module's temporaries is no
+    # earlier export: replacing it deleted them.
+    path = tmp_path / "site"
+    (path / "variables").mkdir(parents=True)
+    (path / "variables" / "terraform.tfvars").write_text("mine")
+    (path / f"{TEMP_PREFIX}draft-notes.md").write_text("mine too")
+    with pytest.raises(ValueError, match=r"would delete \(\.tmp-draft-notes\.md\)"):
+        with atomic_folder(path, ENTRIES, REQUIRED):
+            raise AssertionError("never reached")
+    assert (path / f"{TEMP_PREFIX}draft-notes.md").read_text() == "mine too"
+    (path / f"{TEMP_PREFIX}draft-notes.md").unlink()
+    with pytest.raises(ValueError, match=r"site holds variables but no model.pb, so it is not "
+                                         r"an earlier folder of this kind"):
+        with atomic_folder(path, ENTRIES, REQUIRED):
+            raise AssertionError("never reached")
+    assert (path / "variables" / "terraform.tfvars").read_text() == "mine"
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["site"]
+    # Only the temporaries of this module are left out (an empty folder is replaced).
+    (path / "variables" / "terraform.tfvars").unlink()
+    (path / "variables").rmdir()
+    (path / f"{TEMP_PREFIX}12-0a1b2c3d-replaced-variables").mkdir()
+    with atomic_folder(path, ENTRIES, REQUIRED) as temporary:
+        write_model(temporary, "new")
+    assert read_model(path) == ("new", "new")
+
+
+def test_only_this_modules_temporaries_are_removed(tmp_path):
+    from alignseg_keras.atomic import remove_temporaries
+
+    (tmp_path / f"{TEMP_PREFIX}123-0a1b2c3d-model.keras").write_text("left by a killed writer")
+    (tmp_path / f"{TEMP_PREFIX}notes.md").write_text("a user's")
+    remove_temporaries(tmp_path)
+    assert [entry.name for entry in tmp_path.iterdir()] == [f"{TEMP_PREFIX}notes.md"]
+
+
 def test_a_file_is_refused(tmp_path):
     path = tmp_path / "1"
     path.write_text("a file")
     with pytest.raises(ValueError, match="is a file, not a folder"):
-        check_replaceable_folder(path, ENTRIES)
-    check_replaceable_folder(tmp_path / "absent", ENTRIES)
+        check_replaceable_folder(path, ENTRIES, REQUIRED)
+    check_replaceable_folder(tmp_path / "absent", ENTRIES, REQUIRED)
 
 
 def test_the_current_folder_and_symbolic_links_are_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for path in (".", tmp_path, tmp_path.parent):
         with pytest.raises(ValueError, match="is the current folder or holds it"):
-            check_replaceable_folder(path, ENTRIES)
+            check_replaceable_folder(path, ENTRIES, REQUIRED)
     (tmp_path / "7").mkdir()
     (tmp_path / "current").symlink_to(tmp_path / "7")
     with pytest.raises(ValueError, match=f"current is a symbolic link; give the folder it "
                                          f"points to \\({tmp_path / '7'}\\)"):
-        with atomic_folder("current", ENTRIES):
+        with atomic_folder("current", ENTRIES, REQUIRED):
             raise AssertionError("never reached")
-    with atomic_folder("1", ENTRIES) as temporary:  # relative to the current folder
+    for name in ("current/", f"{tmp_path / 'current'}//"):  # as a shell completes it
+        with pytest.raises(ValueError, match="is a symbolic link"):
+            check_replaceable_folder(name, ENTRIES, REQUIRED)
+    with atomic_folder("1", ENTRIES, REQUIRED) as temporary:  # relative to the current folder
         write_model(temporary, "new")
     assert read_model(tmp_path / "1") == ("new", "new")
 
@@ -107,7 +148,7 @@ def test_files_added_while_the_folder_is_written_are_not_deleted(tmp_path):
     path.mkdir()
     write_model(path, "old")
     with pytest.raises(ValueError, match=r"holds files that replacing it would delete \(assets.extra\)"):
-        with atomic_folder(path, ENTRIES) as temporary:
+        with atomic_folder(path, ENTRIES, REQUIRED) as temporary:
             write_model(temporary, "new")
             (path / "assets.extra").mkdir()  # added by hand during a long export
     assert read_model(path) == ("old", "old") and (path / "assets.extra").is_dir()
@@ -125,7 +166,7 @@ def test_a_mount_point_is_written_in_place_with_a_warning(tmp_path, monkeypatch)
     (path / "fingerprint.pb").write_text("old")  # the new export has none: removed
     as_mount_point(monkeypatch, path)
     with pytest.warns(UserWarning, match="written in place, not atomically: it is a mount point"):
-        with atomic_folder(path, (*ENTRIES, "fingerprint.pb")) as written:
+        with atomic_folder(path, (*ENTRIES, "fingerprint.pb"), REQUIRED) as written:
             assert written.parent == path and written.name.startswith(TEMP_PREFIX)
             write_model(written, "new")
             assert read_model(path) == ("old", "old")
@@ -142,7 +183,7 @@ def test_a_failed_write_in_place_leaves_the_old_folder(tmp_path, monkeypatch):
     write_model(path, "old")
     as_mount_point(monkeypatch, path)
     with pytest.warns(UserWarning, match="written in place"), pytest.raises(OSError, match="full"):
-        with atomic_folder(path, ENTRIES) as written:
+        with atomic_folder(path, ENTRIES, REQUIRED) as written:
             (written / "model.pb").write_text("half")
             raise OSError("disk full")
     assert read_model(path) == ("old", "old")
@@ -155,7 +196,7 @@ def test_files_added_in_place_while_writing_are_not_deleted(tmp_path, monkeypatc
     write_model(path, "old")
     as_mount_point(monkeypatch, path)
     with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"delete \(assets.extra\)"):
-        with atomic_folder(path, ENTRIES) as written:
+        with atomic_folder(path, ENTRIES, REQUIRED) as written:
             write_model(written, "new")
             (path / "assets.extra").mkdir()
     assert read_model(path) == ("old", "old")
@@ -172,7 +213,7 @@ def test_in_place_temporaries_of_other_writers_do_not_block(tmp_path, monkeypatc
     (path / f"{TEMP_PREFIX}999-abcd-replaced-variables").mkdir()
     as_mount_point(monkeypatch, path)
     with pytest.warns(UserWarning, match="written in place"):
-        with atomic_folder(path, ENTRIES) as written:
+        with atomic_folder(path, ENTRIES, REQUIRED) as written:
             write_model(written, "new")
     assert read_model(path) == ("new", "new")
     assert sorted(entry.name for entry in path.iterdir()) == [
@@ -196,7 +237,7 @@ def test_a_move_that_fails_in_place_puts_the_old_entries_back(tmp_path, monkeypa
         rename(source, target)
 
     with pytest.warns(UserWarning), pytest.raises(OSError, match="went away"):
-        with atomic_folder(path, ENTRIES) as written:
+        with atomic_folder(path, ENTRIES, REQUIRED) as written:
             write_model(written, "new")
             monkeypatch.setattr(os, "rename", failing_rename)
     monkeypatch.setattr(os, "rename", rename)
@@ -233,7 +274,7 @@ def test_check_writable_follows_where_the_folder_is_written(tmp_path, monkeypatc
 def test_a_folder_inside_a_file_names_the_file(tmp_path):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(ValueError, match=r"1 is inside the file .*a_file, not a folder"):
-        check_replaceable_folder(tmp_path / "a_file" / "1", ENTRIES)
+        check_replaceable_folder(tmp_path / "a_file" / "1", ENTRIES, REQUIRED)
 
 
 WRITER = """
@@ -241,7 +282,7 @@ import sys, time
 from alignseg_keras.atomic import atomic_folder
 path, label = sys.argv[1], sys.argv[2]
 for count in range(40):
-    with atomic_folder(path, ("model.pb", "variables")) as temporary:
+    with atomic_folder(path, ("model.pb", "variables"), ("model.pb",)) as temporary:
         (temporary / "variables").mkdir()
         (temporary / "variables" / "data").write_text(f"{label}{count}")
         (temporary / "model.pb").write_text(f"{label}{count}")

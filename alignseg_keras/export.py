@@ -78,6 +78,8 @@ FORMAT_REQUIREMENTS = {"saved_model": (), "onnx": ("tf2onnx", "onnx"), "litert":
 # What a SavedModel folder holds; an export replaces a folder holding only these. Not
 # TF Serving's assets.extra (warm-up requests), which a user adds and must not lose.
 SAVED_MODEL_ENTRIES = ("saved_model.pb", "saved_model.pbtxt", "fingerprint.pb", "variables", "assets")
+# What an earlier export holds for certain (a folder of `assets` alone is a user's).
+SAVED_MODEL_REQUIRED = ("saved_model.pb",)
 
 
 def serving_signature(input_name=SERVING_INPUT):
@@ -258,14 +260,14 @@ def export_saved_model(model, export_dir):
     if _is_url(export_dir):  # gs://, s3://...: object stores rename no folders
         archive.write_out(str(export_dir), verbose=False)
         return
-    with atomic_folder(export_dir, SAVED_MODEL_ENTRIES) as temporary:
+    with atomic_folder(export_dir, SAVED_MODEL_ENTRIES, SAVED_MODEL_REQUIRED) as temporary:
         archive.write_out(str(temporary), verbose=False)
 
 
 def check_saved_model_folder(export_dir):
     """Raises the `ValueError` `export_saved_model` would raise for `export_dir`, at once."""
     if not _is_url(export_dir):
-        check_replaceable_folder(export_dir, SAVED_MODEL_ENTRIES)
+        check_replaceable_folder(export_dir, SAVED_MODEL_ENTRIES, SAVED_MODEL_REQUIRED)
         check_writable(export_dir)
 
 

@@ -169,6 +169,12 @@ def test_a_saved_model_folder_with_other_files_is_refused_before_tracing(tmp_pat
     (tmp_path / "1" / "assets.extra").mkdir(parents=True)
     with pytest.raises(ValueError, match=r"holds files that replacing it would delete \(assets.extra\)"):
         export.export_saved_model(one_convolution_model(), tmp_path / "1")
+    # A folder of a user's files under a name a SavedModel uses is no earlier export.
+    (tmp_path / "site" / "assets").mkdir(parents=True)
+    (tmp_path / "site" / "assets" / "logo.png").write_bytes(b"mine")
+    with pytest.raises(ValueError, match=r"site holds assets but no saved_model.pb"):
+        export.export_saved_model(one_convolution_model(), tmp_path / "site")
+    assert (tmp_path / "site" / "assets" / "logo.png").read_bytes() == b"mine"
 
 
 def refuse_conversion(monkeypatch):

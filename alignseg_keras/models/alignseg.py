@@ -595,7 +595,8 @@ class AlignSeg(ImageSegmenter):
         versions, parameter count and `description`. The directory is written
         beside its place and renamed into it: an earlier preset there is
         replaced, and a crash leaves it as it was. A directory holding other
-        files (a README added for an upload, say) is refused with a
+        files (a README added for an upload, say), or without a preset's
+        `config.json`, `task.json` and `metadata.json`, is refused with a
         `ValueError` naming them, rather than deleted with the old preset.
 
         Example:

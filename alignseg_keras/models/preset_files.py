@@ -35,6 +35,9 @@ TASK_CONFIG_FILE = "task.json"
 TASK_WEIGHTS_FILE = "task.weights.h5"
 METADATA_FILE = "metadata.json"
 PRESET_FILES = (CONFIG_FILE, MODEL_WEIGHTS_FILE, TASK_CONFIG_FILE, TASK_WEIGHTS_FILE, METADATA_FILE)
+# What every preset this module writes holds: a folder without them is not one to replace
+# (a folder holding only a user's config.json is refused, as is a keras-hub backbone's).
+PRESET_REQUIRED = (CONFIG_FILE, TASK_CONFIG_FILE, METADATA_FILE)
 
 
 def is_preset_directory(preset):
@@ -46,7 +49,7 @@ def is_preset_directory(preset):
 
 def check_preset_directory(directory):
     """Raises the `ValueError` `save_task_preset` would raise for `directory`, at once."""
-    check_replaceable_folder(directory, PRESET_FILES)
+    check_replaceable_folder(directory, PRESET_FILES, PRESET_REQUIRED)
 
 
 # Extensions of single-file models: a preset directory named so is a mistake.
@@ -76,7 +79,7 @@ def save_task_preset(task, directory, description=None):
         description: str or None, a line for `metadata.json`.
     """
     check_preset_directory_name(directory)
-    with atomic_folder(directory, PRESET_FILES) as temporary:
+    with atomic_folder(directory, PRESET_FILES, PRESET_REQUIRED) as temporary:
         backbone = task.backbone
         _write_json(temporary / CONFIG_FILE, keras.saving.serialize_keras_object(backbone))
         backbone.save_weights(temporary / MODEL_WEIGHTS_FILE)

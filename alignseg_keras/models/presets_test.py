@@ -127,6 +127,11 @@ def test_preset_directories_refuse_what_they_cannot_do(saved, tmp_path):
     with pytest.raises(ValueError, match=r"holds files that replacing it would delete \(notes.txt\)"):
         small_model().save_to_preset(tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+    (tmp_path / "notes.txt").unlink()
+    (tmp_path / "config.json").write_text("{}")  # another program's, not a preset's
+    with pytest.raises(ValueError, match=r"holds config.json but no metadata.json, task.json"):
+        small_model().save_to_preset(tmp_path)
+    assert (tmp_path / "config.json").read_text() == "{}"
     (directory / "README.md").write_text("added for an upload")
     with pytest.raises(ValueError, match=r"holds files that replacing it would delete \(README.md\)"):
         small_model().save_to_preset(directory)
