@@ -56,6 +56,7 @@ from alignseg_keras.atomic import check_replaceable_folder
 from alignseg_keras.atomic import check_writable
 from alignseg_keras.export_formats import EXPORT_FORMATS
 from alignseg_keras.export_formats import FORMAT_SUFFIXES
+from alignseg_keras.export_formats import check_export_backend
 from alignseg_keras.export_formats import check_float32_computation
 from alignseg_keras.image_files import MAX_PIXELS
 from alignseg_keras.inference import output_classes
@@ -312,8 +313,8 @@ def export_model(model, path, format="saved_model"):
 
     Raises:
         ValueError: unknown format, a package the format needs is missing, or
-            a format this backend cannot export (SavedModel needs TensorFlow;
-            ONNX does not work on torch), a SavedModel folder that holds
+            a backend other than TensorFlow (`check_export_backend`), a
+            SavedModel folder that holds
             other files, a destination that cannot be written, or an ONNX or
             LiteRT export of a model that does not compute in float32
             (`check_float32_computation`); all before the conversion.
@@ -324,13 +325,7 @@ def export_model(model, path, format="saved_model"):
     ```
     """
     missing = missing_requirements(format)
-    if format == "onnx" and keras.backend.backend() == "torch":
-        raise ValueError(
-            "ONNX export does not work on the torch backend: torch.onnx cannot export the "
-            "gathers of AlignSeg's alignment layers (Keras' torch `take` uses aten::ravel, "
-            "which has no ONNX operator). Save a .keras file on torch and export it from a "
-            "TensorFlow process (KERAS_BACKEND=tensorflow alignseg export ...)."
-        )
+    check_export_backend(format, keras.backend.backend())
     if missing:
         raise ValueError(
             f"Exporting to {format} needs the packages {', '.join(missing)}; "

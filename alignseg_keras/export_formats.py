@@ -26,6 +26,35 @@ def format_for_path(path):
     return "saved_model"
 
 
+def check_export_backend(format, backend):
+    """Raises a `ValueError` when `export_model` cannot write `format` on the Keras
+    `backend` ("tensorflow", "jax", "torch"), before a model is loaded.
+
+    Every format is written from TensorFlow: the SavedModel's serving functions
+    are TensorFlow ops, ONNX goes through tf2onnx and LiteRT through TensorFlow's
+    converter. Keras' other routes are not used: torch.onnx cannot export the
+    alignment layers' gathers (Keras' torch `take` uses aten::ravel, which has
+    no ONNX operator), and jax2onnx (ONNX on JAX) and litert-torch (LiteRT on
+    torch) are not tested with AlignSeg.
+    """
+    if backend == "tensorflow":
+        return
+    name = {"saved_model": "SavedModel", "onnx": "ONNX", "litert": "LiteRT"}.get(format, format)
+    if format == "onnx" and backend == "torch":
+        why = ("torch.onnx cannot export the gathers of AlignSeg's alignment layers (Keras' "
+               "torch `take` uses aten::ravel, which has no ONNX operator)")
+    elif format == "saved_model":
+        why = "the serving functions are built with TensorFlow ops"
+    else:
+        why = (f"this library writes {name} files through TensorFlow (Keras' {backend} route "
+               "is not tested with AlignSeg)")
+    raise ValueError(
+        f"{name} export does not work on the {backend} backend: {why}. Save a .keras file on "
+        f"{backend} and export it from a TensorFlow process (KERAS_BACKEND=tensorflow alignseg "
+        "export ...)."
+    )
+
+
 def check_float32_computation(model, format):
     """Raises a `ValueError` when `model` computes in another dtype than float32 and
     `format` is a single-file format (ONNX, LiteRT); see `check_export_precision`."""

@@ -2,6 +2,7 @@
 
 from alignseg_keras.cli.common import add_precision_argument
 from alignseg_keras.export_formats import EXPORT_FORMATS
+from alignseg_keras.export_formats import check_export_backend
 from alignseg_keras.export_formats import check_export_precision
 from alignseg_keras.export_formats import format_for_path
 
@@ -34,6 +35,8 @@ def add_parser(subparsers):
 
 
 def run(args):
+    import keras
+
     from alignseg_keras.cli.common import load_saved_model
     from alignseg_keras.cli.common import prepare_output_file
     from alignseg_keras.cli.common import prepare_whole_folder
@@ -44,6 +47,7 @@ def run(args):
 
     args.format = args.format or format_for_path(args.export_path)
     check_export_precision(args.format, args.precision)  # before the model is loaded
+    check_export_backend(args.format, keras.backend.backend())
     if args.format == "saved_model":
         # The folder itself appears only when the export is complete (TF Serving
         # would try to load an empty version folder).

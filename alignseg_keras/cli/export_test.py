@@ -35,6 +35,24 @@ def test_export_errors_name_the_file(model_path, tmp_path, capsys):
     assert ".tflite" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("backend, destination, message", [
+    ("jax", "model.onnx", "ONNX export does not work on the jax backend"),
+    ("jax", "model.tflite", "LiteRT export does not work on the jax backend"),
+    ("jax", "1", "SavedModel export does not work on the jax backend"),
+    ("torch", "model.onnx", "torch.onnx cannot export the gathers"),
+    ("torch", "model.tflite", "LiteRT export does not work on the torch backend"),
+])
+def test_export_on_another_backend_is_refused_before_the_model_is_loaded(
+        backend, destination, message, tmp_path, capsys, monkeypatch):
+    import keras
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: backend)
+    assert main(["export", "absent.keras", str(tmp_path / destination)]) == 2
+    error = capsys.readouterr().err
+    assert message in error and "KERAS_BACKEND=tensorflow alignseg export" in error
+    assert not list(tmp_path.iterdir())
+
+
 def test_export_paths_that_are_files_or_read_only_are_reported(tmp_path, capsys):
     a_file = tmp_path / "a_file"
     a_file.write_text("")
