@@ -8,6 +8,8 @@ signatures and module constants), never restated here: `alignseg train
 
 import glob
 import inspect
+import os
+import zipfile
 
 DATASETS = ("synthetic", "cityscapes", "ade20k", "files")
 
@@ -122,7 +124,13 @@ def load_saved_model(path):
 
     if is_preset_directory(path):
         return AlignSeg.from_preset(path)
-    return keras.saving.load_model(path)
+    if str(path).endswith(".keras") and os.path.isfile(path) and not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a readable .keras file: a .keras file is a zip "
+                         "archive and this one is not (cut short, or another kind of file).")
+    try:
+        return keras.saving.load_model(path)
+    except TypeError as error:  # Keras' "Could not locate class ..."
+        raise ValueError(f"{path} could not be rebuilt: {error}") from error
 
 
 def load_model(args, num_classes=None):

@@ -35,6 +35,25 @@ def test_export_errors_name_the_file(model_path, tmp_path, capsys):
     assert ".tflite" in capsys.readouterr().err
 
 
+
+def test_a_file_that_is_no_keras_model_is_named(tmp_path, capsys):
+    import keras
+
+    (tmp_path / "cut.keras").write_bytes(b"PK\x03\x04 cut short")
+    assert main(["export", str(tmp_path / "cut.keras"), str(tmp_path / "out")]) == 2
+    assert "cut.keras is not a readable .keras file" in capsys.readouterr().err
+
+    class Unregistered(keras.layers.Layer):
+        def call(self, x):
+            return x
+
+    inputs = keras.Input((4, 4, 3))
+    keras.Model(inputs, Unregistered()(inputs)).save(tmp_path / "custom.keras")
+    assert main(["export", str(tmp_path / "custom.keras"), str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert "custom.keras could not be rebuilt" in error and "Unregistered" in error
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["custom.keras", "cut.keras"]
+
 @pytest.mark.parametrize("backend, destination, message", [
     ("jax", "model.onnx", "ONNX export does not work on the jax backend"),
     ("jax", "model.tflite", "LiteRT export does not work on the jax backend"),
