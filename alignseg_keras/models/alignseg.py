@@ -211,7 +211,8 @@ class AlignSeg(ImageSegmenter):
         deep_supervision: bool, build the auxiliary head on d3.
         dropout: float, dropout rate of the heads (0.1).
         pad_to_multiple: int or None, pad inputs to a multiple of this (32);
-            None processes the input size as it is (the authors' model).
+            None processes the input size as it is (the authors' model), as an
+            encoder that takes one image size, not a multiple of it, needs.
         sync_batchnorm: bool or None; None synchronises BatchNorm when the
             model is built inside a `tf.distribute` strategy with several replicas.
         image_shape: image shape without the batch; None takes the backbone's
@@ -285,6 +286,7 @@ class AlignSeg(ImageSegmenter):
         )
         if image_shape is None:
             image_shape = _check_rgb(backbone.image_shape)
+        _check_padding_of_a_fixed_size(backbone.image_shape, pad_to_multiple)
         image_converter = _image_converter(
             image_converter, backbone.image_encoder, mean, std, bgr, dtype
         )
@@ -657,6 +659,19 @@ class AlignSeg(ImageSegmenter):
         model = cls(**deserialized(config, ["backbone", "image_converter"]))
         freeze_layers(model, frozen)
         return model
+
+
+def _check_padding_of_a_fixed_size(encoder_shape, pad_to_multiple):
+    """Raises a `ValueError` when the encoder takes one image size that padding to
+    `pad_to_multiple` would change (Keras would refuse the padded images)."""
+    sizes = tuple(encoder_shape)[:2]
+    if pad_to_multiple and any(size is not None and size % pad_to_multiple for size in sizes):
+        shown = "x".join("?" if size is None else str(size) for size in sizes)
+        raise ValueError(
+            f"AlignSeg: the image encoder takes images of {shown} pixels only, which padding "
+            f"to a multiple of pad_to_multiple={pad_to_multiple} would change; pass "
+            "pad_to_multiple=None (the images then reach the encoder as they are)."
+        )
 
 
 def _check_rgb(image_shape):

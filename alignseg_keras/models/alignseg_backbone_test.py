@@ -327,3 +327,16 @@ def test_the_segmenter_passes_the_options_through():
 def test_bad_ablation_options_are_named(options, match):
     with pytest.raises(ValueError, match=match):
         tiny_backbone(**options)
+
+
+def test_an_encoder_of_one_size_that_padding_would_change_needs_no_padding():
+    encoder = TinyPyramidEncoder(image_shape=(80, 80, 3))  # not a multiple of 32
+    with pytest.raises(ValueError, match=r"images of 80x80 pixels only, which padding to a "
+                                         r"multiple of pad_to_multiple=32 would change; pass "
+                                         r"pad_to_multiple=None"):
+        AlignSeg(3, image_encoder=encoder, decoder_channels=8)
+    model = AlignSeg(3, image_encoder=encoder, decoder_channels=8, pad_to_multiple=None)
+    logits = model.predict(np.zeros((1, 80, 80, 3), "float32"), verbose=0)
+    assert logits.shape == (1, 80, 80, 3)
+    # A size that padding keeps is fine with the default.
+    AlignSeg(3, image_encoder=TinyPyramidEncoder(image_shape=(64, 96, 3)), decoder_channels=8)
