@@ -535,9 +535,10 @@ class AlignSeg(ImageSegmenter):
                 fine-tuning on other classes.
             load_weights: bool, load a preset directory's weights.
             **kwargs: `AlignSeg` arguments overriding the preset (for a
-                directory, those of the segmenter, e.g. `pad_to_multiple`,
-                and `dtype`, the policy every layer computes in: the
-                directory's weights load into it).
+                directory, those of the segmenter, e.g. `pad_to_multiple`;
+                `mean`, `std` and `bgr`, which replace those of its image
+                converter; and `dtype`, the policy every layer computes in:
+                the directory's weights load into it).
 
         Example:
         ```python
@@ -558,6 +559,7 @@ class AlignSeg(ImageSegmenter):
     @classmethod
     def _from_preset_directory(cls, directory, num_classes, load_weights, overrides):
         config = dict(preset_files.load_task_config(directory)["config"])
+        overrides = _converter_overrides(config["image_converter"], overrides)
         saved_classes = config.pop("num_classes")
         new_heads = num_classes is not None and num_classes != saved_classes
         not_task_level = sorted(set(overrides) - (set(config) - {"backbone", "frozen_layers"}))
@@ -659,6 +661,23 @@ class AlignSeg(ImageSegmenter):
         model = cls(**deserialized(config, ["backbone", "image_converter"]))
         freeze_layers(model, frozen)
         return model
+
+
+def _converter_overrides(saved_converter, overrides):
+    """`overrides` of a preset directory with `mean`, `std` and `bgr` (the image
+    converter's arguments, as `AlignSeg` takes them) turned into an `image_converter`
+    override: the saved converter with those values."""
+    overrides = dict(overrides)
+    values = {key: overrides.pop(key) for key in ("mean", "std", "bgr") if key in overrides}
+    values = {key: value for key, value in values.items() if value is not None}
+    if not values:
+        return overrides
+    if overrides.get("image_converter") is not None:
+        raise ValueError(f"Give either `image_converter` or {', '.join(values)}, not both.")
+    overrides["image_converter"] = {
+        **saved_converter, "config": {**saved_converter["config"], **values}
+    }
+    return overrides
 
 
 def _check_padding_of_a_fixed_size(encoder_shape, pad_to_multiple):

@@ -231,3 +231,16 @@ def test_a_keras_file_of_release_0_1_says_how_to_load_it():
 def test_task_contract(tmp_path):
     masks = np.random.default_rng(2).integers(0, 3, IMAGES.shape[:3])
     run_task_test(small_model(), IMAGES, masks, tmp_path)
+
+
+def test_a_preset_directory_takes_new_normalisation_values(saved):
+    model, directory = saved
+    saved_config = model.image_converter.get_config()
+    changed = AlignSeg.from_preset(directory, mean=(0.0, 0.0, 0.0), bgr=True)
+    config = changed.image_converter.get_config()
+    assert tuple(config["mean"]) == (0.0, 0.0, 0.0) and config["bgr"] is True
+    assert tuple(config["std"]) == tuple(saved_config["std"])  # the preset's
+    for kept, loaded in zip(model.backbone.weights, changed.backbone.weights):
+        np.testing.assert_array_equal(np.asarray(kept), np.asarray(loaded))
+    with pytest.raises(ValueError, match="Give either `image_converter` or std, not both"):
+        AlignSeg.from_preset(directory, std=(1.0, 1.0, 1.0), image_converter=changed.image_converter)
