@@ -379,7 +379,8 @@ class AlignSeg(ImageSegmenter):
         **kwargs,
     ):
         """Configures training; each of `optimizer`, `loss` and `metrics` falls
-        back to the paper's recipe when left out.
+        back to the paper's recipe when left out (None, or "auto" as keras-hub's
+        tasks take it).
 
         Under a mixed-precision policy with no fast path on this machine
         (bfloat16 on a CPU without bfloat16 units, where a TensorFlow training
@@ -420,6 +421,10 @@ class AlignSeg(ImageSegmenter):
 
         # bfloat16 on a CPU without bfloat16 units trains ~9x slower on TensorFlow.
         warn_once(self.dtype_policy.name)
+        optimizer, loss, metrics = (
+            None if isinstance(value, str) and value == "auto" else value
+            for value in (optimizer, loss, metrics)
+        )
         if optimizer is None:
             optimizer = paper_sgd(
                 learning_rate, total_steps, warmup_steps, weight_decay=weight_decay

@@ -28,9 +28,10 @@ def toy_data(n=4, size=32):
     return images, masks
 
 
-def test_compile_defaults_are_the_paper_recipe():
+@pytest.mark.parametrize("given", [{}, {"optimizer": "auto", "loss": "auto", "metrics": "auto"}])
+def test_compile_defaults_are_the_paper_recipe(given):
     model = tiny_model()
-    model.compile()
+    model.compile(**given)  # "auto" as keras-hub's tasks take it
     assert isinstance(model.optimizer, PyTorchSGD)
     assert (model.optimizer.momentum, model.optimizer.coupled_weight_decay) == (0.9, 1e-4)
     assert isinstance(model.optimizer._learning_rate, WarmupPolynomialDecay)
