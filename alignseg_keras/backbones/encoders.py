@@ -12,6 +12,7 @@ their key. `ResNetEncoder` gives this library's ResNets the same contract.
 import math
 
 import keras
+import numpy as np
 
 from alignseg_keras.backbones.keras_applications import applications_resnet
 from alignseg_keras.backbones.resnet import basic_resnet
@@ -125,8 +126,11 @@ def keras_hub_encoder(preset, load_weights=True, dtype=None):
 
     Needs keras-hub (`pip install keras-hub`), and downloads the preset when
     called (only then: a model saved with it reloads from its own file).
-    keras-hub's vision backbones expect ImageNet-normalised RGB input, which
-    is `AlignSeg`'s default for encoders that state no convention.
+    The preset's image converter (`image_converter.json`), when it has one,
+    states the encoder's input normalisation (`keras_hub_input_convention`);
+    without one it is ImageNet-normalised RGB, `AlignSeg`'s default for
+    encoders that state no convention and what keras-hub's vision backbones
+    expect.
 
     Args:
         preset: a keras-hub preset name or directory of a `FeaturePyramidBackbone`.
@@ -141,7 +145,53 @@ def keras_hub_encoder(preset, load_weights=True, dtype=None):
             f"{preset!r} is not one of this library's ResNets ({', '.join(RESNET_ARCHITECTURES)}); "
             "keras-hub presets as encoders need keras-hub: `pip install keras-hub`."
         ) from error
-    return keras_hub.models.Backbone.from_preset(preset, load_weights=load_weights, dtype=dtype)
+    encoder = keras_hub.models.Backbone.from_preset(preset, load_weights=load_weights, dtype=dtype)
+    convention = keras_hub_input_convention(preset)
+    if convention is not None:
+        encoder.input_convention = convention
+    return encoder
+
+
+def keras_hub_input_convention(preset):
+    """The normalisation a keras-hub preset's image converter applies, or None.
+
+    keras-hub's converters take 0..255 RGB images and compute `x * scale +
+    offset` (per channel or for all; None: 1 and 0); that is `(x - mean) / std`
+    with `std = 1 / scale` and `mean = -offset / scale`, `AlignSeg`'s convention.
+    None for a preset without `image_converter.json`.
+
+    Example:
+    ```python
+    keras_hub_input_convention("resnet_50_imagenet")
+    # {"mean": (123.675, 116.28, 103.53), "std": (58.395, 57.12, 57.375), "bgr": False}
+    ```
+    """
+    import keras_hub
+
+    try:
+        converter = keras_hub.layers.ImageConverter.from_preset(preset)
+    except FileNotFoundError:
+        return None
+    scale = _per_channel(converter.scale, 1.0, "scale", preset)
+    offset = _per_channel(converter.offset, 0.0, "offset", preset)
+    if 0.0 in scale:
+        raise ValueError(f"The image converter of {preset!r} scales a channel by 0.")
+    return {
+        "mean": tuple(-o / s for o, s in zip(offset, scale)),
+        "std": tuple(1.0 / s for s in scale),
+        "bgr": False,
+    }
+
+
+def _per_channel(value, default, name, preset):
+    """A converter's `scale` or `offset` as three floats (R, G, B)."""
+    values = [default] * 3 if value is None else np.ravel(np.asarray(value, "float64")).tolist()
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3:
+        raise ValueError(f"The image converter of {preset!r} has a {name} of {len(values)} "
+                         "values; AlignSeg takes RGB images (3).")
+    return tuple(float(v) for v in values)
 
 
 def encoder_input_convention(image_encoder):

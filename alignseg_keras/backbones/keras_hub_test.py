@@ -62,12 +62,17 @@ def test_keras_hub_presets_by_name_are_loaded_only_when_named(monkeypatch):
         assert dtype is None
         return small_resnet()
 
+    def converter_from_preset(preset):  # as keras-hub for a preset without a converter
+        calls.append(("image_converter.json", preset))
+        raise FileNotFoundError(f"`image_converter.json` doesn't exist in preset {preset}")
+
     monkeypatch.setattr(keras_hub.models.Backbone, "from_preset", from_preset)
+    monkeypatch.setattr(keras_hub.layers.ImageConverter, "from_preset", converter_from_preset)
     model = AlignSeg(3, backbone="resnet_18_imagenet", decoder_channels=8)
-    assert calls == [("resnet_18_imagenet", True)]
+    assert calls == [("resnet_18_imagenet", True), ("image_converter.json", "resnet_18_imagenet")]
     assert model.normalization["std"] == list(encoders.IMAGENET_RGB["std"])
     keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
-    assert len(calls) == 1  # rebuilding from a config downloads nothing
+    assert len(calls) == 2  # rebuilding from a config downloads nothing
 
 
 def test_a_keras_hub_preset_named_by_its_directory_computes_in_the_dtype_asked(tmp_path):
@@ -118,3 +123,27 @@ def test_a_fixed_size_encoder_gives_the_model_its_image_shape():
     assert model.predict(IMAGES, verbose=0).shape == (1, 64, 64, 3)
     with pytest.raises(ValueError, match=r"takes images of 64x64 .* shape \(1, 70, 90, 3\)"):
         model.predict(np.zeros((1, 70, 90, 3), "uint8"), verbose=0)
+
+
+def test_a_keras_hub_presets_image_converter_sets_the_normalisation(tmp_path):
+    # A preset fine-tuned on images in -1..1: x / 127.5 - 1 is (x - 127.5) / 127.5.
+    directory = str(tmp_path / "preset")
+    small_resnet().save_to_preset(directory)
+    model = AlignSeg(3, backbone=directory, decoder_channels=8)
+    assert model.normalization["mean"] == list(encoders.IMAGENET_RGB["mean"])  # none saved
+    keras_hub.layers.ResNetImageConverter(scale=1 / 127.5, offset=-1.0).save_to_preset(directory)
+    model = AlignSeg(3, backbone=directory, decoder_channels=8)
+    np.testing.assert_allclose(model.normalization["mean"], [127.5] * 3, rtol=1e-12)
+    np.testing.assert_allclose(model.normalization["std"], [127.5] * 3, rtol=1e-12)
+    assert model.normalization["bgr"] is False
+    # Per channel, as ImageNet's mean and std (0..1) become keras-hub's scale and offset.
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    converter = keras_hub.layers.ResNetImageConverter(scale=list(1 / (255 * std)),
+                                                      offset=list(-mean / std))
+    converter.save_to_preset(directory)
+    model = AlignSeg(3, backbone=directory, decoder_channels=8)
+    np.testing.assert_allclose(model.normalization["mean"], 255 * mean, rtol=1e-12)
+    np.testing.assert_allclose(model.normalization["std"], 255 * std, rtol=1e-12)
+    x = IMAGES.astype("float32")
+    np.testing.assert_allclose(np.asarray(model.image_converter(x)), np.asarray(converter(x)),
+                               rtol=1e-5, atol=1e-5)  # float32 rounding of values up to 2.6
