@@ -112,8 +112,10 @@ def build_backbone(backbone=None, image_encoder=None, backbone_weights=None, dty
 
     Args:
         backbone: an `AlignSegBackbone` (returned as it is; then no other
-            argument may be given), a ResNet name (`ResNetEncoder`), a
-            `keras.Model` image encoder, or None for `"resnet101"`.
+            argument may be given) or a preset directory of one (written by
+            `AlignSeg.save_to_preset`: loaded with its weights), a ResNet name
+            (`ResNetEncoder`), a keras-hub preset, a `keras.Model` image
+            encoder, or None for `"resnet101"`.
         image_encoder: a `keras.Model` with `pyramid_outputs`, instead of `backbone`.
         backbone_weights: None or `"imagenet"` for a ResNet named by `backbone`.
         dtype: the dtype policy of the layers built here (None: the global one);
@@ -131,6 +133,9 @@ def build_backbone(backbone=None, image_encoder=None, backbone_weights=None, dty
     unknown = sorted(set(given) - set(DECODER_DEFAULTS))
     if unknown:
         raise TypeError(f"Unknown decoder arguments: {', '.join(unknown)}.")
+    if preset_files.is_alignseg_backbone_preset(backbone):  # a preset of this library's
+        with global_dtype_policy(dtype):  # rebuilt from its config, in the dtype asked
+            backbone = AlignSegBackbone.from_preset(backbone)
     if isinstance(backbone, AlignSegBackbone):
         extra = sorted(given) + ["image_encoder"] * (image_encoder is not None)
         extra += ["backbone_weights"] * (backbone_weights is not None)
@@ -184,7 +189,9 @@ class AlignSeg(ImageSegmenter):
     Args:
         num_classes: int, number of classes, 2 to 4096
             (`alignseg_keras.checks.MAX_CLASSES`); a binary task has 2.
-        backbone: an `AlignSegBackbone`; or, to build one, a ResNet name
+        backbone: an `AlignSegBackbone`, or a preset directory holding one
+            (`save_to_preset`'s: the backbone with its weights, under new
+            heads; `from_preset` keeps the heads); or, to build one, a ResNet name
             (`"resnet18"`, `"resnet34"`, `"resnet50"`, `"resnet101"`,
             `"resnet50_deepstem"`, `"resnet101_deepstem"`), a keras-hub
             backbone preset name (e.g. `"resnet_vd_50_imagenet"`; needs

@@ -252,6 +252,33 @@ class AlignSegBackbone(keras.Model):
         }
 
     @classmethod
+    def from_preset(cls, preset, load_weights=True):
+        """The backbone of a preset directory written by `AlignSeg.save_to_preset`
+        (or `alignseg convert`): its `config.json` and `model.weights.h5`, as
+        keras-hub's `Backbone.from_preset` reads them. A whole AlignSeg, heads
+        included, is `AlignSeg.from_preset`; a new AlignSeg on this backbone,
+        `AlignSeg(num_classes, backbone=preset)`.
+
+        Args:
+            preset: a preset directory.
+            load_weights: bool, load the backbone's weights.
+
+        Example:
+        ```python
+        backbone = AlignSegBackbone.from_preset("my_preset")
+        ```
+        """
+        from alignseg_keras.models import preset_files
+
+        if not preset_files.is_preset_directory(preset):
+            raise ValueError(
+                f"AlignSegBackbone.from_preset takes a preset directory (with {preset_files.CONFIG_FILE}); "
+                f"received {preset!r}. Named presets are AlignSeg's: "
+                "AlignSeg.from_preset(name).backbone."
+            )
+        return preset_files.load_backbone(preset, load_weights)
+
+    @classmethod
     def from_config(cls, config):
         if isinstance(config.get("image_encoder"), dict):  # rebuilt in the global policy
             config = {**config, "image_encoder": without_saved_policy(config["image_encoder"])}

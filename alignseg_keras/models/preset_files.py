@@ -114,9 +114,21 @@ def load_task_config(directory):
     return task
 
 
+def is_alignseg_backbone_preset(preset):
+    """Whether `preset` is a preset directory whose `config.json` is an `AlignSegBackbone`."""
+    return is_preset_directory(preset) and (
+        _read_json(preset, CONFIG_FILE).get("class_name") == "AlignSegBackbone")
+
+
 def load_backbone(directory, load_weights=True):
     """The `AlignSegBackbone` of a preset directory, with its weights by default."""
-    backbone = keras.saving.deserialize_keras_object(_read_json(directory, CONFIG_FILE))
+    config = _read_json(directory, CONFIG_FILE)
+    if config.get("class_name") != "AlignSegBackbone":
+        raise ValueError(
+            f"{os.fspath(directory)!r} is a preset of a {config.get('class_name')} (its "
+            f"{CONFIG_FILE}), not of an AlignSegBackbone."
+        )
+    backbone = keras.saving.deserialize_keras_object(config)
     if load_weights:
         path = _existing(directory, MODEL_WEIGHTS_FILE)
         with _weights_file_errors(path):

@@ -244,3 +244,23 @@ def test_a_preset_directory_takes_new_normalisation_values(saved):
         np.testing.assert_array_equal(np.asarray(kept), np.asarray(loaded))
     with pytest.raises(ValueError, match="Give either `image_converter` or std, not both"):
         AlignSeg.from_preset(directory, std=(1.0, 1.0, 1.0), image_converter=changed.image_converter)
+
+
+def test_the_backbone_of_a_preset_directory_loads_alone_and_under_new_heads(saved, tmp_path):
+    from alignseg_keras.models.alignseg_backbone import AlignSegBackbone
+
+    model, directory = saved
+    backbone = AlignSegBackbone.from_preset(directory)
+    fresh = AlignSegBackbone.from_preset(directory, load_weights=False)
+    new_task = AlignSeg(5, backbone=str(directory))
+    assert new_task.num_classes == 5
+    for kept, loaded, rebuilt in zip(model.backbone.weights, backbone.weights,
+                                     new_task.backbone.weights):
+        np.testing.assert_array_equal(np.asarray(loaded), np.asarray(kept))
+        np.testing.assert_array_equal(np.asarray(rebuilt), np.asarray(kept))
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(fresh.weights, backbone.weights))
+    with pytest.raises(ValueError, match="takes a preset directory"):
+        AlignSegBackbone.from_preset("alignseg_resnet18_small")
+    with pytest.raises(ValueError, match="cannot change them"):
+        AlignSeg(5, backbone=str(directory), decoder_channels=16)
