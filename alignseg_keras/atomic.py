@@ -19,8 +19,9 @@ import shutil
 import warnings
 
 TEMP_PREFIX = ".tmp-"
-# The names `_temporary_name` gives: the prefix, a process id, hex digits, a dash.
-_TEMPORARY_NAME = re.compile(re.escape(TEMP_PREFIX) + r"[0-9]+-[0-9a-f]+-")
+# The names `_temporary_name` gives (every version): the prefix, a process id, a dash,
+# 8 hex digits, a dash.
+_TEMPORARY_NAME = re.compile(re.escape(TEMP_PREFIX) + r"[0-9]+-[0-9a-f]{8}-")
 
 
 def _is_temporary(name):
@@ -228,7 +229,10 @@ def check_replaceable_folder(path, replaceable_entries, required_entries):
             f"{shown} holds files that replacing it would delete ({_listed(foreign)}); give a "
             "new or empty folder, or remove them first."
         )
-    missing = sorted(set(required_entries) - set(entries))
+    # An entry an in-place writer killed mid-move left renamed aside counts as there.
+    aside = {name.split("-", 3)[-1][len("replaced-"):] for name in os.listdir(path)
+             if _is_temporary(name) and name.split("-", 3)[-1].startswith("replaced-")}
+    missing = sorted(set(required_entries) - set(entries) - aside)
     if entries and missing:
         raise ValueError(
             f"{shown} holds {_listed(entries)} but no {', '.join(missing)}, so it is not an "

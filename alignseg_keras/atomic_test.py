@@ -112,8 +112,10 @@ def test_only_this_modules_temporaries_are_removed(tmp_path):
 
     (tmp_path / f"{TEMP_PREFIX}123-0a1b2c3d-model.keras").write_text("left by a killed writer")
     (tmp_path / f"{TEMP_PREFIX}notes.md").write_text("a user's")
+    (tmp_path / f"{TEMP_PREFIX}2024-12-notes.md").write_text("a user's, dated")
     remove_temporaries(tmp_path)
-    assert [entry.name for entry in tmp_path.iterdir()] == [f"{TEMP_PREFIX}notes.md"]
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == [
+        f"{TEMP_PREFIX}2024-12-notes.md", f"{TEMP_PREFIX}notes.md"]
 
 
 def test_a_file_is_refused(tmp_path):
@@ -209,15 +211,26 @@ def test_in_place_temporaries_of_other_writers_do_not_block(tmp_path, monkeypatc
     path = tmp_path / "1"
     path.mkdir()
     write_model(path, "old")
-    (path / f"{TEMP_PREFIX}999-abcd-1").mkdir()
-    (path / f"{TEMP_PREFIX}999-abcd-replaced-variables").mkdir()
+    (path / f"{TEMP_PREFIX}999-0000abcd-1").mkdir()
+    (path / f"{TEMP_PREFIX}999-0000abcd-replaced-variables").mkdir()
     as_mount_point(monkeypatch, path)
     with pytest.warns(UserWarning, match="written in place"):
         with atomic_folder(path, ENTRIES, REQUIRED) as written:
             write_model(written, "new")
     assert read_model(path) == ("new", "new")
     assert sorted(entry.name for entry in path.iterdir()) == [
-        f"{TEMP_PREFIX}999-abcd-1", "model.pb", "variables"]
+        f"{TEMP_PREFIX}999-0000abcd-1", "model.pb", "variables"]
+
+
+def test_a_folder_a_killed_writer_left_mid_move_is_replaced(tmp_path):
+    # Killed between the two renames of the graph file: it lies aside under its temporary name.
+    path = tmp_path / "1"
+    (path / "variables").mkdir(parents=True)
+    (path / f"{TEMP_PREFIX}12-0a1b2c3d-replaced-model.pb").write_text("old")
+    with atomic_folder(path, ENTRIES, REQUIRED) as temporary:
+        write_model(temporary, "new")
+    assert read_model(path) == ("new", "new")
+    assert sorted(entry.name for entry in path.iterdir()) == ["model.pb", "variables"]
 
 
 def test_a_move_that_fails_in_place_puts_the_old_entries_back(tmp_path, monkeypatch):

@@ -146,7 +146,7 @@ def test_full_disk_and_a_kill_during_the_final_save_lose_nothing(small_disk, mon
     assert iterations(os.path.join(output, "checkpoint.keras")) == 3  # 3 steps, not 4
 
     # 3. The re-run trains nothing more, writes model.keras, then drops the backups.
-    open(os.path.join(output, ".tmp-1-dead-model.keras"), "wb").write(b"left by a kill")
+    open(os.path.join(output, ".tmp-1-0000dead-model.keras"), "wb").write(b"left by a kill")
     assert main(command) == 0
     assert iterations(os.path.join(output, "model.keras")) == 3
     assert not os.path.exists(backup)
@@ -192,7 +192,7 @@ def test_a_second_train_into_a_folder_in_use_is_refused(tmp_path, capsys):
 
     output = tmp_path / "run"
     output.mkdir()
-    in_flight = output / ".tmp-1234-abcd-checkpoint.keras"  # the running writer's
+    in_flight = output / ".tmp-1234-0000abcd-checkpoint.keras"  # the running writer's
     in_flight.write_text("half a checkpoint")
     with single_writer(str(output), "alignseg train"):  # as a run in progress holds it
         assert main(["train", *TINY, "--steps", "2", "--output-dir", str(output)]) == 2
