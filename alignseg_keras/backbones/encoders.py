@@ -158,7 +158,7 @@ def keras_hub_input_convention(preset):
     keras-hub's converters take 0..255 RGB images and compute `x * scale +
     offset` (per channel or for all; None: 1 and 0); that is `(x - mean) / std`
     with `std = 1 / scale` and `mean = -offset / scale`, `AlignSeg`'s convention.
-    None for a preset without `image_converter.json`.
+    None for a preset without `image_converter.json` (or whose loader has none).
 
     Example:
     ```python
@@ -171,6 +171,8 @@ def keras_hub_input_convention(preset):
     try:
         converter = keras_hub.layers.ImageConverter.from_preset(preset)
     except FileNotFoundError:
+        return None
+    if converter is None:  # keras-hub's timm and transformers loaders, for some models
         return None
     scale = _per_channel(converter.scale, 1.0, "scale", preset)
     offset = _per_channel(converter.offset, 0.0, "offset", preset)

@@ -147,3 +147,9 @@ def test_a_keras_hub_presets_image_converter_sets_the_normalisation(tmp_path):
     x = IMAGES.astype("float32")
     np.testing.assert_allclose(np.asarray(model.image_converter(x)), np.asarray(converter(x)),
                                rtol=1e-5, atol=1e-5)  # float32 rounding of values up to 2.6
+
+
+def test_a_preset_whose_loader_has_no_image_converter_keeps_the_default(monkeypatch):
+    # keras-hub's timm and transformers loaders return None for some models (DINOv2).
+    monkeypatch.setattr(keras_hub.layers.ImageConverter, "from_preset", lambda preset: None)
+    assert encoders.keras_hub_input_convention("hf://some/model") is None

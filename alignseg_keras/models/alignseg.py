@@ -1,6 +1,7 @@
 """The AlignSeg segmenter (paper Fig. 2): a backbone, its heads and the paper's training recipe."""
 
 import inspect
+import os
 import warnings
 
 import keras
@@ -76,6 +77,12 @@ def synchronize_batchnorm(model):
             layer.synchronized = True
 
 
+def _names_backbone_preset(backbone):
+    """Whether `backbone` is a preset directory of this library (not a ResNet's name)."""
+    return not (isinstance(backbone, str) and backbone in RESNET_ARCHITECTURES) and (
+        preset_files.is_alignseg_backbone_preset(backbone))
+
+
 def _image_encoder(backbone, image_encoder, backbone_weights, dtype):
     """The encoder to build a backbone on: `image_encoder`, or a ResNet (or keras-hub
     preset) by name, built in the dtype policy `dtype`."""
@@ -90,6 +97,8 @@ def _image_encoder(backbone, image_encoder, backbone_weights, dtype):
         return image_encoder
     if backbone is None:
         backbone = DEFAULT_ENCODER
+    if isinstance(backbone, os.PathLike):  # a keras-hub preset directory
+        backbone = os.fspath(backbone)
     if isinstance(backbone, str) and backbone not in RESNET_ARCHITECTURES:
         if backbone_weights is not None:
             raise ValueError("`backbone_weights` applies to ResNets named by `backbone`.")
@@ -133,7 +142,7 @@ def build_backbone(backbone=None, image_encoder=None, backbone_weights=None, dty
     unknown = sorted(set(given) - set(DECODER_DEFAULTS))
     if unknown:
         raise TypeError(f"Unknown decoder arguments: {', '.join(unknown)}.")
-    if preset_files.is_alignseg_backbone_preset(backbone):  # a preset of this library's
+    if _names_backbone_preset(backbone):  # a preset of this library's
         with global_dtype_policy(dtype):  # rebuilt from its config, in the dtype asked
             backbone = AlignSegBackbone.from_preset(backbone)
     if isinstance(backbone, AlignSegBackbone):
@@ -275,6 +284,10 @@ class AlignSeg(ImageSegmenter):
         if image_shape is not None:
             _check_rgb(image_shape)
         sync = _should_sync_batchnorm(sync_batchnorm)
+        # A preset directory's backbone comes with the normalisation its weights learnt on.
+        preset_convention = (preset_files.task_input_convention(backbone)
+                             if image_converter is None and _names_backbone_preset(backbone)
+                             else {})
         backbone = build_backbone(
             backbone,
             image_encoder,
@@ -295,7 +308,8 @@ class AlignSeg(ImageSegmenter):
             image_shape = _check_rgb(backbone.image_shape)
         _check_padding_of_a_fixed_size(backbone.image_shape, pad_to_multiple)
         image_converter = _image_converter(
-            image_converter, backbone.image_encoder, mean, std, bgr, dtype
+            image_converter, {**encoder_input_convention(backbone.image_encoder),
+                              **preset_convention}, mean, std, bgr, dtype
         )
         heads = {
             name: SegmentationHead(
@@ -754,9 +768,9 @@ def _checked_aux_loss(aux_loss):
     )
 
 
-def _image_converter(image_converter, image_encoder, mean, std, bgr, dtype):
-    """The converter given, or one in `dtype` with the encoder's convention and the
-    overrides."""
+def _image_converter(image_converter, convention, mean, std, bgr, dtype):
+    """The converter given, or one in `dtype` with `convention` (the encoder's, or the
+    preset's) and the overrides."""
     overrides = {key: value for key, value in (("mean", mean), ("std", std), ("bgr", bgr))
                  if value is not None}
     if image_converter is not None:
@@ -771,5 +785,5 @@ def _image_converter(image_converter, image_encoder, mean, std, bgr, dtype):
             )
         warn_if_policy_differs(image_converter, "image converter", dtype)
         return image_converter
-    convention = {**encoder_input_convention(image_encoder), **overrides}
+    convention = {**convention, **overrides}
     return ImageNormalization(**convention, dtype=dtype, name="normalization")

@@ -48,8 +48,16 @@ def is_preset_directory(preset):
 
 
 def check_preset_directory(directory):
-    """Raises the `ValueError` `save_task_preset` would raise for `directory`, at once."""
+    """Raises the `ValueError` `save_task_preset` would raise for `directory`, at once:
+    a folder of other files, or a preset of another task (keras-hub's use the same names)."""
     check_replaceable_folder(directory, PRESET_FILES, PRESET_REQUIRED)
+    if os.path.isfile(os.path.join(os.fspath(directory), TASK_CONFIG_FILE)):
+        task = _read_json(directory, TASK_CONFIG_FILE).get("class_name")
+        if task != "AlignSeg":
+            raise ValueError(
+                f"{os.fspath(directory)} holds a preset of a {task} (its {TASK_CONFIG_FILE}), "
+                "which replacing it would delete; give a new or empty folder, or remove it first."
+            )
 
 
 # Extensions of single-file models: a preset directory named so is a mistake.
@@ -79,6 +87,7 @@ def save_task_preset(task, directory, description=None):
         description: str or None, a line for `metadata.json`.
     """
     check_preset_directory_name(directory)
+    check_preset_directory(directory)
     with atomic_folder(directory, PRESET_FILES, PRESET_REQUIRED) as temporary:
         backbone = task.backbone
         _write_json(temporary / CONFIG_FILE, keras.saving.serialize_keras_object(backbone))
@@ -118,6 +127,13 @@ def is_alignseg_backbone_preset(preset):
     """Whether `preset` is a preset directory whose `config.json` is an `AlignSegBackbone`."""
     return is_preset_directory(preset) and (
         _read_json(preset, CONFIG_FILE).get("class_name") == "AlignSegBackbone")
+
+
+def task_input_convention(directory):
+    """The mean, std and channel order of the image converter a preset directory's
+    segmenter normalises with (its `task.json`)."""
+    converter = load_task_config(directory)["config"]["image_converter"]["config"]
+    return {key: converter[key] for key in ("mean", "std", "bgr")}
 
 
 def load_backbone(directory, load_weights=True):

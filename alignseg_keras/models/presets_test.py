@@ -264,3 +264,27 @@ def test_the_backbone_of_a_preset_directory_loads_alone_and_under_new_heads(save
         AlignSegBackbone.from_preset("alignseg_resnet18_small")
     with pytest.raises(ValueError, match="cannot change them"):
         AlignSeg(5, backbone=str(directory), decoder_channels=16)
+
+
+def test_a_new_segmenter_on_a_preset_backbone_keeps_its_normalisation(tmp_path):
+    from alignseg_keras.testing import tiny_alignseg
+
+    normalised = tiny_alignseg(3, seed=0, mean=(10.0, 20.0, 30.0), std=(2.0, 3.0, 4.0), bgr=True)
+    normalised.save_to_preset(tmp_path / "preset")
+    model = AlignSeg(5, backbone=tmp_path / "preset")  # a pathlib.Path
+    assert model.normalization == {"mean": [10.0, 20.0, 30.0], "std": [2.0, 3.0, 4.0], "bgr": True}
+    model = AlignSeg(5, backbone=str(tmp_path / "preset"), mean=(0.0, 0.0, 0.0))
+    assert model.normalization["mean"] == [0.0, 0.0, 0.0] and model.normalization["bgr"] is True
+
+
+def test_a_preset_of_another_task_is_not_replaced(tmp_path):
+    # keras-hub's task presets use the same five names.
+    directory = tmp_path / "deeplab"
+    directory.mkdir()
+    for name in PRESET_FILES:
+        (directory / name).write_text("{}")
+    (directory / "task.json").write_text('{"class_name": "DeepLabV3ImageSegmenter"}')
+    with pytest.raises(ValueError, match=r"holds a preset of a DeepLabV3ImageSegmenter \(its "
+                                         r"task.json\), which replacing it would delete"):
+        small_model().save_to_preset(directory)
+    assert (directory / "task.json").read_text() == '{"class_name": "DeepLabV3ImageSegmenter"}'
