@@ -76,7 +76,8 @@ _JPEG_SIGNATURE = b"\xff\xd8\xff"
 
 # Packages each format needs beyond TensorFlow and Keras, and its file suffix.
 FORMAT_REQUIREMENTS = {"saved_model": (), "onnx": ("tf2onnx", "onnx"), "litert": ()}
-# What a SavedModel folder holds; an export replaces a folder holding only these. Not
+# What a SavedModel folder holds; an export replaces a folder holding only these, and
+# `saved_model.pb` among them (SAVED_MODEL_REQUIRED). Not
 # TF Serving's assets.extra (warm-up requests), which a user adds and must not lose.
 SAVED_MODEL_ENTRIES = ("saved_model.pb", "saved_model.pbtxt", "fingerprint.pb", "variables", "assets")
 # What an earlier export holds for certain (a folder of `assets` alone is a user's).

@@ -181,8 +181,8 @@ def test_ignored_pixels_make_a_boundary_and_are_not_counted():
     metric.update_state(labels[..., None], predictions)
     intersection, truth, predicted = metric.band_counts()
     # The ignored pixel is not class 0: its 8 neighbours join the border ring (20) in
-    # class 0's truth band, as they do in the predicted band. Class 1's predicted band
-    # is the ignored pixel alone, not counted: union 0, NaN, left out of the mean.
+    # class 0's truth band, as they do in the predicted band (class 1 predicted there is
+    # background as every ignored pixel is). Class 1 has no band: NaN, left out of the mean.
     assert truth.tolist() == [28, 0] and predicted.tolist() == [28, 0]
     assert intersection.tolist() == [28, 0]
     np.testing.assert_allclose(metric.per_class_iou(), [1.0, np.nan])

@@ -37,6 +37,11 @@ def add_parser(subparsers):
 def run(args):
     import keras
 
+    args.format = args.format or format_for_path(args.export_path)
+    check_export_precision(args.format, args.precision)  # before the model is loaded
+    # Before alignseg_keras.export, which imports TensorFlow (a JAX or torch install may lack it).
+    check_export_backend(args.format, keras.backend.backend())
+
     from alignseg_keras.cli.common import load_saved_model
     from alignseg_keras.cli.common import prepare_output_file
     from alignseg_keras.cli.common import prepare_whole_folder
@@ -45,9 +50,6 @@ def run(args):
     from alignseg_keras.export import check_saved_model_folder
     from alignseg_keras.export import export_model
 
-    args.format = args.format or format_for_path(args.export_path)
-    check_export_precision(args.format, args.precision)  # before the model is loaded
-    check_export_backend(args.format, keras.backend.backend())
     if args.format == "saved_model":
         # The folder itself appears only when the export is complete (TF Serving
         # would try to load an empty version folder).
