@@ -29,6 +29,14 @@ def _is_temporary(name):
     return _TEMPORARY_NAME.match(name) is not None
 
 
+def _replaced_entry(name):
+    """The entry an in-place writer renamed aside to the temporary `name`, or None."""
+    tail = name.split("-", 3)[-1]
+    if _is_temporary(name) and tail.startswith("replaced-"):
+        return tail[len("replaced-"):]
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yields a temporary path next to `path`; on success it replaces `path` in one step.
@@ -70,8 +78,8 @@ def atomic_folder(path, replaceable_entries, required_entries):
     not exist, be empty, or be an earlier folder of the same kind, which is
     then replaced and removed: one that holds all of `required_entries` and
     nothing but `replaceable_entries`; anything else (a folder of a user's
-    own files named `assets` or `variables` too), a symbolic link, or the current folder or one above it is a `ValueError`
-    before anything is written, and files added to `path` while the new folder
+    own files named `assets` or `variables` too), a symbolic link, or the
+    current folder or one above it is a `ValueError` before anything is written, and files added to `path` while the new folder
     is written are a `ValueError` too, so no other files are deleted. When the
     block raises, the temporary folder is removed and `path` is left as it was.
     The rename of a new `path` is atomic; replacing an existing one takes two
@@ -159,7 +167,7 @@ def _write_in_place(shown, path, replaceable_entries, required_entries):
             for stale in set(os.listdir(path)) & set(replaceable_entries) - new_entries:
                 _remove(path / stale)
             for name in temporaries:
-                if name.split("-", 3)[-1].startswith("replaced-"):
+                if _replaced_entry(name) is not None:
                     _remove(path / name)
         os.rmdir(staging)  # emptied by the moves
     _fsync(path)
@@ -222,6 +230,8 @@ def check_replaceable_folder(path, replaceable_entries, required_entries):
                     path)
         what = f"{shown} is a file" if file == path else f"{shown} is inside the file {file}"
         raise ValueError(f"{what}, not a folder; give a folder (created if needed).") from None
+    # An entry an in-place writer killed mid-move left renamed aside counts as there.
+    aside = {_replaced_entry(name) for name in entries} - {None}
     entries = sorted(name for name in entries if not _is_temporary(name))  # `_write_in_place`'s
     foreign = [name for name in entries if name not in replaceable_entries]
     if foreign:
@@ -229,9 +239,6 @@ def check_replaceable_folder(path, replaceable_entries, required_entries):
             f"{shown} holds files that replacing it would delete ({_listed(foreign)}); give a "
             "new or empty folder, or remove them first."
         )
-    # An entry an in-place writer killed mid-move left renamed aside counts as there.
-    aside = {name.split("-", 3)[-1][len("replaced-"):] for name in os.listdir(path)
-             if _is_temporary(name) and name.split("-", 3)[-1].startswith("replaced-")}
     missing = sorted(set(required_entries) - set(entries) - aside)
     if entries and missing:
         raise ValueError(

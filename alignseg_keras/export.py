@@ -242,12 +242,7 @@ def export_saved_model(model, export_dir):
     labels = served(images=tf.zeros((1, 512, 1024, 3), tf.uint8))["labels"]
     ```
     """
-    if keras.backend.backend() != "tensorflow":
-        raise ValueError(
-            "export_saved_model builds its serving function with TensorFlow ops and needs "
-            f"KERAS_BACKEND=tensorflow (current: {keras.backend.backend()!r}); save a .keras "
-            "file on this backend and export it from a TensorFlow process."
-        )
+    check_export_backend("saved_model", keras.backend.backend())
     check_saved_model_folder(export_dir)  # before the tracing
     archive = keras.export.ExportArchive()
     # The endpoints track the variables they use. `archive.track(model)` would

@@ -49,9 +49,9 @@ def check_export_backend(format, backend):
         why = (f"this library writes {name} files through TensorFlow (Keras' {backend} route "
                "is not tested with AlignSeg)")
     raise ValueError(
-        f"{name} export does not work on the {backend} backend: {why}. Save a .keras file on "
-        f"{backend} and export it from a TensorFlow process (KERAS_BACKEND=tensorflow alignseg "
-        "export ...)."
+        f"{name} export does not work on the {backend} backend: {why}; it needs "
+        f"KERAS_BACKEND=tensorflow (current: {backend!r}). Save a .keras file on {backend} and "
+        "export it from a TensorFlow process (KERAS_BACKEND=tensorflow alignseg export ...)."
     )
 
 

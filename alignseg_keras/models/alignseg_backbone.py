@@ -272,8 +272,8 @@ class AlignSegBackbone(keras.Model):
 
         if not preset_files.is_preset_directory(preset):
             raise ValueError(
-                f"AlignSegBackbone.from_preset takes a preset directory (with {preset_files.CONFIG_FILE}); "
-                f"received {preset!r}. Named presets are AlignSeg's: "
+                "AlignSegBackbone.from_preset takes a preset directory (with "
+                f"{preset_files.CONFIG_FILE}); received {preset!r}. Named presets are AlignSeg's: "
                 "AlignSeg.from_preset(name).backbone."
             )
         return preset_files.load_backbone(preset, load_weights)

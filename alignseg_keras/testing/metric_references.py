@@ -98,7 +98,8 @@ def reference_boundary_iou(
         counted = (image_labels != ignore_index) & (image_labels >= 0) & (image_labels < num_classes)
         for c in range(num_classes):
             truth_band = reference_boundary_band(image_labels == c, d) & counted
-            predicted_band = reference_boundary_band((image_predictions == c) & counted, d) & counted
+            predicted_mask = (image_predictions == c) & counted
+            predicted_band = reference_boundary_band(predicted_mask, d) & counted
             intersection[c] += np.sum(truth_band & predicted_band)
             truth[c] += np.sum(truth_band)
             predicted[c] += np.sum(predicted_band)
