@@ -9,6 +9,7 @@ functions use the others for arrays, generators and (through
 
 import numbers
 import os
+import warnings
 
 import numpy as np
 
@@ -162,6 +163,117 @@ def check_finite_images(images, source="`images`"):
                 f"value(s), the first in image {index}; AlignSeg takes finite RGB values 0..255. "
                 "Check how the images were loaded or normalised (a division by zero?)."
             )
+
+
+# Where images in the wrong scale are told apart from dark or bright ones: a batch of
+# 0..255 images whose largest value is at most 1 is black to the eye, and 0..1 images
+# reach 2 only through gross overshoot (bicubic resizing overshoots by a few percent).
+_UNIT_RANGE_LIMIT = 1.0
+_BYTE_RANGE_FLOOR = 2.0
+
+
+def expected_image_range(mean, std):
+    """The largest RGB value of the images that `mean` and `std` normalise: 255.0
+    where a mean or std exceeds 1 (AlignSeg's and keras-hub's 0..255 convention),
+    1.0 where all lie in 0..1 (torchvision's values), None where they do not tell
+    (mean 0 and std 1: no normalisation).
+
+    Example:
+    ```python
+    expected_image_range((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))  # 255.0
+    ```
+    """
+    mean = [float(v) for v in mean]
+    std = [float(v) for v in std]
+    if max(mean) > 1.0 or max(std) > 1.0:
+        return 255.0
+    if min(mean) >= 0.0 and (any(mean) or any(s != 1.0 for s in std)):
+        return 1.0
+    return None
+
+
+def is_misscaled(largest, expected_range):
+    """Whether images whose largest value is `largest` (a number, or a NumPy or
+    TensorFlow scalar: the result is of its kind) are in another scale than
+    `expected_range` (`expected_image_range`): at most 1 (but not all 0) where
+    it is 255, above 2 where it is 1."""
+    if expected_range == 255.0:
+        return (largest > 0.0) & (largest <= _UNIT_RANGE_LIMIT)
+    if expected_range == 1.0:
+        return largest > _BYTE_RANGE_FLOOR
+    return False
+
+
+def image_scale_message(largest, expected_range, mean, std, source="`images`"):
+    """The warning for images whose largest value `largest` does not fit the
+    normaliser's scale `expected_range` (`expected_image_range`), or None."""
+    if not is_misscaled(largest, expected_range):
+        return None
+    if expected_range == 255.0:
+        return (
+            f"The largest value of {source} is {largest:.4g} (0..1 images?), but this "
+            f"model normalises RGB values 0..255 (mean {_rounded(mean)}, std {_rounded(std)}): "
+            "normalised so, 0..1 images are nearly constant and the network sees almost "
+            "nothing of them. Feed 0..255 values (e.g. images * 255), or build the model "
+            "with mean and std in your images' scale (divided by 255)."
+        )
+    return (
+        f"The largest value of {source} is {largest:.4g} (0..255 images?), but this model "
+        f"normalises values 0..1 (mean {_rounded(mean)}, std {_rounded(std)}): normalised so, "
+        "0..255 images reach hundreds, far beyond what its weights expect. Feed 0..1 values "
+        "(images / 255), or build the model with mean and std in 0..255 (multiplied by "
+        "255), AlignSeg's convention."
+    )
+
+
+def _rounded(values):
+    return [round(float(v), 4) for v in values]
+
+
+class ScaleWarning:
+    """Warns once (a `UserWarning`) about image batches in another scale than
+    `mean` and `std` normalise (`expected_image_range`): 0..1 images for a model
+    normalising 0..255 values, or the reverse. Such images train and predict
+    without an error, and badly.
+
+    Args:
+        mean: the three means the model subtracts.
+        std: the three standard deviations it divides by.
+
+    Example:
+    ```python
+    warn = ScaleWarning((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+    warn(np.full((1, 8, 8, 3), 0.5, "float32"))  # warns: 0..1 images?
+    ```
+    """
+
+    def __init__(self, mean, std):
+        self.mean = [float(v) for v in mean]
+        self.std = [float(v) for v in std]
+        self.expected_range = expected_image_range(self.mean, self.std)
+        self.warned = False
+
+    def __call__(self, images, source="`images`"):
+        """Checks an image batch (an array) and warns if this is its first misscaled one."""
+        if (self.warned or self.expected_range is None or len(np.shape(images)) == 0
+                or np.size(images) == 0 or _dtype_kind(images) not in "fcui"):
+            return
+        self.warn_for_largest(max(float(np.max(block)) for _, block in _chunks(images)), source)
+
+    def warn_for_largest(self, largest, source="a batch of images"):
+        """Warns, once, if images whose largest value is `largest` are misscaled."""
+        message = image_scale_message(largest, self.expected_range, self.mean, self.std, source)
+        if message is not None and not self.warned:
+            self.warned = True
+            warnings.warn(message, stacklevel=3)
+
+
+def scale_warning_of(normalization):
+    """A `ScaleWarning` for a model's `normalization` (a dict with `mean` and
+    `std`, as `AlignSeg.normalization`), or None for a model without one."""
+    if normalization is None:
+        return None
+    return ScaleWarning(normalization["mean"], normalization["std"])
 
 
 def label_value_error(mask, limit, source, ignore_index=IGNORE_INDEX, hint=""):

@@ -1,12 +1,19 @@
+import warnings
+
 import keras
 import numpy as np
 import pytest
 
+from alignseg_keras.backbones.encoders import AUTHORS_BGR
+from alignseg_keras.backbones.encoders import CAFFE_BGR
+from alignseg_keras.backbones.encoders import IMAGENET_RGB
 from alignseg_keras.checks import MAX_CLASSES
+from alignseg_keras.checks import ScaleWarning
 from alignseg_keras.checks import check_class_count
 from alignseg_keras.checks import check_finite_images
 from alignseg_keras.checks import check_masks
 from alignseg_keras.checks import check_weights_may_change
+from alignseg_keras.checks import expected_image_range
 from alignseg_keras.checks import squeeze_masks
 from alignseg_keras.metrics import MeanIoU
 from alignseg_keras.testing import tiny_alignseg
@@ -120,3 +127,62 @@ def test_fit_and_train_on_batch_refuse_weights_assumed_frozen(monkeypatch):
     assert model.predict_on_batch(images).shape == (1, 32, 32, 3)
     monkeypatch.delenv("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS")
     assert np.all(np.isfinite(model.train_on_batch(images, masks)))
+
+
+# torchvision's ImageNet normalisation, for images in 0..1.
+UNIT_IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+
+@pytest.mark.parametrize("convention, expected", [
+    (IMAGENET_RGB, 255.0), (CAFFE_BGR, 255.0), (AUTHORS_BGR, 255.0),
+    (dict(mean=(127.5,) * 3, std=(127.5,) * 3), 255.0),
+    (UNIT_IMAGENET, 1.0), (dict(mean=(0.5,) * 3, std=(0.5,) * 3), 1.0),
+    (dict(mean=(0.0,) * 3, std=(0.5,) * 3), 1.0),  # 0..1 images to 0..2
+    (dict(mean=(0.0,) * 3, std=(1.0,) * 3), None),  # no normalisation: any scale
+    (dict(mean=(-1.0,) * 3, std=(1.0,) * 3), None),
+])
+def test_the_scale_a_normalisation_takes(convention, expected):
+    assert expected_image_range(convention["mean"], convention["std"]) == expected
+
+
+def images_up_to(largest, dtype="float32"):
+    images = np.zeros((3, 4, 5, 3), dtype)
+    images[2, 3, 4, 1] = largest  # in the last image, as a chunked maximum must find it
+    return images
+
+
+def test_images_in_the_scale_normalised_pass_silently():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for convention, largest, dtype in [
+            (IMAGENET_RGB, 255, "uint8"), (IMAGENET_RGB, 1.01, "float32"),
+            (IMAGENET_RGB, 0, "float32"),  # a black batch says nothing of its scale
+            (CAFFE_BGR, 17.0, "float64"),
+            (UNIT_IMAGENET, 1.0, "float32"), (UNIT_IMAGENET, 2.0, "float32"),  # overshoot
+            (UNIT_IMAGENET, 1, "uint8"),
+            (dict(mean=(0.0,) * 3, std=(1.0,) * 3), 255, "uint8"),
+            (dict(mean=(0.0,) * 3, std=(1.0,) * 3), 0.5, "float32"),
+        ]:
+            ScaleWarning(convention["mean"], convention["std"])(images_up_to(largest, dtype))
+        ScaleWarning(IMAGENET_RGB["mean"], IMAGENET_RGB["std"])(np.zeros((0, 4, 5, 3), "float32"))
+
+
+def test_images_in_another_scale_are_warned_about_once():
+    zero_to_one = ScaleWarning(IMAGENET_RGB["mean"], IMAGENET_RGB["std"])
+    message = (r"largest value of `images` is 0\.75 \(0\.\.1 images\?\), but this model "
+               r"normalises RGB values 0\.\.255 \(mean \[123\.675, 116\.28, 103\.53\].*"
+               r"images \* 255")
+    with pytest.warns(UserWarning, match=message):
+        zero_to_one(images_up_to(0.75))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        zero_to_one(images_up_to(0.5))  # said once
+    with pytest.warns(UserWarning, match="is 1 "):  # the upper bound is in
+        ScaleWarning(CAFFE_BGR["mean"], CAFFE_BGR["std"])(images_up_to(1.0))
+    byte = ScaleWarning(UNIT_IMAGENET["mean"], UNIT_IMAGENET["std"])
+    message = (r"largest value of `images` is 255 \(0\.\.255 images\?\), but this model "
+               r"normalises values 0\.\.1 \(mean \[0\.485, 0\.456, 0\.406\].*images / 255")
+    with pytest.warns(UserWarning, match=message):
+        byte(images_up_to(255, "uint8"))
+    with pytest.warns(UserWarning, match="is 2.01 "):
+        ScaleWarning(UNIT_IMAGENET["mean"], UNIT_IMAGENET["std"])(images_up_to(2.01))

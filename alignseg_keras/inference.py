@@ -54,6 +54,7 @@ import numpy as np
 from keras import ops
 
 from alignseg_keras.checks import check_finite_images
+from alignseg_keras.checks import scale_warning_of
 from alignseg_keras.config_utils import global_dtype_policy
 from alignseg_keras.config_utils import replaced_policy
 from alignseg_keras.layers.alignment import resize_bilinear
@@ -172,11 +173,12 @@ def _with_precision(model, precision):
     return model
 
 
-def _as_image_batch(images):
+def _as_image_batch(images, model):
     """Returns `(images (B, H, W, 3), was_single_image)`, or raises a clear error.
 
     Non-finite pixels are refused; an empty batch or 0-sized images pass (the
-    predict functions return empty probabilities for them).
+    predict functions return empty probabilities for them). Images in another
+    scale than `model` normalises (its `normalization`) are warned about.
     """
     images = np.asarray(images)
     single = images.ndim == 3
@@ -188,6 +190,9 @@ def _as_image_batch(images):
             f"(height, width, 3); received shape {images.shape}."
         )
     check_finite_images(images)
+    scale_warning = scale_warning_of(getattr(model, "normalization", None))
+    if scale_warning is not None:
+        scale_warning(images)
     return images, single
 
 
@@ -330,7 +335,7 @@ def predict_whole(model, images, batch_size=DEFAULT_BATCH_SIZE, precision=None):
     labels = probabilities.argmax(-1)
     ```
     """
-    images, single = _as_image_batch(images)
+    images, single = _as_image_batch(images, model)
     batch_size = _check_batch_size(batch_size)
     if precision is not None:
         check_precision(precision)
@@ -374,7 +379,7 @@ def predict_sliding(
     probabilities = predict_sliding(model, image, tile_size=769)  # (1024, 2048, 19)
     ```
     """
-    images, single = _as_image_batch(images)
+    images, single = _as_image_batch(images, model)
     tile_size, batch_size = _as_tile_size(tile_size), _check_batch_size(batch_size)
     if precision is not None:
         check_precision(precision)
@@ -429,7 +434,7 @@ def predict_multiscale(
     probabilities = predict_multiscale(model, image, sliding=769)  # paper's MS+flip
     ```
     """
-    images, single = _as_image_batch(images)
+    images, single = _as_image_batch(images, model)
     batch_size = _check_batch_size(batch_size)
     tile_size = None if sliding is None else _as_tile_size(sliding)
     scales = tuple(scales)

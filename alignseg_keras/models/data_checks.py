@@ -5,7 +5,9 @@ Arrays are checked once, up front; `tf.data` pipelines, generators and
 reaches the training step. Images must be finite; masks must fit their images
 and hold class ids below `num_classes` or the ignore label (see
 `alignseg_keras.checks`). Masks `(batch, H, W, 1)` become `(batch, H, W)`, so
-that every `fit` call sees one mask layout.
+that every `fit` call sees one mask layout. Given the model's normalisation,
+images in another scale than it normalises (0..1 images for a model of
+0..255 values, or the reverse) are warned about (`checks.ScaleWarning`).
 """
 
 import contextlib
@@ -18,6 +20,7 @@ import numpy as np
 from alignseg_keras.checks import check_finite_images
 from alignseg_keras.checks import check_masks
 from alignseg_keras.checks import squeeze_masks
+from alignseg_keras.checks import scale_warning_of
 
 
 def is_tf_dataset(x):
@@ -34,8 +37,11 @@ def _is_array(x):
     return hasattr(x, "shape") and hasattr(x, "dtype") and not is_tf_dataset(x)
 
 
-def check_arrays(images, masks=None, num_classes=None, ignore_index=255):
+def check_arrays(images, masks=None, num_classes=None, ignore_index=255, scale_warning=None):
     """Checks an image batch (and its masks when `num_classes` is set); returns the masks squeezed.
+
+    `scale_warning`, a `checks.ScaleWarning` (or None), warns about images in
+    another scale than the model normalises.
 
     Example:
     ```python
@@ -44,21 +50,23 @@ def check_arrays(images, masks=None, num_classes=None, ignore_index=255):
     """
     if _is_array(images):
         check_finite_images(images)
+        if scale_warning is not None:
+            scale_warning(images)
     if masks is None or num_classes is None or not _is_array(masks) or not _is_array(images):
         return masks
     check_masks(np.shape(images), masks, num_classes, ignore_index)
     return squeeze_masks(masks)
 
 
-def check_batch(batch, num_classes=None, ignore_index=255):
+def check_batch(batch, num_classes=None, ignore_index=255, scale_warning=None):
     """Checks one batch, `images` or `(images, masks[, sample_weights])`; returns it with squeezed masks."""
     if not isinstance(batch, (tuple, list)):
-        check_arrays(batch)
+        check_arrays(batch, scale_warning=scale_warning)
         return batch
     if len(batch) < 2:
-        check_arrays(batch[0])
+        check_arrays(batch[0], scale_warning=scale_warning)
         return batch
-    masks = check_arrays(batch[0], batch[1], num_classes, ignore_index)
+    masks = check_arrays(batch[0], batch[1], num_classes, ignore_index, scale_warning)
     return (batch[0], masks, *batch[2:])
 
 
@@ -96,7 +104,7 @@ class CheckedPyDataset(keras.utils.PyDataset):
         self.dataset.on_epoch_end()
 
 
-def checked_data(x, y=None, num_classes=None, ignore_index=255):
+def checked_data(x, y=None, num_classes=None, ignore_index=255, normalization=None):
     """Returns `(x, y)` for Keras: arrays checked now, batch sources wrapped to check each batch.
 
     Args:
@@ -104,22 +112,27 @@ def checked_data(x, y=None, num_classes=None, ignore_index=255):
         y: masks when `x` is an array, else None.
         num_classes: int, checks masks against it; None checks images only.
         ignore_index: int, the label the loss ignores.
+        normalization: None, or a dict with the `mean` and `std` the model
+            normalises with: images in another scale are warned about, once
+            per call (`checks.ScaleWarning`).
 
     Example:
     ```python
     x, y = checked_data(images, masks, num_classes=19)
     ```
     """
-    check = functools.partial(check_batch, num_classes=num_classes, ignore_index=ignore_index)
+    scale_warning = scale_warning_of(normalization)
+    check = functools.partial(check_batch, num_classes=num_classes, ignore_index=ignore_index,
+                              scale_warning=scale_warning)
     if is_tf_dataset(x):
         from alignseg_keras.models.tf_data_checks import checked_dataset
 
-        return checked_dataset(x, num_classes, ignore_index), y
+        return checked_dataset(x, num_classes, ignore_index, scale_warning), y
     if isinstance(x, types.GeneratorType):
         return _checked_generator(x, check), y
     if isinstance(x, keras.utils.PyDataset):
         return CheckedPyDataset(x, check), y
-    return x, check_arrays(x, y, num_classes, ignore_index)
+    return x, check_arrays(x, y, num_classes, ignore_index, scale_warning)
 
 
 def data_errors(x):

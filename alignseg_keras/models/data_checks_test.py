@@ -1,6 +1,8 @@
 """Bad data given to AlignSeg.fit/evaluate/predict (and their *_on_batch) as arrays, generators
 and PyDatasets."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -173,3 +175,46 @@ def test_a_second_fit_may_drop_the_mask_channel_axis_and_warns_past_a_fixed_sche
     with pytest.warns(UserWarning, match="schedule ended at step 2.*larger `total_steps`"):
         second = model.fit(IMAGES, MASKS, batch_size=2, verbose=0)
     assert np.isfinite(first.history["loss"] + second.history["loss"]).all()
+
+
+def scale_warnings(call):
+    """The scale warnings `call()` gives, each counted (no filter deduplicates them)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        call()
+    return [str(w.message) for w in caught if "(0..1 images?)" in str(w.message)
+            or "(0..255 images?)" in str(w.message)]
+
+
+def test_images_in_another_scale_are_warned_about_once_a_call(model):
+    unit_images = (IMAGES / 255.0).astype("float32")
+
+    def two_batches(masks=True):
+        for start in (0, 2):
+            batch = unit_images[start : start + 2]
+            yield (batch, MASKS[start : start + 2]) if masks else (batch,)
+
+    calls = {
+        "predict": lambda: model.predict(unit_images, batch_size=2, verbose=0),
+        "evaluate": lambda: model.evaluate(unit_images, MASKS, batch_size=2, verbose=0),
+        "evaluate a generator": lambda: model.evaluate(two_batches(), steps=2, verbose=0),
+        "predict a generator": lambda: model.predict(two_batches(False), steps=2, verbose=0),
+        "predict_whole": lambda: predict_whole(model, unit_images),
+        "predict_sliding": lambda: predict_sliding(model, unit_images, 16),
+    }
+    for name, call in calls.items():
+        said = scale_warnings(call)
+        assert len(said) == 1 and "(0..1 images?)" in said[0], (name, said)
+    for call in (lambda: model.predict(IMAGES, verbose=0), lambda: predict_whole(model, IMAGES),
+                 # a loop's batches: warned about by the loop (the inference functions)
+                 lambda: model.predict_on_batch(unit_images),
+                 lambda: model.test_on_batch(unit_images, MASKS)):
+        assert scale_warnings(call) == []
+    assert scale_warnings(lambda: model.predict(IMAGES * 0, verbose=0)) == []
+
+
+def test_a_model_of_0_to_1_images_warns_about_0_to_255_ones():
+    model = tiny_alignseg(num_classes=3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    said = scale_warnings(lambda: model.predict(IMAGES, verbose=0))
+    assert len(said) == 1 and "(0..255 images?)" in said[0] and "images / 255" in said[0]
+    assert scale_warnings(lambda: model.predict(IMAGES / 255.0, verbose=0)) == []

@@ -93,7 +93,11 @@ class ImageSegmenter(keras.Model):
     The base of `AlignSeg`, and the one place where its inputs are checked
     (`checked_data`): image batches must have shape `(batch, H, W, 3)` and
     finite values; masks must have their images' height and width and hold
-    class ids below `num_classes` or the ignore label (`ignore_index`).
+    class ids below `num_classes` or the ignore label (`ignore_index`). Where
+    a subclass states its `normalization` (a dict with `mean` and `std`),
+    images in another scale than it normalises are warned about, once per
+    `fit`, `evaluate` or `predict` (0..1 images for a model normalising 0..255
+    values, or the reverse; not by the `*_on_batch` methods, which loops call).
     Arrays are checked up front; `tf.data` pipelines, generators and
     `keras.utils.PyDataset`s batch by batch as they are read (see
     `alignseg_keras.models.data_checks`). `fit` also refuses data that gives
@@ -121,23 +125,26 @@ class ImageSegmenter(keras.Model):
         """The label the compiled loss ignores (`loss_ignore_label`)."""
         return loss_ignore_label(getattr(self, "loss", None))
 
-    def checked_data(self, x, y=None, masks=True):
+    def checked_data(self, x, y=None, masks=True, scale=True):
         """Returns `(x, y)` checked for Keras: arrays now, batch sources batch by batch.
 
         Args:
             x: images (array), a `tf.data.Dataset`, a generator or a `PyDataset`.
             y: masks when `x` is an array, else None.
             masks: bool, whether masks are checked too (False for `predict`).
+            scale: bool, whether images in another scale than the model's
+                `normalization` are warned about (once for the call).
         """
         if isinstance(x, dict) and len(x) == 1:  # {input name: images}
             ((name, images),) = x.items()
-            images, y = self.checked_data(images, y, masks)
+            images, y = self.checked_data(images, y, masks, scale)
             return {name: images}, y
         shape = _image_shape_of(x)
         if shape is not None:  # the size too, where the model fixes it
             check_image_batch_shape(shape, tuple(getattr(self, "image_shape", ()))[:2])
         num_classes = self.num_classes if masks else None
-        return data_checks.checked_data(x, y, num_classes, self.ignore_index)
+        normalization = getattr(self, "normalization", None) if scale else None
+        return data_checks.checked_data(x, y, num_classes, self.ignore_index, normalization)
 
     def _checked_validation_data(self, data):
         if isinstance(data, (tuple, list)) and len(data) >= 2:
@@ -196,10 +203,13 @@ class ImageSegmenter(keras.Model):
         return super().predict_on_batch(self._checked_host_batch(x, None, masks=False)[0])
 
     def _checked_host_batch(self, x, y, masks=True):
+        """A batch of a loop (the `*_on_batch` methods): its scale is not warned about,
+        which would be at every batch (the inference functions warn once for all)."""
         images = next(iter(x.values())) if isinstance(x, dict) and len(x) == 1 else x
         if not isinstance(images, np.ndarray):
             return x, y
-        return self.checked_data(x, np.asarray(y) if masks and y is not None else y, masks=masks)
+        y = np.asarray(y) if masks and y is not None else y
+        return self.checked_data(x, y, masks=masks, scale=False)
 
     def evaluate(self, *args, **kwargs):
         """Keras' `evaluate`, after checking images and masks as `fit` does."""

@@ -4,7 +4,9 @@ Every batch is tested in the pipeline with a few TensorFlow reductions (finite
 images, masks of the images' size, integer labels in range); only a batch that
 fails goes to the NumPy check of `alignseg_keras.checks`, which raises the
 `ValueError` that names the values. The check runs in `tf.data`, outside the
-training step, so it also holds under XLA and on the JAX backend.
+training step, so it also holds under XLA and on the JAX backend. Given the
+model's normalisation, a batch in another scale than it normalises (its largest
+value, one more reduction) goes to Python's `warnings` too (`checks.is_misscaled`).
 """
 
 import contextlib
@@ -16,6 +18,7 @@ import tensorflow as tf
 from alignseg_keras.checks import check_finite_images
 from alignseg_keras.checks import check_image_batch_shape
 from alignseg_keras.checks import check_masks
+from alignseg_keras.checks import is_misscaled
 from alignseg_keras.data.files import READER_NAME
 
 def _masks_rank_ok(masks):
@@ -55,7 +58,25 @@ def _raise_batch_error(images, masks=None, num_classes=None, ignore_index=255):
 _CHECKING_FUNCTIONS = (_raise_batch_error.__name__, READER_NAME)
 
 
-def _check_element(*element, num_classes, ignore_index):
+def _scale_checked(images, scale_warning):
+    """`images`, after `scale_warning` (a `checks.ScaleWarning`, or None) has seen
+    the batch's largest value; Python runs only for a misscaled batch."""
+    if scale_warning is None or scale_warning.expected_range is None:
+        return images
+    largest = tf.reduce_max(tf.cast(images, tf.float32))  # -inf for an empty batch
+
+    def warn(value):
+        scale_warning.warn_for_largest(float(value))
+        return True
+
+    warned = tf.cond(is_misscaled(largest, scale_warning.expected_range),
+                     lambda: tf.numpy_function(warn, [largest], tf.bool),
+                     lambda: tf.constant(True))
+    with tf.control_dependencies([warned]):
+        return tf.identity(images)
+
+
+def _check_element(*element, num_classes, ignore_index, scale_warning=None):
     images, rest = element[0], list(element[1:])
     masks = rest[0] if rest and num_classes is not None else None
     problem = tf.constant(False)
@@ -75,16 +96,18 @@ def _check_element(*element, num_classes, ignore_index):
     )
     with tf.control_dependencies([checked]):
         images = tf.ensure_shape(tf.identity(images), (None, None, None, 3))
+    images = _scale_checked(images, scale_warning)
     if masks is not None and masks.shape.rank == 4:
         rest[0] = masks[..., 0]
     return (images, *rest) if rest else images
 
 
-def checked_dataset(dataset, num_classes=None, ignore_index=255):
+def checked_dataset(dataset, num_classes=None, ignore_index=255, scale_warning=None):
     """`dataset` with every batch checked (images, and masks when `num_classes` is set).
 
     Elements are `images` or `(images, masks[, sample_weights])` tensors;
-    other structures (dicts) pass unchecked.
+    other structures (dicts) pass unchecked. `scale_warning`, a
+    `checks.ScaleWarning` (or None), warns about batches in another scale.
 
     Example:
     ```python
@@ -97,7 +120,8 @@ def checked_dataset(dataset, num_classes=None, ignore_index=255):
         isinstance(item, tf.TensorSpec) for item in spec
     )):
         return dataset
-    check = functools.partial(_check_element, num_classes=num_classes, ignore_index=ignore_index)
+    check = functools.partial(_check_element, num_classes=num_classes, ignore_index=ignore_index,
+                              scale_warning=scale_warning)
     return dataset.map(check, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 

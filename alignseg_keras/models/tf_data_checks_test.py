@@ -138,3 +138,20 @@ def test_fit_takes_images_of_unknown_rank(tmp_path):
     model.compile(total_steps=2)
     history = model.fit(_decoded_pairs(tmp_path, [3, 3]), epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"]).all()
+
+
+def test_a_pipeline_in_another_scale_is_warned_about_once():
+    from alignseg_keras.checks import ScaleWarning
+    from alignseg_keras.models.data_checks_test import scale_warnings
+
+    imagenet = ScaleWarning((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+    unit_images = (IMAGES / 255.0).astype("float32")
+    said = scale_warnings(lambda: read_all(checked_dataset(batches(unit_images), scale_warning=imagenet)))
+    assert len(said) == 1 and said[0].startswith("The largest value of a batch of images is")
+    fresh = ScaleWarning(imagenet.mean, imagenet.std)
+    assert scale_warnings(lambda: read_all(checked_dataset(batches(IMAGES), scale_warning=fresh))) == []
+    model = tiny_alignseg(num_classes=3)
+    model.compile()
+    for call in (lambda: model.predict(batches(unit_images), verbose=0),
+                 lambda: model.evaluate(batches(unit_images, MASKS), verbose=0)):
+        assert len(scale_warnings(call)) == 1
