@@ -147,7 +147,8 @@ def colorize_labels(labels, palette, ignore_index=255):
     Args:
         labels: integer array of class indices, any shape (e.g. `(H, W)`).
         palette: `(num_classes, 3)` uint8 colors.
-        ignore_index: int or None, label drawn black.
+        ignore_index: int or None, label drawn black, also where the palette
+            has a color of that index (None: every label is a class).
 
     Example:
     ```python
@@ -157,6 +158,8 @@ def colorize_labels(labels, palette, ignore_index=255):
     palette = np.asarray(palette, "uint8")
     labels = _check_labels(labels, palette, ignore_index)
     known = (labels >= 0) & (labels < len(palette))
+    if ignore_index is not None:  # also where the palette has a color for it
+        known &= labels != ignore_index
     colors = palette[np.where(known, labels, 0)]
     colors[~known] = 0
     return colors

@@ -61,6 +61,11 @@ def test_colorize_labels_draws_ignored_pixels_black():
     np.testing.assert_array_equal(colors[1, 1], [0, 0, 0])
     with pytest.raises(ValueError, match="contains 3"):
         colorize_labels(np.array([[3]]), palette)
+    # An ignore label the palette has a color for is black too, unless it is a class.
+    np.testing.assert_array_equal(colorize_labels(labels[:1], palette, ignore_index=1)[0, 1], [0, 0, 0])
+    large = generated_palette(300)
+    np.testing.assert_array_equal(colorize_labels(labels, large)[1, 1], [0, 0, 0])
+    np.testing.assert_array_equal(colorize_labels(labels, large, ignore_index=None)[1, 1], large[255])
     with pytest.raises(ValueError, match="integers"):
         colorize_labels(np.array([[0.5]]), palette)
 

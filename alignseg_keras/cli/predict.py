@@ -7,6 +7,11 @@ For every image `DIR/NAME.png` it writes, into `--output`:
     NAME_labelIds.png   with --label-ids: Cityscapes label ids (benchmark format)
     NAME_MODULE.png     with --offsets: the offset field of each alignment module
 
+`--no-pictures` leaves out the first two: with `--label-ids` alone the folder then
+holds one file per image, as the Cityscapes benchmark server and cityscapesScripts'
+evaluation, which take every `CITY_SEQ_FRAME*.png` under the folder as the
+prediction of that image, need.
+
 Pictures are written atomically (a temporary file, then a rename), so runs
 writing into the same folder at the same time never leave a torn PNG.
 
@@ -15,6 +20,7 @@ it is decoded) or fails to predict is reported on stderr with its name and
 skipped; the others are predicted, and the exit code is then 1.
 """
 
+import argparse
 import pathlib
 import sys
 
@@ -56,6 +62,10 @@ def add_parser(subparsers):
                         f"({CITYSCAPES_NUM_CLASSES}-class models)")
     parser.add_argument("--offsets", action="store_true",
                         help="also draw the offset fields of every AlignFA/AlignCM module")
+    parser.add_argument("--pictures", action=argparse.BooleanOptionalAction, default=True,
+                        help="write the color pictures and overlays (default); "
+                        "--no-pictures --label-ids writes a folder of labelIds PNGs only, "
+                        "one per image, as the Cityscapes benchmark takes them")
     add_test_time_arguments(parser)
     add_precision_argument(parser)
     add_frozen_argument(parser)
@@ -86,11 +96,11 @@ def write_pictures(model, image, labels, palette, args, stem):
     from alignseg_keras import visualize
 
     output = pathlib.Path(args.output)
-    pictures = {
-        "color": visualize.colorize_labels(labels, palette),
-        # Predictions hold no ignore label: class 255 of a larger model is colored too.
-        "overlay": visualize.overlay(image, labels, palette, alpha=args.alpha, ignore_index=None),
-    }
+    pictures = {}
+    if args.pictures:  # predictions hold no ignore label: class 255 of a larger model is colored
+        pictures["color"] = visualize.colorize_labels(labels, palette, ignore_index=None)
+        pictures["overlay"] = visualize.overlay(image, labels, palette, alpha=args.alpha,
+                                                ignore_index=None)
     if args.label_ids:
         pictures["labelIds"] = visualize.train_ids_to_label_ids(labels)
     if args.offsets:
@@ -129,6 +139,9 @@ def run(args):
             "--num-classes sets the classes of a named --preset; "
             f"{model_name(args)} has its own."
         )
+    if not (args.pictures or args.label_ids or args.offsets):
+        raise ValueError("--no-pictures leaves nothing to write without --label-ids or "
+                         "--offsets.")
     if args.offsets and args.frozen:
         raise ValueError("--offsets draws the offset fields from the Keras model's layers, which "
                          "a --frozen model does not have; leave out one of the two.")

@@ -63,6 +63,43 @@ def test_predict_writes_pictures_and_reports_unreadable_images(
     assert not (output / "broken_color.png").exists()
 
 
+def cityscapes_predictions(folder, image_name):
+    """The files cityscapesScripts' evaluation takes as the prediction of `image_name`
+    (`evalPixelLevelSemanticLabeling.getPrediction`: every file under the folder,
+    walked recursively, matching "{city}_{sequence}_{frame}*.png"; more than one is
+    an error, "Found multiple predictions for ground truth")."""
+    import fnmatch
+
+    city, sequence, frame = image_name.split("_")[:3]
+    pattern = f"{city}_{sequence}_{frame}*.png"
+    return [os.path.join(root, name) for root, _, names in os.walk(folder)
+            for name in fnmatch.filter(names, pattern)]
+
+
+def test_a_benchmark_folder_holds_one_prediction_per_image(model_path, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    names = ["frankfurt_000000_000294_leftImg8bit", "lindau_000001_000019_leftImg8bit"]
+    images = []
+    for name in names:
+        images.append(str(tmp_path / "in" / f"{name}.png"))
+        save_png(images[-1], rng.integers(0, 256, (32, 64, 3)).astype("uint8"))
+    with_pictures, label_ids_only = tmp_path / "pictures", tmp_path / "results"
+    assert main(["predict", *images, "--model", model_path, "--output", str(with_pictures),
+                 "--label-ids"]) == 0
+    assert len(cityscapes_predictions(with_pictures, names[0])) == 3  # refused by the script
+    assert main(["predict", *images, "--model", model_path, "--output", str(label_ids_only),
+                 "--label-ids", "--no-pictures"]) == 0
+    for name in names:
+        (found,) = cityscapes_predictions(label_ids_only, name)
+        assert found.endswith(f"{name}_labelIds.png")
+        np.testing.assert_array_equal(load_image(found),
+                                      load_image(with_pictures / f"{name}_labelIds.png"))
+    capsys.readouterr()
+    assert main(["predict", *images, "--model", model_path, "--output", str(tmp_path / "none"),
+                 "--no-pictures"]) == 2
+    assert "--no-pictures leaves nothing to write" in capsys.readouterr().err
+
+
 def test_predict_with_sliding_windows_scales_and_flip(model_path, images, tmp_path):
     output = tmp_path / "out"
     code = main(["predict", *images, "--model", model_path, "--output", str(output),
@@ -249,7 +286,8 @@ def test_the_overlay_colors_every_predicted_class(tmp_path):
     labels = np.array([[254, 255, 256]])
     image = np.zeros((1, 3, 3), "uint8")
     palette = get_palette("auto", 300)
-    args = SimpleNamespace(output=str(tmp_path), alpha=1.0, label_ids=False, offsets=False)
+    args = SimpleNamespace(output=str(tmp_path), alpha=1.0, label_ids=False, offsets=False,
+                           pictures=True)
     write_pictures(None, image, labels, palette, args, "scene")
     np.testing.assert_array_equal(load_image(tmp_path / "scene_overlay.png"), palette[labels])
     np.testing.assert_array_equal(load_image(tmp_path / "scene_color.png"), palette[labels])
