@@ -292,6 +292,12 @@ class SegmentationPictures(keras.callbacks.Callback):
         self.class_names = [str(name) for name in class_names]
         self.palette = (visualize.get_palette("auto", len(self.class_names))
                         if palette is None else np.asarray(palette, "uint8"))
+        if self.palette.ndim != 2 or self.palette.shape[-1] != 3 or (
+                len(self.palette) < len(self.class_names)):
+            raise ValueError(
+                f"`palette` must hold an RGB color (N, 3) for each of the {len(self.class_names)} "
+                f"classes; received shape {self.palette.shape}. Leave it out for generated colors."
+            )
         self.every_n_steps = None if every_n_steps is None else int(every_n_steps)
         self.max_side = int(max_side)
         self.ignore_index = ignore_index

@@ -161,3 +161,8 @@ def test_take_examples_and_bad_arguments(tmp_path):
         SegmentationPictures(str(tmp_path), images, masks[:1], NAMES)
     with pytest.raises(ValueError, match="its mask"):
         SegmentationPictures(str(tmp_path), images, [m[:-1] for m in masks], NAMES)
+    # A palette of fewer colors than classes failed at the end of the first epoch.
+    with pytest.raises(ValueError, match=rf"for each of the {len(NAMES)} classes; received shape \(2, 3\)"):
+        SegmentationPictures(str(tmp_path), images, masks, NAMES, palette=[[0, 0, 0], [9, 9, 9]])
+    with pytest.raises(ValueError, match="received shape"):
+        SegmentationPictures(str(tmp_path), images, masks, NAMES, palette=[0] * len(NAMES))

@@ -42,7 +42,7 @@ def ade20k_files(root, split):
     labels_dir = os.path.join(root, "annotations", split)
     require_directory(images_dir, f"ADE20K image folder of split '{split}'")
     require_directory(labels_dir, f"ADE20K annotation folder of split '{split}'")
-    image_paths = sorted(glob.glob(os.path.join(images_dir, "*.jpg")))
+    image_paths = sorted(glob.glob(os.path.join(glob.escape(images_dir), "*.jpg")))
     if not image_paths:
         raise FileNotFoundError(f"No ADE20K images found: '{images_dir}' has no *.jpg files.")
     label_paths = []

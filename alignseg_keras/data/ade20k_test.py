@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -58,3 +60,11 @@ def test_corrupt_jpeg_names_the_file(ade_root):
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(tf.errors.OpError, match=f"Cannot read image file '{path}'"):
         list(data.load_ade20k(str(ade_root), "validation"))
+
+
+def test_a_root_named_with_glob_characters(tmp_path, ade_root):
+    # glob.glob read "[v2]" as a character class and found no image in the folder.
+    moved = tmp_path.parent / f"{tmp_path.name} datasets [v2]*?"
+    os.rename(ade_root, moved)
+    images, labels = data.ade20k.ade20k_files(str(moved), "validation")
+    assert len(images) == len(labels) == 2 and all(path.startswith(str(moved)) for path in images)

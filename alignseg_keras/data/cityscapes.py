@@ -72,7 +72,7 @@ def cityscapes_files(root, split):
     require_directory(root, "Cityscapes root")
     images_dir = os.path.join(root, "leftImg8bit", split)
     require_directory(images_dir, f"Cityscapes image folder of split '{split}'")
-    image_paths = sorted(glob.glob(os.path.join(images_dir, "*", "*_leftImg8bit.png")))
+    image_paths = sorted(glob.glob(os.path.join(glob.escape(images_dir), "*", "*_leftImg8bit.png")))
     if not image_paths:
         raise FileNotFoundError(
             f"No Cityscapes images found: '{images_dir}' has no "

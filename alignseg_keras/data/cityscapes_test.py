@@ -129,3 +129,10 @@ def test_label_of_another_size_names_the_file(cityscapes_root, write_image):
     write_image(wrong, np.zeros((8, 32), np.uint8))
     with pytest.raises(tf.errors.OpError, match=f"{wrong}.*8x32"):
         list(data.load_cityscapes(str(cityscapes_root), "val"))
+
+
+def test_a_root_named_with_glob_characters(tmp_path, cityscapes_root):
+    moved = tmp_path.parent / f"{tmp_path.name} cityscapes [v2]*?"
+    os.rename(cityscapes_root, moved)
+    images, labels = cityscapes.cityscapes_files(str(moved), "val")
+    assert len(images) == len(labels) == sum(CITIES.values())
