@@ -109,8 +109,12 @@ def _graph_pairs(model):
 
 
 def _foldable(conv, norm):
+    """Whether `norm` may be folded into `conv`: a linear convolution (one with its own
+    activation, `Conv2D(activation="relu")`, computes `norm(relu(conv))`, not a product
+    of the two), channels last, and a norm of the last axis not yet folded."""
     return (
-        conv.data_format == "channels_last"
+        conv.activation is keras.activations.linear
+        and conv.data_format == "channels_last"
         and norm.axis in (-1, 3)
         and norm.center
         and not getattr(norm, "folded", False)

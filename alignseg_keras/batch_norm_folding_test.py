@@ -82,6 +82,23 @@ def test_folds_the_conv_norm_pairs_and_keeps_the_rest():
     np.testing.assert_array_equal(layers["b"].bias, np.zeros(8, "float32"))
 
 
+def test_a_convolution_with_its_own_activation_is_not_folded():
+    # Folded as if linear, relu's output was scaled and shifted before it (a relative
+    # error of 1.0 with this model's biases and negative scales).
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="relu_conv")(inputs)
+    model = keras.Model(inputs, FusedBatchNormalization(epsilon=EPSILON, name="norm")(x))
+    randomize_statistics(model, biases=True)
+    gamma = model.get_layer("norm").gamma
+    gamma.assign(-np.asarray(gamma))
+    assert conv_norm_pairs(model) == []
+    images = np.random.default_rng(5).normal(0.0, 50.0, (1, 12, 12, 3)).astype("float32")
+    folded = fold_batch_normalization(model)
+    expected = np.asarray(model(images), np.float64)
+    assert relative_error(np.asarray(folded(images), np.float64), expected) < 1e-6
+
+
 def test_folded_model_computes_the_numpy_reference():
     model = small_functional_model()
     images = np.random.default_rng(1).uniform(0, 1, (2, 13, 11, 3)).astype("float32")

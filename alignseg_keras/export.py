@@ -59,6 +59,7 @@ from alignseg_keras.export_formats import FORMAT_SUFFIXES
 from alignseg_keras.export_formats import check_export_backend
 from alignseg_keras.export_formats import check_float32_computation
 from alignseg_keras.image_files import MAX_PIXELS
+from alignseg_keras.inference import input_image_size
 from alignseg_keras.inference import output_classes
 from alignseg_keras.layers.alignment import portable_sampling
 
@@ -84,11 +85,12 @@ SAVED_MODEL_ENTRIES = ("saved_model.pb", "saved_model.pbtxt", "fingerprint.pb", 
 SAVED_MODEL_REQUIRED = ("saved_model.pb",)
 
 
-def serving_signature(input_name=SERVING_INPUT):
-    """The input of a serving function: uint8 RGB images, or encoded PNG/JPEG files."""
+def serving_signature(input_name=SERVING_INPUT, image_size=(None, None)):
+    """The input of a serving function: uint8 RGB images of `image_size` (None: any
+    height or width), or encoded PNG/JPEG files."""
     if input_name == ENCODED_INPUT:
         return tf.TensorSpec([None], tf.string, name=ENCODED_INPUT)
-    return tf.TensorSpec([None, None, None, 3], tf.uint8, name=SERVING_INPUT)
+    return tf.TensorSpec([None, *image_size, 3], tf.uint8, name=SERVING_INPUT)
 
 
 def model_forward(model):
@@ -99,7 +101,7 @@ def model_forward(model):
     """
     return tf.function(
         lambda images: tf.cast(model(images, training=False), tf.float32),
-        input_signature=[serving_signature()],
+        input_signature=[serving_signature(image_size=input_image_size(model))],
     )
 
 
@@ -121,11 +123,13 @@ def serving_function(model, outputs=("labels", "probabilities"), forward=None):
 
     num_classes = output_classes(model)
     forward = forward or model_forward(model)
+    image_size = list(input_image_size(model))
 
     def serve(images):
         # The signature declares the shape, but TensorFlow only checks the
-        # dtype when called; this names a wrong rank or channel count clearly.
-        images = tf.ensure_shape(images, [None, None, None, 3], name=SERVING_INPUT)
+        # dtype when called; this names a wrong rank, channel count or (for a
+        # model of one input size) image size clearly, also of decoded files.
+        images = tf.ensure_shape(images, [None, *image_size, 3], name=SERVING_INPUT)
         logits = tf.cond(
             tf.size(images) > 0,
             lambda: forward(images),
@@ -251,9 +255,8 @@ def export_saved_model(model, export_dir):
     forward = model_forward(model)
     for name, (input_name, outputs) in SIGNATURES.items():
         make = encoded_serving_function if input_name == ENCODED_INPUT else serving_function
-        archive.add_endpoint(
-            name, make(model, outputs, forward), input_signature=[serving_signature(input_name)]
-        )
+        signature = serving_signature(input_name, input_image_size(model))
+        archive.add_endpoint(name, make(model, outputs, forward), input_signature=[signature])
     if _is_url(export_dir):  # gs://, s3://...: object stores rename no folders
         archive.write_out(str(export_dir), verbose=False)
         return
@@ -333,9 +336,8 @@ def export_model(model, path, format="saved_model"):
     check_export_file(path, format)
     check_float32_computation(model, format)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    input_signature = [
-        keras.InputSpec(shape=(None, None, None, 3), dtype="float32", name=SERVING_INPUT)
-    ]
+    input_signature = [keras.InputSpec(shape=(None, *input_image_size(model), 3),
+                                       dtype="float32", name=SERVING_INPUT)]
     # TensorFlow's fused sampling kernel is a SavedModel op only: LiteRT has no builtin
     # for it, and ONNX Runtime (and its int8 quantisation) runs the gathers.
     # The file is written under a temporary name beside `path`, then renamed.

@@ -14,13 +14,14 @@ from alignseg_keras.export import export_model
 from alignseg_keras.export import missing_requirements
 
 
-def tiny_model():
+def tiny_model(**kwargs):
     keras.utils.set_random_seed(0)
     return AlignSeg(
         num_classes=3,
         backbone="resnet18",
         decoder_channels=16,
         context_hidden_channels=32,
+        **kwargs,
     )
 
 
@@ -241,3 +242,16 @@ def test_alignseg_export_traces_the_portable_sampling(tmp_path, monkeypatch):
         from alignseg_keras.inference import inference_model
 
         inference_model(model, "bfloat16").export(tmp_path / "a.tflite", format="litert")
+
+
+def test_litert_export_of_a_model_of_one_image_size(tmp_path):
+    # Traced at its own size with any batch (as encoders of one size need), the context
+    # pooling's einsum became a tensor of static shape [-1, 2, 512, 3] in the LiteRT file,
+    # which the interpreter refused to load ("BytesRequired number of elements overflowed").
+    model = tiny_model(image_shape=(64, 96, 3))
+    path = tmp_path / "alignseg.tflite"
+    export_model(model, path, format="litert")
+    images = random_images((2, 64, 96, 3))
+    assert_logits_close(litert_logits(path, images), np.asarray(model(images)))
+    (source,) = litert_interpreter(path).get_input_details()
+    assert list(source["shape_signature"]) == [-1, 64, 96, 3]

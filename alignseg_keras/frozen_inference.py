@@ -43,8 +43,10 @@ import sys
 import keras
 import numpy as np
 
+from alignseg_keras.checks import check_image_batch_shape
 from alignseg_keras.inference import check_precision
 from alignseg_keras.inference import inference_model
+from alignseg_keras.inference import input_image_size
 from alignseg_keras.inference import output_classes
 
 # The image of the call that makes TensorFlow optimise the frozen graph at construction:
@@ -59,7 +61,8 @@ class FrozenInferenceModel:
     Called on images it returns logits as a TensorFlow tensor, like a Keras
     model. It has what the inference functions read from a model:
     `predict_on_batch`, `num_classes` and `normalization` (the model's, for the
-    padding colour of sliding windows), and `precision`, the precision it
+    padding colour of sliding windows), `image_size` (the model's input height
+    and width, None where it takes any) and `precision`, the precision it
     computes in, which a `precision=` argument of those functions must match.
 
     Args:
@@ -82,7 +85,8 @@ class FrozenInferenceModel:
         self.name = f"{model.name}_frozen_{precision}"
         self.num_classes = output_classes(model)
         self.normalization = getattr(model, "normalization", None)
-        self._function = _frozen_function(inference_model(model, precision))
+        self.image_size = input_image_size(model)
+        self._function = _frozen_function(inference_model(model, precision), self.image_size)
         # The inference copy and the traced function are garbage now, their memory free
         # but kept by the allocator; give it back before the optimisation's own peak.
         release_freed_memory()
@@ -103,15 +107,19 @@ class FrozenInferenceModel:
         release_freed_memory()
 
     def __call__(self, images):
-        """Float32 logits `(B, H, W, classes)` as a TensorFlow tensor, for RGB `images` `(B, H, W, 3)`."""
+        """Float32 logits `(B, H, W, classes)` as a TensorFlow tensor, for RGB `images`
+        `(B, H, W, 3)` of any dtype; empty logits for an empty batch or 0-sized images."""
         import tensorflow as tf
 
-        images = tf.convert_to_tensor(images, dtype=tf.float32)
+        images = tf.cast(tf.convert_to_tensor(images), tf.float32)
         if images.shape.rank != 4 or images.shape[-1] != 3:
             raise ValueError(
                 f"{self.name} takes RGB images of shape (batch, height, width, 3); received "
                 f"shape {tuple(images.shape)}."
             )
+        check_image_batch_shape(tuple(images.shape), self.image_size)
+        if images.shape.num_elements() == 0:
+            return tf.zeros((*images.shape[:3], self.num_classes), tf.float32)
         (logits,) = self._function(images)
         return logits
 
@@ -120,13 +128,14 @@ class FrozenInferenceModel:
         return self(np.asarray(images, dtype="float32")).numpy()
 
 
-def _frozen_function(model):
-    """`model`'s inference traced for float32 images of any size, variables made constants."""
+def _frozen_function(model, image_size=(None, None)):
+    """`model`'s inference traced for float32 images of `image_size` (None: any height
+    or width), variables made constants."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     traced = tf.function(lambda images: model(images, training=False))
-    concrete = traced.get_concrete_function(tf.TensorSpec((None, None, None, 3), tf.float32))
+    concrete = traced.get_concrete_function(tf.TensorSpec((None, *image_size, 3), tf.float32))
     return convert_variables_to_constants_v2(concrete)
 
 
@@ -144,9 +153,8 @@ def check_tensorflow_backend(subject, fix):
 def warm_up_image_size(model):
     """`(height, width)` of the image that `FrozenInferenceModel` optimises its graph on:
     the model's own input size where it has one, `WARM_UP_IMAGE_SIZE` where it takes any."""
-    inputs = getattr(model, "inputs", None) or [None]
-    size = tuple(getattr(inputs[0], "shape", (None, None, None))[1:3])
-    return size if len(size) == 2 and None not in size else WARM_UP_IMAGE_SIZE
+    size = input_image_size(model)
+    return size if None not in size else WARM_UP_IMAGE_SIZE
 
 
 def release_freed_memory():

@@ -6,6 +6,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from alignseg_keras.frozen_inference import FrozenInferenceModel
 from alignseg_keras.frozen_inference import release_freed_memory
@@ -62,6 +63,11 @@ def test_bfloat16_computes_as_the_inference_model(model):
     # this tiny model); the frozen graph must be as accurate as the Keras model.
     assert relative_error(logits, reference) <= 1.5 * relative_error(expected, reference)
     assert (logits.argmax(-1) == expected.argmax(-1)).mean() > 0.95
+    # And it does round: a graph frozen in float32 passed the two checks above.
+    assert relative_error(logits, reference) >= 0.25 * relative_error(expected, reference)
+    convolutions = [node.attr["T"].type for node in frozen._function.graph.as_graph_def().node
+                    if node.op == "Conv2D"]
+    assert convolutions and set(convolutions) == {tf.bfloat16.as_datatype_enum}
 
 
 def test_weights_are_constants_and_a_snapshot(model, frozen):
@@ -123,6 +129,15 @@ def test_bad_arguments_name_the_culprit(model, frozen):
     assert frozen.num_classes == 4 and frozen.normalization == model.normalization
 
 
+def test_uint8_tensors_and_empty_batches_are_taken_as_by_the_model(model, frozen):
+    x = np.round(images((1, 32, 32, 3), seed=6)).astype("uint8")
+    expected = frozen.predict_on_batch(x.astype("float32"))
+    # A TensorFlow uint8 tensor failed in tf.convert_to_tensor(..., dtype=float32).
+    np.testing.assert_array_equal(frozen(tf.constant(x)).numpy(), expected)
+    for shape in ((0, 32, 32, 3), (1, 0, 0, 3)):  # a graph execution error before
+        assert frozen.predict_on_batch(np.zeros(shape, "uint8")).shape == shape[:3] + (4,)
+
+
 def test_the_graph_is_optimised_at_construction_between_two_releases(model, monkeypatch):
     from alignseg_keras import frozen_inference
 
@@ -130,8 +145,8 @@ def test_the_graph_is_optimised_at_construction_between_two_releases(model, monk
     monkeypatch.setattr(frozen_inference, "release_freed_memory", lambda: events.append("release"))
     original = frozen_inference._frozen_function
 
-    def recording_frozen_function(inference_copy):
-        function = original(inference_copy)
+    def recording_frozen_function(inference_copy, image_size):
+        function = original(inference_copy, image_size)
 
         def call(images):
             events.append(("call", tuple(images.shape)))

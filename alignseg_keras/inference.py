@@ -204,6 +204,18 @@ def output_classes(model):
     return int(num_classes)
 
 
+def input_image_size(model):
+    """`(height, width)` of the images `model` takes, None where it takes any: an
+    encoder of one input size (keras-hub's MiTBackbone) fixes both, and a graph
+    traced for other sizes fails inside it."""
+    image_size = getattr(model, "image_size", None)  # a FrozenInferenceModel's
+    if image_size is not None:
+        return tuple(image_size)
+    inputs = getattr(model, "inputs", None) or [None]
+    size = tuple(getattr(inputs[0], "shape", (None, None, None))[1:3])
+    return size if len(size) == 2 else (None, None)
+
+
 def _empty_probabilities(model, images, single):
     """Probabilities for an empty batch or 0-sized images: zeros of shape (B, H, W, classes)."""
     probabilities = np.zeros(images.shape[:3] + (output_classes(model),), "float32")

@@ -153,3 +153,43 @@ def test_a_preset_whose_loader_has_no_image_converter_keeps_the_default(monkeypa
     # keras-hub's timm and transformers loaders return None for some models (DINOv2).
     monkeypatch.setattr(keras_hub.layers.ImageConverter, "from_preset", lambda preset: None)
     assert encoders.keras_hub_input_convention("hf://some/model") is None
+
+
+def test_a_fixed_size_model_is_frozen_and_exported_at_its_size(tmp_path):
+    # Traced for images of any size, MiT's patch embedding failed inside keras-hub
+    # (`None * None`): the frozen graph and every export trace the model's own size.
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    from alignseg_keras.export import export_model
+    from alignseg_keras.export_test import assert_logits_close
+    from alignseg_keras.export_test import litert_logits
+    from alignseg_keras.frozen_inference import FrozenInferenceModel
+
+    model = AlignSeg(3, image_encoder=small_mit(), decoder_channels=8)
+    expected = np.asarray(model.predict(IMAGES, verbose=0))
+    frozen = FrozenInferenceModel(model)
+    assert frozen.image_size == (64, 64)
+    assert_logits_close(frozen.predict_on_batch(IMAGES), expected)
+    with pytest.raises(ValueError, match=r"takes images of 64x64 .* shape \(1, 32, 64, 3\)"):
+        frozen.predict_on_batch(np.zeros((1, 32, 64, 3), "uint8"))
+
+    export_model(model, tmp_path / "served" / "1", format="saved_model")
+    signatures = tf.saved_model.load(str(tmp_path / "served" / "1")).signatures
+    probabilities = signatures["serving_default"](images=tf.constant(IMAGES))["probabilities"]
+    assert_logits_close(probabilities.numpy(), tf.nn.softmax(expected).numpy())
+
+    def png(image):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    labels = signatures["encoded_labels"](encoded_images=tf.constant([png(IMAGES[0])]))["labels"]
+    np.testing.assert_array_equal(labels.numpy(), tf.argmax(probabilities, -1).numpy())
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"(?s)node images.*\[1,32,64,3\] is not compatible with expected shape \[\?,64,64,3\]"):
+        signatures["encoded_labels"](encoded_images=tf.constant([png(IMAGES[0, :32])]))
+
+    export_model(model, tmp_path / "alignseg.tflite", format="litert")
+    assert_logits_close(litert_logits(tmp_path / "alignseg.tflite", IMAGES.astype("float32")), expected)

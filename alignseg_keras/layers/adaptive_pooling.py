@@ -18,12 +18,19 @@ def adaptive_pooling_matrix(in_size, bins):
 
 
 def adaptive_average_pool(inputs, bins):
-    """Average-pools `(B, H, W, C)` to `(B, bins, bins, C)` like PyTorch's AdaptiveAvgPool2d."""
+    """Average-pools `(B, H, W, C)` to `(B, bins, bins, C)` like PyTorch's AdaptiveAvgPool2d.
+
+    Two products with the averaging matrices, each broadcast over the other axes
+    (`einsum("kh,bhwc->bkwc")`, then over the width, written as matrix products):
+    TensorFlow's einsum of a batch of unknown size and a known height and width
+    became a LiteRT tensor of invalid static shape `[-1, ...]`, which the
+    interpreter refuses to load.
+    """
     shape = ops.shape(inputs)
     rows = ops.cast(adaptive_pooling_matrix(shape[1], bins), inputs.dtype)
     cols = ops.cast(adaptive_pooling_matrix(shape[2], bins), inputs.dtype)
-    pooled = ops.einsum("kh,bhwc->bkwc", rows, inputs)
-    return ops.einsum("lw,bkwc->bklc", cols, pooled)
+    pooled = ops.matmul(rows, ops.transpose(inputs, (0, 2, 1, 3)))  # (B, W, bins, C)
+    return ops.matmul(cols, ops.transpose(pooled, (0, 2, 1, 3)))  # (B, bins, bins, C)
 
 
 @keras.saving.register_keras_serializable(package="alignseg_keras")
