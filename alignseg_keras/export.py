@@ -55,8 +55,8 @@ from alignseg_keras.atomic import atomic_path
 from alignseg_keras.atomic import check_replaceable_folder
 from alignseg_keras.atomic import check_writable
 from alignseg_keras.export_formats import EXPORT_FORMATS
-from alignseg_keras.export_formats import FORMAT_SUFFIXES
 from alignseg_keras.export_formats import check_export_backend
+from alignseg_keras.export_formats import check_export_file
 from alignseg_keras.export_formats import check_float32_computation
 from alignseg_keras.image_files import MAX_PIXELS
 from alignseg_keras.inference import input_image_size
@@ -269,20 +269,6 @@ def check_saved_model_folder(export_dir):
     if not _is_url(export_dir):
         check_replaceable_folder(export_dir, SAVED_MODEL_ENTRIES, SAVED_MODEL_REQUIRED)
         check_writable(export_dir)
-
-
-def check_export_file(path, format):
-    """Raises the `ValueError` `export_model` would raise for the destination `path` of
-    a single-file `format` (ONNX, LiteRT), at once: a name without the format's suffix, a
-    folder, a place that cannot be written."""
-    if not str(path).endswith(FORMAT_SUFFIXES[format]):
-        raise ValueError(
-            f"A {format} export is a single file whose name ends with "
-            f"{FORMAT_SUFFIXES[format]}; received {str(path)!r}."
-        )
-    if os.path.isdir(path):
-        raise ValueError(f"{path} is a folder; a {format} export is a file: give a file name.")
-    check_writable(path)
 
 
 def _is_url(path):

@@ -4,9 +4,14 @@ The command line builds its parser from them before it knows whether an export
 (which needs TensorFlow) will run; `AlignSeg.export` checks its precision here.
 """
 
+import os
+
+from alignseg_keras.atomic import check_writable
+
 EXPORT_FORMATS = ("saved_model", "onnx", "litert")
 # The single-file formats and their files' suffixes.
 FORMAT_SUFFIXES = {"onnx": ".onnx", "litert": ".tflite"}
+FORMAT_NAMES = {"saved_model": "SavedModel", "onnx": "ONNX", "litert": "LiteRT"}
 
 
 def format_for_path(path):
@@ -26,6 +31,27 @@ def format_for_path(path):
     return "saved_model"
 
 
+def check_export_file(path, format):
+    """Raises the `ValueError` `export_model` would raise for the destination `path` of
+    a single-file `format` (ONNX, LiteRT), at once: a name without the format's suffix
+    (in lower case), a folder, a place that cannot be written.
+
+    Example:
+    ```python
+    check_export_file("alignseg_int8.onnx", "onnx")
+    ```
+    """
+    name = FORMAT_NAMES[format]
+    if not str(path).endswith(FORMAT_SUFFIXES[format]):
+        raise ValueError(
+            f"The {name} export is a single file whose name ends with "
+            f"{FORMAT_SUFFIXES[format]} (in lower case); received {str(path)!r}."
+        )
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder; the {name} export is a file: give a file name.")
+    check_writable(path)
+
+
 def check_export_backend(format, backend):
     """Raises a `ValueError` when `export_model` cannot write `format` on the Keras
     `backend` ("tensorflow", "jax", "torch"), before a model is loaded.
@@ -39,7 +65,7 @@ def check_export_backend(format, backend):
     """
     if backend == "tensorflow":
         return
-    name = {"saved_model": "SavedModel", "onnx": "ONNX", "litert": "LiteRT"}.get(format, format)
+    name = FORMAT_NAMES.get(format, format)
     if format == "onnx" and backend == "torch":
         why = ("torch.onnx cannot export the gathers of AlignSeg's alignment layers (Keras' "
                "torch `take` uses aten::ravel, which has no ONNX operator)")

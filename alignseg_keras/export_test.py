@@ -189,7 +189,7 @@ def test_file_destinations_are_checked_before_the_conversion(tmp_path, monkeypat
     refuse_conversion(monkeypatch)
     model = one_convolution_model()
     (tmp_path / "folder.tflite").mkdir()
-    with pytest.raises(ValueError, match="folder.tflite is a folder; a litert export is a file"):
+    with pytest.raises(ValueError, match="folder.tflite is a folder; the LiteRT export is a file"):
         export_model(model, tmp_path / "folder.tflite", format="litert")
     locked = tmp_path / "locked"
     locked.mkdir()

@@ -6,10 +6,13 @@ needs `onnx` and `onnxruntime`, no TensorFlow call (any Keras backend).
 """
 
 import importlib.util
+import numbers
+import os
 
 import numpy as np
 
 from alignseg_keras.atomic import atomic_path
+from alignseg_keras.export_formats import check_export_file
 
 # Convolutions hold nearly all of AlignSeg's arithmetic; the alignment layers' sampling
 # (offsets, bilinear weights, gathers) stays float32, where an int8 offset would move the
@@ -31,7 +34,13 @@ class _CalibrationImages:
 
 
 def _checked_images(images):
-    images = np.asarray(images)
+    try:
+        images = np.asarray(images)
+    except ValueError as error:  # NumPy's "inhomogeneous shape" of a ragged list
+        raise ValueError(
+            "`calibration_images` must be images of one size, an array [count, height, width, "
+            f"3]; received a list that is not one ({error})."
+        ) from None
     if images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
         raise ValueError(
             "`calibration_images` must be a non-empty array of RGB images [count, height, "
@@ -68,8 +77,9 @@ def quantize_onnx_int8(onnx_path, output_path, calibration_images, batch_size=1,
         `output_path`.
 
     Raises:
-        ValueError: a package is missing, or the calibration images are not
-            RGB image arrays.
+        ValueError: a package is missing, the calibration images are not RGB
+            image arrays, `batch_size` is not a positive int, or `output_path`
+            is no `.onnx` file that can be written; all before the model is read.
 
     Example:
     ```python
@@ -81,8 +91,10 @@ def quantize_onnx_int8(onnx_path, output_path, calibration_images, batch_size=1,
     if missing:
         raise ValueError(f"int8 quantisation needs {', '.join(missing)}; `pip install {' '.join(missing)}`.")
     images = _checked_images(calibration_images)
-    if int(batch_size) < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int; received {batch_size!r}.")
+    check_export_file(output_path, "onnx")
+    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     import onnx
     from onnxruntime import quantization
 

@@ -81,4 +81,26 @@ def test_calibration_images_are_checked(tmp_path):
         quantize_onnx_int8("unused.onnx", tmp_path / "out.onnx", np.full((1, 8, 8, 3), np.nan))
     with pytest.raises(ValueError, match="batch_size"):
         quantize_onnx_int8("unused.onnx", tmp_path / "out.onnx", np.zeros((1, 8, 8, 3)), batch_size=0)
+    with pytest.raises(ValueError, match=r"positive int; received 1\.7"):  # was truncated to 1
+        quantize_onnx_int8("unused.onnx", tmp_path / "out.onnx", np.zeros((1, 8, 8, 3)), batch_size=1.7)
+    with pytest.raises(ValueError, match="`calibration_images` must be images of one size"):
+        quantize_onnx_int8("unused.onnx", tmp_path / "out.onnx",
+                           [np.zeros((8, 8, 3)), np.zeros((8, 9, 3))])
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_the_destination_is_checked_before_the_model_is_read(tmp_path):
+    # Both failed after the model was read (the folder after the whole calibration),
+    # naming the temporary file.
+    images = np.zeros((1, 8, 8, 3))
+    (tmp_path / "taken.onnx").mkdir()
+    with pytest.raises(ValueError, match="taken.onnx is a folder; the ONNX export is a file"):
+        quantize_onnx_int8("unused.onnx", tmp_path / "taken.onnx", images)
+    with pytest.raises(ValueError, match=r"ends with \.onnx"):
+        quantize_onnx_int8("unused.onnx", tmp_path / "int8.onx", images)
+
+
+def test_a_missing_output_folder_is_created(exported, tmp_path):
+    path, _, images = exported
+    written = quantize_onnx_int8(path, tmp_path / "new" / "int8.onnx", images[:1])
+    assert (tmp_path / "new" / "int8.onnx").is_file() and written == tmp_path / "new" / "int8.onnx"

@@ -46,7 +46,7 @@ def run(args):
     from alignseg_keras.cli.common import prepare_output_file
     from alignseg_keras.cli.common import prepare_whole_folder
     from alignseg_keras.cli.common import with_precision
-    from alignseg_keras.export import check_export_file
+    from alignseg_keras.export_formats import check_export_file
     from alignseg_keras.export import check_saved_model_folder
     from alignseg_keras.export import export_model
 
