@@ -277,7 +277,11 @@ def train_and_evaluate(variant, seed, settings):
         warmup_steps=settings["steps"] // 20,
     )
     start = time.perf_counter()
-    model.fit(batch_sequence(train_images, train_masks, settings, seed), epochs=1, verbose=0)
+    # shuffle=False: Keras shuffles a PyDataset's batch indices with Python's `random`,
+    # whose state then depends on how many initialisers the variant built, so variants
+    # of one seed read their batches in different orders (the run of 2026-12-02 did).
+    model.fit(batch_sequence(train_images, train_masks, settings, seed), epochs=1, verbose=0,
+              shuffle=False)
     train_seconds = time.perf_counter() - start
     predictions = model.predict(val_images.astype("float32"), batch_size=8, verbose=0)
     if isinstance(predictions, dict):
@@ -308,6 +312,7 @@ def run_path(args, variant, seed):
 
 
 def run_one(args, variant, seed):
+    from benchmarks.timing import code_version
     from benchmarks.timing import cpu_model
     from benchmarks.timing import gpu_names
 
@@ -317,6 +322,7 @@ def run_one(args, variant, seed):
         mode=args.mode,
         machine=f"{cpu_model()}, {os.cpu_count()} cores, GPU: {', '.join(gpus) or 'none'}",
         date=time.strftime("%Y-%m-%d"),
+        code=code_version(),
     )
     os.makedirs(args.runs, exist_ok=True)
     write_atomic(run_path(args, variant, seed), json.dumps(result, indent=1).encode())
@@ -403,11 +409,31 @@ def paired_differences(runs, variant, reference, metric, seeds):
     ]
 
 
+# Two-sided 95% quantiles of Student's t with n - 1 degrees of freedom, n = 2..10 seeds.
+T_QUANTILES_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365,
+                  8: 2.306, 9: 2.262}
+
+
+def paired_interval(differences):
+    """The 95% confidence interval of the mean paired difference (Student's t, n - 1
+    degrees of freedom), or None for fewer than two seeds or more than ten."""
+    mean, spread = mean_std(differences)
+    quantile = T_QUANTILES_95.get(len(differences) - 1)
+    if quantile is None or spread != spread:
+        return None
+    half = quantile * spread / len(differences) ** 0.5
+    return mean - half, mean + half
+
+
 def paired_cell(differences):
-    """Mean ± std of paired differences, x100, and on how many seeds the variant is higher."""
+    """Mean ± std of paired differences, x100, their 95% interval, and on how many seeds
+    the variant is higher."""
     text = cell(*mean_std(differences), signed=True)
     if text == "n/a":
         return text
+    interval = paired_interval(differences)
+    if interval is not None:
+        text += f" [{interval[0] * 100:+.1f}, {interval[1] * 100:+.1f}]"
     higher = sum(1 for d in differences if d > 0)
     return f"{text} ({higher}/{len(differences)} higher)"
 
@@ -419,7 +445,8 @@ def table_markdown(runs, table, seeds):
     header = "| variant | paper mIoU | " + " | ".join(
         f"{label} | Δ {label}" for _, label in METRICS
     ) + " |"
-    lines = [f"### {title}", "", f"Δ: paired difference to *{reference}*, mean ± std over seeds.", "",
+    lines = [f"### {title}", "", f"Δ: paired difference to *{reference}*, mean ± std over seeds "
+             "[95% confidence interval of the mean].", "",
              header, "|" + "---|" * (2 + 2 * len(METRICS))]
     for label, variant, paper in rows:
         if not variant_scores(runs, variant, "miou", seeds):
@@ -493,6 +520,7 @@ def report(args):
     machines = sorted({run.get("machine", "unknown") for run in runs.values()})
     backends = sorted({run.get("backend", "unknown") for run in runs.values()})
     dates = sorted({run.get("date", "unknown") for run in runs.values()})
+    code = sorted({run.get("code") or "not recorded" for run in runs.values()})
     expected = len(variants_of(settings)) * len(settings["seeds"])
     train_minutes = sum(run["train_seconds"] for run in runs.values()) / 60
     sections = [table_markdown(runs, TABLES[i], settings["seeds"]) for i in settings["tables"]]
@@ -501,7 +529,7 @@ def report(args):
         "",
         f"- Mode `{args.mode}`: {len(runs)} of {expected} runs, seeds {list(settings['seeds'])}; "
         f"machine: {'; '.join(machines)}; backend: {', '.join(backends)}; date: {', '.join(dates)}; "
-        f"training time {train_minutes:.0f} min in all.",
+        f"code: {', '.join(code)}; training time {train_minutes:.0f} min in all.",
         f"- Settings: `{json.dumps({k: v for k, v in settings.items() if k not in ('seeds', 'tables', 'runs')})}`; "
         f"loss: OHEM cross-entropy (threshold {OHEM_THRESHOLD}, at least {OHEM_KEPT_FRACTION:.4g} of each "
         "batch kept) with sqrt median-frequency class weights, as the demo.",

@@ -166,9 +166,26 @@ def kernel_settings(environ=None):
     return {name: environ[name] for name in names if name in environ}
 
 
+def code_version(root=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))):
+    """The commit of the code that ran (`git rev-parse --short HEAD` of `root`, with
+    "+changes" where tracked files differ from it), or None outside a git checkout:
+    results must be traceable to the code that made them."""
+    def git(*arguments):
+        return subprocess.run(["git", "-C", root, *arguments], capture_output=True, text=True,
+                              timeout=30, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+changes" if changed else "")
+
+
 def machine_info(backend):
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "code": code_version(),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "gpus": gpu_names(),
