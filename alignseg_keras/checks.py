@@ -69,6 +69,22 @@ def check_class_count(num_classes, minimum=2):
     return num_classes
 
 
+def check_positive_int(value, what):
+    """Returns `value` as an int of at least 1, or raises a `ValueError` naming `what`
+    (a bool, a fraction such as 2.9, text, 0 or a negative number).
+
+    Example:
+    ```python
+    check_positive_int(3, "`bins`")  # 3
+    ```
+    """
+    whole = isinstance(value, numbers.Integral) or (
+        isinstance(value, numbers.Real) and float(value).is_integer())
+    if isinstance(value, bool) or not whole or value < 1:
+        raise ValueError(f"{what} must be a positive int; received {value!r}.")
+    return int(value)
+
+
 def _dtype_kind(array):
     """The NumPy kind ("f", "i", "u", "b", ...) of a NumPy, TensorFlow, JAX or torch array's
     dtype; "f" for bfloat16 too (NumPy's kind of ml_dtypes' bfloat16 is "V")."""

@@ -113,6 +113,25 @@ def without_saved_policy(serialized):
     return replaced_policy(serialized, name)
 
 
+def without_synchronized_batchnorm(serialized):
+    """A serialized model or layer whose BatchNormalizations are not synchronised.
+
+    `AlignSeg` synchronises them after building, when its `sync_batchnorm`
+    asks for it (inside a multi-replica strategy by default); an encoder saved
+    from such a model carries `synchronized: true` in its layers' configs, which
+    Keras refuses on JAX and torch and which would synchronise a model loaded
+    on one device whose `sync_batchnorm` says not to.
+    """
+    if isinstance(serialized, list):
+        return [without_synchronized_batchnorm(item) for item in serialized]
+    if not isinstance(serialized, dict):
+        return serialized
+    plain = {key: without_synchronized_batchnorm(value) for key, value in serialized.items()}
+    if plain.get("synchronized") is True:
+        plain["synchronized"] = False
+    return plain
+
+
 def computing_policy(component):
     """The name of the policy `component` computes in: a layer's own; for a model, the
     most common policy of its layers with weights. A model's reported policy does not

@@ -40,6 +40,9 @@ class CeilModeMaxPooling2D(keras.layers.Layer):
     TensorFlow, and LiteRT's converter then kept the next convolutions as
     TensorFlow ops that its interpreter cannot run).
 
+    Args:
+        **kwargs: standard `keras.layers.Layer` arguments.
+
     Example:
     ```python
     pooled = CeilModeMaxPooling2D()(np.ones((1, 256, 256, 8), "float32"))  # (1, 129, 129, 8)

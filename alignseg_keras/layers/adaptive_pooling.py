@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from alignseg_keras.checks import check_positive_int
+
 
 def adaptive_pooling_matrix(in_size, bins):
     """`(bins, in_size)` averaging matrix; bin k covers [floor(k n / b), ceil((k + 1) n / b))."""
@@ -53,7 +55,7 @@ class AdaptiveAveragePooling2D(keras.layers.Layer):
 
     def __init__(self, bins, **kwargs):
         super().__init__(**kwargs)
-        self.bins = int(bins)
+        self.bins = check_positive_int(bins, "AdaptiveAveragePooling2D: `bins`")
 
     def call(self, inputs):
         return adaptive_average_pool(inputs, self.bins)

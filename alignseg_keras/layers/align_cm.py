@@ -3,7 +3,9 @@
 import keras
 from keras import ops
 
+from alignseg_keras.checks import check_positive_int
 from alignseg_keras.layers.adaptive_pooling import AdaptiveAveragePooling2D
+from alignseg_keras.layers.alignment import ALIGNMENT_MODES
 from alignseg_keras.layers.alignment import AlignmentLayer
 from alignseg_keras.layers.alignment import resize_bilinear
 from alignseg_keras.layers.config_names import renamed_config
@@ -92,12 +94,14 @@ class AlignCM(keras.layers.Layer):
                 f"AlignCM: `context_merge` must be one of {MERGE_MODES}; received "
                 f"{context_merge!r}."
             )
-        if int(context_bins) < 1:
+        if alignment not in ALIGNMENT_MODES:
             raise ValueError(
-                f"AlignCM: `context_bins` must be at least 1; received {context_bins!r}."
+                f"AlignCM: `alignment` must be one of {ALIGNMENT_MODES}; received {alignment!r}."
             )
+        if context_hidden_channels is not None:  # None: the input's channels
+            check_positive_int(context_hidden_channels, "AlignCM: `context_hidden_channels`")
         self.filters = filters
-        self.context_bins = int(context_bins)
+        self.context_bins = check_positive_int(context_bins, "AlignCM: `context_bins`")
         self.context_hidden_channels = context_hidden_channels
         self.context_merge = context_merge
         self.offset_channels = offset_channels

@@ -405,6 +405,14 @@ def test_align_cm_rejects_bad_arguments():
         layers.AlignCM(context_merge="add")
     with pytest.raises(ValueError, match="`context_bins`"):
         layers.AlignCM(context_bins=0)
+    # Each accepted before: 2.9 became 2, "bogus" was saved, 0 meant the input's channels.
+    with pytest.raises(ValueError, match=r"`context_bins` must be a positive int; received 2\.9"):
+        layers.AlignCM(context_bins=2.9)
+    with pytest.raises(ValueError, match="`alignment` must be one of .*received 'bogus'"):
+        layers.AlignCM(context="pool", alignment="bogus")
+    with pytest.raises(ValueError, match="`context_hidden_channels` must be a positive int"):
+        layers.AlignCM(context_hidden_channels=0)
+    assert layers.AlignCM(context_bins=3.0).context_bins == 3
     with pytest.raises(ValueError, match="`context`"):
         layers.AlignCM(context=None)
     with pytest.raises(ValueError, match="`align_fa_offsets`"):
@@ -476,6 +484,12 @@ def test_image_normalization_and_padding():
     assert tuple(cropped.shape) == (1, 5, 6, 3)
     with pytest.raises(ValueError, match="std"):
         layers.ImageNormalization(mean=(0, 0, 0), std=(1, 0, 1))
+    for multiple in (0, -4, 2.5, True):  # failed when called (a modulo by zero), or padded wrong
+        with pytest.raises(ValueError, match="PadToMultiple: `multiple` must be a positive int"):
+            layers.PadToMultiple(multiple)
+    for bins in (0, -1, 1.5):  # 0 gave an empty (1, 0, 0, C) output
+        with pytest.raises(ValueError, match="`bins` must be a positive int"):
+            layers.AdaptiveAveragePooling2D(bins)
 
 
 @pytest.mark.parametrize("dtype, unit_roundoff", [("float32", 2.0**-24), ("bfloat16", 2.0**-8)])

@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from alignseg_keras.checks import check_positive_int
+
 
 @keras.saving.register_keras_serializable(package="alignseg_keras")
 class ImageNormalization(keras.layers.Layer):
@@ -68,7 +70,7 @@ class PadToMultiple(keras.layers.Layer):
 
     def __init__(self, multiple=32, **kwargs):
         super().__init__(**kwargs)
-        self.multiple = int(multiple)
+        self.multiple = check_positive_int(multiple, "PadToMultiple: `multiple`")
 
     def call(self, inputs):
         shape = ops.shape(inputs)
@@ -96,6 +98,9 @@ class PadToMultiple(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="alignseg_keras")
 class CropToReference(keras.layers.Layer):
     """Crops `(B, H, W, C)` to the height and width of a reference tensor (top-left).
+
+    Args:
+        **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
         inputs: `[images, reference]`.

@@ -71,7 +71,10 @@ class UpsampleFusion(keras.layers.Layer):
       transposed convolution per factor of 2 (kernel 4, stride 2, `"same"`
       padding, no bias, C to C channels, no normalisation between them),
       initialised as bilinear upsampling (`BilinearUpsamplingKernel`), so that
-      training starts, like AlignFA's, from plain upsampling + sum. The
+      training starts, like AlignFA's, from a fixed upsampling + sum: not the
+      RGS one exactly (half-pixel centres rather than align_corners=True, 3/4
+      of the value at the border, and for factors 4 and 8 a chain of bilinear
+      steps, smoother than one bilinear upsampling by that factor). The
       result, `upsampling_factor` times the size of F, is cropped at the
       bottom and right (or zero-padded there, for encoders whose strides do
       not divide evenly) to the size of A: pixel j of F stays at pixels

@@ -230,7 +230,8 @@ class AlignSeg(ImageSegmenter):
             None processes the input size as it is (the authors' model), as an
             encoder that takes one image size, not a multiple of it, needs.
         sync_batchnorm: bool or None; None synchronises BatchNorm when the
-            model is built inside a `tf.distribute` strategy with several replicas.
+            model is built inside a `tf.distribute` strategy with several replicas
+            (and is saved as None: the model decides again where it is loaded).
         image_shape: image shape without the batch; None takes the backbone's
             (`(None, None, 3)`, any size, for this library's ResNets; a fixed
             size for encoders that need one, such as keras-hub's `MiTBackbone`).
@@ -355,7 +356,8 @@ class AlignSeg(ImageSegmenter):
         self.deep_supervision = bool(deep_supervision)
         self.dropout = float(dropout)
         self.pad_to_multiple = pad_to_multiple
-        self.sync_batchnorm = sync
+        self.sync_batchnorm = sync  # resolved; the config keeps the argument as given
+        self._sync_batchnorm_argument = sync_batchnorm
         self.image_shape = tuple(image_shape)
         # The offset fields of the alignment modules the backbone has (all of
         # OFFSET_MODULES for the full model; fewer, or none, for ablations).
@@ -670,7 +672,9 @@ class AlignSeg(ImageSegmenter):
             "deep_supervision": self.deep_supervision,
             "dropout": self.dropout,
             "pad_to_multiple": self.pad_to_multiple,
-            "sync_batchnorm": self.sync_batchnorm,
+            # None stays None: a model saved inside a multi-replica strategy then loads
+            # unsynchronised on one device, on JAX and on torch (where Keras has none).
+            "sync_batchnorm": self._sync_batchnorm_argument,
             "image_shape": self.image_shape,
             **model_config(self),
             "frozen_layers": frozen_layers(self),

@@ -9,6 +9,7 @@ from alignseg_keras.config_utils import model_config
 from alignseg_keras.config_utils import set_model_dtype_policy
 from alignseg_keras.config_utils import warn_if_policy_differs
 from alignseg_keras.config_utils import without_saved_policy
+from alignseg_keras.config_utils import without_synchronized_batchnorm
 from alignseg_keras.layers.align_cm import AlignCM
 from alignseg_keras.layers.align_fa import ALIGN_FA_OFFSETS
 from alignseg_keras.layers.align_fa import AlignFA
@@ -281,5 +282,6 @@ class AlignSegBackbone(keras.Model):
     @classmethod
     def from_config(cls, config):
         if isinstance(config.get("image_encoder"), dict):  # rebuilt in the global policy
-            config = {**config, "image_encoder": without_saved_policy(config["image_encoder"])}
+            encoder = without_synchronized_batchnorm(without_saved_policy(config["image_encoder"]))
+            config = {**config, "image_encoder": encoder}
         return cls(**deserialized(config, ["image_encoder"]))

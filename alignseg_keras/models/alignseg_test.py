@@ -137,3 +137,28 @@ def test_resnet101_has_the_authors_parameter_count():
     assert abs(trainable - 66_846_310) / 66_846_310 < 0.01
     deep_stem = AlignSeg(19, backbone="resnet101_deepstem", pad_to_multiple=None)
     assert sum(int(np.prod(w.shape)) for w in deep_stem.trainable_weights) == 66_846_310
+
+
+def test_an_automatic_sync_batchnorm_is_saved_as_automatic(monkeypatch, tmp_path):
+    # Saved as the resolved True, a model built inside a multi-replica strategy loaded
+    # synchronised on one device, and failed its first training step on JAX and torch.
+    from alignseg_keras import distribute
+
+    def synchronized(model):
+        return {layer.synchronized for layer in model._flatten_layers()
+                if isinstance(layer, keras.layers.BatchNormalization)}
+
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.BatchNormalization()(keras.layers.Conv2D(8, 3, padding="same")(inputs))
+    outs = [keras.layers.Conv2D(8, 3, strides=s, padding="same")(x) for s in (4, 8, 16, 32)]
+    encoder = keras.Model(inputs, outs)  # a functional encoder saves its layers' configs
+    monkeypatch.setattr(distribute, "replicas_in_sync", lambda: 2)
+    model = AlignSeg(3, backbone=encoder, decoder_channels=8)
+    assert model.sync_batchnorm and synchronized(model) == {True}
+    assert model.get_config()["sync_batchnorm"] is None
+    model.save(tmp_path / "synced.keras")
+    monkeypatch.undo()  # one device
+    restored = keras.saving.load_model(tmp_path / "synced.keras")
+    assert not restored.sync_batchnorm and synchronized(restored) == {False}
+    explicit = AlignSeg.from_config({**model.get_config(), "sync_batchnorm": True})
+    assert synchronized(explicit) == {True}
