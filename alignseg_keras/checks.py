@@ -280,8 +280,10 @@ class ScaleWarning:
         """Warns, once, if images whose largest value is `largest` are misscaled."""
         message = image_scale_message(largest, self.expected_range, self.mean, self.std, source)
         if message is not None and not self.warned:
+            from alignseg_keras.config_utils import stacklevel_outside_library
+
             self.warned = True
-            warnings.warn(message, stacklevel=3)
+            warnings.warn(message, stacklevel=stacklevel_outside_library())
 
 
 def scale_warning_of(normalization):

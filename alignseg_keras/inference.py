@@ -54,6 +54,7 @@ import numpy as np
 from keras import ops
 
 from alignseg_keras.checks import check_finite_images
+from alignseg_keras.checks import check_positive_int
 from alignseg_keras.checks import scale_warning_of
 from alignseg_keras.config_utils import global_dtype_policy
 from alignseg_keras.config_utils import replaced_policy
@@ -234,9 +235,7 @@ def _as_tile_size(tile_size):
 
 
 def _check_batch_size(batch_size):
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int; received {batch_size!r}.")
-    return int(batch_size)
+    return check_positive_int(batch_size, "`batch_size`")
 
 
 def _softmax(logits, single):

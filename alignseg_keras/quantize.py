@@ -6,12 +6,12 @@ needs `onnx` and `onnxruntime`, no TensorFlow call (any Keras backend).
 """
 
 import importlib.util
-import numbers
 import os
 
 import numpy as np
 
 from alignseg_keras.atomic import atomic_path
+from alignseg_keras.checks import check_positive_int
 from alignseg_keras.export_formats import check_export_file
 
 # Convolutions hold nearly all of AlignSeg's arithmetic; the alignment layers' sampling
@@ -91,20 +91,19 @@ def quantize_onnx_int8(onnx_path, output_path, calibration_images, batch_size=1,
     if missing:
         raise ValueError(f"int8 quantisation needs {', '.join(missing)}; `pip install {' '.join(missing)}`.")
     images = _checked_images(calibration_images)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int; received {batch_size!r}.")
+    batch_size = check_positive_int(batch_size, "`batch_size`")
     check_export_file(output_path, "onnx")
-    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     import onnx
     from onnxruntime import quantization
 
     model = onnx.load(str(onnx_path))
     input_name = model.graph.input[0].name
+    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     with atomic_path(output_path) as temporary:
         quantization.quantize_static(
             model,
             str(temporary),
-            _CalibrationImages(input_name, images, int(batch_size)),
+            _CalibrationImages(input_name, images, batch_size),
             quant_format=quantization.QuantFormat.QDQ,
             op_types_to_quantize=list(operators),
             per_channel=True,

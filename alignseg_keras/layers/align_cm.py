@@ -99,7 +99,8 @@ class AlignCM(keras.layers.Layer):
                 f"AlignCM: `alignment` must be one of {ALIGNMENT_MODES}; received {alignment!r}."
             )
         if context_hidden_channels is not None:  # None: the input's channels
-            check_positive_int(context_hidden_channels, "AlignCM: `context_hidden_channels`")
+            context_hidden_channels = check_positive_int(
+                context_hidden_channels, "AlignCM: `context_hidden_channels`")
         self.filters = filters
         self.context_bins = check_positive_int(context_bins, "AlignCM: `context_bins`")
         self.context_hidden_channels = context_hidden_channels

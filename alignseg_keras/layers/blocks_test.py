@@ -413,6 +413,8 @@ def test_align_cm_rejects_bad_arguments():
     with pytest.raises(ValueError, match="`context_hidden_channels` must be a positive int"):
         layers.AlignCM(context_hidden_channels=0)
     assert layers.AlignCM(context_bins=3.0).context_bins == 3
+    hidden = layers.AlignCM(context_hidden_channels=np.float32(8.0)).context_hidden_channels
+    assert hidden == 8 and type(hidden) is int  # 8.0 failed when built
     with pytest.raises(ValueError, match="`context`"):
         layers.AlignCM(context=None)
     with pytest.raises(ValueError, match="`align_fa_offsets`"):

@@ -20,7 +20,6 @@ import numpy as np
 from alignseg_keras.checks import check_finite_images
 from alignseg_keras.checks import check_masks
 from alignseg_keras.checks import squeeze_masks
-from alignseg_keras.checks import scale_warning_of
 
 
 def is_tf_dataset(x):
@@ -104,7 +103,7 @@ class CheckedPyDataset(keras.utils.PyDataset):
         self.dataset.on_epoch_end()
 
 
-def checked_data(x, y=None, num_classes=None, ignore_index=255, normalization=None):
+def checked_data(x, y=None, num_classes=None, ignore_index=255, scale_warning=None):
     """Returns `(x, y)` for Keras: arrays checked now, batch sources wrapped to check each batch.
 
     Args:
@@ -112,16 +111,15 @@ def checked_data(x, y=None, num_classes=None, ignore_index=255, normalization=No
         y: masks when `x` is an array, else None.
         num_classes: int, checks masks against it; None checks images only.
         ignore_index: int, the label the loss ignores.
-        normalization: None, or a dict with the `mean` and `std` the model
-            normalises with: images in another scale are warned about, once
-            per call (`checks.ScaleWarning`).
+        scale_warning: None, or the `checks.ScaleWarning` of the call (one
+            for a `fit` and its validation data), which warns once about
+            images in another scale than the model normalises.
 
     Example:
     ```python
     x, y = checked_data(images, masks, num_classes=19)
     ```
     """
-    scale_warning = scale_warning_of(normalization)
     check = functools.partial(check_batch, num_classes=num_classes, ignore_index=ignore_index,
                               scale_warning=scale_warning)
     if is_tf_dataset(x):

@@ -1,6 +1,7 @@
 """Bad data given to AlignSeg.fit/evaluate/predict (and their *_on_batch) as arrays, generators
 and PyDatasets."""
 
+import os
 import warnings
 
 import keras
@@ -177,13 +178,17 @@ def test_a_second_fit_may_drop_the_mask_channel_axis_and_warns_past_a_fixed_sche
     assert np.isfinite(first.history["loss"] + second.history["loss"]).all()
 
 
-def scale_warnings(call):
-    """The scale warnings `call()` gives, each counted (no filter deduplicates them)."""
+def scale_warnings(call, where=None):
+    """The scale warnings `call()` gives, each counted (no filter deduplicates them);
+    with a list `where`, the files they point at are appended to it."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         call()
-    return [str(w.message) for w in caught if "(0..1 images?)" in str(w.message)
+    said = [w for w in caught if "(0..1 images?)" in str(w.message)
             or "(0..255 images?)" in str(w.message)]
+    if where is not None:
+        where.extend(w.filename for w in said)
+    return [str(w.message) for w in said]
 
 
 def test_images_in_another_scale_are_warned_about_once_a_call(model):
@@ -203,14 +208,27 @@ def test_images_in_another_scale_are_warned_about_once_a_call(model):
         "predict_sliding": lambda: predict_sliding(model, unit_images, 16),
     }
     for name, call in calls.items():
-        said = scale_warnings(call)
+        where = []
+        said = scale_warnings(call, where)
         assert len(said) == 1 and "(0..1 images?)" in said[0], (name, said)
+        # The user's line, not the library's (a generator's batches are read by Keras).
+        library = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+        assert where == [__file__] or "generator" in name and not where[0].startswith(library)
     for call in (lambda: model.predict(IMAGES, verbose=0), lambda: predict_whole(model, IMAGES),
                  # a loop's batches: warned about by the loop (the inference functions)
                  lambda: model.predict_on_batch(unit_images),
                  lambda: model.test_on_batch(unit_images, MASKS)):
         assert scale_warnings(call) == []
     assert scale_warnings(lambda: model.predict(IMAGES * 0, verbose=0)) == []
+
+
+def test_a_fit_and_its_validation_data_are_warned_about_once():
+    model = tiny_alignseg(num_classes=3)
+    model.compile()
+    unit_images = (IMAGES / 255.0).astype("float32")
+    said = scale_warnings(lambda: model.fit(unit_images, MASKS, batch_size=2, verbose=0,
+                                            validation_data=(unit_images, MASKS)))
+    assert len(said) == 1
 
 
 def test_a_model_of_0_to_1_images_warns_about_0_to_255_ones():

@@ -16,6 +16,7 @@ import numpy as np
 from alignseg_keras.checks import IGNORE_INDEX
 from alignseg_keras.checks import check_image_batch_shape
 from alignseg_keras.checks import check_weights_may_change
+from alignseg_keras.checks import scale_warning_of
 from alignseg_keras.models import data_checks
 from alignseg_keras.optimizers import PolyScheduleLength
 
@@ -125,32 +126,37 @@ class ImageSegmenter(keras.Model):
         """The label the compiled loss ignores (`loss_ignore_label`)."""
         return loss_ignore_label(getattr(self, "loss", None))
 
-    def checked_data(self, x, y=None, masks=True, scale=True):
+    def scale_warning(self):
+        """A fresh `checks.ScaleWarning` for the model's `normalization` (a dict with
+        `mean` and `std`, where a subclass states one), or None."""
+        return scale_warning_of(getattr(self, "normalization", None))
+
+    def checked_data(self, x, y=None, masks=True, scale_warning=None):
         """Returns `(x, y)` checked for Keras: arrays now, batch sources batch by batch.
 
         Args:
             x: images (array), a `tf.data.Dataset`, a generator or a `PyDataset`.
             y: masks when `x` is an array, else None.
             masks: bool, whether masks are checked too (False for `predict`).
-            scale: bool, whether images in another scale than the model's
-                `normalization` are warned about (once for the call).
+            scale_warning: None, or the call's `checks.ScaleWarning`
+                (`self.scale_warning()`), which warns once about images in
+                another scale than the model normalises.
         """
         if isinstance(x, dict) and len(x) == 1:  # {input name: images}
             ((name, images),) = x.items()
-            images, y = self.checked_data(images, y, masks, scale)
+            images, y = self.checked_data(images, y, masks, scale_warning)
             return {name: images}, y
         shape = _image_shape_of(x)
         if shape is not None:  # the size too, where the model fixes it
             check_image_batch_shape(shape, tuple(getattr(self, "image_shape", ()))[:2])
         num_classes = self.num_classes if masks else None
-        normalization = getattr(self, "normalization", None) if scale else None
-        return data_checks.checked_data(x, y, num_classes, self.ignore_index, normalization)
+        return data_checks.checked_data(x, y, num_classes, self.ignore_index, scale_warning)
 
-    def _checked_validation_data(self, data):
+    def _checked_validation_data(self, data, scale_warning):
         if isinstance(data, (tuple, list)) and len(data) >= 2:
-            x, y = self.checked_data(data[0], data[1])
+            x, y = self.checked_data(data[0], data[1], scale_warning=scale_warning)
             return (x, y, *data[2:])
-        return self.checked_data(data)[0]
+        return self.checked_data(data, scale_warning=scale_warning)[0]
 
     def fit(self, *args, **kwargs):
         """Keras' `fit` on checked data, with the poly schedule fitted to it (see the class)."""
@@ -160,10 +166,12 @@ class ImageSegmenter(keras.Model):
             raise ValueError(_NO_IMAGES)
         if data_checks.shuffles_itself(x):
             arguments.setdefault("shuffle", False)
-        arguments["x"], arguments["y"] = self.checked_data(x, arguments.get("y"))
+        scale_warning = self.scale_warning()  # once for the data and the validation data
+        arguments["x"], arguments["y"] = self.checked_data(x, arguments.get("y"),
+                                                           scale_warning=scale_warning)
         if arguments.get("validation_data") is not None:
             arguments["validation_data"] = self._checked_validation_data(
-                arguments["validation_data"]
+                arguments["validation_data"], scale_warning
             )
         checks = [_RefuseEmptyFit(), PolyScheduleLength()]
         callbacks = arguments.get("callbacks")
@@ -209,14 +217,15 @@ class ImageSegmenter(keras.Model):
         if not isinstance(images, np.ndarray):
             return x, y
         y = np.asarray(y) if masks and y is not None else y
-        return self.checked_data(x, y, masks=masks, scale=False)
+        return self.checked_data(x, y, masks=masks)
 
     def evaluate(self, *args, **kwargs):
         """Keras' `evaluate`, after checking images and masks as `fit` does."""
         arguments = _given_arguments(keras.Model.evaluate, args, kwargs)
         x = arguments.get("x")
         if not arguments.get("_use_cached_eval_dataset"):  # else fit's validation, checked
-            arguments["x"], arguments["y"] = self.checked_data(x, arguments.get("y"))
+            arguments["x"], arguments["y"] = self.checked_data(x, arguments.get("y"),
+                                                               scale_warning=self.scale_warning())
         with data_checks.data_errors(x):
             return super().evaluate(**arguments)
 
@@ -228,7 +237,7 @@ class ImageSegmenter(keras.Model):
         """
         arguments = _given_arguments(keras.Model.predict, args, kwargs)
         x = arguments.get("x")
-        arguments["x"], _ = self.checked_data(x, masks=False)
+        arguments["x"], _ = self.checked_data(x, masks=False, scale_warning=self.scale_warning())
         if data_checks.is_empty_array(x):
             return np.zeros(tuple(x.shape[:3]) + (self.num_classes,), "float32")
         with data_checks.data_errors(x):

@@ -61,8 +61,8 @@ _CHECKING_FUNCTIONS = (_raise_batch_error.__name__, READER_NAME)
 def _scale_checked(images, scale_warning):
     """`images`, after `scale_warning` (a `checks.ScaleWarning`, or None) has seen
     the batch's largest value; Python runs only for a misscaled batch."""
-    if scale_warning is None or scale_warning.expected_range is None:
-        return images
+    if scale_warning is None or scale_warning.expected_range is None or images.dtype == tf.bool:
+        return images  # boolean images are refused by the model, as in the NumPy check
     largest = tf.reduce_max(tf.cast(images, tf.float32))  # -inf for an empty batch
 
     def warn(value):

@@ -150,6 +150,9 @@ def test_a_pipeline_in_another_scale_is_warned_about_once():
     assert len(said) == 1 and said[0].startswith("The largest value of a batch of images is")
     fresh = ScaleWarning(imagenet.mean, imagenet.std)
     assert scale_warnings(lambda: read_all(checked_dataset(batches(IMAGES), scale_warning=fresh))) == []
+    # Boolean images are left to the model's own refusal, as in the NumPy check.
+    boolean = tf.data.Dataset.from_tensor_slices(IMAGES > 128).batch(2)
+    assert scale_warnings(lambda: list(checked_dataset(boolean, scale_warning=fresh))) == []
     model = tiny_alignseg(num_classes=3)
     model.compile()
     for call in (lambda: model.predict(batches(unit_images), verbose=0),
