@@ -148,7 +148,8 @@ def run(args):
     stems = output_names(args.images)
     prepare_output_dir(args.output, "--output")
     model = load_model(args, args.num_classes)
-    palette = get_palette(args.palette, model.num_classes)
+    # Only the pictures are colored: --no-pictures needs no palette for the model's classes.
+    palette = get_palette(args.palette, model.num_classes) if args.pictures else None
     if args.label_ids and model.num_classes != CITYSCAPES_NUM_CLASSES:
         raise ValueError(
             "--label-ids writes Cityscapes label ids and needs a "

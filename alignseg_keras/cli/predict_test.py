@@ -100,6 +100,18 @@ def test_a_benchmark_folder_holds_one_prediction_per_image(model_path, tmp_path,
     assert "--no-pictures leaves nothing to write" in capsys.readouterr().err
 
 
+def test_predict_without_pictures_needs_no_palette_for_the_classes(images, tmp_path, capsys):
+    path = tmp_path / "wide.keras"
+    tiny_alignseg(num_classes=25).save(path)
+    argv = ["predict", images[0], "--model", str(path), "--palette", "cityscapes", "--offsets"]
+    assert main([*argv, "--output", str(tmp_path / "pictures")]) == 2
+    assert "The cityscapes palette has 19 colors, too few for 25" in capsys.readouterr().err
+    output = tmp_path / "offsets"
+    assert main([*argv, "--output", str(output), "--no-pictures"]) == 0
+    written = sorted(name.name for name in output.iterdir())
+    assert written and not any(n.endswith(("_color.png", "_overlay.png")) for n in written)
+
+
 def test_predict_with_sliding_windows_scales_and_flip(model_path, images, tmp_path):
     output = tmp_path / "out"
     code = main(["predict", *images, "--model", model_path, "--output", str(output),
