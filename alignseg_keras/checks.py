@@ -9,7 +9,6 @@ functions use the others for arrays, generators and (through
 
 import numbers
 import os
-import warnings
 
 import numpy as np
 
@@ -268,6 +267,11 @@ class ScaleWarning:
         self.std = [float(v) for v in std]
         self.expected_range = expected_image_range(self.mean, self.std)
         self.warned = False
+        from alignseg_keras.config_utils import user_location
+
+        # The user's line that started the call, named where the batch is checked in a
+        # pipeline's thread, with no user's line on the stack.
+        self.origin = user_location()
 
     def __call__(self, images, source="`images`"):
         """Checks an image batch (an array) and warns if this is its first misscaled one."""
@@ -280,10 +284,10 @@ class ScaleWarning:
         """Warns, once, if images whose largest value is `largest` are misscaled."""
         message = image_scale_message(largest, self.expected_range, self.mean, self.std, source)
         if message is not None and not self.warned:
-            from alignseg_keras.config_utils import stacklevel_outside_library
+            from alignseg_keras.config_utils import warn_at_user_line
 
             self.warned = True
-            warnings.warn(message, stacklevel=stacklevel_outside_library())
+            warn_at_user_line(message, self.origin)
 
 
 def scale_warning_of(normalization):

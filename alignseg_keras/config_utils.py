@@ -149,16 +149,77 @@ def computing_policy(component):
         component.dtype_policy.name)
 
 
+_LIBRARY = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+# Top-level modules whose frames stand between a user's call and a check of this library:
+# Keras' loops, the backends', and Python's threads (a tf.data pipeline runs its Python
+# in one of TensorFlow's threads, a `PyDataset`'s workers in Keras' pool).
+FRAMEWORK_MODULES = frozenset({
+    "keras", "tensorflow", "tf_keras", "jax", "jaxlib", "torch", "optree",
+    "threading", "concurrent", "contextlib", "functools",
+})
+
+
+def _in_library(frame):
+    """Whether `frame` runs this library's code (the tests beside the code, `*_test.py`,
+    count as users), also AutoGraph's copy of it in a pipeline (a file of its own, in
+    the module of the original)."""
+    filename, module = frame.f_code.co_filename, frame.f_globals.get("__name__") or ""
+    if filename.startswith(_LIBRARY):
+        return not filename.endswith("_test.py")
+    return module.split(".")[0] == __name__.split(".")[0] and not module.endswith("_test")
+
+
+def _in_framework(frame):
+    return (frame.f_globals.get("__name__") or "").split(".")[0] in FRAMEWORK_MODULES
+
+
+def _first_user_frame(frame, skip_frameworks):
+    """`(frame, level)`: the first of `frame` and its callers outside this library (and,
+    with `skip_frameworks`, outside `FRAMEWORK_MODULES`), `level` 1 for `frame` itself;
+    the frame is None where every caller is skipped."""
+    level = 1
+    while frame is not None and (
+            _in_library(frame) or skip_frameworks and _in_framework(frame)):
+        frame, level = frame.f_back, level + 1
+    return frame, level
+
+
 def stacklevel_outside_library():
     """The `stacklevel` for `warnings.warn` that names the first caller outside this
     library (the user's line; the tests beside the code, `*_test.py`, count as users),
     counted from the function that calls this one."""
-    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(package) and not (
-            frame.f_code.co_filename.endswith("_test.py")):
-        frame, level = frame.f_back, level + 1
-    return level
+    return _first_user_frame(sys._getframe(1), skip_frameworks=False)[1]
+
+
+def user_location():
+    """`(filename, lineno, module globals)` of the user's line that called into this
+    library (past Keras' and the backends' frames, see `FRAMEWORK_MODULES`), or None
+    where the stack holds none (a thread of a pipeline). Recorded when a call starts, for
+    `warn_at_user_line` to name where no user's line is on the stack any more."""
+    frame, _ = _first_user_frame(sys._getframe(1), skip_frameworks=True)
+    if frame is None:
+        return None
+    return frame.f_code.co_filename, frame.f_lineno, frame.f_globals
+
+
+def warn_at_user_line(message, origin=None, category=UserWarning):
+    """`warnings.warn(message, category)` pointing at the user's line: the first caller
+    outside this library, Keras and the backends (a generator's batches are checked
+    inside Keras' loop, below the user's `fit`); where none is on the stack (a tf.data
+    pipeline's thread, a `PyDataset` worker), at `origin` (`user_location()` recorded
+    when the call started), filtered and counted as `warnings.warn` would there."""
+    frame, level = _first_user_frame(sys._getframe(1), skip_frameworks=True)
+    if frame is not None or origin is None:
+        warnings.warn(message, category, stacklevel=level + 1 if frame is not None else 2)
+        return
+    filename, lineno, module_globals = origin
+    warnings.warn_explicit(
+        message, category, filename, lineno,
+        module=module_globals.get("__name__"),
+        registry=module_globals.setdefault("__warningregistry__", {}),
+        module_globals=module_globals,
+    )
 
 
 @contextlib.contextmanager
