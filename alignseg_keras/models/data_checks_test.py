@@ -198,8 +198,16 @@ def test_images_in_another_scale_are_warned_about_once_a_call(model):
             batch = unit_images[start : start + 2]
             yield (batch, MASKS[start : start + 2]) if masks else (batch,)
 
+    class UnitBatches(keras.utils.PyDataset):  # read by two of Keras' worker threads
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            return unit_images[2 * index : 2 * index + 2], MASKS[2 * index : 2 * index + 2]
+
     calls = {
         "predict": lambda: model.predict(unit_images, batch_size=2, verbose=0),
+        "evaluate a PyDataset's workers": lambda: model.evaluate(UnitBatches(workers=2), verbose=0),
         "evaluate": lambda: model.evaluate(unit_images, MASKS, batch_size=2, verbose=0),
         "evaluate a generator": lambda: model.evaluate(two_batches(), steps=2, verbose=0),
         "predict a generator": lambda: model.predict(two_batches(False), steps=2, verbose=0),
