@@ -583,9 +583,14 @@ class LovaszSoftmaxLoss(_RegionLoss):
       ground truth; `"all"`: every class (an absent class adds its largest
       predicted probability); or a list of class ids.
     - `per_image=False` (default): one loss over all pixels of the batch;
-      `True`: the mean over images of each image's loss (an image with only
-      ignored pixels adds 0).
-    - ignored pixels are dropped; with no valid pixel the loss is 0.
+      `True`: the mean over images of each image's loss.
+    - ignored pixels are dropped.
+
+    Where the authors' code breaks, this loss is 0 (our choice): with no valid
+    pixel (theirs returns an empty tensor), for an image with only ignored
+    pixels under `per_image=True` (theirs raises or returns an empty tensor),
+    and theirs raises an IndexError for exactly one valid pixel, where this
+    loss is that pixel's `1 - p`.
 
     `class_weights` make the mean over classes weighted (an addition to the
     reference code). Sorting `(pixels, C)` errors costs `O(N C log N)` time
