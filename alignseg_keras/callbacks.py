@@ -126,6 +126,20 @@ class AtomicModelCheckpoint(keras.callbacks.Callback):
         save_model(self.model, self.path)
 
 
+class BackupOfAnotherModelError(ValueError):
+    """A backup to resume from was written by a model with other arguments."""
+
+    def __init__(self, path, changed):
+        folder = os.path.dirname(path)
+        super().__init__(
+            f"The backup {path} was written by a model with other arguments ({changed}): "
+            f"the backups in {folder} are another run's. Give the arguments of that run to "
+            f"resume it, or another output folder to train this model (or remove {folder} "
+            "to start over there)."
+        )
+        self.path = path
+
+
 class ResumableBackup(keras.callbacks.BackupAndRestore):
     """`keras.callbacks.BackupAndRestore` whose backups survive kills, full disks,
     divergence and a changed model.
@@ -136,14 +150,17 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     newest `keep` backups. (A `.keras` file is written by Python's zip writer,
     which fails cleanly on a full disk, where HDF5 writing straight to a
     `.weights.h5` file can crash the process.) At the start of `fit` it resumes
-    from the newest backup that loads; one that does not (a torn file, or a
-    model changed since it was written) is renamed to
-    `epoch-NNNN.unusable-<time>.keras`, with
-    a message saying where, and the next older one is tried (a changed model
-    is one whose saved arguments differ from the model's, `changed_arguments`,
-    or whose weights do not load); with none left,
-    training starts from the beginning. Backups are kept at the end of `fit`:
-    call `discard()` once the final model is safely saved.
+    from the newest backup that loads; one that cannot be read (a torn file,
+    or weights that do not load) is renamed to
+    `epoch-NNNN.unusable-<time>.keras`, with a message saying where, and the
+    next older one is tried; with none left, training starts from the
+    beginning. A backup written by a model with other arguments
+    (`changed_arguments`: another backbone, number of classes, ...) is a run of
+    another model in the same folder, most likely a command given with other
+    arguments by mistake: `BackupOfAnotherModelError` (a `ValueError`) names
+    the arguments, and nothing is moved, so the right model still resumes.
+    Backups are kept at the end of `fit`: call `discard()` once the final
+    model is safely saved.
 
     Example:
     ```python
@@ -188,15 +205,13 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                 changed = changed_arguments(self.model, path)
                 if not changed:
                     self.model.load_weights(path)
-            except Exception as error:  # a torn file (OSError), a changed model (ValueError), ...
+            except Exception as error:  # a torn file (OSError), weights that do not fit, ...
                 _assign(self.model, initial)
                 self._move_aside(path, "unusable", "cannot be restored into this model "
                                  f"(a torn file, or a model changed since): {_first_line(error)}")
                 continue
             if changed:
-                self._move_aside(path, "unusable", "cannot be restored into this model: it "
-                                 f"was written by a model with other arguments ({changed})")
-                continue
+                raise BackupOfAnotherModelError(path, changed)
             self.model._initial_epoch = epoch
             self.restored, self.epochs_done = path, epoch
             self._newest = (path, optimizer_step(self.model))
@@ -227,8 +242,11 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         return self._move_aside(path, "diverged", f"led to a non-finite loss at step {step}")
 
     def discard(self):
-        """Deletes the backups (once the final model is saved); moved-aside files stay."""
-        for _, path in self.backups():
+        """Deletes the backups (once the final model is saved); moved-aside files stay.
+
+        The oldest first: a kill in between leaves the newest, whose resume trains
+        nothing more (an older one would train again and replace the final model)."""
+        for _, path in reversed(self.backups()):
             os.remove(path)
         try:
             os.rmdir(self.backup_dir)
@@ -308,7 +326,8 @@ def training_callbacks(output_dir, total_steps=None, pictures=None):
 
     `StopOnNaN`; `ResumableBackup` in `backup/` (rerunning the same `fit`
     resumes from the last completed epoch after a crash, a kill or a full disk;
-    torn or incompatible backups are moved aside); `history.csv`;
+    torn backups are moved aside, those of a model with other arguments
+    refused); `history.csv`;
     `AtomicModelCheckpoint` to `checkpoint.keras` after every epoch; with
     `total_steps`, `StopAtStep`; and TensorBoard logs in `logs/` (skipped with a
     message when TensorBoard is not installed). Use epochs as checkpoint intervals

@@ -11,6 +11,7 @@ import pytest
 from alignseg_keras.atomic import atomic_path
 from alignseg_keras.atomic import is_disk_full
 from alignseg_keras.callbacks import AtomicModelCheckpoint
+from alignseg_keras.callbacks import BackupOfAnotherModelError
 from alignseg_keras.callbacks import NonFiniteLossError
 from alignseg_keras.callbacks import ResumableBackup
 from alignseg_keras.callbacks import StopAtStep
@@ -55,6 +56,25 @@ def test_backups_are_kept_after_fit_and_resumed(tmp_path):
     assert not os.path.exists(folder)
 
 
+def test_discard_removes_the_oldest_backup_first(tmp_path, monkeypatch):
+    # A kill between the two removals must leave the newest backup: resuming from an
+    # older one trained again and replaced the finished model.keras.
+    folder = str(tmp_path / "backup")
+    fit(small_model(), ResumableBackup(folder), epochs=3)
+    removed, remove = [], os.remove
+
+    def killed_after_one(path):
+        if removed:
+            raise KeyboardInterrupt
+        removed.append(os.path.basename(path))
+        remove(path)
+
+    monkeypatch.setattr(os, "remove", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        ResumableBackup(folder).discard()
+    assert removed == ["epoch-0002.keras"] and names(folder) == ["epoch-0003.keras"]
+
+
 def test_a_torn_backup_is_moved_aside_and_the_older_one_used(tmp_path, capsys):
     folder = tmp_path / "backup"
     fit(small_model(), ResumableBackup(str(folder)), epochs=3)
@@ -83,33 +103,38 @@ def test_other_processes_of_a_job_skip_a_torn_backup_without_moving_it(tmp_path,
     assert capsys.readouterr().err == ""
 
 
-def test_an_incompatible_backup_is_moved_aside_and_training_starts_over(tmp_path, capsys):
+@pytest.mark.parametrize("changed", [dict(hidden=True), dict(activation="relu")],
+                         ids=["other layers", "same weight shapes"])
+def test_a_backup_of_a_model_with_other_arguments_is_refused_and_kept(tmp_path, changed):
+    # A command given with other arguments in a run's folder: the backups moved aside
+    # (before 2026-12-07) left the run with nothing to resume from. Weights of the same
+    # shapes (other activation): load_weights alone would take them.
     folder = tmp_path / "backup"
     fit(small_model(), ResumableBackup(str(folder)), epochs=2)
-    model = small_model(hidden=True)  # the model changed; same folder
+    before = names(folder)
+    model = small_model(**changed)
     initial = [weight.copy() for weight in model.get_weights()]
     backup = ResumableBackup(str(folder))
     backup.set_model(model)
-    assert backup.restore() is None
-    for before, after in zip(initial, model.get_weights()):  # nothing half-loaded
-        np.testing.assert_array_equal(before, after)
-    assert "cannot be restored into this model" in capsys.readouterr().err
-    history = fit(model, backup, epochs=2)
-    assert len(history.history["loss"]) == 2
-    assert sum(name.count(".unusable-") for name in names(folder)) == 2
+    with pytest.raises(BackupOfAnotherModelError, match="written by a model with other arguments"
+                       ) as refusal:
+        backup.restore()
+    assert str(folder / "epoch-0002.keras") in str(refusal.value)
+    if "activation" in changed:
+        assert "model.layers[1].activation: 'linear' in the backup, 'relu' now" in str(refusal.value)
+    assert names(folder) == before
+    for kept, weight in zip(initial, model.get_weights()):  # nothing half-loaded
+        np.testing.assert_array_equal(kept, weight)
+    with pytest.raises(BackupOfAnotherModelError):  # through fit too, before any step
+        fit(model, ResumableBackup(str(folder)), epochs=3)
+    assert steps(model) == 0 and names(folder) == before
+    backup = ResumableBackup(str(folder))  # the run's own model still resumes
+    backup.set_model(small_model())
+    assert backup.restore().endswith("epoch-0002.keras")
 
 
-def test_a_backup_of_a_model_with_other_arguments_is_not_resumed(tmp_path, capsys):
-    # Weights of the same shapes: load_weights alone would take them.
+def test_other_arguments_of_the_model_that_may_change_on_resume(tmp_path):
     folder = tmp_path / "backup"
-    fit(small_model(), ResumableBackup(str(folder)), epochs=2)
-    backup = ResumableBackup(str(folder))
-    backup.set_model(small_model(activation="relu"))
-    assert backup.restore() is None
-    err = capsys.readouterr().err
-    assert "written by a model with other arguments" in err
-    assert "model.layers[1].activation: 'linear' in the backup, 'relu' now" in err
-    assert sum(name.count(".unusable-") for name in names(folder)) == 2
     # In another precision, or with other layer names, the same model resumes.
     fit(small_model(), ResumableBackup(str(folder / "again")), epochs=1)
     keras.mixed_precision.set_global_policy("mixed_bfloat16")

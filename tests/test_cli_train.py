@@ -4,6 +4,7 @@ kill during the final save, exact step counts, NaN stop, tables."""
 import csv
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -145,10 +146,14 @@ def test_full_disk_and_a_kill_during_the_final_save_lose_nothing(small_disk, mon
     assert sorted(os.listdir(backup)) == ["epoch-0001.keras", "epoch-0002.keras"]
     assert iterations(os.path.join(output, "checkpoint.keras")) == 3  # 3 steps, not 4
 
-    # 3. The re-run trains nothing more, writes model.keras, then drops the backups.
+    # 3. The re-run trains nothing more, writes model.keras, then drops the backups; a
+    # checkpoint a kill left older than the last backup is brought up to it.
     open(os.path.join(output, ".tmp-1-0000dead-model.keras"), "wb").write(b"left by a kill")
+    shutil.copyfile(os.path.join(backup, "epoch-0001.keras"),
+                    os.path.join(output, "checkpoint.keras"))
     assert main(command) == 0
     assert iterations(os.path.join(output, "model.keras")) == 3
+    assert iterations(os.path.join(output, "checkpoint.keras")) == 3
     assert not os.path.exists(backup)
     assert not [name for name in os.listdir(output) if name.startswith(".tmp-")]
     assert epochs_in_history(output) == [0, 1]
@@ -157,6 +162,64 @@ def test_full_disk_and_a_kill_during_the_final_save_lose_nothing(small_disk, mon
     capsys.readouterr()
     assert main(command) == 2
     assert "has finished" in capsys.readouterr().err
+
+
+def test_an_output_folder_that_becomes_unwritable_is_reported_and_loses_nothing(
+        tmp_path, monkeypatch, capsys):
+    from alignseg_keras.callbacks import AtomicModelCheckpoint
+
+    output = str(tmp_path / "run")
+    command = ["train", *TINY, "--steps", "4", "--checkpoint-every", "2", "--output-dir", output]
+
+    def unwritable(self, epoch, logs=None):  # chmod 555 after the first backup
+        raise PermissionError(errno.EACCES, "Permission denied", self.path)
+
+    monkeypatch.setattr(AtomicModelCheckpoint, "on_epoch_end", unwritable)
+    assert main(command) == 1  # a PermissionError traceback before
+    err = capsys.readouterr().err
+    assert "the output folder cannot be written" in err and "Traceback" not in err
+    assert "run the same command again to resume" in err
+    assert os.listdir(os.path.join(output, "backup")) == ["epoch-0001.keras"]
+    monkeypatch.undo()
+    assert main(command) == 0
+    assert "Resuming from" in capsys.readouterr().out
+    assert iterations(os.path.join(output, "model.keras")) == 4
+
+
+def test_a_command_with_other_model_arguments_leaves_the_run_resumable(tmp_path, capsys):
+    output = str(tmp_path / "run")
+    command = ["train", *TINY, "--steps", "4", "--checkpoint-every", "2", "--output-dir", output]
+    with pytest.raises(Killed):
+        main_killed_after_first_backup(command)
+    backups = sorted(os.listdir(os.path.join(output, "backup")))
+    assert backups == ["epoch-0001.keras"]
+    other = [*command]
+    other[other.index("--decoder-channels") + 1] = "16"
+    capsys.readouterr()
+    assert main(other) == 2  # the backups were moved aside and training started over
+    err = capsys.readouterr().err
+    assert "written by a model with other arguments" in err and "decoder_channels" in err
+    assert sorted(os.listdir(os.path.join(output, "backup"))) == backups
+    assert main(command) == 0
+    assert "Resuming from" in capsys.readouterr().out
+    assert iterations(os.path.join(output, "model.keras")) == 4
+
+
+def main_killed_after_first_backup(command):
+    """`main(command)`, stopped by a `Killed` once the first backup is written."""
+    from alignseg_keras.callbacks import ResumableBackup
+
+    save = ResumableBackup._save_model
+
+    def save_then_kill(self):
+        save(self)
+        raise Killed()
+
+    ResumableBackup._save_model = save_then_kill
+    try:
+        main(command)
+    finally:
+        ResumableBackup._save_model = save
 
 
 def test_a_resume_with_another_checkpoint_interval_ends_at_the_requested_step(
@@ -253,7 +316,8 @@ def test_nan_message_resumes_from_before_the_divergence(tmp_path, capsys):
     backup._newest = (str(folder / "epoch-0002.keras"), 4)  # saved after step 4
     error = NonFiniteLossError("Training stopped: the loss became nan at step 5.", step=5)
     message = _nan_message(error, backup, argparse.Namespace(lr=0.01))
-    assert f"resumes from {folder / 'epoch-0001.keras'} (before the divergence)" in message
+    assert f"resumes from {folder / 'epoch-0001.keras'}, the newest backup with finite weights" in message
+    assert "the loss may have grown before it: see history.csv" in message
     assert "--lr 0.001" in message
     assert "epoch-0002.diverged-" in capsys.readouterr().err
     assert [epoch for epoch, _ in backup.backups()] == [1]

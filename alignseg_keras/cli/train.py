@@ -1,5 +1,6 @@
 """`alignseg train`: the paper's training recipe from the command line."""
 
+import errno
 import math
 import os
 import sys
@@ -320,10 +321,10 @@ def _nan_message(error, backup, args):
         resume = ("Process 0 of the job says where re-running the command resumes (it sets "
                   "aside a backup that diverged)")
     elif left:
-        resume = (f"Re-running the same command resumes from {left[0][1]} (before the "
-                  "divergence)")
+        resume = (f"Re-running the same command resumes from {left[0][1]}, the newest backup "
+                  "with finite weights (the loss may have grown before it: see history.csv)")
     else:
-        resume = "No backup from before the divergence is left: re-running the command starts over"
+        resume = "No backup with finite weights is left: re-running the command starts over"
     return (f"{error}\n{resume}; give it a lower learning rate, e.g. --lr {args.lr / 10:g}, "
             "or it may diverge again.")
 
@@ -332,6 +333,19 @@ def _disk_full_message(error, output_dir):
     return (f"alignseg train: error: the disk is full ({error}). Nothing was lost: the last "
             f"complete backup in {os.path.join(output_dir, 'backup')} is kept. Free some space "
             "and run the same command again to resume.")
+
+
+def _unwritable_message(error, output_dir):
+    return (f"alignseg train: error: the output folder cannot be written ({error}). Nothing "
+            f"was lost: the last complete backup in {os.path.join(output_dir, 'backup')} is "
+            "kept. Make the folder writable and run the same command again to resume.")
+
+
+def _is_unwritable(error):
+    """Whether `error` (an OSError) says a file may not be written (permissions, a
+    read-only file system)."""
+    return isinstance(error, PermissionError) or error.errno in (errno.EROFS, errno.EACCES,
+                                                                 errno.EPERM)
 
 
 def epoch_plan(total_steps, checkpoint_every, epochs_done, steps_done):
@@ -363,12 +377,18 @@ def _resume_message(restored, steps_done, total_steps):
 def _train(model, batches, callbacks, backup, steps_done, args, final_path):
     """Trains what the backup has not done yet (`steps_done` optimizer steps
     restored), then saves the final model atomically."""
+    from alignseg_keras.callbacks import AtomicModelCheckpoint
     from alignseg_keras.multiprocess import save_on_chief
 
     epochs, steps_per_epoch = epoch_plan(args.steps, args.checkpoint_every,
                                          backup.epochs_done, steps_done)
     if backup.epochs_done < epochs:
         model.fit(batches, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks)
+    else:  # a kill after the last backup may have come before the checkpoint's save
+        for checkpoint in callbacks:
+            if isinstance(checkpoint, AtomicModelCheckpoint):
+                checkpoint.set_model(model)
+                checkpoint.on_epoch_end(backup.epochs_done - 1)
     # Of a multi-process job, only process 0 keeps it (all take part in saving).
     save_on_chief(model, final_path)
 
@@ -470,9 +490,12 @@ def _run_in_output_folder(args, final_path):
         print(_nan_message(error, backup, args), file=sys.stderr)
         return 1
     except OSError as error:
-        if not is_disk_full(error):
+        if is_disk_full(error):
+            print(_disk_full_message(error, args.output_dir), file=sys.stderr)
+        elif _is_unwritable(error):
+            print(_unwritable_message(error, args.output_dir), file=sys.stderr)
+        else:
             raise
-        print(_disk_full_message(error, args.output_dir), file=sys.stderr)
         return 1
     backup.discard()
     if multiprocess.is_chief():
