@@ -203,6 +203,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         for epoch, path in candidates:
             try:
                 changed = changed_arguments(self.model, path)
+                settings = changed_training_settings(self.model, path)  # before the optimizer loads
                 if not changed:
                     self.model.load_weights(path)
             except Exception as error:  # a torn file (OSError), weights that do not fit, ...
@@ -212,6 +213,10 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                 continue
             if changed:
                 raise BackupOfAnotherModelError(path, changed)
+            if settings:
+                print(f"Resuming from {path}, written with other training settings ({settings}): "
+                      "check that the change is meant (a constant learning rate is an optimizer "
+                      "variable, restored from the backup).", file=sys.stderr)
             self.model._initial_epoch = epoch
             self.restored, self.epochs_done = path, epoch
             self._newest = (path, optimizer_step(self.model))
@@ -277,13 +282,39 @@ def changed_arguments(model, path):
     to another model (e.g. another `alignment` sampler), which `load_weights`
     alone does not see.
     """
+    saved = _saved_config(path)
+    current = keras.saving.serialize_keras_object(model)
+    return _shown_differences(_config_differences(saved, current, "model"))
+
+
+# How a compiled model runs, not what it trains: not reported on a resume.
+_EXECUTION_SETTINGS = ("jit_compile", "run_eagerly", "steps_per_execution")
+
+
+def changed_training_settings(model, path):
+    """How the training settings `path` (a `.keras` backup) was compiled with differ from
+    `model`'s (learning rate and schedule, optimizer, losses, metrics), or "". They may
+    change on a resume; `ResumableBackup` says which did."""
+    saved = _saved_config(path).get("compile_config")
+    current = model.get_compile_config() if getattr(model, "compiled", False) else None
+    if not isinstance(saved, dict) or not isinstance(current, dict):
+        return ""
+    keys = (saved.keys() & current.keys()) - set(_EXECUTION_SETTINGS)
+    return _shown_differences(
+        difference for key in sorted(keys)
+        for difference in _config_differences(saved[key], current[key], key))
+
+
+def _saved_config(path):
     import json
     import zipfile
 
     with zipfile.ZipFile(path) as archive:
-        saved = json.loads(archive.read("config.json"))
-    current = keras.saving.serialize_keras_object(model)
-    differences = list(_config_differences(saved, current, "model"))
+        return json.loads(archive.read("config.json"))
+
+
+def _shown_differences(differences):
+    differences = list(differences)
     shown = "; ".join(f"{key}: {old!r} in the backup, {new!r} now" for key, old, new in differences[:3])
     return shown + (f" (and {len(differences) - 3} more)" if len(differences) > 3 else "")
 

@@ -146,6 +146,25 @@ def test_other_arguments_of_the_model_that_may_change_on_resume(tmp_path):
         keras.mixed_precision.set_global_policy("float32")
 
 
+def test_a_resume_with_other_training_settings_says_which(tmp_path, capsys):
+    folder = str(tmp_path / "backup")
+    fit(small_model(), ResumableBackup(folder), epochs=1)
+    backup = ResumableBackup(folder)
+    backup.set_model(small_model())
+    assert backup.restore().endswith("epoch-0001.keras")
+    assert "other training settings" not in capsys.readouterr().err
+    model = small_model()
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "mse", jit_compile=False)
+    backup = ResumableBackup(folder)
+    backup.set_model(model)
+    assert backup.restore().endswith("epoch-0001.keras")  # resumed, with a word
+    err = capsys.readouterr().err
+    assert "written with other training settings (optimizer.learning_rate: 0.0099" in err
+    assert "0.05000000074505806 now)" in err and "jit_compile" not in err
+    # A constant learning rate is an optimizer variable: the backup's is restored.
+    np.testing.assert_allclose(float(model.optimizer.learning_rate), 0.01, rtol=1e-6)
+
+
 def test_a_functional_model_built_again_resumes_its_backups(tmp_path):
     # Auto-named layers get a per-process counter, also in the graph's references to them.
     from alignseg_keras.callbacks import changed_arguments
