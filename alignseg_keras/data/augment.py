@@ -157,7 +157,10 @@ def _as_rgb(image):
 def random_scale(image, mask, scale_range, seed, scale_step=None):
     """Resizes an image (bilinear) and its mask (nearest) by one random factor.
 
-    The new size is `ceil(size * scale)` (at least 1 pixel).
+    The new size is `size * scale` rounded to the nearest integer, a half to
+    even (at least 1 pixel), in float64: OpenCV's `cv2.resize(image, None,
+    fx=scale, fy=scale)`, the authors' augmentation (before 2026-12-07 it was
+    rounded up: 1024x2048 at 0.8 became 820x1639 where theirs is 819x1638).
 
     Args:
         image: float32 `(H, W, 3)`.
@@ -179,12 +182,11 @@ def random_scale(image, mask, scale_range, seed, scale_step=None):
     if scale_step:
         count = int(round((high - low) / scale_step)) + 1
         index = tf.random.stateless_uniform([], seed, 0, count, dtype=tf.int32)
-        scale = tf.minimum(low + tf.cast(index, tf.float32) * scale_step, high)
+        scale = tf.minimum(low + tf.cast(index, tf.float64) * scale_step, high)
     else:
-        scale = tf.random.stateless_uniform([], seed, low, high)
-    size = tf.cast(tf.shape(image)[:2], tf.float32) * scale
-    # The small margin keeps exact products (e.g. 100 x 0.7) from rounding up.
-    size = tf.maximum(tf.cast(tf.math.ceil(size - 1e-3), tf.int32), 1)
+        scale = tf.cast(tf.random.stateless_uniform([], seed, low, high), tf.float64)
+    size = tf.cast(tf.shape(image)[:2], tf.float64) * scale
+    size = tf.maximum(tf.cast(tf.round(size), tf.int32), 1)  # half to even, as cvRound
     image = tf.image.resize(image, size, method="bilinear")
     mask = tf.image.resize(mask[..., None], size, method="nearest")[..., 0]
     return image, mask

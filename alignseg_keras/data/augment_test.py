@@ -88,6 +88,21 @@ def test_scale_step_draws_from_the_grid():
     assert set(heights) <= {40, 60, 80} and len(set(heights)) > 1
 
 
+def test_scaled_sizes_are_rounded_as_opencv_rounds_them():
+    # cv2.resize(image, None, fx=f, fy=f), the authors' augmentation: round(size * f),
+    # half to even (cvRound). 16x21 at 0.7: 11.2 x 14.7 -> 11 x 15 (rounded up: 12 x 15);
+    # 1024x2048 at 0.8: 819.2 x 1638.4 -> 819 x 1638; 5x7 at 0.5: 2.5 x 3.5 -> 2 x 4.
+    for (height, width), factor, expected in (((16, 21), 0.7, (11, 15)),
+                                              ((1024, 2048), 0.8, (819, 1638)),
+                                              ((5, 7), 0.5, (2, 4)), ((3, 3), 0.1, (1, 1))):
+        image = tf.zeros((height, width, 3), tf.float32)
+        mask = tf.zeros((height, width), tf.int32)
+        for step in (None, 0.1):
+            scaled, scaled_mask = augment.random_scale(image, mask, (factor, factor),
+                                                       tf.constant([1, 2]), scale_step=step)
+            assert tuple(scaled.shape[:2]) == expected == tuple(scaled_mask.shape), (factor, step)
+
+
 def test_same_seed_reproduces_and_other_seed_differs():
     kwargs = dict(photometric=True)
     first = take(pipeline(block_scenes(), seed=7, **kwargs), 3)
@@ -430,8 +445,9 @@ def test_class_balanced_crops_are_reproducible_and_aligned():
 # on x86-64 CPUs): the default path must not change. The masks of scaled crops (nearest
 # neighbour) and images and masks of unscaled ones (exact copies) do not depend on the
 # floating-point code paths of the machine; a new TensorFlow may change its random ops.
+# The scaled masks' changed on 2026-12-07 with the scaled size's rounding (OpenCV's).
 REGRESSION_HASHES = {
-    "scaled masks": "8bbc4c33d791fafd",
+    "scaled masks": "0db8ca573496724a",
     "unscaled": "b383f891858c1da9",
 }
 
