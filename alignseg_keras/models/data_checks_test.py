@@ -243,3 +243,43 @@ def test_a_model_of_0_to_1_images_warns_about_0_to_255_ones():
     said = scale_warnings(lambda: model.predict(IMAGES, verbose=0))
     assert len(said) == 1 and "(0..255 images?)" in said[0] and "images / 255" in said[0]
     assert scale_warnings(lambda: model.predict(IMAGES / 255.0, verbose=0)) == []
+
+
+def test_a_refused_batch_of_a_pydataset_leaves_the_model_and_its_weights(model):
+    # On JAX, Keras' loops take the variables' values out before their first step and
+    # put them back only from a step's results: a refused batch (prefetched, so it
+    # surfaces at the first step) left every weight None, the trained weights lost.
+    class Batches(keras.utils.PyDataset):
+        def __init__(self, images, masks, bad_first, **kwargs):
+            super().__init__(**kwargs)
+            self.images, self.masks, self.bad_first = images, masks, bad_first
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            part = slice(2 * index, 2 * index + 2)
+            bad = index == (0 if self.bad_first else 1)
+            images = IMAGES[part].astype("float32")
+            if bad and self.masks is None:
+                images[0, 0, 0, 0] = np.nan
+            masks = np.where(MASKS[part] == 0, 9, MASKS[part]) if bad else MASKS[part]
+            return (images, masks) if self.masks is not None else (images,)
+
+    model.fit(IMAGES, MASKS, batch_size=2, verbose=0)  # trained weights to keep
+    expected = model.predict(IMAGES, verbose=0)
+    for bad_first in (True, False):
+        weights = [np.array(weight) for weight in model.weights]
+        calls = (lambda: model.evaluate(Batches(IMAGES, MASKS, bad_first), verbose=0),
+                 lambda: model.predict(Batches(IMAGES, None, bad_first), verbose=0),
+                 lambda: model.fit(Batches(IMAGES, MASKS, bad_first), shuffle=False, verbose=0))
+        for call in calls:
+            with pytest.raises(ValueError, match=r"outside \[0, 3\)|NaN or infinite"):
+                call()
+            assert all(weight is not None for weight in model.get_weights())
+        if bad_first:  # no step ran: every weight as it was
+            for old, new in zip(weights, model.weights):
+                np.testing.assert_array_equal(old, np.array(new))
+            np.testing.assert_array_equal(model.predict(IMAGES, verbose=0), expected)
+        assert np.isfinite(model.predict(IMAGES, verbose=0)).all()
+    model.fit(IMAGES, MASKS, batch_size=2, verbose=0)  # and it trains on

@@ -88,6 +88,73 @@ class _RefuseEmptyFit(keras.callbacks.Callback):
             raise ValueError(_NO_BATCH)
 
 
+class _KeepStateUntilFirstStep(keras.callbacks.Callback):
+    """Puts a JAX model's variables back after an error in `fit`, `evaluate` or `predict`.
+
+    Keras' JAX loops take the values out of the model's variables before their first
+    step (to hold one copy of the weights) and put them back from a step's results:
+    `fit` in a `finally` only once a step has run, `evaluate` and `predict` only when
+    they end normally. An error in a step (a batch the data checks refuse: in a
+    pipeline or a PyDataset it surfaces at the first step, prefetched) left every
+    variable empty and the model's trained weights lost. This keeps the values from the
+    loop's start until its first step has ended (then Keras holds the last step's), and
+    `restore` puts the last step's, or these, back.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._values = None
+
+    def _keep(self, logs=None):
+        model = self.model
+        variables = (list(model.trainable_variables) + list(model.non_trainable_variables)
+                     + list(model.metrics_variables))  # what Keras' JAX loops take out
+        if model.optimizer is not None and model.optimizer.built:
+            variables += list(model.optimizer.variables)
+        self._values = [(variable, variable._value) for variable in variables]
+
+    def _release(self, batch, logs=None):
+        self._values = None
+
+    on_train_begin = on_test_begin = on_predict_begin = _keep
+    on_train_batch_end = on_test_batch_end = on_predict_batch_end = _release
+
+    def restore(self, model):
+        """After an error: the last step's state, or the values before the first step."""
+        model.jax_state_sync()
+        for variable, value in self._values or ():
+            if variable._value is None:
+                variable._value = value
+        self._values = None
+
+
+def _add_callbacks(arguments, added, model):
+    """`added` (callbacks) first among the `callbacks` of a `fit`, `evaluate` or `predict`
+    call's `arguments` (a list, or `fit`'s `CallbackList` for its validation)."""
+    callbacks = arguments.get("callbacks")
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        for callback in added:
+            callback.set_model(model)
+            callback.set_params(callbacks.params)
+        callbacks.callbacks[:0] = added
+    else:
+        arguments["callbacks"] = list(added) + list(callbacks or [])
+
+
+def _run_keeping_state(model, method, arguments):
+    """`method(**arguments)` (a `keras.Model` loop); on JAX the model keeps its variables
+    when it fails (`_KeepStateUntilFirstStep`)."""
+    if keras.backend.backend() != "jax":
+        return method(**arguments)
+    keeper = _KeepStateUntilFirstStep()
+    _add_callbacks(arguments, [keeper], model)
+    try:
+        return method(**arguments)
+    except BaseException:
+        keeper.restore(model)
+        raise
+
+
 class ImageSegmenter(keras.Model):
     """A `keras.Model` for segmentation whose `fit`, `evaluate` and `predict` check their data.
 
@@ -173,18 +240,10 @@ class ImageSegmenter(keras.Model):
             arguments["validation_data"] = self._checked_validation_data(
                 arguments["validation_data"], scale_warning
             )
-        checks = [_RefuseEmptyFit(), PolyScheduleLength()]
-        callbacks = arguments.get("callbacks")
-        if isinstance(callbacks, keras.callbacks.CallbackList):
-            for callback in checks:
-                callback.set_model(self)
-                callback.set_params(callbacks.params)
-            callbacks.callbacks[:0] = checks
-        else:
-            arguments["callbacks"] = checks + list(callbacks or [])
+        _add_callbacks(arguments, [_RefuseEmptyFit(), PolyScheduleLength()], self)
         with data_checks.data_errors(x):
             try:
-                return super().fit(**arguments)
+                return _run_keeping_state(self, super().fit, arguments)
             except StopIteration:  # Keras on JAX, building the step from data that gave none
                 raise ValueError(_NO_BATCH) from None
 
@@ -227,7 +286,7 @@ class ImageSegmenter(keras.Model):
             arguments["x"], arguments["y"] = self.checked_data(x, arguments.get("y"),
                                                                scale_warning=self.scale_warning())
         with data_checks.data_errors(x):
-            return super().evaluate(**arguments)
+            return _run_keeping_state(self, super().evaluate, arguments)
 
     def predict(self, *args, **kwargs):
         """Keras' `predict`, after checking that the images are finite.
@@ -241,4 +300,4 @@ class ImageSegmenter(keras.Model):
         if data_checks.is_empty_array(x):
             return np.zeros(tuple(x.shape[:3]) + (self.num_classes,), "float32")
         with data_checks.data_errors(x):
-            return super().predict(**arguments)
+            return _run_keeping_state(self, super().predict, arguments)
