@@ -153,10 +153,11 @@ _LIBRARY = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 # Top-level modules whose frames stand between a user's call and a check of this library:
 # Keras' loops, the backends', and Python's threads (a tf.data pipeline runs its Python
-# in one of TensorFlow's threads, a `PyDataset`'s workers in Keras' pool).
+# in one of TensorFlow's threads, a `PyDataset`'s workers in Keras' pool or, on JAX,
+# in a `multiprocessing` thread pool).
 FRAMEWORK_MODULES = frozenset({
     "keras", "tensorflow", "tf_keras", "jax", "jaxlib", "torch", "optree",
-    "threading", "concurrent", "contextlib", "functools",
+    "threading", "concurrent", "multiprocessing", "queue", "contextlib", "functools",
 })
 
 

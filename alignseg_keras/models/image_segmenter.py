@@ -109,8 +109,9 @@ class _KeepStateUntilFirstStep(keras.callbacks.Callback):
         model = self.model
         variables = (list(model.trainable_variables) + list(model.non_trainable_variables)
                      + list(model.metrics_variables))  # what Keras' JAX loops take out
-        if model.optimizer is not None and model.optimizer.built:
-            variables += list(model.optimizer.variables)
+        optimizer = getattr(model, "optimizer", None)  # none before compile on JAX
+        if optimizer is not None and optimizer.built:
+            variables += list(optimizer.variables)
         self._values = [(variable, variable._value) for variable in variables]
 
     def _release(self, batch, logs=None):
