@@ -317,3 +317,17 @@ def test_train_notes_what_xla_kernels_would_save_on_a_cpu(monkeypatch, capsys, t
         err = capsys.readouterr().err
         assert "stopped after the note" in err
         assert ("alignseg train: note: on this CPU (no AVX-512) JAX's XLA" in err) == noted
+
+
+def test_the_offset_model_predicts_on_jax():
+    # Its outputs were Keras' tracked dict, which a jitted predict step cannot return.
+    from alignseg_keras.testing import tiny_alignseg
+
+    model = tiny_alignseg(num_classes=3)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    offsets = model.offset_model()
+    predicted = offsets.predict(images, verbose=0)
+    called = offsets(images)
+    assert type(predicted) is dict and set(predicted) == set(called)
+    for name, field in predicted.items():
+        np.testing.assert_array_equal(field, np.asarray(called[name]))

@@ -545,7 +545,8 @@ class AlignSeg(ImageSegmenter):
                 "This AlignSeg has no alignment module, hence no offsets: its backbone "
                 f"has fusion={backbone.fusion!r} and context={backbone.context!r}."
             )
-        return keras.Model(self.inputs[0], self.offset_outputs, name=f"{self.name}_offsets")
+        # A plain dict: the tracked one is no JAX type, and `predict` failed on JAX.
+        return keras.Model(self.inputs[0], dict(self.offset_outputs), name=f"{self.name}_offsets")
 
     @classmethod
     def from_preset(cls, preset, num_classes=None, load_weights=True, **kwargs):
