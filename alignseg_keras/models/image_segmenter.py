@@ -101,6 +101,10 @@ class _KeepStateUntilFirstStep(keras.callbacks.Callback):
     `restore` puts the last step's, or these, back.
     """
 
+    # Its batch hooks only drop references: Keras may still dispatch the batch callbacks
+    # asynchronously (a callback overriding them without this flag makes every step wait).
+    async_safe = True
+
     def __init__(self):
         super().__init__()
         self._values = None
@@ -154,6 +158,9 @@ def _run_keeping_state(model, method, arguments):
     except BaseException:
         keeper.restore(model)
         raise
+    finally:  # out of `fit`'s CallbackList again: its validation adds one every epoch
+        if isinstance(arguments["callbacks"], keras.callbacks.CallbackList):
+            arguments["callbacks"].callbacks.remove(keeper)
 
 
 class ImageSegmenter(keras.Model):
