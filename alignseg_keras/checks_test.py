@@ -11,6 +11,7 @@ from alignseg_keras.checks import MAX_CLASSES
 from alignseg_keras.checks import ScaleWarning
 from alignseg_keras.checks import check_class_count
 from alignseg_keras.checks import check_finite_images
+from alignseg_keras.checks import check_image_dtype
 from alignseg_keras.checks import check_masks
 from alignseg_keras.checks import check_weights_may_change
 from alignseg_keras.checks import expected_image_range
@@ -123,8 +124,11 @@ def test_fit_and_train_on_batch_refuse_weights_assumed_frozen(monkeypatch):
     for train in (lambda: model.train_on_batch(images, masks), lambda: model.fit(images, masks, verbose=0)):
         with pytest.raises(ValueError, match="TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1 is set"):
             train()
-    # Inference stays allowed: that is what the switch is for.
-    assert model.predict_on_batch(images).shape == (1, 32, 32, 3)
+    # Inference stays allowed: that is what the switch is for. Its function is only made,
+    # not run: TensorFlow reads the switch once, at the process's first oneDNN convolution,
+    # and every later test in this process would keep its convolutions' first kernels.
+    model.make_predict_function(force=True)
+    model.make_test_function(force=True)
     monkeypatch.delenv("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS")
     assert np.all(np.isfinite(model.train_on_batch(images, masks)))
 
@@ -186,3 +190,66 @@ def test_images_in_another_scale_are_warned_about_once():
         byte(images_up_to(255, "uint8"))
     with pytest.warns(UserWarning, match="is 2.01 "):
         ScaleWarning(UNIT_IMAGENET["mean"], UNIT_IMAGENET["std"])(images_up_to(2.01))
+
+
+PHOTO = np.random.default_rng(3).uniform(0, 255, (2, 6, 7, 3))
+
+
+def normalised(images, convention):
+    return (images - np.array(convention["mean"])) / np.array(convention["std"])
+
+
+def warns_once(convention, images, match):
+    with pytest.warns(UserWarning, match=match) as said:
+        ScaleWarning(convention["mean"], convention["std"])(images)
+    assert len(said) == 1
+
+
+def test_images_already_normalised_or_of_16_bits_are_warned_about():
+    twice = r"lie in -2\.\d+\.\.2\.\d+ \(images already normalised, or scaled to -1\.\.1\?\)"
+    imagenet_normalised = normalised(PHOTO, IMAGENET_RGB)  # -2.12..2.64: torchvision's output
+    for convention in (IMAGENET_RGB, CAFFE_BGR, UNIT_IMAGENET):
+        warns_once(convention, imagenet_normalised, twice + ".*mean 0 and std 1")
+    # -1..1 images: the normalised kind, not 0..1 (their largest value is 1 too).
+    warns_once(IMAGENET_RGB, PHOTO / 127.5 - 1, r"lie in -0\.9\d+\.\.0\.9\d+ \(images already")
+    warns_once(IMAGENET_RGB, (PHOTO * 257).astype("uint16"),
+               r"is 6\d{4} \(16-bit images, 0\.\.65535\?\).*divided by 257")
+
+
+def test_the_bounds_of_the_normalised_and_16_bit_kinds():
+    def values(smallest, largest):
+        return np.array([smallest, largest], "float64").reshape(1, 1, 2, 1).repeat(3, -1)
+
+    with pytest.warns(UserWarning, match="already normalised"):
+        ScaleWarning(IMAGENET_RGB["mean"], IMAGENET_RGB["std"])(values(-0.51, 3.0))
+    with pytest.warns(UserWarning, match="16-bit"):
+        ScaleWarning(IMAGENET_RGB["mean"], IMAGENET_RGB["std"])(values(0, 510.5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for convention, smallest, largest in [
+            (IMAGENET_RGB, -0.5, 3.0), (IMAGENET_RGB, -0.51, 3.01), (IMAGENET_RGB, 0, 510.0),
+            # Resizing's overshoot of 0..255 and of 0..1 images.
+            (IMAGENET_RGB, -20.0, 290.0), (UNIT_IMAGENET, -0.05, 1.05),
+            (dict(mean=(0.0,) * 3, std=(1.0,) * 3), -2.1, 2.6),  # no normalisation: any
+        ]:
+            ScaleWarning(convention["mean"], convention["std"])(values(smallest, largest))
+
+
+@pytest.mark.parametrize("dtype, message", [
+    ("bool", r"`images` are of dtype bool: booleans, which become 0 and 1 \(masks given as images\?\)"),
+    ("complex64", "dtype complex64: complex numbers"),
+    ("int8", r"dtype int8: int8, which holds -128\.\.127"),
+    ("<U9", r"dtype str288: no plain numbers \(text\? paths\?"),
+    ("object", "dtype object: no plain numbers"),
+])
+def test_images_of_a_dtype_without_rgb_values_are_refused(dtype, message):
+    import tensorflow as tf
+
+    with pytest.raises(ValueError, match=message + r".*AlignSeg takes RGB values 0\.\.255"):
+        check_image_dtype(np.dtype(dtype))
+    if dtype not in ("<U9", "object"):
+        with pytest.raises(ValueError, match=message):
+            check_image_dtype(tf.as_dtype(dtype))
+    for good in ("uint8", "uint16", "int16", "int32", "float16", "float32", "float64",
+                 tf.bfloat16, keras.backend.standardize_dtype("bfloat16")):
+        check_image_dtype(good)

@@ -7,6 +7,7 @@ to the label size first (bilinear, align_corners=True, as the authors' code),
 so logits are compared with labels at label resolution. Only `keras.ops`.
 """
 
+import math
 import numbers
 
 import keras
@@ -652,6 +653,33 @@ class LovaszSoftmaxLoss(_RegionLoss):
         return config
 
 
+def _combined_term(term):
+    """`(loss, weight)` of a `CombinedLoss` term: a loss, a `(loss, weight)` pair or
+    their serialized form; a `TypeError` or `ValueError` naming the term otherwise."""
+    pair = isinstance(term, (list, tuple))
+    if pair and len(term) != 2:
+        raise TypeError(
+            f"CombinedLoss: a term is a loss or a (loss, weight) pair; received {len(term)} "
+            f"items: {term!r}."
+        )
+    loss, weight = term if pair else (term, 1.0)
+    if isinstance(loss, dict):
+        loss = keras.saving.deserialize_keras_object(loss)
+    if not isinstance(loss, keras.losses.Loss):
+        raise TypeError(
+            "CombinedLoss: each term must be a keras.losses.Loss (e.g. "
+            "keras.losses.SparseCategoricalCrossentropy(ignore_class=255), not its name) or "
+            f"a (loss, weight) pair; received {term!r}."
+        )
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not (
+            math.isfinite(weight) and weight >= 0):
+        raise ValueError(
+            f"CombinedLoss: the weight of {type(loss).__name__} must be a finite number of "
+            f"at least 0; received {weight!r}."
+        )
+    return loss, float(weight)
+
+
 @keras.saving.register_keras_serializable(package="alignseg_keras")
 class CombinedLoss(_SampleWeightedLoss):
     """A weighted sum of losses: `sum_i weight_i * loss_i(y_true, y_pred)`.
@@ -682,17 +710,18 @@ class CombinedLoss(_SampleWeightedLoss):
     divides_by_replicas = False
 
     def __init__(self, losses, name="combined_loss", **kwargs):
+        if not isinstance(name, str):  # CombinedLoss([a, b], [1.0, 0.5]): weights as the name
+            raise TypeError(
+                f"CombinedLoss: `name` must be a string; received {name!r}. The weights go "
+                "with their losses: CombinedLoss([(loss_a, 1.0), (loss_b, 0.5)])."
+            )
         super().__init__(name=name, **kwargs)
-        terms = []
-        for term in losses:
-            loss, weight = term if isinstance(term, (list, tuple)) else (term, 1.0)
-            if isinstance(loss, dict):
-                loss = keras.saving.deserialize_keras_object(loss)
-            if not isinstance(loss, keras.losses.Loss):
-                raise TypeError(
-                    f"CombinedLoss: each term must be a keras.losses.Loss or a (loss, weight) pair; received {term!r}."
-                )
-            terms.append((loss, float(weight)))
+        if isinstance(losses, (keras.losses.Loss, dict)) or not isinstance(losses, (list, tuple)):
+            raise TypeError(
+                "CombinedLoss: `losses` must be a list of losses or (loss, weight) pairs, e.g. "
+                f"CombinedLoss([(loss_a, 1.0), (loss_b, 0.5)]); received {losses!r}."
+            )
+        terms = [_combined_term(term) for term in losses]
         if not terms:
             raise ValueError("CombinedLoss: `losses` must name at least one loss.")
         labels = {loss.ignore_index for loss, _ in terms if hasattr(loss, "ignore_index")}

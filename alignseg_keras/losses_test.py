@@ -532,6 +532,27 @@ def test_bad_arguments_are_refused():
         CombinedLoss([])
 
 
+def test_combined_loss_arguments_are_checked_when_it_is_made():
+    ce, dice = SegmentationCrossEntropy(), DiceLoss()
+    # The weights as a second list were taken as the name, and every weight as 1.
+    with pytest.raises(TypeError, match=r"`name` must be a string; received \[1.0, 0.5\]. "
+                                        r"The weights go with their losses"):
+        CombinedLoss([ce, dice], [1.0, 0.5])
+    with pytest.raises(TypeError, match="`losses` must be a list"):
+        CombinedLoss(ce)
+    with pytest.raises(TypeError, match="received 3 items"):
+        CombinedLoss([(ce, 1.0, 0.5)])
+    for weight in ("x", None, True, float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="weight of SegmentationCrossEntropy must be a "
+                                             f"finite number of at least 0; received {weight!r}"):
+            CombinedLoss([(ce, weight)])
+    assert CombinedLoss([(ce, np.float32(0.5)), (dice, 0)]).terms == [(ce, 0.5), (dice, 0.0)]
+    combined = CombinedLoss([(ce, 1.0), (dice, 0.5)])  # registered: deserialized by its name
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(combined))
+    assert [(type(loss), weight) for loss, weight in restored.terms] == [
+        (SegmentationCrossEntropy, 1.0), (DiceLoss, 0.5)]
+
+
 # In the task
 
 
