@@ -7,7 +7,9 @@ functions use the others for arrays, generators and (through
 `alignseg_keras.models.tf_data_checks`) `tf.data` pipelines.
 """
 
+import functools
 import numbers
+import operator
 import os
 
 import numpy as np
@@ -87,13 +89,23 @@ def check_positive_int(value, what):
 def _dtype_kind(array):
     """The NumPy kind ("f", "i", "u", "b", ...) of a NumPy, TensorFlow, JAX or torch array's
     dtype; "f" for bfloat16 too (NumPy's kind of ml_dtypes' bfloat16 is "V")."""
+    return _kind_of_dtype(getattr(array, "dtype", None))
+
+
+def _numpy_name(dtype):
+    """A dtype as NumPy reads it: Keras' name where Keras knows the dtype (torch.float32 ->
+    "float32"), else what NumPy makes of it."""
     import keras
 
-    dtype = getattr(array, "dtype", None)
     try:
-        name = keras.backend.standardize_dtype(dtype)  # torch.float32 -> "float32"
-    except ValueError:  # dtypes Keras does not know: what NumPy makes of them
-        name = getattr(dtype, "as_numpy_dtype", dtype)
+        return keras.backend.standardize_dtype(dtype)
+    except ValueError:
+        return getattr(dtype, "as_numpy_dtype", dtype)
+
+
+def _kind_of_dtype(dtype):
+    """The NumPy kind of a NumPy, TensorFlow, JAX or torch dtype (see `_dtype_kind`)."""
+    name = _numpy_name(dtype)
     if "float" in str(name):
         return "f"
     try:
@@ -152,6 +164,54 @@ def check_image_batch_shape(shape, image_size=None):
             )
 
 
+def check_image_dtype(dtype, source="`images`"):
+    """Raises `ValueError` for images of a dtype that holds no RGB values 0..255.
+
+    Booleans (masks given as images?) and complex numbers would be cast to
+    0/1 or their real part, and int8 wraps values above 127 to negative ones,
+    all without an error; text is no pixel values at all. Floats (bfloat16
+    too), unsigned and wider signed integers pass.
+
+    Args:
+        dtype: the images' dtype (NumPy, TensorFlow, JAX or torch, or its name).
+        source: what holds the images, for the message.
+
+    Example:
+    ```python
+    check_image_dtype("uint8")
+    ```
+    """
+    kind = _kind_of_dtype(dtype)
+    name = _dtype_name(dtype)
+    if kind == "b":
+        cause = ("booleans, which become 0 and 1 (masks given as images?); pass the RGB "
+                 "images, values 0..255")
+    elif kind == "c":
+        cause = "complex numbers, of which the model would take the real part"
+    elif kind == "i" and str(_numpy_name(dtype)) == "int8":
+        cause = ("int8, which holds -128..127: RGB values above 127 wrap around to "
+                 "negative ones; pass uint8 or float images")
+    elif kind not in "fiu":
+        cause = ("no plain numbers (text? paths? quantized values?); decode image files "
+                 "first, e.g. with "
+                 "`keras.utils.load_img` or `alignseg_keras.data`")
+    else:
+        return
+    raise ValueError(f"{source} are of dtype {name}: {cause}. AlignSeg takes RGB values "
+                     "0..255 (uint8 or float).")
+
+
+def _dtype_name(dtype):
+    """A dtype's short name: "bool" for NumPy's, TensorFlow's and torch's alike."""
+    name = getattr(dtype, "name", None)  # NumPy's and TensorFlow's dtypes
+    if isinstance(name, str):
+        return name
+    try:
+        return np.dtype(_numpy_name(dtype)).name  # NumPy's scalar types, torch's dtypes
+    except TypeError:
+        return str(dtype)
+
+
 def check_finite_images(images, source="`images`"):
     """Raises `ValueError` if a float image batch holds a NaN or infinite value.
 
@@ -185,6 +245,14 @@ def check_finite_images(images, source="`images`"):
 # reach 2 only through gross overshoot (bicubic resizing overshoots by a few percent).
 _UNIT_RANGE_LIMIT = 1.0
 _BYTE_RANGE_FLOOR = 2.0
+# Images already normalised (ImageNet's mean and std: -2.12..2.64; -1..1 images) go
+# below -0.5, which resizing's overshoot of 0..1 images does not reach, and stay
+# below 3, which 0..255 images exceed unless black.
+_NORMALISED_FLOOR = -0.5
+_NORMALISED_LIMIT = 3.0
+# 16-bit images (0..65535) and 10- or 12-bit ones exceed twice 255, which resizing's
+# overshoot of 0..255 images does not reach.
+_WIDE_RANGE_FLOOR = 510.0
 
 
 def expected_image_range(mean, std):
@@ -207,37 +275,69 @@ def expected_image_range(mean, std):
     return None
 
 
-def is_misscaled(largest, expected_range):
-    """Whether images whose largest value is `largest` (a number, or a NumPy or
-    TensorFlow scalar: the result is of its kind) are in another scale than
-    `expected_range` (`expected_image_range`): at most 1 (but not all 0) where
-    it is 255, above 2 where it is 1."""
+def _scale_tests(largest, smallest, expected_range):
+    """The kinds of misscaling, each with its test of images whose values lie in
+    `smallest..largest` (numbers, or NumPy or TensorFlow scalars: the tests are of
+    their kind) for a model taking values 0..`expected_range` (`expected_image_range`):
+    "normalised" (already normalised images, below -0.5 and none above 3) for any
+    range; "unit" (0..1 images: at most 1, but not all 0) and "wide" (above 510:
+    16-bit images) where it is 255; "byte" (0..255 images: above 2) where it is 1."""
+    if expected_range is None:
+        return {}
+    tests = {"normalised": (smallest < _NORMALISED_FLOOR) & (largest <= _NORMALISED_LIMIT)}
     if expected_range == 255.0:
-        return (largest > 0.0) & (largest <= _UNIT_RANGE_LIMIT)
-    if expected_range == 1.0:
-        return largest > _BYTE_RANGE_FLOOR
-    return False
+        tests["unit"] = (largest > 0.0) & (largest <= _UNIT_RANGE_LIMIT)
+        tests["wide"] = largest > _WIDE_RANGE_FLOOR
+    else:
+        tests["byte"] = largest > _BYTE_RANGE_FLOOR
+    return tests
 
 
-def image_scale_message(largest, expected_range, mean, std, source="`images`"):
-    """The warning for images whose largest value `largest` does not fit the
-    normaliser's scale `expected_range` (`expected_image_range`), or None."""
-    if not is_misscaled(largest, expected_range):
+def is_misscaled(largest, smallest, expected_range):
+    """Whether images whose values lie in `smallest..largest` are in another scale than
+    `expected_range` (`expected_image_range`; the tests of `_scale_tests`). Numbers, or
+    NumPy or TensorFlow scalars: the result is of their kind."""
+    tests = list(_scale_tests(largest, smallest, expected_range).values())
+    return functools.reduce(operator.or_, tests) if tests else False
+
+
+def image_scale_message(largest, smallest, expected_range, mean, std, source="`images`"):
+    """The warning for images whose values lie in `smallest..largest` but do not fit
+    the normaliser's scale `expected_range` (`expected_image_range`), or None."""
+    tests = _scale_tests(largest, smallest, expected_range)
+    kind = next((kind for kind, test in tests.items() if test), None)
+    if kind is None:
         return None
-    if expected_range == 255.0:
+    normaliser = f"(mean {_rounded(mean)}, std {_rounded(std)})"
+    scale = "RGB values 0..255" if expected_range == 255.0 else "values 0..1"
+    if kind == "normalised":
         return (
-            f"The largest value of {source} is {largest:.4g} (0..1 images?), but this "
-            f"model normalises RGB values 0..255 (mean {_rounded(mean)}, std {_rounded(std)}): "
-            "normalised so, 0..1 images are nearly constant and the network sees almost "
-            "nothing of them. Feed 0..255 values (e.g. images * 255), or build the model "
-            "with mean and std in your images' scale (divided by 255)."
+            f"The values of {source} lie in {smallest:.6g}..{largest:.6g} (images already "
+            f"normalised, or scaled to -1..1?), but this model normalises {scale} itself "
+            f"{normaliser}: normalised twice, they are nearly constant. Feed the images "
+            "before normalisation, or build the model with mean 0 and std 1 "
+            "(`mean=(0, 0, 0), std=(1, 1, 1)`) to take them as they are."
+        )
+    if kind == "unit":
+        return (
+            f"The largest value of {source} is {largest:.6g} (0..1 images?), but this "
+            f"model normalises {scale} {normaliser}: normalised so, 0..1 images are nearly "
+            "constant and the network sees almost nothing of them. Feed 0..255 values "
+            "(e.g. images * 255), or build the model with mean and std in your images' "
+            "scale (divided by 255)."
+        )
+    if kind == "wide":
+        return (
+            f"The largest value of {source} is {largest:.6g} (16-bit images, 0..65535?), but "
+            f"this model normalises {scale} {normaliser}: normalised so, they reach "
+            "hundreds, far beyond what its weights expect. Feed 0..255 values (16-bit "
+            "images divided by 257)."
         )
     return (
-        f"The largest value of {source} is {largest:.4g} (0..255 images?), but this model "
-        f"normalises values 0..1 (mean {_rounded(mean)}, std {_rounded(std)}): normalised so, "
-        "0..255 images reach hundreds, far beyond what its weights expect. Feed 0..1 values "
-        "(images / 255), or build the model with mean and std in 0..255 (multiplied by "
-        "255), AlignSeg's convention."
+        f"The largest value of {source} is {largest:.6g} (0..255 images?), but this model "
+        f"normalises {scale} {normaliser}: normalised so, 0..255 images reach hundreds, "
+        "far beyond what its weights expect. Feed 0..1 values (images / 255), or build the "
+        "model with mean and std in 0..255 (multiplied by 255), AlignSeg's convention."
     )
 
 
@@ -248,8 +348,9 @@ def _rounded(values):
 class ScaleWarning:
     """Warns once (a `UserWarning`) about image batches in another scale than
     `mean` and `std` normalise (`expected_image_range`): 0..1 images for a model
-    normalising 0..255 values, or the reverse. Such images train and predict
-    without an error, and badly.
+    normalising 0..255 values, or the reverse; 16-bit images; images already
+    normalised (`is_misscaled`). Such images train and predict without an error,
+    and badly.
 
     Args:
         mean: the three means the model subtracts.
@@ -278,11 +379,16 @@ class ScaleWarning:
         if (self.warned or self.expected_range is None or len(np.shape(images)) == 0
                 or np.size(images) == 0 or _dtype_kind(images) not in "fcui"):
             return
-        self.warn_for_largest(max(float(np.max(block)) for _, block in _chunks(images)), source)
+        largest, smallest = -np.inf, np.inf
+        for _, block in _chunks(images):
+            largest = max(largest, float(np.max(block)))
+            smallest = min(smallest, float(np.min(block)))
+        self.warn_for_range(largest, smallest, source)
 
-    def warn_for_largest(self, largest, source="a batch of images"):
-        """Warns, once, if images whose largest value is `largest` are misscaled."""
-        message = image_scale_message(largest, self.expected_range, self.mean, self.std, source)
+    def warn_for_range(self, largest, smallest, source="a batch of images"):
+        """Warns, once, if images whose values lie in `smallest..largest` are misscaled."""
+        message = image_scale_message(largest, smallest, self.expected_range, self.mean,
+                                      self.std, source)
         if message is not None and not self.warned:
             from alignseg_keras.config_utils import warn_at_user_line
 

@@ -44,6 +44,7 @@ import keras
 import numpy as np
 
 from alignseg_keras.checks import check_image_batch_shape
+from alignseg_keras.checks import check_image_dtype
 from alignseg_keras.inference import check_precision
 from alignseg_keras.inference import inference_model
 from alignseg_keras.inference import input_image_size
@@ -108,10 +109,12 @@ class FrozenInferenceModel:
 
     def __call__(self, images):
         """Float32 logits `(B, H, W, classes)` as a TensorFlow tensor, for RGB `images`
-        `(B, H, W, 3)` of any dtype; empty logits for an empty batch or 0-sized images."""
+        `(B, H, W, 3)` of a numeric dtype (`checks.check_image_dtype`); empty logits for an empty batch or 0-sized images."""
         import tensorflow as tf
 
-        images = tf.cast(tf.convert_to_tensor(images), tf.float32)
+        images = tf.convert_to_tensor(images)
+        check_image_dtype(images.dtype)
+        images = tf.cast(images, tf.float32)
         if images.shape.rank != 4 or images.shape[-1] != 3:
             raise ValueError(
                 f"{self.name} takes RGB images of shape (batch, height, width, 3); received "
@@ -125,7 +128,7 @@ class FrozenInferenceModel:
 
     def predict_on_batch(self, images):
         """Float32 logits `(B, H, W, classes)` as a NumPy array, for RGB `images` `(B, H, W, 3)`."""
-        return self(np.asarray(images, dtype="float32")).numpy()
+        return self(np.asarray(images)).numpy()
 
 
 def _frozen_function(model, image_size=(None, None)):

@@ -54,6 +54,7 @@ import numpy as np
 from keras import ops
 
 from alignseg_keras.checks import check_finite_images
+from alignseg_keras.checks import check_image_dtype
 from alignseg_keras.checks import check_positive_int
 from alignseg_keras.checks import scale_warning_of
 from alignseg_keras.config_utils import global_dtype_policy
@@ -190,6 +191,7 @@ def _as_image_batch(images, model):
             "`images` must be RGB images of shape (batch, height, width, 3) or "
             f"(height, width, 3); received shape {images.shape}."
         )
+    check_image_dtype(images.dtype)
     check_finite_images(images)
     scale_warning = scale_warning_of(getattr(model, "normalization", None))
     if scale_warning is not None:

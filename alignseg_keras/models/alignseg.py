@@ -13,6 +13,7 @@ from alignseg_keras.backbones.encoders import keras_hub_encoder
 from alignseg_keras.checks import IGNORE_INDEX
 from alignseg_keras.checks import check_class_count
 from alignseg_keras.checks import check_image_batch_shape
+from alignseg_keras.checks import check_image_dtype
 from alignseg_keras.config_utils import deserialized
 from alignseg_keras.config_utils import freeze_layers
 from alignseg_keras.config_utils import frozen_layers
@@ -382,6 +383,7 @@ class AlignSeg(ImageSegmenter):
         if isinstance(inputs, dict):  # keyed by the input's name, as Keras' functional models take
             inputs = _images_of_dict(inputs, self.inputs[0].name)
         check_image_batch_shape(getattr(inputs, "shape", None), self.image_shape[:2])
+        check_image_dtype(getattr(inputs, "dtype", None))
         outputs = super().call(inputs, training=training, mask=mask)
         if isinstance(outputs, dict) and not training:
             return outputs[LOGITS]

@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from alignseg_keras.checks import check_finite_images
+from alignseg_keras.checks import check_image_dtype
 from alignseg_keras.checks import check_masks
 from alignseg_keras.checks import squeeze_masks
 
@@ -48,6 +49,7 @@ def check_arrays(images, masks=None, num_classes=None, ignore_index=255, scale_w
     ```
     """
     if _is_array(images):
+        check_image_dtype(images.dtype)
         check_finite_images(images)
         if scale_warning is not None:
             scale_warning(images)

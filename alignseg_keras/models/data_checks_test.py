@@ -127,6 +127,30 @@ def test_non_finite_pixels_are_refused_everywhere(model):
             predict(model, inf_images)
 
 
+def test_images_of_a_dtype_without_rgb_values_are_refused_everywhere(model):
+    # Booleans (masks given as images), complex numbers and int8 trained and predicted
+    # without a word; text failed inside Keras ("Invalid dtype: str672").
+    for images, message in [(IMAGES > 128, "dtype bool: booleans"),
+                            (IMAGES.astype("complex64"), "dtype complex64: complex numbers"),
+                            ((IMAGES.astype("int16") - 128).astype("int8"), "dtype int8: int8"),
+                            (IMAGES.astype(str), "no plain numbers")]:
+        before = trainable_weights(model)
+        calls = [lambda: model.fit(images, MASKS, batch_size=2, verbose=0),
+                 lambda: model.evaluate(images, MASKS, verbose=0),
+                 lambda: model.predict(images, verbose=0),
+                 lambda: model.train_on_batch(images, MASKS),
+                 lambda: model.predict_on_batch(images),
+                 lambda: predict_whole(model, images),
+                 lambda: predict_sliding(model, images, 16)]
+        if images.dtype.kind != "U":  # the model's own call (text is no tensor)
+            calls.append(lambda: model(keras.ops.convert_to_tensor(images)))
+        for call in calls:
+            with pytest.raises(ValueError, match=message):
+                call()
+        for old, new in zip(before, trainable_weights(model)):
+            np.testing.assert_array_equal(old, new)
+
+
 def test_fit_on_no_images_is_refused(model):
     before = trainable_weights(model)
     with pytest.raises(ValueError, match="no training batches"):
@@ -183,8 +207,8 @@ def scale_warnings(call, where=None):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         call()
-    said = [w for w in caught if "(0..1 images?)" in str(w.message)
-            or "(0..255 images?)" in str(w.message)]
+    kinds = ("(0..1 images?)", "(0..255 images?)", "(16-bit images", "(images already normalised")
+    said = [w for w in caught if any(kind in str(w.message) for kind in kinds)]
     if where is not None:
         where.extend(w.filename for w in said)
     return [str(w.message) for w in said]
@@ -236,6 +260,14 @@ def test_a_fit_and_its_validation_data_are_warned_about_once():
     said = scale_warnings(lambda: model.fit(unit_images, MASKS, batch_size=2, verbose=0,
                                             validation_data=(unit_images, MASKS)))
     assert len(said) == 1
+
+
+def test_images_already_normalised_or_of_16_bits_are_warned_about_once_a_call(model):
+    normalised = (IMAGES - np.array([123.675, 116.28, 103.53])) / np.array([58.395, 57.12, 57.375])
+    said = scale_warnings(lambda: model.predict(normalised.astype("float32"), verbose=0))
+    assert len(said) == 1 and "(images already normalised" in said[0], said
+    said = scale_warnings(lambda: model.evaluate(IMAGES.astype("uint16") * 257, MASKS, verbose=0))
+    assert len(said) == 1 and "(16-bit images, 0..65535?)" in said[0], said
 
 
 def test_a_model_of_0_to_1_images_warns_about_0_to_255_ones():

@@ -6,7 +6,8 @@ fails goes to the NumPy check of `alignseg_keras.checks`, which raises the
 `ValueError` that names the values. The check runs in `tf.data`, outside the
 training step, so it also holds under XLA and on the JAX backend. Given the
 model's normalisation, a batch in another scale than it normalises (its largest
-value, one more reduction) goes to Python's `warnings` too (`checks.is_misscaled`).
+and smallest values, two more reductions) goes to Python's `warnings` too
+(`checks.is_misscaled`).
 """
 
 import contextlib
@@ -17,6 +18,7 @@ import tensorflow as tf
 
 from alignseg_keras.checks import check_finite_images
 from alignseg_keras.checks import check_image_batch_shape
+from alignseg_keras.checks import check_image_dtype
 from alignseg_keras.checks import check_masks
 from alignseg_keras.checks import is_misscaled
 from alignseg_keras.data.files import READER_NAME
@@ -60,17 +62,19 @@ _CHECKING_FUNCTIONS = (_raise_batch_error.__name__, READER_NAME)
 
 def _scale_checked(images, scale_warning):
     """`images`, after `scale_warning` (a `checks.ScaleWarning`, or None) has seen
-    the batch's largest value; Python runs only for a misscaled batch."""
-    if scale_warning is None or scale_warning.expected_range is None or images.dtype == tf.bool:
-        return images  # boolean images are refused by the model, as in the NumPy check
-    largest = tf.reduce_max(tf.cast(images, tf.float32))  # -inf for an empty batch
+    the batch's largest and smallest values; Python runs only for a misscaled batch."""
+    if scale_warning is None or scale_warning.expected_range is None:
+        return images
+    values = tf.cast(images, tf.float32)
+    largest = tf.reduce_max(values)  # -inf for an empty batch
+    smallest = tf.reduce_min(values)  # inf for an empty batch
 
-    def warn(value):
-        scale_warning.warn_for_largest(float(value))
+    def warn(largest, smallest):
+        scale_warning.warn_for_range(float(largest), float(smallest))
         return True
 
-    warned = tf.cond(is_misscaled(largest, scale_warning.expected_range),
-                     lambda: tf.numpy_function(warn, [largest], tf.bool),
+    warned = tf.cond(is_misscaled(largest, smallest, scale_warning.expected_range),
+                     lambda: tf.numpy_function(warn, [largest, smallest], tf.bool),
                      lambda: tf.constant(True))
     with tf.control_dependencies([warned]):
         return tf.identity(images)
@@ -78,6 +82,7 @@ def _scale_checked(images, scale_warning):
 
 def _check_element(*element, num_classes, ignore_index, scale_warning=None):
     images, rest = element[0], list(element[1:])
+    check_image_dtype(images.dtype, "The images of the dataset")
     masks = rest[0] if rest and num_classes is not None else None
     problem = tf.constant(False)
     if images.shape.rank != 4 or images.shape[-1] != 3:  # decoded files: known at run time

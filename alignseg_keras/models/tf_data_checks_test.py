@@ -154,12 +154,27 @@ def test_a_pipeline_in_another_scale_is_warned_about_once():
     assert where == [__file__]
     fresh = ScaleWarning(imagenet.mean, imagenet.std)
     assert scale_warnings(lambda: read_all(checked_dataset(batches(IMAGES), scale_warning=fresh))) == []
-    # Boolean images are left to the model's own refusal, as in the NumPy check.
-    boolean = tf.data.Dataset.from_tensor_slices(IMAGES > 128).batch(2)
-    assert scale_warnings(lambda: list(checked_dataset(boolean, scale_warning=fresh))) == []
+    normalised = batches((IMAGES / 127.5 - 1).astype("float32"))  # -1..1, largest 1 as 0..1
+    said = scale_warnings(lambda: read_all(checked_dataset(normalised, scale_warning=fresh)))
+    assert len(said) == 1 and "(images already normalised, or scaled to -1..1?)" in said[0]
+    sixteen_bit = batches(IMAGES.astype("uint16") * 257)
+    said = scale_warnings(lambda: read_all(checked_dataset(sixteen_bit, scale_warning=ScaleWarning(
+        imagenet.mean, imagenet.std))))
+    assert len(said) == 1 and "is 65535 (16-bit images" in said[0], said
     model = tiny_alignseg(num_classes=3)
     model.compile()
     for call in (lambda: model.predict(batches(unit_images), verbose=0),
                  lambda: model.evaluate(batches(unit_images, MASKS), verbose=0)):
         where = []
         assert len(scale_warnings(call, where)) == 1 and where == [__file__]
+
+
+def test_a_pipeline_of_images_without_rgb_values_is_refused_when_it_is_given():
+    model = tiny_alignseg(num_classes=3)
+    model.compile()
+    for images, message in [(IMAGES > 128, "The images of the dataset are of dtype bool"),
+                            (IMAGES.astype(str), "dtype string: no plain numbers")]:
+        with pytest.raises(ValueError, match=message):
+            checked_dataset(batches(images))
+        with pytest.raises(ValueError, match=message):
+            model.fit(batches(images, MASKS), verbose=0)
