@@ -559,11 +559,13 @@ class AlignSeg(ImageSegmenter):
                 `"alignseg_resnet101_official"`, the authors' released network,
                 or `"alignseg_resnet18_small"`; architectures without weights),
                 or a directory written by `save_to_preset` (or `alignseg
-                convert`), keras-hub's layout, whose weights are loaded.
+                convert`), keras-hub's layout, whose weights are loaded; or
+                that of a backbone alone (`AlignSegBackbone.save_to_preset`),
+                on which new heads start fresh.
             num_classes: int or None. None keeps the preset directory's
-                classes (19 for a name). A different number loads every weight
-                of the directory but the heads', which start fresh, for
-                fine-tuning on other classes.
+                classes (19 for a name; required for a backbone alone). A
+                different number loads every weight of the directory but the
+                heads', which start fresh, for fine-tuning on other classes.
             load_weights: bool, load a preset directory's weights.
             **kwargs: `AlignSeg` arguments overriding the preset (for a
                 directory, those of the segmenter, e.g. `pad_to_multiple`;
@@ -580,12 +582,28 @@ class AlignSeg(ImageSegmenter):
         """
         if num_classes is not None:  # 0 is not "keep the preset's"
             num_classes = check_class_count(num_classes)
+        if preset_files.is_backbone_only_preset(preset):
+            return cls._from_backbone_preset(preset, num_classes, load_weights, kwargs)
         if preset_files.is_preset_directory(preset):
             dtype = kwargs.pop("dtype", None)
             with global_dtype_policy(dtype):  # the backbone is rebuilt from its config
                 return cls._from_preset_directory(preset, num_classes, load_weights, kwargs)
         arguments = preset_arguments(preset, kwargs)
         return cls(DEFAULT_NUM_CLASSES if num_classes is None else num_classes, **arguments)
+
+    @classmethod
+    def _from_backbone_preset(cls, directory, num_classes, load_weights, arguments):
+        """New heads of `num_classes` on the backbone of a backbone's preset alone."""
+        if num_classes is None:
+            raise ValueError(
+                f"{os.fspath(directory)!r} is the preset of an AlignSegBackbone alone, without "
+                "heads or classes: give `num_classes` (AlignSeg.from_preset(directory, "
+                "num_classes=N)); the heads start fresh."
+            )
+        if not load_weights:
+            with global_dtype_policy(arguments.get("dtype")):
+                directory = AlignSegBackbone.from_preset(directory, load_weights=False)
+        return cls(num_classes, backbone=directory, **arguments)
 
     @classmethod
     def _from_preset_directory(cls, directory, num_classes, load_weights, overrides):

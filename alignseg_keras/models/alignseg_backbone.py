@@ -254,8 +254,9 @@ class AlignSegBackbone(keras.Model):
 
     @classmethod
     def from_preset(cls, preset, load_weights=True):
-        """The backbone of a preset directory written by `AlignSeg.save_to_preset`
-        (or `alignseg convert`): its `config.json` and `model.weights.h5`, as
+        """The backbone of a preset directory written by `AlignSeg.save_to_preset`,
+        `AlignSegBackbone.save_to_preset` or `alignseg convert`: its `config.json`
+        and `model.weights.h5`, as
         keras-hub's `Backbone.from_preset` reads them. A whole AlignSeg, heads
         included, is `AlignSeg.from_preset`; a new AlignSeg on this backbone,
         `AlignSeg(num_classes, backbone=preset)`.
@@ -278,6 +279,34 @@ class AlignSegBackbone(keras.Model):
                 "AlignSeg.from_preset(name).backbone."
             )
         return preset_files.load_backbone(preset, load_weights)
+
+    def save_to_preset(self, directory, description=None):
+        """Writes the backbone alone to a preset directory, as keras-hub's backbones do:
+        `config.json`, `model.weights.h5` and `metadata.json`.
+
+        `AlignSegBackbone.from_preset` reads it back; `AlignSeg(num_classes,
+        backbone=directory)` or `AlignSeg.from_preset(directory, num_classes=N)`
+        put new heads on it. It holds no image converter: an AlignSeg built on it
+        normalises as its encoder does (`mean`, `std` and `bgr` change that); a
+        whole model with its normalisation and heads is `AlignSeg.save_to_preset`.
+        The directory is written beside its place and renamed into it: an earlier
+        backbone preset there is replaced, a crash leaves it as it was, and a
+        directory holding other files (a whole AlignSeg's preset among them) is
+        refused with a `ValueError`.
+
+        Args:
+            directory: the preset directory.
+            description: str or None, a line for `metadata.json`.
+
+        Example:
+        ```python
+        model.backbone.save_to_preset("alignseg_backbone")
+        backbone = AlignSegBackbone.from_preset("alignseg_backbone")
+        ```
+        """
+        from alignseg_keras.models import preset_files
+
+        preset_files.save_backbone_preset(self, directory, description)
 
     @classmethod
     def from_config(cls, config):

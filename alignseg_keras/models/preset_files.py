@@ -38,6 +38,9 @@ PRESET_FILES = (CONFIG_FILE, MODEL_WEIGHTS_FILE, TASK_CONFIG_FILE, TASK_WEIGHTS_
 # What every preset this module writes holds: a folder without them is not one to replace
 # (a folder holding only a user's config.json is refused, as is a keras-hub backbone's).
 PRESET_REQUIRED = (CONFIG_FILE, TASK_CONFIG_FILE, METADATA_FILE)
+# A backbone's preset alone (`AlignSegBackbone.save_to_preset`), as keras-hub's backbones write.
+BACKBONE_PRESET_FILES = (CONFIG_FILE, MODEL_WEIGHTS_FILE, METADATA_FILE)
+BACKBONE_PRESET_REQUIRED = (CONFIG_FILE, METADATA_FILE)
 
 
 def is_preset_directory(preset):
@@ -51,12 +54,18 @@ def check_preset_directory(directory):
     """Raises the `ValueError` `save_task_preset` would raise for `directory`, at once:
     a folder of other files, or a preset of another task (keras-hub's use the same names)."""
     check_replaceable_folder(directory, PRESET_FILES, PRESET_REQUIRED)
-    if os.path.isfile(os.path.join(os.fspath(directory), TASK_CONFIG_FILE)):
-        task = _read_json(directory, TASK_CONFIG_FILE).get("class_name")
-        if task != "AlignSeg":
+    _check_saved_class(directory, TASK_CONFIG_FILE, "AlignSeg")
+
+
+def _check_saved_class(directory, name, class_name):
+    """Raises a `ValueError` where `directory` holds a JSON file `name` of a class other
+    than `class_name` (keras-hub's presets use the same file names)."""
+    if os.path.isfile(os.path.join(os.fspath(directory), name)):
+        saved = _read_json(directory, name).get("class_name")
+        if saved != class_name:
             raise ValueError(
-                f"{os.fspath(directory)} holds a preset of a {task} (its {TASK_CONFIG_FILE}), "
-                "which replacing it would delete; give a new or empty folder, or remove it first."
+                f"{os.fspath(directory)} holds a preset of a {saved} (its {name}), which "
+                "replacing it would delete; give a new or empty folder, or remove it first."
             )
 
 
@@ -101,6 +110,35 @@ def save_task_preset(task, directory, description=None):
         _write_json(temporary / METADATA_FILE, _metadata(task, description))
 
 
+def save_backbone_preset(backbone, directory, description=None):
+    """Writes an `AlignSegBackbone` alone to a preset directory, as keras-hub's
+    `Backbone.save_to_preset` does: `config.json`, `model.weights.h5`, `metadata.json`.
+
+    Args:
+        backbone: a built `AlignSegBackbone`.
+        directory: the preset directory. An earlier backbone preset of an
+            `AlignSegBackbone` there is replaced; a directory holding other files
+            (a whole AlignSeg's preset, with its heads, among them) or another
+            model's `config.json` is refused with a `ValueError`.
+        description: str or None, a line for `metadata.json`.
+    """
+    check_preset_directory_name(directory)
+    check_replaceable_folder(directory, BACKBONE_PRESET_FILES, BACKBONE_PRESET_REQUIRED)
+    _check_saved_class(directory, CONFIG_FILE, "AlignSegBackbone")
+    with atomic_folder(directory, BACKBONE_PRESET_FILES, BACKBONE_PRESET_REQUIRED) as temporary:
+        _write_json(temporary / CONFIG_FILE, keras.saving.serialize_keras_object(backbone))
+        backbone.save_weights(temporary / MODEL_WEIGHTS_FILE)
+        _write_json(temporary / METADATA_FILE, _metadata(backbone, description))
+
+
+def is_backbone_only_preset(preset):
+    """Whether `preset` is a directory of an `AlignSegBackbone` alone, without a
+    segmenter's files (a whole AlignSeg's that lost its `task.json` is not)."""
+    return is_alignseg_backbone_preset(preset) and not any(
+        os.path.exists(os.path.join(os.fspath(preset), name))
+        for name in (TASK_CONFIG_FILE, TASK_WEIGHTS_FILE))
+
+
 def load_task_config(directory):
     """The serialized segmenter of a preset directory (`task.json`), or a `ValueError`
     saying what the directory holds instead (a keras-hub backbone, another task)."""
@@ -131,7 +169,10 @@ def is_alignseg_backbone_preset(preset):
 
 def task_input_convention(directory):
     """The mean, std and channel order of the image converter a preset directory's
-    segmenter normalises with (its `task.json`)."""
+    segmenter normalises with (its `task.json`); {} for a backbone's preset alone,
+    which has no image converter (its encoder's convention applies)."""
+    if is_backbone_only_preset(directory):
+        return {}
     converter = load_task_config(directory)["config"]["image_converter"]["config"]
     return {key: converter[key] for key in ("mean", "std", "bgr")}
 
@@ -180,11 +221,11 @@ def load_metadata(directory):
     return _read_json(directory, METADATA_FILE)
 
 
-def _metadata(task, description):
+def _metadata(model, description):
     return {
         "keras_version": keras.version(),
         "alignseg_keras_version": __version__,
-        "parameter_count": int(task.count_params()),
+        "parameter_count": int(model.count_params()),
         "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
         "description": description or "",
     }

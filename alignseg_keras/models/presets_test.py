@@ -288,3 +288,59 @@ def test_a_preset_of_another_task_is_not_replaced(tmp_path):
                                          r"task.json\), which replacing it would delete"):
         small_model().save_to_preset(directory)
     assert (directory / "task.json").read_text() == '{"class_name": "DeepLabV3ImageSegmenter"}'
+
+
+def test_a_backbone_alone_is_written_and_read_as_keras_hubs_backbones(saved, tmp_path):
+    from alignseg_keras.backbones.encoders import encoder_input_convention
+
+    model, _ = saved
+    directory = tmp_path / "backbone"
+    model.backbone.save_to_preset(directory, description="the backbone")
+    assert sorted(path.name for path in directory.iterdir()) == [
+        "config.json", "metadata.json", "model.weights.h5"]
+    metadata = json.loads((directory / "metadata.json").read_text())
+    assert metadata["parameter_count"] == model.backbone.count_params()
+    assert metadata["description"] == "the backbone"
+    backbone = AlignSegBackbone.from_preset(directory)
+    for kept, loaded in zip(model.backbone.weights, backbone.weights):
+        np.testing.assert_array_equal(np.asarray(loaded), np.asarray(kept))
+    with pytest.raises(ValueError, match=r"AlignSegBackbone alone, without heads .* give `num_classes`"):
+        AlignSeg.from_preset(directory)
+    for task in (AlignSeg.from_preset(directory, num_classes=5), AlignSeg(5, backbone=directory)):
+        assert task.num_classes == 5
+        # No image converter in the preset: the encoder's convention.
+        expected = encoder_input_convention(model.backbone.image_encoder)
+        assert task.normalization == {"mean": list(expected["mean"]), "std": list(expected["std"]),
+                                      "bgr": expected["bgr"]}
+        for kept, loaded in zip(model.backbone.weights, task.backbone.weights):
+            np.testing.assert_array_equal(np.asarray(loaded), np.asarray(kept))
+    fresh = AlignSeg.from_preset(directory, num_classes=5, load_weights=False, mean=(1.0, 2.0, 3.0))
+    assert fresh.normalization["mean"] == [1.0, 2.0, 3.0]
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(fresh.backbone.weights, model.backbone.weights))
+    with pytest.raises(ValueError, match="cannot change them"):
+        AlignSeg.from_preset(directory, num_classes=5, decoder_channels=16)
+    model.backbone.save_to_preset(directory)  # an earlier backbone preset is replaced
+    assert json.loads((directory / "metadata.json").read_text())["description"] == ""
+
+
+def test_a_backbone_preset_replaces_no_other_files(saved, tmp_path):
+    model, whole = saved
+    # A whole AlignSeg's preset: its heads would be deleted.
+    with pytest.raises(ValueError, match=r"holds files that replacing it would delete "
+                                         r"\(task.json, task.weights.h5\)"):
+        model.backbone.save_to_preset(whole)
+    assert sorted(path.name for path in whole.iterdir()) == PRESET_FILES
+    keras_hub = tmp_path / "resnet"  # keras-hub's backbone presets use the same names
+    keras_hub.mkdir()
+    (keras_hub / "config.json").write_text('{"class_name": "ResNetBackbone"}')
+    (keras_hub / "metadata.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"holds a preset of a ResNetBackbone \(its config.json\)"):
+        model.backbone.save_to_preset(keras_hub)
+    assert (keras_hub / "config.json").read_text() == '{"class_name": "ResNetBackbone"}'
+    with pytest.raises(ValueError, match="ends with .keras"):
+        model.backbone.save_to_preset(tmp_path / "backbone.keras")
+    alone = tmp_path / "alone"
+    model.backbone.save_to_preset(alone)
+    with pytest.raises(ValueError, match=r"but no task.json"):  # a whole model over it
+        model.save_to_preset(alone)
