@@ -331,3 +331,21 @@ def test_the_offset_model_predicts_on_jax():
     assert type(predicted) is dict and set(predicted) == set(called)
     for name, field in predicted.items():
         np.testing.assert_array_equal(field, np.asarray(called[name]))
+
+
+def test_a_failed_predict_of_the_offset_model_leaves_the_segmenters_weights():
+    # The offset model shares the segmenter's layers: an error in its own predict on JAX
+    # left every shared variable empty ("'NoneType' object is not callable" afterwards).
+    from alignseg_keras.testing import tiny_alignseg
+
+    model = tiny_alignseg(num_classes=3)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    before = model.predict(images, verbose=0)
+
+    def batches():  # the second batch has 2 channels: the error comes in a step
+        yield (images,)
+        yield (images[..., :2],)
+
+    with pytest.raises(ValueError):
+        model.offset_model().predict(batches(), steps=2, verbose=0)
+    np.testing.assert_array_equal(model.predict(images, verbose=0), before)

@@ -33,6 +33,7 @@ from alignseg_keras.models import preset_files
 from alignseg_keras.models.alignseg_backbone import OFFSET_MODULES
 from alignseg_keras.models.alignseg_backbone import AlignSegBackbone
 from alignseg_keras.models.image_segmenter import ImageSegmenter
+from alignseg_keras.models.image_segmenter import StateKeepingModel
 from alignseg_keras.models.image_segmenter import loss_ignore_label
 from alignseg_keras.models.legacy import LEGACY_FILE_MESSAGE
 from alignseg_keras.models.legacy import is_legacy_config
@@ -530,7 +531,8 @@ class AlignSeg(ImageSegmenter):
         return super().compute_metrics(x, y, y_pred, sample_weight)
 
     def offset_model(self):
-        """A `keras.Model` from images to the offset field of every alignment module.
+        """A `keras.Model` from images to the offset field of every alignment module
+        (on the model's own layers; its loops keep them when they fail on JAX).
 
         Its outputs are a dict keyed by module name (`align_fa2` ... `align_fa5`,
         `align_cm`); AlignFA fields have 4 channels (Delta_F, then Delta_A) and
@@ -547,8 +549,10 @@ class AlignSeg(ImageSegmenter):
                 "This AlignSeg has no alignment module, hence no offsets: its backbone "
                 f"has fusion={backbone.fusion!r} and context={backbone.context!r}."
             )
-        # A plain dict: the tracked one is no JAX type, and `predict` failed on JAX.
-        return keras.Model(self.inputs[0], dict(self.offset_outputs), name=f"{self.name}_offsets")
+        # A plain dict: the tracked one is no JAX type, and `predict` failed on JAX. Its
+        # loops keep the shared variables on JAX when they fail (`StateKeepingModel`).
+        return StateKeepingModel(self.inputs[0], dict(self.offset_outputs),
+                                 name=f"{self.name}_offsets")
 
     @classmethod
     def from_preset(cls, preset, num_classes=None, load_weights=True, **kwargs):

@@ -163,6 +163,32 @@ def _run_keeping_state(model, method, arguments):
             arguments["callbacks"].callbacks.remove(keeper)
 
 
+class StateKeepingModel(keras.Model):
+    """A functional `keras.Model` whose `fit`, `evaluate` and `predict` put its variables
+    back when they fail on JAX (`_KeepStateUntilFirstStep`), as `ImageSegmenter`'s do.
+
+    For models that share layers with an `ImageSegmenter` (`AlignSeg.offset_model`):
+    an error in their own loop on JAX would otherwise leave the shared variables
+    empty, and the segmenter unusable.
+
+    Example:
+    ```python
+    offsets = StateKeepingModel(model.inputs[0], model.offset_outputs)
+    ```
+    """
+
+    def fit(self, *args, **kwargs):
+        return _run_keeping_state(self, super().fit, _given_arguments(keras.Model.fit, args, kwargs))
+
+    def evaluate(self, *args, **kwargs):
+        arguments = _given_arguments(keras.Model.evaluate, args, kwargs)
+        return _run_keeping_state(self, super().evaluate, arguments)
+
+    def predict(self, *args, **kwargs):
+        arguments = _given_arguments(keras.Model.predict, args, kwargs)
+        return _run_keeping_state(self, super().predict, arguments)
+
+
 class ImageSegmenter(keras.Model):
     """A `keras.Model` for segmentation whose `fit`, `evaluate` and `predict` check their data.
 
