@@ -16,8 +16,9 @@ files:
 `images` are RGB pixels of any height and width. `encoded_images` are PNG or
 JPEG files (base64 `{"b64": ...}` in TF Serving's REST JSON), decoded in the
 graph to RGB (grey and alpha channels converted); the images of one request
-must share a size, and one of more than `MAX_PIXELS` pixels is refused from
-its header before it is decoded. The `labels` signatures exist because the
+must share a size, and one of more than `MAX_PIXELS` pixels (or a request
+of more than `MAX_PIXELS` together: 32 images of 1024x2048) is refused from
+the headers before anything is decoded. The `labels` signatures exist because the
 probabilities of one 1024x2048 image with 19 classes are 150 MB.
 
 Normalisation and padding happen inside the model, so clients send raw
@@ -166,9 +167,9 @@ def decode_images(encoded, max_pixels=MAX_PIXELS):
     """Decodes a batch of PNG/JPEG files to uint8 RGB images `(batch, H, W, 3)`, in the graph.
 
     Every file's size is read from its header first: a file of more than
-    `max_pixels` pixels, one of another format, or a size different from the
-    first file's fails with an `InvalidArgumentError` that says so, before
-    anything is decoded. Grey and RGBA files become RGB. An empty batch gives
+    `max_pixels` pixels, files of more than `max_pixels` together, one of
+    another format, or a size different from the first file's fails with an
+    `InvalidArgumentError` that says so, before anything is decoded. Grey and RGBA files become RGB. An empty batch gives
     `(0, 0, 0, 3)`.
 
     Example:
@@ -182,11 +183,18 @@ def decode_images(encoded, max_pixels=MAX_PIXELS):
         sizes = tf.map_fn(
             _encoded_image_size, encoded, fn_output_signature=tf.TensorSpec([2], tf.int32)
         )
+        pixels = tf.cast(sizes[:, 0], tf.int64) * tf.cast(sizes[:, 1], tf.int64)
         checks = [
             tf.debugging.assert_less_equal(
-                tf.reduce_max(tf.cast(sizes[:, 0], tf.int64) * tf.cast(sizes[:, 1], tf.int64)),
+                tf.reduce_max(pixels),
                 tf.constant(max_pixels, tf.int64),
                 message=f"An encoded image has more than {max_pixels} pixels; it was not decoded",
+            ),
+            tf.debugging.assert_less_equal(  # many small files could decode to gigabytes too
+                tf.reduce_sum(pixels),
+                tf.constant(max_pixels, tf.int64),
+                message=f"The encoded images of one request hold more than {max_pixels} pixels "
+                "together; nothing was decoded (send fewer images per request)",
             ),
             tf.debugging.assert_equal(
                 sizes,

@@ -268,6 +268,10 @@ def _png_header(width, height):
         (lambda s: [b""], "neither a PNG nor a JPEG"),
         # A header that claims 10000 x 10000 pixels is refused before decoding.
         (lambda s: [_png_header(10000, 10000)], "more than 67108864 pixels; it was not decoded"),
+        # Files of 36 million pixels each: 72 million in the request (a decompression bomb
+        # of many files; the limit is 8192 x 8192 = 67108864 pixels, 32 images of 1024x2048).
+        (lambda s: [_png_header(6000, 6000)] * 2,
+         "of one request hold more than 67108864 pixels together; nothing was decoded"),
     ],
 )
 def test_wrong_files_are_refused_with_a_clear_message(signatures, scenes, files, message):
