@@ -140,6 +140,25 @@ class BackupOfAnotherModelError(ValueError):
         self.path = path
 
 
+class BackupOfAnotherOptimizerError(ValueError):
+    """A backup to resume from holds the state of an optimizer that does not load into
+    the model's (Keras skips it, and training would restart at step 0)."""
+
+    def __init__(self, path, saved_optimizer, optimizer):
+        folder = os.path.dirname(path)
+        scaling = "LossScaleOptimizer" in (saved_optimizer, optimizer)
+        hint = (" float16 wraps the optimizer in loss scaling: a run in float16 resumes only "
+                "in float16, one in float32 or bfloat16 only in one of these." if scaling else "")
+        super().__init__(
+            f"The backup {path} holds the state of a {saved_optimizer}, which does not load "
+            f"into this model's {optimizer}: resuming would restart the learning-rate schedule "
+            f"and the momentum at step 0.{hint} Resume with that run's settings (for "
+            f"`alignseg train`, its --precision), or give another output folder (or remove "
+            f"{folder} to start over there)."
+        )
+        self.path = path
+
+
 class ResumableBackup(keras.callbacks.BackupAndRestore):
     """`keras.callbacks.BackupAndRestore` whose backups survive kills, full disks,
     divergence and a changed model.
@@ -213,6 +232,12 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                 continue
             if changed:
                 raise BackupOfAnotherModelError(path, changed)
+            if optimizer_step(self.model) == 0 and self.model.optimizer is not None:
+                # A backup has done at least one step: Keras skipped its optimizer's state
+                # (another optimizer, or float16's loss scaling added or removed).
+                _assign(self.model, initial)
+                raise BackupOfAnotherOptimizerError(path, _saved_optimizer_name(path),
+                                                    type(self.model.optimizer).__name__)
             if settings:
                 print(f"Resuming from {path}, written with other training settings ({settings}): "
                       "check that the change is meant (a constant learning rate is an optimizer "
@@ -303,6 +328,18 @@ def changed_training_settings(model, path):
     return _shown_differences(
         difference for key in sorted(keys)
         for difference in _config_differences(saved[key], current[key], key))
+
+
+def _saved_optimizer_name(path):
+    """The class name of the optimizer the `.keras` file `path` trained with: the one
+    given to `compile`, or `LossScaleOptimizer`, in which `compile` wraps it for a
+    model of float16 layers."""
+    import json
+
+    config = _saved_config(path)
+    optimizer = (config.get("compile_config") or {}).get("optimizer")
+    name = optimizer.get("class_name", "optimizer") if isinstance(optimizer, dict) else "optimizer"
+    return "LossScaleOptimizer" if '"mixed_float16"' in json.dumps(config) else name
 
 
 def _saved_config(path):

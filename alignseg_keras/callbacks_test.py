@@ -12,6 +12,7 @@ from alignseg_keras.atomic import atomic_path
 from alignseg_keras.atomic import is_disk_full
 from alignseg_keras.callbacks import AtomicModelCheckpoint
 from alignseg_keras.callbacks import BackupOfAnotherModelError
+from alignseg_keras.callbacks import BackupOfAnotherOptimizerError
 from alignseg_keras.callbacks import NonFiniteLossError
 from alignseg_keras.callbacks import ResumableBackup
 from alignseg_keras.callbacks import StopAtStep
@@ -144,6 +145,40 @@ def test_other_arguments_of_the_model_that_may_change_on_resume(tmp_path):
         assert backup.restore().endswith("epoch-0001.keras")
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_a_backup_whose_optimizer_state_does_not_load_is_refused_and_kept(tmp_path):
+    # Keras skips an optimizer state of another size with a warning: a float32 run resumed
+    # in float16 (loss scaling adds 4 variables), or the reverse, restarted at step 0 with
+    # the schedule and momentum reset, and trained every step again.
+    folder = tmp_path / "backup"
+    fit(small_model(), ResumableBackup(str(folder)), epochs=2)
+
+    def in_float16():
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        try:
+            return small_model()  # compile wraps the SGD in a LossScaleOptimizer
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+
+    adam = small_model()
+    adam.compile(keras.optimizers.Adam(), "mse")
+    for model, message in [(in_float16(), "state of a SGD, which does not load into this model's "
+                            "LossScaleOptimizer: .* float16 wraps the optimizer in loss scaling"),
+                           (adam, "state of a SGD, which does not load into this model's Adam")]:
+        initial = [weight.copy() for weight in model.get_weights()]
+        with pytest.raises(BackupOfAnotherOptimizerError, match=message):
+            fit(model, ResumableBackup(str(folder)), epochs=3)
+        assert steps(model) == 0 and names(folder) == ["epoch-0001.keras", "epoch-0002.keras"]
+        for kept, weight in zip(initial, model.get_weights()):  # nothing half-loaded
+            np.testing.assert_array_equal(kept, weight)
+    # A float16 run resumes in float16, and is refused in float32.
+    fit(in_float16(), ResumableBackup(str(tmp_path / "half")), epochs=1)
+    model = in_float16()
+    fit(model, ResumableBackup(str(tmp_path / "half")), epochs=2)
+    assert steps(model) == 4
+    with pytest.raises(BackupOfAnotherOptimizerError, match="state of a LossScaleOptimizer"):
+        fit(small_model(), ResumableBackup(str(tmp_path / "half")), epochs=3)
 
 
 def test_a_resume_with_other_training_settings_says_which(tmp_path, capsys):
