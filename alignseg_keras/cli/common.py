@@ -122,15 +122,48 @@ def load_saved_model(path):
     from alignseg_keras import AlignSeg
     from alignseg_keras.models.preset_files import is_preset_directory
 
+    from alignseg_keras.models.image_segmenter import ImageSegmenter
+
     if is_preset_directory(path):
         return AlignSeg.from_preset(path)
-    if str(path).endswith(".keras") and os.path.isfile(path) and not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not a readable .keras file: a .keras file is a zip "
-                         "archive and this one is not (cut short, or another kind of file).")
+    _check_model_path(path)
     try:
-        return keras.saving.load_model(path)
+        model = keras.saving.load_model(path)
     except TypeError as error:  # Keras' "Could not locate class ..."
         raise ValueError(f"{path} could not be rebuilt: {error}") from error
+    except (OSError, KeyError, zipfile.BadZipFile) as error:
+        if isinstance(error, FileNotFoundError):
+            raise
+        raise ValueError(f"{path} cannot be read as a .keras file ({error}); it is damaged or "
+                         "another kind of file.") from error
+    if not isinstance(model, ImageSegmenter):
+        raise ValueError(f"{path} holds a {type(model).__name__}, not an AlignSeg: the "
+                         "command line predicts, evaluates and exports AlignSeg models.")
+    return model
+
+
+def _check_model_path(path):
+    """Raises a `ValueError` saying what `path` is when it is no .keras file: a training
+    folder, a SavedModel, another folder, an HDF5 file, a file that is no zip archive."""
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "model.keras")):
+            hint = f"a training folder: give its model, {os.path.join(path, 'model.keras')}"
+        elif os.path.isfile(os.path.join(path, "saved_model.pb")):
+            hint = ("a SavedModel (an export, for TF Serving): give the .keras file or the "
+                    "preset directory it was exported from")
+        else:
+            hint = "a folder, neither a .keras file nor a preset directory (with config.json)"
+        raise ValueError(f"{path} is {hint}.")
+    if str(path).lower().endswith((".h5", ".hdf5")):
+        raise ValueError(
+            f"{path} is an HDF5 file: the command line reads .keras files and preset "
+            "directories. Weights saved with `save_weights` load in Python into a model built "
+            "with the same arguments (model.load_weights(path)); save it then with model.save "
+            "to a .keras file."
+        )
+    if os.path.isfile(path) and not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a readable .keras file: a .keras file is a zip "
+                         "archive and this one is not (cut short, or another kind of file).")
 
 
 def load_model(args, num_classes=None):
@@ -155,6 +188,11 @@ def load_model(args, num_classes=None):
     if args.model or is_preset_directory(args.preset):
         model = load_saved_model(args.model or args.preset)
     else:
+        if command in INFERENCE_ONLY_SUBCOMMANDS:
+            print_message(command, "warning", (
+                f"the preset {args.preset} is an architecture without trained weights: its "
+                "predictions are those of untrained heads. Give a trained model: --model "
+                "FILE.keras, or --preset DIRECTORY (from alignseg convert or save_to_preset)."))
         model = AlignSeg.from_preset(
             args.preset, num_classes=num_classes or DEFAULT_NUM_CLASSES
         )
@@ -279,6 +317,24 @@ def sliding_tile(args):
         raise ValueError("--sliding takes one tile size or two (height and width); "
                          f"received {len(args.sliding)}: {' '.join(map(str, args.sliding))}.")
     return args.sliding[0] if len(args.sliding) == 1 else tuple(args.sliding)
+
+
+def check_test_time_arguments(args):
+    """Raises the `ValueError` of a bad --sliding, --overlap, --scales or --batch-size,
+    naming the option (predict and evaluate call it before loading the model; the
+    library's functions would refuse the value only at the first image)."""
+    from alignseg_keras import inference
+    from alignseg_keras.checks import check_positive_int
+
+    sliding_tile(args)
+    try:
+        inference.window_starts(1, 1, args.overlap)  # the library's rule for the overlap
+    except ValueError as error:
+        raise ValueError(f"--overlap: {error}") from None
+    if args.scales and any(not scale > 0 for scale in args.scales):
+        raise ValueError("--scales must be positive numbers; received "
+                         f"{' '.join(map(str, args.scales))}.")
+    check_positive_int(args.batch_size, "--batch-size")
 
 
 def predict_probabilities(model, image, args):

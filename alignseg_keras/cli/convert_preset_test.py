@@ -67,7 +67,8 @@ def test_predict_and_evaluate_take_a_preset(tmp_path, capsys):
     save_png(picture, images[0])
     output = tmp_path / "out"
     assert main(["predict", str(picture), "--preset", str(preset), "--output", str(output)]) == 0
-    assert "street_color.png" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "street_color.png" in said.out and "without trained weights" not in said.err
     assert (output / "street_color.png").exists()
     # A preset directory has its own classes; --num-classes is for preset names.
     arguments = ["predict", str(picture), "--preset", str(preset), "--num-classes", "5",
@@ -87,3 +88,13 @@ def test_model_and_preset_exclude_each_other(capsys):
     with pytest.raises(SystemExit):
         main(["evaluate"])
     assert "one of the arguments --model --preset is required" in capsys.readouterr().err
+
+
+def test_predicting_with_a_preset_name_warns_of_its_untrained_weights(tmp_path, capsys):
+    # A named preset is an architecture: its pictures were written without a word.
+    picture = tmp_path / "street.png"
+    save_png(picture, np.zeros((32, 32, 3), "uint8"))
+    assert main(["predict", str(picture), "--preset", "alignseg_resnet18_small",
+                 "--output", str(tmp_path / "out"), "--no-pictures", "--label-ids"]) == 0
+    assert ("alignseg predict: warning: the preset alignseg_resnet18_small is an architecture "
+            "without trained weights") in capsys.readouterr().err

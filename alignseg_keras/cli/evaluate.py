@@ -80,7 +80,7 @@ def run(args):
     from alignseg_keras.cli.common import load_model
     from alignseg_keras.cli.common import model_name
     from alignseg_keras.cli.common import predict_probabilities
-    from alignseg_keras.cli.common import sliding_tile
+    from alignseg_keras.cli.common import check_test_time_arguments
     from alignseg_keras.metrics import BoundaryIoU
     from alignseg_keras.metrics import MeanIoU
     from alignseg_keras.metrics import dice_from_confusion
@@ -88,7 +88,7 @@ def run(args):
     from alignseg_keras.models.preset_files import is_preset_directory
     from alignseg_keras.models.tf_data_checks import data_errors_as_value_errors
 
-    sliding_tile(args)  # checked before the model is loaded
+    check_test_time_arguments(args)  # before the model is loaded
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1 (images to evaluate); received {args.limit}.")
     # A file or preset directory is read first (a missing one fails fast); a preset

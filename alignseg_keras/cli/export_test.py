@@ -54,6 +54,41 @@ def test_a_file_that_is_no_keras_model_is_named(tmp_path, capsys):
     assert "custom.keras could not be rebuilt" in error and "Unregistered" in error
     assert sorted(path.name for path in tmp_path.iterdir()) == ["custom.keras", "cut.keras"]
 
+
+def test_model_paths_that_hold_no_alignseg_say_what_they_are(tmp_path, capsys):
+    # These ended in tracebacks (h5py's OSError, a KeyError, an AttributeError on
+    # `num_classes`), in Keras' advice on legacy SavedModels, or, for `evaluate` with a
+    # plain Keras model, in a table of numbers and exit status 0.
+    import zipfile
+
+    import keras
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.keras").write_bytes(b"")
+    (tmp_path / "served").mkdir()
+    (tmp_path / "served" / "saved_model.pb").write_bytes(b"")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "weights.h5").write_bytes(b"not hdf5")
+    with zipfile.ZipFile(tmp_path / "other.keras", "w") as archive:
+        archive.writestr("notes.txt", "a zip, not a model")
+    inputs = keras.Input((8, 8, 3))
+    keras.Model(inputs, keras.layers.Conv2D(4, 1)(inputs)).save(tmp_path / "plain.keras")
+    cases = {
+        "run": "is a training folder: give its model, " + str(tmp_path / "run" / "model.keras"),
+        "served": "is a SavedModel (an export, for TF Serving)",
+        "empty": "is a folder, neither a .keras file nor a preset directory",
+        "weights.h5": "is an HDF5 file: the command line reads .keras files and preset directories",
+        "other.keras": "cannot be read as a .keras file (",
+        "plain.keras": "holds a Functional, not an AlignSeg",
+    }
+    for name, message in cases.items():
+        path = str(tmp_path / name)
+        for command in (["export", path, str(tmp_path / "out")],
+                        ["evaluate", "--model", path, "--synthetic-images", "2",
+                         "--synthetic-size", "8", "8"]):
+            assert main(command) == 2, (name, command[0])
+            assert message in capsys.readouterr().err, (name, command[0])
+
 @pytest.mark.parametrize("backend, destination, message", [
     ("jax", "model.onnx", "ONNX export does not work on the jax backend"),
     ("jax", "model.tflite", "LiteRT export does not work on the jax backend"),

@@ -91,6 +91,28 @@ def output_names(paths):
     return {path: stem for stem, path in stems.items()}
 
 
+def picture_suffixes(model, args):
+    """The suffixes of the pictures written for each image (`NAME_SUFFIX.png`)."""
+    suffixes = ["color", "overlay"] if args.pictures else []
+    suffixes += ["labelIds"] if args.label_ids else []
+    return suffixes + (list(model.backbone.offset_modules) if args.offsets else [])
+
+
+def check_inputs_kept(stems, output, suffixes):
+    """Raises a `ValueError` when a picture to write would replace one of the input images
+    (`--output` their own folder, with an earlier run's pictures among the inputs, say)."""
+    inputs = {pathlib.Path(path).resolve(): path for path in stems}
+    for path, stem in stems.items():
+        for suffix in suffixes:
+            picture = pathlib.Path(output) / f"{stem}_{suffix}.png"
+            if picture.resolve() in inputs:
+                raise ValueError(
+                    f"The {suffix} picture of {path} would replace the input image "
+                    f"{inputs[picture.resolve()]} (an earlier run's picture among the images?): "
+                    "give another --output folder, or leave that image out. Nothing was written."
+                )
+
+
 def write_pictures(model, image, labels, palette, args, stem):
     """Writes the pictures of one image; returns their paths."""
     from alignseg_keras import visualize
@@ -127,11 +149,13 @@ def run(args):
     from alignseg_keras.cli.common import load_model
     from alignseg_keras.cli.common import model_name
     from alignseg_keras.cli.common import prepare_output_dir
-    from alignseg_keras.cli.common import sliding_tile
+    from alignseg_keras.cli.common import check_test_time_arguments
     from alignseg_keras.models.preset_files import is_preset_directory
     from alignseg_keras.visualize import get_palette
 
-    sliding_tile(args)  # checked before the model is loaded
+    check_test_time_arguments(args)  # before the model is loaded
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ValueError(f"--alpha must be in [0, 1]; received {args.alpha}.")
     if args.max_pixels < 0:
         raise ValueError(f"--max-pixels must be 0 (no limit) or more; received {args.max_pixels}.")
     if args.num_classes is not None and (args.model or is_preset_directory(args.preset)):
@@ -156,6 +180,7 @@ def run(args):
             f"{CITYSCAPES_NUM_CLASSES}-class model; {model_name(args)} predicts "
             f"{model.num_classes} classes."
         )
+    check_inputs_kept(stems, args.output, picture_suffixes(model, args))
     failures = 0
     for path in args.images:
         try:

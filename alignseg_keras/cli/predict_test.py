@@ -122,6 +122,25 @@ def test_predict_with_sliding_windows_scales_and_flip(model_path, images, tmp_pa
     assert not (output / "second_labelIds.png").exists()
 
 
+def test_predict_never_writes_over_its_input_images(model_path, tmp_path, capsys):
+    # `--output` the images' own folder: a.png's overlay replaced the photo a_overlay.png,
+    # which was then predicted; a second run over dir/*.png took the first's pictures in.
+    rng = np.random.default_rng(1)
+    for name in ("a", "a_overlay"):
+        save_png(tmp_path / f"{name}.png", rng.integers(0, 256, (32, 40, 3)).astype("uint8"))
+    photo = (tmp_path / "a_overlay.png").read_bytes()
+    code = main(["predict", str(tmp_path / "a.png"), str(tmp_path / "a_overlay.png"),
+                 "--model", model_path, "--output", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"The overlay picture of {tmp_path / 'a.png'} would replace the input image" in err
+    assert "Nothing was written" in err
+    assert (tmp_path / "a_overlay.png").read_bytes() == photo
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "a_overlay.png"]
+    assert main(["predict", str(tmp_path / "a.png"), "--model", model_path,
+                 "--output", str(tmp_path / "." / "")]) == 0  # beside its image: allowed
+
+
 def test_predict_refuses_images_whose_pictures_would_collide(tmp_path, capsys):
     code = main(["predict", "a/scene.png", "b/scene.png", "--model", "unused.keras",
                  "--output", str(tmp_path)])
@@ -279,7 +298,12 @@ def test_predict_frozen_cannot_draw_offsets(model_path, images, tmp_path, capsys
     "option, message",
     [(["--sliding", "8", "16", "32"], "--sliding takes one tile size or two (height and width); "
       "received 3: 8 16 32."),
-     (["--max-pixels", "-1"], "--max-pixels must be 0 (no limit) or more; received -1.")],
+     (["--max-pixels", "-1"], "--max-pixels must be 0 (no limit) or more; received -1."),
+     # These were refused at every image, after the model had loaded, in the library's words.
+     (["--sliding", "16", "--overlap", "1.0"], "--overlap: `overlap` must be in [0, 1); received 1.0."),
+     (["--batch-size", "0"], "--batch-size must be a positive int; received 0."),
+     (["--scales", "1", "0"], "--scales must be positive numbers; received 1.0 0.0."),
+     (["--alpha", "3"], "--alpha must be in [0, 1]; received 3.0.")],
 )
 def test_predict_refuses_bad_options_before_loading_the_model(images, tmp_path, capsys, option, message):
     assert main(["predict", images[0], "--model", str(tmp_path / "never-read.keras"),
