@@ -10,6 +10,7 @@ their key. `ResNetEncoder` gives this library's ResNets the same contract.
 """
 
 import math
+import os
 
 import keras
 import numpy as np
@@ -138,6 +139,35 @@ def keras_hub_encoder(preset, load_weights=True, dtype=None):
         dtype: the dtype policy, passed to keras-hub's `from_preset` (None:
             keras-hub's choice, the global policy for most vision presets).
     """
+    keras_hub = check_encoder_name(preset)
+    try:
+        encoder = keras_hub.models.Backbone.from_preset(preset, load_weights=load_weights,
+                                                        dtype=dtype)
+    except OSError as error:  # requests' ConnectionError among them: no network
+        if isinstance(error, FileNotFoundError):
+            raise
+        raise ValueError(
+            f"The keras-hub preset {preset!r} could not be downloaded or read "
+            f"({str(error).splitlines()[0][:200]}). Without a network, give the directory of "
+            "a preset downloaded before, or one of this library's ResNets "
+            f"({', '.join(RESNET_ARCHITECTURES)})."
+        ) from error
+    convention = keras_hub_input_convention(preset)
+    if convention is not None:
+        encoder.input_convention = convention
+    return encoder
+
+
+def check_encoder_name(preset):
+    """Raises a `ValueError` unless `preset` (not one of this library's ResNets) names a
+    keras-hub backbone preset (a built-in name, a directory or a handle such as
+    `kaggle://...` or `hf://...`), suggesting close names; returns the `keras_hub` module.
+
+    Example:
+    ```python
+    check_encoder_name("resnet_vd_50_imagenet")
+    ```
+    """
     try:
         import keras_hub
     except ImportError as error:
@@ -145,11 +175,18 @@ def keras_hub_encoder(preset, load_weights=True, dtype=None):
             f"{preset!r} is not one of this library's ResNets ({', '.join(RESNET_ARCHITECTURES)}); "
             "keras-hub presets as encoders need keras-hub: `pip install keras-hub`."
         ) from error
-    encoder = keras_hub.models.Backbone.from_preset(preset, load_weights=load_weights, dtype=dtype)
-    convention = keras_hub_input_convention(preset)
-    if convention is not None:
-        encoder.input_convention = convention
-    return encoder
+    known = keras_hub.models.Backbone.presets
+    if not isinstance(preset, str) or preset in known or "://" in preset or os.path.isdir(preset):
+        return keras_hub
+    import difflib
+
+    close = difflib.get_close_matches(preset, [*RESNET_ARCHITECTURES, *known], n=3)
+    raise ValueError(
+        f"{preset!r} is neither one of this library's ResNets ({', '.join(RESNET_ARCHITECTURES)}) "
+        "nor a keras-hub backbone preset (a built-in name such as resnet_vd_50_imagenet, a "
+        "preset directory, or a kaggle:// or hf:// handle)"
+        + (f"; did you mean {', '.join(close)}?" if close else ".")
+    )
 
 
 def keras_hub_input_convention(preset):

@@ -193,3 +193,20 @@ def test_a_fixed_size_model_is_frozen_and_exported_at_its_size(tmp_path):
 
     export_model(model, tmp_path / "alignseg.tflite", format="litert")
     assert_logits_close(litert_logits(tmp_path / "alignseg.tflite", IMAGES.astype("float32")), expected)
+
+
+def test_encoder_names_that_keras_hub_cannot_give_are_named(monkeypatch):
+    # A typo failed with keras-hub's "a built-in preset identifier like 'bert_base_en'";
+    # a preset that cannot be downloaded with requests' ConnectionError traceback.
+    with pytest.raises(ValueError, match=r"'resnet_50_imagenett' is neither .*did you mean "
+                                         r"resnet_50_imagenet"):
+        encoders.keras_hub_encoder("resnet_50_imagenett")
+    requests = pytest.importorskip("requests")
+
+    def offline(*args, **kwargs):
+        raise requests.exceptions.ConnectionError("HTTPSConnectionPool(host='api.kaggle.com')")
+
+    monkeypatch.setattr(keras_hub.models.Backbone, "from_preset", offline)
+    with pytest.raises(ValueError, match=r"The keras-hub preset 'resnet_50_imagenet' could not be "
+                                         r"downloaded or read \(HTTPSConnectionPool.*Without a network"):
+        encoders.keras_hub_encoder("resnet_50_imagenet")

@@ -255,8 +255,45 @@ def _check_arguments(args):
             "does not support). Leave out --xla on torch, or train with KERAS_BACKEND=jax "
             "(always compiled with XLA) or KERAS_BACKEND=tensorflow."
         )
+    _check_optimizer_arguments(args)
     training_loss(args)  # a bad --loss or --aux-loss fails before any data is read
     auxiliary_loss(args)
+    _check_loss_options(args)
+    if args.backbone:  # a typo failed in keras-hub's words, after the output folder was made
+        from alignseg_keras.backbones.encoders import RESNET_ARCHITECTURES
+        from alignseg_keras.backbones.encoders import check_encoder_name
+
+        if args.backbone not in RESNET_ARCHITECTURES:
+            check_encoder_name(args.backbone)
+
+
+def _check_optimizer_arguments(args):
+    """--lr, --aux-weight and --warmup-steps: a negative rate climbs the loss, without an error."""
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr must be a positive number; received {args.lr}.")
+    if not (math.isfinite(args.aux_weight) and args.aux_weight >= 0):
+        raise ValueError(f"--aux-weight must be a number of at least 0; received {args.aux_weight}.")
+    if not 0 <= args.warmup_steps < args.steps:
+        raise ValueError(f"--warmup-steps must be at least 0 and fewer than --steps "
+                         f"({args.steps}); received {args.warmup_steps}.")
+
+
+def _check_loss_options(args):
+    """Options of a loss that neither --loss nor --aux-loss uses would be ignored: refused."""
+    from alignseg_keras.cli.common import signature_defaults
+    from alignseg_keras.losses import FocalLoss
+    from alignseg_keras.losses import OhemCrossEntropy
+
+    specs = [args.loss, args.aux_loss or "", "ohem" if args.ohem else ""]
+    terms = {term.split(":")[0].strip() for spec in specs for term in spec.split(",")}
+    ohem, focal = signature_defaults(OhemCrossEntropy), signature_defaults(FocalLoss)
+    for option, value, default, term in [
+            ("--ohem-threshold", args.ohem_threshold, ohem["threshold"], "ohem"),
+            ("--ohem-min-kept", args.ohem_min_kept, ohem["min_kept"], "ohem"),
+            ("--focal-gamma", args.focal_gamma, focal["gamma"], "focal")]:
+        if value != default and term not in terms:
+            raise ValueError(f"{option} sets the {term} loss, which neither --loss {args.loss} "
+                             f"nor --aux-loss uses: it would be ignored.")
 
 
 def _remove_killed_writes(output_dir):

@@ -146,6 +146,35 @@ def test_the_loss_option_builds_the_named_losses():
         training_loss(train_args("--loss", "bce"))
 
 
+@pytest.mark.parametrize("arguments, message", [
+    # A negative rate climbed the loss (-0.05, 1.44, 7.77) to "Saved the trained model".
+    (["--lr", "-1"], "--lr must be a positive number; received -1.0."),
+    (["--lr", "nan"], "--lr must be a positive number; received nan."),
+    (["--aux-weight", "-1"], "--aux-weight must be a number of at least 0; received -1.0."),
+    (["--steps", "10", "--warmup-steps", "10"],
+     r"--warmup-steps must be at least 0 and fewer than --steps \(10\); received 10."),
+    # Options of a loss not used were ignored without a word.
+    (["--ohem-threshold", "0.9"], "--ohem-threshold sets the ohem loss, which neither --loss ce "
+                                  "nor --aux-loss uses"),
+    (["--loss", "dice", "--focal-gamma", "1"], "--focal-gamma sets the focal loss"),
+    # A typo failed in keras-hub's words ("a built-in preset identifier like 'bert_base_en'").
+    (["--backbone", "resnet17"], r"'resnet17' is neither one of this library's ResNets \(resnet18, "
+                                 r".*; did you mean resnet18"),
+])
+def test_training_arguments_that_would_train_wrongly_are_refused(arguments, message):
+    if "--backbone" in arguments:
+        pytest.importorskip("keras_hub", reason="keras-hub is an optional extra")
+    with pytest.raises(ValueError, match=message):
+        _check_arguments(train_args(*arguments))
+
+
+def test_training_arguments_that_are_fine():
+    for arguments in (["--ohem", "--ohem-threshold", "0.9"], ["--aux-loss", "ohem", "--ohem-min-kept", "5"],
+                      ["--loss", "ce:1,focal:0.5", "--focal-gamma", "1"], ["--aux-weight", "0"],
+                      ["--steps", "10", "--warmup-steps", "9"], ["--backbone", "resnet50"]):
+        _check_arguments(train_args(*arguments))
+
+
 def test_the_aux_loss_option_gives_the_deep_supervision_head_its_own_loss():
     from alignseg_keras import losses
 
