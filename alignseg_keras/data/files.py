@@ -121,11 +121,34 @@ def _keys(stems, prefix, suffix):
 
 
 def _name_keys(stems):
-    """Each stem less the longest prefix and suffix all of them share: the part of
-    the name that tells the files apart."""
-    prefix = len(os.path.commonprefix(stems))
-    suffix = len(os.path.commonprefix([stem[prefix:][::-1] for stem in stems]))
+    """Each stem less the longest prefix and suffix all of them share, neither ending
+    inside a number: the part of the name that tells the files apart. (Numbers are
+    kept whole: images `frame_10`..`frame_19` and labels `frame_20_mask`..`frame_29_mask`
+    would otherwise share `frame_1` and `frame_2` and pair by their last digit.)"""
+    prefix = _outside_numbers(stems, len(os.path.commonprefix(stems)))
+    rests = [stem[prefix:][::-1] for stem in stems]
+    suffix = _outside_numbers(rests, len(os.path.commonprefix(rests)))
     return _keys(stems, prefix, suffix)
+
+
+def _outside_numbers(texts, length):
+    """`length`, the length of a prefix all `texts` share, shortened to the start of a
+    number it would cut (its last character and one text's next are digits)."""
+    cuts = length and texts[0][length - 1].isdigit() and any(
+        len(text) > length and text[length].isdigit() for text in texts)
+    while cuts and length and texts[0][length - 1].isdigit():
+        length -= 1
+    return length
+
+
+def _trimmed_keys(stems):
+    """The keys of `stems` under each shared prefix and suffix, longest first."""
+    longest_prefix = len(os.path.commonprefix(stems))
+    for prefix in range(longest_prefix, -1, -1):
+        rests = [stem[prefix:] for stem in stems]
+        longest_suffix = len(os.path.commonprefix([rest[::-1] for rest in rests]))
+        for suffix in range(longest_suffix, -1, -1):
+            yield _keys(stems, prefix, suffix)
 
 
 def _keys_matching(stems, wanted):
@@ -133,17 +156,15 @@ def _keys_matching(stems, wanted):
     exactly the distinct keys `wanted`, or None. The longest shared prefix may take
     the start of a key (stems `photo` and `photo_2_mask` share `photo`, where the
     images `photo` and `photo_2` make the keys `` and `_2`)."""
-    longest_prefix = len(os.path.commonprefix(stems))
-    for prefix in range(longest_prefix, -1, -1):
-        rests = [stem[prefix:] for stem in stems]
-        longest_suffix = len(os.path.commonprefix([rest[::-1] for rest in rests]))
-        for suffix in range(longest_suffix, -1, -1):
-            if rests[0][: len(rests[0]) - suffix] not in wanted:
-                continue
-            keys = _keys(stems, prefix, suffix)
-            if set(keys) == wanted and len(keys) == len(wanted):
-                return keys
-    return None
+    return next((keys for keys in _trimmed_keys(stems)
+                 if set(keys) == wanted and len(keys) == len(wanted)), None)
+
+
+def _best_keys(stems, wanted):
+    """The keys of `stems` under the shared prefix and suffix that match most of
+    `wanted` (for naming the files that do not pair), and that number."""
+    return max(((keys, len(set(keys) & wanted)) for keys in _trimmed_keys(stems)),
+               key=lambda pair: pair[1])
 
 
 def pair_by_name(image_paths, mask_paths):
@@ -192,15 +213,34 @@ def pair_by_name(image_paths, mask_paths):
     masks = dict(zip(mask_keys, mask_paths))
     images = dict(zip(image_keys, image_paths))
     if masks.keys() != images.keys():
-        lonely_image = next((path for key, path in images.items() if key not in masks), None)
-        lonely_mask = next((path for key, path in masks.items() if key not in images), None)
-        raise ValueError(
-            "The images and label files do not pair up by name (the part of the names that "
-            f"differs between files): no label file for '{lonely_image}', no image for "
-            f"'{lonely_mask}'. Name each label file after its image, e.g. 'frame_1.png' and "
-            "'frame_1_mask.png'."
-        )
+        raise _unpaired_error(image_paths, image_stems, mask_paths, mask_stems)
     return [masks[key] for key in images]
+
+
+def _unpaired_error(image_paths, image_stems, mask_paths, mask_stems):
+    """The `ValueError` naming the files that do not pair, under the keys that pair most
+    (images `f0`..`f3` with labels `f0_mask`, `f1_mask`, `g2_mask`, `f3_mask`: `f2` and
+    `g2_mask`, not the first of each list)."""
+    image_keys, mask_keys = _name_keys(image_stems), _name_keys(mask_stems)
+    by_masks, matched_masks = _best_keys(mask_stems, set(image_keys))
+    by_images, matched_images = _best_keys(image_stems, set(mask_keys))
+    if matched_images > matched_masks:
+        image_keys = by_images
+    else:
+        mask_keys = by_masks
+    lonely_images = [path for key, path in zip(image_keys, image_paths) if key not in mask_keys]
+    lonely_masks = [path for key, path in zip(mask_keys, mask_paths) if key not in image_keys]
+
+    def listed(paths):
+        return ", ".join(f"'{path}'" for path in paths[:5]) + (
+            f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+
+    return ValueError(
+        "The images and label files do not pair up by name (the part of the names that "
+        f"differs between files): no label file for {listed(lonely_images)}; no image for "
+        f"{listed(lonely_masks)}. Name each label file after its image, e.g. 'frame_1.png' "
+        "and 'frame_1_mask.png'."
+    )
 
 
 def from_files(image_paths, mask_paths, num_classes=None, label_map=None,

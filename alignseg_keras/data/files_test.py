@@ -211,7 +211,15 @@ def test_pairing_by_name_on_random_names():
 @pytest.mark.parametrize(
     "images, masks, message",
     [(["a/x1.png", "a/x2.png"], ["b/x1_m.png", "b/x3_m.png"],
-      "no label file for 'a/x2.png', no image for 'b/x3_m.png'"),
+      "no label file for 'a/x2.png'; no image for 'b/x3_m.png'"),
+     # The files that do not pair, not the first of each list (f0.png and f0_mask.png before).
+     ([f"img/f{i}.png" for i in range(4)], ["lbl/f0_mask.png", "lbl/f1_mask.png",
+                                           "lbl/g2_mask.png", "lbl/f3_mask.png"],
+      "no label file for 'img/f2.png'; no image for 'lbl/g2_mask.png'"),
+     # Another decade of frames: they paired by their last digit before, without a word.
+     ([f"img/frame_{i}.png" for i in range(10, 18)], [f"lbl/frame_{i}_m.png" for i in range(20, 28)],
+      "no label file for 'img/frame_10.png', 'img/frame_11.png', 'img/frame_12.png', "
+      "'img/frame_13.png', 'img/frame_14.png' and 3 more; no image for 'lbl/frame_20_m.png'"),
      (["a/x1.png", "a/x2.png"], ["b/x1_m.png"], "2 images but 1 label files"),
      (["a/x1.png", "a/x1.jpg"], ["b/x1_m.png", "b/x2_m.png"], "Two images differ only in their extension")],
 )
