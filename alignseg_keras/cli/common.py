@@ -193,8 +193,8 @@ def load_model(args, num_classes=None):
                 f"the preset {args.preset} is an architecture without trained weights: its "
                 "predictions are those of untrained heads. Give a trained model: --model "
                 "FILE.keras, or --preset DIRECTORY (from alignseg convert or save_to_preset)."))
-        model = AlignSeg.from_preset(
-            args.preset, num_classes=num_classes or DEFAULT_NUM_CLASSES
+        model = AlignSeg.from_preset(  # --num-classes 0 is refused, not read as not given
+            args.preset, num_classes=DEFAULT_NUM_CLASSES if num_classes is None else num_classes
         )
     return steps_through_xla_on_jax(with_precision(model, args))
 
@@ -264,9 +264,12 @@ def load_dataset(args, split, training=False):
     alphabetical order every epoch.
     """
     from alignseg_keras import data
+    from alignseg_keras.checks import check_class_count
 
     order = dict(shuffle_files=training, repeat=training, seed=args.seed if training else None)
-
+    if args.num_classes is not None and args.dataset != "files":
+        raise ValueError(f"--num-classes is for --dataset files; --dataset {args.dataset} has "
+                         "its own classes.")
     if args.dataset == "synthetic":
         seed = 0 if split == "train" else 1
         count = args.synthetic_images if split == "train" else max(args.synthetic_images // 4, 8)
@@ -281,8 +284,9 @@ def load_dataset(args, split, training=False):
         ade_split = "training" if split == "train" else "validation"
         dataset = data.load_ade20k(args.data_dir, split=ade_split, **order)
         return dataset, data.ADE20K_NUM_CLASSES, list(data.ADE20K_CLASSES)
-    if not args.num_classes:
+    if args.num_classes is None:
         raise ValueError("--dataset files needs --num-classes.")
+    check_class_count(args.num_classes)
     images = _sorted_glob(args.images, "images")
     masks = data.pair_by_name(images, _sorted_glob(args.masks, "masks"))
     dataset = data.from_files(images, masks, num_classes=args.num_classes, **order)

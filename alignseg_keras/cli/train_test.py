@@ -253,3 +253,16 @@ def test_files_of_the_glob_pair_by_name_not_by_sorted_position(tmp_path):
     args.seed = 1
     other, _, _ = load_dataset(args, "train", training=True)
     assert [int(image[0, 0, 0]) for image, _ in other.take(33).as_numpy_iterator()] != values
+
+
+def test_class_counts_of_the_command_line_are_checked(capsys):
+    from alignseg_keras.cli.common import load_dataset
+
+    # --num-classes 0 was read as not given; with a dataset of its own classes it was ignored.
+    with pytest.raises(ValueError, match="`num_classes` must be at least 2; received 0"):
+        load_dataset(train_args("--dataset", "files", "--num-classes", "0"), "train")
+    with pytest.raises(ValueError, match="--num-classes is for --dataset files; --dataset "
+                                         "synthetic has its own classes"):
+        load_dataset(train_args("--num-classes", "5"), "train")
+    assert cli.main(["info", "--preset", "alignseg_resnet18_small", "--num-classes", "0"]) == 2
+    assert "`num_classes` must be at least 2; received 0" in capsys.readouterr().err
