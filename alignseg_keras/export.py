@@ -56,9 +56,12 @@ from alignseg_keras.atomic import atomic_path
 from alignseg_keras.atomic import check_replaceable_folder
 from alignseg_keras.atomic import check_writable
 from alignseg_keras.export_formats import EXPORT_FORMATS
+from alignseg_keras.export_formats import FORMAT_NAMES
+from alignseg_keras.export_formats import FORMAT_SUFFIXES
 from alignseg_keras.export_formats import check_export_backend
 from alignseg_keras.export_formats import check_export_file
 from alignseg_keras.export_formats import check_float32_computation
+from alignseg_keras.export_formats import format_for_path
 from alignseg_keras.image_files import MAX_PIXELS
 from alignseg_keras.inference import input_image_size
 from alignseg_keras.inference import output_classes
@@ -274,6 +277,14 @@ def export_saved_model(model, export_dir):
 
 def check_saved_model_folder(export_dir):
     """Raises the `ValueError` `export_saved_model` would raise for `export_dir`, at once."""
+    implied = format_for_path(export_dir)
+    if implied != "saved_model":  # `export m.tflite --format saved_model` made a folder so named
+        raise ValueError(
+            f"{export_dir} has the extension of {FORMAT_NAMES[implied]} files "
+            f"({FORMAT_SUFFIXES[implied]}), but a SavedModel is a folder: give a folder name "
+            f"(for TF Serving a version folder such as models/alignseg/1), or export to "
+            f"{FORMAT_NAMES[implied]}."
+        )
     if not _is_url(export_dir):
         check_replaceable_folder(export_dir, SAVED_MODEL_ENTRIES, SAVED_MODEL_REQUIRED)
         check_writable(export_dir)

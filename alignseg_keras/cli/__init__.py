@@ -50,6 +50,13 @@ def main(argv=None):
 
         print_message(args.command, "error", error)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: a word, not a traceback from wherever it landed
+        from alignseg_keras.cli.common import print_message
+
+        hint = ("; re-run the same command to resume from its last backup"
+                if args.command == "train" else "")
+        print_message(args.command, "error", f"interrupted{hint}.")
+        return 130
 
 
 def program(argv=None):

@@ -100,7 +100,7 @@ def run(args):
         model = load_model(args, num_classes)
     if getattr(model, "num_classes", num_classes) != num_classes:
         raise ValueError(
-            f"The model {model_name(args)} predicts {model.num_classes} classes but the "
+            f"The model of {model_name(args)} predicts {model.num_classes} classes but the "
             f"{args.dataset} data has {num_classes}."
         )
     if args.limit is not None:

@@ -33,6 +33,12 @@ def test_export_errors_name_the_file(model_path, tmp_path, capsys):
     # ... before the model is loaded (this one does not exist)
     assert main(["export", "absent.keras", str(tmp_path / "model"), "--format", "litert"]) == 2
     assert ".tflite" in capsys.readouterr().err
+    # A SavedModel folder named like a file of another format (it was written so).
+    assert main(["export", "absent.keras", str(tmp_path / "m.tflite"), "--format",
+                 "saved_model"]) == 2
+    assert "m.tflite has the extension of LiteRT files (.tflite), but a SavedModel is a folder" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "m.tflite").exists()
 
 
 

@@ -110,6 +110,18 @@ def test_training_uses_xla_on_tensorflow_only_when_asked():
     assert _build_model(train_args(*TINY, "--xla"), num_classes=3).jit_compile is True
 
 
+def test_ctrl_c_ends_with_a_word_on_resuming_not_a_traceback(monkeypatch, capsys):
+    from alignseg_keras.cli import train
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "run", interrupted)
+    assert cli.main(["train"]) == 130
+    assert capsys.readouterr().err == ("alignseg train: error: interrupted; re-run the same "
+                                       "command to resume from its last backup.\n")
+
+
 def test_a_subcommand_that_cannot_load_fails_loudly(monkeypatch):
     monkeypatch.setattr(cli, "SUBCOMMANDS", (*cli.SUBCOMMANDS, "nonexistent"))
     with pytest.raises(ImportError, match=r"'nonexistent' \(alignseg_keras.cli.nonexistent\)"):
