@@ -111,6 +111,29 @@ def _as_rgb(image, path):
     return np.asarray(image.convert("RGB"))
 
 
+# EXIF orientations that turn an image by 90 degrees (its displayed height is its width).
+_TURNING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def displayed_size(path):
+    """`(height, width)` of an image or label file as `read_image` and `read_label_map`
+    give it (EXIF orientation applied), from its header alone; a `ValueError` naming
+    the file when it cannot be opened as an image.
+
+    Example:
+    ```python
+    displayed_size("frame_1.jpg")  # (1024, 2048)
+    ```
+    """
+    try:
+        with _open_with_limit(path, None) as image:
+            width, height = image.size
+            turned = image.getexif().get(0x0112) in _TURNING_ORIENTATIONS
+    except (*UNREADABLE, Image.DecompressionBombError) as error:
+        raise ValueError(f"Cannot read image file '{path}': {error}") from None
+    return (width, height) if turned else (height, width)
+
+
 def read_image(path, max_pixels=MAX_PIXELS):
     """Reads an image file (PNG, JPEG, ...) as uint8 RGB `(H, W, 3)`, as it is displayed.
 

@@ -289,6 +289,7 @@ def load_dataset(args, split, training=False):
     check_class_count(args.num_classes)
     images = _sorted_glob(args.images, "images")
     masks = data.pair_by_name(images, _sorted_glob(args.masks, "masks"))
+    data.check_file_headers(images, masks)  # a bad file stopped a long run when it came
     dataset = data.from_files(images, masks, num_classes=args.num_classes, **order)
     return dataset, args.num_classes, [str(i) for i in range(args.num_classes)]
 

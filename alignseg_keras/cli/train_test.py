@@ -278,3 +278,20 @@ def test_class_counts_of_the_command_line_are_checked(capsys):
         load_dataset(train_args("--num-classes", "5"), "train")
     assert cli.main(["info", "--preset", "alignseg_resnet18_small", "--num-classes", "0"]) == 2
     assert "`num_classes` must be at least 2; received 0" in capsys.readouterr().err
+
+
+def test_a_bad_file_of_the_dataset_is_named_before_training(tmp_path):
+    # It stopped the run when the pipeline reached it, possibly hours in, every pass.
+    from PIL import Image
+
+    from alignseg_keras.cli.common import load_dataset
+
+    for n in range(3):
+        Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / f"f{n}.jpg")
+        Image.fromarray(np.zeros((4, 6), np.uint8)).save(tmp_path / f"f{n}_mask.png")
+    (tmp_path / "f1.jpg").write_bytes(b"\xff\xd8 cut short")
+    args = train_args("--dataset", "files", "--num-classes", "3", "--images",
+                      str(tmp_path / "*.jpg"), "--masks", str(tmp_path / "*_mask.png"))
+    with pytest.raises(ValueError, match=r"1 of 3 image and label pairs cannot be used: Cannot "
+                                         r"read image file '.*f1.jpg'"):
+        load_dataset(args, "train", training=True)

@@ -24,6 +24,7 @@ from alignseg_keras.data.cityscapes import CITYSCAPES_COLORS
 from alignseg_keras.data.cityscapes import cityscapes_to_train_ids
 from alignseg_keras.data.cityscapes import load_cityscapes
 from alignseg_keras.data.files import from_files
+from alignseg_keras.data.files import check_file_headers
 from alignseg_keras.data.files import pair_by_name
 from alignseg_keras.data.synthetic import synthetic_scenes
 from alignseg_keras.data.validation import IGNORE_INDEX

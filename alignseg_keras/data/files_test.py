@@ -291,3 +291,30 @@ def test_the_endless_file_order_is_the_same_in_every_iterator():
         assert all(sorted(one) == [0, 1, 2, 3, 4] for one in passes) and len({tuple(p) for p in passes}) > 1
     rebuilt = [list(endless_file_order(5, shuffle_files=True, seed=0).take(15).as_numpy_iterator()) for _ in range(2)]
     assert rebuilt[0] == rebuilt[1]
+
+
+def test_unreadable_files_and_sizes_that_differ_are_named_from_the_headers(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((4, 6), np.uint8)).save(tmp_path / "a_m.png")
+    Image.fromarray(np.zeros((5, 6, 3), np.uint8)).save(tmp_path / "b.png")
+    Image.fromarray(np.zeros((4, 6), np.uint8)).save(tmp_path / "b_m.png")
+    (tmp_path / "c.png").write_text("not an image")
+    Image.fromarray(np.zeros((4, 6), np.uint8)).save(tmp_path / "c_m.png")
+    turned = Image.fromarray(np.zeros((6, 4, 3), np.uint8))  # displayed 4x6: EXIF turns it
+    exif = turned.getexif()
+    exif[0x0112] = 6
+    turned.save(tmp_path / "d.jpg", exif=exif)
+    Image.fromarray(np.zeros((4, 6), np.uint8)).save(tmp_path / "d_m.png")
+    data.check_file_headers([str(tmp_path / "a.png"), str(tmp_path / "d.jpg")],
+                            [str(tmp_path / "a_m.png"), str(tmp_path / "d_m.png")])
+    images = [str(tmp_path / f"{name}.png") for name in "abc"]
+    masks = [str(tmp_path / f"{name}_m.png") for name in "abc"]
+    with pytest.raises(ValueError, match=(
+            rf"2 of 3 image and label pairs cannot be used: '{re.escape(images[1])}' is 5x6 but "
+            rf"its label file '{re.escape(masks[1])}' 4x6; Cannot read image file "
+            rf"'{re.escape(images[2])}'")):
+        data.check_file_headers(images, masks)
+    with pytest.raises(ValueError, match=r"cannot be used \(and 1 more\)"):
+        data.check_file_headers(images, masks, shown=1)
