@@ -5,6 +5,7 @@ import math
 import os
 import re
 import sys
+import warnings
 
 import keras
 import numpy as np
@@ -150,8 +151,8 @@ class BackupOfAnotherOptimizerError(ValueError):
         hint = (" float16 wraps the optimizer in loss scaling: a run in float16 resumes only "
                 "in float16, one in float32 or bfloat16 only in one of these." if scaling else "")
         super().__init__(
-            f"The backup {path} holds the state of a {saved_optimizer}, which does not load "
-            f"into this model's {optimizer}: resuming would restart the learning-rate schedule "
+            f"The backup {path} holds the state of {saved_optimizer}, which does not load into "
+            f"this model's {optimizer}: resuming would restart the learning-rate schedule "
             f"and the momentum at step 0.{hint} Resume with that run's settings (for "
             f"`alignseg train`, its --precision), or give another output folder (or remove "
             f"{folder} to start over there)."
@@ -220,11 +221,12 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             self.model.optimizer.build(self.model.trainable_variables)
         initial = _snapshot(self.model)
         for epoch, path in candidates:
+            skipped_optimizer = False
             try:
                 changed = changed_arguments(self.model, path)
                 settings = changed_training_settings(self.model, path)  # before the optimizer loads
                 if not changed:
-                    self.model.load_weights(path)
+                    skipped_optimizer = _load_weights_noting_a_skipped_optimizer(self.model, path)
             except Exception as error:  # a torn file (OSError), weights that do not fit, ...
                 _assign(self.model, initial)
                 self._move_aside(path, "unusable", "cannot be restored into this model "
@@ -232,9 +234,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                 continue
             if changed:
                 raise BackupOfAnotherModelError(path, changed)
-            if optimizer_step(self.model) == 0 and self.model.optimizer is not None:
-                # A backup has done at least one step: Keras skipped its optimizer's state
-                # (another optimizer, or float16's loss scaling added or removed).
+            if skipped_optimizer:  # another optimizer, or float16's loss scaling added or removed
                 _assign(self.model, initial)
                 raise BackupOfAnotherOptimizerError(path, _saved_optimizer_name(path),
                                                     type(self.model.optimizer).__name__)
@@ -330,16 +330,40 @@ def changed_training_settings(model, path):
         for difference in _config_differences(saved[key], current[key], key))
 
 
+# The start of the warning with which Keras' `load_own_variables` skips an optimizer state
+# whose number of variables differs from the optimizer's (keras/src/optimizers/base_optimizer.py).
+_SKIPPED_OPTIMIZER_WARNING = "Skipping variable loading for optimizer"
+
+
+def _load_weights_noting_a_skipped_optimizer(model, path):
+    """`model.load_weights(path)`; whether Keras skipped the optimizer's state (its own
+    warning, caught here; other warnings pass on). The optimizer's step cannot tell: a
+    float16 run whose every step overflowed has saved step 0 too."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.load_weights(path)
+    skipped = False
+    for warning in caught:
+        if str(warning.message).startswith(_SKIPPED_OPTIMIZER_WARNING):
+            skipped = True
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                   warning.lineno)
+    return skipped
+
+
 def _saved_optimizer_name(path):
-    """The class name of the optimizer the `.keras` file `path` trained with: the one
-    given to `compile`, or `LossScaleOptimizer`, in which `compile` wraps it for a
-    model of float16 layers."""
+    """"the optimizer NAME" the `.keras` file `path` trained with: the one given to
+    `compile`, or `LossScaleOptimizer`, in which `compile` wraps it for a model of
+    float16 layers; "another optimizer" where the file does not say."""
     import json
 
     config = _saved_config(path)
     optimizer = (config.get("compile_config") or {}).get("optimizer")
-    name = optimizer.get("class_name", "optimizer") if isinstance(optimizer, dict) else "optimizer"
-    return "LossScaleOptimizer" if '"mixed_float16"' in json.dumps(config) else name
+    name = optimizer.get("class_name") if isinstance(optimizer, dict) else None
+    if '"mixed_float16"' in json.dumps(config):
+        name = "LossScaleOptimizer"
+    return f"the optimizer {name}" if name else "another optimizer"
 
 
 def _saved_config(path):

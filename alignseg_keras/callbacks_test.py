@@ -163,9 +163,11 @@ def test_a_backup_whose_optimizer_state_does_not_load_is_refused_and_kept(tmp_pa
 
     adam = small_model()
     adam.compile(keras.optimizers.Adam(), "mse")
-    for model, message in [(in_float16(), "state of a SGD, which does not load into this model's "
-                            "LossScaleOptimizer: .* float16 wraps the optimizer in loss scaling"),
-                           (adam, "state of a SGD, which does not load into this model's Adam")]:
+    for model, message in [(in_float16(), "state of the optimizer SGD, which does not load into "
+                            "this model's LossScaleOptimizer: .* float16 wraps the optimizer in "
+                            "loss scaling"),
+                           (adam, "state of the optimizer SGD, which does not load into this "
+                            "model's Adam")]:
         initial = [weight.copy() for weight in model.get_weights()]
         with pytest.raises(BackupOfAnotherOptimizerError, match=message):
             fit(model, ResumableBackup(str(folder)), epochs=3)
@@ -177,8 +179,18 @@ def test_a_backup_whose_optimizer_state_does_not_load_is_refused_and_kept(tmp_pa
     model = in_float16()
     fit(model, ResumableBackup(str(tmp_path / "half")), epochs=2)
     assert steps(model) == 4
-    with pytest.raises(BackupOfAnotherOptimizerError, match="state of a LossScaleOptimizer"):
+    with pytest.raises(BackupOfAnotherOptimizerError, match="state of the optimizer LossScaleOptimizer"):
         fit(small_model(), ResumableBackup(str(tmp_path / "half")), epochs=3)
+    # A float16 run whose every step overflowed (skipped by loss scaling) saved step 0:
+    # its own backup still resumes (the step alone cannot tell a skipped optimizer state).
+    overflowing = tmp_path / "overflowing"
+    model = in_float16()
+    model.fit(np.ones((4, 3), "float32"), np.full((4, 2), 3e3, "float32"), batch_size=2,
+              verbose=0, callbacks=[ResumableBackup(str(overflowing))])
+    assert steps(model) == 0 and names(overflowing) == ["epoch-0001.keras"]
+    backup = ResumableBackup(str(overflowing))
+    backup.set_model(in_float16())
+    assert backup.restore().endswith("epoch-0001.keras")
 
 
 def test_a_resume_with_other_training_settings_says_which(tmp_path, capsys):

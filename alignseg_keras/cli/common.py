@@ -120,10 +120,16 @@ def load_saved_model(path):
     import keras
 
     from alignseg_keras import AlignSeg
+    from alignseg_keras.models.image_segmenter import ImageSegmenter
+    from alignseg_keras.models.preset_files import is_backbone_only_preset
     from alignseg_keras.models.preset_files import is_preset_directory
 
-    from alignseg_keras.models.image_segmenter import ImageSegmenter
-
+    if is_backbone_only_preset(path):
+        raise ValueError(
+            f"{path} is the preset of an AlignSegBackbone alone, without heads: this command "
+            "needs a whole model (a .keras file, or a preset of AlignSeg.save_to_preset). "
+            f"Train heads on it with `alignseg train --preset {path}`."
+        )
     if is_preset_directory(path):
         return AlignSeg.from_preset(path)
     _check_model_path(path)

@@ -85,7 +85,7 @@ def test_the_scale_step_option_draws_scales_of_its_grid():
         _check_arguments(train_args("--scale-step", "0"))
 
 
-def test_train_builds_from_a_preset_name_or_directory(tmp_path):
+def test_train_builds_from_a_preset_name_or_directory(tmp_path, capsys):
     args = train_args("--preset", "alignseg_resnet18_small", "--decoder-channels", "8")
     model = _build_model(args, num_classes=4)
     assert model.num_classes == 4 and model.backbone.decoder_channels == 8
@@ -102,6 +102,19 @@ def test_train_builds_from_a_preset_name_or_directory(tmp_path):
     with pytest.raises(ValueError, match="--decoder-channels would change the architecture"):
         _build_model(train_args("--preset", str(tmp_path / "preset"), "--decoder-channels", "8"),
                      num_classes=3)
+    # A backbone's preset alone: heads of the data's classes are trained on it; the other
+    # commands need a whole model, and say so.
+    saved.backbone.save_to_preset(tmp_path / "backbone")
+    model = _build_model(train_args("--preset", str(tmp_path / "backbone")), num_classes=5)
+    assert model.num_classes == 5
+    for mine, theirs in zip(model.backbone.weights, saved.backbone.weights):
+        np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs))
+    picture = tmp_path / "street.png"
+    picture.write_bytes(b"")
+    assert cli.main(["predict", str(picture), "--preset", str(tmp_path / "backbone"),
+                     "--output", str(tmp_path / "out")]) == 2
+    assert ("is the preset of an AlignSegBackbone alone, without heads: this command needs a "
+            "whole model") in capsys.readouterr().err
 
 
 def test_training_uses_xla_on_tensorflow_only_when_asked():

@@ -4,6 +4,7 @@ import atexit
 import gc
 import os
 import random
+import re
 
 import tensorflow as tf
 
@@ -113,7 +114,10 @@ def paired_dataset(image_paths, mask_paths, mapping=None, num_classes=None,
 
 
 def _stems(paths):
-    return [os.path.splitext(os.fspath(path))[0] for path in paths]
+    """The paths without their extensions, numbers written without leading zeros (so that
+    `s_01.png` pairs with `s_1_mask.png`: numbers are compared by value)."""
+    return [re.sub(r"\d+", lambda number: str(int(number[0])), os.path.splitext(os.fspath(path))[0])
+            for path in paths]
 
 
 def _keys(stems, prefix, suffix):
@@ -133,38 +137,56 @@ def _name_keys(stems):
 
 def _outside_numbers(texts, length):
     """`length`, the length of a prefix all `texts` share, shortened to the start of a
-    number it would cut (its last character and one text's next are digits)."""
-    cuts = length and texts[0][length - 1].isdigit() and any(
-        len(text) > length and text[length].isdigit() for text in texts)
-    while cuts and length and texts[0][length - 1].isdigit():
+    number it would cut."""
+    while _cuts_number(texts, length):
         length -= 1
     return length
 
 
-def _trimmed_keys(stems):
-    """The keys of `stems` under each shared prefix and suffix, longest first."""
+def _cuts_number(texts, length):
+    """Whether a prefix of `length` that all `texts` share ends inside a number: its
+    last character and a text's next one are digits."""
+    return bool(length) and texts[0][length - 1].isdigit() and any(
+        len(text) > length and text[length].isdigit() for text in texts)
+
+
+def _trims(stems):
+    """`(prefix, suffix)` lengths of the shared prefixes and suffixes of `stems`,
+    longest first, none cutting a number."""
     longest_prefix = len(os.path.commonprefix(stems))
     for prefix in range(longest_prefix, -1, -1):
-        rests = [stem[prefix:] for stem in stems]
-        longest_suffix = len(os.path.commonprefix([rest[::-1] for rest in rests]))
-        for suffix in range(longest_suffix, -1, -1):
-            yield _keys(stems, prefix, suffix)
+        if _cuts_number(stems, prefix):
+            continue
+        rests = [stem[prefix:][::-1] for stem in stems]
+        for suffix in range(len(os.path.commonprefix(rests)), -1, -1):
+            if not _cuts_number(rests, suffix):
+                yield prefix, suffix
 
 
 def _keys_matching(stems, wanted):
-    """The keys of `stems` under a shared prefix and suffix (longest first) that are
-    exactly the distinct keys `wanted`, or None. The longest shared prefix may take
-    the start of a key (stems `photo` and `photo_2_mask` share `photo`, where the
-    images `photo` and `photo_2` make the keys `` and `_2`)."""
-    return next((keys for keys in _trimmed_keys(stems)
-                 if set(keys) == wanted and len(keys) == len(wanted)), None)
+    """The keys of `stems` under a shared prefix and suffix (longest first, numbers
+    whole) that are exactly the distinct keys `wanted`, or None. The longest shared
+    prefix may take the start of a key (stems `photo` and `photo_2_mask` share
+    `photo`, where the images `photo` and `photo_2` make the keys `` and `_2`)."""
+    for prefix, suffix in _trims(stems):
+        if stems[0][prefix : len(stems[0]) - suffix] not in wanted:
+            continue  # one key tells, before all are made
+        keys = _keys(stems, prefix, suffix)
+        if set(keys) == wanted and len(keys) == len(wanted):
+            return keys
+    return None
 
 
 def _best_keys(stems, wanted):
     """The keys of `stems` under the shared prefix and suffix that match most of
     `wanted` (for naming the files that do not pair), and that number."""
-    return max(((keys, len(set(keys) & wanted)) for keys in _trimmed_keys(stems)),
-               key=lambda pair: pair[1])
+    best = (_keys(stems, 0, 0), -1)
+    for prefix, suffix in _trims(stems):
+        keys = _keys(stems, prefix, suffix)
+        matched = len(set(keys) & wanted)
+        if matched > best[1]:
+            best = (keys, matched)
+    return best
 
 
 def check_file_headers(image_paths, mask_paths, shown=5):
@@ -238,7 +260,8 @@ def pair_by_name(image_paths, mask_paths):
     for kind, paths, stems in (("images", image_paths, image_stems),
                                ("label files", mask_paths, mask_stems)):
         if len(set(stems)) < len(paths):
-            raise ValueError(f"Two {kind} differ only in their extension: {sorted(paths)}.")
+            raise ValueError(f"Two {kind} differ only in their extension or in the leading "
+                             f"zeros of a number: {sorted(paths)}.")
     image_keys, mask_keys = _name_keys(image_stems), _name_keys(mask_stems)
     if set(image_keys) != set(mask_keys):  # one side's shared prefix took part of a key
         matching = _keys_matching(mask_stems, set(image_keys))

@@ -192,8 +192,16 @@ def test_label_files_pair_with_images_by_name():
         == ["b/x.png", "b/x_2.png"]
 
 
+def test_numbers_pair_by_value():
+    images = [f"img/s_{i:02d}.png" for i in range(1, 12)]  # zero-padded; the labels are not
+    masks = [f"ann/s_{i}_mask.png" for i in range(1, 12)]
+    assert data.pair_by_name(images, masks[::-1]) == masks
+
+
 def test_pairing_by_name_on_random_names():
-    # Labels named prefix + the image's distinct part + suffix, in any order.
+    # Labels named prefix + the image's distinct part + suffix, in any order. The suffix
+    # starts with a letter or sign: one starting with a digit would continue the number the
+    # part may end with ('s111' + '1a_m'), which cannot be told from the number 1111.
     rng = np.random.default_rng(0)
     alphabet = list("ab_1-")
     for _ in range(300):
@@ -203,6 +211,7 @@ def test_pairing_by_name_on_random_names():
             parts.add("".join(rng.choice(alphabet, int(rng.integers(0, 4)))))
         parts = sorted(parts)
         stem, suffix = ("".join(rng.choice(alphabet, int(rng.integers(0, 4)))) for _ in range(2))
+        suffix = str(rng.choice(list("ab_-"))) + suffix
         images = [f"img/s{stem}{part}.jpg" for part in parts]
         masks = [f"ann/s{stem}{part}{suffix}_m.png" for part in parts]
         assert data.pair_by_name(images, masks[::-1]) == masks, (images, masks)
@@ -216,6 +225,14 @@ def test_pairing_by_name_on_random_names():
      ([f"img/f{i}.png" for i in range(4)], ["lbl/f0_mask.png", "lbl/f1_mask.png",
                                            "lbl/g2_mask.png", "lbl/f3_mask.png"],
       "no label file for 'img/f2.png'; no image for 'lbl/g2_mask.png'"),
+     # Frames 10-17 against labels of frames 0-7 or 120-127 paired through the fallback
+     # search, which also cut numbers.
+     ([f"img/frame_{i}.png" for i in range(10, 18)], [f"lbl/frame_{i}_m.png" for i in range(8)],
+      "no label file for 'img/frame_10.png'"),
+     ([f"img/frame_{i}.png" for i in range(20, 28)], [f"lbl/frame_{i}_m.png" for i in range(120, 128)],
+      "no label file for 'img/frame_20.png'"),
+     (["a/x1.png", "a/x01.png"], ["b/x1_m.png", "b/x2_m.png"],
+      "Two images differ only in their extension or in the leading zeros of a number"),
      # Another decade of frames: they paired by their last digit before, without a word.
      ([f"img/frame_{i}.png" for i in range(10, 18)], [f"lbl/frame_{i}_m.png" for i in range(20, 28)],
       "no label file for 'img/frame_10.png', 'img/frame_11.png', 'img/frame_12.png', "
