@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from alignseg_keras.data.decoding import read_example
 from alignseg_keras.data.labels import label_mapping
+from alignseg_keras.data.validation import check_same_size
 from alignseg_keras.data.validation import require_files
 
 # Stands for "no label file" in the path tensor: the mask is all ignore (255).
@@ -210,15 +211,11 @@ def check_file_headers(image_paths, mask_paths, shown=5):
 
     problems = []
     for image_path, mask_path in zip(image_paths, mask_paths):
-        try:
-            image_size = displayed_size(image_path)
-            mask_size = displayed_size(mask_path)
+        try:  # the pipeline's own size check, on the headers' sizes
+            check_same_size(displayed_size(image_path), displayed_size(mask_path), image_path,
+                            mask_path)
         except (ValueError, OSError) as error:
-            problems.append(str(error))
-            continue
-        if image_size != mask_size:
-            problems.append(f"'{image_path}' is {image_size[0]}x{image_size[1]} but its label "
-                            f"file '{mask_path}' {mask_size[0]}x{mask_size[1]}")
+            problems.append(str(error).rstrip("."))
     if problems:
         more = f" (and {len(problems) - shown} more)" if len(problems) > shown else ""
         raise ValueError(f"{len(problems)} of {len(image_paths)} image and label pairs cannot be "

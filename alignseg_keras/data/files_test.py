@@ -329,8 +329,8 @@ def test_unreadable_files_and_sizes_that_differ_are_named_from_the_headers(tmp_p
     images = [str(tmp_path / f"{name}.png") for name in "abc"]
     masks = [str(tmp_path / f"{name}_m.png") for name in "abc"]
     with pytest.raises(ValueError, match=(
-            rf"2 of 3 image and label pairs cannot be used: '{re.escape(images[1])}' is 5x6 but "
-            rf"its label file '{re.escape(masks[1])}' 4x6; Cannot read image file "
+            rf"2 of 3 image and label pairs cannot be used: Label file '{re.escape(masks[1])}' is "
+            rf"4x6 \(HxW\) but its image '{re.escape(images[1])}' is 5x6; Cannot read image file "
             rf"'{re.escape(images[2])}'")):
         data.check_file_headers(images, masks)
     with pytest.raises(ValueError, match=r"cannot be used \(and 1 more\)"):
