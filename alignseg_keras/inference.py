@@ -236,6 +236,21 @@ def _as_tile_size(tile_size):
     return int(pair[0]), int(pair[1])
 
 
+def check_scales(scales):
+    """`scales` as a tuple of the multi-scale test, or a `ValueError` unless they are
+    positive numbers (one at least).
+
+    Example:
+    ```python
+    check_scales([0.75, 1.0, 1.25])  # (0.75, 1.0, 1.25)
+    ```
+    """
+    scales = tuple(scales)
+    if not scales or any(not scale > 0 for scale in scales):
+        raise ValueError(f"`scales` must be positive numbers; received {scales!r}.")
+    return scales
+
+
 def _check_batch_size(batch_size):
     return check_positive_int(batch_size, "`batch_size`")
 
@@ -450,9 +465,7 @@ def predict_multiscale(
     images, single = _as_image_batch(images, model)
     batch_size = _check_batch_size(batch_size)
     tile_size = None if sliding is None else _as_tile_size(sliding)
-    scales = tuple(scales)
-    if not scales or any(not scale > 0 for scale in scales):
-        raise ValueError(f"`scales` must be positive numbers; received {scales!r}.")
+    scales = check_scales(scales)
     if precision is not None:
         check_precision(precision)
     if images.size == 0:

@@ -342,9 +342,12 @@ def check_test_time_arguments(args):
         inference.window_starts(1, 1, args.overlap)  # the library's rule for the overlap
     except ValueError as error:
         raise ValueError(f"--overlap: {error}") from None
-    if args.scales and any(not scale > 0 for scale in args.scales):
+    try:
+        if args.scales:
+            inference.check_scales(args.scales)  # the library's rule, in the option's words
+    except ValueError:
         raise ValueError("--scales must be positive numbers; received "
-                         f"{' '.join(map(str, args.scales))}.")
+                         f"{' '.join(map(str, args.scales))}.") from None
     check_positive_int(args.batch_size, "--batch-size")
 
 

@@ -130,18 +130,7 @@ def _name_keys(stems):
     inside a number: the part of the name that tells the files apart. (Numbers are
     kept whole: images `frame_10`..`frame_19` and labels `frame_20_mask`..`frame_29_mask`
     would otherwise share `frame_1` and `frame_2` and pair by their last digit.)"""
-    prefix = _outside_numbers(stems, len(os.path.commonprefix(stems)))
-    rests = [stem[prefix:][::-1] for stem in stems]
-    suffix = _outside_numbers(rests, len(os.path.commonprefix(rests)))
-    return _keys(stems, prefix, suffix)
-
-
-def _outside_numbers(texts, length):
-    """`length`, the length of a prefix all `texts` share, shortened to the start of a
-    number it would cut."""
-    while _cuts_number(texts, length):
-        length -= 1
-    return length
+    return _keys(stems, *next(_trims(stems)))
 
 
 def _cuts_number(texts, length):

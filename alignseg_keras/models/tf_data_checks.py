@@ -65,9 +65,10 @@ def _scale_checked(images, scale_warning):
     the batch's largest and smallest values; Python runs only for a misscaled batch."""
     if scale_warning is None or scale_warning.expected_range is None:
         return images
-    values = tf.cast(images, tf.float32)
-    largest = tf.reduce_max(values)  # -inf for an empty batch
-    smallest = tf.reduce_min(values)  # inf for an empty batch
+    # Reduced in the images' own dtype (no float32 copy of the batch); an empty batch gives
+    # the dtype's extremes the wrong way round (-inf and inf for floats): never misscaled.
+    largest = tf.cast(tf.reduce_max(images), tf.float32)
+    smallest = tf.cast(tf.reduce_min(images), tf.float32)
 
     def warn(largest, smallest):
         scale_warning.warn_for_range(float(largest), float(smallest))
