@@ -188,22 +188,47 @@ def test_an_output_folder_that_becomes_unwritable_is_reported_and_loses_nothing(
 
 
 def test_a_command_with_other_model_arguments_leaves_the_run_resumable(tmp_path, capsys):
-    output = str(tmp_path / "run")
-    command = ["train", *TINY, "--steps", "4", "--checkpoint-every", "2", "--output-dir", output]
-    with pytest.raises(Killed):
-        main_killed_after_first_backup(command)
-    backups = sorted(os.listdir(os.path.join(output, "backup")))
-    assert backups == ["epoch-0001.keras"]
-    other = [*command]
-    other[other.index("--decoder-channels") + 1] = "16"
+    output, command = run_killed_after_first_backup(tmp_path)
+    other = with_value(command, "--decoder-channels", "16")
     capsys.readouterr()
     assert main(other) == 2  # the backups were moved aside and training started over
     err = capsys.readouterr().err
     assert "written by a model with other arguments" in err and "decoder_channels" in err
-    assert sorted(os.listdir(os.path.join(output, "backup"))) == backups
+    assert os.listdir(os.path.join(output, "backup")) == ["epoch-0001.keras"]
     assert main(command) == 0
     assert "Resuming from" in capsys.readouterr().out
     assert iterations(os.path.join(output, "model.keras")) == 4
+
+
+def test_a_resume_on_other_data_of_the_same_classes_is_refused(tmp_path, capsys):
+    output, command = run_killed_after_first_backup(tmp_path)
+    other = with_value(command, "--synthetic-images", "12")  # another experiment, the same model
+    capsys.readouterr()
+    assert main(other) == 2
+    err = capsys.readouterr().err
+    assert "started on other training data (8 synthetic scenes of [64, 64], now 12" in err
+    assert os.listdir(os.path.join(output, "backup")) == ["epoch-0001.keras"]
+    assert main([*other, "--resume-with-other-data"]) == 0
+    out = capsys.readouterr().out
+    assert "Resuming on other training data" in out and "Resuming from" in out
+    assert iterations(os.path.join(output, "model.keras")) == 4
+
+
+def run_killed_after_first_backup(tmp_path):
+    """`(output_dir, command)` of a 4-step tiny run killed after its first backup (of 2)."""
+    output = str(tmp_path / "run")
+    command = ["train", *TINY, "--steps", "4", "--checkpoint-every", "2", "--output-dir", output]
+    with pytest.raises(Killed):
+        main_killed_after_first_backup(command)
+    assert os.listdir(os.path.join(output, "backup")) == ["epoch-0001.keras"]
+    return output, command
+
+
+def with_value(command, option, value):
+    """`command` with `option`'s value replaced."""
+    other = [*command]
+    other[other.index(option) + 1] = value
+    return other
 
 
 def main_killed_after_first_backup(command):

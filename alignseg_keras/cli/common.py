@@ -293,11 +293,19 @@ def load_dataset(args, split, training=False):
     if args.num_classes is None:
         raise ValueError("--dataset files needs --num-classes.")
     check_class_count(args.num_classes)
-    images = _sorted_glob(args.images, "images")
-    masks = data.pair_by_name(images, _sorted_glob(args.masks, "masks"))
+    images, masks = file_pairs(args)
     data.check_file_headers(images, masks)  # a bad file stopped a long run when it came
     dataset = data.from_files(images, masks, num_classes=args.num_classes, **order)
     return dataset, args.num_classes, [str(i) for i in range(args.num_classes)]
+
+
+def file_pairs(args):
+    """The `(images, masks)` path lists of --images and --masks, paired by name
+    (`data.pair_by_name`), as --dataset files reads them."""
+    from alignseg_keras import data
+
+    images = _sorted_glob(args.images, "images")
+    return images, data.pair_by_name(images, _sorted_glob(args.masks, "masks"))
 
 
 def add_test_time_arguments(parser):

@@ -116,6 +116,10 @@ def add_parser(subparsers):
     train.add_argument("--no-pictures", action="store_true", help="no TensorBoard pictures")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--output-dir", default="runs/train")
+    train.add_argument("--resume-with-other-data", action="store_true",
+                       help="resume the run in --output-dir on other training data than it "
+                       "started on (refused otherwise: a new experiment given the folder of "
+                       "an unfinished one)")
     parser.set_defaults(func=run)
 
 
@@ -404,6 +408,24 @@ def epoch_plan(total_steps, checkpoint_every, epochs_done, steps_done):
     return epochs_done + math.ceil(remaining / steps_per_epoch), steps_per_epoch
 
 
+def _check_and_record_data(args, resumed):
+    """Refuses a resume on other training data than the run started on, in every process
+    of a job (`training_data`); records the data a run starts or goes on with."""
+    from alignseg_keras import multiprocess
+    from alignseg_keras.cli import training_data
+    from alignseg_keras.cli.common import file_pairs
+
+    refusal = None
+    if multiprocess.is_chief():
+        pairs = file_pairs(args) if args.dataset == "files" else None
+        try:
+            training_data.check_and_record(args.output_dir, training_data.describe(args, pairs),
+                                           resumed, allow_other=args.resume_with_other_data)
+        except training_data.OtherTrainingDataError as error:
+            refusal = error
+    multiprocess.raise_if_chief_refused(refusal)
+
+
 def _resume_message(restored, steps_done, total_steps):
     message = f"Resuming from {restored}: {steps_done} of {total_steps} steps done."
     if steps_done > total_steps:
@@ -515,6 +537,7 @@ def _run_in_output_folder(args, final_path):
     backup = next(callback for callback in callbacks if isinstance(callback, ResumableBackup))
     backup.set_model(model)
     restored = backup.restore()
+    _check_and_record_data(args, resumed=restored is not None)
     if restored is None and multiprocess.is_chief():
         _set_aside_previous_run(args.output_dir)
     multiprocess.check_same_start(model)
