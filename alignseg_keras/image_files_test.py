@@ -3,6 +3,7 @@ import pytest
 from PIL import Image
 
 from alignseg_keras import visualize
+from alignseg_keras.image_files import displayed_size
 from alignseg_keras.image_files import read_image
 from alignseg_keras.image_files import read_label_map
 
@@ -81,18 +82,59 @@ def test_images_and_label_maps_are_read_as_their_exif_orientation_shows_them(tmp
     np.testing.assert_array_equal(read_label_map(tmp_path / "labels.png"), np.rot90(labels, -1))
 
 
+def _png_chunk(kind, data):
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _with_chunk_after_pixels(path, kind, data):
+    """Rewrites the PNG `path` with a chunk inserted just before its IEND chunk (as
+    tools that append metadata write it, after the image data)."""
+    content = path.read_bytes()
+    assert content[-12:-8] == b"\x00\x00\x00\x00" and content[-8:-4] == b"IEND"
+    path.write_bytes(content[:-12] + _png_chunk(kind, data) + content[-12:])
+
+
+def test_displayed_sizes_are_read_sizes_without_decoding_a_png(tmp_path, monkeypatch):
+    from PIL import PngImagePlugin
+
+    stored = np.zeros((4, 7, 3), "uint8")
+    turning = Image.Exif()
+    turning[0x0112] = 6
+    _save_with_orientation(stored, tmp_path / "before.png", 6)  # Pillow: eXIf before IDAT
+    Image.fromarray(stored).save(tmp_path / "exif_after.png")
+    _with_chunk_after_pixels(tmp_path / "exif_after.png", b"eXIf", turning.tobytes())
+    Image.fromarray(stored).save(tmp_path / "xmp_after.png")
+    xmp = b'XML:com.adobe.xmp\x00\x00\x00\x00\x00<x:xmpmeta tiff:Orientation="6"/>'
+    _with_chunk_after_pixels(tmp_path / "xmp_after.png", b"iTXt", xmp)
+    Image.fromarray(stored).save(tmp_path / "garbage.png", exif=b"garbage!")
+    Image.fromarray(stored).save(tmp_path / "plain.png")
+    _save_with_orientation(stored, tmp_path / "turned.jpg", 6)
+    expected = {"before.png": (7, 4), "exif_after.png": (7, 4), "xmp_after.png": (7, 4),
+                "garbage.png": (4, 7), "plain.png": (4, 7), "turned.jpg": (7, 4)}
+    for name, size in expected.items():
+        assert read_image(tmp_path / name).shape[:2] == size, name
+        assert displayed_size(tmp_path / name) == size, name
+    # The PNGs without metadata after their pixels are not decoded (Pillow's getexif would).
+    def no_decoding(image):
+        raise AssertionError(f"{image.filename} was decoded")
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_decoding)
+    for name in ("before.png", "garbage.png", "plain.png"):
+        assert displayed_size(tmp_path / name) == expected[name], name
+
+
 def _png_header(path, width, height):
     """A PNG that declares `width x height` 8-bit gray pixels and holds almost no data."""
     import struct
     import zlib
 
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + _png_chunk(b"IEND", b"")
     )
 
 

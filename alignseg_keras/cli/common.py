@@ -284,10 +284,12 @@ def load_dataset(args, split, training=False):
     if args.dataset in ("cityscapes", "ade20k") and not args.data_dir:
         raise ValueError(f"--dataset {args.dataset} needs --data-dir.")
     if args.dataset == "cityscapes":
+        data.check_file_headers(*data.cityscapes_files(args.data_dir, split))
         dataset = data.load_cityscapes(args.data_dir, split=split, **order)
         return dataset, len(data.CITYSCAPES_CLASSES), list(data.CITYSCAPES_CLASSES)
     if args.dataset == "ade20k":
         ade_split = "training" if split == "train" else "validation"
+        data.check_file_headers(*data.ade20k_files(args.data_dir, ade_split))
         dataset = data.load_ade20k(args.data_dir, split=ade_split, **order)
         return dataset, data.ADE20K_NUM_CLASSES, list(data.ADE20K_CLASSES)
     if args.num_classes is None:

@@ -308,3 +308,27 @@ def test_a_bad_file_of_the_dataset_is_named_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"1 of 3 image and label pairs cannot be used: Cannot "
                                          r"read image file '.*f1.jpg'"):
         load_dataset(args, "train", training=True)
+
+
+@pytest.mark.parametrize("dataset", ["cityscapes", "ade20k"])
+def test_a_named_datasets_bad_files_are_named_before_training(tmp_path, dataset):
+    from PIL import Image
+
+    from alignseg_keras.cli.common import load_dataset
+
+    def write(path, size, mode):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new(mode, size).save(path)
+
+    for index, label_width in enumerate([32, 31]):  # the second pair's sizes differ
+        if dataset == "cityscapes":
+            image = tmp_path / "leftImg8bit/train/aachen" / f"aachen_{index}_leftImg8bit.png"
+            label = tmp_path / "gtFine/train/aachen" / f"aachen_{index}_gtFine_labelIds.png"
+        else:
+            image = tmp_path / "images/training" / f"ADE_train_{index}.jpg"
+            label = tmp_path / "annotations/training" / f"ADE_train_{index}.png"
+        write(image, (32, 16), "RGB")
+        write(label, (label_width, 16), "L")
+    args = build_parser().parse_args(["train", "--dataset", dataset, "--data-dir", str(tmp_path)])
+    with pytest.raises(ValueError, match=r"1 of 2 image and label pairs cannot be used.*_1"):
+        load_dataset(args, "train", training=True)

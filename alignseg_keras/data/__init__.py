@@ -13,6 +13,7 @@ except ImportError as error:
 from alignseg_keras.data.ade20k import ADE20K_CLASSES
 from alignseg_keras.data.ade20k import ADE20K_COLORS
 from alignseg_keras.data.ade20k import ADE20K_NUM_CLASSES
+from alignseg_keras.data.ade20k import ade20k_files
 from alignseg_keras.data.ade20k import load_ade20k
 from alignseg_keras.data.augment import PHOTOMETRIC_DEFAULTS
 from alignseg_keras.data.augment import class_balanced_crop
@@ -21,6 +22,7 @@ from alignseg_keras.data.augment import evaluation_pipeline
 from alignseg_keras.data.augment import training_pipeline
 from alignseg_keras.data.cityscapes import CITYSCAPES_CLASSES
 from alignseg_keras.data.cityscapes import CITYSCAPES_COLORS
+from alignseg_keras.data.cityscapes import cityscapes_files
 from alignseg_keras.data.cityscapes import cityscapes_to_train_ids
 from alignseg_keras.data.cityscapes import load_cityscapes
 from alignseg_keras.data.files import from_files
