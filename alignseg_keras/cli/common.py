@@ -238,21 +238,43 @@ def add_dataset_arguments(parser):
     group.add_argument("--dataset", choices=DATASETS, default="synthetic",
                        help="which data to read (default: the embedded synthetic scenes)")
     group.add_argument("--data-dir", help="dataset root (Cityscapes or ADEChallengeData2016)")
-    group.add_argument("--images", help="glob of image files, for --dataset files")
+    group.add_argument("--images", help="glob of image files, for --dataset files (quoted; "
+                       "** for any depth of folders)")
     group.add_argument("--masks", help="glob of label PNGs, for --dataset files, each paired "
-                       "with the image of its name (frame_1.png, frame_1_mask.png)")
+                       "with the image of its name (frame_1.png, frame_1_mask.png) and holding "
+                       "a class id 0..N-1 per pixel, 255 for ignored pixels (else --label-map)")
     group.add_argument("--num-classes", type=int,
                        help="number of classes, for --dataset files")
+    group.add_argument("--label-map", type=label_map_argument, metavar="STORED:CLASS,...",
+                       help="for --dataset files: the class of each value stored in the label "
+                       "files, values not listed ignored (255); binary masks stored as 0 and "
+                       "255: 0:0,255:1")
     group.add_argument("--synthetic-images", type=int, default=400,
                        help="number of synthetic scenes (default 400)")
     group.add_argument("--synthetic-size", type=int, nargs=2, default=(128, 256),
                        metavar=("HEIGHT", "WIDTH"), help="synthetic scene size")
 
 
+def label_map_argument(text):
+    """The dict `{stored value: class}` of --label-map's `STORED:CLASS,...` (argparse's
+    `type`: a bad value is a usage error naming the option)."""
+    import argparse
+
+    try:
+        pairs = [item.split(":") for item in text.split(",")]
+        label_map = {int(stored): int(label) for stored, label in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not STORED:CLASS pairs separated by commas, e.g. 0:0,255:1") from None
+    if len(label_map) < len(pairs):
+        raise argparse.ArgumentTypeError(f"{text!r} gives a stored value twice")
+    return label_map
+
+
 def _sorted_glob(pattern, what):
     if not pattern:
         raise ValueError(f"--dataset files needs --{what} (a glob pattern).")
-    paths = sorted(glob.glob(pattern))
+    paths = sorted(glob.glob(pattern, recursive=True))  # `**`: any depth, as a shell's globstar
     if not paths:
         raise FileNotFoundError(f"--{what} {pattern!r} matches no file.")
     return paths
@@ -273,9 +295,10 @@ def load_dataset(args, split, training=False):
     from alignseg_keras.checks import check_class_count
 
     order = dict(shuffle_files=training, repeat=training, seed=args.seed if training else None)
-    if args.num_classes is not None and args.dataset != "files":
-        raise ValueError(f"--num-classes is for --dataset files; --dataset {args.dataset} has "
-                         "its own classes.")
+    for option, value in (("--num-classes", args.num_classes), ("--label-map", args.label_map)):
+        if value is not None and args.dataset != "files":
+            raise ValueError(f"{option} is for --dataset files; --dataset {args.dataset} has "
+                             "its own classes.")
     if args.dataset == "synthetic":
         seed = 0 if split == "train" else 1
         count = args.synthetic_images if split == "train" else max(args.synthetic_images // 4, 8)
@@ -296,8 +319,10 @@ def load_dataset(args, split, training=False):
         raise ValueError("--dataset files needs --num-classes.")
     check_class_count(args.num_classes)
     images, masks = file_pairs(args)
+    print(f"--dataset files: {len(images)} image and label pairs.", flush=True)
     data.check_file_headers(images, masks)  # a bad file stopped a long run when it came
-    dataset = data.from_files(images, masks, num_classes=args.num_classes, **order)
+    dataset = data.from_files(images, masks, num_classes=args.num_classes,
+                              label_map=args.label_map, **order)
     return dataset, args.num_classes, [str(i) for i in range(args.num_classes)]
 
 

@@ -332,3 +332,39 @@ def test_a_named_datasets_bad_files_are_named_before_training(tmp_path, dataset)
     args = build_parser().parse_args(["train", "--dataset", dataset, "--data-dir", str(tmp_path)])
     with pytest.raises(ValueError, match=r"1 of 2 image and label pairs cannot be used.*_1"):
         load_dataset(args, "train", training=True)
+
+
+def test_label_files_are_found_at_any_depth_counted_and_mapped(tmp_path, capsys):
+    from PIL import Image
+
+    from alignseg_keras.cli.common import load_dataset
+
+    for n, folder in enumerate(["", "siteA", "siteB/day2"]):  # `**` matched one level only
+        for kind in ("imgs", "masks"):
+            (tmp_path / kind / folder).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "imgs" / folder / f"f{n}.png")
+        Image.fromarray(np.full((4, 6), 255, np.uint8)).save(tmp_path / "masks" / folder / f"f{n}_m.png")
+    args = train_args("--dataset", "files", "--num-classes", "2", "--label-map", "0:0,255:1",
+                      "--images", str(tmp_path / "imgs" / "**" / "*.png"),
+                      "--masks", str(tmp_path / "masks" / "**" / "*.png"))
+    dataset, _, _ = load_dataset(args, "train")
+    assert "--dataset files: 3 image and label pairs." in capsys.readouterr().out
+    assert [int(mask.max()) for _, mask in dataset.as_numpy_iterator()] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("value, message", [
+    ("0:0;255:1", "'0:0;255:1' is not STORED:CLASS pairs separated by commas, e.g. 0:0,255:1"),
+    ("0:0,0:1", "'0:0,0:1' gives a stored value twice"),
+])
+def test_bad_label_maps_are_usage_errors(capsys, value, message):
+    with pytest.raises(SystemExit) as stopped:
+        train_args("--label-map", value)
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_label_map_is_for_files_only():
+    from alignseg_keras.cli.common import load_dataset
+
+    with pytest.raises(ValueError, match="--label-map is for --dataset files; --dataset "
+                                         "synthetic has its own classes"):
+        load_dataset(train_args("--label-map", "0:0,255:1"), "train")

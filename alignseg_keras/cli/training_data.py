@@ -11,7 +11,7 @@ it resumes.
 The data are told by what they are, not where they lie, so a dataset moved or
 copied elsewhere (a cluster node's local disk) resumes: Cityscapes and ADE20K by
 their name; `--dataset files` by the file names of its image/label pairs (without
-their folders); the synthetic scenes by their number and size.
+their folders) and its `--label-map`; the synthetic scenes by their number and size.
 """
 
 import hashlib
@@ -45,8 +45,11 @@ def describe(args, file_pairs):
         images, masks = file_pairs
         names = [f"{os.path.basename(image)} {os.path.basename(mask)}"
                  for image, mask in zip(images, masks)]
-        return {"dataset": "files", "pairs": len(names), "first": names[0], "last": names[-1],
-                "sha256": hashlib.sha256("\n".join(names).encode()).hexdigest()}
+        record = {"dataset": "files", "pairs": len(names), "first": names[0],
+                  "last": names[-1], "sha256": hashlib.sha256("\n".join(names).encode()).hexdigest()}
+        if getattr(args, "label_map", None) is not None:
+            record["label_map"] = _label_map_text(args.label_map)
+        return record
     if args.dataset == "synthetic":
         return {"dataset": "synthetic", "images": args.synthetic_images,
                 "size": list(args.synthetic_size)}
@@ -62,10 +65,21 @@ def difference(recorded, current):
     if current["dataset"] == "synthetic":
         return (f"{recorded.get('images')} synthetic scenes of {recorded.get('size')}, now "
                 f"{current['images']} of {current['size']}")
+    if current["dataset"] == "files" and _without_label_map(recorded) == _without_label_map(current):
+        return (f"--label-map {recorded.get('label_map', 'none')}, now "
+                f"{current.get('label_map', 'none')}")
     if current["dataset"] == "files":
         return (f"{_pairs(recorded)}, now {_pairs(current)}"
                 + (" (other pairs in between)" if _pairs(recorded) == _pairs(current) else ""))
     return f"{recorded}, now {current}"
+
+
+def _label_map_text(label_map):
+    return ",".join(f"{stored}:{label}" for stored, label in sorted(label_map.items()))
+
+
+def _without_label_map(record):
+    return {key: value for key, value in record.items() if key != "label_map"}
 
 
 def _pairs(record):

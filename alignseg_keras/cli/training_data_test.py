@@ -7,8 +7,8 @@ import pytest
 from alignseg_keras.cli import training_data
 
 
-def files_args():
-    return argparse.Namespace(dataset="files")
+def files_args(label_map=None):
+    return argparse.Namespace(dataset="files", label_map=label_map)
 
 
 def pairs(folder, names):
@@ -87,3 +87,12 @@ def test_a_resume_without_a_readable_record_goes_on_and_records(tmp_path, conten
     current = {"dataset": "cityscapes"}
     training_data.check_and_record(str(tmp_path), current, resumed=True)
     assert training_data.read(str(tmp_path)) == current
+
+
+def test_another_label_map_is_other_data():
+    names = pairs("/d", ["f1", "f2"])
+    plain = training_data.describe(files_args(), names)
+    binary = training_data.describe(files_args({255: 1, 0: 0}), names)
+    assert binary["label_map"] == "0:0,255:1"
+    assert training_data.difference(plain, binary) == "--label-map none, now 0:0,255:1"
+    assert training_data.difference(binary, binary) == ""

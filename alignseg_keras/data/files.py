@@ -6,6 +6,7 @@ import os
 import random
 import re
 
+import numpy as np
 import tensorflow as tf
 
 from alignseg_keras.data.decoding import read_example
@@ -227,8 +228,9 @@ def pair_by_name(image_paths, mask_paths):
         The label files in the order of `image_paths`.
 
     Raises:
-        ValueError: the lists differ in length, or some names have no
-            counterpart (named in the message).
+        ValueError: some names have no counterpart, among them where the
+            lists differ in length (the files named in the message), or two
+            names of one list differ only in their extension.
 
     Example:
     ```python
@@ -237,17 +239,14 @@ def pair_by_name(image_paths, mask_paths):
     ```
     """
     image_paths, mask_paths = list(image_paths), list(mask_paths)
-    if len(image_paths) != len(mask_paths):
-        raise ValueError(
-            f"{len(image_paths)} images but {len(mask_paths)} label files; give one label file "
-            "per image."
-        )
     image_stems, mask_stems = _stems(image_paths), _stems(mask_paths)
     for kind, paths, stems in (("images", image_paths, image_stems),
                                ("label files", mask_paths, mask_stems)):
         if len(set(stems)) < len(paths):
             raise ValueError(f"Two {kind} differ only in their extension or in the leading "
                              f"zeros of a number: {sorted(paths)}.")
+    if len(image_paths) != len(mask_paths) or not image_paths:
+        raise _unpaired_error(image_paths, image_stems, mask_paths, mask_stems)
     image_keys, mask_keys = _name_keys(image_stems), _name_keys(mask_stems)
     if set(image_keys) != set(mask_keys):  # one side's shared prefix took part of a key
         matching = _keys_matching(mask_stems, set(image_keys))
@@ -265,14 +264,12 @@ def pair_by_name(image_paths, mask_paths):
 def _unpaired_error(image_paths, image_stems, mask_paths, mask_stems):
     """The `ValueError` naming the files that do not pair, under the keys that pair most
     (images `f0`..`f3` with labels `f0_mask`, `f1_mask`, `g2_mask`, `f3_mask`: `f2` and
-    `g2_mask`, not the first of each list)."""
-    image_keys, mask_keys = _name_keys(image_stems), _name_keys(mask_stems)
-    by_masks, matched_masks = _best_keys(mask_stems, set(image_keys))
-    by_images, matched_images = _best_keys(image_stems, set(mask_keys))
-    if matched_images > matched_masks:
-        image_keys = by_images
-    else:
-        mask_keys = by_masks
+    `g2_mask`, not the first of each list; a label missing, or a stray `legend.png` among
+    the labels: that file, not every one)."""
+    if not image_paths or not mask_paths:
+        return ValueError(f"{len(image_paths)} images and {len(mask_paths)} label files: "
+                          "give one label file per image.")
+    image_keys, mask_keys = _keys_pairing_most(image_stems, mask_stems)
     lonely_images = [path for key, path in zip(image_keys, image_paths) if key not in mask_keys]
     lonely_masks = [path for key, path in zip(mask_keys, mask_paths) if key not in image_keys]
 
@@ -280,12 +277,53 @@ def _unpaired_error(image_paths, image_stems, mask_paths, mask_stems):
         return ", ".join(f"'{path}'" for path in paths[:5]) + (
             f" and {len(paths) - 5} more" if len(paths) > 5 else "")
 
+    lonely = ([f"no label file for {listed(lonely_images)}"] if lonely_images else []) + (
+        [f"no image for {listed(lonely_masks)}"] if lonely_masks else [])
     return ValueError(
-        "The images and label files do not pair up by name (the part of the names that "
-        f"differs between files): no label file for {listed(lonely_images)}; no image for "
-        f"{listed(lonely_masks)}. Name each label file after its image, e.g. 'frame_1.png' "
-        "and 'frame_1_mask.png'."
+        f"{len(image_paths)} images and {len(mask_paths)} label files do not pair up by name "
+        f"(the part of the names that differs between files): {'; '.join(lonely)}. Give one "
+        "label file per image, named after it, e.g. 'frame_1.png' and 'frame_1_mask.png'."
     )
+
+
+def _keys_pairing_most(image_stems, mask_stems):
+    """`(image_keys, mask_keys)` under which the most names pair: one side's trims matched
+    to the other's keys (shared by all its names, or by most of them, so that a stray
+    file does not take the others' shared prefix and suffix away)."""
+    candidates = []
+    for own_stems, other_stems, images_first in ((mask_stems, image_stems, True),
+                                                 (image_stems, mask_stems, False)):
+        for other_keys in (_name_keys(other_stems), _majority_keys(other_stems)):
+            own_keys, _ = _best_keys(own_stems, set(other_keys))
+            majority = _majority_keys(own_stems)
+            for keys in (own_keys, majority):
+                candidates.append((other_keys, keys) if images_first else (keys, other_keys))
+    return max(candidates, key=lambda pair: len(set(pair[0]) & set(pair[1])))
+
+
+def _majority_keys(stems):
+    """Keys under the prefix and suffix that more than half of `stems` share (numbers
+    whole); a stem without them keeps itself whole as its key."""
+    prefix = _majority_prefix(stems)
+    rests = [stem[len(prefix):] for stem in stems if stem.startswith(prefix)]
+    suffix = _majority_prefix([rest[::-1] for rest in rests], len(stems))[::-1]
+    return [stem[len(prefix) : len(stem) - len(suffix)]
+            if stem.startswith(prefix) and stem[len(prefix):].endswith(suffix) else stem
+            for stem in stems]
+
+
+def _majority_prefix(texts, count=None):
+    """The longest prefix, not ending inside a number, of more than half of `count`
+    texts (default: of `texts`), or "". Such a prefix is one of the middle text's in sorted order."""
+    count = len(texts) if count is None else count
+    if not texts:
+        return ""
+    middle = sorted(texts)[len(texts) // 2]
+    for length in range(len(middle), 0, -1):
+        sharing = [text for text in texts if text.startswith(middle[:length])]
+        if 2 * len(sharing) > count and not _cuts_number(sharing, length):
+            return middle[:length]
+    return ""
 
 
 def from_files(image_paths, mask_paths, num_classes=None, label_map=None,
@@ -348,4 +386,54 @@ def from_files(image_paths, mask_paths, num_classes=None, label_map=None,
         require_files(mask_paths, "Label")
     require_files(image_paths, "Image")
     mapping, num_classes = label_mapping(label_map, num_classes)
+    if mask_paths is not None:
+        warn_if_only_class_0_is_labelled(mask_paths, mapping, num_classes)
     return paired_dataset(image_paths, mask_paths, mapping, num_classes, shuffle_files, seed, repeat)
+
+
+# How many label files `warn_if_only_class_0_is_labelled` reads.
+LABEL_SAMPLE = 8
+
+
+def warn_if_only_class_0_is_labelled(mask_paths, mapping, num_classes, count=LABEL_SAMPLE):
+    """Warns (a `UserWarning`) when the first `count` label files hold class 0 and the
+    ignore value 255 but none of the classes 1..num_classes-1, after `mapping`.
+
+    Most likely binary masks stored as 0 and 255, read with `num_classes=2`: every
+    object pixel is 255, ignored by every loss and metric, and the model learns
+    the background alone, without an error. Files that cannot be read are left to
+    the pipeline, which names them.
+
+    Args:
+        mask_paths: list of label files.
+        mapping: a `LabelMapping` or None.
+        num_classes: int or None (no check).
+        count: how many files to read, from the first.
+    """
+    import warnings
+
+    from alignseg_keras.data.validation import IGNORE_INDEX
+    from alignseg_keras.image_files import read_label_map
+
+    if num_classes is None or num_classes < 2:
+        return
+    seen = set()
+    for path in mask_paths[:count]:
+        try:
+            stored = read_label_map(path)
+            values = stored if mapping is None else mapping(stored, path)
+        except (ValueError, OSError):
+            return
+        seen |= set(np.unique(values).tolist())
+        if seen - {0, IGNORE_INDEX}:
+            return
+    if IGNORE_INDEX in seen:
+        files = min(count, len(mask_paths))
+        warnings.warn(
+            f"The first {files} label files hold class 0 and the ignore value {IGNORE_INDEX} "
+            f"only, none of classes 1..{num_classes - 1}: if {IGNORE_INDEX} marks objects "
+            f"(binary masks stored as 0 and {IGNORE_INDEX}), every object pixel is ignored "
+            f"and the model learns the background alone. Map it to a class: "
+            f"`label_map={{0: 0, {IGNORE_INDEX}: 1}}` (alignseg train and evaluate: "
+            f"--label-map 0:0,{IGNORE_INDEX}:1).", stacklevel=3)
+

@@ -237,7 +237,23 @@ def test_pairing_by_name_on_random_names():
      ([f"img/frame_{i}.png" for i in range(10, 18)], [f"lbl/frame_{i}_m.png" for i in range(20, 28)],
       "no label file for 'img/frame_10.png', 'img/frame_11.png', 'img/frame_12.png', "
       "'img/frame_13.png', 'img/frame_14.png' and 3 more; no image for 'lbl/frame_20_m.png'"),
-     (["a/x1.png", "a/x2.png"], ["b/x1_m.png"], "2 images but 1 label files"),
+     # A label file missing, a stray file among the labels: those files, not every one.
+     (["a/x1.png", "a/x2.png"], ["b/x1_m.png"],
+      "2 images and 1 label files do not pair up by name (the part of the names that differs "
+      "between files): no label file for 'a/x2.png'. Give one label file per image"),
+     ([f"imgs/f_{i}.jpg" for i in range(1, 5)], [f"masks/f_{i}_m.png" for i in (1, 2, 4)],
+      "no label file for 'imgs/f_3.jpg'. Give"),
+     ([f"imgs/f_{i}.jpg" for i in range(1, 5)],
+      [f"masks/f_{i}_m.png" for i in (1, 2, 4)] + ["masks/legend.png"],
+      "no label file for 'imgs/f_3.jpg'; no image for 'masks/legend.png'. Give"),
+     ([f"imgs/f_{i}.jpg" for i in range(1, 5)] + ["imgs/notes.jpg"],
+      [f"masks/f_{i}_m.png" for i in range(1, 5)],
+      "no label file for 'imgs/notes.jpg'. Give"),
+     # The image glob matched the label files too (one folder for both).
+     ([f"d/f_{i}.png" for i in range(1, 4)] + [f"d/f_{i}_mask.png" for i in range(1, 4)],
+      [f"d/f_{i}_mask.png" for i in range(1, 4)],
+      "no label file for 'd/f_1_mask.png', 'd/f_2_mask.png', 'd/f_3_mask.png'. Give"),
+     (["a/x1.png"], [], "1 images and 0 label files: give one label file per image"),
      (["a/x1.png", "a/x1.jpg"], ["b/x1_m.png", "b/x2_m.png"], "Two images differ only in their extension")],
 )
 def test_files_that_do_not_pair_by_name_are_refused(images, masks, message):
@@ -335,3 +351,31 @@ def test_unreadable_files_and_sizes_that_differ_are_named_from_the_headers(tmp_p
         data.check_file_headers(images, masks)
     with pytest.raises(ValueError, match=r"cannot be used \(and 1 more\)"):
         data.check_file_headers(images, masks, shown=1)
+
+
+def test_binary_masks_of_0_and_255_are_warned_about(pair):
+    # Every object pixel (255) is ignored: the model learnt the background alone, silently.
+    binary = np.where(stored_values() > 1, 255, 0).astype(np.uint8)
+    paths = [pair(binary, name=f"b{n}") for n in range(2)]
+    images, masks = [image for image, _ in paths], [mask for _, mask in paths]
+    with pytest.warns(UserWarning, match=r"The first 2 label files hold class 0 and the ignore "
+                      r"value 255 only, none of classes 1..1.*label_map=\{0: 0, 255: 1\}") as caught:
+        data.from_files(images, masks, num_classes=2)
+    assert caught[0].filename == __file__  # the user's line
+    image, mask = next(iter(data.from_files(images, masks, num_classes=2,
+                                            label_map={0: 0, 255: 1})))
+    np.testing.assert_array_equal(mask.numpy(), binary // 255)
+
+
+@pytest.mark.parametrize("values, num_classes", [
+    (lambda v: np.where(v > 2, 255, v), 3),  # classes 1 and 2 occur: a real ignore region
+    (lambda v: np.zeros_like(v), 2),  # background only, nothing ignored
+    (lambda v: np.where(v > 1, 255, 0), None),  # no classes given: nothing to compare with
+])
+def test_labels_of_other_classes_are_not_warned_about(pair, values, num_classes):
+    image, mask = pair(values(stored_values()).astype(np.uint8))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data.from_files([image], [mask], num_classes=num_classes)
