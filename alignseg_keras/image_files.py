@@ -91,6 +91,21 @@ def _open(path, description, max_pixels=MAX_PIXELS):
     return image
 
 
+# The largest value of 12-bit data (microscopes, medical and thermal cameras), which
+# 16-bit files often hold: their high byte is 0..15.
+TWELVE_BIT_MAX = 4095
+
+
+def _warn_of_few_bits(path, largest):
+    import warnings
+
+    warnings.warn(
+        f"The 16-bit image file '{path}' holds no value above {largest} (12-bit data?): "
+        f"it is read as its high byte, 0..{largest >> 8}, nearly black. Scale such files "
+        "to the 16-bit range (12-bit values times 16) or convert them to 8 bits first.",
+        stacklevel=4)
+
+
 def _as_rgb(image, path):
     """uint8 RGB `(H, W, 3)` of an opened image. 16-bit single-channel images keep
     their high byte (`v >> 8`, as TensorFlow's PNG decoder, which the exported
@@ -98,7 +113,10 @@ def _as_rgb(image, path):
     taken as they are when their values lie in [0, 255] and refused otherwise, as
     their scale is unknown."""
     if image.mode in SIXTEEN_BIT_MODES:
-        gray = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+        stored = np.asarray(image).astype(np.uint16)
+        if stored.size and stored.max() <= TWELVE_BIT_MAX:
+            _warn_of_few_bits(path, int(stored.max()))
+        gray = (stored >> 8).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=-1)
     if image.mode in ("I", "F"):
         low, high = image.getextrema()
@@ -126,12 +144,32 @@ def displayed_size(path):
     ```
     """
     try:
-        with _open_with_limit(path, None) as image:
-            width, height = image.size
-            turned = _exif_orientation(image, path) in _TURNING_ORIENTATIONS
+        (width, height), turned = _stored_size_and_turn(path)
     except (*UNREADABLE, Image.DecompressionBombError) as error:
         raise ValueError(f"Cannot read image file '{path}': {error}") from None
     return (width, height) if turned else (height, width)
+
+
+def _stored_size_and_turn(path):
+    """`((width, height), turned)` of an image file as stored, from its header; `turned`:
+    whether its EXIF orientation turns it by 90 degrees."""
+    with _open_with_limit(path, None) as image:
+        return image.size, _exif_orientation(image, path) in _TURNING_ORIENTATIONS
+
+
+def turning_note(path, description):
+    """" The EXIF orientation of DESCRIPTION 'PATH' turns it (stored HxW)." where the
+    file's EXIF orientation turns it by 90 degrees, else "": the size most tools report
+    is the stored one, for the messages of sizes that differ."""
+    try:
+        (width, height), turned = _stored_size_and_turn(path)
+    except (*UNREADABLE, Image.DecompressionBombError):
+        return ""
+    if not turned:
+        return ""
+    return (f" The EXIF orientation of {description} '{path}' turns it by 90 degrees (stored "
+            f"{height}x{width}, the size most tools report): turn the other file too, or "
+            "remove the orientation.")
 
 
 def _exif_orientation(image, path):

@@ -171,3 +171,17 @@ def test_exif_data_that_cannot_be_parsed_leaves_the_pixels_as_stored(tmp_path):
     np.testing.assert_array_equal(read_image(tmp_path / "odd_exif.png"), stored)
     Image.fromarray(stored[..., 0]).save(tmp_path / "odd_exif_labels.png", exif=b"garbage!")
     np.testing.assert_array_equal(read_label_map(tmp_path / "odd_exif_labels.png"), stored[..., 0])
+
+
+def test_twelve_bit_data_in_sixteen_bit_files_is_warned_about(tmp_path):
+    import warnings
+
+    twelve_bit = (np.arange(12, dtype="uint16").reshape(3, 4) * 372)  # 0..4092
+    Image.fromarray(twelve_bit).save(tmp_path / "scan.png")
+    with pytest.warns(UserWarning, match=r"16-bit image file '.*scan.png' holds no value above "
+                      r"4092 \(12-bit data\?\): it is read as its high byte, 0..15"):
+        np.testing.assert_array_equal(read_image(tmp_path / "scan.png")[..., 0], twelve_bit >> 8)
+    Image.fromarray(twelve_bit * 16).save(tmp_path / "scaled.png")  # as the message says
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_image(tmp_path / "scaled.png").max() == 4092 * 16 >> 8

@@ -64,6 +64,26 @@ def test_train_resumes_after_a_kill(tmp_path):
     assert terms == ["OhemCrossEntropy", "DiceLoss", "LovaszSoftmaxLoss"]
 
 
+def test_a_bad_label_files_error_is_the_last_line(tmp_path):
+    # The pipeline's reading threads went on with the next files and logged each one's
+    # error (TensorFlow's C++ log, 17 lines each) after the command's message.
+    from PIL import Image
+
+    import numpy as np
+
+    for n in range(8):
+        Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / f"f{n}.png")
+        Image.fromarray(np.full((64, 64), 2, np.uint8)).save(tmp_path / f"f{n}_m.png")
+    command = alignseg("train", *TINY[4:], "--dataset", "files", "--num-classes", "2",
+                       "--images", str(tmp_path / "f?.png"), "--masks", str(tmp_path / "f?_m.png"),
+                       "--steps", "2", "--output-dir", str(tmp_path / "run"))
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert "op_kernel.cc" in result.stderr  # the threads' logs, before the message
+    assert lines[-1].startswith("alignseg train: error: Label file"), result.stderr[-3000:]
+
+
 def test_train_stops_with_a_clear_message_on_nan(tmp_path, capsys):
     output = str(tmp_path / "nan")
     code = main(["train", *TINY, "--steps", "4", "--checkpoint-every", "2", "--lr", "1e30",

@@ -48,6 +48,7 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as error:
         from alignseg_keras.cli.common import print_message
 
+        _stop_pipelines(error)
         print_message(args.command, "error", error)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: a word, not a traceback from wherever it landed
@@ -57,6 +58,22 @@ def main(argv=None):
                 if args.command == "train" else "")
         print_message(args.command, "error", f"interrupted{hint}.")
         return 130
+
+
+def _stop_pipelines(error):
+    """Frees the iterators a failed command left (held by the frames of `error`'s
+    tracebacks, and of the errors it was raised from or during), which stops their
+    pipelines' reading threads: they went on reading the next files and logging each
+    one's error after the command's own message, which ended up 190 lines above the end
+    of the output."""
+    import gc
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        error.__traceback__ = None
+        error = error.__cause__ or error.__context__
+    gc.collect()
 
 
 def program(argv=None):

@@ -536,8 +536,10 @@ def evaluation_pipeline(dataset, batch_size=1):
 
     Args:
         dataset: unbatched `tf.data.Dataset` of `(image (H, W, 3), mask (H, W))`.
-        batch_size: int; more than 1 needs images of one size (Cityscapes,
-            synthetic scenes), ADE20K images differ in size.
+        batch_size: int; more than 1 needs the images of each batch to have
+            one size (Cityscapes, synthetic scenes; ADE20K's differ): an image
+            that differs from the first of its batch fails with an
+            `InvalidArgumentError` naming `batch_size`.
 
     Returns:
         A dataset of `(images float32 (B, H, W, 3) in 0..255, masks int32 (B, H, W))`.
@@ -551,4 +553,34 @@ def evaluation_pipeline(dataset, batch_size=1):
     batch_size = _whole_number("batch_size", batch_size, 1)
     standardise = _standardiser(dataset)
     dataset = dataset.map(standardise, num_parallel_calls=tf.data.AUTOTUNE)
+    if batch_size > 1:
+        dataset = dataset.scan(_FIRST_OF_BATCH, _one_size_per_batch(batch_size))
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+# The `scan` state of `_one_size_per_batch`: the example's index, the size of its batch's first.
+_FIRST_OF_BATCH = (tf.constant(0, tf.int64), tf.zeros(2, tf.int32))
+
+
+def _one_size_per_batch(batch_size):
+    """A `Dataset.scan` step passing examples on, that fails with a message naming
+    `batch_size` when an example's image differs in size from the first of its batch
+    (`batch` failed with "Cannot add tensor to the batch: number of elements does not
+    match", naming neither)."""
+
+    def step(state, example):
+        index, first_size = state
+        image, mask = example
+        size = tf.shape(image)[:2]
+        first_size = tf.where(index % batch_size == 0, size, first_size)
+        check = tf.debugging.assert_equal(
+            size, first_size, message=(
+                f"evaluation_pipeline(batch_size={batch_size}) batches images of one size, and "
+                "an image differs from the first of its batch (the sizes follow, height and "
+                "width): use batch_size=1 for images of different sizes (alignseg evaluate "
+                "batches any sizes)"))
+        with tf.control_dependencies([check]):
+            image = tf.identity(image)
+        return (index + 1, first_size), (image, mask)
+
+    return step

@@ -493,3 +493,20 @@ def test_the_class_balanced_crop_and_its_test_are_in_the_data_package():
     assert data.class_balanced_crop is augment.class_balanced_crop
     mask = tf.constant([[0, 0], [1, 255]], tf.int32)  # 2 of 3 labelled pixels are class 0
     assert bool(data.crop_is_balanced(mask, 0.75)) and not bool(data.crop_is_balanced(mask, 0.6))
+
+
+def test_evaluation_batches_of_images_of_several_sizes_name_the_batch_size():
+    def scenes(*widths):
+        images = [tf.zeros((6, width, 3), tf.uint8) for width in widths]
+        masks = [tf.zeros((6, width), tf.uint8) for width in widths]
+        return tf.data.Dataset.from_generator(
+            lambda: zip(images, masks), output_signature=(
+                tf.TensorSpec((None, None, 3), tf.uint8), tf.TensorSpec((None, None), tf.uint8)))
+
+    # One size per batch, the sizes of the batches differing: fine.
+    shapes = [images.shape for images, _ in augment.evaluation_pipeline(scenes(8, 8, 7), 2)]
+    assert shapes == [(2, 6, 8, 3), (1, 6, 7, 3)]
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"evaluation_pipeline\(batch_size=2\) batches images of one size"):
+        list(augment.evaluation_pipeline(scenes(8, 7), 2))
+    assert len(list(augment.evaluation_pipeline(scenes(8, 7), 1))) == 2

@@ -379,3 +379,17 @@ def test_labels_of_other_classes_are_not_warned_about(pair, values, num_classes)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         data.from_files([image], [mask], num_classes=num_classes)
+
+
+def test_sizes_that_differ_by_an_exif_turn_say_so(tmp_path):
+    photo = Image.fromarray(np.zeros((4, 6, 3), np.uint8))
+    exif = photo.getexif()
+    exif[0x0112] = 6  # turned by 90 degrees: displayed 6x4
+    photo.save(tmp_path / "a.jpg", exif=exif.tobytes())
+    Image.fromarray(np.zeros((4, 6), np.uint8)).save(tmp_path / "a_mask.png")
+    message = (r"Label file '.*a_mask.png' is 4x6 \(HxW\) but its image '.*a.jpg' is 6x4. The "
+               r"EXIF orientation of the image '.*a.jpg' turns it by 90 degrees \(stored 4x6")
+    with pytest.raises(ValueError, match=message):
+        data.check_file_headers([str(tmp_path / "a.jpg")], [str(tmp_path / "a_mask.png")])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        list(data.from_files([str(tmp_path / "a.jpg")], [str(tmp_path / "a_mask.png")]))

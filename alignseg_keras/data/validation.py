@@ -75,9 +75,12 @@ def check_same_size(image_shape, mask_shape, image_path, mask_path):
     ```
     """
     if tuple(image_shape[:2]) != tuple(mask_shape[:2]):
+        from alignseg_keras.image_files import turning_note
+
         raise ValueError(
             f"Label file '{mask_path}' is {mask_shape[0]}x{mask_shape[1]} (HxW) but its "
             f"image '{image_path}' is {image_shape[0]}x{image_shape[1]}."
+            + turning_note(image_path, "the image") + turning_note(mask_path, "the label file")
         )
 
 
