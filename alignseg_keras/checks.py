@@ -454,6 +454,32 @@ def _fraction_error(block, num_classes, ignore_index):
     )
 
 
+def check_ignore_label(ignore_index, num_classes):
+    """Raises `ValueError` when the ignore label of the library's convention, 255, is one
+    of the model's classes.
+
+    With more than 255 classes the default ignore label is a class: its pixels
+    would count for nothing in the loss and the mean IoU, without an error. Another
+    label inside the classes is taken as chosen (a class left out on purpose).
+
+    Args:
+        ignore_index: the label ignored, or None (none is).
+        num_classes: the model's number of classes.
+
+    Example:
+    ```python
+    check_ignore_label(255, 19)
+    ```
+    """
+    if ignore_index == IGNORE_INDEX < num_classes:
+        raise ValueError(
+            f"The ignore label {ignore_index} is one of the model's {num_classes} classes "
+            f"(0..{num_classes - 1}): pixels of class {ignore_index} would count for nothing "
+            "in the loss and the mean IoU. Give compile(ignore_index=-1) and mark unlabelled "
+            f"pixels -1, or a loss whose ignore label lies outside 0..{num_classes - 1}."
+        )
+
+
 def check_masks(images_shape, masks, num_classes, ignore_index=IGNORE_INDEX):
     """Checks training masks against their images and the class count.
 
@@ -477,6 +503,9 @@ def check_masks(images_shape, masks, num_classes, ignore_index=IGNORE_INDEX):
     error = _mask_shape_error(tuple(images_shape), tuple(np.shape(masks)))
     if error:
         raise error
+    if _dtype_kind(masks) not in "biuf":  # text (labels read from a CSV?), complex numbers
+        raise ValueError(f"The masks are of dtype {_dtype_name(masks.dtype)}: expected class ids "
+                         f"as integers (0..{num_classes - 1}, {ignore_index} ignored).")
     for _, block in _chunks(masks):
         error = _mask_value_error(block, num_classes, ignore_index)
         if error:
@@ -490,7 +519,7 @@ def _mask_value_error(block, num_classes, ignore_index):
         if error:
             return error
     unlabelled = (
-        f"mark unlabelled pixels {ignore_index} rather than -1" if ignore_index is not None
+        f"mark unlabelled pixels {ignore_index}" if ignore_index is not None
         else "give the loss an ignore label for unlabelled pixels (the compiled loss ignores "
         "none; e.g. keras.losses.SparseCategoricalCrossentropy(ignore_class=255))"
     )

@@ -78,11 +78,15 @@ def test_bfloat16_images_are_checked_too():
     "masks, message",
     [
         (np.full((2, 4, 6), 33), r"value\(s\) \[33\] outside \[0, 19\).*num_classes=19.*train ids"),
-        (np.full((2, 4, 6), -1), r"\[-1\].*unlabelled pixels 255 rather than -1"),
+        (np.full((2, 4, 6), -1), r"\[-1\].*unlabelled pixels 255, or build"),
         (np.full((2, 4, 6, 1), 3 / 255.0), r"fractional values \[0.0117.*divided by 255"),
         (np.zeros((2, 6, 4)), r"\(2, 6, 4\) do not fit .*\(height and width swapped\?\)"),
         (np.zeros((2, 4, 6, 19)), r"\(2, 4, 6, 19\) do not fit .*\(one-hot masks\? give class ids"),
         (np.zeros((2, 4)), r"\(2, 4\) do not fit"),
+        # Text masks (read from a CSV) crashed inside NumPy's comparison.
+        (np.full((2, 4, 6), "3"), r"The masks are of dtype str32: expected class ids as integers "
+                                  r"\(0..18, 255 ignored\)"),
+        (np.full((2, 4, 6), 3 + 0j), r"dtype complex128"),
     ],
 )
 def test_bad_masks_name_value_class_count_and_fix(masks, message):

@@ -13,6 +13,7 @@ from alignseg_keras.backbones.encoders import keras_hub_encoder
 from alignseg_keras.checks import IGNORE_INDEX
 from alignseg_keras.checks import check_class_count
 from alignseg_keras.checks import check_image_batch_shape
+from alignseg_keras.checks import check_ignore_label
 from alignseg_keras.checks import check_image_dtype
 from alignseg_keras.config_utils import deserialized
 from alignseg_keras.config_utils import freeze_layers
@@ -457,8 +458,10 @@ class AlignSeg(ImageSegmenter):
             )
         if loss is None:
             loss = SegmentationCrossEntropy(ignore_index=ignore_index)
+        ignored = loss_ignore_label(loss, default=ignore_index)
+        for label in (ignored, loss_ignore_label(aux_loss, default=None)):
+            check_ignore_label(label, self.num_classes)
         if metrics is None:  # ignoring what the loss ignores
-            ignored = loss_ignore_label(loss, default=ignore_index)
             metrics = [MeanIoU(self.num_classes, ignore_index=ignore_index if ignored is None else ignored)]
         self.aux_loss_weight = float(aux_loss_weight) if self.deep_supervision else 0.0
         self.aux_loss = _checked_aux_loss(aux_loss)

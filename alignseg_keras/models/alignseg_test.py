@@ -63,6 +63,12 @@ def test_images_in_a_dict_keyed_by_the_input_name(model):
         model.predict({"images": images}, verbose=0)
     with pytest.raises(ValueError, match=r"a dict \{'images': images\}; received a dict with the keys \['x'\]"):
         model({"x": images})
+    # Called directly, as `predict`: one NaN pixel made every logit of the image NaN.
+    for given in (images, {"images": images}):
+        with pytest.raises(ValueError, match=r"`images` contains 1 NaN or infinite value\(s\), "
+                                             r"the first in image 0"):
+            model(given)
+    assert model(np.nan_to_num(images)).shape == (1, 32, 40, model.num_classes)
 
 
 def test_the_padding_multiple_is_checked():

@@ -21,7 +21,7 @@ NAN_IMAGES[2, 5, 6, 1] = np.nan
 # Each bad mask array and the words its error must contain.
 BAD_MASKS = {
     "cityscapes_label_ids": (MASKS + 24, r"\[24, 25, 26\] outside \[0, 3\).*num_classes=3"),
-    "minus_one": (np.where(MASKS == 0, -1, MASKS), r"\[-1\] outside .*rather than -1"),
+    "minus_one": (np.where(MASKS == 0, -1, MASKS), r"\[-1\] outside .*mark unlabelled pixels 255, or"),
     "divided_by_255": (MASKS / 255.0, "fractional values.*divided by 255"),
     "swapped": (np.swapaxes(MASKS, 1, 2), "height and width swapped"),
 }

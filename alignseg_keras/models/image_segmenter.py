@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from alignseg_keras.checks import IGNORE_INDEX
+from alignseg_keras.checks import check_finite_images
 from alignseg_keras.checks import check_image_batch_shape
 from alignseg_keras.checks import check_weights_may_change
 from alignseg_keras.checks import scale_warning_of
@@ -30,6 +31,14 @@ def _image_shape_of(x):
     if isinstance(x, dict) or shape is None or getattr(shape, "rank", 0) is None:
         return None  # an unknown rank is checked batch by batch
     return tuple(shape)
+
+
+_CLASS_WEIGHT = (
+    "`class_weight` weights each sample by its one label (Keras' classification); masks hold "
+    "a label per pixel. Weight the classes in the loss instead, e.g. "
+    "`compile(loss=SegmentationCrossEntropy(class_weights=[...]))` (docs/losses.md), or give "
+    "per-pixel weights as `sample_weight` (batch, H, W)."
+)
 
 
 def loss_ignore_label(loss, default=IGNORE_INDEX):
@@ -222,6 +231,18 @@ class ImageSegmenter(keras.Model):
     ```
     """
 
+    def __call__(self, *args, **kwargs):
+        """Keras' `__call__`, refusing NumPy images with a NaN or infinite value, as
+        `predict` does: one such pixel made every logit of the image NaN, without a word.
+        Tensors (already on a device) are passed on unchecked, as by the `*_on_batch`
+        methods."""
+        images = args[0] if args else kwargs.get("inputs")
+        if isinstance(images, dict):  # {input name: images}; another key is `call`'s error
+            images = images.get(self.inputs[0].name) if self.inputs else None
+        if isinstance(images, np.ndarray):
+            check_finite_images(images)
+        return super().__call__(*args, **kwargs)
+
     @property
     def ignore_index(self):
         """The label the compiled loss ignores (`loss_ignore_label`)."""
@@ -262,6 +283,8 @@ class ImageSegmenter(keras.Model):
     def fit(self, *args, **kwargs):
         """Keras' `fit` on checked data, with the poly schedule fitted to it (see the class)."""
         arguments = _given_arguments(keras.Model.fit, args, kwargs)
+        if arguments.get("class_weight") is not None:  # Keras failed in a NumPy conversion
+            raise ValueError(_CLASS_WEIGHT)
         x = arguments.get("x")
         if data_checks.is_empty_array(x) and len(x) == 0:  # before Keras' torch sampler fails
             raise ValueError(_NO_IMAGES)

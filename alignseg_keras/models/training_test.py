@@ -52,6 +52,30 @@ def test_the_default_metric_ignores_what_the_loss_ignores():
     assert model._compile_config.config["metrics"][0].ignore_index == 7
 
 
+def test_an_ignore_label_that_is_a_class_is_refused():
+    # With 300 classes the default ignore label, 255, is a class: it counted for nothing.
+    model = tiny_alignseg(300, seed=None)
+    message = (r"The ignore label 255 is one of the model's 300 classes \(0..299\): pixels of "
+               r"class 255 would count for nothing .* compile\(ignore_index=-1\)")
+    for arguments in ({}, {"loss": OhemCrossEntropy()},
+                      {"ignore_index": -1, "aux_loss": SegmentationCrossEntropy()}):
+        with pytest.raises(ValueError, match=message):
+            model.compile(**arguments)
+    model.compile(ignore_index=-1)
+    assert model.ignore_index == -1
+    assert model._compile_config.config["metrics"][0].ignore_index == -1
+
+
+def test_class_weight_is_refused_for_the_losses_class_weights():
+    # Keras' class_weight takes one label per sample: it failed in a NumPy conversion.
+    images, masks = toy_data(n=2)
+    model = tiny_model()
+    model.compile()
+    with pytest.raises(ValueError, match=r"`class_weight` weights each sample by its one label.*"
+                                         r"SegmentationCrossEntropy\(class_weights="):
+        model.fit(images, masks, class_weight={0: 1.0, 1: 2.0, 2: 1.0}, verbose=0)
+
+
 def test_sample_weights_weight_images_in_evaluate_and_fit():
     images, masks = toy_data()
     model = tiny_alignseg(3, seed=0)
