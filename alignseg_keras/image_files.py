@@ -96,14 +96,21 @@ def _open(path, description, max_pixels=MAX_PIXELS):
 TWELVE_BIT_MAX = 4095
 
 
+# Whether `_warn_of_few_bits` has warned in this process: once, not for every file of a dataset.
+_WARNED_OF_FEW_BITS = []
+
+
 def _warn_of_few_bits(path, largest):
     import warnings
 
+    if _WARNED_OF_FEW_BITS:
+        return
+    _WARNED_OF_FEW_BITS.append(path)
     warnings.warn(
         f"The 16-bit image file '{path}' holds no value above {largest} (12-bit data?): "
         f"it is read as its high byte, 0..{largest >> 8}, nearly black. Scale such files "
-        "to the 16-bit range (12-bit values times 16) or convert them to 8 bits first.",
-        stacklevel=4)
+        "to the 16-bit range (12-bit values times 16) or convert them to 8 bits first "
+        "(said once: other such files are not named).", stacklevel=4)
 
 
 def _as_rgb(image, path):
@@ -114,7 +121,7 @@ def _as_rgb(image, path):
     their scale is unknown."""
     if image.mode in SIXTEEN_BIT_MODES:
         stored = np.asarray(image).astype(np.uint16)
-        if stored.size and stored.max() <= TWELVE_BIT_MAX:
+        if stored.size and 0 < stored.max() <= TWELVE_BIT_MAX:  # not a black frame
             _warn_of_few_bits(path, int(stored.max()))
         gray = (stored >> 8).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=-1)
@@ -174,27 +181,33 @@ def turning_note(path, description):
 
 def _exif_orientation(image, path):
     """The EXIF orientation that `_open`'s `exif_transpose` applies to `image` (opened,
-    not decoded), or None, decoding no pixel where Pillow would: a PNG's `getexif`
-    decodes the whole image to look for metadata after the pixel data (0.1 s for a
-    2048x1024 PNG), whereas what comes before it was read when it was opened. EXIF
-    data that cannot be parsed is no orientation, as in `_open`."""
-    if image.format == "PNG" and not _png_metadata_after_pixels(path):
-        read_exif = Image.Image.getexif  # Pillow's own, less PNG's decoding
-    else:
-        read_exif = type(image).getexif
+    not decoded), or None, decoding no pixel where Pillow need not: a PNG's `getexif`
+    decodes the whole image to look for metadata after the pixel data (29 ms for a
+    2048x1024 RGB PNG), whereas what comes before it was read when it was opened. A PNG
+    whose chunks end before its last (a copy cut short) is decoded, so that its error
+    is raised. EXIF data that cannot be parsed is no orientation, as in `_open`."""
+    read_exif = type(image).getexif
+    if image.format == "PNG":
+        if _png_metadata_after_pixels(path):
+            image.load()  # the decoding error of a truncated file, not swallowed below
+        else:
+            read_exif = Image.Image.getexif  # Pillow's own, less PNG's decoding
     try:
         return read_exif(image).get(0x0112)
     except UNREADABLE:
         return None
 
 
-# The PNG chunks Pillow reads EXIF data and XMP orientation from.
-_PNG_METADATA_CHUNKS = (b"eXIf", b"tEXt", b"zTXt", b"iTXt")
+# The keywords of PNG text chunks from which Pillow's `getexif` reads an orientation (EXIF
+# data as hexadecimal text, XMP's tiff:Orientation).
+_PNG_ORIENTATION_KEYWORDS = (b"Raw profile type exif", b"XML:com.adobe.xmp", b"exif")
 
 
 def _png_metadata_after_pixels(path):
-    """Whether a PNG file has a metadata chunk after its first image data chunk (or
-    cannot be walked: Pillow decides), from the chunks' headers alone."""
+    """Whether a PNG file has, after its first image data chunk, an eXIf chunk or a text
+    chunk of `_PNG_ORIENTATION_KEYWORDS` (not the dates and comments that tools append),
+    or ends before its IEND chunk, or cannot be walked: then Pillow decides. From the
+    chunks' headers and the text chunks' keywords alone."""
     import struct
 
     try:
@@ -208,11 +221,17 @@ def _png_metadata_after_pixels(path):
                 length, kind = struct.unpack(">I4s", header)
                 if kind == b"IEND":
                     return False
+                read = 0
                 if kind == b"IDAT":
                     pixels_seen = True
-                elif pixels_seen and kind in _PNG_METADATA_CHUNKS:
+                elif pixels_seen and kind == b"eXIf":
                     return True
-                file.seek(length + 4, os.SEEK_CUR)  # the data and its CRC
+                elif pixels_seen and kind in (b"tEXt", b"zTXt", b"iTXt"):
+                    start = file.read(min(length, 80))
+                    read = len(start)
+                    if start.split(b"\0", 1)[0] in _PNG_ORIENTATION_KEYWORDS:
+                        return True
+                file.seek(length - read + 4, os.SEEK_CUR)  # the rest of the data, its CRC
     except (OSError, TypeError):  # not a file on disk
         return True
 

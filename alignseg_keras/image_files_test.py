@@ -112,7 +112,14 @@ def test_displayed_sizes_are_read_sizes_without_decoding_a_png(tmp_path, monkeyp
     Image.fromarray(stored).save(tmp_path / "garbage.png", exif=b"garbage!")
     Image.fromarray(stored).save(tmp_path / "plain.png")
     _save_with_orientation(stored, tmp_path / "turned.jpg", 6)
+    Image.fromarray(stored).save(tmp_path / "raw_profile_after.png")
+    raw = turning.tobytes().hex()
+    _with_chunk_after_pixels(tmp_path / "raw_profile_after.png", b"tEXt",
+                             b"Raw profile type exif\x00\nexif\n  %d\n%s" % (len(raw) // 2, raw.encode()))
+    Image.fromarray(stored).save(tmp_path / "dated.png")  # as ImageMagick appends its dates
+    _with_chunk_after_pixels(tmp_path / "dated.png", b"tEXt", b"date:modify\x002026-12-07T14:00")
     expected = {"before.png": (7, 4), "exif_after.png": (7, 4), "xmp_after.png": (7, 4),
+                "raw_profile_after.png": (7, 4), "dated.png": (4, 7),
                 "garbage.png": (4, 7), "plain.png": (4, 7), "turned.jpg": (7, 4)}
     for name, size in expected.items():
         assert read_image(tmp_path / name).shape[:2] == size, name
@@ -122,8 +129,19 @@ def test_displayed_sizes_are_read_sizes_without_decoding_a_png(tmp_path, monkeyp
         raise AssertionError(f"{image.filename} was decoded")
 
     monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", no_decoding)
-    for name in ("before.png", "garbage.png", "plain.png"):
+    for name in ("before.png", "garbage.png", "plain.png", "dated.png"):
         assert displayed_size(tmp_path / name) == expected[name], name
+
+
+def test_a_png_cut_short_is_named_by_its_size_check(tmp_path):
+    # An interrupted copy: found by the header scan (its pixels are decoded to show it).
+    picture = np.random.default_rng(0).integers(0, 256, (64, 64, 3)).astype("uint8")
+    Image.fromarray(picture).save(tmp_path / "whole.png")
+    content = (tmp_path / "whole.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(content[: len(content) // 2])
+    assert displayed_size(tmp_path / "whole.png") == (64, 64)
+    with pytest.raises(ValueError, match=r"Cannot read image file '.*cut.png'"):
+        displayed_size(tmp_path / "cut.png")
 
 
 def _png_header(path, width, height):
@@ -173,15 +191,26 @@ def test_exif_data_that_cannot_be_parsed_leaves_the_pixels_as_stored(tmp_path):
     np.testing.assert_array_equal(read_label_map(tmp_path / "odd_exif_labels.png"), stored[..., 0])
 
 
-def test_twelve_bit_data_in_sixteen_bit_files_is_warned_about(tmp_path):
+def test_twelve_bit_data_in_sixteen_bit_files_is_warned_about(tmp_path, monkeypatch):
     import warnings
 
+    from alignseg_keras import image_files
+
+    monkeypatch.setattr(image_files, "_WARNED_OF_FEW_BITS", [])
     twelve_bit = (np.arange(12, dtype="uint16").reshape(3, 4) * 372)  # 0..4092
     Image.fromarray(twelve_bit).save(tmp_path / "scan.png")
     with pytest.warns(UserWarning, match=r"16-bit image file '.*scan.png' holds no value above "
                       r"4092 \(12-bit data\?\): it is read as its high byte, 0..15"):
         np.testing.assert_array_equal(read_image(tmp_path / "scan.png")[..., 0], twelve_bit >> 8)
     Image.fromarray(twelve_bit * 16).save(tmp_path / "scaled.png")  # as the message says
+    Image.fromarray(twelve_bit * 0).save(tmp_path / "black.png")  # a black frame is no sign
+    monkeypatch.setattr(image_files, "_WARNED_OF_FEW_BITS", [])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert read_image(tmp_path / "scaled.png").max() == 4092 * 16 >> 8
+        assert read_image(tmp_path / "black.png").max() == 0
+    with pytest.warns(UserWarning, match="said once"):
+        read_image(tmp_path / "scan.png")
+    with warnings.catch_warnings():  # once a process, not for every file of a dataset
+        warnings.simplefilter("error")
+        read_image(tmp_path / "scan.png")

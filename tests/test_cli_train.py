@@ -77,7 +77,8 @@ def test_a_bad_label_files_error_is_the_last_line(tmp_path):
     command = alignseg("train", *TINY[4:], "--dataset", "files", "--num-classes", "2",
                        "--images", str(tmp_path / "f?.png"), "--masks", str(tmp_path / "f?_m.png"),
                        "--steps", "2", "--output-dir", str(tmp_path / "run"))
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0")  # the threads' logs shown, where CI hides them
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
     assert "op_kernel.cc" in result.stderr  # the threads' logs, before the message

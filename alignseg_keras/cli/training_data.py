@@ -10,8 +10,10 @@ it resumes.
 
 The data are told by what they are, not where they lie, so a dataset moved or
 copied elsewhere (a cluster node's local disk) resumes: Cityscapes and ADE20K by
-their name; `--dataset files` by the file names of its image/label pairs (without
-their folders) and its `--label-map`; the synthetic scenes by their number and size.
+their name; `--dataset files` by the paths of its image and label files below the
+folder each list lies in, their sizes (other contents under the same names: frames of
+another camera numbered alike) and its `--label-map`; the synthetic scenes by their
+number and size.
 """
 
 import hashlib
@@ -43,10 +45,12 @@ def describe(args, file_pairs):
     """
     if args.dataset == "files":
         images, masks = file_pairs
-        names = [f"{os.path.basename(image)} {os.path.basename(mask)}"
-                 for image, mask in zip(images, masks)]
-        record = {"dataset": "files", "pairs": len(names), "first": names[0],
-                  "last": names[-1], "sha256": hashlib.sha256("\n".join(names).encode()).hexdigest()}
+        names = [f"{image} {mask}" for image, mask in zip(_below_common_folder(images),
+                                                            _below_common_folder(masks))]
+        sizes = [f"{_size(image)} {_size(mask)}" for image, mask in zip(images, masks)]
+        record = {"dataset": "files", "pairs": len(names), "first": names[0], "last": names[-1],
+                  "names_sha256": _digest(names),
+                  "sha256": _digest(f"{name} {size}" for name, size in zip(names, sizes))}
         if getattr(args, "label_map", None) is not None:
             record["label_map"] = _label_map_text(args.label_map)
         return record
@@ -68,10 +72,33 @@ def difference(recorded, current):
     if current["dataset"] == "files" and _without_label_map(recorded) == _without_label_map(current):
         return (f"--label-map {recorded.get('label_map', 'none')}, now "
                 f"{current.get('label_map', 'none')}")
+    if current["dataset"] == "files" and recorded.get("names_sha256") == current["names_sha256"]:
+        return (f"{_pairs(current)} of the same names in both, but files of other sizes: "
+                "other contents")
     if current["dataset"] == "files":
         return (f"{_pairs(recorded)}, now {_pairs(current)}"
                 + (" (other pairs in between)" if _pairs(recorded) == _pairs(current) else ""))
     return f"{recorded}, now {current}"
+
+
+def _below_common_folder(paths):
+    """The paths relative to the folder they all lie in (subfolders kept: `cam1/000001.png`
+    and `cam2/000001.png` stay apart; a dataset moved elsewhere keeps them)."""
+    folders = [os.path.dirname(os.path.abspath(path)) for path in paths]
+    common = os.path.commonpath(folders) if folders else ""
+    return [os.path.relpath(os.path.abspath(path), common) for path in paths]
+
+
+def _size(path):
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return -1  # read, and named, by the pipeline
+
+
+def _digest(lines):
+    """The SHA-256 of `lines`, names that are not UTF-8 (os.fsdecode's escapes) included."""
+    return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _label_map_text(label_map):

@@ -96,3 +96,37 @@ def test_another_label_map_is_other_data():
     assert binary["label_map"] == "0:0,255:1"
     assert training_data.difference(plain, binary) == "--label-map none, now 0:0,255:1"
     assert training_data.difference(binary, binary) == ""
+
+
+def test_files_of_the_same_names_with_other_contents_differ(tmp_path):
+    # Frames numbered alike per camera: cam1/000001.png and cam2/000001.png.
+    for camera, content in (("cam1", b"x" * 10), ("cam2", b"y" * 12)):
+        for kind in ("images", "labels"):
+            (tmp_path / camera / kind).mkdir(parents=True)
+            (tmp_path / camera / kind / "000001.png").write_bytes(content)
+
+    def record(camera):
+        folder = tmp_path / camera
+        return training_data.describe(files_args(), ([str(folder / "images/000001.png")],
+                                                     [str(folder / "labels/000001.png")]))
+
+    assert record("cam1")["first"] == "000001.png 000001.png"
+    assert training_data.difference(record("cam1"), record("cam2")) == (
+        "1 image/label pairs from '000001.png 000001.png' to '000001.png 000001.png' of the "
+        "same names in both, but files of other sizes: other contents")
+    assert training_data.difference(record("cam1"), record("cam1")) == ""
+
+
+def test_subfolders_below_the_common_folder_are_kept():
+    images = ["/d/imgs/siteA/f0.png", "/d/imgs/siteB/f0.png"]
+    masks = ["/d/masks/siteA/f0_m.png", "/d/masks/siteB/f0_m.png"]
+    record = training_data.describe(files_args(), (images, masks))
+    assert (record["first"], record["last"]) == ("siteA/f0.png siteA/f0_m.png",
+                                                 "siteB/f0.png siteB/f0_m.png")
+
+
+def test_names_that_are_not_utf8_are_recorded(tmp_path):
+    name = os.fsdecode(b"caf\xe9.png")  # a surrogate escape: its hash failed
+    record = training_data.describe(files_args(), ([f"/d/i/{name}"], [f"/d/m/{name}"]))
+    training_data.write(str(tmp_path), record)
+    assert training_data.read(str(tmp_path)) == record

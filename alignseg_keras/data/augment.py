@@ -554,12 +554,12 @@ def evaluation_pipeline(dataset, batch_size=1):
     standardise = _standardiser(dataset)
     dataset = dataset.map(standardise, num_parallel_calls=tf.data.AUTOTUNE)
     if batch_size > 1:
-        dataset = dataset.scan(_FIRST_OF_BATCH, _one_size_per_batch(batch_size))
+        # The scan's state: the example's index, the size of the first of its batch (made
+        # here: a tensor made when the module is imported would start TensorFlow's runtime,
+        # after which devices and collective ops can no longer be configured).
+        first_of_batch = (tf.constant(0, tf.int64), tf.zeros(2, tf.int32))
+        dataset = dataset.scan(first_of_batch, _one_size_per_batch(batch_size))
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-# The `scan` state of `_one_size_per_batch`: the example's index, the size of its batch's first.
-_FIRST_OF_BATCH = (tf.constant(0, tf.int64), tf.zeros(2, tf.int32))
 
 
 def _one_size_per_batch(batch_size):
@@ -577,8 +577,8 @@ def _one_size_per_batch(batch_size):
             size, first_size, message=(
                 f"evaluation_pipeline(batch_size={batch_size}) batches images of one size, and "
                 "an image differs from the first of its batch (the sizes follow, height and "
-                "width): use batch_size=1 for images of different sizes (alignseg evaluate "
-                "batches any sizes)"))
+                "width): use batch_size=1 for images of different sizes (as alignseg evaluate "
+                "reads them)"))
         with tf.control_dependencies([check]):
             image = tf.identity(image)
         return (index + 1, first_size), (image, mask)

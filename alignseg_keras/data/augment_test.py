@@ -510,3 +510,18 @@ def test_evaluation_batches_of_images_of_several_sizes_name_the_batch_size():
                        match=r"evaluation_pipeline\(batch_size=2\) batches images of one size"):
         list(augment.evaluation_pipeline(scenes(8, 7), 2))
     assert len(list(augment.evaluation_pipeline(scenes(8, 7), 1))) == 2
+
+
+def test_importing_the_library_leaves_tensorflows_runtime_unstarted():
+    # A tensor made at import started it: devices and collective ops (MultiWorkerMirrored)
+    # could then no longer be configured ("Virtual devices cannot be modified after being
+    # initialized").
+    import subprocess
+    import sys
+
+    script = ("import alignseg_keras, alignseg_keras.data, alignseg_keras.cli\n"
+              "from tensorflow.python.eager import context\n"
+              "print(context.context()._context_handle is None)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300)
+    assert result.stdout.strip() == "True", result.stderr[-3000:]

@@ -172,11 +172,14 @@ def _best_keys(stems, wanted):
     """The keys of `stems` under the shared prefix and suffix that match most of
     `wanted` (for naming the files that do not pair), and that number."""
     best = (_keys(stems, 0, 0), -1)
+    most = min(len(wanted), len(stems))
     for prefix, suffix in _trims(stems):
         keys = _keys(stems, prefix, suffix)
         matched = len(set(keys) & wanted)
         if matched > best[1]:
             best = (keys, matched)
+        if matched == most:  # none can match more
+            break
     return best
 
 
@@ -270,8 +273,9 @@ def _unpaired_error(image_paths, image_stems, mask_paths, mask_stems):
         return ValueError(f"{len(image_paths)} images and {len(mask_paths)} label files: "
                           "give one label file per image.")
     image_keys, mask_keys = _keys_pairing_most(image_stems, mask_stems)
-    lonely_images = [path for key, path in zip(image_keys, image_paths) if key not in mask_keys]
-    lonely_masks = [path for key, path in zip(mask_keys, mask_paths) if key not in image_keys]
+    image_key_set, mask_key_set = set(image_keys), set(mask_keys)
+    lonely_images = [path for key, path in zip(image_keys, image_paths) if key not in mask_key_set]
+    lonely_masks = [path for key, path in zip(mask_keys, mask_paths) if key not in image_key_set]
 
     def listed(paths):
         return ", ".join(f"'{path}'" for path in paths[:5]) + (
@@ -429,11 +433,13 @@ def warn_if_only_class_0_is_labelled(mask_paths, mapping, num_classes, count=LAB
             return
     if IGNORE_INDEX in seen:
         files = min(count, len(mask_paths))
+        values = " and ".join(str(value) for value in sorted(seen))
         warnings.warn(
-            f"The first {files} label files hold class 0 and the ignore value {IGNORE_INDEX} "
-            f"only, none of classes 1..{num_classes - 1}: if {IGNORE_INDEX} marks objects "
-            f"(binary masks stored as 0 and {IGNORE_INDEX}), every object pixel is ignored "
-            f"and the model learns the background alone. Map it to a class: "
+            f"The first {files} label files hold only {values} (after any label_map), none "
+            f"of classes 1..{num_classes - 1}; {IGNORE_INDEX} is the ignore value. If it "
+            f"marks objects (binary masks stored as 0 and {IGNORE_INDEX}), every object pixel "
+            f"is ignored and the model learns the background alone: map it to a class, "
             f"`label_map={{0: 0, {IGNORE_INDEX}: 1}}` (alignseg train and evaluate: "
-            f"--label-map 0:0,{IGNORE_INDEX}:1).", stacklevel=3)
+            f"--label-map 0:0,{IGNORE_INDEX}:1). If it marks unlabelled pixels (borders), "
+            "this is fine.", stacklevel=3)
 

@@ -358,8 +358,8 @@ def test_binary_masks_of_0_and_255_are_warned_about(pair):
     binary = np.where(stored_values() > 1, 255, 0).astype(np.uint8)
     paths = [pair(binary, name=f"b{n}") for n in range(2)]
     images, masks = [image for image, _ in paths], [mask for _, mask in paths]
-    with pytest.warns(UserWarning, match=r"The first 2 label files hold class 0 and the ignore "
-                      r"value 255 only, none of classes 1..1.*label_map=\{0: 0, 255: 1\}") as caught:
+    with pytest.warns(UserWarning, match=r"The first 2 label files hold only 0 and 255 \(after any "
+                      r"label_map\), none of classes 1..1.*label_map=\{0: 0, 255: 1\}") as caught:
         data.from_files(images, masks, num_classes=2)
     assert caught[0].filename == __file__  # the user's line
     image, mask = next(iter(data.from_files(images, masks, num_classes=2,

@@ -460,7 +460,7 @@ class AlignSeg(ImageSegmenter):
             loss = SegmentationCrossEntropy(ignore_index=ignore_index)
         ignored = loss_ignore_label(loss, default=ignore_index)
         for label in (ignored, loss_ignore_label(aux_loss, default=None)):
-            check_ignore_label(label, self.num_classes)
+            self._check_ignore_label(label)
         if metrics is None:  # ignoring what the loss ignores
             metrics = [MeanIoU(self.num_classes, ignore_index=ignore_index if ignored is None else ignored)]
         self.aux_loss_weight = float(aux_loss_weight) if self.deep_supervision else 0.0
@@ -511,7 +511,22 @@ class AlignSeg(ImageSegmenter):
                 stacklevel=2,
             )
             config["jit_compile"] = "auto"
-        self.compile(**config)
+        self._restoring_compiled_state = True
+        try:
+            self.compile(**config)
+        finally:
+            self._restoring_compiled_state = False
+
+    def _check_ignore_label(self, label):
+        """`checks.check_ignore_label`; a warning where a `.keras` file's compiled state is
+        restored (files of earlier versions hold such a state, and must still load)."""
+        try:
+            check_ignore_label(label, self.num_classes)
+        except ValueError as error:
+            if not getattr(self, "_restoring_compiled_state", False):
+                raise
+            warnings.warn(f"{error} This file was compiled so; it loads as saved: compile it "
+                          "again before training.", stacklevel=4)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The compiled loss on the main logits, plus the weighted deep-supervision loss."""

@@ -66,6 +66,22 @@ def test_an_ignore_label_that_is_a_class_is_refused():
     assert model._compile_config.config["metrics"][0].ignore_index == -1
 
 
+def test_a_file_compiled_with_such_an_ignore_label_still_loads(tmp_path, monkeypatch):
+    from alignseg_keras.models import alignseg
+
+    model = tiny_alignseg(300, seed=None)
+    monkeypatch.setattr(alignseg, "check_ignore_label", lambda *args: None)  # an earlier version
+    model.compile()
+    model.save(tmp_path / "many.keras")
+    monkeypatch.undo()
+    with pytest.warns(UserWarning, match=r"The ignore label 255 is one of the model's 300 classes.*"
+                                         r"it loads as saved: compile it again before training"):
+        loaded = keras.saving.load_model(tmp_path / "many.keras")
+    assert loaded.compiled and loaded.ignore_index == 255
+    with pytest.raises(ValueError, match="The ignore label 255 is one of"):
+        loaded.compile()
+
+
 def test_class_weight_is_refused_for_the_losses_class_weights():
     # Keras' class_weight takes one label per sample: it failed in a NumPy conversion.
     images, masks = toy_data(n=2)
