@@ -291,17 +291,15 @@ def _unpaired_error(image_paths, image_stems, mask_paths, mask_stems):
 
 
 def _keys_pairing_most(image_stems, mask_stems):
-    """`(image_keys, mask_keys)` under which the most names pair: one side's trims matched
-    to the other's keys (shared by all its names, or by most of them, so that a stray
-    file does not take the others' shared prefix and suffix away)."""
-    candidates = []
-    for own_stems, other_stems, images_first in ((mask_stems, image_stems, True),
-                                                 (image_stems, mask_stems, False)):
-        for other_keys in (_name_keys(other_stems), _majority_keys(other_stems)):
-            own_keys, _ = _best_keys(own_stems, set(other_keys))
-            majority = _majority_keys(own_stems)
-            for keys in (own_keys, majority):
-                candidates.append((other_keys, keys) if images_first else (keys, other_keys))
+    """`(image_keys, mask_keys)` under which the most names pair: each side's keys under
+    the prefix and suffix all its names share or most of them share (so that a stray
+    file does not take the others' away), with the other side's as they are or under its
+    trim that matches them best."""
+    image_sides = (_name_keys(image_stems), _majority_keys(image_stems))
+    mask_sides = (_name_keys(mask_stems), _majority_keys(mask_stems))
+    candidates = [(images, masks) for images in image_sides for masks in mask_sides]
+    candidates += [(images, _best_keys(mask_stems, set(images))[0]) for images in image_sides]
+    candidates += [(_best_keys(image_stems, set(masks))[0], masks) for masks in mask_sides]
     return max(candidates, key=lambda pair: len(set(pair[0]) & set(pair[1])))
 
 
@@ -400,8 +398,9 @@ LABEL_SAMPLE = 8
 
 
 def warn_if_only_class_0_is_labelled(mask_paths, mapping, num_classes, count=LABEL_SAMPLE):
-    """Warns (a `UserWarning`) when the first `count` label files hold class 0 and the
-    ignore value 255 but none of the classes 1..num_classes-1, after `mapping`.
+    """Warns (a `UserWarning`) when the first `count` label files hold the ignore value
+    255 and none of the classes 1..num_classes-1 (0 and 255 only, or 255 alone), after
+    `mapping`.
 
     Most likely binary masks stored as 0 and 255, read with `num_classes=2`: every
     object pixel is 255, ignored by every loss and metric, and the model learns
