@@ -81,7 +81,8 @@ def atomic_folder(path, replaceable_entries, required_entries):
     own files named `assets` or `variables` too), a symbolic link, or the
     current folder or one above it is a `ValueError` before anything is written, and files added to `path` while the new folder
     is written are a `ValueError` too, so no other files are deleted. When the
-    block raises, the temporary folder is removed and `path` is left as it was.
+    block raises, the temporary folder is removed and `path` is left as it was;
+    one that a killed writer left is removed by the next writer of `path`.
     The rename of a new `path` is atomic; replacing an existing one takes two
     renames, between which `path` is briefly absent (a process killed there
     leaves the old folder as `.tmp-...-replaced-<name>`). Processes replacing
@@ -115,6 +116,7 @@ def atomic_folder(path, replaceable_entries, required_entries):
         with _write_in_place(shown, path, replaceable_entries, required_entries) as staging:
             yield staging
         return
+    _remove_abandoned(path.parent, path.name)
     temporary = _temporary_name(path)
     with _new_folder_removed_on_failure(temporary):
         yield temporary
@@ -128,13 +130,79 @@ def atomic_folder(path, replaceable_entries, required_entries):
 
 @contextlib.contextmanager
 def _new_folder_removed_on_failure(folder):
-    """Creates `folder` for the block; removes it with its contents if the block raises."""
+    """Creates `folder` for the block; removes it with its contents if the block raises.
+
+    The block holds a lock on the folder: the kernel releases it when the
+    process dies, which is how `_remove_abandoned` tells a killed writer's
+    unfinished folder from a running writer's.
+    """
+    lock = None
     try:
         folder.mkdir()
+        lock = _locked_folder(folder)
         yield
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+# An unlocked temporary is only removed once unchanged this long (it may have just been
+# made, its writer not yet holding it).
+ABANDONED_AFTER_SECONDS = 60
+
+
+def _locked_folder(folder, blocking=True):
+    """Opens and `flock`s the folder; its descriptor, or None where it cannot be locked
+    (not POSIX, a file system without locks, or held by another process when not
+    `blocking`)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except OSError:
+        os.close(descriptor)
+        return None
+    return descriptor
+
+
+def _remove_abandoned(folder, name):
+    """Removes from `folder` the unfinished temporary folders that writers of `name`
+    killed before the end left there: those no process holds, unchanged for
+    `ABANDONED_AFTER_SECONDS`. Folders set aside by a replace (`_replaced_entry`)
+    are kept: they hold the last complete version."""
+    import time
+
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return
+    for entry in entries:
+        if not _is_temporary(entry) or entry.split("-", 3)[-1] != name:
+            continue
+        temporary = os.path.join(folder, entry)
+        try:
+            if time.time() - os.stat(temporary).st_mtime < ABANDONED_AFTER_SECONDS:
+                continue
+        except OSError:
+            continue
+        lock = _locked_folder(temporary, blocking=False) if os.path.isdir(temporary) else None
+        if lock is None:  # a running writer's (or a file, or where nothing locks)
+            continue
+        try:
+            shutil.rmtree(temporary, ignore_errors=True)
+        finally:
+            os.close(lock)
+        warnings.warn(f"Removed {temporary}: an unfinished {name} that a killed writer left.",
+                      stacklevel=4)
 
 
 def _fsync_tree(folder):
@@ -155,6 +223,7 @@ def _write_in_place(shown, path, replaceable_entries, required_entries):
     old entries a killed writer left mid-move are removed under the lock.
     """
     path.mkdir(exist_ok=True)
+    _remove_abandoned(path, path.name)
     staging = _temporary_name(path / path.name)
     with _new_folder_removed_on_failure(staging):
         yield staging
@@ -336,7 +405,7 @@ WRITER_LOCK = ".writer.lock"
 
 
 @contextlib.contextmanager
-def single_writer(folder, writer):
+def single_writer(folder, writer, remove_if_unused=False):
     """Holds `folder` for this process alone while the block runs.
 
     An exclusive `flock` on `folder/.writer.lock`, holding the process id. A
@@ -348,6 +417,9 @@ def single_writer(folder, writer):
     Args:
         folder: an existing folder.
         writer: what writes there, for the message (e.g. "alignseg train").
+        remove_if_unused: when the block ends and the folder holds nothing but
+            the lock file (a run that failed before writing anything), the lock
+            file and the folder are removed, while still held.
 
     Example:
     ```python
@@ -361,31 +433,77 @@ def single_writer(folder, writer):
         yield
         return
     path = os.path.join(folder, WRITER_LOCK)
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    descriptor = _locked_writer_file(path, folder, writer, fcntl)
+    if descriptor is None:  # a file system without flock (NFS without its lock service)
+        yield
+        return
     try:
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        if remove_if_unused:
+            _remove_unused_folder(folder)
+        os.close(descriptor)  # releases the lock
+
+
+def _locked_writer_file(path, folder, writer, fcntl):
+    """Opens and locks the lock file `path`; its descriptor, or None where nothing locks.
+
+    A holder that removes an unused folder unlinks the lock file while holding
+    it: a process that opened the file before is then granted a lock on a
+    file no longer in the folder, so the lock is taken again on the file the
+    path names now.
+    """
+    for _ in range(100):
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            raise ValueError(
+                f"{folder} was removed while {writer} started (another {writer} that failed "
+                "before writing anything removed it): run again."
+            ) from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(descriptor)
             raise ValueError(
                 f"{folder} is in use by another {writer} (process {holder}): two writers "
                 "would overwrite each other's files. Wait for it to end, or use another "
                 "folder."
             ) from None
         except OSError as error:
+            os.close(descriptor)
             if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 raise
-            warnings.warn(  # a file system without flock (NFS without its lock service)
+            warnings.warn(
                 f"{folder} cannot be locked ({error.strerror}): make sure no other {writer} "
-                "writes there.", stacklevel=3
+                "writes there.", stacklevel=4
             )
-            yield
+            return None
+        if _names_the_same_file(path, descriptor):
+            return descriptor
+        os.close(descriptor)  # unlinked by the holder that ended: lock the new file
+    raise ValueError(f"{folder} could not be locked: its lock file keeps being replaced.")
+
+
+def _names_the_same_file(path, descriptor):
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(descriptor))
+    except FileNotFoundError:
+        return False
+
+
+def _remove_unused_folder(folder):
+    """Removes `folder` if it holds only the writer's lock file (called by the holder)."""
+    try:
+        if os.listdir(folder) != [WRITER_LOCK]:
             return
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        os.close(descriptor)  # releases the lock
+        os.unlink(os.path.join(folder, WRITER_LOCK))
+        os.rmdir(folder)
+    except OSError:  # another process wrote a file there meanwhile: it stays
+        pass
 
 
 def remove_temporaries(folder):

@@ -1,6 +1,7 @@
 """atomic_folder: a folder written as a whole appears complete or not at all; single_writer."""
 
 import os
+import pathlib
 
 import pytest
 
@@ -363,3 +364,106 @@ def test_a_folder_that_cannot_be_locked_is_written_with_a_warning(tmp_path, monk
         with single_writer(str(tmp_path), "alignseg train"):
             ran.append(True)
     assert ran == [True]
+
+
+def test_an_unused_folder_is_removed_by_its_writer_and_a_used_one_kept(tmp_path):
+    unused, used = tmp_path / "unused", tmp_path / "used"
+    unused.mkdir()
+    used.mkdir()
+    with single_writer(str(unused), "alignseg train", remove_if_unused=True):
+        pass
+    with pytest.raises(RuntimeError):
+        with single_writer(str(used), "alignseg train", remove_if_unused=True):
+            (used / "history.csv").write_text("epoch\n")
+            raise RuntimeError("failed after writing")
+    assert not unused.exists()
+    assert sorted(path.name for path in used.iterdir()) == [".writer.lock", "history.csv"]
+
+
+def test_a_lock_file_unlinked_by_its_holder_is_locked_again_as_it_is_now(tmp_path, monkeypatch):
+    # A writer that removes its unused folder unlinks the lock file while holding it; a
+    # process that opened the file before then got the lock of a file no longer there.
+    import fcntl
+
+    from alignseg_keras.atomic import WRITER_LOCK
+
+    flock = fcntl.flock
+    replaced = []
+
+    def replaced_before_the_first_lock(descriptor, operation):
+        if not replaced:
+            (tmp_path / WRITER_LOCK).unlink()
+            (tmp_path / WRITER_LOCK).write_text("")  # another writer's new lock file
+            replaced.append(True)
+        return flock(descriptor, operation)
+
+    monkeypatch.setattr(fcntl, "flock", replaced_before_the_first_lock)
+    with single_writer(str(tmp_path), "alignseg train"):
+        assert (tmp_path / WRITER_LOCK).read_text() == str(os.getpid())
+        with pytest.raises(ValueError, match="in use"):  # the file the path names is held
+            with single_writer(str(tmp_path), "alignseg train"):
+                pass
+
+
+EXPORTER = """
+import os, sys, time
+from alignseg_keras.atomic import atomic_folder
+if sys.argv[2] == "mount point":
+    os.path.ismount = lambda folder: str(folder) == sys.argv[1]
+with atomic_folder(sys.argv[1], ("model.pb", "variables"), ("model.pb",)) as temporary:
+    (temporary / "model.pb").write_text("half")
+    print(temporary, flush=True)
+    time.sleep(600)
+"""
+
+
+def age(path, seconds):
+    import time
+
+    os.utime(path, (time.time() - seconds,) * 2)
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_the_next_writer_removes_a_killed_writers_folder_not_a_running_ones(
+        tmp_path, monkeypatch, in_place):
+    # A killed export left its hidden folder (a SavedModel's size) until removed by hand.
+    import signal
+    import subprocess
+    import sys
+
+    from alignseg_keras.atomic import ABANDONED_AFTER_SECONDS
+
+    path = tmp_path / "1"
+    if in_place:
+        path.mkdir()
+        write_model(path, "old")
+        as_mount_point(monkeypatch, path)
+
+    def start_writer():
+        kind = "mount point" if in_place else "folder"
+        writer = subprocess.Popen([sys.executable, "-c", EXPORTER, str(path), kind],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = writer.stdout.readline().strip()
+        assert line, writer.communicate()
+        return writer, pathlib.Path(line)
+
+    killed, killed_folder = start_writer()
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    running, running_folder = start_writer()
+    try:
+        fresh = killed_folder.with_name(killed_folder.name.replace("-1", "-x-1"))
+        fresh.mkdir()  # unheld but new: its writer may be about to lock it
+        for folder in (killed_folder, running_folder):
+            age(folder, ABANDONED_AFTER_SECONDS + 1)
+        with pytest.warns(UserWarning) as warned:
+            with atomic_folder(path, ENTRIES, REQUIRED) as temporary:
+                write_model(temporary, "new")
+        removed = [str(w.message) for w in warned if str(w.message).startswith("Removed")]
+        assert removed == [f"Removed {killed_folder}: an unfinished 1 that a killed writer left."]
+        assert read_model(path) == ("new", "new")
+        assert not killed_folder.exists()
+        assert running_folder.exists() and fresh.exists()
+    finally:
+        running.send_signal(signal.SIGKILL)
+        running.wait()

@@ -489,21 +489,46 @@ def run(args):
     from alignseg_keras.atomic import single_writer
 
     _check_arguments(args)
+    new_folders = _missing_folders(args.output_dir)
     final_path = _prepare_output(args)
     keras.utils.set_random_seed(args.seed)
     multiprocess.start_data_parallel(args)  # joins a JAX job first: before any computation
     # Process 0 alone writes the output folder (the others write scratch copies); if it
-    # cannot hold it, the whole job stops.
-    with contextlib.ExitStack() as output_lock:
-        refusal = None
-        if multiprocess.is_chief():
-            try:
-                output_lock.enter_context(
-                    single_writer(os.path.dirname(final_path), "alignseg train"))
-            except ValueError as error:
-                refusal = error
-        multiprocess.raise_if_chief_refused(refusal)
-        return _run_in_output_folder(args, final_path)
+    # cannot hold it, the whole job stops. A folder this run made is removed again if the
+    # run ends before writing anything there (wrong data paths, a refused argument).
+    try:
+        with contextlib.ExitStack() as output_lock:
+            refusal = None
+            if multiprocess.is_chief():
+                try:
+                    output_lock.enter_context(single_writer(
+                        os.path.dirname(final_path), "alignseg train",
+                        remove_if_unused=bool(new_folders)))
+                except ValueError as error:
+                    refusal = error
+            multiprocess.raise_if_chief_refused(refusal)
+            return _run_in_output_folder(args, final_path)
+    finally:
+        _remove_empty(new_folders[1:])
+
+
+def _missing_folders(path):
+    """`path` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def _remove_empty(folders):
+    """Removes the folders (deepest first) that are empty, stopping at the first that is not."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
 
 
 def _run_in_output_folder(args, final_path):

@@ -368,3 +368,22 @@ def test_a_label_map_is_for_files_only():
     with pytest.raises(ValueError, match="--label-map is for --dataset files; --dataset "
                                          "synthetic has its own classes"):
         load_dataset(train_args("--label-map", "0:0,255:1"), "train")
+
+
+def test_a_run_that_fails_before_writing_removes_the_folders_it_made(tmp_path):
+    # A wrong data path left runs/<name>/ holding only the writer's lock file.
+    from alignseg_keras.cli import train
+
+    output = tmp_path / "runs" / "new"
+    args = train_args("--dataset", "files", "--num-classes", "3", "--images",
+                      str(tmp_path / "missing" / "*.jpg"), "--masks",
+                      str(tmp_path / "missing" / "*.png"), "--output-dir", str(output), *TINY)
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        train.run(args)
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
+    # A folder that was there before stays, as do the folders above it.
+    output.mkdir(parents=True)
+    (tmp_path / "runs" / "notes.txt").write_text("mine")
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        train.run(args)
+    assert output.is_dir() and (tmp_path / "runs" / "notes.txt").exists()
