@@ -272,16 +272,69 @@ def label_map_argument(text):
 
 
 def _sorted_glob(pattern, what):
+    """The files `pattern` matches, sorted; those that differ from it in case only
+    (`*.jpg` and `a.JPG`) are named: in the error when nothing matches, in a
+    note on stderr when some files are left out."""
+    import sys
+
     if not pattern:
         raise ValueError(f"--dataset files needs --{what} (a glob pattern).")
     paths = sorted(glob.glob(pattern, recursive=True))  # `**`: any depth, as a shell's globstar
+    other_case = sorted(set(glob.glob(_any_case(pattern), recursive=True)) - set(paths))
+    hint = ""
+    if other_case:
+        hint = (f"{len(other_case)} file(s) differ from it in case only ({_few(other_case)}): "
+                f"patterns are case-sensitive; {_any_case_suffix(pattern)!r} takes both.")
     if not paths:
-        raise FileNotFoundError(f"--{what} {pattern!r} matches no file.")
+        raise FileNotFoundError(f"--{what} {pattern!r} matches no file. {hint}".rstrip())
+    if hint:
+        print(f"--{what} {pattern!r} leaves out files: {hint}", file=sys.stderr, flush=True)
     return paths
 
 
-def load_dataset(args, split, training=False):
+def _any_case(pattern):
+    """`pattern` with each letter matching either case (`a.jpg` -> `[aA].[jJ][pP][gG]`;
+    a bracket `[a-c]` -> `[a-cA-C]`, `[!a]` -> `[!aA]`)."""
+    result, index = [], 0
+    while index < len(pattern):
+        character = pattern[index]
+        if character == "[":
+            start = index + 1 + (pattern[index + 1:index + 2] == "!")
+            end = pattern.find("]", start + 1)  # a "]" first in the bracket is one of it
+            if end != -1:
+                body = pattern[start:end]
+                other = _other_case(body).lstrip("]")  # a "]" closes it anywhere else
+                result.append(pattern[index:start] + body + other + "]")
+                index = end + 1
+                continue
+        other = _other_case(character)
+        result.append(f"[{character}{other}]" if other != character else character)
+        index += 1
+    return "".join(result)
+
+
+def _other_case(text):
+    """`text` with each letter in the other case (letters without a one-letter other
+    case, such as "ß", as they are)."""
+    return "".join(c.swapcase() if len(c.swapcase()) == 1 else c for c in text)
+
+
+def _any_case_suffix(pattern):
+    """`pattern` with its last component's letters in either case (the extension,
+    usually: `imgs/*.jpg` -> `imgs/*.[jJ][pP][gG]`)."""
+    folder, name = os.path.split(pattern)
+    return os.path.join(folder, _any_case(name))
+
+
+def _few(paths):
+    return ", ".join(paths[:3]) + (", ..." if len(paths) > 3 else "")
+
+
+def load_dataset(args, split, training=False, pairs=None):
     """Returns `(dataset, num_classes, class_names)` for `split` ("train" or "val").
+
+    `pairs`: for --dataset files, the `(images, masks)` of `file_pairs(args)` where
+    the caller listed them already (to record what it trains on).
 
     For `training` the files come as an endless stream of passes, each in a
     permutation of the whole list drawn from `args.seed` and the pass number (the
@@ -318,7 +371,7 @@ def load_dataset(args, split, training=False):
     if args.num_classes is None:
         raise ValueError("--dataset files needs --num-classes.")
     check_class_count(args.num_classes)
-    images, masks = file_pairs(args)
+    images, masks = pairs or file_pairs(args)
     print(f"--dataset files: {len(images)} image and label pairs.", flush=True)
     data.check_file_headers(images, masks)  # a bad file stopped a long run when it came
     dataset = data.from_files(images, masks, num_classes=args.num_classes,

@@ -408,16 +408,15 @@ def epoch_plan(total_steps, checkpoint_every, epochs_done, steps_done):
     return epochs_done + math.ceil(remaining / steps_per_epoch), steps_per_epoch
 
 
-def _check_and_record_data(args, resumed):
+def _check_and_record_data(args, pairs, resumed):
     """Refuses a resume on other training data than the run started on, in every process
-    of a job (`training_data`); records the data a run starts or goes on with."""
+    of a job (`training_data`); records the data a run starts or goes on with (`pairs`:
+    the files of --dataset files, as `file_pairs` lists them)."""
     from alignseg_keras import multiprocess
     from alignseg_keras.cli import training_data
-    from alignseg_keras.cli.common import file_pairs
 
     refusal = None
     if multiprocess.is_chief():
-        pairs = file_pairs(args) if args.dataset == "files" else None
         try:
             training_data.check_and_record(args.output_dir, training_data.describe(args, pairs),
                                            resumed, allow_other=args.resume_with_other_data)
@@ -540,6 +539,7 @@ def _run_in_output_folder(args, final_path):
     from alignseg_keras.callbacks import NonFiniteLossError
     from alignseg_keras.callbacks import ResumableBackup
     from alignseg_keras.callbacks import training_callbacks
+    from alignseg_keras.cli.common import file_pairs
     from alignseg_keras.cli.common import load_dataset
     from alignseg_keras.cli.common import print_kernel_note
     from alignseg_keras.cli.common import warn_about_precision
@@ -552,7 +552,9 @@ def _run_in_output_folder(args, final_path):
         warn_about_precision("train", args.precision)
     else:  # measured in float32; bfloat16 has its own warning on such CPUs
         print_kernel_note("train", "training")
-    dataset, num_classes, _ = load_dataset(args, "train", training=True)
+    # The files of --dataset files are listed once: those trained on are those recorded.
+    pairs = file_pairs(args) if args.dataset == "files" else None
+    dataset, num_classes, _ = load_dataset(args, "train", training=True, pairs=pairs)
     strategy = _strategy(args.distribute)
     with strategy.scope():
         model = _build_model(args, num_classes)
@@ -562,7 +564,7 @@ def _run_in_output_folder(args, final_path):
     backup = next(callback for callback in callbacks if isinstance(callback, ResumableBackup))
     backup.set_model(model)
     restored = backup.restore()
-    _check_and_record_data(args, resumed=restored is not None)
+    _check_and_record_data(args, pairs, resumed=restored is not None)
     if restored is None and multiprocess.is_chief():
         _set_aside_previous_run(args.output_dir)
     multiprocess.check_same_start(model)

@@ -1,6 +1,9 @@
 """`alignseg train` wiring: the model's mean pads crops, --preset, defaults read from the
 library, and subcommands that fail to load fail loudly."""
 
+import os
+import re
+
 import numpy as np
 import pytest
 
@@ -387,3 +390,66 @@ def test_a_run_that_fails_before_writing_removes_the_folders_it_made(tmp_path):
     with pytest.raises(FileNotFoundError, match="matches no file"):
         train.run(args)
     assert output.is_dir() and (tmp_path / "runs" / "notes.txt").exists()
+
+
+def test_files_that_differ_from_the_pattern_in_case_only_are_named(tmp_path, capsys):
+    # `*.jpg` left the camera's `.JPG` files out; the error named the label files only.
+    from PIL import Image
+
+    from alignseg_keras.cli.common import file_pairs
+
+    for name in ("a.JPG", "b.jpg"):
+        Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / name, format="JPEG")
+        Image.fromarray(np.zeros((4, 6), np.uint8)).save(tmp_path / f"{name[0]}_m.png")
+
+    def pairs(images):
+        return file_pairs(train_args("--dataset", "files", "--images", str(tmp_path / images),
+                                     "--masks", str(tmp_path / "*_m.png")))
+
+    with pytest.raises(ValueError, match="a_m.png"):
+        pairs("*.jpg")
+    hint = (r"1 file\(s\) differ from it in case only \(.*a.JPG\): patterns are case-sensitive; "
+            r"'.*/\*.\[jJ\]\[pP\]\[gG\]' takes both.")
+    assert re.search(rf"--images '.*\*.jpg' leaves out files: {hint}", capsys.readouterr().err)
+    with pytest.raises(FileNotFoundError, match=r"'.*\*.jpeg' matches no file.$"):
+        pairs("*.jpeg")
+    (tmp_path / "b.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match=rf"'.*\*.jpg' matches no file. {hint}"):
+        pairs("*.jpg")
+    (tmp_path / "b_m.png").unlink()
+    images, masks = pairs("*.[jJ][pP][gG]")
+    assert [os.path.basename(path) for path in images + masks] == ["a.JPG", "a_m.png"]
+
+
+@pytest.mark.parametrize("pattern, name, matches", [
+    ("img_[0-9]*.png", "IMG_3.PNG", True), ("[!a]x.jpg", "AX.JPG", False),
+    ("[!a]x.jpg", "BX.JPG", True), ("[]a]b", "]B", True), ("[]a]b", "AB", True),
+    ("[[]x].jpg", "[X].JPG", True), ("straße.png", "STRAßE.PNG", True),
+])
+def test_patterns_in_any_case_match_as_fnmatch_ignoring_case(pattern, name, matches):
+    import fnmatch
+
+    from alignseg_keras.cli.common import _any_case
+
+    assert fnmatch.fnmatchcase(name, _any_case(pattern)) is matches
+    assert fnmatch.fnmatchcase(name.lower(), _any_case(pattern)) is fnmatch.fnmatchcase(
+        name.lower(), pattern.lower())
+
+
+def test_the_files_listed_once_are_those_loaded(tmp_path, monkeypatch):
+    # train listed --dataset files twice (trained on and recorded): files added between
+    # the two were recorded but not trained on.
+    import glob
+
+    from PIL import Image
+
+    from alignseg_keras.cli.common import load_dataset
+
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.ones((4, 6), np.uint8)).save(tmp_path / "a_m.png")
+    monkeypatch.setattr(glob, "glob", lambda *a, **k: pytest.fail("listed again"))
+    args = train_args("--dataset", "files", "--num-classes", "2", "--images", "unused",
+                      "--masks", "unused")
+    dataset, _, _ = load_dataset(args, "train", pairs=([str(tmp_path / "a.png")],
+                                                       [str(tmp_path / "a_m.png")]))
+    assert [int(mask.max()) for _, mask in dataset.as_numpy_iterator()] == [1]
