@@ -336,13 +336,19 @@ _SKIPPED_OPTIMIZER_WARNING = "Skipping variable loading for optimizer"
 
 
 def _load_weights_noting_a_skipped_optimizer(model, path):
-    """`model.load_weights(path)`; whether Keras skipped the optimizer's state (its own
-    warning, caught here; other warnings pass on). The optimizer's step cannot tell: a
-    float16 run whose every step overflowed has saved step 0 too."""
+    """`model.load_weights(path)`; whether Keras skipped the optimizer's state. Keras
+    skips it when the file holds another number of optimizer variables than the
+    optimizer has, with a warning (caught here; other warnings pass on): both are
+    looked at, so that a rewording of the warning cannot make a skipped state pass.
+    The optimizer's step cannot tell: a float16 run whose every step overflowed has
+    saved step 0 too."""
+    saved = _saved_optimizer_variable_count(path)
+    optimizer = model.optimizer
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model.load_weights(path)
-    skipped = False
+    skipped = (saved is not None and optimizer is not None
+               and saved != len(optimizer.variables))
     for warning in caught:
         if str(warning.message).startswith(_SKIPPED_OPTIMIZER_WARNING):
             skipped = True
@@ -350,6 +356,23 @@ def _load_weights_noting_a_skipped_optimizer(model, path):
             warnings.warn_explicit(warning.message, warning.category, warning.filename,
                                    warning.lineno)
     return skipped
+
+
+def _saved_optimizer_variable_count(path):
+    """How many optimizer variables the `.keras` file `path` holds (Keras' layout:
+    `optimizer/vars/<i>` in `model.weights.h5`), or None where it is not that layout."""
+    import io
+    import zipfile
+
+    import h5py
+
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as file:
+            with h5py.File(io.BytesIO(file.read()), "r") as weights:
+                variables = weights.get("optimizer/vars")
+                return None if variables is None else len(variables.keys())
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return None
 
 
 def _saved_optimizer_name(path):

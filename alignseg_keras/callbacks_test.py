@@ -318,3 +318,26 @@ def test_is_disk_full_looks_through_wrapped_errors():
     except RuntimeError as outer:
         assert is_disk_full(outer)
     assert not is_disk_full(PermissionError(errno.EACCES, "Permission denied"))
+
+
+def test_a_skipped_optimizer_state_is_found_whatever_keras_warning_says(tmp_path, monkeypatch):
+    # The refusal read Keras' warning text alone: a reworded warning in a Keras release
+    # would have resumed at step 0 with a fresh optimizer, silently.
+    from alignseg_keras import callbacks
+    from alignseg_keras.callbacks import _saved_optimizer_variable_count
+
+    folder = tmp_path / "backup"
+    fit(small_model(), ResumableBackup(str(folder)), epochs=1)
+    saved = str(folder / "epoch-0001.keras")
+    model = small_model()
+    model.optimizer.build(model.trainable_variables)
+    assert _saved_optimizer_variable_count(saved) == len(model.optimizer.variables) == 4
+    assert _saved_optimizer_variable_count(str(tmp_path / "missing.keras")) is None
+    monkeypatch.setattr(callbacks, "_SKIPPED_OPTIMIZER_WARNING", "a reworded warning")
+    adam = small_model()
+    adam.compile(keras.optimizers.Adam(), "mse")
+    with pytest.raises(BackupOfAnotherOptimizerError, match="SGD, which does not load into this "
+                                                            "model's Adam"):
+        with pytest.warns(UserWarning, match="Skipping variable loading"):  # passed on now
+            fit(adam, ResumableBackup(str(folder)), epochs=2)
+    assert steps(adam) == 0
