@@ -212,6 +212,39 @@ def _dtype_name(dtype):
         return str(dtype)
 
 
+def first_non_finite_weight(model):
+    """The path of the first weight of `model` holding NaN or infinity, or None.
+
+    Example:
+    ```python
+    first_non_finite_weight(model)  # "alignseg/head/classifier/bias", or None
+    ```
+    """
+    import keras
+
+    for variable in getattr(model, "weights", ()):
+        value = np.asarray(keras.ops.convert_to_numpy(variable))
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            return variable.path
+    return None
+
+
+def check_finite_weights(model, source):
+    """Raises a `ValueError` naming `source` and the first weight of `model` that holds
+    NaN or infinity: such a model predicts class 0 everywhere (NaN logits), or NaN.
+
+    Example:
+    ```python
+    check_finite_weights(keras.saving.load_model("m.keras"), "m.keras")
+    ```
+    """
+    weight = first_non_finite_weight(model)
+    if weight:
+        raise ValueError(f"{source}: its weight {weight} holds NaN or infinity (a diverged "
+                         "training saved as it was, or a damaged conversion); its predictions "
+                         "would be NaN. Use an earlier checkpoint.")
+
+
 def check_finite_images(images, source="`images`"):
     """Raises `ValueError` if a float image batch holds a NaN or infinite value.
 

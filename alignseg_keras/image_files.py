@@ -126,14 +126,29 @@ def _as_rgb(image, path):
         gray = (stored >> 8).astype(np.uint8)
         return np.repeat(gray[..., None], 3, axis=-1)
     if image.mode in ("I", "F"):
-        low, high = image.getextrema()
-        if low < 0 or high > 255:
-            raise ValueError(
-                f"Image file '{path}' has Pillow mode {image.mode!r} (one 32-bit "
-                f"channel) with values from {low} to {high}; expected 8-bit or 16-bit "
-                "images, or values in [0, 255]. Convert it to an 8-bit image."
-            )
+        _check_32_bit_values(np.asarray(image), image.mode, path)
     return np.asarray(image.convert("RGB"))
+
+
+def _check_32_bit_values(values, mode, path):
+    """Refuses a 32-bit image whose values are not 0..255 colours: out of that range,
+    NaN or infinite (Pillow's extrema skip NaN, and the conversion made them black),
+    or floats all in [0, 1] (a float image's usual scale: made all black)."""
+    stored = f"Image file '{path}' has Pillow mode {mode!r} (one 32-bit channel)"
+    advice = "Convert it to an 8-bit image (values 0..255)."
+    finite = np.isfinite(values)
+    if not finite.all():
+        raise ValueError(f"{stored} with {finite.size - np.count_nonzero(finite)} NaN or "
+                         f"infinite value(s). {advice}")
+    if not values.size:
+        return
+    low, high = values.min(), values.max()
+    if low < 0 or high > 255:
+        raise ValueError(f"{stored} with values from {low} to {high}; expected 8-bit or 16-bit "
+                         f"images, or values in [0, 255]. {advice}")
+    if mode == "F" and 0 < high <= 1:
+        raise ValueError(f"{stored} with values from {low} to {high}: a float image in [0, 1], "
+                         f"which read as 0..255 would be black. {advice}")
 
 
 # EXIF orientations that turn an image by 90 degrees (its displayed height is its width).

@@ -61,6 +61,23 @@ def test_thirty_two_bit_images_outside_eight_bit_values_are_refused(tmp_path):
         read_image(tmp_path / "depth.tif")
 
 
+def test_float_images_with_nan_or_in_zero_to_one_are_refused(tmp_path):
+    # NaN pixels were read as black (Pillow's extrema skip NaN), and a float image in
+    # [0, 1] as all black; the arrays the model is given directly were refused.
+    with_nan = np.full((3, 4), 100, "float32")
+    with_nan[1, 2] = np.nan
+    Image.fromarray(with_nan).save(tmp_path / "nan.tif")
+    with pytest.raises(ValueError, match=r"nan.tif' has Pillow mode 'F' .* with 1 NaN or infinite"):
+        read_image(tmp_path / "nan.tif")
+    Image.fromarray(np.linspace(0, 1, 12, dtype="float32").reshape(3, 4)).save(tmp_path / "unit.tif")
+    with pytest.raises(ValueError, match=r"unit.tif' .* from 0.0 to 1.0: a float image in \[0, 1\]"):
+        read_image(tmp_path / "unit.tif")
+    for name, values in (("black", np.zeros((3, 4), "float32")),
+                         ("colours", np.linspace(0, 255, 12, dtype="float32").reshape(3, 4))):
+        Image.fromarray(values).save(tmp_path / f"{name}.tif")
+        assert read_image(tmp_path / f"{name}.tif").shape == (3, 4, 3)
+
+
 def _save_with_orientation(array, path, orientation, mode=None):
     picture = Image.fromarray(array, mode=mode)
     if mode == "P":

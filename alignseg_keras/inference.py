@@ -56,6 +56,7 @@ from keras import ops
 from alignseg_keras.checks import check_finite_images
 from alignseg_keras.checks import check_image_dtype
 from alignseg_keras.checks import check_positive_int
+from alignseg_keras.checks import first_non_finite_weight
 from alignseg_keras.checks import scale_warning_of
 from alignseg_keras.config_utils import global_dtype_policy
 from alignseg_keras.config_utils import replaced_policy
@@ -225,8 +226,14 @@ def _empty_probabilities(model, images, single):
     return probabilities[0] if single else probabilities
 
 
-def _as_tile_size(tile_size):
-    """`tile_size` as a pair of positive ints `(height, width)`."""
+def check_tile_size(tile_size):
+    """`tile_size` as a pair of positive ints `(height, width)`, or a `ValueError`.
+
+    Example:
+    ```python
+    check_tile_size(769)  # (769, 769)
+    ```
+    """
     pair = (tile_size, tile_size) if np.isscalar(tile_size) else tuple(tile_size)
     if len(pair) != 2 or any(int(v) != v or v < 1 for v in pair):
         raise ValueError(
@@ -238,26 +245,56 @@ def _as_tile_size(tile_size):
 
 def check_scales(scales):
     """`scales` as a tuple of the multi-scale test, or a `ValueError` unless they are
-    positive numbers (one at least).
+    positive finite numbers (one at least; a single number is one scale).
 
     Example:
     ```python
     check_scales([0.75, 1.0, 1.25])  # (0.75, 1.0, 1.25)
     ```
     """
-    scales = tuple(scales)
-    if not scales or any(not scale > 0 for scale in scales):
-        raise ValueError(f"`scales` must be positive numbers; received {scales!r}.")
+    scales = (scales,) if np.isscalar(scales) else tuple(scales)
+    if not scales or not all(_is_positive_finite(scale) for scale in scales):
+        raise ValueError(f"`scales` must be positive finite numbers; received {scales!r}.")
     return scales
+
+
+def _is_positive_finite(value):
+    try:
+        return bool(0 < value < np.inf)
+    except TypeError:  # text, None
+        return False
 
 
 def _check_batch_size(batch_size):
     return check_positive_int(batch_size, "`batch_size`")
 
 
-def _softmax(logits, single):
+def _softmax(logits, single, model):
+    _check_finite_logits(logits, model)
     probabilities = ops.convert_to_numpy(ops.softmax(logits, axis=-1)).astype("float32")
     return probabilities[0] if single else probabilities
+
+
+def _check_finite_logits(logits, model):
+    """Raises a `ValueError` when `logits` hold NaN or infinity, saying why: the argmax
+    of NaN logits is class 0, a prediction that looks plausible (a model with one NaN
+    weight scored a higher mIoU than the model before)."""
+    finite = np.isfinite(logits)
+    if finite.all():
+        return
+    count = int(finite.size - np.count_nonzero(finite))
+    weight = first_non_finite_weight(model)
+    if weight:
+        reason = (f"its weight {weight} holds NaN or infinity (a diverged training saved as it "
+                  "was, or a damaged conversion)")
+    elif getattr(model, "weights", None):
+        reason = ("its weights are finite: the arithmetic overflowed (in a 16-bit precision? "
+                  "predict in float32)")
+    else:  # a FrozenInferenceModel: look at the weights of the model it was frozen from
+        reason = ("check the weights of the model it was made from "
+                  "(checks.first_non_finite_weight), or predict in float32")
+    raise ValueError(f"The model's logits hold {count} NaN or infinite value(s) of "
+                     f"{finite.size}: {reason}. No prediction is made from them.")
 
 
 def _padding_colour(model):
@@ -370,7 +407,7 @@ def predict_whole(model, images, batch_size=DEFAULT_BATCH_SIZE, precision=None):
     if images.size == 0:
         return _empty_probabilities(model, images, single)
     model = _with_precision(model, precision)
-    return _softmax(_model_logits(model, images, batch_size), single)
+    return _softmax(_model_logits(model, images, batch_size), single, model)
 
 
 def predict_sliding(
@@ -408,13 +445,13 @@ def predict_sliding(
     ```
     """
     images, single = _as_image_batch(images, model)
-    tile_size, batch_size = _as_tile_size(tile_size), _check_batch_size(batch_size)
+    tile_size, batch_size = check_tile_size(tile_size), _check_batch_size(batch_size)
     if precision is not None:
         check_precision(precision)
     if images.size == 0:
         return _empty_probabilities(model, images, single)
     model = _with_precision(model, precision)
-    return _softmax(_sliding_logits(model, images, tile_size, overlap, batch_size), single)
+    return _softmax(_sliding_logits(model, images, tile_size, overlap, batch_size), single, model)
 
 
 def _scaled_size(size, scale):
@@ -464,7 +501,7 @@ def predict_multiscale(
     """
     images, single = _as_image_batch(images, model)
     batch_size = _check_batch_size(batch_size)
-    tile_size = None if sliding is None else _as_tile_size(sliding)
+    tile_size = None if sliding is None else check_tile_size(sliding)
     scales = check_scales(scales)
     if precision is not None:
         check_precision(precision)
@@ -493,4 +530,4 @@ def predict_multiscale(
         total = total + logits
     if flip:
         total = (total[:batch] + np.flip(total[batch:], axis=2)) / 2.0
-    return _softmax(total / len(scales), single)
+    return _softmax(total / len(scales), single, model)

@@ -255,3 +255,59 @@ def test_bfloat16_probabilities_are_float32_and_agree_with_float32(model, bfloat
     # where two classes are close a probability can move a lot.
     assert (bfloat16.argmax(-1) == reference.argmax(-1)).mean() > 0.95
     np.testing.assert_array_equal(predict_whole(model, images, precision="float32"), reference)
+
+
+def test_nan_logits_are_refused_saying_why(model):
+    # Their argmax is class 0 at every pixel: a plausible-looking prediction.
+    from alignseg_keras.checks import first_non_finite_weight
+
+    diverged = type(model).from_config(model.get_config())
+    diverged.set_weights(model.get_weights())
+    assert first_non_finite_weight(diverged) is None
+    bias = next(w for w in diverged.weights if w.path == "head/classifier/bias")
+    bias.assign(np.where(np.arange(bias.shape[0]) == 0, np.nan, 0.0).astype("float32"))
+    assert first_non_finite_weight(diverged) == bias.path
+    images = random_images((1, 24, 24, 3))
+    message = rf"The model's logits hold \d+ NaN or infinite value\(s\) of \d+: its weight {bias.path}"
+    for predict in (lambda m: predict_whole(m, images), lambda m: predict_sliding(m, images, 16),
+                    lambda m: predict_multiscale(m, images, scales=(0.5, 1.0))):
+        with pytest.raises(ValueError, match=message):
+            predict(diverged)
+
+
+class OverflowingModel:
+    """Logits of which one is infinite, from finite weights (or from none: frozen)."""
+
+    def __init__(self, weights):
+        self.weights = weights
+
+    def predict_on_batch(self, images):
+        logits = np.zeros(images.shape[:3] + (2,), "float32")
+        logits[0, 0, 0, 0] = np.inf
+        return logits
+
+
+def test_infinite_logits_of_finite_weights_are_said_to_overflow():
+    images = random_images((1, 4, 4, 3))
+    with pytest.raises(ValueError, match=r"hold 1 NaN or infinite value\(s\) of 32: its weights "
+                                         r"are finite: the arithmetic overflowed"):
+        predict_whole(OverflowingModel([keras.Variable(np.ones(2, "float32"))]), images)
+    with pytest.raises(ValueError, match="check the weights of the model it was made from"):
+        predict_whole(OverflowingModel([]), images)
+
+
+@pytest.mark.parametrize("scales", [(np.inf,), (1.0, np.nan), ("1",), (None,), (), (0.5, -1)])
+def test_scales_that_are_not_positive_finite_numbers_are_refused(scales):
+    from alignseg_keras.inference import check_scales
+
+    with pytest.raises(ValueError, match="`scales` must be positive finite numbers"):
+        check_scales(scales)
+
+
+def test_a_single_scale_may_be_given_as_a_number(pointwise_model):
+    from alignseg_keras.inference import check_scales
+
+    assert check_scales(1.5) == (1.5,) and check_scales([0.5, 2]) == (0.5, 2)
+    images = random_images((1, 8, 8, 3))
+    np.testing.assert_array_equal(predict_multiscale(pointwise_model, images, scales=1.0, flip=False),
+                                  predict_whole(pointwise_model, images))

@@ -258,9 +258,16 @@ class _ConfusionMetric(keras.metrics.Metric):
         return _exact_numpy(self.low, self.high)[:, self.num_classes]
 
     def pixel_accuracy(self):
-        """The fraction of counted pixels predicted right, as a Python float."""
+        """The fraction of counted pixels predicted right, as a Python float; NaN with
+        no pixel counted (as `per_class_iou()`)."""
         counts = _exact_numpy(self.low, self.high)
-        return float(np.trace(counts[:, : self.num_classes]) / max(counts.sum(), 1))
+        if not counts.sum():
+            return float("nan")
+        return float(np.trace(counts[:, : self.num_classes]) / counts.sum())
+
+    def counted_pixels(self):
+        """How many labelled (not ignored) pixels have been counted, as a Python int."""
+        return int(_exact_numpy(self.low, self.high).sum())
 
     def reset_state(self):
         self.low.assign(ops.zeros(self.low.shape, "int32"))

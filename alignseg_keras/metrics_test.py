@@ -569,3 +569,13 @@ def test_predicted_ids_outside_the_classes_against_the_official_counts():
     np.testing.assert_allclose(float(dice.result()), np.nanmean(expected_dice), rtol=1e-6)
     labelled = labels != 255
     assert iou.confusion_matrix().sum() + iou.unclassified_pixels().sum() == labelled.sum()
+
+
+def test_pixel_accuracy_with_no_pixel_counted_is_nan_as_the_ious():
+    # It was 0.0, beside per-class IoUs of NaN ("n/a").
+    metric = MeanIoU(num_classes=3)
+    metric.update_state(np.full((1, 4, 4), 255), np.zeros((1, 4, 4), "int64"))
+    assert metric.counted_pixels() == 0 and np.isnan(metric.pixel_accuracy())
+    assert np.isnan(metric.per_class_iou()).all()
+    metric.update_state(np.zeros((1, 2, 2)), np.zeros((1, 2, 2), "int64"))
+    assert metric.counted_pixels() == 4 and metric.pixel_accuracy() == 1.0

@@ -179,6 +179,7 @@ def load_model(args, num_classes=None):
     its own; a .keras file has its own).
     """
     from alignseg_keras import AlignSeg
+    from alignseg_keras.checks import check_finite_weights
     from alignseg_keras.cli import INFERENCE_ONLY_SUBCOMMANDS
     from alignseg_keras.models.preset_files import is_preset_directory
     from alignseg_keras.models.presets import DEFAULT_NUM_CLASSES
@@ -202,6 +203,7 @@ def load_model(args, num_classes=None):
         model = AlignSeg.from_preset(  # --num-classes 0 is refused, not read as not given
             args.preset, num_classes=DEFAULT_NUM_CLASSES if num_classes is None else num_classes
         )
+    check_finite_weights(model, model_name(args))  # NaN logits would be class 0 everywhere
     return steps_through_xla_on_jax(with_precision(model, args))
 
 
@@ -250,7 +252,9 @@ def add_dataset_arguments(parser):
                        "files, values not listed ignored (255); binary masks stored as 0 and "
                        "255: 0:0,255:1")
     group.add_argument("--synthetic-images", type=int, default=400,
-                       help="number of synthetic scenes (default 400)")
+                       help="number of synthetic training scenes (default %(default)s); the "
+                       "validation scenes (evaluate's, and the training pictures') are a "
+                       "quarter as many, 8 at least, drawn with another seed")
     group.add_argument("--synthetic-size", type=int, nargs=2, default=(128, 256),
                        metavar=("HEIGHT", "WIDTH"), help="synthetic scene size")
 
@@ -408,13 +412,17 @@ def add_test_time_arguments(parser):
 
 
 def sliding_tile(args):
-    """The tile of --sliding: None, one size or `(height, width)`; more values are a
-    `ValueError` (predict and evaluate check it before loading the model)."""
+    """The tile of --sliding: None, one size or `(height, width)`; more values, or
+    sizes below 1, are a `ValueError` (predict and evaluate check it before loading
+    the model)."""
     if not args.sliding:
         return None
     if len(args.sliding) > 2:
         raise ValueError("--sliding takes one tile size or two (height and width); "
                          f"received {len(args.sliding)}: {' '.join(map(str, args.sliding))}.")
+    if min(args.sliding) < 1:
+        raise ValueError("--sliding takes tile sizes of 1 pixel or more; received "
+                         f"{' '.join(map(str, args.sliding))}.")
     return args.sliding[0] if len(args.sliding) == 1 else tuple(args.sliding)
 
 
@@ -434,7 +442,7 @@ def check_test_time_arguments(args):
         if args.scales:
             inference.check_scales(args.scales)  # the library's rule, in the option's words
     except ValueError:
-        raise ValueError("--scales must be positive numbers; received "
+        raise ValueError("--scales must be positive finite numbers; received "
                          f"{' '.join(map(str, args.scales))}.") from None
     check_positive_int(args.batch_size, "--batch-size")
 

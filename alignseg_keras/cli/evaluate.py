@@ -113,6 +113,10 @@ def run(args):
             predictions = probabilities.argmax(-1)[None]
             metric.update_state(mask[None], predictions)
             boundary.update_state(mask[None], predictions)
+    if not metric.counted_pixels():
+        raise ValueError(
+            f"No labelled pixel to score in the {args.split} split: every label pixel is the "
+            "ignore label 255. Check the label files (and --label-map for --dataset files).")
     ious = metric.per_class_iou()
     boundary_ious = boundary.per_class_iou()
     dice = dice_from_confusion(metric.confusion_matrix(), metric.unclassified_pixels())

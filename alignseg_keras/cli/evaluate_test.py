@@ -166,3 +166,19 @@ def test_evaluate_names_a_bad_file_in_one_line(tmp_path, capsys):
 def test_evaluate_refuses_a_limit_below_one(capsys):
     assert main(["evaluate", "--model", "never-read.keras", "--limit", "0"]) == 2
     assert "--limit must be at least 1" in capsys.readouterr().err
+
+
+def test_evaluate_with_no_labelled_pixel_fails_instead_of_scoring_nan(tmp_path, capsys):
+    # It printed "pixel accuracy 0.0000" and "mIoU: nan" and exited 0.
+    from PIL import Image
+
+    path = str(tmp_path / "m.keras")
+    tiny_alignseg(3, seed=0).save(path)
+    Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.full((40, 48), 255, np.uint8)).save(tmp_path / "a_mask.png")
+    assert main(["evaluate", "--model", path, "--dataset", "files", "--num-classes", "3",
+                 "--images", str(tmp_path / "a.png"), "--masks", str(tmp_path / "a_mask.png")]) == 2
+    captured = capsys.readouterr()
+    assert "No labelled pixel to score in the val split: every label pixel is the ignore label" in (
+        captured.err)
+    assert "mIoU" not in captured.out

@@ -145,10 +145,20 @@ def predict_file(model, path, palette, args, stem):
     return write_pictures(model, image, labels, palette, args, stem)
 
 
+def _failure(error):
+    """What failed, in a line: the message of ours (ValueError, OSError), else the
+    error's kind and the first line of the backend's message (an out-of-memory)."""
+    if isinstance(error, (ValueError, OSError)):
+        return str(error)
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
 def run(args):
     from alignseg_keras.cli.common import load_model
     from alignseg_keras.cli.common import model_name
     from alignseg_keras.cli.common import prepare_output_dir
+    from alignseg_keras.cli.common import print_message
     from alignseg_keras.cli.common import check_test_time_arguments
     from alignseg_keras.models.preset_files import is_preset_directory
     from alignseg_keras.visualize import get_palette
@@ -169,6 +179,10 @@ def run(args):
     if args.offsets and args.frozen:
         raise ValueError("--offsets draws the offset fields from the Keras model's layers, which "
                          "a --frozen model does not have; leave out one of the two.")
+    if args.label_ids and args.offsets and not args.pictures:
+        print_message("predict", "note", "--offsets writes NAME_<module>.png beside the label "
+                      "ids: the Cityscapes scripts take every CITY_SEQ_FRAME*.png in the "
+                      "folder as a prediction; draw the offsets into another --output.")
     stems = output_names(args.images)
     prepare_output_dir(args.output, "--output")
     model = load_model(args, args.num_classes)
@@ -185,8 +199,8 @@ def run(args):
     for path in args.images:
         try:
             written = predict_file(model, path, palette, args, stems[path])
-        except (ValueError, OSError, MemoryError) as error:
-            print(f"alignseg predict: skipping {path}: {error}", file=sys.stderr)
+        except Exception as error:  # also the backend's: out of GPU memory for one image
+            print(f"alignseg predict: skipping {path}: {_failure(error)}", file=sys.stderr)
             failures += 1
             continue
         print(f"{path}: wrote {', '.join(written)}")

@@ -302,7 +302,11 @@ def test_predict_frozen_cannot_draw_offsets(model_path, images, tmp_path, capsys
      # These were refused at every image, after the model had loaded, in the library's words.
      (["--sliding", "16", "--overlap", "1.0"], "--overlap: `overlap` must be in [0, 1); received 1.0."),
      (["--batch-size", "0"], "--batch-size must be a positive int; received 0."),
-     (["--scales", "1", "0"], "--scales must be positive numbers; received 1.0 0.0."),
+     (["--scales", "1", "0"], "--scales must be positive finite numbers; received 1.0 0.0."),
+     # These went on to fail at every image (exit 1), or in a traceback.
+     (["--sliding", "0"], "--sliding takes tile sizes of 1 pixel or more; received 0."),
+     (["--sliding", "16", "-5"], "--sliding takes tile sizes of 1 pixel or more; received 16 -5."),
+     (["--scales", "inf"], "--scales must be positive finite numbers; received inf."),
      (["--alpha", "3"], "--alpha must be in [0, 1]; received 3.0.")],
 )
 def test_predict_refuses_bad_options_before_loading_the_model(images, tmp_path, capsys, option, message):
@@ -327,3 +331,45 @@ def test_the_overlay_colors_every_predicted_class(tmp_path):
     write_pictures(None, image, labels, palette, args, "scene")
     np.testing.assert_array_equal(load_image(tmp_path / "scene_overlay.png"), palette[labels])
     np.testing.assert_array_equal(load_image(tmp_path / "scene_color.png"), palette[labels])
+
+
+def test_an_image_that_fails_in_the_backend_is_skipped_and_the_others_predicted(
+        model_path, images, tmp_path, capsys, monkeypatch):
+    # Only ValueError, OSError and MemoryError were caught: one image out of GPU memory
+    # (the backend's own error) ended the run, the images after it never predicted.
+    import tensorflow as tf
+
+    from alignseg_keras import inference
+
+    model_logits = inference._model_logits
+
+    def out_of_memory_for_the_first(model, batch, batch_size):
+        if batch.shape[1:3] == (40, 56):
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor\n...")
+        return model_logits(model, batch, batch_size)
+
+    monkeypatch.setattr(inference, "_model_logits", out_of_memory_for_the_first)
+    output = tmp_path / "out"
+    assert main(["predict", *images, "--model", model_path, "--output", str(output)]) == 1
+    err = capsys.readouterr().err
+    assert f"skipping {images[0]}: ResourceExhaustedError: OOM when allocating tensor\n" in err
+    assert "1 of 2 images failed" in err
+    assert (output / "second_color.png").exists() and not (output / "first_color.png").exists()
+
+
+def test_a_model_with_a_nan_weight_is_refused_not_scored(images, tmp_path, capsys):
+    # NaN logits are class 0 at every pixel: pictures of one class, exit 0.
+    model = tiny_alignseg(num_classes=3)
+    bias = next(w for w in model.weights if w.path == "head/classifier/bias")
+    bias.assign(np.array([np.nan, 0.0, 0.0], "float32"))
+    path = tmp_path / "diverged.keras"
+    model.save(path)
+    assert main(["predict", images[0], "--model", str(path), "--output", str(tmp_path / "o")]) == 2
+    assert (f"{path}: its weight {bias.path} holds NaN or infinity (a diverged training saved "
+            "as it was, or a damaged conversion)") in capsys.readouterr().err
+
+
+def test_offsets_beside_benchmark_label_ids_get_a_note(model_path, images, tmp_path, capsys):
+    assert main(["predict", images[0], "--model", model_path, "--output", str(tmp_path / "o"),
+                 "--label-ids", "--no-pictures", "--offsets"]) == 0
+    assert "--offsets writes NAME_<module>.png beside the label ids" in capsys.readouterr().err
