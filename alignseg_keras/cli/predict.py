@@ -21,6 +21,7 @@ skipped; the others are predicted, and the exit code is then 1.
 """
 
 import argparse
+import os
 import pathlib
 import sys
 
@@ -78,10 +79,13 @@ def add_parser(subparsers):
 
 
 def output_names(paths):
-    """File stems of `paths`, which name the outputs; two equal stems are an error."""
+    """File stems of `paths`, which name the outputs; two files of equal stems are an
+    error (one file named twice, by overlapping globs, is predicted once)."""
     stems = {}
     for path in paths:
         stem = pathlib.Path(path).stem
+        if stem in stems and os.path.realpath(stems[stem]) == os.path.realpath(path):
+            continue
         if stem in stems:
             raise ValueError(
                 f"{stems[stem]} and {path} have the same name {stem!r}; their pictures "
@@ -196,7 +200,7 @@ def run(args):
         )
     check_inputs_kept(stems, args.output, picture_suffixes(model, args))
     failures = 0
-    for path in args.images:
+    for path in stems:  # each file once
         try:
             written = predict_file(model, path, palette, args, stems[path])
         except Exception as error:  # also the backend's: out of GPU memory for one image
@@ -205,6 +209,6 @@ def run(args):
             continue
         print(f"{path}: wrote {', '.join(written)}")
     if failures:
-        print(f"alignseg predict: {failures} of {len(args.images)} images failed.",
+        print(f"alignseg predict: {failures} of {len(stems)} images failed.",
               file=sys.stderr)
     return 1 if failures else 0

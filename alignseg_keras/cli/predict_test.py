@@ -148,6 +148,14 @@ def test_predict_refuses_images_whose_pictures_would_collide(tmp_path, capsys):
     assert "same name 'scene'" in capsys.readouterr().err
 
 
+def test_one_image_named_twice_is_predicted_once(model_path, images, tmp_path, capsys):
+    # Overlapping globs (`in/*.png in/first.png`) refused the whole run as a collision.
+    same = os.path.join(os.path.dirname(images[0]), ".", os.path.basename(images[0]))
+    assert main(["predict", *images, same, "--model", model_path,
+                 "--output", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().out.count("first_color.png") == 1
+
+
 def huge_png(path, width=20000, height=20000):
     """A valid grayscale PNG of `width` x `height` zero pixels, a few hundred kB on disk."""
 
