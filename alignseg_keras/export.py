@@ -13,11 +13,12 @@ files:
     labels:        int32   [batch, height, width]   (argmax class)
     probabilities: float32 [batch, height, width, num_classes]  (softmax)
 
-`images` are RGB pixels of any height and width. `encoded_images` are PNG or
+`images` are RGB pixels of any height and width, up to `MAX_PIXELS` in one
+request (32 images of 1024x2048). `encoded_images` are PNG or
 JPEG files (base64 `{"b64": ...}` in TF Serving's REST JSON), decoded in the
 graph to RGB (grey and alpha channels converted); the images of one request
 must share a size, and one of more than `MAX_PIXELS` pixels (or a request
-of more than `MAX_PIXELS` together: 32 images of 1024x2048) is refused from
+of more than `MAX_PIXELS` together) is refused from
 the headers before anything is decoded. The `labels` signatures exist because the
 probabilities of one 1024x2048 image with 19 classes are 150 MB.
 
@@ -77,6 +78,8 @@ SIGNATURES = {
     "encoded_labels": (ENCODED_INPUT, ("labels",)),
 }
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The bytes up to the width and height of a PNG: signature, IHDR length and type, width, height.
+_PNG_HEADER_BYTES = 24
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
 
 # Packages each format needs beyond TensorFlow and Keras, and its file suffix.
@@ -109,7 +112,8 @@ def model_forward(model):
     )
 
 
-def serving_function(model, outputs=("labels", "probabilities"), forward=None):
+def serving_function(model, outputs=("labels", "probabilities"), forward=None,
+                     max_pixels=MAX_PIXELS):
     """The function behind `serving_default` and `labels`: images to labels (and probabilities).
 
     Args:
@@ -118,6 +122,10 @@ def serving_function(model, outputs=("labels", "probabilities"), forward=None):
         outputs: the outputs to return, from `"labels"` and `"probabilities"`.
         forward: the model's `model_forward`, shared between signatures; None
             makes one.
+        max_pixels: the most pixels of one request (batch x height x width),
+            as for encoded files: a larger one fails with an
+            `InvalidArgumentError` that says so, before the network runs
+            (whose activations would take tens of GiB).
 
     Returns:
         A Python function of a uint8 `images` tensor returning a dict of
@@ -134,8 +142,16 @@ def serving_function(model, outputs=("labels", "probabilities"), forward=None):
         # dtype when called; this names a wrong rank, channel count or (for a
         # model of one input size) image size clearly, also of decoded files.
         images = tf.ensure_shape(images, [None, *image_size, 3], name=SERVING_INPUT)
+        pixels = tf.reduce_prod(tf.cast(tf.shape(images)[:3], tf.int64))
+        small_enough = tf.debugging.assert_less_equal(  # as the files of `decode_images`
+            pixels, tf.constant(max_pixels, tf.int64),
+            message=f"The images of one request hold more than {max_pixels} pixels together; "
+            "they were not predicted (send fewer or smaller images per request)",
+        )
+        with tf.control_dependencies([small_enough]):
+            images = tf.identity(images)
         logits = tf.cond(
-            tf.size(images) > 0,
+            pixels > 0,
             lambda: forward(images),
             lambda: tf.zeros(tf.concat([tf.shape(images)[:3], [num_classes]], 0)),
         )
@@ -155,7 +171,14 @@ def _encoded_image_size(data):
     known = tf.debugging.assert_equal(
         is_png | is_jpeg, True, message="An encoded image is neither a PNG nor a JPEG file"
     )
-    with tf.control_dependencies([known]):
+    # Reading the width and height of a PNG shorter than its header failed in other ops,
+    # whose messages held the file's bytes (a UnicodeDecodeError in Python clients).
+    whole_header = tf.debugging.assert_equal(
+        is_png & (tf.strings.length(data) < _PNG_HEADER_BYTES), False,
+        message=f"An encoded PNG file is cut short: shorter than its {_PNG_HEADER_BYTES}-byte "
+        "header (an interrupted upload?)",
+    )
+    with tf.control_dependencies([known, whole_header]):
         return tf.cond(
             is_png,
             lambda: tf.reverse(
@@ -166,14 +189,15 @@ def _encoded_image_size(data):
         )
 
 
-def decode_images(encoded, max_pixels=MAX_PIXELS):
+def decode_images(encoded, max_pixels=MAX_PIXELS, image_size=(None, None)):
     """Decodes a batch of PNG/JPEG files to uint8 RGB images `(batch, H, W, 3)`, in the graph.
 
     Every file's size is read from its header first: a file of more than
     `max_pixels` pixels, files of more than `max_pixels` together, one of
     another format, or a size different from the first file's fails with an
-    `InvalidArgumentError` that says so, before anything is decoded. Grey and RGBA files become RGB. An empty batch gives
-    `(0, 0, 0, 3)`.
+    `InvalidArgumentError` that says so, before anything is decoded. Grey and
+    RGBA files become RGB. An empty batch gives `(0, H, W, 3)`, of the model's
+    `image_size` where it has one (0 where None).
 
     Example:
     ```python
@@ -216,8 +240,9 @@ def decode_images(encoded, max_pixels=MAX_PIXELS):
                 fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
             )
 
+    empty_shape = [0, *(size or 0 for size in image_size), 3]
     return tf.cond(
-        tf.size(encoded) > 0, decode_all, lambda: tf.zeros([0, 0, 0, 3], tf.uint8)
+        tf.size(encoded) > 0, decode_all, lambda: tf.zeros(empty_shape, tf.uint8)
     )
 
 
@@ -230,9 +255,10 @@ def encoded_serving_function(model, outputs=("labels", "probabilities"), forward
         forward: the model's `model_forward`, shared between signatures.
     """
     serve_images = serving_function(model, outputs, forward)
+    image_size = input_image_size(model)
 
     def serve(encoded_images):
-        return serve_images(decode_images(encoded_images))
+        return serve_images(decode_images(encoded_images, image_size=image_size))
 
     return serve
 
@@ -257,6 +283,7 @@ def export_saved_model(model, export_dir):
     labels = served(images=tf.zeros((1, 512, 1024, 3), tf.uint8))["labels"]
     ```
     """
+    check_keras_model(model)
     check_export_backend("saved_model", keras.backend.backend())
     check_saved_model_folder(export_dir)  # before the tracing
     archive = keras.export.ExportArchive()
@@ -273,6 +300,17 @@ def export_saved_model(model, export_dir):
         return
     with atomic_folder(export_dir, SAVED_MODEL_ENTRIES, SAVED_MODEL_REQUIRED) as temporary:
         archive.write_out(str(temporary), verbose=False)
+
+
+def check_keras_model(model):
+    """Raises a `ValueError` unless `model` is a Keras model (a `FrozenInferenceModel`
+    predicts in its process only: its constants are no Keras model to export)."""
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"Exports take a Keras model; received a {type(model).__name__}. Export the Keras "
+            "model it was made from (for bfloat16, `inference.as_precision(model, "
+            "\"bfloat16\")` or `alignseg export --precision bfloat16`)."
+        )
 
 
 def check_saved_model_folder(export_dir):
@@ -328,6 +366,7 @@ def export_model(model, path, format="saved_model"):
     export_model(model, "alignseg.onnx", format="onnx")
     ```
     """
+    check_keras_model(model)
     missing = missing_requirements(format)
     check_export_backend(format, keras.backend.backend())
     if missing:

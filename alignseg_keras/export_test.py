@@ -255,3 +255,43 @@ def test_litert_export_of_a_model_of_one_image_size(tmp_path):
     assert_logits_close(litert_logits(path, images), np.asarray(model(images)))
     (source,) = litert_interpreter(path).get_input_details()
     assert list(source["shape_signature"]) == [-1, 64, 96, 3]
+
+
+def test_a_model_that_is_not_keras_is_refused_before_anything(tmp_path):
+    # A FrozenInferenceModel failed inside autograph (SavedModel) or Keras (ONNX).
+    class FrozenInferenceModel:
+        pass
+
+    for format, path in (("saved_model", tmp_path / "1"), ("onnx", tmp_path / "m.onnx")):
+        with pytest.raises(ValueError, match="Exports take a Keras model; received a "
+                                             "FrozenInferenceModel. Export the Keras model"):
+            export_model(FrozenInferenceModel(), path, format=format)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_requests_of_too_many_pixels_are_refused_before_the_network():
+    from alignseg_keras.export import serving_function
+
+    model = tiny_model()
+    ran = []
+    serve = serving_function(model, max_pixels=2 * 8 * 8,
+                             forward=lambda images: ran.append(True) or tf.zeros((2, 8, 8, 3)))
+    assert serve(tf.zeros((2, 8, 8, 3), tf.uint8))["labels"].shape == (2, 8, 8) and ran
+    ran.clear()
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"The images of one request hold more than 128 pixels together"):
+        serve(tf.zeros((3, 8, 8, 3), tf.uint8))
+    assert not ran
+
+
+def test_an_empty_request_of_files_to_a_model_of_one_size_gives_empty_outputs():
+    # The empty batch of files was (0, 0, 0, 3), which the model's (None, 64, 96, 3) refused.
+    from alignseg_keras.export import decode_images
+    from alignseg_keras.export import encoded_serving_function
+
+    model = tiny_model(image_shape=(64, 96, 3))
+    assert decode_images(tf.constant([], tf.string), image_size=(64, 96)).shape == (0, 64, 96, 3)
+    assert decode_images(tf.constant([], tf.string), image_size=(None, 96)).shape == (0, 0, 96, 3)
+    outputs = encoded_serving_function(model)(tf.constant([], tf.string))
+    assert outputs["labels"].shape == (0, 64, 96)
+    assert outputs["probabilities"].shape == (0, 64, 96, 3)

@@ -94,9 +94,14 @@ def quantize_onnx_int8(onnx_path, output_path, calibration_images, batch_size=1,
     batch_size = check_positive_int(batch_size, "`batch_size`")
     check_export_file(output_path, "onnx")
     import onnx
+    from google.protobuf.message import DecodeError
     from onnxruntime import quantization
 
-    model = onnx.load(str(onnx_path))
+    try:
+        model = onnx.load(str(onnx_path))
+    except DecodeError as error:  # protobuf's, which names no file
+        raise ValueError(f"{onnx_path} cannot be read as an ONNX model ({error}); give the "
+                         ".onnx file of `export_model(..., format=\"onnx\")`.") from None
     input_name = model.graph.input[0].name
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     with atomic_path(output_path) as temporary:

@@ -100,6 +100,13 @@ def test_the_destination_is_checked_before_the_model_is_read(tmp_path):
         quantize_onnx_int8("unused.onnx", tmp_path / "int8.onx", images)
 
 
+def test_a_file_that_is_no_onnx_model_is_named(tmp_path):
+    # protobuf's DecodeError ("Wire format was corrupt") named no file.
+    (tmp_path / "model.tflite").write_bytes(b"TFL3" + bytes(range(256)) * 4)
+    with pytest.raises(ValueError, match=r"model.tflite cannot be read as an ONNX model"):
+        quantize_onnx_int8(tmp_path / "model.tflite", tmp_path / "int8.onnx", np.zeros((1, 8, 8, 3)))
+
+
 def test_a_missing_output_folder_is_created(exported, tmp_path):
     path, _, images = exported
     written = quantize_onnx_int8(path, tmp_path / "new" / "int8.onnx", images[:1])

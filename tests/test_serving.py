@@ -266,6 +266,10 @@ def _png_header(width, height):
         (lambda s: [encode(s[0]), encode(s[0][:20])], "must share a height and width"),
         (lambda s: [b"GIF89a" + bytes(40)], "neither a PNG nor a JPEG"),
         (lambda s: [b""], "neither a PNG nor a JPEG"),
+        # Cut short within the header: other ops failed, with the file's bytes in their
+        # message (a UnicodeDecodeError in Python) or about list shapes.
+        *[(lambda s, n=n: [encode(s[0])[:n]], "An encoded PNG file is cut short: shorter than "
+           "its 24-byte header") for n in (8, 12, 16, 18, 23)],
         # A header that claims 10000 x 10000 pixels is refused before decoding.
         (lambda s: [_png_header(10000, 10000)], "more than 67108864 pixels; it was not decoded"),
         # Files of 36 million pixels each: 72 million in the request (a decompression bomb

@@ -42,6 +42,9 @@ def run(args):
     # Before alignseg_keras.export, which imports TensorFlow (a JAX or torch install may lack it).
     check_export_backend(args.format, keras.backend.backend())
 
+    import tensorflow as tf
+
+    from alignseg_keras.atomic import is_disk_full
     from alignseg_keras.cli.common import load_saved_model
     from alignseg_keras.cli.common import prepare_output_file
     from alignseg_keras.cli.common import prepare_whole_folder
@@ -58,6 +61,13 @@ def run(args):
         prepare_output_file(args.export_path, "the export file")
         check_export_file(args.export_path, args.format)  # before the model is loaded
     model = with_precision(load_saved_model(args.model), args)
-    export_model(model, args.export_path, format=args.format)
+    try:
+        export_model(model, args.export_path, format=args.format)
+    except (OSError, tf.errors.OpError) as error:  # SaveV2's own error, or the converters'
+        if not is_disk_full(error):
+            raise
+        raise ValueError(f"the disk holding {args.export_path} is full; nothing was changed "
+                         "there (an earlier export is as it was). Free some space, or export "
+                         "elsewhere.") from None
     print(f"Exported {args.model} ({args.format}, {args.precision}) to {args.export_path}")
     return 0

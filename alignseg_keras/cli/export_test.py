@@ -186,3 +186,32 @@ def test_a_bfloat16_onnx_or_litert_export_is_refused(model_path, tmp_path, capsy
                  "bfloat16"]) == 2
     assert "onnx export takes a model computing in float32" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_is_one_line_and_the_earlier_export_kept(model_path, tmp_path, capsys,
+                                                             monkeypatch):
+    # It ended in TensorFlow's traceback of SaveV2 (or tf2onnx's OSError), exit 1.
+    import errno
+
+    from alignseg_keras import export
+
+    export_dir = tmp_path / "alignseg" / "1"
+    assert main(["export", model_path, str(export_dir)]) == 0
+    before = sorted(path.name for path in export_dir.iterdir())
+
+    def disk_full(*args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(
+            None, None, f"{export_dir}/variables/variables.data; No space left on device")
+
+    archive_class = type(export.keras.export.ExportArchive())  # the backend's subclass
+    monkeypatch.setattr(archive_class, "write_out", disk_full)
+    capsys.readouterr()
+    assert main(["export", model_path, str(export_dir)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error == (f"alignseg export: error: the disk holding {export_dir} is full; nothing was "
+                     "changed there (an earlier export is as it was). Free some space, or "
+                     "export elsewhere.")
+    assert sorted(path.name for path in export_dir.iterdir()) == before
+    monkeypatch.setattr(export, "export_model",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space")))
+    assert main(["export", model_path, str(tmp_path / "m.onnx")]) == 2
