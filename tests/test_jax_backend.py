@@ -349,3 +349,21 @@ def test_a_failed_predict_of_the_offset_model_leaves_the_segmenters_weights():
     with pytest.raises(ValueError):
         model.offset_model().predict(batches(), steps=2, verbose=0)
     np.testing.assert_array_equal(model.predict(images, verbose=0), before)
+
+
+def test_sync_batchnorm_true_is_ignored_with_a_warning_and_trains():
+    # It built, then failed at the first training step inside Keras' BatchNormalization
+    # ("synchronized=True is not supported with JAX"), also for files saved on TensorFlow
+    # with the argument given.
+    from alignseg_keras.testing import tiny_alignseg
+
+    with pytest.warns(UserWarning, match="sync_batchnorm=True synchronises the replicas of a "
+                                         "tf.distribute strategy, which the jax backend"):
+        model = tiny_alignseg(num_classes=3, sync_batchnorm=True)
+    assert model.sync_batchnorm is False
+    assert model.get_config()["sync_batchnorm"] is True  # saved as given, for TensorFlow
+    model.compile()
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    masks = np.random.default_rng(1).integers(0, 3, (2, 32, 32)).astype("int32")
+    history = model.fit(images, masks, batch_size=2, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])

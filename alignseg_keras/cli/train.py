@@ -106,7 +106,11 @@ def add_parser(subparsers):
                        help="mirrored: tf.distribute on one machine's GPUs (TensorFlow); "
                        "data_parallel: keras.distribution over all devices of all processes "
                        "(JAX; several hosts with the job options); multi_worker: refused "
-                       "(keras-team/keras#20585). BatchNorm statistics span the global batch")
+                       "(keras-team/keras#20585). BatchNorm statistics span the global batch, "
+                       "which must be a multiple of the device count. The loss is the mean of "
+                       "each replica's on TensorFlow (OHEM's --ohem-min-kept per replica, as "
+                       "the authors' per-GPU criterion), one mean over the global batch on JAX "
+                       "(docs/training.md)")
     from alignseg_keras.multiprocess import add_job_arguments
 
     add_job_arguments(parser.add_argument_group("multi-process job (--distribute data_parallel)"))
@@ -123,7 +127,8 @@ def add_parser(subparsers):
     parser.set_defaults(func=run)
 
 
-def _strategy(name):
+def _strategy(name, batch_size):
+    """The `tf.distribute` strategy (or Keras distribution) of --distribute `name`."""
     import keras
 
     from alignseg_keras import multiprocess
@@ -141,7 +146,14 @@ def _strategy(name):
     import tensorflow as tf
 
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        strategy = tf.distribute.MirroredStrategy()
+        replicas = strategy.num_replicas_in_sync
+        if batch_size % replicas:
+            raise ValueError(
+                f"--batch-size {batch_size} must be a multiple of the {replicas} replicas of "
+                "--distribute mirrored: each trains on an equal slice (TensorFlow fails inside "
+                "the first step otherwise, keras-team/keras#19246).")
+        return strategy
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
@@ -555,7 +567,7 @@ def _run_in_output_folder(args, final_path):
     # The files of --dataset files are listed once: those trained on are those recorded.
     pairs = file_pairs(args) if args.dataset == "files" else None
     dataset, num_classes, _ = load_dataset(args, "train", training=True, pairs=pairs)
-    strategy = _strategy(args.distribute)
+    strategy = _strategy(args.distribute, args.batch_size)
     with strategy.scope():
         model = _build_model(args, num_classes)
     batches = training_batches(dataset, model, args)

@@ -453,3 +453,20 @@ def test_the_files_listed_once_are_those_loaded(tmp_path, monkeypatch):
     dataset, _, _ = load_dataset(args, "train", pairs=([str(tmp_path / "a.png")],
                                                        [str(tmp_path / "a_m.png")]))
     assert [int(mask.max()) for _, mask in dataset.as_numpy_iterator()] == [1]
+
+
+def test_a_batch_that_does_not_split_over_the_mirrored_replicas_is_refused(monkeypatch):
+    # TensorFlow failed inside the first step (AddN's shapes, or the synchronized
+    # BatchNorm's all-reduce); the JAX path refused it already.
+    import tensorflow as tf
+
+    from alignseg_keras.cli.train import _strategy
+
+    class TwoReplicas:
+        num_replicas_in_sync = 2
+
+    monkeypatch.setattr(tf.distribute, "MirroredStrategy", TwoReplicas)
+    with pytest.raises(ValueError, match=r"--batch-size 3 must be a multiple of the 2 replicas "
+                                         r"of --distribute mirrored"):
+        _strategy("mirrored", 3)
+    assert isinstance(_strategy("mirrored", 4), TwoReplicas)

@@ -66,6 +66,14 @@ DEFAULT = _Default()
 
 
 def _should_sync_batchnorm(sync_batchnorm):
+    if sync_batchnorm and keras.backend.backend() != "tensorflow":
+        warnings.warn(
+            "sync_batchnorm=True synchronises the replicas of a tf.distribute strategy, "
+            f"which the {keras.backend.backend()} backend does not have: ignored (Keras' "
+            "BatchNormalization refuses synchronized=True there, at the first training "
+            "step). On JAX, keras.distribution.DataParallel computes the statistics over "
+            "the whole global batch already.", stacklevel=4)
+        return False
     if sync_batchnorm is not None:
         return bool(sync_batchnorm)
     from alignseg_keras.distribute import replicas_in_sync
@@ -235,6 +243,8 @@ class AlignSeg(ImageSegmenter):
         sync_batchnorm: bool or None; None synchronises BatchNorm when the
             model is built inside a `tf.distribute` strategy with several replicas
             (and is saved as None: the model decides again where it is loaded).
+            TensorFlow only: True is ignored with a warning on JAX (whose
+            `DataParallel` statistics span the global batch) and torch.
         image_shape: image shape without the batch; None takes the backbone's
             (`(None, None, 3)`, any size, for this library's ResNets; a fixed
             size for encoders that need one, such as keras-hub's `MiTBackbone`).
