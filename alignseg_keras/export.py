@@ -366,7 +366,6 @@ def export_model(model, path, format="saved_model"):
     export_model(model, "alignseg.onnx", format="onnx")
     ```
     """
-    check_keras_model(model)
     missing = missing_requirements(format)
     check_export_backend(format, keras.backend.backend())
     if missing:
@@ -378,6 +377,7 @@ def export_model(model, path, format="saved_model"):
         export_saved_model(model, path)
         return
     check_export_file(path, format)
+    check_keras_model(model)
     check_float32_computation(model, format)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     input_signature = [keras.InputSpec(shape=(None, *input_image_size(model), 3),
