@@ -186,23 +186,27 @@ def _remove_abandoned(folder, name):
     except OSError:
         return
     for entry in entries:
-        if not _is_temporary(entry) or entry.split("-", 3)[-1] != name:
+        if (not _is_temporary(entry) or entry.split("-", 3)[-1] != name
+                or _replaced_entry(entry) is not None):  # a folder named "replaced-X" too
             continue
         temporary = os.path.join(folder, entry)
         try:
-            if time.time() - os.stat(temporary).st_mtime < ABANDONED_AFTER_SECONDS:
+            if time.time() - os.lstat(temporary).st_mtime < ABANDONED_AFTER_SECONDS:
                 continue
         except OSError:
             continue
-        lock = _locked_folder(temporary, blocking=False) if os.path.isdir(temporary) else None
-        if lock is None:  # a running writer's (or a file, or where nothing locks)
+        if os.path.islink(temporary) or not os.path.isdir(temporary):
+            continue
+        lock = _locked_folder(temporary, blocking=False)
+        if lock is None:  # a running writer's, or where nothing locks
             continue
         try:
             shutil.rmtree(temporary, ignore_errors=True)
         finally:
             os.close(lock)
-        warnings.warn(f"Removed {temporary}: an unfinished {name} that a killed writer left.",
-                      stacklevel=4)
+        if not os.path.lexists(temporary):
+            warnings.warn(f"Removed {temporary}: an unfinished {name} that a killed writer "
+                          "left.", stacklevel=4)
 
 
 def _fsync_tree(folder):
@@ -359,18 +363,14 @@ def _temporary_name(path, tag=""):
 
 @contextlib.contextmanager
 def _folder_lock(path):
-    """Holds an exclusive lock on the folder that holds `path` (POSIX; nothing elsewhere)."""
+    """Holds an exclusive lock on the folder that holds `path` (POSIX, where the file
+    system locks; nothing elsewhere)."""
+    descriptor = _locked_folder(path.parent)
     try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    descriptor = os.open(path.parent, os.O_RDONLY)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(descriptor)  # releases the lock
+        if descriptor is not None:
+            os.close(descriptor)  # releases the lock
 
 
 def _replace_folder(new, path):

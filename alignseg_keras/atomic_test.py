@@ -452,7 +452,7 @@ def test_the_next_writer_removes_a_killed_writers_folder_not_a_running_ones(
     killed.wait()
     running, running_folder = start_writer()
     try:
-        fresh = killed_folder.with_name(killed_folder.name.replace("-1", "-x-1"))
+        fresh = killed_folder.with_name(f"{TEMP_PREFIX}99999999-0123abcd-1")
         fresh.mkdir()  # unheld but new: its writer may be about to lock it
         for folder in (killed_folder, running_folder):
             age(folder, ABANDONED_AFTER_SECONDS + 1)

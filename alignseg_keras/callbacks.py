@@ -361,14 +361,13 @@ def _load_weights_noting_a_skipped_optimizer(model, path):
 def _saved_optimizer_variable_count(path):
     """How many optimizer variables the `.keras` file `path` holds (Keras' layout:
     `optimizer/vars/<i>` in `model.weights.h5`), or None where it is not that layout."""
-    import io
     import zipfile
 
     import h5py
 
-    try:
+    try:  # read in place: h5py seeks in the archive's member (the weights are not loaded)
         with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as file:
-            with h5py.File(io.BytesIO(file.read()), "r") as weights:
+            with h5py.File(file, "r") as weights:
                 variables = weights.get("optimizer/vars")
                 return None if variables is None else len(variables.keys())
     except (OSError, KeyError, zipfile.BadZipFile):

@@ -223,8 +223,10 @@ def first_non_finite_weight(model):
     import keras
 
     for variable in getattr(model, "weights", ()):
-        value = np.asarray(keras.ops.convert_to_numpy(variable))
-        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+        if not keras.backend.is_float_dtype(variable.dtype):  # bfloat16 is one
+            continue
+        value = np.asarray(keras.ops.convert_to_numpy(variable)).astype("float32")
+        if not np.isfinite(value).all():
             return variable.path
     return None
 

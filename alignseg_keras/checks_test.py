@@ -257,3 +257,15 @@ def test_images_of_a_dtype_without_rgb_values_are_refused(dtype, message):
     for good in ("uint8", "uint16", "int16", "int32", "float16", "float32", "float64",
                  tf.bfloat16, keras.backend.standardize_dtype("bfloat16")):
         check_image_dtype(good)
+
+
+def test_non_finite_weights_are_found_in_bfloat16_too():
+    # bfloat16 is no NumPy floating type: its NaN weights were skipped.
+    import keras
+
+    from alignseg_keras.checks import first_non_finite_weight
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, dtype="bfloat16")])
+    assert first_non_finite_weight(model) is None
+    model.layers[0].bias.assign(np.array([np.nan, 0.0], "float32"))
+    assert first_non_finite_weight(model) == model.layers[0].bias.path

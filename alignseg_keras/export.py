@@ -56,6 +56,7 @@ from alignseg_keras.atomic import atomic_folder
 from alignseg_keras.atomic import atomic_path
 from alignseg_keras.atomic import check_replaceable_folder
 from alignseg_keras.atomic import check_writable
+from alignseg_keras.checks import check_finite_weights
 from alignseg_keras.export_formats import EXPORT_FORMATS
 from alignseg_keras.export_formats import FORMAT_NAMES
 from alignseg_keras.export_formats import FORMAT_SUFFIXES
@@ -125,7 +126,7 @@ def serving_function(model, outputs=("labels", "probabilities"), forward=None,
         max_pixels: the most pixels of one request (batch x height x width),
             as for encoded files: a larger one fails with an
             `InvalidArgumentError` that says so, before the network runs
-            (whose activations would take tens of GiB).
+            (whose activations would take tens of GiB); None: no limit.
 
     Returns:
         A Python function of a uint8 `images` tensor returning a dict of
@@ -143,13 +144,14 @@ def serving_function(model, outputs=("labels", "probabilities"), forward=None,
         # model of one input size) image size clearly, also of decoded files.
         images = tf.ensure_shape(images, [None, *image_size, 3], name=SERVING_INPUT)
         pixels = tf.reduce_prod(tf.cast(tf.shape(images)[:3], tf.int64))
-        small_enough = tf.debugging.assert_less_equal(  # as the files of `decode_images`
-            pixels, tf.constant(max_pixels, tf.int64),
-            message=f"The images of one request hold more than {max_pixels} pixels together; "
-            "they were not predicted (send fewer or smaller images per request)",
-        )
-        with tf.control_dependencies([small_enough]):
-            images = tf.identity(images)
+        if max_pixels is not None:
+            small_enough = tf.debugging.assert_less_equal(  # as the files of `decode_images`
+                pixels, tf.constant(max_pixels, tf.int64),
+                message=f"The images of one request hold more than {max_pixels} pixels "
+                "together; they were not predicted (send fewer or smaller images per request)",
+            )
+            with tf.control_dependencies([small_enough]):
+                images = tf.identity(images)
         logits = tf.cond(
             pixels > 0,
             lambda: forward(images),
@@ -193,9 +195,9 @@ def decode_images(encoded, max_pixels=MAX_PIXELS, image_size=(None, None)):
     """Decodes a batch of PNG/JPEG files to uint8 RGB images `(batch, H, W, 3)`, in the graph.
 
     Every file's size is read from its header first: a file of more than
-    `max_pixels` pixels, files of more than `max_pixels` together, one of
-    another format, or a size different from the first file's fails with an
-    `InvalidArgumentError` that says so, before anything is decoded. Grey and
+    `max_pixels` pixels, files of more than `max_pixels` together (None: no
+    limit), one of another format, or a size different from the first file's
+    fails with an `InvalidArgumentError` that says so, before anything is decoded. Grey and
     RGBA files become RGB. An empty batch gives `(0, H, W, 3)`, of the model's
     `image_size` where it has one (0 where None).
 
@@ -211,7 +213,7 @@ def decode_images(encoded, max_pixels=MAX_PIXELS, image_size=(None, None)):
             _encoded_image_size, encoded, fn_output_signature=tf.TensorSpec([2], tf.int32)
         )
         pixels = tf.cast(sizes[:, 0], tf.int64) * tf.cast(sizes[:, 1], tf.int64)
-        checks = [
+        checks = [] if max_pixels is None else [
             tf.debugging.assert_less_equal(
                 tf.reduce_max(pixels),
                 tf.constant(max_pixels, tf.int64),
@@ -223,6 +225,8 @@ def decode_images(encoded, max_pixels=MAX_PIXELS, image_size=(None, None)):
                 message=f"The encoded images of one request hold more than {max_pixels} pixels "
                 "together; nothing was decoded (send fewer images per request)",
             ),
+        ]
+        checks += [
             tf.debugging.assert_equal(
                 sizes,
                 tf.broadcast_to(sizes[:1], tf.shape(sizes)),
@@ -246,24 +250,26 @@ def decode_images(encoded, max_pixels=MAX_PIXELS, image_size=(None, None)):
     )
 
 
-def encoded_serving_function(model, outputs=("labels", "probabilities"), forward=None):
+def encoded_serving_function(model, outputs=("labels", "probabilities"), forward=None,
+                             max_pixels=MAX_PIXELS):
     """The function behind `encoded` and `encoded_labels`: PNG/JPEG files to labels (and probabilities).
 
     Args:
         model: a Keras model from RGB images to logits, such as `AlignSeg`.
         outputs: the outputs to return, from `"labels"` and `"probabilities"`.
         forward: the model's `model_forward`, shared between signatures.
+        max_pixels: the most pixels of one file and of one request (None: no limit).
     """
-    serve_images = serving_function(model, outputs, forward)
+    serve_images = serving_function(model, outputs, forward, max_pixels)
     image_size = input_image_size(model)
 
     def serve(encoded_images):
-        return serve_images(decode_images(encoded_images, image_size=image_size))
+        return serve_images(decode_images(encoded_images, max_pixels, image_size=image_size))
 
     return serve
 
 
-def export_saved_model(model, export_dir):
+def export_saved_model(model, export_dir, max_pixels=MAX_PIXELS):
     """Writes a TF Serving SavedModel with the four signatures above (`SIGNATURES`).
 
     Args:
@@ -275,6 +281,9 @@ def export_saved_model(model, export_dir):
             a folder holding other files (TF Serving's `assets.extra` among
             them) is refused with a `ValueError`. Paths such as `gs://...`
             are written in place.
+        max_pixels: the most pixels of one request (batch x height x width) and
+            of one encoded file, which the signatures refuse beyond it before
+            running the network (8192 x 8192 by default); None: no limit.
 
     Example:
     ```python
@@ -294,7 +303,8 @@ def export_saved_model(model, export_dir):
     for name, (input_name, outputs) in SIGNATURES.items():
         make = encoded_serving_function if input_name == ENCODED_INPUT else serving_function
         signature = serving_signature(input_name, input_image_size(model))
-        archive.add_endpoint(name, make(model, outputs, forward), input_signature=[signature])
+        archive.add_endpoint(name, make(model, outputs, forward, max_pixels),
+                             input_signature=[signature])
     if _is_url(export_dir):  # gs://, s3://...: object stores rename no folders
         archive.write_out(str(export_dir), verbose=False)
         return
@@ -304,13 +314,15 @@ def export_saved_model(model, export_dir):
 
 def check_keras_model(model):
     """Raises a `ValueError` unless `model` is a Keras model (a `FrozenInferenceModel`
-    predicts in its process only: its constants are no Keras model to export)."""
+    predicts in its process only: its constants are no Keras model to export) whose
+    weights are finite (NaN logits would serve class 0 everywhere)."""
     if not isinstance(model, keras.Model):
         raise ValueError(
             f"Exports take a Keras model; received a {type(model).__name__}. Export the Keras "
             "model it was made from (for bfloat16, `inference.as_precision(model, "
             "\"bfloat16\")` or `alignseg export --precision bfloat16`)."
         )
+    check_finite_weights(model, f"The model {model.name}")
 
 
 def check_saved_model_folder(export_dir):
@@ -339,7 +351,7 @@ def missing_requirements(format):
     return [name for name in FORMAT_REQUIREMENTS[format] if importlib.util.find_spec(name) is None]
 
 
-def export_model(model, path, format="saved_model"):
+def export_model(model, path, format="saved_model", max_pixels=MAX_PIXELS):
     """Exports `model` in `format`.
 
     `"saved_model"` writes the serving SavedModel (`export_saved_model`) into
@@ -352,6 +364,8 @@ def export_model(model, path, format="saved_model"):
         model: a Keras model from images to logits.
         path: destination folder (SavedModel) or file (ONNX, LiteRT).
         format: one of `"saved_model"`, `"onnx"`, `"litert"`.
+        max_pixels: the SavedModel's request limit (`export_saved_model`);
+            ONNX and LiteRT files check no input.
 
     Raises:
         ValueError: unknown format, a package the format needs is missing, or
@@ -374,7 +388,7 @@ def export_model(model, path, format="saved_model"):
             f"install them with `pip install {' '.join(missing)}`."
         )
     if format == "saved_model":
-        export_saved_model(model, path)
+        export_saved_model(model, path, max_pixels)
         return
     check_export_file(path, format)
     check_keras_model(model)

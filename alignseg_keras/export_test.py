@@ -282,6 +282,18 @@ def test_requests_of_too_many_pixels_are_refused_before_the_network():
                        match=r"The images of one request hold more than 128 pixels together"):
         serve(tf.zeros((3, 8, 8, 3), tf.uint8))
     assert not ran
+    unlimited = serving_function(model, max_pixels=None,
+                                 forward=lambda images: tf.zeros((3, 8, 8, 3)))
+    assert unlimited(tf.zeros((3, 8, 8, 3), tf.uint8))["labels"].shape == (3, 8, 8)
+
+
+def test_a_model_with_a_nan_weight_is_not_exported(tmp_path):
+    model = tiny_model()
+    model.weights[0].assign(np.full(model.weights[0].shape, np.nan, "float32"))
+    with pytest.raises(ValueError, match=rf"The model {model.name}: its weight "
+                                         rf"{model.weights[0].path} holds NaN or infinity"):
+        export_model(model, tmp_path / "1")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_empty_request_of_files_to_a_model_of_one_size_gives_empty_outputs():

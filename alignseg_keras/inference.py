@@ -276,25 +276,26 @@ def _softmax(logits, single, model):
 
 
 def _check_finite_logits(logits, model):
-    """Raises a `ValueError` when `logits` hold NaN or infinity, saying why: the argmax
+    """Raises a `ValueError` when `logits` hold NaN or +infinity, saying why: the argmax
     of NaN logits is class 0, a prediction that looks plausible (a model with one NaN
-    weight scored a higher mIoU than the model before)."""
-    finite = np.isfinite(logits)
-    if finite.all():
+    weight scored a higher mIoU than the model before). A logit of -infinity (a class
+    masked out) has a probability of 0 and passes."""
+    bad = np.isnan(logits) | np.isposinf(logits)
+    if not bad.any():
         return
-    count = int(finite.size - np.count_nonzero(finite))
+    count = int(np.count_nonzero(bad))
     weight = first_non_finite_weight(model)
     if weight:
         reason = (f"its weight {weight} holds NaN or infinity (a diverged training saved as it "
                   "was, or a damaged conversion)")
     elif getattr(model, "weights", None):
-        reason = ("its weights are finite: the arithmetic overflowed (in a 16-bit precision? "
-                  "predict in float32)")
+        reason = ("its weights are finite: the computation overflowed on these images (in "
+                  "bfloat16 or float16, predict in float32)")
     else:  # a FrozenInferenceModel: look at the weights of the model it was frozen from
         reason = ("check the weights of the model it was made from "
                   "(checks.first_non_finite_weight), or predict in float32")
-    raise ValueError(f"The model's logits hold {count} NaN or infinite value(s) of "
-                     f"{finite.size}: {reason}. No prediction is made from them.")
+    raise ValueError(f"The model's logits hold {count} NaN or +infinite value(s) of "
+                     f"{bad.size}: {reason}. No prediction is made from them.")
 
 
 def _padding_colour(model):

@@ -268,7 +268,7 @@ def test_nan_logits_are_refused_saying_why(model):
     bias.assign(np.where(np.arange(bias.shape[0]) == 0, np.nan, 0.0).astype("float32"))
     assert first_non_finite_weight(diverged) == bias.path
     images = random_images((1, 24, 24, 3))
-    message = rf"The model's logits hold \d+ NaN or infinite value\(s\) of \d+: its weight {bias.path}"
+    message = rf"The model's logits hold \d+ NaN or \+infinite value\(s\) of \d+: its weight {bias.path}"
     for predict in (lambda m: predict_whole(m, images), lambda m: predict_sliding(m, images, 16),
                     lambda m: predict_multiscale(m, images, scales=(0.5, 1.0))):
         with pytest.raises(ValueError, match=message):
@@ -276,24 +276,28 @@ def test_nan_logits_are_refused_saying_why(model):
 
 
 class OverflowingModel:
-    """Logits of which one is infinite, from finite weights (or from none: frozen)."""
+    """Logits of which one is `value`, from finite weights (or from none: frozen)."""
 
-    def __init__(self, weights):
-        self.weights = weights
+    def __init__(self, weights, value=np.inf):
+        self.weights, self.value = weights, value
 
     def predict_on_batch(self, images):
         logits = np.zeros(images.shape[:3] + (2,), "float32")
-        logits[0, 0, 0, 0] = np.inf
+        logits[0, 0, 0, 0] = self.value
         return logits
 
 
 def test_infinite_logits_of_finite_weights_are_said_to_overflow():
     images = random_images((1, 4, 4, 3))
-    with pytest.raises(ValueError, match=r"hold 1 NaN or infinite value\(s\) of 32: its weights "
-                                         r"are finite: the arithmetic overflowed"):
-        predict_whole(OverflowingModel([keras.Variable(np.ones(2, "float32"))]), images)
+    weights = [keras.Variable(np.ones(2, "float32"))]
+    with pytest.raises(ValueError, match=r"hold 1 NaN or \+infinite value\(s\) of 32: its "
+                                         r"weights are finite: the computation overflowed"):
+        predict_whole(OverflowingModel(weights), images)
     with pytest.raises(ValueError, match="check the weights of the model it was made from"):
         predict_whole(OverflowingModel([]), images)
+    # A class masked out with -inf has a probability of 0.
+    probabilities = predict_whole(OverflowingModel(weights, value=-np.inf), images)
+    assert probabilities[0, 0, 0].tolist() == [0.0, 1.0] and np.isfinite(probabilities).all()
 
 
 @pytest.mark.parametrize("scales", [(np.inf,), (1.0, np.nan), ("1",), (None,), (), (0.5, -1)])

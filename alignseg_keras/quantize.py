@@ -102,6 +102,9 @@ def quantize_onnx_int8(onnx_path, output_path, calibration_images, batch_size=1,
     except DecodeError as error:  # protobuf's, which names no file
         raise ValueError(f"{onnx_path} cannot be read as an ONNX model ({error}); give the "
                          ".onnx file of `export_model(..., format=\"onnx\")`.") from None
+    if not model.graph.input:  # an empty file parses as an empty model
+        raise ValueError(f"{onnx_path} holds no ONNX model with an input (an empty file?); give "
+                         "the .onnx file of `export_model(..., format=\"onnx\")`.")
     input_name = model.graph.input[0].name
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     with atomic_path(output_path) as temporary:

@@ -105,6 +105,9 @@ def test_a_file_that_is_no_onnx_model_is_named(tmp_path):
     (tmp_path / "model.tflite").write_bytes(b"TFL3" + bytes(range(256)) * 4)
     with pytest.raises(ValueError, match=r"model.tflite cannot be read as an ONNX model"):
         quantize_onnx_int8(tmp_path / "model.tflite", tmp_path / "int8.onnx", np.zeros((1, 8, 8, 3)))
+    (tmp_path / "empty.onnx").write_bytes(b"")  # parses as an empty model: an IndexError
+    with pytest.raises(ValueError, match=r"empty.onnx holds no ONNX model with an input"):
+        quantize_onnx_int8(tmp_path / "empty.onnx", tmp_path / "int8.onnx", np.zeros((1, 8, 8, 3)))
 
 
 def test_a_missing_output_folder_is_created(exported, tmp_path):

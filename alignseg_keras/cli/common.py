@@ -203,7 +203,8 @@ def load_model(args, num_classes=None):
         model = AlignSeg.from_preset(  # --num-classes 0 is refused, not read as not given
             args.preset, num_classes=DEFAULT_NUM_CLASSES if num_classes is None else num_classes
         )
-    check_finite_weights(model, model_name(args))  # NaN logits would be class 0 everywhere
+    if command in INFERENCE_ONLY_SUBCOMMANDS:  # NaN logits would be class 0 everywhere
+        check_finite_weights(model, model_name(args))
     return steps_through_xla_on_jax(with_precision(model, args))
 
 
@@ -287,8 +288,12 @@ def _sorted_glob(pattern, what):
     other_case = sorted(set(glob.glob(_any_case(pattern), recursive=True)) - set(paths))
     hint = ""
     if other_case:
+        # The pattern of the extension's case where that takes them, else of every letter's.
+        suggested = _any_case_suffix(pattern)
+        if not set(other_case) <= set(glob.glob(suggested, recursive=True)):
+            suggested = _any_case(pattern)
         hint = (f"{len(other_case)} file(s) differ from it in case only ({_few(other_case)}): "
-                f"patterns are case-sensitive; {_any_case_suffix(pattern)!r} takes both.")
+                f"patterns are case-sensitive; {suggested!r} takes both.")
     if not paths:
         raise FileNotFoundError(f"--{what} {pattern!r} matches no file. {hint}".rstrip())
     if hint:
@@ -420,10 +425,15 @@ def sliding_tile(args):
     if len(args.sliding) > 2:
         raise ValueError("--sliding takes one tile size or two (height and width); "
                          f"received {len(args.sliding)}: {' '.join(map(str, args.sliding))}.")
-    if min(args.sliding) < 1:
+    from alignseg_keras import inference
+
+    tile = args.sliding[0] if len(args.sliding) == 1 else tuple(args.sliding)
+    try:
+        inference.check_tile_size(tile)  # the library's rule, in the option's words
+    except ValueError:
         raise ValueError("--sliding takes tile sizes of 1 pixel or more; received "
-                         f"{' '.join(map(str, args.sliding))}.")
-    return args.sliding[0] if len(args.sliding) == 1 else tuple(args.sliding)
+                         f"{' '.join(map(str, args.sliding))}.") from None
+    return tile
 
 
 def check_test_time_arguments(args):

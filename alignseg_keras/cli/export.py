@@ -5,6 +5,7 @@ from alignseg_keras.export_formats import EXPORT_FORMATS
 from alignseg_keras.export_formats import check_export_backend
 from alignseg_keras.export_formats import check_export_precision
 from alignseg_keras.export_formats import format_for_path
+from alignseg_keras.image_files import MAX_PIXELS
 
 
 def add_parser(subparsers):
@@ -31,6 +32,10 @@ def add_parser(subparsers):
                         help="export format (default: onnx for a name ending in .onnx, litert "
                         "for .tflite, else saved_model)")
     add_precision_argument(parser)
+    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                        help="the SavedModel refuses requests of more pixels (batch x height x "
+                        f"width), and encoded files of more (default {MAX_PIXELS:,}; 0: no "
+                        "limit)")
     parser.set_defaults(func=run)
 
 
@@ -38,6 +43,8 @@ def run(args):
     import keras
 
     args.format = args.format or format_for_path(args.export_path)
+    if args.max_pixels < 0:
+        raise ValueError(f"--max-pixels must be 0 (no limit) or more; received {args.max_pixels}.")
     check_export_precision(args.format, args.precision)  # before the model is loaded
     # Before alignseg_keras.export, which imports TensorFlow (a JAX or torch install may lack it).
     check_export_backend(args.format, keras.backend.backend())
@@ -45,6 +52,7 @@ def run(args):
     import tensorflow as tf
 
     from alignseg_keras.atomic import is_disk_full
+    from alignseg_keras.checks import check_finite_weights
     from alignseg_keras.cli.common import load_saved_model
     from alignseg_keras.cli.common import prepare_output_file
     from alignseg_keras.cli.common import prepare_whole_folder
@@ -60,9 +68,12 @@ def run(args):
     else:
         prepare_output_file(args.export_path, "the export file")
         check_export_file(args.export_path, args.format)  # before the model is loaded
-    model = with_precision(load_saved_model(args.model), args)
+    model = load_saved_model(args.model)
+    check_finite_weights(model, args.model)  # served, NaN logits would be class 0 everywhere
+    model = with_precision(model, args)
     try:
-        export_model(model, args.export_path, format=args.format)
+        export_model(model, args.export_path, format=args.format,
+                     max_pixels=args.max_pixels or None)
     except (OSError, tf.errors.OpError) as error:  # SaveV2's own error, or the converters'
         if not is_disk_full(error):
             raise

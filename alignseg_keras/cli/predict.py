@@ -149,6 +149,19 @@ def predict_file(model, path, palette, args, stem):
     return write_pictures(model, image, labels, palette, args, stem)
 
 
+def _per_image_errors():
+    """The errors of one image that the others may not have: a bad file or value, memory,
+    and the backend's runtime errors (out of GPU memory on a large image: TensorFlow's
+    `OpError`, JAX's and torch's `RuntimeError`). Others (a programming error) stop
+    the run with their traceback."""
+    errors = (ValueError, OSError, MemoryError, RuntimeError)
+    try:
+        import tensorflow as tf
+    except ImportError:  # a JAX or torch install without TensorFlow
+        return errors
+    return (*errors, tf.errors.OpError)
+
+
 def _failure(error):
     """What failed, in a line: the message of ours (ValueError, OSError), else the
     error's kind and the first line of the backend's message (an out-of-memory)."""
@@ -203,7 +216,7 @@ def run(args):
     for path in stems:  # each file once
         try:
             written = predict_file(model, path, palette, args, stems[path])
-        except Exception as error:  # also the backend's: out of GPU memory for one image
+        except _per_image_errors() as error:
             print(f"alignseg predict: skipping {path}: {_failure(error)}", file=sys.stderr)
             failures += 1
             continue

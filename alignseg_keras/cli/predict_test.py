@@ -372,9 +372,26 @@ def test_a_model_with_a_nan_weight_is_refused_not_scored(images, tmp_path, capsy
     bias.assign(np.array([np.nan, 0.0, 0.0], "float32"))
     path = tmp_path / "diverged.keras"
     model.save(path)
+    refusal = (f"{path}: its weight {bias.path} holds NaN or infinity (a diverged training "
+               "saved as it was, or a damaged conversion)")
     assert main(["predict", images[0], "--model", str(path), "--output", str(tmp_path / "o")]) == 2
-    assert (f"{path}: its weight {bias.path} holds NaN or infinity (a diverged training saved "
-            "as it was, or a damaged conversion)") in capsys.readouterr().err
+    assert refusal in capsys.readouterr().err
+    assert main(["export", str(path), str(tmp_path / "serving" / "1")]) == 2  # served alike
+    assert refusal in capsys.readouterr().err and not (tmp_path / "serving" / "1").exists()
+    assert main(["info", "--model", str(path), "--size", "64"]) == 0  # described, not refused
+
+
+def test_a_programming_error_stops_predict_with_its_traceback(model_path, images, tmp_path,
+                                                              monkeypatch):
+    # Only the errors one image may have alone are skipped; a bug would fail every image.
+    from alignseg_keras.cli import predict
+
+    def broken(*args):
+        raise AttributeError("'NoneType' object has no attribute 'shape'")
+
+    monkeypatch.setattr(predict, "predict_file", broken)
+    with pytest.raises(AttributeError, match="no attribute 'shape'"):
+        main(["predict", *images, "--model", model_path, "--output", str(tmp_path / "out")])
 
 
 def test_offsets_beside_benchmark_label_ids_get_a_note(model_path, images, tmp_path, capsys):

@@ -419,6 +419,12 @@ def test_files_that_differ_from_the_pattern_in_case_only_are_named(tmp_path, cap
     (tmp_path / "b_m.png").unlink()
     images, masks = pairs("*.[jJ][pP][gG]")
     assert [os.path.basename(path) for path in images + masks] == ["a.JPG", "a_m.png"]
+    # A folder in another case: the pattern suggested takes every letter in either case.
+    (tmp_path / "Shots").mkdir()
+    (tmp_path / "a.JPG").rename(tmp_path / "Shots" / "a.JPG")
+    with pytest.raises(FileNotFoundError, match=r"'.*/\[sS\]\[hH\]\[oO\]\[tT\]\[sS\]/"
+                                                r"\*.\[jJ\]\[pP\]\[gG\]' takes both"):
+        pairs("shots/*.jpg")
 
 
 @pytest.mark.parametrize("pattern, name, matches", [
