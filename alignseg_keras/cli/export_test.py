@@ -167,14 +167,29 @@ def test_the_format_follows_the_file_name_and_presets_are_models(tmp_path, monke
     from alignseg_keras import export
 
     exported = []
-    monkeypatch.setattr(export, "export_model", lambda model, path, format: exported.append(
-        (type(model).__name__, model.num_classes, format)))
+    monkeypatch.setattr(export, "export_model", lambda model, path, format, max_pixels:
+                        exported.append((type(model).__name__, model.num_classes, format)))
     preset = tmp_path / "preset"
     tiny_alignseg(num_classes=4).save_to_preset(preset)
     for name in ("m.onnx", "m.tflite", "alignseg/1"):
         assert main(["export", str(preset), str(tmp_path / name)]) == 0
     assert exported == [("AlignSeg", 4, "onnx"), ("AlignSeg", 4, "litert"),
                         ("AlignSeg", 4, "saved_model")]
+
+
+def test_the_request_limit_reaches_the_export(model_path, tmp_path, monkeypatch, capsys):
+    from alignseg_keras import export
+    from alignseg_keras.image_files import MAX_PIXELS
+
+    limits = []
+    monkeypatch.setattr(export, "export_model", lambda model, path, format, max_pixels:
+                        limits.append(max_pixels))
+    for option, limit in (([], MAX_PIXELS), (["--max-pixels", "0"], None),
+                          (["--max-pixels", "100000000"], 100000000)):
+        assert main(["export", model_path, str(tmp_path / "1"), *option]) == 0
+        assert limits.pop() == limit
+    assert main(["export", model_path, str(tmp_path / "1"), "--max-pixels", "-1"]) == 2
+    assert "--max-pixels must be 0 (no limit) or more; received -1." in capsys.readouterr().err
 
 
 def test_a_bfloat16_onnx_or_litert_export_is_refused(model_path, tmp_path, capsys):
