@@ -8,10 +8,10 @@ import sys
 import warnings
 
 import keras
-import numpy as np
 
 from alignseg_keras.atomic import atomic_path
 from alignseg_keras.atomic import move_aside
+from alignseg_keras.checks import first_non_finite_variable
 from alignseg_keras.optimizers import optimizer_step
 
 BACKUP_NAME = re.compile(r"^epoch-(\d+)\.keras$")
@@ -77,16 +77,15 @@ def check_finite_state(model):
     variables = list(model.variables)
     if model.optimizer is not None:
         variables += list(model.optimizer.variables)
-    for variable in variables:
-        value = keras.ops.convert_to_numpy(variable)
-        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
-            step = optimizer_step(model)
-            raise NonFiniteLossError(
-                f"Training stopped: {variable.path} became NaN or infinite by step {step} "
-                "(the loss was still finite: the training diverged). This state is not "
-                "saved.",
-                step=step,
-            )
+    path = first_non_finite_variable(variables)
+    if path is not None:
+        step = optimizer_step(model)
+        raise NonFiniteLossError(
+            f"Training stopped: {path} became NaN or infinite by step {step} "
+            "(the loss was still finite: the training diverged). This state is not "
+            "saved.",
+            step=step,
+        )
 
 
 class StopAtStep(keras.callbacks.Callback):

@@ -220,10 +220,16 @@ def first_non_finite_weight(model):
     first_non_finite_weight(model)  # "alignseg/head/classifier/bias", or None
     ```
     """
+    return first_non_finite_variable(getattr(model, "weights", ()))
+
+
+def first_non_finite_variable(variables):
+    """The path of the first of the Keras `variables` holding NaN or infinity, or None
+    (float variables of every width, bfloat16 among them; others are skipped)."""
     import keras
 
-    for variable in getattr(model, "weights", ()):
-        if not keras.backend.is_float_dtype(variable.dtype):  # bfloat16 is one
+    for variable in variables:
+        if not keras.backend.is_float_dtype(variable.dtype):
             continue
         value = np.asarray(keras.ops.convert_to_numpy(variable)).astype("float32")
         if not np.isfinite(value).all():
