@@ -38,7 +38,7 @@ def _replaced_entry(name):
 
 
 @contextlib.contextmanager
-def atomic_path(path):
+def atomic_path(path, remove_abandoned=False):
     """Yields a temporary path next to `path`; on success it replaces `path` in one step.
 
     The temporary file is in the same folder (so `os.replace` is atomic) and its
@@ -48,6 +48,15 @@ def atomic_path(path):
     disk and renamed over `path`; when it raises, the temporary file is removed
     and `path` is left as it was.
 
+    Args:
+        path: the file to write.
+        remove_abandoned: for files many processes may write in a shared folder
+            (exports): first remove the temporaries of `path` that killed writers
+            left (`_remove_abandoned`), and hold a lock on this writer's own
+            temporary while the block writes it (which tells a running writer's
+            from a killed one's). The temporary is created empty before the block,
+            so the block must write it in place (savers that open it for writing do).
+
     Example:
     ```python
     with atomic_path("runs/a/model.keras") as temporary:
@@ -55,8 +64,14 @@ def atomic_path(path):
     ```
     """
     path = pathlib.Path(path)
+    lock = None
+    if remove_abandoned:
+        _remove_abandoned(path.parent, path.name, kind="file")
     temporary = _temporary_name(path)
     try:
+        if remove_abandoned:
+            os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            lock = _locked_folder(temporary)
         yield temporary
         _fsync(temporary)
         os.replace(temporary, path)
@@ -64,6 +79,9 @@ def atomic_path(path):
         with contextlib.suppress(OSError):
             os.remove(temporary)
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
     _fsync(path.parent)
 
 
@@ -155,9 +173,9 @@ ABANDONED_AFTER_SECONDS = 60
 
 
 def _locked_folder(folder, blocking=True):
-    """Opens and `flock`s the folder; its descriptor, or None where it cannot be locked
-    (not POSIX, a file system without locks, or held by another process when not
-    `blocking`)."""
+    """Opens and `flock`s the folder (or file); its descriptor, or None where it cannot
+    be locked (not POSIX, a file system without locks, or held by another process when
+    not `blocking`)."""
     try:
         import fcntl
     except ImportError:
@@ -174,11 +192,11 @@ def _locked_folder(folder, blocking=True):
     return descriptor
 
 
-def _remove_abandoned(folder, name):
-    """Removes from `folder` the unfinished temporary folders that writers of `name`
-    killed before the end left there: those no process holds, unchanged for
-    `ABANDONED_AFTER_SECONDS`. Folders set aside by a replace (`_replaced_entry`)
-    are kept: they hold the last complete version."""
+def _remove_abandoned(folder, name, kind="folder"):
+    """Removes from `folder` the unfinished temporary folders (or files, `kind="file"`)
+    that writers of `name` killed before the end left there: those no process holds,
+    unchanged for `ABANDONED_AFTER_SECONDS`. Folders set aside by a replace
+    (`_replaced_entry`) are kept: they hold the last complete version."""
     import time
 
     try:
@@ -195,13 +213,18 @@ def _remove_abandoned(folder, name):
                 continue
         except OSError:
             continue
-        if os.path.islink(temporary) or not os.path.isdir(temporary):
+        is_kind = os.path.isdir if kind == "folder" else os.path.isfile
+        if os.path.islink(temporary) or not is_kind(temporary):
             continue
         lock = _locked_folder(temporary, blocking=False)
         if lock is None:  # a running writer's, or where nothing locks
             continue
         try:
-            shutil.rmtree(temporary, ignore_errors=True)
+            if kind == "folder":
+                shutil.rmtree(temporary, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.remove(temporary)
         finally:
             os.close(lock)
         if not os.path.lexists(temporary):

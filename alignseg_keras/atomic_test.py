@@ -7,6 +7,7 @@ import pytest
 
 from alignseg_keras.atomic import TEMP_PREFIX
 from alignseg_keras.atomic import atomic_folder
+from alignseg_keras.atomic import atomic_path
 from alignseg_keras.atomic import check_replaceable_folder
 from alignseg_keras.atomic import single_writer
 
@@ -294,6 +295,7 @@ def test_a_folder_inside_a_file_names_the_file(tmp_path):
 WRITER = """
 import sys, time
 from alignseg_keras.atomic import atomic_folder
+from alignseg_keras.atomic import atomic_path
 path, label = sys.argv[1], sys.argv[2]
 for count in range(40):
     with atomic_folder(path, ("model.pb", "variables"), ("model.pb",)) as temporary:
@@ -408,6 +410,7 @@ def test_a_lock_file_unlinked_by_its_holder_is_locked_again_as_it_is_now(tmp_pat
 EXPORTER = """
 import os, sys, time
 from alignseg_keras.atomic import atomic_folder
+from alignseg_keras.atomic import atomic_path
 if sys.argv[2] == "mount point":
     os.path.ismount = lambda folder: str(folder) == sys.argv[1]
 with atomic_folder(sys.argv[1], ("model.pb", "variables"), ("model.pb",)) as temporary:
@@ -464,6 +467,69 @@ def test_the_next_writer_removes_a_killed_writers_folder_not_a_running_ones(
         assert read_model(path) == ("new", "new")
         assert not killed_folder.exists()
         assert running_folder.exists() and fresh.exists()
+    finally:
+        running.send_signal(signal.SIGKILL)
+        running.wait()
+
+
+FILE_EXPORTER = """
+import sys, time
+from alignseg_keras.atomic import atomic_path
+with atomic_path(sys.argv[1], remove_abandoned=True) as temporary:
+    with open(temporary, "wb") as file:  # as savers write: in place, truncated
+        file.write(b"half")
+    print(temporary, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_the_next_exporter_removes_a_killed_exporters_file_not_a_running_ones(tmp_path):
+    # A killed ONNX or LiteRT export left its hidden file (the model's size) until removed
+    # by hand.
+    import signal
+    import subprocess
+    import sys
+
+    from alignseg_keras.atomic import ABANDONED_AFTER_SECONDS
+
+    path = tmp_path / "model.onnx"
+
+    def start_writer():
+        writer = subprocess.Popen([sys.executable, "-c", FILE_EXPORTER, str(path)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = writer.stdout.readline().strip()
+        assert line, writer.communicate()
+        return writer, pathlib.Path(line)
+
+    killed, killed_file = start_writer()
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    running, running_file = start_writer()
+    try:
+        fresh = killed_file.with_name(f"{TEMP_PREFIX}99999999-0123abcd-model.onnx")
+        fresh.write_bytes(b"")  # unheld but new: its writer may be about to lock it
+        other = killed_file.with_name(f"{TEMP_PREFIX}99999998-0123abcd-other.onnx")
+        other.write_bytes(b"")  # another export's
+        for file in (killed_file, running_file, other):
+            age(file, ABANDONED_AFTER_SECONDS + 1)
+        with pytest.warns(UserWarning) as warned:
+            with atomic_path(path, remove_abandoned=True) as temporary:
+                with open(temporary, "wb") as file:
+                    file.write(b"new")
+        removed = [str(w.message) for w in warned]
+        assert removed == [f"Removed {killed_file}: an unfinished model.onnx that a killed "
+                           "writer left."]
+        assert path.read_bytes() == b"new"
+        assert not killed_file.exists()
+        assert running_file.read_bytes() == b"half" and fresh.exists() and other.exists()
+        # Without the option (each picture of `alignseg predict`) no folder is listed.
+        age(running_file, 0)
+        running.send_signal(signal.SIGKILL)
+        running.wait()
+        age(running_file, ABANDONED_AFTER_SECONDS + 1)
+        with atomic_path(path) as temporary:
+            pathlib.Path(temporary).write_bytes(b"newer")
+        assert running_file.exists() and path.read_bytes() == b"newer"
     finally:
         running.send_signal(signal.SIGKILL)
         running.wait()

@@ -399,6 +399,6 @@ def export_model(model, path, format="saved_model", max_pixels=MAX_PIXELS):
     # TensorFlow's fused sampling kernel is a SavedModel op only: LiteRT has no builtin
     # for it, and ONNX Runtime (and its int8 quantisation) runs the gathers.
     # The file is written under a temporary name beside `path`, then renamed.
-    with portable_sampling(), atomic_path(path) as temporary:
+    with portable_sampling(), atomic_path(path, remove_abandoned=True) as temporary:
         model.export(str(temporary), format=format, input_signature=input_signature,
                      verbose=False)

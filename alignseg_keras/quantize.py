@@ -107,7 +107,7 @@ def quantize_onnx_int8(onnx_path, output_path, calibration_images, batch_size=1,
                          "the .onnx file of `export_model(..., format=\"onnx\")`.")
     input_name = model.graph.input[0].name
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-    with atomic_path(output_path) as temporary:
+    with atomic_path(output_path, remove_abandoned=True) as temporary:
         quantization.quantize_static(
             model,
             str(temporary),
