@@ -597,7 +597,9 @@ class AlignSeg(ImageSegmenter):
             num_classes: int or None. None keeps the preset directory's
                 classes (19 for a name; required for a backbone alone). A
                 different number loads every weight of the directory but the
-                heads', which start fresh, for fine-tuning on other classes.
+                heads' 1 x 1 classifiers, which start fresh, for fine-tuning on
+                other classes (as `convert.load_official_checkpoint` does; keras-hub
+                tasks drop all of their own weights there).
             load_weights: bool, load a preset directory's weights.
             **kwargs: `AlignSeg` arguments overriding the preset (for a
                 directory, those of the segmenter, e.g. `pad_to_multiple`;
@@ -655,21 +657,17 @@ class AlignSeg(ImageSegmenter):
         config["backbone"] = preset_files.load_backbone(directory, load_weights)
         config["num_classes"] = saved_classes if num_classes is None else num_classes
         model = cls.from_config(config)
-        if not load_weights or new_heads:
+        if not load_weights:
             return model
-        if config.get("deep_supervision") == saved_deep_supervision:
+        if not new_heads and config.get("deep_supervision") == saved_deep_supervision:
             preset_files.load_task_weights(model, directory)
             return model
-        # Keras' weights files match layers by class and order, not by name: with one
-        # head more or fewer, `head` would take the auxiliary head's weights. Load them
-        # into the model as saved, then copy the heads both have (an added auxiliary
-        # head starts fresh, as new heads do).
-        saved = cls.from_config({**config, "deep_supervision": saved_deep_supervision})
+        # Keras' weights files match layers by class and order, not by name, and need
+        # the saved shapes: load them into the model as saved, then copy what both have.
+        saved = cls.from_config({**config, "num_classes": saved_classes,
+                                 "deep_supervision": saved_deep_supervision})
         preset_files.load_task_weights(saved, directory)
-        for layer in saved.layers:
-            if layer.weights and layer is not saved.backbone and any(
-                    other.name == layer.name for other in model.layers):
-                model.get_layer(layer.name).set_weights(layer.get_weights())
+        _copy_task_weights(saved, model, keep_classifiers=not new_heads)
         return model
 
     def save_to_preset(self, directory, description=None):
@@ -744,6 +742,22 @@ class AlignSeg(ImageSegmenter):
         model = cls(**deserialized(config, ["backbone", "image_converter"]))
         freeze_layers(model, frozen)
         return model
+
+
+def _copy_task_weights(saved, model, keep_classifiers):
+    """Copies the weights of `saved`'s layers outside the backbone into `model`'s layers
+    of the same names. Without `keep_classifiers` (other classes), each head's 1 x 1
+    classifier keeps its fresh weights and its hidden convolution and norm are copied, as
+    `convert.load_official_checkpoint(num_classes=N)` loads the authors' heads. A head
+    `model` has and `saved` lacks (an added auxiliary head) keeps its fresh weights."""
+    names = {layer.name for layer in model.layers}
+    for layer in saved.layers:
+        if not layer.weights or layer is saved.backbone or layer.name not in names:
+            continue
+        target = model.get_layer(layer.name)
+        if not keep_classifiers and isinstance(layer, SegmentationHead):
+            layer, target = layer.hidden, target.hidden
+        target.set_weights(layer.get_weights())
 
 
 def _converter_overrides(saved_converter, overrides):
