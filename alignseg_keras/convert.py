@@ -285,6 +285,8 @@ def _to_numpy(value):
 
 
 def _torch_load(path):
+    import pickle
+
     try:
         import torch
     except ImportError as error:
@@ -292,13 +294,55 @@ def _torch_load(path):
     try:
         # weights_only=True: tensors and plain containers only, never arbitrary code.
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Unsupported global" not in str(error):  # not torch's refusal of other objects
+            raise ValueError(
+                f"Cannot read {path!r} as a PyTorch checkpoint (UnpicklingError: "
+                f"{_unpickler_reason(error)}): the file is damaged (an interrupted download "
+                "or copy?) or not a PyTorch checkpoint."
+            ) from error
+        raise ValueError(
+            f"Cannot read {path!r} as a PyTorch checkpoint of tensors: "
+            f"{_without_terminal_codes(error)}\nOnly tensors and plain containers are read "
+            "(weights_only=True); for a file you trust that holds other objects, torch.load "
+            "it yourself and pass its state_dict."
+        ) from error
     except Exception as error:  # torch raises many types for unreadable files
         raise ValueError(
             f"Cannot read {path!r} as a PyTorch checkpoint ({type(error).__name__}: "
-            f"{error})\nOnly tensors and plain containers are read (weights_only=True); "
-            "for a file you trust that holds other objects, torch.load it yourself and "
-            "pass its state_dict."
+            f"{_without_terminal_codes(error)}): the file is damaged (an interrupted "
+            "download or copy?) or not a PyTorch checkpoint."
         ) from error
+
+
+def _unpickler_reason(error):
+    """The line of torch's weights-only error that says what went wrong."""
+    lines = [line.strip() for line in _without_terminal_codes(error).splitlines()]
+    for index, line in enumerate(lines):
+        if line.startswith("WeightsUnpickler error:"):
+            reason = line.partition(":")[2].strip() or next(
+                (later for later in lines[index + 1:] if later), "")
+            if reason:
+                return reason
+    return lines[0] if lines else type(error).__name__
+
+
+def _without_terminal_codes(error):
+    """The text of `error` without the terminal's colour codes torch puts in some."""
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+
+
+def _is_torch_zip(path):
+    """Whether `path` is a zip written by `torch.save` (it holds a `data.pkl`)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("data.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def _npz_load(path):
@@ -332,7 +376,8 @@ def read_state_dict(source):
         path = os.fspath(source)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"No checkpoint file at {path!r}.")
-        if path.endswith(".npz"):
+        # By content: a torch.save file renamed .npz read as an archive of 558 byte arrays.
+        if path.endswith(".npz") and not _is_torch_zip(path):
             source = _npz_load(path)
         else:
             source = _torch_load(path)
@@ -341,13 +386,34 @@ def read_state_dict(source):
             "A checkpoint must be a path or a dict of name -> array; "
             f"received {type(source).__name__}."
         )
-    for wrapper in ("state_dict", "model"):
-        if isinstance(source.get(wrapper), dict):
-            source = source[wrapper]
-            break
+    source = _unwrapped(source)
     if source and all(str(name).startswith("module.") for name in source):
         source = {name[len("module."):]: value for name, value in source.items()}
     return {str(name): _to_numpy(value) for name, value in source.items()}
+
+
+def _unwrapped(checkpoint):
+    """The dict of tensors inside a training script's checkpoint: under `state_dict` or
+    `model`, or the one value that is a dict of tensors (`{"epoch": 9, "net": {...}}`)."""
+    for wrapper in ("state_dict", "model"):
+        if isinstance(checkpoint.get(wrapper), dict):
+            return checkpoint[wrapper]
+    if any(_is_tensor(value) and np.ndim(_to_numpy(value)) for value in checkpoint.values()):
+        return checkpoint  # tensors at the top: the state dict itself
+    wrapped = [key for key, value in checkpoint.items() if isinstance(value, dict) and value
+               and all(_is_tensor(item) for item in value.values())]
+    if len(wrapped) == 1:
+        return checkpoint[wrapped[0]]
+    if len(wrapped) > 1:
+        raise ValueError(
+            f"The checkpoint holds several dicts of tensors ({', '.join(map(repr, wrapped))}); "
+            "pass the one to convert: read_state_dict(torch.load(path, map_location=\"cpu\", "
+            "weights_only=True)[key]).")
+    return checkpoint
+
+
+def _is_tensor(value):
+    return hasattr(value, "detach") or isinstance(value, np.ndarray)
 
 
 def infer_depth(state_dict):
@@ -374,11 +440,15 @@ class ConversionReport:
         negative_weights: dict of normalisation layer (PyTorch name) -> the
             number of its `weight` entries that are negative; InPlaceABN uses
             their absolute value, and so does the converted `gamma`.
+        fresh_classifiers: tuple of the classifiers (`head.3`, `dsn.3`) left
+            freshly initialised for another class count, and the checkpoint's
+            class count first: `(19, "head.3", "dsn.3")`; empty when loaded.
     """
 
     loaded: int
     ignored: tuple
     negative_weights: dict
+    fresh_classifiers: tuple = ()
 
     @property
     def negative_count(self):
@@ -393,7 +463,13 @@ class ConversionReport:
         )
         if self.ignored:
             text += f"; ignored {len(self.ignored)} ({_summarise(self.ignored)})"
-        return text + "."
+        text += "."
+        if self.fresh_classifiers:
+            classes, *names = self.fresh_classifiers
+            held = "" if classes is None else f" (the checkpoint has {classes} classes)"
+            text += (f" The classifiers {' and '.join(names)} were not loaded{held}: they "
+                     "start freshly initialised, for fine-tuning on other classes.")
+        return text
 
 
 def _summarise(names, listed=4):
@@ -434,8 +510,18 @@ def _check_model_covered(weight_map, variables, preset, whole_model=True):
         )
 
 
+# The names each section of a mismatch lists at most (a checkpoint of another network
+# would list them all: 700 lines).
+LISTED_NAMES = 40
+
+
 def _mismatch_report(state_dict, expected_shapes, optional):
     """Missing, unexpected, mis-shaped and non-finite tensors, formatted; None when all match."""
+    if state_dict and not any(name in state_dict for name in expected_shapes):
+        names = list(state_dict)
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        return (f"none of its {len(names)} names is one of the {len(expected_shapes)} "
+                f"tensors expected (its names: {shown})")
     missing = [name for name in expected_shapes if name not in state_dict]
     unexpected = [
         name for name in state_dict if name not in expected_shapes and name not in optional
@@ -453,7 +539,7 @@ def _mismatch_report(state_dict, expected_shapes, optional):
         and not np.all(np.isfinite(state_dict[name]))
     ]
     sections = [
-        f"{label} ({len(items)}):\n    " + "\n    ".join(items)
+        f"{label} ({len(items)}):\n    " + "\n    ".join(_first_listed(items))
         for label, items in (
             ("missing", missing),
             ("unexpected", unexpected),
@@ -463,6 +549,12 @@ def _mismatch_report(state_dict, expected_shapes, optional):
         if items
     ]
     return "\n  ".join(sections) if sections else None
+
+
+def _first_listed(items):
+    if len(items) <= LISTED_NAMES:
+        return items
+    return [*items[:LISTED_NAMES], f"... and {len(items) - LISTED_NAMES} more"]
 
 
 def _assign_strictly(variables, state_dict, weight_map, optional, target, hint=""):
@@ -526,7 +618,9 @@ def load_official_checkpoint(
         verbose: bool, print the `ConversionReport` (tensors loaded, negative
             normalisation weights, ignored names).
         **model_kwargs: `AlignSeg` arguments overriding the preset, e.g.
-            `pad_to_multiple=32` or, for fine-tuning, `alignment="standard"`.
+            `pad_to_multiple=32` or, for fine-tuning, `alignment="standard"`;
+            `deep_supervision=False` builds an inference model without the
+            auxiliary head (the checkpoint's `dsn.*` are then ignored).
             Arguments that change the weights' shapes make loading fail.
 
     Returns:
@@ -583,20 +677,28 @@ def load_official_weights(model, source, skip_classifiers=False):
     state_dict = read_state_dict(source)
     depth = _model_depth(model)
     weight_map = official_weight_map(depth)
+    optional = set(_batch_counters(official_module_map(depth)))
+    if not getattr(model, "deep_supervision", True):  # an inference model: no auxiliary head
+        weight_map = {n: p for n, p in weight_map.items() if not n.startswith("dsn.")}
+        optional |= {name for name in state_dict if name.startswith("dsn.")}
     variables = _model_variables(model)
     _check_model_covered(weight_map, variables, OFFICIAL_PRESETS[depth])
-    optional = set(_batch_counters(official_module_map(depth)))
+    fresh = ()
     if skip_classifiers:
+        fresh = tuple(name for name in CLASSIFIERS if f"{name}.weight" in weight_map)
+        fresh = (infer_num_classes(state_dict), *fresh)
         weight_map = {n: p for n, p in weight_map.items() if not _is_classifier(n)}
         optional |= {name for name in state_dict if _is_classifier(name)}
     target = f"{OFFICIAL_PRESETS[depth]} with {model.num_classes} classes"
     hint = ""
-    if not any(name.startswith(("head.", "dsn.")) for name in state_dict):
+    if (not any(name.startswith(("head.", "dsn.")) for name in state_dict)
+            and any(name.startswith("layer3.") for name in state_dict)):
         hint = (
             "\nThis checkpoint has no AlignSeg heads (head.*, dsn.*): for the authors' "
             "ImageNet backbone use load_backbone_checkpoint (alignseg convert --backbone-only)."
         )
-    return _assign_strictly(variables, state_dict, weight_map, optional, target, hint)
+    report = _assign_strictly(variables, state_dict, weight_map, optional, target, hint)
+    return dataclasses.replace(report, fresh_classifiers=fresh)
 
 
 def load_backbone_checkpoint(

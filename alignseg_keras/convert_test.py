@@ -146,6 +146,41 @@ def test_ddp_prefix_and_state_dict_wrapper_are_removed(r50_state, r50_model):
     )
 
 
+def test_a_training_scripts_wrapper_is_unwrapped_or_named(r50_state, r50_model):
+    # `{"epoch": ..., "model_state": ...}` gave 725 lines naming the default network
+    # (ResNet-101) and a wrong --backbone-only hint.
+    wrapped = {"epoch": np.array(120000), "model_state": dict(r50_state)}
+    assert convert.read_state_dict(wrapped).keys() == r50_state.keys()
+    assert convert.encoder_architecture(convert.load_official_checkpoint(wrapped)) == "resnet50_deepstem"
+    with pytest.raises(ValueError, match=r"several dicts of tensors \('net', 'ema'\); pass the one"):
+        convert.read_state_dict({"net": dict(r50_state), "ema": dict(r50_state)})
+    # A checkpoint of another network: a short error, not 700 missing names.
+    other = {f"encoder.block{index}.weight": np.zeros((2, 2), "float32") for index in range(9)}
+    with pytest.raises(ValueError) as info:
+        convert.load_official_weights(r50_model, other)
+    message = str(info.value)
+    assert "none of its 9 names is one of the 464 tensors expected (its names: " in message
+    assert "encoder.block0.weight, " in message and "--backbone-only" not in message
+    assert len(message.splitlines()) == 2
+
+
+def test_long_mismatch_lists_are_cut(r50_state, r50_model):
+    state = {name: value for name, value in r50_state.items() if not name.startswith("layer3.")}
+    with pytest.raises(ValueError) as info:
+        convert.load_official_weights(r50_model, state)
+    missing = sum(name.startswith("layer3.") and not name.endswith("num_batches_tracked")
+                  for name in r50_state)
+    assert f"missing ({missing}):" in str(info.value)
+    assert f"... and {missing - convert.LISTED_NAMES} more" in str(info.value)
+
+
+def test_an_inference_model_without_the_auxiliary_head_loads_the_rest(r50_state, r50_model):
+    model = convert.load_official_checkpoint(r50_state, deep_supervision=False)
+    assert [layer.name for layer in model.layers if layer.name == "auxiliary_head"] == []
+    image = np.random.default_rng(0).uniform(0, 255, (1, 40, 56, 3)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(model(image)), np.asarray(r50_model(image)))
+
+
 def test_missing_unexpected_and_misshaped_keys_are_listed_in_one_error(r50_state, r50_model):
     state = random_state_dict(50, seed=6)
     del state["CAB4.delta_gen1.2.weight"]
@@ -204,6 +239,15 @@ def test_npz_files_and_bad_sources(tmp_path, r50_state):
     np.savez(objects, names=np.array([{"a": 1}], dtype=object))
     with pytest.raises(ValueError, match=r"Cannot read .*objects.npz.*allow_pickle"):
         convert.read_state_dict(objects)
+    torch = pytest.importorskip("torch")
+    renamed = tmp_path / "saved_by_torch.npz"  # read as an archive of 500 byte arrays
+    torch.save({"bn1.running_mean": torch.zeros(3)}, renamed)
+    assert list(convert.read_state_dict(renamed)) == ["bn1.running_mean"]
+    text = tmp_path / "notes.pth"
+    text.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match=r"notes.pth' as a PyTorch checkpoint \(.*\): the file is "
+                                         r"damaged .* or not a PyTorch checkpoint\.$"):
+        convert.read_state_dict(text)
     with pytest.raises(ValueError, match="dict of name -> array; received list"):
         convert.read_state_dict([1, 2])
     with pytest.raises(ValueError, match="`preset` must be one of"):

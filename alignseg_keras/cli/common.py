@@ -6,6 +6,7 @@ signatures and module constants), never restated here: `alignseg train
 `OhemCrossEntropy` and the inference functions use.
 """
 
+import contextlib
 import glob
 import inspect
 import os
@@ -523,3 +524,33 @@ def prepare_output_file(path, option):
         raise ValueError(f"{option} {path} is a folder; give a file name.")
     prepare_output_dir(os.path.dirname(path) or ".", f"the folder of {option}")
     return path
+
+
+def missing_folders(path):
+    """`path` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def remove_empty_folders(folders):
+    """Removes the folders (deepest first) that are empty, stopping at the first that is not."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+
+
+@contextlib.contextmanager
+def new_folders_removed_if_empty(path):
+    """Removes, when the block ends, the folders of `path` it made that are still empty
+    (a command that failed before writing its output leaves no empty folders)."""
+    new_folders = missing_folders(path)
+    try:
+        yield
+    finally:
+        remove_empty_folders(new_folders)

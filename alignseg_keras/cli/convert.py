@@ -46,7 +46,16 @@ def add_parser(subparsers):
 
 
 def run(args):
+    from alignseg_keras.cli.common import new_folders_removed_if_empty
+
+    # Folders made for --output go again when the conversion fails (a wrong checkpoint).
+    with new_folders_removed_if_empty(os.path.dirname(os.path.abspath(args.output))):
+        return _convert(args)
+
+
+def _convert(args):
     from alignseg_keras.callbacks import save_model
+    from alignseg_keras.checks import check_class_count
     from alignseg_keras.cli.common import prepare_output_file
     from alignseg_keras.convert import encoder_architecture
     from alignseg_keras.convert import load_backbone_checkpoint
@@ -54,13 +63,20 @@ def run(args):
     from alignseg_keras.models.preset_files import check_preset_directory_name
 
     as_keras_file = args.output.endswith(".keras")
+    if args.output.lower().endswith(".keras") and not as_keras_file:
+        raise ValueError(f"--output {args.output!r}: a .keras file's name ends with .keras in "
+                         "lower case (Keras reads no other); a preset directory's name has "
+                         "no extension.")
     if as_keras_file:
         prepare_output_file(args.output, "--output")
     else:
         check_preset_directory_name(args.output, "--output", hint=", or a .keras file name")
         check_preset_output(args.output)
-    if args.num_classes is not None and args.num_classes < 1:
-        raise ValueError(f"--num-classes must be positive; received {args.num_classes}.")
+    if args.num_classes is not None:  # before reading the checkpoint
+        try:
+            check_class_count(args.num_classes)
+        except ValueError as error:
+            raise ValueError(f"--num-classes {args.num_classes}: {error}") from None
     try:
         if args.backbone_only:
             model = load_backbone_checkpoint(

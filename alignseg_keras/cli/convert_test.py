@@ -19,6 +19,9 @@ def test_convert_with_new_classes_writes_a_keras_model_of_the_checkpoint(tmp_pat
     assert main(arguments) == 0
     out = capsys.readouterr().out
     assert "resnet50_deepstem, 5 classes" in out
+    # Said in words, not only as "2 weight, 2 bias" among the ignored names.
+    assert ("The classifiers head.3 and dsn.3 were not loaded (the checkpoint has 19 classes): "
+            "they start freshly initialised") in out
     negative = sum(int((a < 0).sum()) for n, a in state.items() if is_norm_weight(n, a.shape))
     assert f"(gamma = |w| + 1e-05): {negative} negative" in out
     model = keras.saving.load_model(output)
@@ -63,4 +66,14 @@ def test_convert_reports_bad_arguments(tmp_path, capsys):
     assert "m.h5' ends with .h5, a model file's extension" in capsys.readouterr().err
     output = str(tmp_path / "m.keras")
     assert main(["convert", str(missing), "--output", output, "--num-classes", "0"]) == 2
-    assert "--num-classes must be positive" in capsys.readouterr().err
+    assert "--num-classes 0: `num_classes` must be at least 2" in capsys.readouterr().err
+    # Refused before the checkpoint is read (it was read first: 191 MB for a ResNet-50).
+    assert main(["convert", str(missing), "--output", output, "--num-classes", "1"]) == 2
+    assert "--num-classes 1: `num_classes=1`: a softmax" in capsys.readouterr().err
+    assert main(["convert", str(missing), "--output", str(tmp_path / "M.KERAS")]) == 2
+    assert "ends with .keras in lower case" in capsys.readouterr().err
+    # Folders made for the output go again when the checkpoint cannot be read.
+    deep = tmp_path / "new" / "sub" / "m.keras"
+    assert main(["convert", str(missing), "--output", str(deep)]) == 2
+    assert "No checkpoint file at" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()

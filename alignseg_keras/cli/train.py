@@ -498,9 +498,11 @@ def run(args):
 
     from alignseg_keras import multiprocess
     from alignseg_keras.atomic import single_writer
+    from alignseg_keras.cli.common import missing_folders
+    from alignseg_keras.cli.common import remove_empty_folders
 
     _check_arguments(args)
-    new_folders = _missing_folders(args.output_dir)
+    new_folders = missing_folders(args.output_dir)
     final_path = _prepare_output(args)
     keras.utils.set_random_seed(args.seed)
     multiprocess.start_data_parallel(args)  # joins a JAX job first: before any computation
@@ -520,26 +522,7 @@ def run(args):
             multiprocess.raise_if_chief_refused(refusal)
             return _run_in_output_folder(args, final_path)
     finally:
-        _remove_empty(new_folders[1:])
-
-
-def _missing_folders(path):
-    """`path` and those of its parents that do not exist yet, deepest first."""
-    missing = []
-    path = os.path.abspath(path)
-    while not os.path.exists(path) and os.path.dirname(path) != path:
-        missing.append(path)
-        path = os.path.dirname(path)
-    return missing
-
-
-def _remove_empty(folders):
-    """Removes the folders (deepest first) that are empty, stopping at the first that is not."""
-    for folder in folders:
-        try:
-            os.rmdir(folder)
-        except OSError:
-            return
+        remove_empty_folders(new_folders[1:])
 
 
 def _run_in_output_folder(args, final_path):

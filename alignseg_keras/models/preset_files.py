@@ -86,6 +86,23 @@ def check_preset_directory_name(directory, what="the preset directory", hint="")
     return directory
 
 
+def warn_if_registered_name(directory):
+    """Warns when the preset directory's name is a registered preset's: `from_preset`
+    of that name would load the directory where it is found (run in its parent folder)
+    and the registered architecture elsewhere."""
+    import warnings
+
+    from alignseg_keras.models.presets import PRESETS
+
+    name = os.path.basename(os.path.abspath(os.fspath(directory)))
+    if name in PRESETS:
+        warnings.warn(
+            f"The preset directory {os.fspath(directory)!r} has the name of the registered "
+            f"preset {name!r}: from_preset({name!r}) loads this directory when run in its "
+            "parent folder, and the registered architecture without weights elsewhere. "
+            "Another name avoids the ambiguity.", stacklevel=3)
+
+
 def save_task_preset(task, directory, description=None):
     """Writes `task` (an `AlignSeg`) and its backbone to a preset directory.
 
@@ -97,6 +114,7 @@ def save_task_preset(task, directory, description=None):
     """
     check_preset_directory_name(directory)
     check_preset_directory(directory)
+    warn_if_registered_name(directory)
     with atomic_folder(directory, PRESET_FILES, PRESET_REQUIRED) as temporary:
         backbone = task.backbone
         _write_json(temporary / CONFIG_FILE, keras.saving.serialize_keras_object(backbone))

@@ -1,5 +1,6 @@
 import json
 import pathlib
+import warnings
 
 import keras
 import numpy as np
@@ -356,3 +357,16 @@ def test_a_backbone_preset_replaces_no_other_files(saved, tmp_path):
     model.backbone.save_to_preset(alone)
     with pytest.raises(ValueError, match=r"but no task.json"):  # a whole model over it
         model.save_to_preset(alone)
+
+
+def test_a_preset_directory_named_as_a_registered_preset_is_warned_about(saved, tmp_path):
+    # `from_preset(name)` then loaded the directory in its parent folder and the registered
+    # architecture (without weights) elsewhere, silently.
+    model, _ = saved
+    with pytest.warns(UserWarning, match="has the name of the registered preset "
+                                         "'alignseg_resnet18_small'"):
+        model.save_to_preset(tmp_path / "alignseg_resnet18_small")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.save_to_preset(tmp_path / "my_small")
+    assert not [w for w in caught if "registered preset" in str(w.message)]
