@@ -401,6 +401,31 @@ class AlignSeg(ImageSegmenter):
             return outputs[LOGITS]
         return outputs
 
+    def load_weights(self, filepath, skip_mismatch=False, **kwargs):
+        """Keras' `load_weights`, each head taking its own weights.
+
+        A file of the model with deep supervision (two heads) loads into one
+        without (or back): Keras' weights files match layers by class and
+        order, not by name, so `head` took the auxiliary head's weights,
+        silently. The file is loaded into a model with the file's heads, and
+        each weight copied by name; an added auxiliary head keeps its fresh
+        weights.
+
+        Example:
+        ```python
+        deploy = AlignSeg(19, backbone="resnet18", deep_supervision=False)
+        deploy.load_weights("trained.weights.h5")  # saved with deep supervision
+        ```
+        """
+        saved_heads = preset_files.saved_head_count(filepath)
+        if saved_heads in (None, 1 + self.deep_supervision):
+            return super().load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
+        twin = type(self).from_config({**self.get_config(), "deep_supervision": saved_heads == 2})
+        twin.load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
+        self.backbone.set_weights(twin.backbone.get_weights())
+        _copy_task_weights(twin, self, keep_classifiers=True)
+        return None
+
     def compile(
         self,
         optimizer=None,

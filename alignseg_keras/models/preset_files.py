@@ -234,6 +234,35 @@ def _weights_file_errors(path):
         ) from error
 
 
+def saved_head_count(filepath):
+    """The number of `SegmentationHead`s an AlignSeg's `.weights.h5` or `.keras` file holds
+    (2 with deep supervision), or None where it cannot be told (another layout or model)."""
+    import re
+    import zipfile
+
+    path = os.fspath(filepath)
+    try:
+        if path.endswith(".keras"):
+            with zipfile.ZipFile(path) as archive:
+                config = json.loads(archive.read("config.json"))
+            if config.get("class_name") != "AlignSeg":
+                return None
+            return 1 + bool(config.get("config", {}).get("deep_supervision", True))
+        if path.endswith(".weights.h5"):
+            import h5py
+
+            with h5py.File(path, "r") as file:
+                layers = file.get("layers")
+                if layers is None:
+                    return None
+                count = sum(re.fullmatch(r"segmentation_head(_[0-9]+)?", name) is not None
+                            for name in layers)
+            return count or None
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None  # Keras' own loading names the damaged file
+    return None
+
+
 def load_metadata(directory):
     """The preset's `metadata.json` as a dict."""
     return _read_json(directory, METADATA_FILE)

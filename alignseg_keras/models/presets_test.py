@@ -116,6 +116,29 @@ def test_turning_deep_supervision_off_or_on_keeps_each_head_its_weights(saved, t
     np.testing.assert_array_equal(with_again.predict(IMAGES, verbose=0), model.predict(IMAGES, verbose=0))
 
 
+@pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
+def test_load_weights_gives_each_head_its_own_across_deep_supervision(saved, tmp_path, suffix):
+    # A training model's weights file loaded into an inference model: `head` took the
+    # auxiliary head's weights, silently (logits off by up to 734 in the review's model).
+    model, _ = saved
+    path = tmp_path / f"trained{suffix}"
+    model.save_weights(path) if suffix == ".weights.h5" else model.save(path)
+    config = {**model.get_config(), "deep_supervision": False}
+    deploy = AlignSeg.from_config(config)
+    deploy.load_weights(path)
+    assert_same_weights(deploy.get_layer("head"), model.get_layer("head"))
+    assert_same_weights(deploy.backbone, model.backbone)
+    np.testing.assert_array_equal(deploy.predict(IMAGES, verbose=0), model.predict(IMAGES, verbose=0))
+    # And back: the auxiliary head the file lacks keeps its fresh weights.
+    deploy.save_weights(tmp_path / "deploy.weights.h5")
+    again = AlignSeg.from_config(model.get_config())
+    fresh = weights_of(again.get_layer("auxiliary_head"))
+    again.load_weights(tmp_path / "deploy.weights.h5")
+    assert_same_weights(again.get_layer("head"), model.get_layer("head"))
+    for kept, before in zip(weights_of(again.get_layer("auxiliary_head")), fresh, strict=True):
+        np.testing.assert_array_equal(kept, before)
+
+
 def test_a_failed_write_leaves_the_previous_preset(saved, tmp_path, monkeypatch):
     model, _ = saved
     directory = tmp_path / "preset"
