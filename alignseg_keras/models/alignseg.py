@@ -401,6 +401,21 @@ class AlignSeg(ImageSegmenter):
             return outputs[LOGITS]
         return outputs
 
+    def compute_output_spec(self, inputs, training=None, mask=None):
+        """The logits' spec, for the model called on `keras.Input`s (nested in another
+        model). A model with deep supervision is refused there: it returns the dict of
+        both heads' logits in training and the logits alone otherwise, which a model
+        around it cannot follow (its `predict` failed inside Keras, and its `fit` trained
+        the auxiliary head alone)."""
+        if self.deep_supervision:
+            raise ValueError(
+                f"{self.name} has deep supervision (two heads' logits in training, one "
+                "otherwise) and cannot be called inside another model. Build it with "
+                "`deep_supervision=False` to nest it: AlignSeg(..., deep_supervision=False), "
+                "AlignSeg.from_preset(..., deep_supervision=False), or load a trained "
+                "model's weights into one with `load_weights`.")
+        return super().compute_output_spec(inputs, training=training, mask=mask)
+
     def load_weights(self, filepath, skip_mismatch=False, **kwargs):
         """Keras' `load_weights`, each head taking its own weights.
 

@@ -168,3 +168,23 @@ def test_an_automatic_sync_batchnorm_is_saved_as_automatic(monkeypatch, tmp_path
     assert not restored.sync_batchnorm and synchronized(restored) == {False}
     explicit = AlignSeg.from_config({**model.get_config(), "sync_batchnorm": True})
     assert synchronized(explicit) == {True}
+
+
+def test_nested_in_another_model_without_deep_supervision_only():
+    # With deep supervision the outer model's `predict` failed inside Keras ("Output with
+    # path `` is not connected to `inputs`"); with this spec returning the logits alone,
+    # its `fit` trained the auxiliary head alone (the first of the flattened dict).
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype("uint8")
+    labels = np.random.default_rng(1).integers(0, 3, (2, 32, 32)).astype("int32")
+    inputs = keras.Input((32, 32, 3))
+    with pytest.raises(ValueError, match="has deep supervision .* deep_supervision=False"):
+        tiny_alignseg(num_classes=3)(inputs)
+    model = tiny_alignseg(num_classes=3, deep_supervision=False)
+    outer = keras.Model(inputs, keras.layers.Softmax()(model(inputs)))
+    np.testing.assert_allclose(outer.predict(images, verbose=0),
+                               keras.ops.softmax(model.predict(images, verbose=0)), atol=1e-6)
+    outer.compile("sgd", keras.losses.SparseCategoricalCrossentropy())
+    before = [np.asarray(weight) for weight in model.get_layer("head").weights]
+    outer.fit(images, labels, epochs=1, verbose=0)
+    assert any(not np.array_equal(np.asarray(weight), old)
+               for weight, old in zip(model.get_layer("head").weights, before))
