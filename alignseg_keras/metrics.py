@@ -93,6 +93,29 @@ def _static_shape(x):
     return tuple(None if d is None else int(d) for d in x.shape)
 
 
+def _without_zero_weights(labelled, sample_weight, metric_name):
+    """`labelled` without the pixels whose sample weight is 0 (Keras' `MeanIoU` leaves
+    them out too); the weights are per image `(B,)` or per pixel `(B, H, W)` or
+    `(B, H, W, 1)`."""
+    if sample_weight is None:
+        return labelled
+    weight = ops.convert_to_tensor(sample_weight)
+    shape, pixels = _static_shape(weight), _static_shape(labelled)
+    if len(shape) == 4 and shape[-1] == 1:
+        weight = ops.squeeze(weight, axis=-1)
+    elif len(shape) in (1, 2) and (len(shape) == 1 or shape[-1] == 1):
+        weight = ops.reshape(weight, (-1, 1, 1))  # one weight per image
+    elif len(shape) != 3:
+        raise ValueError(f"{metric_name}: sample_weight must have shape (batch,) or "
+                         f"(batch, height, width); received shape {shape}.")
+    known = _static_shape(weight)
+    if any(size not in (None, 1, pixel) and pixel is not None
+           for size, pixel in zip(known, pixels)):
+        raise ValueError(f"{metric_name}: sample_weight of shape {shape} does not match the "
+                         f"labels' {pixels}; give one weight per image or per labelled pixel.")
+    return ops.logical_and(labelled, ops.broadcast_to(ops.not_equal(weight, 0), ops.shape(labelled)))
+
+
 def _class_ids(y_true, y_pred, num_classes, metric_name):
     """Labels and predicted ids, both `(B, H, W)` int32; ValueError on bad shapes."""
     if isinstance(y_pred, dict):
@@ -229,10 +252,13 @@ class _ConfusionMetric(keras.metrics.Metric):
         return None
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        """Adds a batch. `sample_weight` is not supported and ignored, as pixels are counted."""
+        """Adds a batch. Pixels of `sample_weight` 0 (per image `(B,)` or per pixel
+        `(B, H, W)`) are not counted, as ignored ones; any other weight counts a pixel
+        once (the IoU counts pixels, as the official evaluation does)."""
         labels, predictions = _class_ids(y_true, y_pred, self.num_classes, type(self).__name__)
         classes = self.num_classes
         labelled = ops.logical_and(_in_range(labels, classes), labels != self.ignore_index)
+        labelled = _without_zero_weights(labelled, sample_weight, type(self).__name__)
         region = self._region(labels)
         if region is not None:
             labelled = ops.logical_and(labelled, region)
@@ -557,10 +583,12 @@ class BoundaryIoU(keras.metrics.Metric):
         return dilation
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        """Adds a batch. `sample_weight` is not supported and ignored, as pixels are counted."""
+        """Adds a batch. Pixels of `sample_weight` 0 are ignored pixels; any other weight
+        counts a pixel once (as `MeanIoU`)."""
         labels, predictions = _class_ids(y_true, y_pred, self.num_classes, "BoundaryIoU")
         dilation = self._dilation_for(labels)
         labelled = ops.logical_and(_in_range(labels, self.num_classes), labels != self.ignore_index)
+        labelled = _without_zero_weights(labelled, sample_weight, "BoundaryIoU")
         # Ignored pixels are background in both maps: the bands then depend only on what
         # is predicted at labelled pixels, as every count does.
         predicted = ops.logical_and(_in_range(predictions, self.num_classes), labelled)

@@ -579,3 +579,31 @@ def test_pixel_accuracy_with_no_pixel_counted_is_nan_as_the_ious():
     assert np.isnan(metric.per_class_iou()).all()
     metric.update_state(np.zeros((1, 2, 2)), np.zeros((1, 2, 2), "int64"))
     assert metric.counted_pixels() == 4 and metric.pixel_accuracy() == 1.0
+
+
+def test_pixels_of_weight_zero_are_not_counted_as_keras_mean_iou_does():
+    # The weights were ignored: a 0/1 validity mask as sample_weight left the mIoU unchanged
+    # while the loss moved.
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 4, (3, 9, 11))
+    predictions = np.where(rng.random((3, 9, 11)) < 0.6, labels, rng.integers(0, 4, (3, 9, 11)))
+    mask = (rng.random((3, 9, 11)) < 0.7).astype("float32")
+    for weight in (mask, mask[..., None], np.array([1.0, 0.0, 1.0], "float32")):
+        reference = keras.metrics.MeanIoU(num_classes=4)  # Keras', independent of ours
+        per_pixel = {1: weight[:, None, None], 3: weight, 4: weight[..., 0]}[weight.ndim]
+        reference.update_state(labels, predictions,  # it takes per-pixel weights only
+                               sample_weight=np.broadcast_to(per_pixel, labels.shape))
+        ours = MeanIoU(num_classes=4)
+        ours.update_state(labels, predictions, sample_weight=weight)
+        np.testing.assert_allclose(float(ours.result()), float(reference.result()), rtol=1e-6)
+    # Any other weight counts a pixel once; weight 0 is an ignored pixel for BoundaryIoU too.
+    weighted, plain = MeanIoU(num_classes=4), MeanIoU(num_classes=4)
+    weighted.update_state(labels, predictions, sample_weight=mask * 3.5)
+    plain.update_state(np.where(mask > 0, labels, 255), predictions)
+    np.testing.assert_array_equal(weighted.confusion_matrix(), plain.confusion_matrix())
+    weighted, plain = BoundaryIoU(num_classes=4), BoundaryIoU(num_classes=4)
+    weighted.update_state(labels, predictions, sample_weight=mask)
+    plain.update_state(np.where(mask > 0, labels, 255), predictions)
+    assert float(weighted.result()) == float(plain.result())
+    with pytest.raises(ValueError, match=r"sample_weight of shape \(3, 9, 10\) does not match"):
+        MeanIoU(num_classes=4).update_state(labels, predictions, sample_weight=mask[..., :10])
