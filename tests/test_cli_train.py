@@ -286,6 +286,12 @@ def test_a_resume_with_another_checkpoint_interval_ends_at_the_requested_step(
         main(["train", *TINY, "--steps", "4", "--checkpoint-every", "1", "--output-dir", output])
     monkeypatch.undo()
     capsys.readouterr()
+    # A --steps below the 2 done is refused and changes nothing (it ended the run there).
+    backups = sorted(os.listdir(os.path.join(output, "backup")))
+    assert main(["train", *TINY, "--steps", "1", "--output-dir", output]) == 2
+    assert "--steps 1 is below the 2 steps done" in capsys.readouterr().err
+    assert sorted(os.listdir(os.path.join(output, "backup"))) == backups
+    assert not os.path.exists(os.path.join(output, "model.keras"))
     # Epoch-counted, 2 backups of --checkpoint-every 3 would be 6 steps: the old plan ran none.
     assert main(["train", *TINY, "--steps", "4", "--checkpoint-every", "3",
                  "--output-dir", output]) == 0

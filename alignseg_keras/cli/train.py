@@ -438,10 +438,15 @@ def _check_and_record_data(args, pairs, resumed):
 
 
 def _resume_message(restored, steps_done, total_steps):
-    message = f"Resuming from {restored}: {steps_done} of {total_steps} steps done."
+    """What a resume says; a ValueError (the backups kept) when --steps is below the steps
+    done: the run ended there, saved as finished, and the right --steps was refused."""
     if steps_done > total_steps:
-        message += f" That is more than --steps {total_steps}: nothing more is trained."
-    return message
+        raise ValueError(
+            f"--steps {total_steps} is below the {steps_done} steps done by the backup "
+            f"{restored}; nothing was changed and the backups stay. Re-run with the run's "
+            f"--steps to go on, or with --steps {steps_done} to end the run with the model "
+            "as it is.")
+    return f"Resuming from {restored}: {steps_done} of {total_steps} steps done."
 
 
 def _train(model, batches, callbacks, backup, steps_done, args, final_path):
@@ -559,13 +564,13 @@ def _run_in_output_folder(args, final_path):
     backup = next(callback for callback in callbacks if isinstance(callback, ResumableBackup))
     backup.set_model(model)
     restored = backup.restore()
+    steps_done = optimizer_step(model)
+    if restored is not None:  # before the folder's first change (data record, set aside)
+        print(_resume_message(restored, steps_done, args.steps), flush=True)
     _check_and_record_data(args, pairs, resumed=restored is not None)
     if restored is None and multiprocess.is_chief():
         _set_aside_previous_run(args.output_dir)
     multiprocess.check_same_start(model)
-    steps_done = optimizer_step(model)
-    if restored is not None:
-        print(_resume_message(restored, steps_done, args.steps), flush=True)
     try:
         _train(model, batches, callbacks, backup, steps_done, args, final_path)
     except NonFiniteLossError as error:

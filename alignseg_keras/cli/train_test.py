@@ -243,11 +243,15 @@ def test_the_epoch_plan_ends_at_the_requested_step(total, every, epochs_done, st
         assert steps_done + run >= total > steps_done + run - steps_per_epoch
 
 
-def test_the_resume_message_says_when_nothing_is_left_to_train():
+def test_a_resume_with_steps_below_those_done_is_refused():
+    # It ended the run (saved model.keras, removed the backups), after which the command
+    # with the right --steps was refused as a finished run's: a typo ended a long run.
     assert _resume_message("b/epoch-0001.keras", 2, 4) == (
         "Resuming from b/epoch-0001.keras: 2 of 4 steps done.")
-    assert _resume_message("b/epoch-0003.keras", 6, 4).endswith(
-        "6 of 4 steps done. That is more than --steps 4: nothing more is trained.")
+    assert _resume_message("b/epoch-0002.keras", 4, 4).endswith("4 of 4 steps done.")
+    with pytest.raises(ValueError, match=r"--steps 4 is below the 6 steps done by the backup "
+                                         r"b/epoch-0003.keras; nothing was changed .* --steps 6 "):
+        _resume_message("b/epoch-0003.keras", 6, 4)
 
 
 def test_files_of_the_glob_pair_by_name_not_by_sorted_position(tmp_path):
