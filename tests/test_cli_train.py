@@ -208,6 +208,24 @@ def test_an_output_folder_that_becomes_unwritable_is_reported_and_loses_nothing(
     assert iterations(os.path.join(output, "model.keras")) == 4
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's error class")
+def test_an_unwritable_log_folder_is_reported_as_the_output_folder_is(tmp_path, monkeypatch,
+                                                                     capsys):
+    # TensorBoard's event writer raises TensorFlow's PermissionDeniedError, no OSError: a
+    # 20-line traceback ended the command.
+    import tensorflow as tf
+
+    output = str(tmp_path / "run")
+
+    def unwritable(self, *args, **kwargs):
+        raise tf.errors.PermissionDeniedError(None, None, "Could not initialize events writer.")
+
+    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_train_begin", unwritable)
+    assert main(["train", *TINY, "--steps", "2", "--output-dir", output]) == 1
+    err = capsys.readouterr().err
+    assert "the output folder cannot be written" in err and "Traceback" not in err
+
+
 def test_a_command_with_other_model_arguments_leaves_the_run_resumable(tmp_path, capsys):
     output, command = run_killed_after_first_backup(tmp_path)
     other = with_value(command, "--decoder-channels", "16")

@@ -395,10 +395,12 @@ def _unwritable_message(error, output_dir):
 
 
 def _is_unwritable(error):
-    """Whether `error` (an OSError) says a file may not be written (permissions, a
-    read-only file system)."""
-    return isinstance(error, PermissionError) or error.errno in (errno.EROFS, errno.EACCES,
-                                                                 errno.EPERM)
+    """Whether `error` says a file may not be written (permissions, a read-only file
+    system): an OSError, or TensorFlow's PermissionDeniedError (TensorBoard's event
+    writer), told by its name to import no TensorFlow."""
+    return (isinstance(error, PermissionError)
+            or getattr(error, "errno", None) in (errno.EROFS, errno.EACCES, errno.EPERM)
+            or type(error).__name__ == "PermissionDeniedError")
 
 
 def epoch_plan(total_steps, checkpoint_every, epochs_done, steps_done):
@@ -576,7 +578,7 @@ def _run_in_output_folder(args, final_path):
     except NonFiniteLossError as error:
         print(_nan_message(error, backup, args), file=sys.stderr)
         return 1
-    except OSError as error:
+    except Exception as error:  # OSError, or TensorFlow's errors of TensorBoard's writer
         if is_disk_full(error):
             print(_disk_full_message(error, args.output_dir), file=sys.stderr)
         elif _is_unwritable(error):
