@@ -15,6 +15,8 @@ from alignseg_keras.checks import first_non_finite_variable
 from alignseg_keras.optimizers import optimizer_step
 
 BACKUP_NAME = re.compile(r"^epoch-(\d+)\.keras$")
+# The TensorBoard logs of `training_callbacks`, in the output folder.
+LOGS_FOLDER = "logs"
 
 
 def list_backups(backup_dir):
@@ -458,12 +460,12 @@ def training_callbacks(output_dir, total_steps=None, pictures=None):
     if total_steps is not None:
         callbacks.append(StopAtStep(total_steps))
     if tensorboard_available():
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(output_dir, "logs")))
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(output_dir, LOGS_FOLDER)))
         if pictures:
             from alignseg_keras.tensorboard_pictures import SegmentationPictures
 
             callbacks.append(
-                SegmentationPictures(os.path.join(output_dir, "logs", "pictures"), **pictures))
+                SegmentationPictures(os.path.join(output_dir, LOGS_FOLDER, "pictures"), **pictures))
     else:
         print("TensorBoard is not installed: no logs are written to "
               f"{os.path.join(output_dir, 'logs')} (pip install tensorboard).", file=sys.stderr)

@@ -423,9 +423,11 @@ def test_starting_over_moves_the_previous_checkpoint_aside(tmp_path, capsys):
 
     (tmp_path / "checkpoint.keras").write_bytes(b"trained weights")
     (tmp_path / "history.csv").write_text("epoch,loss\n0,1.0\n")
+    (tmp_path / "logs" / "train").mkdir(parents=True)  # TensorBoard mixed the two runs' points
     _set_aside_previous_run(str(tmp_path))
     assert "training starts over" in capsys.readouterr().err
     moved = sorted(name for name in os.listdir(tmp_path) if ".previous-" in name)
-    assert [name.split(".previous-")[0] for name in moved] == ["checkpoint", "history"]
+    assert [name.split(".previous-")[0] for name in moved] == ["checkpoint", "history", "logs"]
+    assert (tmp_path / moved[2] / "train").is_dir() and not (tmp_path / "logs").exists()
     assert (tmp_path / moved[0]).read_bytes() == b"trained weights"
     assert not (tmp_path / "checkpoint.keras").exists()

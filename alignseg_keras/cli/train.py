@@ -349,10 +349,12 @@ def _check_not_finished(final_path):
 
 
 def _set_aside_previous_run(output_dir):
-    """Moves the checkpoint and history of an earlier run aside before training starts over."""
+    """Moves the checkpoint, history and TensorBoard logs of an earlier run aside before
+    training starts over (the logs: TensorBoard showed both runs' points at the same steps)."""
     from alignseg_keras.atomic import move_aside
+    from alignseg_keras.callbacks import LOGS_FOLDER
 
-    for name in ("checkpoint.keras", "history.csv"):
+    for name in ("checkpoint.keras", "history.csv", LOGS_FOLDER):
         path = os.path.join(output_dir, name)
         if os.path.exists(path):
             target = move_aside(path, "previous")
