@@ -468,5 +468,5 @@ def training_callbacks(output_dir, total_steps=None, pictures=None):
                 SegmentationPictures(os.path.join(output_dir, LOGS_FOLDER, "pictures"), **pictures))
     else:
         print("TensorBoard is not installed: no logs are written to "
-              f"{os.path.join(output_dir, 'logs')} (pip install tensorboard).", file=sys.stderr)
+              f"{os.path.join(output_dir, LOGS_FOLDER)} (pip install tensorboard).", file=sys.stderr)
     return callbacks
