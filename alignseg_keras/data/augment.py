@@ -100,7 +100,11 @@ def _check_cat_max(cat_max_ratio, cat_max_tries):
 
 
 def _check_fill_mean(fill_mean):
-    values = [float(v) for v in fill_mean]
+    try:
+        values = [float(v) for v in fill_mean]
+    except (TypeError, ValueError):
+        raise ValueError(f"`fill_mean` needs 3 numbers (the RGB mean of the model, e.g. "
+                         f"model.image_converter.mean); received {fill_mean!r}.") from None
     if len(values) != 3:
         raise ValueError(f"`fill_mean` needs 3 values (RGB); received {fill_mean!r}.")
     return values

@@ -268,6 +268,8 @@ def test_finite_pipeline_without_repeat():
         (dict(scale_step=-0.1), "scale_step"),
         (dict(photometric={"blur": 1.0}), "photometric"),
         (dict(fill_mean=(1.0, 2.0)), "fill_mean"),
+        (dict(fill_mean=None), r"`fill_mean` needs 3 numbers .*received None"),  # a TypeError
+        (dict(fill_mean=("a", 1, 2)), "fill_mean"),
         (dict(batch_size=0), "batch_size"),
         (dict(batch_size=2.7), r"`batch_size` must be an int >= 1; received 2.7"),
         (dict(batch_size=True), "batch_size"),

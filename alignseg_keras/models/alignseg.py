@@ -394,6 +394,12 @@ class AlignSeg(ImageSegmenter):
     def call(self, inputs, training=None, mask=None):
         if isinstance(inputs, dict):  # keyed by the input's name, as Keras' functional models take
             inputs = _images_of_dict(inputs, self.inputs[0].name)
+        if isinstance(inputs, (list, tuple)):  # Keras reads a list as one input per item
+            raise ValueError(
+                f"AlignSeg takes one batch of images, an array (batch, height, width, 3); "
+                f"received {len(inputs)} arrays (a list or tuple). Stack images of one "
+                "size (np.stack(images)); predict images of other sizes one at a time "
+                "(model.predict(image[None])).")
         check_image_batch_shape(getattr(inputs, "shape", None), self.image_shape[:2])
         check_image_dtype(getattr(inputs, "dtype", None))
         outputs = super().call(inputs, training=training, mask=mask)
@@ -506,6 +512,9 @@ class AlignSeg(ImageSegmenter):
             optimizer = paper_sgd(
                 learning_rate, total_steps, warmup_steps, weight_decay=weight_decay
             )
+        else:
+            _warn_schedule_unused(learning_rate=learning_rate, total_steps=total_steps,
+                                  warmup_steps=warmup_steps, weight_decay=weight_decay)
         if loss is None:
             loss = SegmentationCrossEntropy(ignore_index=ignore_index)
         ignored = loss_ignore_label(loss, default=ignore_index)
@@ -782,6 +791,21 @@ class AlignSeg(ImageSegmenter):
         model = cls(**deserialized(config, ["backbone", "image_converter"]))
         freeze_layers(model, frozen)
         return model
+
+
+def _warn_schedule_unused(**given):
+    """Warns about the arguments of the default optimizer given with another optimizer:
+    they were dropped without a word (`compile(optimizer="adam", learning_rate=1e-3)`
+    trained at Adam's default rate)."""
+    defaults = inspect.signature(AlignSeg.compile).parameters
+    changed = [f"{name}={value!r}" for name, value in given.items()
+               if value != defaults[name].default]
+    if changed:
+        warnings.warn(
+            f"compile(optimizer=...) with {', '.join(changed)}: these configure the default "
+            "SGD only; the optimizer given keeps its own settings (give it the learning "
+            "rate, e.g. keras.optimizers.Adam(learning_rate=...), or "
+            "optimizers.paper_sgd(...) for the paper's schedule).", stacklevel=3)
 
 
 def _copy_task_weights(saved, model, keep_classifiers):

@@ -1,4 +1,5 @@
 import json
+import warnings
 
 import keras
 import numpy as np
@@ -188,3 +189,22 @@ def test_nested_in_another_model_without_deep_supervision_only():
     outer.fit(images, labels, epochs=1, verbose=0)
     assert any(not np.array_equal(np.asarray(weight), old)
                for weight, old in zip(model.get_layer("head").weights, before))
+
+
+def test_settings_of_the_default_optimizer_given_with_another_are_warned_about():
+    # `compile(optimizer="adam", learning_rate=1e-3)` trained at Adam's default rate, silently.
+    model = tiny_alignseg(num_classes=3)
+    with pytest.warns(UserWarning, match=r"learning_rate=0\.5, weight_decay=0\.3: these "
+                                         r"configure the default SGD only"):
+        model.compile(optimizer=keras.optimizers.Adam(), learning_rate=0.5, weight_decay=0.3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.compile(optimizer=keras.optimizers.Adam())
+    assert not [w for w in caught if "default SGD" in str(w.message)]
+
+
+def test_a_list_of_images_is_named():
+    # Keras reads a list as one input per item: the message said "an input of shape None".
+    image = np.zeros((1, 32, 32, 3), "uint8")
+    with pytest.raises(ValueError, match=r"received 2 arrays \(a list or tuple\)\. Stack images of one size"):
+        tiny_alignseg(num_classes=3).predict([image[0], image[0]], verbose=0)
