@@ -154,5 +154,9 @@ def check_and_record(output_dir, current, resumed, allow_other=False):
     if changed:
         print(f"Resuming on other training data than the run started on ({changed}), "
               "as --resume-with-other-data asks.", flush=True)
+    if resumed and recorded is None:  # deleted, unreadable, or a run of an older version
+        print(f"No record of this run's training data in {os.path.join(output_dir, RECORD_NAME)} "
+              "(deleted, unreadable, or written by no version that records it): the data "
+              "could not be checked against the run's; it is recorded now.", flush=True)
     if changed or recorded is None:
         write(output_dir, current)

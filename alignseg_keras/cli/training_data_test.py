@@ -81,12 +81,16 @@ def test_a_run_that_starts_over_records_its_data_whatever_was_there(tmp_path):
 
 
 @pytest.mark.parametrize("content", [None, "{torn", "[1, 2]"])
-def test_a_resume_without_a_readable_record_goes_on_and_records(tmp_path, content):
+def test_a_resume_without_a_readable_record_goes_on_and_records(tmp_path, content, capsys):
     if content is not None:  # a run of an earlier version has none; a torn or foreign file
         (tmp_path / training_data.RECORD_NAME).write_text(content)
     current = {"dataset": "cityscapes"}
     training_data.check_and_record(str(tmp_path), current, resumed=True)
     assert training_data.read(str(tmp_path)) == current
+    # Said, not silent (a deleted record turned the check off without a word).
+    assert "the data could not be checked against the run's" in capsys.readouterr().out
+    training_data.check_and_record(str(tmp_path), current, resumed=True)
+    assert capsys.readouterr().out == ""
 
 
 def test_another_label_map_is_other_data():
