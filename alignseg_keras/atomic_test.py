@@ -420,6 +420,18 @@ with atomic_folder(sys.argv[1], ("model.pb", "variables"), ("model.pb",)) as tem
 """
 
 
+def start_writer(script, *arguments):
+    """A process running `script`; returns it and the temporary path it prints."""
+    import subprocess
+    import sys
+
+    writer = subprocess.Popen([sys.executable, "-c", script, *arguments],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = writer.stdout.readline().strip()
+    assert line, writer.communicate()
+    return writer, pathlib.Path(line)
+
+
 def age(path, seconds):
     import time
 
@@ -431,8 +443,6 @@ def test_the_next_writer_removes_a_killed_writers_folder_not_a_running_ones(
         tmp_path, monkeypatch, in_place):
     # A killed export left its hidden folder (a SavedModel's size) until removed by hand.
     import signal
-    import subprocess
-    import sys
 
     from alignseg_keras.atomic import ABANDONED_AFTER_SECONDS
 
@@ -442,18 +452,11 @@ def test_the_next_writer_removes_a_killed_writers_folder_not_a_running_ones(
         write_model(path, "old")
         as_mount_point(monkeypatch, path)
 
-    def start_writer():
-        kind = "mount point" if in_place else "folder"
-        writer = subprocess.Popen([sys.executable, "-c", EXPORTER, str(path), kind],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = writer.stdout.readline().strip()
-        assert line, writer.communicate()
-        return writer, pathlib.Path(line)
-
-    killed, killed_folder = start_writer()
+    arguments = (EXPORTER, str(path), "mount point" if in_place else "folder")
+    killed, killed_folder = start_writer(*arguments)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
-    running, running_folder = start_writer()
+    running, running_folder = start_writer(*arguments)
     try:
         fresh = killed_folder.with_name(f"{TEMP_PREFIX}99999999-0123abcd-1")
         fresh.mkdir()  # unheld but new: its writer may be about to lock it
@@ -487,24 +490,15 @@ def test_the_next_exporter_removes_a_killed_exporters_file_not_a_running_ones(tm
     # A killed ONNX or LiteRT export left its hidden file (the model's size) until removed
     # by hand.
     import signal
-    import subprocess
-    import sys
 
     from alignseg_keras.atomic import ABANDONED_AFTER_SECONDS
 
     path = tmp_path / "model.onnx"
 
-    def start_writer():
-        writer = subprocess.Popen([sys.executable, "-c", FILE_EXPORTER, str(path)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = writer.stdout.readline().strip()
-        assert line, writer.communicate()
-        return writer, pathlib.Path(line)
-
-    killed, killed_file = start_writer()
+    killed, killed_file = start_writer(FILE_EXPORTER, str(path))
     killed.send_signal(signal.SIGKILL)
     killed.wait()
-    running, running_file = start_writer()
+    running, running_file = start_writer(FILE_EXPORTER, str(path))
     try:
         fresh = killed_file.with_name(f"{TEMP_PREFIX}99999999-0123abcd-model.onnx")
         fresh.write_bytes(b"")  # unheld but new: its writer may be about to lock it
