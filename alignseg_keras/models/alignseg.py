@@ -225,7 +225,9 @@ class AlignSeg(ImageSegmenter):
             context_hidden_channels, alignment, activation: `AlignSegBackbone`
             arguments for a backbone built here (defaults in `DECODER_DEFAULTS`:
             256, as wide as the decoder, 3, `"sum"`, None, `"standard"`,
-            `"relu"`); an error with a ready `AlignSegBackbone`.
+            `"relu"`); an error with a ready `AlignSegBackbone`. `activation`
+            is the decoder's and heads' hidden activation, not the output
+            activation of keras-hub's segmenters: AlignSeg returns logits.
         fusion, align_fa_offsets, context: the paper's ablations (Tables
             1-4), `AlignSegBackbone` arguments likewise (defaults `"align"`,
             `"both"`, `"align"`: the full model). `context=None` builds no
@@ -233,6 +235,8 @@ class AlignSeg(ImageSegmenter):
         image_converter: an `ImageNormalization` layer (mean, std, channel
             order), or None for the encoder's own convention (ImageNet RGB for
             encoders that state none) with `mean`, `std`, `bgr` overriding it.
+            keras-hub's `ImageConverter`s are not taken (they also resize);
+            give their scale and offset as `mean` and `std`.
         mean, std: RGB mean and std (0..255 scale) of a converter built here.
         bgr: bool, whether a converter built here feeds the encoder BGR.
         deep_supervision: bool, build the auxiliary head on d3.
