@@ -235,8 +235,9 @@ class AlignSeg(ImageSegmenter):
         image_converter: an `ImageNormalization` layer (mean, std, channel
             order), or None for the encoder's own convention (ImageNet RGB for
             encoders that state none) with `mean`, `std`, `bgr` overriding it.
-            keras-hub's `ImageConverter`s are not taken (they also resize);
-            give their scale and offset as `mean` and `std`.
+            keras-hub's `ImageConverter`s are not taken (they also resize): for
+            one computing `x * scale + offset`, give `mean = -offset / scale`
+            and `std = 1 / scale`.
         mean, std: RGB mean and std (0..255 scale) of a converter built here.
         bgr: bool, whether a converter built here feeds the encoder BGR.
         deep_supervision: bool, build the auxiliary head on d3.
