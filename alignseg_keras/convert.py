@@ -295,7 +295,10 @@ def _torch_load(path):
         # weights_only=True: tensors and plain containers only, never arbitrary code.
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "Unsupported global" not in str(error):  # not torch's refusal of other objects
+        # torch's refusal of other objects: "Unsupported global" (torch >= 2.4), "Unsupported
+        # class" before; any other failure of the unpickler is a damaged or foreign file.
+        if not any(refusal in str(error) for refusal in ("Unsupported global",
+                                                          "Unsupported class")):
             raise ValueError(
                 f"Cannot read {path!r} as a PyTorch checkpoint (UnpicklingError: "
                 f"{_unpickler_reason(error)}): the file is damaged (an interrupted download "
@@ -316,15 +319,16 @@ def _torch_load(path):
 
 
 def _unpickler_reason(error):
-    """The line of torch's weights-only error that says what went wrong."""
-    lines = [line.strip() for line in _without_terminal_codes(error).splitlines()]
-    for index, line in enumerate(lines):
-        if line.startswith("WeightsUnpickler error:"):
-            reason = line.partition(":")[2].strip() or next(
-                (later for later in lines[index + 1:] if later), "")
-            if reason:
-                return reason
-    return lines[0] if lines else type(error).__name__
+    """What went wrong, from torch's weights-only error: the text after its
+    "WeightsUnpickler error:" (on that line or the next), without its advice to load
+    with `weights_only=False`."""
+    marker = "WeightsUnpickler error:"
+    text = _without_terminal_codes(error)
+    if marker in text:
+        after = text.split(marker, 1)[1].strip()
+        if after:
+            return after.splitlines()[0].strip()
+    return "not a file torch.save writes"
 
 
 def _without_terminal_codes(error):

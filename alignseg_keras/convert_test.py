@@ -248,6 +248,13 @@ def test_npz_files_and_bad_sources(tmp_path, r50_state):
     with pytest.raises(ValueError, match=r"notes.pth' as a PyTorch checkpoint \(.*\): the file is "
                                          r"damaged .* or not a PyTorch checkpoint\.$"):
         convert.read_state_dict(text)
+    import pickle
+
+    plain = tmp_path / "detectron.pth"  # a plain pickle: not torch's format either
+    plain.write_bytes(pickle.dumps({"a": np.ones(2)}))
+    with pytest.raises(ValueError) as info:
+        convert.read_state_dict(plain)
+    assert "the file is damaged" in str(info.value) and "weights_only" not in str(info.value)
     with pytest.raises(ValueError, match="dict of name -> array; received list"):
         convert.read_state_dict([1, 2])
     with pytest.raises(ValueError, match="`preset` must be one of"):

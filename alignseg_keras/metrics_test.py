@@ -605,5 +605,9 @@ def test_pixels_of_weight_zero_are_not_counted_as_keras_mean_iou_does():
     weighted.update_state(labels, predictions, sample_weight=mask)
     plain.update_state(np.where(mask > 0, labels, 255), predictions)
     assert float(weighted.result()) == float(plain.result())
+    scalar, plain = MeanIoU(num_classes=4), MeanIoU(num_classes=4)  # Keras' takes a scalar too
+    scalar.update_state(labels, predictions, sample_weight=2.0)
+    plain.update_state(labels, predictions)
+    np.testing.assert_array_equal(scalar.confusion_matrix(), plain.confusion_matrix())
     with pytest.raises(ValueError, match=r"sample_weight of shape \(3, 9, 10\) does not match"):
         MeanIoU(num_classes=4).update_state(labels, predictions, sample_weight=mask[..., :10])

@@ -417,7 +417,9 @@ class AlignSeg(ImageSegmenter):
         model). A model with deep supervision is refused there: it returns the dict of
         both heads' logits in training and the logits alone otherwise, which a model
         around it cannot follow (its `predict` failed inside Keras, and its `fit` trained
-        the auxiliary head alone)."""
+        the auxiliary head alone). Calling it with `training=False` does not help: the
+        outer model's `fit` still runs it in training (measured: the loss took the
+        auxiliary logits)."""
         if self.deep_supervision:
             raise ValueError(
                 f"{self.name} has deep supervision (two heads' logits in training, one "
@@ -444,7 +446,7 @@ class AlignSeg(ImageSegmenter):
         ```
         """
         saved_heads = preset_files.saved_head_count(filepath)
-        if saved_heads in (None, 1 + self.deep_supervision):
+        if saved_heads not in (1, 2) or saved_heads == 1 + self.deep_supervision:
             return super().load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
         twin = type(self).from_config({**self.get_config(), "deep_supervision": saved_heads == 2})
         twin.load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)

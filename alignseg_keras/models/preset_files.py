@@ -235,13 +235,20 @@ def _weights_file_errors(path):
 
 
 def saved_head_count(filepath):
-    """The number of `SegmentationHead`s an AlignSeg's `.weights.h5` or `.keras` file holds
-    (2 with deep supervision), or None where it cannot be told (another layout or model)."""
+    """The number of `SegmentationHead`s an AlignSeg's `.weights.h5`, sharded
+    `.weights.json` or `.keras` file holds (2 with deep supervision), or None where it
+    cannot be told (another layout or model)."""
     import re
     import zipfile
 
     path = os.fspath(filepath)
+    head = re.compile(r"/?layers/(segmentation_head(_[0-9]+)?)/")
     try:
+        if path.endswith(".weights.json"):  # sharded: its map names every variable's layer
+            with open(path, encoding="utf-8") as file:
+                names = json.load(file).get("weight_map", {})
+            return len({match.group(1) for name in names
+                        if (match := head.match(name)) is not None}) or None
         if path.endswith(".keras"):
             with zipfile.ZipFile(path) as archive:
                 config = json.loads(archive.read("config.json"))
