@@ -102,7 +102,7 @@ def _without_zero_weights(labelled, sample_weight, metric_name):
     weight = ops.convert_to_tensor(sample_weight)
     shape, pixels = _static_shape(weight), _static_shape(labelled)
     if len(shape) == 4 and shape[-1] in (1, None):  # None: traced, a (B, H, W, 1) weight
-        weight = ops.squeeze(weight, axis=-1)
+        weight = weight[..., 0]
     elif len(shape) == 0 or (len(shape) in (1, 2) and (len(shape) == 1 or shape[-1] == 1)):
         weight = ops.reshape(weight, (-1, 1, 1))  # one weight per image, or for all
     elif len(shape) != 3:

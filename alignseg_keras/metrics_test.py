@@ -611,3 +611,25 @@ def test_pixels_of_weight_zero_are_not_counted_as_keras_mean_iou_does():
     np.testing.assert_array_equal(scalar.confusion_matrix(), plain.confusion_matrix())
     with pytest.raises(ValueError, match=r"sample_weight of shape \(3, 9, 10\) does not match"):
         MeanIoU(num_classes=4).update_state(labels, predictions, sample_weight=mask[..., :10])
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a tf.function's shapes")
+def test_a_traced_per_pixel_weight_of_unknown_shape():
+    # Under a tf.function of unknown shapes, a (B, H, W, 1) weight was refused (its last
+    # dimension unknown), then failed to squeeze.
+    import tensorflow as tf
+
+    metric = MeanIoU(num_classes=4)
+    spec = [tf.TensorSpec([None] * 3, tf.int32)] * 2 + [tf.TensorSpec([None] * 4, tf.float32)]
+
+    @tf.function(input_signature=spec)
+    def update(labels, predictions, weight):
+        metric.update_state(labels, predictions, sample_weight=weight)
+        return metric.result()
+
+    rng = np.random.default_rng(0)
+    labels, predictions = (rng.integers(0, 4, (2, 5, 6)).astype("int32") for _ in range(2))
+    weight = (rng.random((2, 5, 6, 1)) < 0.5).astype("float32")
+    expected = MeanIoU(num_classes=4)
+    expected.update_state(np.where(weight[..., 0] > 0, labels, 255), predictions)
+    assert float(update(labels, predictions, weight)) == float(expected.result())
