@@ -12,6 +12,7 @@ import keras
 from alignseg_keras.atomic import atomic_path
 from alignseg_keras.atomic import move_aside
 from alignseg_keras.checks import first_non_finite_variable
+from alignseg_keras.config_utils import keras_file_config
 from alignseg_keras.optimizers import optimizer_step
 
 BACKUP_NAME = re.compile(r"^epoch-(\d+)\.keras$")
@@ -308,7 +309,7 @@ def changed_arguments(model, path):
     to another model (e.g. another `alignment` sampler), which `load_weights`
     alone does not see.
     """
-    saved = _saved_config(path)
+    saved = keras_file_config(path)
     current = keras.saving.serialize_keras_object(model)
     return _shown_differences(_config_differences(saved, current, "model"))
 
@@ -321,7 +322,7 @@ def changed_training_settings(model, path):
     """How the training settings `path` (a `.keras` backup) was compiled with differ from
     `model`'s (learning rate and schedule, optimizer, losses, metrics), or "". They may
     change on a resume; `ResumableBackup` says which did."""
-    saved = _saved_config(path).get("compile_config")
+    saved = keras_file_config(path).get("compile_config")
     current = model.get_compile_config() if getattr(model, "compiled", False) else None
     if not isinstance(saved, dict) or not isinstance(current, dict):
         return ""
@@ -381,20 +382,12 @@ def _saved_optimizer_name(path):
     float16 layers; "another optimizer" where the file does not say."""
     import json
 
-    config = _saved_config(path)
+    config = keras_file_config(path)
     optimizer = (config.get("compile_config") or {}).get("optimizer")
     name = optimizer.get("class_name") if isinstance(optimizer, dict) else None
     if '"mixed_float16"' in json.dumps(config):
         name = "LossScaleOptimizer"
     return f"the optimizer {name}" if name else "another optimizer"
-
-
-def _saved_config(path):
-    import json
-    import zipfile
-
-    with zipfile.ZipFile(path) as archive:
-        return json.loads(archive.read("config.json"))
 
 
 def _shown_differences(differences):

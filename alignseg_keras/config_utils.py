@@ -306,3 +306,12 @@ def freeze_layers(model, paths):
             # and setting the same value again does not pass it on.
             layers[path].trainable = True
             layers[path].trainable = False
+
+
+def keras_file_config(path):
+    """The model config a `.keras` file holds (its `config.json`), as a dict."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        return json.loads(archive.read("config.json"))

@@ -402,7 +402,7 @@ def _unwrapped(checkpoint):
     for wrapper in ("state_dict", "model"):
         if isinstance(checkpoint.get(wrapper), dict):
             return checkpoint[wrapper]
-    if any(_is_tensor(value) and np.ndim(_to_numpy(value)) for value in checkpoint.values()):
+    if any(_is_tensor(value) and np.ndim(value) for value in checkpoint.values()):
         return checkpoint  # tensors at the top: the state dict itself
     wrapped = [key for key, value in checkpoint.items() if isinstance(value, dict) and value
                and all(_is_tensor(item) for item in value.values())]

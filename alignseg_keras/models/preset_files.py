@@ -241,17 +241,18 @@ def saved_head_count(filepath):
     import re
     import zipfile
 
+    from alignseg_keras.config_utils import keras_file_config
+
     path = os.fspath(filepath)
-    head = re.compile(r"/?layers/(segmentation_head(_[0-9]+)?)/")
+    head = r"segmentation_head(_[0-9]+)?"  # Keras' name of each head's group
     try:
         if path.endswith(".weights.json"):  # sharded: its map names every variable's layer
             with open(path, encoding="utf-8") as file:
                 names = json.load(file).get("weight_map", {})
-            return len({match.group(1) for name in names
-                        if (match := head.match(name)) is not None}) or None
+            return len({match.group(1) for name in names if (
+                match := re.match(rf"/?layers/({head})/", name)) is not None}) or None
         if path.endswith(".keras"):
-            with zipfile.ZipFile(path) as archive:
-                config = json.loads(archive.read("config.json"))
+            config = keras_file_config(path)
             if config.get("class_name") != "AlignSeg":
                 return None
             return 1 + bool(config.get("config", {}).get("deep_supervision", True))
@@ -262,8 +263,7 @@ def saved_head_count(filepath):
                 layers = file.get("layers")
                 if layers is None:
                     return None
-                count = sum(re.fullmatch(r"segmentation_head(_[0-9]+)?", name) is not None
-                            for name in layers)
+                count = sum(re.fullmatch(head, name) is not None for name in layers)
             return count or None
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return None  # Keras' own loading names the damaged file
