@@ -90,8 +90,10 @@ def test_train_stops_with_a_clear_message_on_nan(tmp_path, capsys):
     code = main(["train", *TINY, "--steps", "4", "--checkpoint-every", "2", "--lr", "1e30",
                  "--output-dir", output])
     assert code == 1
-    err = capsys.readouterr().err
-    assert "the loss became" in err
+    out, err = capsys.readouterr()
+    # The progress bar stopped at step 1 of 2: its line is ended before the message.
+    assert "1/2" in out.splitlines()[-1] and out.endswith("\n"), repr(out[-200:])
+    assert "\nalignseg train: error: Training stopped: the loss became" in "\n" + err, err
     assert "re-running the command starts over" in err and "--lr 1e+29" in err
     assert not os.path.exists(os.path.join(output, "model.keras"))
     assert not os.path.exists(os.path.join(output, "checkpoint.keras"))

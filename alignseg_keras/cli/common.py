@@ -94,6 +94,20 @@ def print_message(command, label, text):
     print(f"alignseg {command}: {label}: {text}", file=sys.stderr)
 
 
+def end_progress_line():
+    """End the line a stopped Keras progress bar left open on stdout, so that the message
+    after it starts on a line of its own.
+
+    Keras' bar rewrites its line in place (it counts every POSIX system as a terminal,
+    logs redirected to a file included) and ends it only at an epoch's last step: an error
+    in the middle of an epoch, printed on stderr, started on the bar's line. After an
+    epoch's end this adds an empty line."""
+    import sys
+
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
 def warn_about_precision(command, precision):
     """Print on stderr why `precision` will not be faster than float32 on this machine
     (`hardware.warn_once`), if it will not and nothing has said so yet; the reason, or None."""

@@ -457,12 +457,18 @@ def _train(model, batches, callbacks, backup, steps_done, args, final_path):
     """Trains what the backup has not done yet (`steps_done` optimizer steps
     restored), then saves the final model atomically."""
     from alignseg_keras.callbacks import AtomicModelCheckpoint
+    from alignseg_keras.cli.common import end_progress_line
     from alignseg_keras.multiprocess import save_on_chief
 
     epochs, steps_per_epoch = epoch_plan(args.steps, args.checkpoint_every,
                                          backup.epochs_done, steps_done)
     if backup.epochs_done < epochs:
-        model.fit(batches, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks)
+        try:
+            model.fit(batches, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                      callbacks=callbacks)
+        except BaseException:
+            end_progress_line()
+            raise
     else:  # a kill after the last backup may have come before the checkpoint's save
         for checkpoint in callbacks:
             if isinstance(checkpoint, AtomicModelCheckpoint):
@@ -546,6 +552,7 @@ def _run_in_output_folder(args, final_path):
     from alignseg_keras.cli.common import file_pairs
     from alignseg_keras.cli.common import load_dataset
     from alignseg_keras.cli.common import print_kernel_note
+    from alignseg_keras.cli.common import print_message
     from alignseg_keras.cli.common import warn_about_precision
     from alignseg_keras.optimizers import optimizer_step
 
@@ -578,7 +585,7 @@ def _run_in_output_folder(args, final_path):
     try:
         _train(model, batches, callbacks, backup, steps_done, args, final_path)
     except NonFiniteLossError as error:
-        print(_nan_message(error, backup, args), file=sys.stderr)
+        print_message("train", "error", _nan_message(error, backup, args))
         return 1
     except Exception as error:  # OSError, or TensorFlow's errors of TensorBoard's writer
         if is_disk_full(error):
