@@ -7,6 +7,10 @@ from keras import ops
 
 from alignseg_keras.execution_order import computed_after
 
+# The optimizer steps of the authors' Cityscapes run: their train.py's default (their
+# README's released models trained 120k); `alignseg train --steps` defaults to it.
+CITYSCAPES_STEPS = 40000
+
 
 def optimizer_step(model):
     """The optimizer steps `model` has made (restored ones included), as an int;

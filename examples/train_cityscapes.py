@@ -3,7 +3,7 @@
     python examples/train_cityscapes.py /data/cityscapes runs/cityscapes
 
 Every number of the recipe (769x769 crops, scale 0.5-2.0, batch 8, SGD with poly LR from
-1e-2, weight decay 1e-4, deep supervision 0.4) is the library's default: this script
+1e-2 over 40k steps, weight decay 1e-4, deep supervision 0.4) is the library's default: this script
 restates none of them. For a resumable run with checkpoints, OHEM, mixed precision and
 distribution options, use the command line, which does the same with more care:
 
@@ -18,8 +18,9 @@ import tensorflow as tf
 
 from alignseg_keras import AlignSeg
 from alignseg_keras import data
+from alignseg_keras.optimizers import CITYSCAPES_STEPS
 
-STEPS, STEPS_PER_EPOCH = 40000, 1000
+STEPS_PER_EPOCH = 1000
 
 
 def main(data_dir, output):
@@ -30,7 +31,7 @@ def main(data_dir, output):
         data.load_cityscapes(data_dir, split="train", shuffle_files=True, seed=0, repeat=True),  # sorted by city
         fill_mean=model.image_converter.mean,  # crops are padded with the model's own mean
     )
-    model.fit(batches, epochs=STEPS // STEPS_PER_EPOCH, steps_per_epoch=STEPS_PER_EPOCH)
+    model.fit(batches, epochs=CITYSCAPES_STEPS // STEPS_PER_EPOCH, steps_per_epoch=STEPS_PER_EPOCH)
     model.save_to_preset(os.path.join(output, "preset"))
 
 

@@ -22,6 +22,7 @@ def add_parser(subparsers):
     from alignseg_keras.models.alignseg import DECODER_DEFAULTS
     from alignseg_keras.models.presets import DEFAULT_ENCODER
     from alignseg_keras.models.presets import PRESETS
+    from alignseg_keras.optimizers import CITYSCAPES_STEPS
 
     compile_defaults = signature_defaults(AlignSeg.compile)
     ohem = signature_defaults(OhemCrossEntropy)
@@ -65,7 +66,9 @@ def add_parser(subparsers):
                        help="re-draw a crop (up to 10 times) while one class covers this share "
                        "of its labelled pixels or more, mmseg's cat_max_ratio (its configs: 0.75); "
                        "default: off")
-    train.add_argument("--steps", type=int, default=40000, help="total optimizer steps")
+    train.add_argument("--steps", type=int, default=CITYSCAPES_STEPS,
+                       help="total optimizer steps (default %(default)s, the authors' "
+                       "Cityscapes run)")
     train.add_argument("--checkpoint-every", type=int, default=1000,
                        help="steps between checkpoints, logs and resumable backups")
     train.add_argument("--lr", type=float, default=compile_defaults["learning_rate"],
