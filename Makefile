@@ -74,7 +74,7 @@ bench: $(STAMP)
 
 # The paper's ablation in miniature on the synthetic scenes (docs/ablation.md): the full
 # run is sized for about 90 minutes on 2 CPU cores; ABLATION_ARGS="--quick" (Table 1,
-# seeds 0 and 1: 8 of its 36 runs) for about 15. Stored runs are reused: delete runs/ablation_* to redo.
+# seeds 0 and 1: 8 of its 36 runs) for about 15. Stored runs are reused: delete runs/ablation to redo.
 ABLATION_ARGS ?=
 ablation: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m benchmarks.ablation $(ABLATION_ARGS)

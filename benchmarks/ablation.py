@@ -162,11 +162,21 @@ def parse(argv=None):
     if args.variants:
         args.settings["variants"] = tuple(args.variants)
     args.runs = args.runs or os.path.join("runs", args.settings["runs"])
+    # Only the full settings replace the published page; a subset of them, or another
+    # mode, writes its report beside its runs.
+    published = args.mode == "full" and not args.seeds and not args.variants
     args.output = args.output or (
-        os.path.join("docs", "ablation.md") if args.mode == "full"
+        os.path.join("docs", "ablation.md") if published
         else os.path.join(args.runs, f"ablation_{args.mode}.md")
     )
     return args
+
+
+def training_settings(settings):
+    """What a run is trained with: the mode's settings less the seeds, tables, variants and
+    folder (a run is one variant and seed), as JSON values; stored in each run's file."""
+    kept = {k: v for k, v in settings.items() if k not in ("seeds", "tables", "variants", "runs")}
+    return json.loads(json.dumps(kept))
 
 
 def variants_of(settings):
@@ -320,6 +330,7 @@ def run_one(args, variant, seed):
     gpus = gpu_names()
     result.update(
         mode=args.mode,
+        settings=training_settings(args.settings),
         machine=f"{cpu_model()}, {os.cpu_count()} cores, GPU: {', '.join(gpus) or 'none'}",
         date=time.strftime("%Y-%m-%d"),
         code=code_version(),
@@ -368,6 +379,10 @@ METRICS = (("miou", "mIoU"), ("boundary_iou", "Boundary IoU"), ("thin_iou", "pol
 
 
 def load_runs(args):
+    """The stored runs of the chosen variants and seeds, by `(variant, seed)`. A run that
+    records other training settings than the chosen mode's is left out, with a word on
+    stdout (it would mix other training into the tables); runs from before the settings
+    were recorded are taken as they are."""
     runs = {}
     settings = args.settings
     for variant in variants_of(settings):
@@ -375,8 +390,20 @@ def load_runs(args):
             path = run_path(args, variant, seed)
             if os.path.exists(path):
                 with open(path) as handle:
-                    runs[(variant, seed)] = json.load(handle)
+                    run = json.load(handle)
+                if run.get("settings", training_settings(settings)) != training_settings(settings):
+                    print(f"Left out {path}: trained with other settings ({_changed(run['settings'], settings)}); "
+                          "delete it to run it again with these, or use another --runs folder.")
+                    continue
+                runs[(variant, seed)] = run
     return runs
+
+
+def _changed(recorded, settings):
+    current = training_settings(settings)
+    names = sorted(name for name in set(recorded) | set(current)
+                   if recorded.get(name) != current.get(name))
+    return ", ".join(f"{name} {recorded.get(name)} against {current.get(name)}" for name in names)
 
 
 def mean_std(values):
@@ -401,26 +428,40 @@ def variant_scores(runs, variant, metric, seeds):
 
 
 def paired_differences(runs, variant, reference, metric, seeds):
-    """Per seed, the variant's score minus the reference's (same data, same seed)."""
-    return [
-        runs[(variant, s)][metric] - runs[(reference, s)][metric]
-        for s in seeds
-        if (variant, s) in runs and (reference, s) in runs
-    ]
+    """Per seed, the variant's score minus the reference's (same data, same seed); seeds
+    where either score is NaN (a class absent from the run's predictions and labels) are
+    left out, so that every count and interval is of the seeds compared."""
+    differences = (runs[(variant, s)][metric] - runs[(reference, s)][metric]
+                   for s in seeds if (variant, s) in runs and (reference, s) in runs)
+    return [d for d in differences if d == d]
 
 
-# Two-sided 95% quantiles of Student's t with n - 1 degrees of freedom, n = 2..10 seeds.
+# Two-sided 95% quantiles of Student's t by degrees of freedom (n - 1 for n seeds), to 30
+# (scipy.stats.t.ppf(0.975, df) to three decimals; a test compares them where scipy is).
 T_QUANTILES_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365,
-                  8: 2.306, 9: 2.262}
+                  8: 2.306, 9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145,
+                  15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086, 21: 2.080,
+                  22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048,
+                  29: 2.045, 30: 2.042}
+
+
+def t_quantile_95(degrees_of_freedom):
+    """The two-sided 95% quantile of Student's t: the table to 30 degrees of freedom, then
+    the normal quantile with the first two terms of its expansion in 1/df (Cornish-Fisher),
+    within 1e-4 from 31 on."""
+    if degrees_of_freedom in T_QUANTILES_95:
+        return T_QUANTILES_95[degrees_of_freedom]
+    z, df = 1.959964, degrees_of_freedom
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
 
 
 def paired_interval(differences):
     """The 95% confidence interval of the mean paired difference (Student's t, n - 1
-    degrees of freedom), or None for fewer than two seeds or more than ten."""
+    degrees of freedom), or None for fewer than two seeds."""
     mean, spread = mean_std(differences)
-    quantile = T_QUANTILES_95.get(len(differences) - 1)
-    if quantile is None or spread != spread:
+    if len(differences) < 2 or spread != spread:
         return None
+    quantile = t_quantile_95(len(differences) - 1)
     half = quantile * spread / len(differences) ** 0.5
     return mean - half, mean + half
 
@@ -507,14 +548,22 @@ def plot(runs, settings, path):
     write_atomic(path, buffer.getvalue())
 
 
+def picture_path(args):
+    """The report's picture: beside it, or in full mode under images/ beside it (as
+    docs/ablation.md shows docs/images/ablation.png); named after the report, so that
+    rebuilding another run's report keeps the published picture."""
+    stem, _ = os.path.splitext(args.output)
+    if args.mode != "full":
+        return stem + ".png"
+    return os.path.join(os.path.dirname(args.output), "images", os.path.basename(stem) + ".png")
+
+
 def report(args):
     settings = args.settings
     runs = load_runs(args)
     if not runs:
         raise SystemExit(f"No runs stored under {args.runs}; run without --report-only first.")
-    picture = os.path.splitext(args.output)[0] + ".png"
-    if args.mode == "full":
-        picture = os.path.join(os.path.dirname(args.output), "images", "ablation.png")
+    picture = picture_path(args)
     os.makedirs(os.path.dirname(picture) or ".", exist_ok=True)
     plot(runs, settings, picture)
     machines = sorted({run.get("machine", "unknown") for run in runs.values()})

@@ -108,10 +108,32 @@ def test_paired_statistics():
     assert ablation.cell(*ablation.mean_std([])) == "n/a"
 
 
+def test_a_seed_with_a_nan_score_is_left_out_of_the_comparison():
+    nan = float("nan")
+    runs = {("a", 0): {"b": 0.5}, ("a", 1): {"b": 0.5}, ("a", 2): {"b": 0.5},
+            ("v", 0): {"b": 0.51}, ("v", 1): {"b": nan}, ("v", 2): {"b": 0.53}}
+    differences = ablation.paired_differences(runs, "v", "a", "b", (0, 1, 2))
+    np.testing.assert_allclose(differences, [0.01, 0.03])
+    # Two seeds: t with 1 degree of freedom (12.706), and "of 2", not of 3.
+    assert ablation.paired_cell(differences) == "+2.0 ± 1.4 [-10.7, +14.7] (2/2 higher)"
+
+
 def test_the_t_quantiles_are_students():
     scipy_stats = pytest.importorskip("scipy.stats")
     for degrees, quantile in ablation.T_QUANTILES_95.items():
         assert quantile == pytest.approx(scipy_stats.t.ppf(0.975, degrees), abs=5e-4)
+    for degrees in (31, 40, 100, 1000):  # beyond the table (an interval for 12 seeds was dropped)
+        assert ablation.t_quantile_95(degrees) == pytest.approx(scipy_stats.t.ppf(0.975, degrees), abs=1e-4)
+
+
+def test_only_the_full_settings_replace_the_published_page_and_picture():
+    published = ablation.parse([])
+    assert published.output == os.path.join("docs", "ablation.md")
+    assert ablation.picture_path(published) == os.path.join("docs", "images", "ablation.png")
+    subset = ablation.parse(["--seeds", "3"])
+    assert subset.output == os.path.join("runs", "ablation", "ablation_full.md")
+    other = ablation.parse(["--output", os.path.join("docs", "ablation_2026-12-02.md")])
+    assert ablation.picture_path(other) == os.path.join("docs", "images", "ablation_2026-12-02.png")
 
 
 def test_every_variant_of_a_seed_reads_the_same_batches_in_the_same_order(monkeypatch):
@@ -139,7 +161,7 @@ def test_the_report_keeps_the_hand_written_text(tmp_path):
     assert merged.endswith("<!-- END GENERATED -->\n\nAfter.\n") and "old" not in merged
 
 
-def test_tiny_ablation_runs_resumes_and_reports(tmp_path):
+def test_tiny_ablation_runs_resumes_and_reports(tmp_path, capsys):
     runs, output = tmp_path / "runs", tmp_path / "report" / "ablation.md"
     arguments = ["--mode", "tiny", "--runs", str(runs), "--output", str(output), "--jobs", "0"]
     ablation.main(arguments)
@@ -158,3 +180,11 @@ def test_tiny_ablation_runs_resumes_and_reports(tmp_path):
     times = {name: os.path.getmtime(runs / name) for name in stored}
     ablation.main(arguments)
     assert {name: os.path.getmtime(runs / name) for name in stored} == times
+    # A run trained with other settings is not mixed into the tables.
+    result["settings"]["steps"] = 3
+    (runs / "full_seed1.json").write_text(json.dumps(result))
+    capsys.readouterr()
+    ablation.main([*arguments, "--report-only"])
+    printed = capsys.readouterr().out
+    assert "Left out" in printed and "full_seed1.json" in printed and "steps 3 against 2" in printed
+    assert "3 of 4 runs" in output.read_text()
