@@ -1,7 +1,9 @@
 """The results store (benchmarks/results.json) and the Markdown tables of docs/benchmarks.md.
 
-Every run updates the entries it measured and keeps the others, so
-`--only alignment` refreshes the alignment rows alone. The tables are written
+A run replaces the sections it measures and keeps the others, so `--only alignment`
+refreshes the alignment rows alone; a section's rows (of one backend) are always of one
+run, the one its "Where and when" row names. A ratio between two sections (tf.data
+against a training step) is taken only when both are of one run. The tables are written
 between two marker lines of docs/benchmarks.md; the text around them is kept.
 """
 
@@ -28,7 +30,23 @@ def load(path):
     if not os.path.exists(path):
         return {"sections": {}, "entries": {}}
     with open(path) as handle:
-        return json.load(handle)
+        store = json.load(handle)
+    for entry in store["entries"].values():
+        if "backend" not in entry:
+            _stamp_unstamped(store, entry)
+    return store
+
+
+def _stamp_unstamped(store, entry):
+    """An entry stored before entries named their run (2026-12-08): its backend (from the
+    alignment rows' run column, or a JAX mode's name) and the date of its section's run,
+    the run that last measured it (each run then re-measured a whole section)."""
+    if entry["section"] == "alignment":
+        backend = entry["run"]
+    else:
+        backend = "jax" if "jax" in str(entry.get("mode", "")) else "tensorflow"
+    section = store["sections"].get(f"{entry['section']}, {backend}")
+    entry.update(backend=backend, measured=section["machine"]["date"] if section else None)
 
 
 def save(store, path):
@@ -39,13 +57,25 @@ def save(store, path):
 
 
 def record(store, section, entries, machine, load_before, load_after):
-    store["sections"][f"{section}, {machine['backend']}"] = {
+    """Stores `entries` of `section`, measured on `machine` (`timing.machine_info`, taken
+    once a run: its date names the run), each stamped with that date and the backend.
+
+    The first entries of a new run of a section replace all of that section's entries of
+    the backend: a quick or partial run shows the rows it measured, never beside rows of
+    an earlier run (or machine) that the section's "Where and when" row would not name."""
+    key = f"{section}, {machine['backend']}"
+    if store["sections"].get(key, {}).get("machine", {}).get("date") != machine["date"]:
+        for name, entry in list(store["entries"].items()):
+            if entry["section"] == section and entry.get("backend") == machine["backend"]:
+                del store["entries"][name]
+    store["sections"][key] = {
         "machine": machine,
         "load_before": load_before,
         "load_after": load_after,
     }
     for entry in entries:
-        store["entries"][entry["key"]] = entry
+        store["entries"][entry["key"]] = dict(entry, backend=machine["backend"],
+                                              measured=machine["date"])
 
 
 def _entries(store, section):
@@ -99,14 +129,23 @@ def target_rows(store):
          "n/a" if step is None else f"{step['seconds']:.2f} s ({step['config']})",
          _met(step and step["seconds"], TRAINING_GOAL)]
     )
-    ratio = None
-    if step and data:
-        ratio = data[0]["images_per_second"] / (step["batch"] / step["seconds"])
+    ratio, text = _data_ratio(data, step)
     rows.append(
         ["tf.data full augmentation vs a training step's consumption", f">= {DATA_GOAL:.0f}x",
-         _fmt(ratio, 1, "x"), _met(ratio, DATA_GOAL, lower_is_better=False)]
+         text, _met(ratio, DATA_GOAL, lower_is_better=False)]
     )
     return _table(["Target", "Goal", "Measured", "Met"], rows + authors_target_rows(store))
+
+
+def _data_ratio(data, step):
+    """tf.data's images/s over those the fastest training step consumes, and its cell; only
+    where both were measured in one run (on one machine and load)."""
+    if not (step and data):
+        return None, "n/a"
+    if data[0].get("measured") != step.get("measured"):
+        return None, "not measured in one run"
+    ratio = data[0]["images_per_second"] / (step["batch"] / step["seconds"])
+    return ratio, _fmt(ratio, 1, "x")
 
 
 def _authors_pair(entries, kind, size, batch, precision):
@@ -245,10 +284,11 @@ def section_lines(store):
         )
     throughput = _entries(store, "throughput")
     if throughput:
-        lines += ["", "### Throughput at 1024x2048", ""]
+        lines += ["", "### Throughput", ""]
         lines += _table(
-            ["Model", "Pass", "Mode", "Batch", "Images/s"],
-            [[e["model"], e.get("kind", "inference"), e["mode"], e["batch"], _fmt(e["images_per_second"], 2)]
+            ["Model", "Size", "Pass", "Mode", "Batch", "Images/s"],
+            [[e["model"], "x".join(map(str, e["size"])), e.get("kind", "inference"), e["mode"],
+              e["batch"], _fmt(e["images_per_second"], 2)]
              for e in sorted(throughput, key=lambda e: e["key"])],
         )
     return lines + authors_lines(store)
@@ -290,5 +330,7 @@ def write_markdown(store, path):
         text = text.rstrip("\n") + "\n\n" + BEGIN + "\n" + END + "\n"
     head, rest = text.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
-    with open(path, "w") as handle:
-        handle.write(head + markdown(store) + tail)
+    # Atomically: the page is mostly hand-written analysis that no run could write again.
+    from benchmarks.timing import write_atomic
+
+    write_atomic(path, head + markdown(store) + tail)

@@ -566,3 +566,51 @@ def test_the_results_store_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch
         report.save({"sections": {}, "entries": {"lost": 1}}, path)
     assert path.read_bytes() == before
     assert [entry.name for entry in tmp_path.iterdir()] == ["results.json"]
+    # The page beside it too: mostly hand-written analysis that no run could write again.
+    page = tmp_path / "benchmarks.md"
+    page.write_text("# Benchmarks\n\nHand-written analysis.\n")
+    with pytest.raises(OSError, match="No space left"):
+        report.write_markdown({"sections": {}, "entries": {}}, str(page))
+    assert page.read_text() == "# Benchmarks\n\nHand-written analysis.\n"
+
+
+def _machine(date, backend="tensorflow"):
+    return {"date": date, "backend": backend, "cpu": "CPU", "cores": 2, "gpus": [], "versions": {}}
+
+
+def test_a_sections_rows_are_of_one_run_and_ratios_across_runs_are_refused():
+    step = {"key": "training b2", "section": "training", "model": "AlignSeg-R101", "batch": 2,
+            "seconds": 2.0, "config": "float32, graph", "size": [512, 512]}
+    data = {"key": "data", "section": "data", "images_per_second": 10.0, "batches": 10}
+    jax_row = {"key": "inference jax", "section": "inference", "model": "AlignSeg-R101",
+               "mode": "jax.jit (XLA)", "seconds": 1.0}
+    store = {"sections": {}, "entries": {}}
+    for entry in (step, dict(step, key="training b2 bf16", seconds=1.0), data):
+        report.record(store, entry["section"], [entry], _machine("run 1"), 0.1, 0.1)
+    report.record(store, "inference", [jax_row], _machine("run 1", "jax"), 0.1, 0.1)
+    [row] = [r for r in report.target_rows(store) if r.startswith("| tf.data")]
+    assert "| 5.0x | yes |" in row  # 10 images/s against 2 a second: one run
+    # A later quick run measures one training configuration and tf.data again.
+    report.record(store, "training", [dict(step, seconds=4.0)], _machine("run 2"), 0.1, 0.1)
+    assert [e["seconds"] for e in store["entries"].values() if e["section"] == "training"] == [4.0]
+    [row] = [r for r in report.target_rows(store) if r.startswith("| tf.data")]
+    assert "| not measured in one run | not measured |" in row
+    report.record(store, "data", [dict(data, images_per_second=5.0)], _machine("run 2"), 0.1, 0.1)
+    [row] = [r for r in report.target_rows(store) if r.startswith("| tf.data")]
+    assert "| 10.0x | yes |" in row  # 5 images/s against 0.5
+    # Other backends' and other sections' rows stay, stamped with their run.
+    assert store["entries"]["inference jax"]["measured"] == "run 1"
+
+
+def test_entries_stored_before_runs_were_named_get_their_sections_run(tmp_path):
+    store = {"sections": {"inference, jax": {"machine": _machine("jax run", "jax")},
+                          "inference, tensorflow": {"machine": _machine("tf run")},
+                          "alignment, jax": {"machine": _machine("alignment run", "jax")}},
+             "entries": {"a": {"section": "inference", "mode": "jax.jit (XLA)"},
+                         "b": {"section": "inference", "mode": "graph"},
+                         "c": {"section": "alignment", "run": "jax"}}}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(store))
+    entries = report.load(str(path))["entries"]
+    assert [(entries[k]["backend"], entries[k]["measured"]) for k in "abc"] == [
+        ("jax", "jax run"), ("tensorflow", "tf run"), ("jax", "alignment run")]
