@@ -60,6 +60,8 @@ import time
 from benchmarks.authors import AUX_LOSS_WEIGHT
 from benchmarks.authors import NUM_CLASSES
 from benchmarks.authors import timed_calls
+from benchmarks.models import OFFICIAL_PRESET
+from benchmarks.timing import code_version
 from benchmarks.trace_summary import load_events
 from benchmarks.trace_summary import summarize
 
@@ -71,7 +73,7 @@ def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", choices=SIDES)
     parser.add_argument("--precision", choices=PRECISIONS, default="float32")
-    parser.add_argument("--preset", default="alignseg_resnet101_official")
+    parser.add_argument("--preset", default=OFFICIAL_PRESET)
     parser.add_argument("--size", type=int, nargs=2, default=(1024, 2048))
     parser.add_argument("--train-size", type=int, nargs=2, default=(1024, 2048))
     parser.add_argument("--train-batch", type=int, default=2)
@@ -326,7 +328,8 @@ def drive(args):
         "--profile-steps", str(args.profile_steps),
         *(["--inference-only"] if args.inference_only else []),
     ]
-    results = {"gpu": gpu_name(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runs": []}
+    results = {"gpu": gpu_name(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "code": code_version(), "arguments": vars(args), "runs": []}
     for precision in args.precisions:
         for side in SIDES:
             command = [sys.executable, "-m", "benchmarks.gpu", "--side", side,
@@ -346,9 +349,18 @@ def drive(args):
             print(json.dumps(entry), flush=True)
             results["runs"].append(entry)
             if args.output:
-                with open(args.output, "w") as handle:
-                    json.dump(results, handle, indent=1)
+                _replace_json(args.output, results)
     return results
+
+
+def _replace_json(path, results):
+    """Replaces `path` with `results` whole (a kill leaves the previous file). Not
+    `timing.write_atomic`: that imports alignseg_keras, hence Keras and JAX, into this
+    driver, which must leave the GPU to its configurations' processes."""
+    partial = f"{path}.partial"
+    with open(partial, "w") as handle:
+        json.dump(results, handle, indent=1)
+    os.replace(partial, path)
 
 
 def main(argv=None):

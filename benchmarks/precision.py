@@ -188,8 +188,8 @@ def measured(entry):
 
 def main(argv=None):
     args = parse(argv)
-    results = {}
-    if os.path.exists(args.output) and set(args.sections) != set(SECTIONS):
+    results = {}  # the sections not measured now are kept as they were
+    if os.path.exists(args.output):
         with open(args.output) as handle:
             results = {key: value for key, value in json.load(handle).items() if key in SECTIONS}
     if "demo" in args.sections:
@@ -197,7 +197,10 @@ def main(argv=None):
             results["demo"] = measured(demo(args.demo_model))
             print(json.dumps(results["demo"]), flush=True)
         else:
-            print(f"{args.demo_model} not found (run `make demo`); the demo section is skipped.")
+            kept = (f"; {args.output} keeps its demo figures of {results['demo']['machine']['date']}"
+                    if "demo" in results else "")
+            print(f"{args.demo_model} not found (run `make demo`); the demo section is not "
+                  f"measured{kept}.")
     if {"official", "timing"} & set(args.sections):
         models = official_models(seed=0)
         if "official" in args.sections:

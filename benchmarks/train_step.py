@@ -18,9 +18,11 @@ backends.select_backend()
 
 
 def parse(argv=None):
+    from benchmarks import models
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="alignseg", choices=("alignseg", "trunk"))
-    parser.add_argument("--preset", default="alignseg_resnet101")
+    parser.add_argument("--preset", default=models.PRESET)
     parser.add_argument("--policy", default="float32")
     parser.add_argument("--xla", type=int, default=0)
     parser.add_argument("--size", type=int, nargs=2, default=(512, 512))

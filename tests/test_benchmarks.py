@@ -614,3 +614,48 @@ def test_entries_stored_before_runs_were_named_get_their_sections_run(tmp_path):
     entries = report.load(str(path))["entries"]
     assert [(entries[k]["backend"], entries[k]["measured"]) for k in "abc"] == [
         ("jax", "jax run"), ("tensorflow", "tf run"), ("jax", "alignment run")]
+
+
+def test_the_gpu_driver_records_its_code_and_arguments_and_replaces_its_file_whole(
+        tmp_path, monkeypatch):
+    from benchmarks import gpu
+
+    lines = {"jax": '{"side": "jax", "inference_ms": 1}\n', "torch": '{"side": "torch"}\n'}
+
+    run = subprocess.run
+
+    def configuration(command, **kwargs):  # stands for a configuration's process
+        if "--side" not in command:  # git, for the commit
+            return run(command, **kwargs)
+        side = command[command.index("--side") + 1]
+        return subprocess.CompletedProcess(command, 0, stdout=lines[side], stderr="")
+
+    monkeypatch.setattr(gpu.subprocess, "run", configuration)
+    monkeypatch.setattr(gpu, "gpu_name", lambda: "a GPU")
+    output = tmp_path / "gpu.json"
+    args = gpu.parse(["--output", str(output), "--precisions", "float32", "--repeats", "4"])
+    gpu.drive(args)
+    results = json.loads(output.read_text())
+    assert results["arguments"]["repeats"] == 4 and results["arguments"]["preset"] == (
+        "alignseg_resnet101_official")
+    assert "code" in results and len(results["runs"]) == 2
+    assert sorted(os.listdir(tmp_path)) == ["gpu.json"]  # no partial file left
+
+
+def test_a_precision_run_keeps_the_sections_it_does_not_measure(tmp_path, capsys, monkeypatch):
+    from benchmarks import precision
+
+    # The official model's sections stand in for themselves: this is about the file.
+    monkeypatch.setattr(precision, "official_models", lambda seed: None)
+    monkeypatch.setattr(precision, "official", lambda models, images: {"agreement": 0.5})
+    monkeypatch.setattr(precision, "timing", lambda models, repeats: {"seconds": 1.0})
+    output = tmp_path / "precision.json"
+    earlier = {"demo": {"machine": {"date": "2026-12-06"}, "agreement": 0.999},
+               "official": {"machine": {"date": "2026-12-06"}, "agreement": 0.998}}
+    output.write_text(json.dumps(earlier))
+    # Every section, as the default run; the demo model is not there (a fresh clone).
+    precision.main(["--demo-model", str(tmp_path / "missing.keras"), "--output", str(output)])
+    results = json.loads(output.read_text())
+    assert results["demo"] == earlier["demo"]  # it was deleted
+    assert results["official"]["agreement"] == 0.5 and results["timing"]["seconds"] == 1.0
+    assert "keeps its demo figures of 2026-12-06" in capsys.readouterr().out
