@@ -1,8 +1,10 @@
 """Class names, display colors and label tables of the datasets, with NumPy only.
 
-Backend-neutral: importing this module imports neither TensorFlow nor Keras,
-so `alignseg_keras.visualize`, `alignseg predict` and notebooks can name and
-draw classes on every Keras backend. The `tf.data` readers in
+Backend-neutral: the module itself needs NumPy only (importing it runs the
+package's `__init__`, which imports Keras on its backend, and TensorFlow only on
+the TensorFlow backend), so `alignseg_keras.visualize`, `alignseg predict` and
+notebooks can name and draw classes on every Keras backend, TensorFlow installed
+or not. The `tf.data` readers in
 `alignseg_keras.data` re-export these names.
 
 Example:

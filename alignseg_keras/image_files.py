@@ -1,8 +1,8 @@
 """Reading image and label files into NumPy arrays with Pillow, with clear errors.
 
 The one image reader of the library (`alignseg predict`, `visualize.load_image`
-and the dataset readers of `alignseg_keras.data` use it). Backend-neutral: it
-imports neither TensorFlow nor Keras.
+and the dataset readers of `alignseg_keras.data` use it). Backend-neutral: the
+module itself needs NumPy and Pillow only, on every Keras backend.
 
 Label maps are read with Pillow rather than `tf.io.decode_png` because
 palette PNGs (Pascal VOC style) must yield their palette indices, not the

@@ -21,6 +21,9 @@ import keras
 
 from alignseg_keras import visualize
 from alignseg_keras.checks import IGNORE_INDEX
+from alignseg_keras.checks import check_ignore_label
+from alignseg_keras.checks import expected_image_range
+from alignseg_keras.checks import label_value_error
 from alignseg_keras.optimizers import optimizer_step
 
 GAP = 4  # white pixels between the pictures of a panel
@@ -167,18 +170,21 @@ def example_panel(image, mask, prediction, palette, offsets=None, max_side=512, 
     `max_side` pixels and titled; the offset pictures (dict from module name
     to `visualize.offset_images` picture) fill rows as wide as the first.
 
+    `image` is RGB 0..255 (values outside are clipped); `ignore_index` is the ground
+    truth's: a prediction has no ignored label.
+
     Returns:
         uint8 `(h, w, 3)` RGB array.
     """
-    image = np.asarray(image)
+    image = np.clip(np.round(np.asarray(image, "float32")), 0, 255).astype("uint8")
     height, width = image.shape[:2]
     scale = min(1.0, max_side / max(height, width))
     small_h, small_w = max(1, round(height * scale)), max(1, round(width * scale))
     first = [
-        visualize.titled(_resize(np.asarray(image, "uint8"), small_h, small_w), "image"),
+        visualize.titled(_resize(image, small_h, small_w), "image"),
         visualize.titled(_resize(visualize.overlay(image, mask, palette, alpha, ignore_index),
                                  small_h, small_w), "ground truth"),
-        visualize.titled(_resize(visualize.overlay(image, prediction, palette, alpha, ignore_index),
+        visualize.titled(_resize(visualize.overlay(image, prediction, palette, alpha, None),
                                  small_h, small_w), "prediction"),
     ]
     panel_width = 3 * small_w + 2 * GAP
@@ -219,6 +225,16 @@ def take_examples(dataset, count):
         images.append(np.asarray(image))
         masks.append(np.asarray(mask))
     return images, masks
+
+
+def _display_scale(model):
+    """What a model's images are multiplied by to show them 0..255: 255 for a model of
+    0..1 images (its normalisation's mean and std in 0..1), else 1."""
+    normalization = getattr(model, "normalization", None)
+    if normalization is None:
+        return 1.0
+    unit = expected_image_range(normalization["mean"], normalization["std"]) == 1.0
+    return 255.0 if unit else 1.0
 
 
 class SegmentationPictures(keras.callbacks.Callback):
@@ -290,6 +306,12 @@ class SegmentationPictures(keras.callbacks.Callback):
             self.masks.append(mask.astype("int64"))
         self.log_dir = str(log_dir)
         self.class_names = [str(name) for name in class_names]
+        check_ignore_label(ignore_index, len(self.class_names))
+        for index, mask in enumerate(self.masks):  # here, not at the first picture of a fit
+            error = label_value_error(mask, len(self.class_names), f"mask {index} of the pictures",
+                                      ignore_index)
+            if error is not None:
+                raise error
         self.palette = (visualize.get_palette("auto", len(self.class_names))
                         if palette is None else np.asarray(palette, "uint8"))
         if self.palette.ndim != 2 or self.palette.shape[-1] != 3 or (
@@ -343,8 +365,8 @@ class SegmentationPictures(keras.callbacks.Callback):
             except ValueError:  # non-finite offsets of diverging weights: no offset pictures
                 offsets = {}
             pictures[f"pictures/example_{index}"] = example_panel(
-                image, mask, prediction, self.palette, offsets, self.max_side,
-                ignore_index=self.ignore_index)
+                image * _display_scale(model), mask, prediction, self.palette, offsets,
+                self.max_side, ignore_index=self.ignore_index)
             confusion += confusion_counts(mask, prediction, num_classes, self.ignore_index)
         pictures["pictures/confusion"] = visualize.titled(
             confusion_picture(normalized_confusion(confusion), self.class_names),

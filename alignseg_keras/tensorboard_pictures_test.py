@@ -116,7 +116,8 @@ def test_a_model_without_offsets(tmp_path):
     callback = SegmentationPictures(str(tmp_path), images, masks, NAMES)
     _fit(model, [callback], steps=1, epochs=1)
     panel = _read_images(str(tmp_path))["pictures/example_0"][1]
-    one_row = example_panel(images[0], masks[0], masks[0], visualize.get_palette("auto", 3))
+    one_row = example_panel(images[0], masks[0], np.zeros_like(masks[0]),
+                            visualize.get_palette("auto", 3))
     assert panel.shape == one_row.shape  # image, truth and prediction; no offsets
 
 
@@ -166,3 +167,34 @@ def test_take_examples_and_bad_arguments(tmp_path):
         SegmentationPictures(str(tmp_path), images, masks, NAMES, palette=[[0, 0, 0], [9, 9, 9]])
     with pytest.raises(ValueError, match="received shape"):
         SegmentationPictures(str(tmp_path), images, masks, NAMES, palette=[0] * len(NAMES))
+    # Labels outside the classes failed at the first picture, stopping the fit.
+    bad = [m.copy() for m in masks]
+    bad[1][5, 5] = 7
+    with pytest.raises(ValueError, match=r"mask 1 of the pictures contains value\(s\) \[7\]"):
+        SegmentationPictures(str(tmp_path), images, bad, NAMES)
+    with pytest.raises(ValueError, match="ignore label 255 is one of the model's 300 classes"):
+        SegmentationPictures(str(tmp_path), images, masks, [str(i) for i in range(300)])
+
+
+def test_the_prediction_colors_a_class_that_is_the_ground_truths_ignore_label():
+    palette = visualize.get_palette("auto", 3)
+    image = np.full((4, 4, 3), 100, "uint8")
+    labels = np.zeros((4, 4), "int64")  # class 0 everywhere; the truth ignores 0
+    panel = example_panel(image, labels, labels, palette, ignore_index=0)
+    reference = example_panel(image, labels, labels, palette, ignore_index=None)
+    width = (panel.shape[1] - 2 * 4) // 3  # three pictures with two gaps of 4 (GAP)
+    prediction, reference_prediction = panel[:, -width:], reference[:, -width:]
+    np.testing.assert_array_equal(prediction, reference_prediction)  # colored, not bare
+
+
+def test_pictures_of_a_model_of_0_to_1_images_show_them_0_to_255(tmp_path):
+    # A model built with mean and std in 0..1 takes 0..1 images: the image column was black.
+    images, masks = _data(1)
+    unit_images = images.astype("float32") / 255
+    model = tiny_alignseg(num_classes=3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    callback = SegmentationPictures(str(tmp_path), unit_images, masks, NAMES)
+    callback.set_model(model)
+    panel = callback.pictures()["pictures/example_0"]
+    expected = example_panel(images[0], masks[0], model.predict(unit_images, verbose=0)[0].argmax(-1),
+                             callback.palette, visualize.offset_images(model, unit_images[0]))
+    np.testing.assert_array_equal(panel, expected)

@@ -225,11 +225,14 @@ def flow_to_color(offsets, max_magnitude=None):
     picture = flow_to_color(np.stack([dy, dx], axis=-1))
     ```
     """
-    offsets = np.asarray(offsets, "float32")
+    offsets = np.asarray(offsets, "float64")  # squares of float32 offsets above 1.8e19 overflow
     if offsets.ndim != 3 or offsets.shape[-1] != 2:
         raise ValueError(
             f"`offsets` must have shape (height, width, 2) as (dy, dx); received {offsets.shape}."
         )
+    if not np.isfinite(offsets).all():
+        raise ValueError(f"`offsets` hold {int((~np.isfinite(offsets)).sum())} NaN or infinite "
+                         "value(s): there is no direction to draw.")
     if max_magnitude is None:
         max_magnitude = float(np.sqrt((offsets**2).sum(-1)).max())
     if not max_magnitude >= 0:

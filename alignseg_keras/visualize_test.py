@@ -212,3 +212,16 @@ def test_offset_key_decodes_directions_like_flow_to_color():
     up = flow_to_color(np.array([[[-1.0, 0.0]]], np.float32), 1.0)[0, 0]
     assert np.abs(key[32, 63].astype(int) - right).max() <= 24
     assert np.abs(key[1, 32].astype(int) - up).max() <= 24
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan])
+def test_flow_to_color_names_non_finite_offsets(value):
+    field = np.zeros((2, 2, 2))
+    field[1, 1, 0] = value  # of diverging weights: an IndexError inside NumPy, or a max_magnitude message
+    with pytest.raises(ValueError, match=r"`offsets` hold 1 NaN or infinite value\(s\)"):
+        flow_to_color(field)
+
+
+def test_flow_to_color_of_huge_float32_offsets_is_not_white():
+    field = np.array([[[0.0, 3e19], [0.0, 0.0]]], "float32")  # its square overflows float32
+    np.testing.assert_array_equal(flow_to_color(field), flow_to_color(field / 1e19))
