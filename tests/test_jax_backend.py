@@ -139,6 +139,19 @@ def test_fit_with_default_compile_then_save_and_load(tmp_path):
     check_fit_save_and_load(tmp_path)
 
 
+def test_model_export_writes_a_saved_model_for_images_of_any_size(tmp_path):
+    # jax2tf traced the gradients too and failed on the symbolic padding, deep inside
+    # TensorFlow; an inference export needs none.
+    import tensorflow as tf
+
+    model = cases.tiny_alignseg()
+    cases.randomize_weights(model)
+    model.export(str(tmp_path / "saved_model"), verbose=False)
+    served = tf.saved_model.load(str(tmp_path / "saved_model"))
+    images = np.random.default_rng(1).uniform(0, 255, (1, 50, 70, 3)).astype("float32")
+    assert_close(np.asarray(served.serve(images)), model.predict(images, verbose=0))
+
+
 def test_mixed_bfloat16_inference_is_close_to_float32(reference):
     check_mixed_bfloat16_inference(keras.saving.load_model(reference_file(reference, "model")))
 

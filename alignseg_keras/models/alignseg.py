@@ -484,8 +484,11 @@ class AlignSeg(ImageSegmenter):
             loss: a Keras loss on (labels, logits), or None for
                 `SegmentationCrossEntropy(ignore_index)`. With deep supervision the
                 total is `loss(y, logits) + aux_loss_weight * aux_loss(y, aux_logits)`.
-            metrics: a list of metrics, or None for `MeanIoU(num_classes)` ignoring
-                the loss's `ignore_index` (or `ignore_index` for a loss without one).
+            metrics: a list of metrics, or None (and no `weighted_metrics`) for
+                `MeanIoU(num_classes)` ignoring the loss's `ignore_index` (or
+                `ignore_index` for a loss without one), compiled as a weighted metric:
+                `fit`/`evaluate`'s `sample_weight` reaches it. Keras gives the
+                weights only to `weighted_metrics`, not to metrics passed here.
             aux_loss_weight: float, weight of the deep-supervision loss (0.4).
             aux_loss: a `keras.losses.Loss` for the deep-supervision head, or
                 None for `loss` itself. The authors' criteria give that head plain
@@ -527,8 +530,12 @@ class AlignSeg(ImageSegmenter):
         ignored = loss_ignore_label(loss, default=ignore_index)
         for label in (ignored, loss_ignore_label(aux_loss, default=None)):
             self._check_ignore_label(label)
-        if metrics is None:  # ignoring what the loss ignores
-            metrics = [MeanIoU(self.num_classes, ignore_index=ignore_index if ignored is None else ignored)]
+        if metrics is None and kwargs.get("weighted_metrics") is None:
+            # Ignoring what the loss ignores; a weighted metric, which Keras gives the
+            # sample weights (as the loss: pixels of weight 0 are left out).
+            metrics = []
+            kwargs["weighted_metrics"] = [MeanIoU(
+                self.num_classes, ignore_index=ignore_index if ignored is None else ignored)]
         self.aux_loss_weight = float(aux_loss_weight) if self.deep_supervision else 0.0
         self.aux_loss = _checked_aux_loss(aux_loss)
         # Saved as given (get_compile_config): Keras saves "auto" resolved for the
@@ -764,6 +771,11 @@ class AlignSeg(ImageSegmenter):
         ```
         """
         if format == "tf_saved_model":
+            if keras.backend.backend() == "jax":
+                # jax2tf traced gradient functions too, which failed on the symbolic
+                # padding of images of any size (an inference export needs none).
+                kwargs["jax2tf_kwargs"] = {"with_gradient": False,
+                                           **(kwargs.get("jax2tf_kwargs") or {})}
             return super().export(filepath, format, verbose, input_signature, **kwargs)
         check_float32_computation(self, format)  # ONNX and LiteRT only
         with portable_sampling():

@@ -95,10 +95,14 @@ def test_class_weight_is_refused_for_the_losses_class_weights():
 def test_sample_weights_weight_images_in_evaluate_and_fit():
     images, masks = toy_data()
     model = tiny_alignseg(3, seed=0)
-    model.compile(metrics=[])
-    first = model.evaluate(images[:1], masks[:1], verbose=0)
-    weighted = model.evaluate(images[:2], masks[:2], sample_weight=np.array([1.0, 0.0]), verbose=0)
-    np.testing.assert_allclose(weighted, first, rtol=1e-5)  # float32 rounding of the sums
+    model.compile()  # its default mean IoU too: it was given no weights (a plain metric)
+    first = model.evaluate(images[:1], masks[:1], verbose=0, return_dict=True)
+    weighted = model.evaluate(images[:2], masks[:2], sample_weight=np.array([1.0, 0.0]), verbose=0,
+                              return_dict=True)
+    both = model.evaluate(images[:2], masks[:2], verbose=0, return_dict=True)
+    assert sorted(weighted) == ["loss", "mean_iou"] and both["mean_iou"] != first["mean_iou"]
+    for name in weighted:  # float32 rounding of the sums
+        np.testing.assert_allclose(weighted[name], first[name], rtol=1e-5, err_msg=name)
     history = model.fit(images, masks, sample_weight=np.array([1.0, 2.0, 0.0, 1.0]), batch_size=2,
                         verbose=0)
     assert np.isfinite(history.history["loss"]).all()
