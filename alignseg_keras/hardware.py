@@ -107,10 +107,22 @@ def has_accelerator():
     return not keras.distribution.list_devices()[0].lower().startswith("cpu")
 
 
-def slow_precision_reason(precision, accelerator, flags):
+# What float16 costs on a CPU, measured on each backend (a backend not named here is told
+# TensorFlow's measurement, as such).
+_FLOAT16_ON_CPUS = {
+    "tensorflow": "in TensorFlow (4 training steps of AlignSeg-R101 at 512x512 took more than "
+                  "25 minutes on an Intel Xeon, see docs/benchmarks.md)",
+    "jax": "in JAX's XLA (an AlignSeg-R101 training step at 256x256 took 4.5-4.9 s against "
+           "2.4-2.5 s in float32, and inference gained nothing, on a 2-core AMD EPYC, Zen 4; "
+           "see docs/jax.md)",
+}
+
+
+def slow_precision_reason(precision, accelerator, flags, backend="tensorflow"):
     """Why `precision` computes no faster than float32 on a machine with `accelerator`
-    (True, False or None: unknown) and CPU `flags` (a set, or None: unknown), or None
-    where it may well be faster or the machine is not known well enough to say.
+    (True, False or None: unknown) and CPU `flags` (a set, or None: unknown), on Keras'
+    `backend`, or None where it may well be faster or the machine is not known well
+    enough to say.
 
     Example:
     ```python
@@ -121,10 +133,10 @@ def slow_precision_reason(precision, accelerator, flags):
     if accelerator is not False:
         return None
     if precision in FLOAT16_PRECISIONS:
+        measured = _FLOAT16_ON_CPUS.get(backend, "(measured " + _FLOAT16_ON_CPUS["tensorflow"] + ")")
         return (
-            f"{precision} on a machine without a GPU: CPUs have no fast float16 path in "
-            "TensorFlow (4 training steps of AlignSeg-R101 at 512x512 took more than 25 "
-            "minutes on an Intel Xeon, see docs/benchmarks.md); use bfloat16 on CPUs with "
+            f"{precision} on a machine without a GPU: CPUs have no fast float16 path "
+            f"{measured}; use bfloat16 on CPUs with "
             f"{' or '.join(BFLOAT16_CPU_FEATURES)}, float32 elsewhere."
         )
     if precision in BFLOAT16_PRECISIONS and flags is not None and not flags.intersection(
@@ -286,9 +298,12 @@ def kernel_note(kind):
 
 def precision_warning(precision):
     """`slow_precision_reason` for this machine: a sentence, or None."""
+    import keras
+
     # Other precisions never have a reason: no device query for them (float32 compiles).
     if precision in FLOAT16_PRECISIONS + BFLOAT16_PRECISIONS:
-        return slow_precision_reason(precision, has_accelerator(), cpu_flags())
+        return slow_precision_reason(precision, has_accelerator(), cpu_flags(),
+                                     keras.backend.backend())
     return None
 
 

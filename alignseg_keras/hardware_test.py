@@ -56,6 +56,15 @@ def test_slow_precision_reason(precision, accelerator, flags, slow):
         assert precision in reason and "float32" in reason
 
 
+def test_the_float16_reason_is_the_backends_measurement():
+    jax = hardware.slow_precision_reason("float16", False, None, "jax")
+    tensorflow = hardware.slow_precision_reason("float16", False, None, "tensorflow")
+    torch = hardware.slow_precision_reason("float16", False, None, "torch")
+    assert "in JAX's XLA" in jax and "TensorFlow" not in jax  # it quoted TensorFlow on JAX
+    assert "in TensorFlow (4 training steps" in tensorflow
+    assert "(measured in TensorFlow (4 training steps" in torch
+
+
 def test_the_reason_says_what_bfloat16_costs_with_and_without_avx512():
     avx2 = hardware.slow_precision_reason("bfloat16", False, frozenset({"avx2"}))
     avx512 = hardware.slow_precision_reason("bfloat16", False, frozenset({"avx2", "avx512f"}))

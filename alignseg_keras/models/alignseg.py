@@ -543,6 +543,7 @@ class AlignSeg(ImageSegmenter):
         kwargs.setdefault("jit_compile", "auto")
         self._jit_compile_argument = False if kwargs.get("run_eagerly") else kwargs["jit_compile"]
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+        self._jit_compile_resolved = self.jit_compile  # a later `model.jit_compile = x` is saved
         if self.built:
             # The optimizer's state now, as Keras does on JAX and under a
             # tf.distribute strategy: on TensorFlow without one, Keras creates it
@@ -557,11 +558,14 @@ class AlignSeg(ImageSegmenter):
         JAX, which torch reads as `torch.compile` (not supported here: it crashed
         inside dynamo on read-only NumPy images and took 42 s for a first
         `predict`), False on TensorFlow without a GPU, which JAX reads as not
-        jitting at all. "auto" is resolved again where the file loads.
+        jitting at all. "auto" is resolved again where the file loads. A value set
+        since (`model.jit_compile = True`) is saved as set.
         """
         config = super().get_compile_config()
         if config:
             config["jit_compile"] = getattr(self, "_jit_compile_argument", config.get("jit_compile"))
+            if self.jit_compile != getattr(self, "_jit_compile_resolved", self.jit_compile):
+                config["jit_compile"] = self.jit_compile  # set since `compile`: the user's
             config["aux_loss_weight"] = self.aux_loss_weight
             aux_loss = getattr(self, "aux_loss", None)
             if aux_loss is not None:

@@ -211,6 +211,16 @@ def test_a_file_keeps_jit_compile_as_compile_was_given_it(given, saved, tmp_path
     assert restored.jit_compile == model.jit_compile
 
 
+def test_jit_compile_set_after_compile_is_saved(tmp_path):
+    # docs/jax.md's advice for a file saved without jit (`model.jit_compile = True`) was
+    # lost when the model was saved again: the file kept compile's argument.
+    model = tiny_model()
+    model.compile(jit_compile=False)
+    model.jit_compile = True
+    model.save(tmp_path / "model.keras")
+    assert keras.saving.load_model(tmp_path / "model.keras").jit_compile is True
+
+
 def test_frozen_layers_stay_frozen_after_a_reload(tmp_path):
     # They came back trainable (AlignSeg rebuilds its layers from its arguments), the
     # optimizer state of the other weights was dropped, and fit changed the frozen ones.
