@@ -5,7 +5,8 @@ import math
 import os
 import sys
 
-PIPELINE_DEFAULTS_HELP = "that of alignseg_keras.data.training_pipeline (the paper's)"
+PIPELINE_DEFAULTS_HELP = ("that of alignseg_keras.data.training_pipeline (docs/training.md "
+                          "gives it and its source)")
 # Options whose defaults are training_pipeline's arguments of the same name.
 PIPELINE_OPTIONS = ("crop_size", "scale_range", "batch_size")
 PRECISIONS = {"float32": None, "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
