@@ -326,10 +326,21 @@ def changed_training_settings(model, path):
     current = model.get_compile_config() if getattr(model, "compiled", False) else None
     if not isinstance(saved, dict) or not isinstance(current, dict):
         return ""
+    saved, current = _metrics_as_one_list(saved), _metrics_as_one_list(current)
     keys = (saved.keys() & current.keys()) - set(_EXECUTION_SETTINGS)
     return _shown_differences(
         difference for key in sorted(keys)
         for difference in _config_differences(saved[key], current[key], key))
+
+
+def _metrics_as_one_list(compile_config):
+    """`compile_config` with its `metrics` and `weighted_metrics` as one list under
+    `metrics`: files saved before 2026-12-08 hold the default `MeanIoU` in `metrics`, later
+    ones in `weighted_metrics` (it follows sample weights), the same metric either way."""
+    metrics = [*(compile_config.get("metrics") or []),
+               *(compile_config.get("weighted_metrics") or [])]
+    merged = {key: value for key, value in compile_config.items() if key != "weighted_metrics"}
+    return {**merged, "metrics": metrics}
 
 
 # The start of the warning with which Keras' `load_own_variables` skips an optimizer state

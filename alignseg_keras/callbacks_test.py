@@ -212,6 +212,23 @@ def test_a_resume_with_other_training_settings_says_which(tmp_path, capsys):
     np.testing.assert_allclose(float(model.optimizer.learning_rate), 0.01, rtol=1e-6)
 
 
+def test_a_metric_moved_to_the_weighted_metrics_is_no_other_setting(tmp_path):
+    # compile()'s default MeanIoU moved from `metrics` to `weighted_metrics` (2026-12-08):
+    # resuming an earlier backup said it was written with other training settings.
+    from alignseg_keras.callbacks import changed_training_settings
+
+    saved = small_model()
+    saved.compile(keras.optimizers.SGD(0.01, momentum=0.9), "mse",
+                  metrics=[keras.metrics.MeanAbsoluteError()])
+    saved.save(tmp_path / "backup.keras")
+    current = small_model()
+    current.compile(keras.optimizers.SGD(0.01, momentum=0.9), "mse", metrics=[],
+                    weighted_metrics=[keras.metrics.MeanAbsoluteError()])
+    assert changed_training_settings(current, str(tmp_path / "backup.keras")) == ""
+    current.compile(keras.optimizers.SGD(0.01, momentum=0.9), "mse")
+    assert "metrics" in changed_training_settings(current, str(tmp_path / "backup.keras"))
+
+
 def test_a_functional_model_built_again_resumes_its_backups(tmp_path):
     # Auto-named layers get a per-process counter, also in the graph's references to them.
     from alignseg_keras.callbacks import changed_arguments

@@ -495,7 +495,7 @@ def _fraction_error(block, num_classes, ignore_index):
     )
 
 
-def check_ignore_label(ignore_index, num_classes):
+def check_ignore_label(ignore_index, num_classes, remedy=None):
     """Raises `ValueError` when the ignore label of the library's convention, 255, is one
     of the model's classes.
 
@@ -506,6 +506,7 @@ def check_ignore_label(ignore_index, num_classes):
     Args:
         ignore_index: the label ignored, or None (none is).
         num_classes: the model's number of classes.
+        remedy: the sentence saying what to give instead, or None for `compile`'s.
 
     Example:
     ```python
@@ -516,8 +517,9 @@ def check_ignore_label(ignore_index, num_classes):
         raise ValueError(
             f"The ignore label {ignore_index} is one of the model's {num_classes} classes "
             f"(0..{num_classes - 1}): pixels of class {ignore_index} would count for nothing "
-            "in the loss and the mean IoU. Give compile(ignore_index=-1) and mark unlabelled "
-            f"pixels -1, or a loss whose ignore label lies outside 0..{num_classes - 1}."
+            "in the loss and the mean IoU. " + (remedy or (
+                "Give compile(ignore_index=-1) and mark unlabelled pixels -1, or a loss whose "
+                f"ignore label lies outside 0..{num_classes - 1}."))
         )
 
 

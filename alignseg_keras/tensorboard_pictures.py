@@ -306,7 +306,9 @@ class SegmentationPictures(keras.callbacks.Callback):
             self.masks.append(mask.astype("int64"))
         self.log_dir = str(log_dir)
         self.class_names = [str(name) for name in class_names]
-        check_ignore_label(ignore_index, len(self.class_names))
+        check_ignore_label(ignore_index, len(self.class_names), remedy=(
+            "Give SegmentationPictures the label your masks leave unlabelled: "
+            "ignore_index=-1 (or None)."))
         for index, mask in enumerate(self.masks):  # here, not at the first picture of a fit
             error = label_value_error(mask, len(self.class_names), f"mask {index} of the pictures",
                                       ignore_index)

@@ -172,7 +172,8 @@ def test_take_examples_and_bad_arguments(tmp_path):
     bad[1][5, 5] = 7
     with pytest.raises(ValueError, match=r"mask 1 of the pictures contains value\(s\) \[7\]"):
         SegmentationPictures(str(tmp_path), images, bad, NAMES)
-    with pytest.raises(ValueError, match="ignore label 255 is one of the model's 300 classes"):
+    with pytest.raises(ValueError, match="ignore label 255 is one of the model's 300 classes.*"
+                                         r"Give SegmentationPictures .* ignore_index=-1"):
         SegmentationPictures(str(tmp_path), images, masks, [str(i) for i in range(300)])
 
 

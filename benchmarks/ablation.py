@@ -579,7 +579,7 @@ def report(args):
         f"- Mode `{args.mode}`: {len(runs)} of {expected} runs, seeds {list(settings['seeds'])}; "
         f"machine: {'; '.join(machines)}; backend: {', '.join(backends)}; date: {', '.join(dates)}; "
         f"code: {', '.join(code)}; training time {train_minutes:.0f} min in all.",
-        f"- Settings: `{json.dumps({k: v for k, v in settings.items() if k not in ('seeds', 'tables', 'runs')})}`; "
+        f"- Settings: `{json.dumps(training_settings(settings))}`; "
         f"loss: OHEM cross-entropy (threshold {OHEM_THRESHOLD}, at least {OHEM_KEPT_FRACTION:.4g} of each "
         "batch kept) with sqrt median-frequency class weights, as the demo.",
         "",

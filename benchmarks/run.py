@@ -12,9 +12,10 @@ throughput (1024x2048 inference and training, for JAX on a GPU) and authors
 (our model beside the authors' network in PyTorch: inference against the
 image size, training against the crop and batch, float32 and bfloat16, time
 and peak memory; `benchmarks/authors.py`). Every time is the minimum over
-repeats; the alignment, inference and throughput candidates run round-robin so that
-load from other processes hits them alike (the training configurations and the authors'
-pairs run one after another in fresh processes, tf.data is one timed pass). A section
+repeats; the alignment, inference and throughput-inference candidates run round-robin so
+that load from other processes hits them alike (the training configurations, of the
+training and throughput sections, and the authors' pairs run one after another in fresh
+processes; tf.data is one timed pass). A section
 that runs replaces its earlier rows (`report.record`). The backend is TensorFlow when it
 is installed, else JAX (set KERAS_BACKEND to choose).
 """

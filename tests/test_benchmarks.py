@@ -598,8 +598,13 @@ def test_a_sections_rows_are_of_one_run_and_ratios_across_runs_are_refused():
     report.record(store, "data", [dict(data, images_per_second=5.0)], _machine("run 2"), 0.1, 0.1)
     [row] = [r for r in report.target_rows(store) if r.startswith("| tf.data")]
     assert "| 10.0x | yes |" in row  # 5 images/s against 0.5
-    # Other backends' and other sections' rows stay, stamped with their run.
+    # Other backends' and other sections' rows stay, stamped with their run; a faster
+    # step of another backend's run does not hide this run's ratio.
     assert store["entries"]["inference jax"]["measured"] == "run 1"
+    report.record(store, "training", [dict(step, key="jax step", seconds=0.1)],
+                  _machine("run 3", "jax"), 0.1, 0.1)
+    [row] = [r for r in report.target_rows(store) if r.startswith("| tf.data")]
+    assert "| 10.0x | yes |" in row
 
 
 def test_entries_stored_before_runs_were_named_get_their_sections_run(tmp_path):

@@ -104,8 +104,11 @@ def end_progress_line():
     epoch's end this adds an empty line."""
     import sys
 
-    sys.stdout.write("\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    except (OSError, ValueError):  # a closed pipe or a full disk: the error at hand matters
+        pass
 
 
 def warn_about_precision(command, precision):

@@ -484,11 +484,12 @@ class AlignSeg(ImageSegmenter):
             loss: a Keras loss on (labels, logits), or None for
                 `SegmentationCrossEntropy(ignore_index)`. With deep supervision the
                 total is `loss(y, logits) + aux_loss_weight * aux_loss(y, aux_logits)`.
-            metrics: a list of metrics, or None (and no `weighted_metrics`) for
-                `MeanIoU(num_classes)` ignoring the loss's `ignore_index` (or
-                `ignore_index` for a loss without one), compiled as a weighted metric:
-                `fit`/`evaluate`'s `sample_weight` reaches it. Keras gives the
-                weights only to `weighted_metrics`, not to metrics passed here.
+            metrics: a list of metrics, or None for `MeanIoU(num_classes)` ignoring
+                the loss's `ignore_index` (or `ignore_index` for a loss without one),
+                compiled as a weighted metric (beside any `weighted_metrics` given,
+                unless they hold a `MeanIoU`): `fit`/`evaluate`'s `sample_weight`
+                reaches it. Keras gives the weights only to `weighted_metrics`, not to
+                metrics passed here.
             aux_loss_weight: float, weight of the deep-supervision loss (0.4).
             aux_loss: a `keras.losses.Loss` for the deep-supervision head, or
                 None for `loss` itself. The authors' criteria give that head plain
@@ -530,12 +531,16 @@ class AlignSeg(ImageSegmenter):
         ignored = loss_ignore_label(loss, default=ignore_index)
         for label in (ignored, loss_ignore_label(aux_loss, default=None)):
             self._check_ignore_label(label)
-        if metrics is None and kwargs.get("weighted_metrics") is None:
+        if metrics is None:
             # Ignoring what the loss ignores; a weighted metric, which Keras gives the
-            # sample weights (as the loss: pixels of weight 0 are left out).
+            # sample weights (as the loss: pixels of weight 0 are left out), beside the
+            # user's weighted metrics unless they hold a MeanIoU.
             metrics = []
-            kwargs["weighted_metrics"] = [MeanIoU(
-                self.num_classes, ignore_index=ignore_index if ignored is None else ignored)]
+            weighted = list(kwargs.get("weighted_metrics") or [])
+            if not any(isinstance(metric, MeanIoU) for metric in weighted):
+                weighted.append(MeanIoU(
+                    self.num_classes, ignore_index=ignore_index if ignored is None else ignored))
+            kwargs["weighted_metrics"] = weighted
         self.aux_loss_weight = float(aux_loss_weight) if self.deep_supervision else 0.0
         self.aux_loss = _checked_aux_loss(aux_loss)
         # Saved as given (get_compile_config): Keras saves "auto" resolved for the

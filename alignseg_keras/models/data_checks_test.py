@@ -78,7 +78,7 @@ def test_the_ignore_label_follows_keras_sparse_cross_entropy():
     model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255))
     assert model.ignore_index == 255
     model.evaluate(IMAGES, masks, verbose=0)  # accepted, and Keras ignores it
-    assert model._compile_config.config["metrics"][0].ignore_index == 255
+    assert model._compile_config.config["weighted_metrics"][0].ignore_index == 255
 
 
 def test_generators_and_py_datasets_are_checked_batch_by_batch(model):

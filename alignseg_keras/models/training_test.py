@@ -38,7 +38,7 @@ def test_compile_defaults_are_the_paper_recipe(given):
     assert model.optimizer._learning_rate.power == 0.9
     assert isinstance(model.loss, SegmentationCrossEntropy)
     assert model.aux_loss_weight == 0.4
-    metrics = model._compile_config.config["metrics"]
+    metrics = model._compile_config.config["weighted_metrics"]
     assert len(metrics) == 1 and isinstance(metrics[0], MeanIoU)
     assert metrics[0].num_classes == 3
 
@@ -46,10 +46,20 @@ def test_compile_defaults_are_the_paper_recipe(given):
 def test_the_default_metric_ignores_what_the_loss_ignores():
     model = tiny_model()
     model.compile(loss=OhemCrossEntropy(ignore_index=0))
-    (metric,) = model._compile_config.config["metrics"]
+    (metric,) = model._compile_config.config["weighted_metrics"]
     assert metric.ignore_index == 0 == model.ignore_index
     model.compile(ignore_index=7)
-    assert model._compile_config.config["metrics"][0].ignore_index == 7
+    assert model._compile_config.config["weighted_metrics"][0].ignore_index == 7
+
+
+def test_the_default_metric_joins_the_users_weighted_metrics():
+    model = tiny_model()
+    model.compile(weighted_metrics=[keras.metrics.SparseCategoricalAccuracy()])
+    kinds = [type(m) for m in model._compile_config.config["weighted_metrics"]]
+    assert kinds == [keras.metrics.SparseCategoricalAccuracy, MeanIoU]  # it dropped the mean IoU
+    mine = MeanIoU(3, ignore_index=0)
+    model.compile(weighted_metrics=[mine])
+    assert model._compile_config.config["weighted_metrics"] == [mine]
 
 
 def test_an_ignore_label_that_is_a_class_is_refused():
@@ -63,7 +73,7 @@ def test_an_ignore_label_that_is_a_class_is_refused():
             model.compile(**arguments)
     model.compile(ignore_index=-1)
     assert model.ignore_index == -1
-    assert model._compile_config.config["metrics"][0].ignore_index == -1
+    assert model._compile_config.config["weighted_metrics"][0].ignore_index == -1
 
 
 def test_a_file_compiled_with_such_an_ignore_label_still_loads(tmp_path, monkeypatch):
