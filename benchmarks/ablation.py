@@ -385,22 +385,23 @@ def load_runs(args):
     were recorded are taken as they are."""
     runs = {}
     settings = args.settings
+    current = training_settings(settings)
     for variant in variants_of(settings):
         for seed in settings["seeds"]:
             path = run_path(args, variant, seed)
             if os.path.exists(path):
                 with open(path) as handle:
                     run = json.load(handle)
-                if run.get("settings", training_settings(settings)) != training_settings(settings):
-                    print(f"Left out {path}: trained with other settings ({_changed(run['settings'], settings)}); "
+                if run.get("settings", current) != current:
+                    print(f"Left out {path}: trained with other settings ({_changed(run['settings'], current)}); "
                           "delete it to run it again with these, or use another --runs folder.")
                     continue
                 runs[(variant, seed)] = run
     return runs
 
 
-def _changed(recorded, settings):
-    current = training_settings(settings)
+def _changed(recorded, current):
+    """The settings of `recorded` that differ from `current` (both `training_settings`)."""
     names = sorted(name for name in set(recorded) | set(current)
                    if recorded.get(name) != current.get(name))
     return ", ".join(f"{name} {recorded.get(name)} against {current.get(name)}" for name in names)

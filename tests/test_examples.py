@@ -14,6 +14,7 @@ from PIL import Image
 from alignseg_keras import AlignSeg
 from alignseg_keras import data
 from alignseg_keras.optimizers import optimizer_step
+from alignseg_keras.testing.models import tiny_alignseg
 
 EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "train_cityscapes.py"
 
@@ -39,8 +40,7 @@ def _write_cityscapes(root, count=2, size=(32, 64)):
 
 def _tiny_alignseg(built, num_classes, backbone_weights):
     assert backbone_weights == "imagenet"  # what the example asks for
-    built.append(AlignSeg(num_classes, backbone="resnet18", decoder_channels=8,
-                          context_hidden_channels=16))
+    built.append(tiny_alignseg(num_classes))
     return built[-1]
 
 
