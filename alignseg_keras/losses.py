@@ -4,16 +4,19 @@ Lovász-Softmax, weighted sums of them, and deep supervision.
 All losses take integer labels `(B, H, W)` (or `(B, H, W, 1)`) and logits
 `(B, h, w, C)`. When the logits are smaller than the labels they are upsampled
 to the label size first (bilinear, align_corners=True, as the authors' code),
-so logits are compared with labels at label resolution. Only `keras.ops`.
+so logits are compared with labels at label resolution. Only `keras.ops`
+(and NumPy, for checking labels given as NumPy arrays).
 """
 
 import math
 import numbers
 
 import keras
+import numpy as np
 from keras import ops
 
 from alignseg_keras.checks import IGNORE_INDEX
+from alignseg_keras.checks import label_value_error
 from alignseg_keras.distribute import replicas_in_sync
 from alignseg_keras.layers.alignment import resize_bilinear
 
@@ -21,7 +24,13 @@ from alignseg_keras.layers.alignment import resize_bilinear
 def _prepare(y_true, y_pred, ignore_index):
     """Labels as int32 `(B, H, W)`, float32 logits at label size, valid-pixel mask.
 
-    The logits of ignored pixels are replaced by zeros, so that a NaN or an
+    Valid pixels hold a class id in [0, C). In tensors, whose values a traced
+    step cannot check, another label than a class id or `ignore_index` is left
+    out as the ignore label is, in every loss and on every backend (it had
+    counted as a valid pixel of loss 0, diluting the mean); NumPy labels with
+    one are refused before (`_check_numpy_labels`).
+
+    The logits of left-out pixels are replaced by zeros, so that a NaN or an
     infinity there (an overflow in padding, say) reaches neither the loss nor its
     gradient: a weight of zero would not stop it (0 x inf is NaN).
     """
@@ -29,27 +38,56 @@ def _prepare(y_true, y_pred, ignore_index):
     if len(labels.shape) == 4:
         labels = ops.squeeze(labels, axis=-1)
     logits = ops.cast(y_pred, "float32")
+    _check_logits_shape(labels.shape, logits.shape)
+    num_classes = ops.shape(logits)[-1]
     label_size = (ops.shape(labels)[1], ops.shape(labels)[2])
     if tuple(logits.shape[1:3]) != tuple(labels.shape[1:3]) or None in logits.shape[1:3]:
         logits = resize_bilinear(logits, label_size, align_corners=True)
-    valid = ops.not_equal(labels, ignore_index)
+    class_ids = ops.logical_and(labels >= 0, labels < num_classes)
+    valid = ops.logical_and(ops.not_equal(labels, ignore_index), class_ids)
     logits = ops.where(ops.expand_dims(valid, -1), logits, 0.0)
     return ops.where(valid, labels, 0), logits, valid
 
 
+def _check_numpy_labels(y_true, y_pred, ignore_index):
+    """A `ValueError` naming the values of NumPy labels that are neither a class id nor
+    `ignore_index` (as `fit` and `evaluate` refuse such masks); tensors pass (`_prepare`)."""
+    classes = getattr(y_pred, "shape", (None,))[-1]
+    if isinstance(y_true, np.ndarray) and classes is not None:
+        error = label_value_error(y_true, classes, "`y_true`", ignore_index)
+        if error is not None:
+            raise error
+
+
+def _check_logits_shape(label_shape, logit_shape):
+    """A `ValueError` for logits that are not `(B, h, w, C)` at or below the labels' size.
+
+    Larger logits were downsampled, and channels-first logits `(B, C, H, W)`
+    (PyTorch's layout) resized as an `(H, W)`-class map of height C, without a word.
+    """
+    labels, logits = tuple(label_shape[1:3]), tuple(logit_shape[1:3])
+    if len(logit_shape) != 4 or None in labels or None in logits or logits == labels:
+        return
+    hint = ""
+    if tuple(logit_shape[2:4]) == labels:
+        hint = " They look channels-first (batch, classes, height, width): move the classes last."
+    if hint or logits[0] > labels[0] or logits[1] > labels[1]:
+        raise ValueError(
+            f"The logits {tuple(logit_shape)} do not fit the labels {tuple(label_shape)}: "
+            "logits are (batch, height, width, classes), at the labels' height and width or "
+            f"smaller (then upsampled to them).{hint}"
+        )
+
+
 def _pixel_cross_entropy(labels, logits):
-    """`-log softmax(logits)[label]` per pixel, 0 where the label is outside [0, C).
+    """`-log softmax(logits)[label]` per pixel, for labels in [0, C) (`_prepare`'s).
 
     `ops.sparse_categorical_crossentropy` is one fused op on TensorFlow
     (`SparseSoftmaxCrossEntropyWithLogits`), which keeps only its gradient for
     the backward pass; `log_softmax` times a one-hot kept three full-size
     copies of the logits (0.19 GiB more for the two heads at 512x512, batch 2).
-    Labels outside [0, C) give 0, as a one-hot row of zeros did, rather than
-    the op's error on CPUs and NaN on GPUs.
     """
-    in_range = ops.logical_and(labels >= 0, labels < ops.shape(logits)[-1])
-    ce = ops.sparse_categorical_crossentropy(ops.where(in_range, labels, 0), logits, from_logits=True)
-    return ops.where(in_range, ce, 0.0)
+    return ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
 
 
 def _pixel_weights(labels, valid, class_weights):
@@ -81,6 +119,12 @@ def _pixel_sample_weights(sample_weight, labels):
             "A segmentation loss takes `sample_weight` per image (batch,) or per pixel "
             f"(batch, height, width) at the labels' size; received shape {tuple(weights.shape)}{share}."
         )
+    if rank in (3, 4) and None not in (*weights.shape[1:3], *labels.shape[1:3]) and (
+            tuple(weights.shape[1:3]) != tuple(labels.shape[1:3])):
+        raise ValueError(
+            "A per-pixel `sample_weight` must have the labels' height and width "
+            f"{tuple(labels.shape[1:3])}; received shape {tuple(weights.shape)}."
+        )
     batch, height, width = ops.shape(labels)[0], ops.shape(labels)[1], ops.shape(labels)[2]
     per_image_or_pixel = ops.reshape(weights, (batch, -1))  # (B, 1) or (B, H * W)
     return ops.reshape(ops.broadcast_to(per_image_or_pixel, (batch, height * width)),
@@ -108,7 +152,17 @@ class _ScalarLoss(keras.losses.Loss):
     # CombinedLoss sums terms that each did the division.
     divides_by_replicas = True
 
+    def __init__(self, name=None, reduction="sum_over_batch_size", dtype=None):
+        if reduction != "sum_over_batch_size":  # Keras' reduction would be ignored
+            raise ValueError(
+                f"{type(self).__name__} reduces itself to one value for the batch (a mean "
+                "over its valid pixels, or over classes for Dice and Lovász): `reduction` "
+                f"can only be 'sum_over_batch_size', the default; received {reduction!r}."
+            )
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+
     def __call__(self, y_true, y_pred, sample_weight=None):
+        _check_numpy_labels(y_true, y_pred, getattr(self, "ignore_index", IGNORE_INDEX))
         value = super().__call__(y_true, y_pred, sample_weight)
         return _replica_share(value) if self.divides_by_replicas else value
 
@@ -183,10 +237,16 @@ class SegmentationCrossEntropy(_PixelMeanLoss):
     def __init__(self, ignore_index=IGNORE_INDEX, class_weights=None, name="segmentation_cross_entropy", **kwargs):
         super().__init__(name=name, **kwargs)
         self.ignore_index = int(ignore_index)
-        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+        self.class_weights = _check_class_list(class_weights, "class_weights", type(self).__name__)
+
+    def _prepared(self, y_true, y_pred):
+        """`_prepare`'s labels, logits and valid pixels, the class weights checked against the logits."""
+        labels, logits, valid = _prepare(y_true, y_pred, self.ignore_index)
+        _check_num_classes(self.class_weights, logits, "class_weights", type(self).__name__)
+        return labels, logits, valid
 
     def call(self, y_true, y_pred):
-        labels, logits, valid = _prepare(y_true, y_pred, self.ignore_index)
+        labels, logits, valid = self._prepared(y_true, y_pred)
         ce = _pixel_cross_entropy(labels, logits)
         factors = self._sample_factors(labels)
         return _weighted_mean(ce, self._pixel_weights(labels, valid, self.class_weights, factors))
@@ -230,7 +290,7 @@ class OhemCrossEntropy(SegmentationCrossEntropy):
         self.min_kept = int(min_kept)
 
     def call(self, y_true, y_pred):
-        labels, logits, valid = _prepare(y_true, y_pred, self.ignore_index)
+        labels, logits, valid = self._prepared(y_true, y_pred)
         factors = self._sample_factors(labels)
         if factors is not None:  # weight 0: not a candidate
             valid = ops.logical_and(valid, factors > 0)
@@ -380,6 +440,16 @@ def _mean_over_classes(per_class, selection, class_weights):
     return ops.sum(per_class * weights, axis=-1) / ops.maximum(total, 1e-12)
 
 
+def _mean_over_labelled_images(per_image, valid):
+    """The mean of `per_image` losses `(B,)` over the images with a valid pixel; 0 without one.
+
+    An image of ignored pixels only (padding, an unlabelled frame) has no loss of
+    its own: counted as 0 it scaled the other images' loss and gradient down.
+    """
+    labelled = ops.cast(ops.any(valid, axis=(1, 2)), "float32")
+    return ops.sum(per_image * labelled) / ops.maximum(ops.sum(labelled), 1.0)
+
+
 def _valid_one_hot(labels, valid, num_classes):
     """One-hot labels with all-zero rows at ignored pixels, float32 `(..., C)`."""
     one_hot = ops.one_hot(labels, num_classes, dtype="float32")
@@ -399,7 +469,8 @@ class DiceLoss(_RegionLoss):
     Ignored pixels enter neither sum (nor their probabilities). With
     `per_image=False` (the default) the sums run over all pixels of the batch,
     one Dice per class; with `per_image=True` they run over each image, and the
-    loss is the mean over the images of each image's loss.
+    loss is the mean of the losses of the images with a valid pixel (an image of
+    ignored pixels only has no loss of its own; 0 when no image has one).
 
     Which classes enter the mean (`classes`):
     - `"all"` (default): every class. A class absent from both the ground truth
@@ -460,7 +531,7 @@ class DiceLoss(_RegionLoss):
         selection = _class_selection(self.classes, num_classes, truth_sum > 0)
         losses = 1.0 - dice
         loss = _mean_over_classes(losses, selection, self.class_weights)
-        return ops.mean(loss) if self.per_image else loss
+        return _mean_over_labelled_images(loss, valid) if self.per_image else loss
 
     def get_config(self):
         config = super().get_config()
@@ -587,11 +658,12 @@ class LovaszSoftmaxLoss(_RegionLoss):
       `True`: the mean over images of each image's loss.
     - ignored pixels are dropped.
 
-    Where the authors' code breaks, this loss is 0 (our choice): with no valid
-    pixel (theirs returns an empty tensor), for an image with only ignored
-    pixels under `per_image=True` (theirs raises or returns an empty tensor),
-    and theirs raises an IndexError for exactly one valid pixel, where this
-    loss is that pixel's `1 - p`.
+    Where the authors' code breaks, this loss makes its own choice: with no
+    valid pixel it is 0 (theirs returns an empty tensor); under
+    `per_image=True` an image with only ignored pixels is left out of the mean
+    over images (theirs raises or returns an empty tensor); theirs raises an
+    IndexError for exactly one valid pixel, where this loss is that pixel's
+    `1 - p`.
 
     `class_weights` make the mean over classes weighted (an addition to the
     reference code). Sorting `(pixels, C)` errors costs `O(N C log N)` time
@@ -640,7 +712,8 @@ class LovaszSoftmaxLoss(_RegionLoss):
         gradient = ops.stop_gradient(_lovasz_gradient(fg_sorted))
         per_class = ops.sum(ops.maximum(errors_sorted, 0.0) * gradient, axis=-2)  # (images, C)
         selection = _class_selection(self.classes, num_classes, ops.sum(fg, axis=-2) > 0)
-        return ops.mean(_mean_over_classes(per_class, selection, self.class_weights))
+        loss = _mean_over_classes(per_class, selection, self.class_weights)  # (images,) or (1,)
+        return _mean_over_labelled_images(loss, valid) if self.per_image else loss[0]
 
     def get_config(self):
         config = super().get_config()

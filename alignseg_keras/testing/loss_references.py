@@ -119,12 +119,17 @@ def reference_dice(labels, logits, smooth=1.0, per_image=False, classes="all",
                 if int(labels[b, i, j]) != ignore_index:
                     pixels.append((int(labels[b, i, j]), probs[b, i, j]))
         images.append(pixels)
-    if per_image:
-        return float(np.mean([
-            _dice_of_pixels(pixels, num_classes, smooth, classes, class_weights) for pixels in images
-        ]))
+    if per_image:  # the images with a valid pixel (0 without one)
+        return _mean_of_labelled([
+            _dice_of_pixels(pixels, num_classes, smooth, classes, class_weights) for pixels in images if pixels
+        ])
     pixels = [pixel for image in images for pixel in image]
     return _dice_of_pixels(pixels, num_classes, smooth, classes, class_weights)
+
+
+def _mean_of_labelled(losses):
+    """The mean of the losses of the images with a valid pixel; 0 for none."""
+    return float(np.mean(losses)) if losses else 0.0
 
 
 def jaccard_loss_of_set(mistakes, foreground):
@@ -177,8 +182,8 @@ def reference_lovasz_softmax(labels, logits, classes="present", per_image=False,
                 if int(labels[b, i, j]) != ignore_index:
                     pixels.append((int(labels[b, i, j]), probs[b, i, j]))
         images.append(pixels)
-    if per_image:
-        return float(np.mean([_lovasz_of_pixels(p, num_classes, classes, class_weights) for p in images]))
+    if per_image:  # the images with a valid pixel (0 without one)
+        return _mean_of_labelled([_lovasz_of_pixels(p, num_classes, classes, class_weights) for p in images if p])
     return _lovasz_of_pixels([p for image in images for p in image], num_classes, classes, class_weights)
 
 
