@@ -181,7 +181,9 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None):
     job and nothing is initialised. Keras then agrees on one random seed
     across processes unless `keras.utils.set_random_seed` set one already.
     Processes wait for each other here (JAX's coordinator times out after a
-    few minutes).
+    few minutes; so does a job where two processes were given the same id).
+    Processes given different process counts (JAX takes the coordinator's)
+    raise a `JobDisagreementError` naming them.
 
     Returns:
         A `Job`.
@@ -194,6 +196,15 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None):
     import keras
 
     keras.distribution.initialize(**options)
+    if options["num_processes"] is not None:
+        import numpy as np
+
+        assert_same_on_all_processes(
+            np.asarray([options["num_processes"]], np.int32),
+            f"the number of processes (process {jax.process_index()} was given "
+            f"{options['num_processes']}, the coordinator counts {jax.process_count()}): give "
+            f"every process the same --num-processes ({NUM_PROCESSES_VARIABLE})",
+        )
     coordinator = options["job_addresses"]
     return Job(coordinator.split(",")[0] if coordinator else None, jax.process_count(),
                jax.process_index())
@@ -291,6 +302,28 @@ def agreed_seed(seed=None):
     return int(global_seed) % (2**31)
 
 
+def in_a_job():
+    """Whether this process joined a multi-process JAX job (`initialize`); asks without
+    starting JAX's runtime (a job must be joined before any JAX computation)."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return jax.distributed.is_initialized() and jax.process_count() > 1
+
+
+def pipeline_seed(seed, draw):
+    """The seed of a data pipeline: `seed`; else, in a multi-process job, the seed its
+    processes agreed on (`agreed_seed`: each process keeps its own rows of the same
+    global stream; a seed drawn in each process duplicated some examples and skipped
+    others, without a word); else `draw(2**31)`."""
+    if seed is not None:
+        return int(seed)
+    return agreed_seed() if in_a_job() else draw(2**31)
+
+
 def writer_callbacks(callbacks):
     """The callbacks this process runs: all of them on process 0, none elsewhere.
 
@@ -304,8 +337,13 @@ def writer_callbacks(callbacks):
     return list(callbacks) if is_chief() else []
 
 
+class JobDisagreementError(ValueError):
+    """The processes of a job were started on different options or files (a ValueError:
+    `alignseg train` reports it as a wrong command, in one line)."""
+
+
 def assert_same_on_all_processes(value, what):
-    """Raises unless `value` (a number, or arrays) is equal in every process.
+    """Raises `JobDisagreementError` unless `value` (a number, or arrays) is equal in every process.
 
     Uses `jax.experimental.multihost_utils.assert_equal`; a no-op in one process.
     """
@@ -316,7 +354,7 @@ def assert_same_on_all_processes(value, what):
     try:
         multihost_utils.assert_equal(value, fail_message=what)
     except AssertionError as error:
-        raise RuntimeError(f"The processes of the job disagree on {what}: {error}") from None
+        raise JobDisagreementError(f"The processes of the job disagree on {what}: {error}") from None
 
 
 def raise_if_chief_refused(refusal):
@@ -381,17 +419,28 @@ def add_job_arguments(parser):
                         help=f"this process, 0..N-1; 0 writes the outputs (default: ${PROCESS_ID_VARIABLE})")
 
 
-def start_data_parallel(args):
-    """Joins the job the options describe, sets DataParallel; returns the distribution.
-
-    Raises ValueError for job options without `--distribute data_parallel`.
-    """
+def check_job_arguments(args):
+    """Raises ValueError for job options that cannot start a job: given without
+    `--distribute data_parallel`, or incomplete or out of range (`job_options`).
+    Reads no more than the arguments and the environment, so a command can check
+    them before it makes anything."""
     if getattr(args, "distribute", None) != "data_parallel":
         given = [flag for flag, value in (("--coordinator-address", args.coordinator_address),
                                           ("--num-processes", args.num_processes),
                                           ("--process-id", args.process_id)) if value is not None]
         if given:
             raise ValueError(f"{', '.join(given)} need(s) --distribute data_parallel (JAX).")
+        return
+    job_options(args.coordinator_address, args.num_processes, args.process_id)
+
+
+def start_data_parallel(args):
+    """Joins the job the options describe, sets DataParallel; returns the distribution.
+
+    Raises ValueError for job options that cannot start one (`check_job_arguments`).
+    """
+    check_job_arguments(args)
+    if getattr(args, "distribute", None) != "data_parallel":
         return None
     _require_jax("--distribute data_parallel")
     initialize(args.coordinator_address, args.num_processes, args.process_id)
@@ -479,6 +528,37 @@ def callbacks_for_this_process(callbacks):
             callback._move_aside = lambda path, label, reason: None
         kept.append(callback)
     return kept
+
+
+def check_same_backups(backups, backup_dir):
+    """Raises unless every process sees the same backups to resume from.
+
+    `backups` are `ResumableBackup.backups()`'s `(epochs done, path)` pairs.
+    On JAX, loading a backup is a computation of the whole job (each variable
+    put onto the mesh is checked across processes): a process that saw no
+    backup in its `--output-dir` (a local disk rather than shared storage) left
+    the others waiting inside the load for ever, before `check_same_start`
+    could tell. Compared by the files' names and sizes; a no-op in one process.
+    """
+    import hashlib
+
+    import numpy as np
+
+    listing = "\n".join(f"{epoch} {os.path.basename(path)} {_file_size(path)}"
+                        for epoch, path in backups)
+    digest = hashlib.sha256(listing.encode()).digest()[:16]
+    assert_same_on_all_processes(
+        np.frombuffer(digest, np.int32).copy(),
+        f"the backups to resume from (process {process_index()} sees {len(backups)} in "
+        f"{backup_dir}): every process must read the same --output-dir, on shared storage",
+    )
+
+
+def _file_size(path):
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return -1
 
 
 def check_same_start(model):

@@ -361,3 +361,47 @@ def test_a_job_whose_process_0_cannot_hold_the_output_folder_stops_whole(tmp_pat
         outputs["alignseg-0"])
     assert "Process 0 of the job refused to start" in outputs["alignseg-1"]
     assert sorted(os.listdir(output)) == [".writer.lock"]  # nothing written
+
+
+JOB_CHECKS = Path(__file__).parent / "jax_session" / "job_checks.py"
+
+
+def job_checks(tmp_path, folders, counts):
+    """tests/jax_session/job_checks.py in two processes, given `folders[i]` and
+    `counts[i]` processes; returns their JSON lines."""
+    def start(address):
+        commands = [
+            (f"checks-{index}", [sys.executable, str(JOB_CHECKS), address, str(counts[index]),
+                                 str(index), str(folders[index])], environment(1))
+            for index in range(NUM_PROCESSES)
+        ]
+        return run_processes(commands, str(tmp_path), REFUSAL_TIME_LIMIT)
+
+    outputs = with_free_port(start)
+    return [last_json(outputs[f"checks-{index}"]) for index in range(NUM_PROCESSES)]
+
+
+def test_processes_that_see_other_backups_stop_before_loading_one(tmp_path):
+    # Process 1 given a folder of its own (a local disk): process 0 loaded the backup, a
+    # computation of the whole job on JAX, and both waited in it for ever.
+    shared, local = tmp_path / "shared" / "backup", tmp_path / "local" / "backup"
+    shared.mkdir(parents=True)
+    (shared / "epoch-0001.keras").write_bytes(b"a backup")
+    results = job_checks(tmp_path, [shared, local], [NUM_PROCESSES] * NUM_PROCESSES)
+    for index, result in enumerate(results):
+        assert result["error"].startswith(
+            "JobDisagreementError: The processes of the job disagree on the backups to resume "
+            f"from (process {index} sees {1 - index} in "), result
+    # The same backups everywhere: no error; a seed=None pipeline takes the job's seed.
+    results = job_checks(tmp_path, [shared, shared], [NUM_PROCESSES] * NUM_PROCESSES)
+    assert results[0] == results[1] and "seeds" in results[0], results
+    pipeline, agreed = results[0]["seeds"]
+    assert pipeline == agreed and pipeline >= 0
+
+
+def test_processes_given_other_process_counts_stop_with_a_clear_error(tmp_path):
+    # JAX takes the coordinator's count: process 1's "3" went unnoticed.
+    results = job_checks(tmp_path, [tmp_path, tmp_path], [NUM_PROCESSES, 3])
+    for result in results:
+        assert "disagree on the number of processes" in result["error"], results
+        assert "give every process the same --num-processes" in result["error"], results

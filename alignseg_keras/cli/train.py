@@ -263,7 +263,10 @@ def resolve_pipeline_defaults(args):
 def _check_arguments(args):
     import keras
 
+    from alignseg_keras import multiprocess
+
     resolve_pipeline_defaults(args)
+    multiprocess.check_job_arguments(args)  # before the output folder is made
     if args.steps < 1 or args.checkpoint_every < 1 or args.batch_size < 1:
         raise ValueError("--steps, --checkpoint-every and --batch-size must be positive.")
     if args.scale_step is not None and not args.scale_step > 0:
@@ -578,6 +581,7 @@ def _run_in_output_folder(args, final_path):
         args.output_dir, total_steps=args.steps, pictures=_pictures(args)))
     backup = next(callback for callback in callbacks if isinstance(callback, ResumableBackup))
     backup.set_model(model)
+    multiprocess.check_same_backups(backup.backups(), backup.backup_dir)  # before a load that waits
     restored = backup.restore()
     steps_done = optimizer_step(model)
     if restored is not None:  # before the folder's first change (data record, set aside)

@@ -396,6 +396,23 @@ def test_a_run_that_fails_before_writing_removes_the_folders_it_made(tmp_path):
     assert output.is_dir() and (tmp_path / "runs" / "notes.txt").exists()
 
 
+def test_refused_job_options_leave_no_folder_behind(tmp_path):
+    # The job was joined after the output folder was made, outside the removal's reach.
+    from alignseg_keras.cli import train
+
+    output = tmp_path / "runs" / "new"
+    args = train_args("--num-processes", "2", "--process-id", "0", "--output-dir", str(output), *TINY)
+    with pytest.raises(ValueError, match=r"--num-processes, --process-id need\(s\) --distribute "
+                                         "data_parallel"):
+        train.run(args)
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
+    incomplete = train_args("--distribute", "data_parallel", "--num-processes", "2", "--process-id",
+                            "0", "--output-dir", str(output), *TINY)  # no coordinator address
+    with pytest.raises(ValueError, match="coordinator"):
+        train.run(incomplete)
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
 def test_files_that_differ_from_the_pattern_in_case_only_are_named(tmp_path, capsys):
     # `*.jpg` left the camera's `.JPG` files out; the error named the label files only.
     from PIL import Image

@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from alignseg_keras.backbones.encoders import IMAGENET_RGB
 from alignseg_keras.data.validation import IGNORE_INDEX
+from alignseg_keras.multiprocess import pipeline_seed
 
 IMAGENET_MEAN = IMAGENET_RGB["mean"]
 # Photometric jitter of `photometric=True` (on the 0..255 scale; hue in turns).
@@ -480,7 +481,9 @@ def training_pipeline(
             iteration a new epoch.
         seed: int or None; an int makes the order and every augmentation
             reproducible: the same in every process, and in every iterator
-            of a repeated pipeline.
+            of a repeated pipeline. None: drawn anew, except in a
+            multi-process JAX job, where it is the seed the job agreed on
+            (`multiprocess.pipeline_seed`), the same in every process.
         scale_step: None (continuous scales) or a float step between scales
             (0.1 in the authors' code).
         cat_max_ratio: None, or a float in (0, 1]: mmseg's class-balanced crop
@@ -511,7 +514,7 @@ def training_pipeline(
     # A buffer size: `shuffle=True` would be a buffer of one, which shuffles nothing.
     shuffle = 0 if shuffle is False else _whole_number("shuffle", shuffle, 0)
     standardise = _standardiser(dataset)
-    seed = random.SystemRandom().randrange(2**31) if seed is None else int(seed)
+    seed = pipeline_seed(seed, random.SystemRandom().randrange)  # a JAX job: the agreed one
     dataset = _examples_with_seeds(dataset, seed, shuffle, repeat)
 
     def augment(example, element_seed):

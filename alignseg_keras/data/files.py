@@ -13,6 +13,7 @@ from alignseg_keras.data.decoding import read_example
 from alignseg_keras.data.labels import label_mapping
 from alignseg_keras.data.validation import check_same_size
 from alignseg_keras.data.validation import require_files
+from alignseg_keras.multiprocess import pipeline_seed
 
 # Stands for "no label file" in the path tensor: the mask is all ignore (255).
 UNLABELLED = ""
@@ -54,11 +55,12 @@ def endless_file_order(count, shuffle_files, seed=None):
     reads ahead (Keras' JAX `fit` peeks with a first one) can start a pass
     before another, which then gets the next permutation, so iterators and the
     processes of a job need not agree. Here every iterator and process yields
-    the same stream (`seed` None: a key drawn once, when the dataset is built).
+    the same stream (`seed` None: a key drawn once, when the dataset is built; in
+    a multi-process JAX job, the job's agreed seed: `multiprocess.pipeline_seed`).
     """
     if not shuffle_files:
         return tf.data.Dataset.range(count).repeat()
-    key = random.randrange(2**31) if seed is None else int(seed)
+    key = pipeline_seed(seed, random.randrange)
     return tf.data.Dataset.counter().flat_map(lambda epoch: tf.data.Dataset.from_tensor_slices(
         tf.argsort(tf.random.stateless_uniform((count,), seed=tf.stack([tf.constant(key, tf.int64), epoch])))))
 
