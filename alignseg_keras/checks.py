@@ -585,6 +585,59 @@ def squeeze_masks(masks):
     return masks
 
 
+def check_sample_weight(sample_weight):
+    """Raises `ValueError` for NumPy sample weights with a negative, NaN or infinite value.
+
+    The losses take `sum(s w l) / sum(s w)`: a negative weight gave a loss of about
+    -5e16 and NaN weights after one step of `fit`, a NaN weight a NaN loss, with no
+    word on the cause. Other types (tensors, lists Keras converts) pass unchecked.
+    """
+    if not isinstance(sample_weight, np.ndarray) or sample_weight.size == 0:
+        return
+    if sample_weight.dtype.kind not in "biuf":
+        raise ValueError(f"`sample_weight` must hold numbers; received dtype {sample_weight.dtype}.")
+    bad = ~np.isfinite(sample_weight) | (sample_weight < 0)
+    if bad.any():
+        values = np.unique(sample_weight[bad])[:5].tolist()
+        raise ValueError(
+            f"`sample_weight` holds {int(bad.sum())} value(s) that are negative, NaN or "
+            f"infinite ({values}); weights are finite numbers >= 0 (0 leaves a pixel or an "
+            "image out)."
+        )
+
+
+def onednn_weights_frozen(backend, environment=None):
+    """Whether TensorFlow's oneDNN convolutions treat their kernels as constants here
+    (`TF_ONEDNN_ASSUME_FROZEN_WEIGHTS` true, which TensorFlow reads as a bool: "1" or
+    "true" in any case); never on other backends.
+
+    Args:
+        backend: the Keras backend's name.
+        environment: the environment variables (`os.environ` when None).
+    """
+    environment = os.environ if environment is None else environment
+    value = environment.get(ONEDNN_FROZEN_WEIGHTS_VARIABLE, "")
+    return backend == "tensorflow" and value.strip().lower() in ("1", "true")
+
+
+def check_compiled_call(backend, environment=None):
+    """Raises `ValueError` for an eager call of a model where TensorFlow freezes oneDNN kernels.
+
+    Under `TF_ONEDNN_ASSUME_FROZEN_WEIGHTS` eager convolutions reuse the kernel
+    of an earlier convolution of the same shape: `model(images)` gave logits off
+    by 44% of their largest value (offset fields by 18-84%), without an error,
+    where `predict` and `predict_on_batch` (compiled functions) give the model's
+    own. Arguments as `onednn_weights_frozen`.
+    """
+    if onednn_weights_frozen(backend, environment):
+        raise ValueError(
+            f"{ONEDNN_FROZEN_WEIGHTS_VARIABLE} is set: TensorFlow's eager convolutions then "
+            "reuse the kernels of earlier ones, and `model(images)` gives wrong logits. Use "
+            "`model.predict(images)` or `model.predict_on_batch(images)`, or unset the "
+            "variable (docs/inference.md)."
+        )
+
+
 def check_weights_may_change(backend, environment=None):
     """Raises `ValueError` where TensorFlow would keep using a convolution's first kernel.
 
@@ -599,9 +652,8 @@ def check_weights_may_change(backend, environment=None):
         environment: the environment variables (`os.environ` when None).
     """
     environment = os.environ if environment is None else environment
-    value = environment.get(ONEDNN_FROZEN_WEIGHTS_VARIABLE, "")
-    # TensorFlow reads the variable as a bool: "1" or "true" in any case.
-    if backend == "tensorflow" and value.strip().lower() in ("1", "true"):
+    if onednn_weights_frozen(backend, environment):
+        value = environment[ONEDNN_FROZEN_WEIGHTS_VARIABLE]
         raise ValueError(
             f"{ONEDNN_FROZEN_WEIGHTS_VARIABLE}={value} is set: TensorFlow's oneDNN convolutions "
             "then keep the kernel of their first call, and training would compute every step "

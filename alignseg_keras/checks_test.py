@@ -13,7 +13,10 @@ from alignseg_keras.checks import check_class_count
 from alignseg_keras.checks import check_finite_images
 from alignseg_keras.checks import check_image_dtype
 from alignseg_keras.checks import check_masks
+from alignseg_keras.checks import check_compiled_call
+from alignseg_keras.checks import check_sample_weight
 from alignseg_keras.checks import check_weights_may_change
+from alignseg_keras.checks import onednn_weights_frozen
 from alignseg_keras.checks import expected_image_range
 from alignseg_keras.checks import squeeze_masks
 from alignseg_keras.metrics import MeanIoU
@@ -269,3 +272,29 @@ def test_non_finite_weights_are_found_in_bfloat16_too():
     assert first_non_finite_weight(model) is None
     model.layers[0].bias.assign(np.array([np.nan, 0.0], "float32"))
     assert first_non_finite_weight(model) == model.layers[0].bias.path
+
+
+def test_eager_calls_are_refused_where_tensorflow_freezes_onednn_kernels():
+    name = "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"
+    for value in ("1", "true", " TRUE "):
+        assert onednn_weights_frozen("tensorflow", {name: value})
+        with pytest.raises(ValueError, match=f"{name} is set: TensorFlow's eager convolutions then "
+                                             "reuse the kernels of earlier ones"):
+            check_compiled_call("tensorflow", {name: value})
+        check_compiled_call("jax", {name: value})
+    for environment in ({}, {name: "0"}, {name: "false"}, {name: ""}):
+        assert not onednn_weights_frozen("tensorflow", environment)
+        check_compiled_call("tensorflow", environment)
+
+
+def test_sample_weights_that_are_negative_or_not_finite_are_refused():
+    # A negative weight gave a loss of about -5e16, then NaN weights after one step.
+    for weights in (np.array([1.0, -1.0]), np.array([np.nan, 1.0]), np.full((2, 4, 4), np.inf)):
+        with pytest.raises(ValueError, match=r"`sample_weight` holds \d+ value\(s\) that are negative, "
+                                             r"NaN or infinite"):
+            check_sample_weight(weights)
+    with pytest.raises(ValueError, match="must hold numbers"):
+        check_sample_weight(np.array(["a", "b"]))
+    for weights in (None, np.array([0.0, 2.5]), np.ones((2, 4, 4), "float16"), np.array([1, 0]),
+                    np.zeros((0,)), [1.0, -1.0]):  # a list: Keras converts it, unchecked
+        check_sample_weight(weights)

@@ -20,10 +20,12 @@ for name, picture in offset_images(model, image).items():
 
 import math
 import pathlib
+import weakref
 
 import numpy as np
 from PIL import Image
 
+from alignseg_keras.checks import onednn_weights_frozen
 from alignseg_keras.datasets_info import ADE20K_COLORS
 from alignseg_keras.datasets_info import ADE20K_NUM_CLASSES
 from alignseg_keras.datasets_info import CITYSCAPES_COLORS
@@ -315,7 +317,7 @@ def offset_images(model, image, max_magnitude=None, separator=4):
         return {}
     import keras
 
-    outputs = model.offset_model()(image[None].astype("float32"), training=False)
+    outputs = _offset_fields(model, image[None].astype("float32"))
     gap = np.full((height, separator, 3), 255, "uint8")
     pictures = {}
     for name, field in outputs.items():
@@ -331,6 +333,26 @@ def offset_images(model, image, max_magnitude=None, separator=4):
             parts += [gap, picture]
         pictures[name] = np.concatenate(parts, axis=1)
     return pictures
+
+
+# The compiled offset model of each model (`_offset_fields`), traced once per image size.
+_COMPILED_OFFSET_MODELS = weakref.WeakKeyDictionary()
+
+
+def _offset_fields(model, images):
+    """`model.offset_model()`'s fields for `images`: an eager call, or where TensorFlow
+    freezes oneDNN kernels (`alignseg predict` and `evaluate` set it for their process)
+    Keras' compiled `predict_on_batch`: the eager convolutions there reuse the kernels of
+    earlier ones, and gave offsets off by 18-84% of each field's largest value
+    (`checks.check_compiled_call`)."""
+    import keras
+
+    if not onednn_weights_frozen(keras.backend.backend()):
+        return model.offset_model()(images, training=False)
+    offsets = _COMPILED_OFFSET_MODELS.get(model)
+    if offsets is None:
+        offsets = _COMPILED_OFFSET_MODELS[model] = model.offset_model()
+    return offsets.predict_on_batch(images)
 
 
 def train_ids_to_label_ids(labels):

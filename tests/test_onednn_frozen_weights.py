@@ -66,3 +66,63 @@ def test_inference_is_unchanged_and_later_weight_changes_are_ignored(tmp_path):
     expected = np.asarray(model.predict_on_batch(images), np.float64)
     logits = np.load(logits_file)
     assert np.abs(logits - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+OFFSETS_SCRIPT = """
+import json, sys
+import numpy as np
+from alignseg_keras import visualize
+from alignseg_keras.testing import randomize_statistics, tiny_alignseg
+
+sys.path.insert(0, sys.argv[2])
+from test_onednn_frozen_weights import offsets_case
+
+model, image = offsets_case()
+fields = visualize._offset_fields(model, image[None])
+np.savez(sys.argv[1], **{name: np.asarray(field) for name, field in fields.items()})
+pictures = visualize.offset_images(model, image)
+try:
+    model(image[None])
+    refused = ""
+except ValueError as error:
+    refused = str(error)
+print(json.dumps({"pictures": sorted(pictures), "refused": refused}))
+"""
+
+
+def offsets_case():
+    """A tiny AlignSeg whose statistics, biases and offset heads (zero when built) are
+    random, and a 45x61 image: the case where eager convolutions under the variable gave
+    offsets off by 18-84% of each field's largest value."""
+    model = tiny_alignseg(num_classes=3)
+    randomize_statistics(model, biases=True)
+    rng = np.random.default_rng(1)
+    for weight in model.weights:
+        if not np.any(keras.ops.convert_to_numpy(weight)):
+            weight.assign(rng.normal(0, 0.01, weight.shape))
+    image = np.random.default_rng(0).integers(0, 256, (45, 61, 3)).astype("float32")
+    return model, image
+
+
+def test_offset_pictures_are_right_and_eager_calls_refused_under_the_variable(tmp_path):
+    # `alignseg predict --offsets` sets the variable and drew every alignment picture from
+    # wrong offsets (an eager call of the offset model); `model(images)` was wrong alike.
+    fields_file = tmp_path / "fields.npz"
+    environment = {**os.environ, "TF_ONEDNN_ASSUME_FROZEN_WEIGHTS": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
+                   "KERAS_BACKEND": "tensorflow", "PYTHONPATH": ROOT}
+    result = subprocess.run([sys.executable, "-c", OFFSETS_SCRIPT, str(fields_file),
+                             os.path.dirname(os.path.abspath(__file__))], env=environment,
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    behaviour = json.loads(result.stdout.strip().splitlines()[-1])
+    assert behaviour["pictures"] == ["align_cm", "align_fa2", "align_fa3", "align_fa4", "align_fa5"]
+    assert behaviour["refused"].startswith("TF_ONEDNN_ASSUME_FROZEN_WEIGHTS is set: TensorFlow's "
+                                           "eager convolutions then reuse the kernels"), behaviour
+    # Here, without the variable: the offsets of an eager call, the same float32 arithmetic.
+    model, image = offsets_case()
+    expected = model.offset_model()(image[None], training=False)
+    fields = np.load(fields_file)
+    assert sorted(fields.files) == sorted(expected)
+    for name, field in expected.items():
+        field = np.asarray(field, np.float64)
+        assert np.abs(fields[name] - field).max() <= 1e-5 * np.abs(field).max(), name

@@ -14,8 +14,10 @@ import keras
 import numpy as np
 
 from alignseg_keras.checks import IGNORE_INDEX
+from alignseg_keras.checks import check_compiled_call
 from alignseg_keras.checks import check_finite_images
 from alignseg_keras.checks import check_image_batch_shape
+from alignseg_keras.checks import check_sample_weight
 from alignseg_keras.checks import check_weights_may_change
 from alignseg_keras.checks import scale_warning_of
 from alignseg_keras.models import data_checks
@@ -233,14 +235,17 @@ class ImageSegmenter(keras.Model):
 
     def __call__(self, *args, **kwargs):
         """Keras' `__call__`, refusing NumPy images with a NaN or infinite value, as
-        `predict` does: one such pixel made every logit of the image NaN, without a word.
-        Tensors (already on a device) are passed on unchecked, as by the `*_on_batch`
-        methods."""
+        `predict` does: one such pixel made every logit of the image NaN, without a word;
+        and refusing an eager call of NumPy images on TensorFlow under
+        `TF_ONEDNN_ASSUME_FROZEN_WEIGHTS`, which gives wrong logits there
+        (`checks.check_compiled_call`). Tensors (already on a device) are passed on
+        unchecked, as by the `*_on_batch` methods."""
         images = args[0] if args else kwargs.get("inputs")
         if isinstance(images, dict):  # {input name: images}; another key is `call`'s error
             images = images.get(self.inputs[0].name) if self.inputs else None
         if isinstance(images, np.ndarray):
             check_finite_images(images)
+            check_compiled_call(keras.backend.backend())
         return super().__call__(*args, **kwargs)
 
     @property
@@ -290,6 +295,7 @@ class ImageSegmenter(keras.Model):
             raise ValueError(_NO_IMAGES)
         if data_checks.shuffles_itself(x):
             arguments.setdefault("shuffle", False)
+        check_sample_weight(arguments.get("sample_weight"))
         scale_warning = self.scale_warning()  # once for the data and the validation data
         arguments["x"], arguments["y"] = self.checked_data(x, arguments.get("y"),
                                                            scale_warning=scale_warning)
@@ -339,6 +345,7 @@ class ImageSegmenter(keras.Model):
         """Keras' `evaluate`, after checking images and masks as `fit` does."""
         arguments = _given_arguments(keras.Model.evaluate, args, kwargs)
         x = arguments.get("x")
+        check_sample_weight(arguments.get("sample_weight"))
         if not arguments.get("_use_cached_eval_dataset"):  # else fit's validation, checked
             arguments["x"], arguments["y"] = self.checked_data(x, arguments.get("y"),
                                                                scale_warning=self.scale_warning())

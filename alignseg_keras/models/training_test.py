@@ -116,6 +116,11 @@ def test_sample_weights_weight_images_in_evaluate_and_fit():
     history = model.fit(images, masks, sample_weight=np.array([1.0, 2.0, 0.0, 1.0]), batch_size=2,
                         verbose=0)
     assert np.isfinite(history.history["loss"]).all()
+    weights = model.get_weights()
+    for run in (model.fit, model.evaluate):  # negative: a loss of -5e16, then NaN weights
+        with pytest.raises(ValueError, match="`sample_weight` holds 1 value"):
+            run(images[:2], masks[:2], sample_weight=np.array([1.0, -1.0]), verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(weights, model.get_weights()))
 
 
 def test_fit_arrays_sets_the_poly_steps_and_adds_the_aux_loss():
