@@ -232,6 +232,47 @@ def _remove_abandoned(folder, name, kind="folder"):
                           "left.", stacklevel=4)
 
 
+def held_scratch_folder(prefix):
+    """A new folder `prefix...` in the system's temporary folder, held (`flock`) while
+    this process lives; first removes the folders of `prefix` that killed processes
+    left: those no process holds, unchanged for `ABANDONED_AFTER_SECONDS`.
+
+    For scratch copies a process writes and deletes (`multiprocess.scratch_folder`):
+    removed at exit, they stayed after a SIGKILL, an out-of-memory kill or a
+    preemption, a whole model each. Folders of other users (unreadable) and of
+    running processes (held) are left alone.
+    """
+    import atexit
+    import tempfile
+    import time
+
+    parent = tempfile.gettempdir()
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(parent):
+            folder = os.path.join(parent, entry)
+            if not entry.startswith(prefix) or os.path.islink(folder) or not os.path.isdir(folder):
+                continue
+            with contextlib.suppress(OSError):
+                if time.time() - os.lstat(folder).st_mtime < ABANDONED_AFTER_SECONDS:
+                    continue
+                lock = _locked_folder(folder, blocking=False)
+                if lock is not None:  # held by no one: its process was killed
+                    try:
+                        shutil.rmtree(folder, ignore_errors=True)
+                    finally:
+                        os.close(lock)
+    folder = tempfile.mkdtemp(prefix=prefix)
+    lock = _locked_folder(folder)
+    atexit.register(shutil.rmtree, folder, True)
+    if lock is not None:  # released, with the descriptor, when the process ends
+        _HELD_FOLDERS.append(lock)
+    return folder
+
+
+# The descriptors that hold `held_scratch_folder`'s folders for this process's life.
+_HELD_FOLDERS = []
+
+
 def _fsync_tree(folder):
     for written in [folder, *folder.rglob("*")]:
         _fsync(written)

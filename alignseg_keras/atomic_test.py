@@ -9,6 +9,7 @@ from alignseg_keras.atomic import TEMP_PREFIX
 from alignseg_keras.atomic import atomic_folder
 from alignseg_keras.atomic import atomic_path
 from alignseg_keras.atomic import check_replaceable_folder
+from alignseg_keras.atomic import held_scratch_folder
 from alignseg_keras.atomic import single_writer
 
 ENTRIES = ("model.pb", "variables")
@@ -527,3 +528,37 @@ def test_the_next_exporter_removes_a_killed_exporters_file_not_a_running_ones(tm
     finally:
         running.send_signal(signal.SIGKILL)
         running.wait()
+
+
+def test_a_scratch_folder_is_held_and_removes_those_killed_processes_left(tmp_path, monkeypatch):
+    # A killed process of a job left its scratch folder in /tmp, a whole model in it.
+    import fcntl
+    import tempfile
+    import time
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    old = time.time() - 3600
+    folders = {}
+    for name in ("killed", "running", "just-made"):
+        folders[name] = tmp_path / f"scratch-{name}"
+        folders[name].mkdir()
+        (folders[name] / "checkpoint.keras").write_bytes(b"a model")
+    for name in ("killed", "running"):
+        os.utime(folders[name], (old, old))
+    (tmp_path / "other-killed").mkdir()  # another prefix
+    os.utime(tmp_path / "other-killed", (old, old))
+    running = os.open(folders["running"], os.O_RDONLY)  # held as its process holds it
+    fcntl.flock(running, fcntl.LOCK_EX)
+    try:
+        mine = pathlib.Path(held_scratch_folder("scratch-"))
+    finally:
+        os.close(running)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        ["scratch-running", "scratch-just-made", "other-killed", mine.name])
+    assert mine.name.startswith("scratch-") and mine.is_dir()
+    probe = os.open(mine, os.O_RDONLY)  # held for this process's life
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(probe)

@@ -450,16 +450,18 @@ def start_data_parallel(args):
 
 
 def scratch_folder():
-    """A folder of this process's own for the saves it makes but does not keep (removed at exit)."""
+    """A folder of this process's own for the saves it makes but does not keep: removed
+    at exit, and by a later process if this one is killed (`atomic.held_scratch_folder`)."""
     global _SCRATCH
     if _SCRATCH is None:
-        import atexit
-        import shutil
-        import tempfile
+        from alignseg_keras.atomic import held_scratch_folder
 
-        _SCRATCH = tempfile.mkdtemp(prefix=f"alignseg-process-{process_index()}-")
-        atexit.register(shutil.rmtree, _SCRATCH, True)
+        _SCRATCH = held_scratch_folder(SCRATCH_PREFIX)
     return _SCRATCH
+
+
+# The scratch folders' names, in the system's temporary folder, begin with this.
+SCRATCH_PREFIX = "alignseg-process-"
 
 
 _SCRATCH = None
