@@ -47,6 +47,7 @@ export_saved_model(model, "serving/alignseg/1")
 """
 
 import importlib.util
+import numbers
 import os
 
 import keras
@@ -269,6 +270,19 @@ def encoded_serving_function(model, outputs=("labels", "probabilities"), forward
     return serve
 
 
+def check_max_pixels(max_pixels):
+    """Raises `ValueError` unless `max_pixels` is None (no limit) or a positive int: 0
+    (the command line's "no limit") or a negative value was exported as a limit that
+    refused every request."""
+    if max_pixels is None:
+        return
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Integral) or max_pixels < 1:
+        raise ValueError(
+            f"`max_pixels` must be None (no limit) or a positive int; received {max_pixels!r} "
+            "(`alignseg export --max-pixels 0` means no limit: pass None)."
+        )
+
+
 def export_saved_model(model, export_dir, max_pixels=MAX_PIXELS):
     """Writes a TF Serving SavedModel with the four signatures above (`SIGNATURES`).
 
@@ -294,6 +308,7 @@ def export_saved_model(model, export_dir, max_pixels=MAX_PIXELS):
     """
     check_keras_model(model)
     check_export_backend("saved_model", keras.backend.backend())
+    check_max_pixels(max_pixels)
     check_saved_model_folder(export_dir)  # before the tracing
     archive = keras.export.ExportArchive()
     # The endpoints track the variables they use. `archive.track(model)` would

@@ -307,3 +307,26 @@ def test_an_empty_request_of_files_to_a_model_of_one_size_gives_empty_outputs():
     outputs = encoded_serving_function(model)(tf.constant([], tf.string))
     assert outputs["labels"].shape == (0, 64, 96)
     assert outputs["probabilities"].shape == (0, 64, 96, 3)
+
+
+def test_max_pixels_of_zero_or_less_is_refused(tmp_path):
+    # The command line's "--max-pixels 0" (no limit) from Python exported a limit of 0
+    # pixels, which refused every request.
+    for value in (0, -5, 1.5, True):
+        with pytest.raises(ValueError, match=r"`max_pixels` must be None \(no limit\) or a positive int"):
+            export_model(tiny_model(), tmp_path / "alignseg" / "1", max_pixels=value)
+    assert not (tmp_path / "alignseg").exists()
+
+
+def test_onnx_export_of_a_loaded_model_never_called(tmp_path):
+    # Keras' ONNX export refused it ("The model provided has never called").
+    import onnxruntime
+
+    tiny_model().save(tmp_path / "model.keras")
+    model = keras.saving.load_model(tmp_path / "model.keras")
+    model.export(str(tmp_path / "alignseg.onnx"), format="onnx", verbose=False)
+    session = onnxruntime.InferenceSession(str(tmp_path / "alignseg.onnx"))
+    assert [tensor.name for tensor in session.get_inputs()] == ["images"]
+    images = random_images((1, 40, 52, 3))
+    (logits,) = session.run(None, {"images": images})
+    assert_logits_close(logits, np.asarray(model.predict_on_batch(images)))

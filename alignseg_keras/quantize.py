@@ -51,7 +51,50 @@ def _checked_images(images):
     images = images.astype("float32")
     if not np.isfinite(images).all():
         raise ValueError("`calibration_images` hold NaN or infinite values.")
+    _check_pixel_range(images)
     return images
+
+
+def _check_pixel_range(images):
+    """The exported model takes 0..255 pixels and normalises them in its graph:
+    calibrating on images of another scale sets every activation range from other
+    inputs (0..1 or normalised images: a mean logit error 7x that of 0..255 ones)."""
+    smallest, largest = float(images.min()), float(images.max())
+    if smallest < 0 or largest > 255:
+        raise ValueError(
+            f"`calibration_images` must hold pixels 0..255, as the exported model takes; "
+            f"received values {smallest:g}..{largest:g} (normalised images? give the images "
+            "before normalisation: the model normalises them itself)."
+        )
+    if largest <= 1.0 or smallest == largest:
+        raise ValueError(
+            f"`calibration_images` hold only values {smallest:g}..{largest:g}: "
+            + ("0..1 images? The exported model takes 0..255 pixels; multiply by 255."
+               if smallest != largest else "constant images calibrate no activation range; "
+               "give images like those the model will see.")
+        )
+
+
+# Operators of a model quantised in QDQ form already (or in QOperator form).
+_QUANTIZATION_OPERATORS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger")
+
+
+def _check_quantisable(model, onnx_path, operators):
+    """A float model holding each of `operators`: quantising a quantised file wrote an
+    ONNX file ONNX Runtime refuses to load ("two nodes with same node name"), and an
+    operator type the graph lacks ("conv" for "Conv") a copy with nothing quantised."""
+    present = {node.op_type for node in model.graph.node}
+    quantised = sorted(present & set(_QUANTIZATION_OPERATORS))
+    if quantised:
+        raise ValueError(f"{onnx_path} is quantised already (it holds {', '.join(quantised)}); "
+                         "give the float32 export (`export_model(..., format=\"onnx\")`).")
+    missing = [operator for operator in operators if operator not in present]
+    if missing or not operators:
+        raise ValueError(
+            f"`operators` {list(operators)} name operator types that {onnx_path} does not hold "
+            f"({missing or 'none given'}); its types: {sorted(present)} (the default quantises "
+            f"{list(QUANTIZED_OPERATORS)})."
+        )
 
 
 def quantize_onnx_int8(onnx_path, output_path, calibration_images, batch_size=1, operators=QUANTIZED_OPERATORS):
@@ -78,8 +121,10 @@ def quantize_onnx_int8(onnx_path, output_path, calibration_images, batch_size=1,
 
     Raises:
         ValueError: a package is missing, the calibration images are not RGB
-            image arrays, `batch_size` is not a positive int, or `output_path`
-            is no `.onnx` file that can be written; all before the model is read.
+            image arrays of pixels 0..255 (0..1 and constant images included),
+            `batch_size` is not a positive int, or `output_path` is no `.onnx`
+            file that can be written, all before the model is read; the model is
+            quantised already, or lacks an operator type of `operators`.
 
     Example:
     ```python
@@ -105,6 +150,7 @@ def quantize_onnx_int8(onnx_path, output_path, calibration_images, batch_size=1,
     if not model.graph.input:  # an empty file parses as an empty model
         raise ValueError(f"{onnx_path} holds no ONNX model with an input (an empty file?); give "
                          "the .onnx file of `export_model(..., format=\"onnx\")`.")
+    _check_quantisable(model, onnx_path, operators)
     input_name = model.graph.input[0].name
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     with atomic_path(output_path, remove_abandoned=True) as temporary:

@@ -1,4 +1,5 @@
 import importlib.util
+import re
 
 import numpy as np
 import pytest
@@ -13,6 +14,11 @@ pytestmark = pytest.mark.skipif(
     bool(missing_requirements("onnx")) or importlib.util.find_spec("onnxruntime") is None,
     reason="needs tf2onnx, onnx and onnxruntime (pip install tf2onnx onnx onnxruntime)",
 )
+
+
+def pixels(count):
+    """`count` 8x8 RGB images of pixels spread over 0..255 (constant ones are refused)."""
+    return np.linspace(0, 255, count * 8 * 8 * 3).reshape(count, 8, 8, 3)
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +86,9 @@ def test_calibration_images_are_checked(tmp_path):
     with pytest.raises(ValueError, match="NaN or infinite"):
         quantize_onnx_int8("unused.onnx", tmp_path / "out.onnx", np.full((1, 8, 8, 3), np.nan))
     with pytest.raises(ValueError, match="batch_size"):
-        quantize_onnx_int8("unused.onnx", tmp_path / "out.onnx", np.zeros((1, 8, 8, 3)), batch_size=0)
+        quantize_onnx_int8("unused.onnx", tmp_path / "out.onnx", pixels(1), batch_size=0)
     with pytest.raises(ValueError, match=r"positive int; received 1\.7"):  # was truncated to 1
-        quantize_onnx_int8("unused.onnx", tmp_path / "out.onnx", np.zeros((1, 8, 8, 3)), batch_size=1.7)
+        quantize_onnx_int8("unused.onnx", tmp_path / "out.onnx", pixels(1), batch_size=1.7)
     with pytest.raises(ValueError, match="`calibration_images` must be images of one size"):
         quantize_onnx_int8("unused.onnx", tmp_path / "out.onnx",
                            [np.zeros((8, 8, 3)), np.zeros((8, 9, 3))])
@@ -92,7 +98,7 @@ def test_calibration_images_are_checked(tmp_path):
 def test_the_destination_is_checked_before_the_model_is_read(tmp_path):
     # Both failed after the model was read (the folder after the whole calibration),
     # naming the temporary file.
-    images = np.zeros((1, 8, 8, 3))
+    images = pixels(1)
     (tmp_path / "taken.onnx").mkdir()
     with pytest.raises(ValueError, match="taken.onnx is a folder; the ONNX export is a file"):
         quantize_onnx_int8("unused.onnx", tmp_path / "taken.onnx", images)
@@ -104,13 +110,39 @@ def test_a_file_that_is_no_onnx_model_is_named(tmp_path):
     # protobuf's DecodeError ("Wire format was corrupt") named no file.
     (tmp_path / "model.tflite").write_bytes(b"TFL3" + bytes(range(256)) * 4)
     with pytest.raises(ValueError, match=r"model.tflite cannot be read as an ONNX model"):
-        quantize_onnx_int8(tmp_path / "model.tflite", tmp_path / "int8.onnx", np.zeros((1, 8, 8, 3)))
+        quantize_onnx_int8(tmp_path / "model.tflite", tmp_path / "int8.onnx", pixels(1))
     (tmp_path / "empty.onnx").write_bytes(b"")  # parses as an empty model: an IndexError
     with pytest.raises(ValueError, match=r"empty.onnx holds no ONNX model with an input"):
-        quantize_onnx_int8(tmp_path / "empty.onnx", tmp_path / "int8.onnx", np.zeros((1, 8, 8, 3)))
+        quantize_onnx_int8(tmp_path / "empty.onnx", tmp_path / "int8.onnx", pixels(1))
 
 
 def test_a_missing_output_folder_is_created(exported, tmp_path):
     path, _, images = exported
     written = quantize_onnx_int8(path, tmp_path / "new" / "int8.onnx", images[:1])
     assert (tmp_path / "new" / "int8.onnx").is_file() and written == tmp_path / "new" / "int8.onnx"
+
+
+def test_calibration_images_of_another_scale_are_refused(tmp_path):
+    # The exported model takes 0..255 pixels: 0..1 or normalised images calibrated every
+    # activation range on other inputs (a mean logit error 7x larger), without a word.
+    cases = {"received values -2.1..2.5 (normalised images?": np.linspace(-2.1, 2.5, 192),
+             "received values 0..300": np.linspace(0, 300, 192),
+             "0..1 images? The exported model takes 0..255 pixels": np.linspace(0, 1, 192),
+             "constant images calibrate no activation range": np.zeros(192)}
+    for message, values in cases.items():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            quantize_onnx_int8("unused.onnx", tmp_path / "out.onnx", values.reshape(1, 8, 8, 3))
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_a_quantised_file_or_operators_it_lacks_are_refused(exported, tmp_path):
+    # Quantised again, the file was one ONNX Runtime refuses to load; "conv" for "Conv"
+    # wrote a copy with nothing quantised. Both returned normally.
+    path, quantized, images = exported
+    with pytest.raises(ValueError, match=r"alignseg_int8.onnx is quantised already \(it holds "
+                                         r"DequantizeLinear, QuantizeLinear\)"):
+        quantize_onnx_int8(quantized, tmp_path / "again.onnx", images[:1])
+    with pytest.raises(ValueError, match=r"`operators` \['conv'\] name operator types that .* "
+                                         r"does not hold \(\['conv'\]\)"):
+        quantize_onnx_int8(path, tmp_path / "none.onnx", images[:1], operators=("conv",))
+    assert sorted(tmp_path.iterdir()) == []

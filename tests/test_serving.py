@@ -336,6 +336,34 @@ def test_rest_clients_get_labels_and_probabilities(emulator, export_dir, signatu
             serving_client.post_rest(serving_client.rest_body(b"not an image"), url)
 
 
+def test_the_emulator_reads_json_bodies_as_tf_serving_does(emulator, export_dir, signatures, scenes):
+    # tensorflow_serving/util/json_tensor.cc: an object under "inputs", or rows that are
+    # objects, name the inputs (for one input too); uint8 takes integers unchecked, which
+    # TensorFlow casts (300 -> 44, -1 -> 255). The emulator answered 400 to all three.
+    image = scenes[0]
+    labels = signatures["labels"](images=tf.constant(image[None]))["labels"].numpy()
+    pixels = image.tolist()
+    bodies = [{"signature_name": "labels", "inputs": [pixels]},
+              {"signature_name": "labels", "inputs": {"images": [pixels]}},
+              {"signature_name": "labels", "instances": [{"images": pixels}]}]
+    predictions = [emulator.rest_predict(emulator.SavedModelSignatures(export_dir), body)
+                   for body in bodies]
+    for reply in predictions[:2]:
+        np.testing.assert_array_equal(reply["outputs"], labels)
+    np.testing.assert_array_equal(predictions[2]["predictions"], labels)
+    wrapped = image.astype(np.int64)
+    wrapped[0, 0] = [300, -1, 128]
+    reply = emulator.rest_predict(emulator.SavedModelSignatures(export_dir),
+                                  {"signature_name": "labels", "inputs": [wrapped.tolist()]})
+    as_tf_serving = wrapped.astype("uint8")  # [44, 255, 128]
+    assert as_tf_serving[0, 0].tolist() == [44, 255, 128]
+    expected = signatures["labels"](images=tf.constant(as_tf_serving[None]))["labels"].numpy()
+    np.testing.assert_array_equal(reply["outputs"], expected)
+    with pytest.raises(ValueError, match="not of expected type: uint8"):
+        emulator.rest_predict(emulator.SavedModelSignatures(export_dir),
+                              {"signature_name": "labels", "inputs": [np.asarray(image, float).tolist()]})
+
+
 def test_docs_show_the_tested_client_as_it_is():
     client = (ROOT / "examples" / "serving_client.py").read_text()
     assert client in (ROOT / "docs" / "serving.md").read_text()

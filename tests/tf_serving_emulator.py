@@ -114,16 +114,18 @@ def grpc_server(export_dir, model_name="alignseg"):
 
 
 def _json_value(value, dtype):
-    """One JSON value of a request as an array of the signature's dtype."""
+    """One JSON value of a request as an array of the signature's dtype.
+
+    As TF Serving's json_tensor.cc: integer inputs take JSON integers only, not
+    range-checked: TensorFlow casts them to the dtype as C does (300 is 44 in
+    uint8, -1 is 255)."""
     if dtype == tf.string:
         return np.array(_bytes_of(value), dtype=object)
     array = np.asarray(value)
-    if dtype.is_integer and array.size and (
-        array.dtype.kind not in "iu" or array.min() < dtype.min or array.max() > dtype.max
-    ):
-        raise ValueError(f"JSON values must be integers in [{dtype.min}, {dtype.max}] "
-                         f"for a {dtype.name} input")
-    return array.astype(dtype.as_numpy_dtype)
+    if dtype.is_integer and array.size and array.dtype.kind not in "iu":
+        raise ValueError(f"JSON value(s) not of expected type: {dtype.name}")
+    return array.astype(np.int64).astype(dtype.as_numpy_dtype) if dtype.is_integer else (
+        array.astype(dtype.as_numpy_dtype))
 
 
 def _bytes_of(value):
@@ -134,17 +136,29 @@ def _bytes_of(value):
     return value.encode("utf-8") if isinstance(value, str) else value
 
 
+def _is_named(value):
+    """A JSON object of named inputs, not a `{"b64": ...}` value (json_tensor.cc)."""
+    return isinstance(value, dict) and set(value) != {"b64"}
+
+
 def _inputs_of_body(body, specs):
-    """`{input name: array}` of a row (`instances`) or columnar (`inputs`) body."""
-    named = len(specs) > 1
+    """`{input name: array}` of a row (`instances`) or columnar (`inputs`) body: as
+    TF Serving's json_tensor.cc, named inputs (an object of input names, for one input
+    too) or the value of the signature's only input."""
     if "instances" in body:
         rows = body["instances"]
-        columns = {key: [row[key] for row in rows] for key in specs} if named else {
-            next(iter(specs)): rows}
+        if rows and _is_named(rows[0]):
+            columns = {key: [row[key] for row in rows] for key in rows[0]}
+        else:
+            columns = {next(iter(specs)): rows}
     elif "inputs" in body:
-        columns = body["inputs"] if named else {next(iter(specs)): body["inputs"]}
+        inputs = body["inputs"]
+        columns = inputs if _is_named(inputs) else {next(iter(specs)): inputs}
     else:
         raise ValueError("Missing 'inputs' or 'instances' key")
+    unknown = sorted(set(columns) - set(specs))
+    if unknown:
+        raise ValueError(f"input(s) {unknown} not in the signature's inputs {sorted(specs)}")
     return {key: _json_value(value, specs[key].dtype) for key, value in columns.items()}
 
 

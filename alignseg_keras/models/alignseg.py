@@ -771,8 +771,11 @@ class AlignSeg(ImageSegmenter):
         (`portable_sampling`; a LiteRT file with the fused kernel needs
         TensorFlow's Flex ops, which the plain interpreter lacks). ONNX and
         LiteRT files need a model computing in float32 (a ValueError
-        otherwise). For TF Serving, `alignseg_keras.export.export_saved_model`
-        writes the serving signatures (uint8 images in, labels out).
+        otherwise). Without `input_signature` they take float32 images of the
+        model's size (any size where it takes any), as `export_model` writes them
+        (Keras' ONNX export refused a model loaded and never called). For TF
+        Serving, `alignseg_keras.export.export_saved_model` writes the serving
+        signatures (uint8 images in, labels out).
 
         Example:
         ```python
@@ -787,6 +790,9 @@ class AlignSeg(ImageSegmenter):
                                            **(kwargs.get("jax2tf_kwargs") or {})}
             return super().export(filepath, format, verbose, input_signature, **kwargs)
         check_float32_computation(self, format)  # ONNX and LiteRT only
+        if input_signature is None:  # Keras' ONNX export refused a model never called
+            input_signature = [keras.InputSpec(shape=(None, *self.image_shape[:2], 3),
+                                               dtype="float32", name=self.inputs[0].name)]
         with portable_sampling():
             return super().export(filepath, format, verbose, input_signature, **kwargs)
 
