@@ -197,8 +197,6 @@ def _remove_abandoned(folder, name, kind="folder"):
     that writers of `name` killed before the end left there: those no process holds,
     unchanged for `ABANDONED_AFTER_SECONDS`. Folders set aside by a replace
     (`_replaced_entry`) are kept: they hold the last complete version."""
-    import time
-
     try:
         entries = os.listdir(folder)
     except OSError:
@@ -208,28 +206,36 @@ def _remove_abandoned(folder, name, kind="folder"):
                 or _replaced_entry(entry) is not None):  # a folder named "replaced-X" too
             continue
         temporary = os.path.join(folder, entry)
-        try:
-            if time.time() - os.lstat(temporary).st_mtime < ABANDONED_AFTER_SECONDS:
-                continue
-        except OSError:
-            continue
-        is_kind = os.path.isdir if kind == "folder" else os.path.isfile
-        if os.path.islink(temporary) or not is_kind(temporary):
-            continue
-        lock = _locked_folder(temporary, blocking=False)
-        if lock is None:  # a running writer's, or where nothing locks
-            continue
-        try:
-            if kind == "folder":
-                shutil.rmtree(temporary, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    os.remove(temporary)
-        finally:
-            os.close(lock)
-        if not os.path.lexists(temporary):
+        if _removed_if_abandoned(temporary, kind):
             warnings.warn(f"Removed {temporary}: an unfinished {name} that a killed writer "
                           "left.", stacklevel=4)
+
+
+def _removed_if_abandoned(path, kind="folder"):
+    """Removes the folder (or file, `kind="file"`) `path` if no process holds it and it
+    is unchanged for `ABANDONED_AFTER_SECONDS`; whether it did."""
+    import time
+
+    try:
+        if time.time() - os.lstat(path).st_mtime < ABANDONED_AFTER_SECONDS:
+            return False
+    except OSError:
+        return False
+    is_kind = os.path.isdir if kind == "folder" else os.path.isfile
+    if os.path.islink(path) or not is_kind(path):
+        return False
+    lock = _locked_folder(path, blocking=False)
+    if lock is None:  # a running writer's, or where nothing locks
+        return False
+    try:
+        if kind == "folder":
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+    finally:
+        os.close(lock)
+    return not os.path.lexists(path)
 
 
 def held_scratch_folder(prefix):
@@ -244,23 +250,13 @@ def held_scratch_folder(prefix):
     """
     import atexit
     import tempfile
-    import time
 
     parent = tempfile.gettempdir()
     with contextlib.suppress(OSError):
         for entry in os.listdir(parent):
-            folder = os.path.join(parent, entry)
-            if not entry.startswith(prefix) or os.path.islink(folder) or not os.path.isdir(folder):
-                continue
-            with contextlib.suppress(OSError):
-                if time.time() - os.lstat(folder).st_mtime < ABANDONED_AFTER_SECONDS:
-                    continue
-                lock = _locked_folder(folder, blocking=False)
-                if lock is not None:  # held by no one: its process was killed
-                    try:
-                        shutil.rmtree(folder, ignore_errors=True)
-                    finally:
-                        os.close(lock)
+            if entry.startswith(prefix) and _removed_if_abandoned(os.path.join(parent, entry)):
+                warnings.warn(f"Removed {os.path.join(parent, entry)}: the scratch folder of a "
+                              "killed process.", stacklevel=3)
     folder = tempfile.mkdtemp(prefix=prefix)
     lock = _locked_folder(folder)
     atexit.register(shutil.rmtree, folder, True)

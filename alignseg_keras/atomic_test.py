@@ -550,7 +550,8 @@ def test_a_scratch_folder_is_held_and_removes_those_killed_processes_left(tmp_pa
     running = os.open(folders["running"], os.O_RDONLY)  # held as its process holds it
     fcntl.flock(running, fcntl.LOCK_EX)
     try:
-        mine = pathlib.Path(held_scratch_folder("scratch-"))
+        with pytest.warns(UserWarning, match=r"scratch-killed: the scratch folder of a killed process"):
+            mine = pathlib.Path(held_scratch_folder("scratch-"))
     finally:
         os.close(running)
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(

@@ -480,7 +480,7 @@ def _mask_shape_error(image_shape, mask_shape):
     )
 
 
-def _fraction_error(block, num_classes, ignore_index):
+def fraction_error(block, num_classes, ignore_index):
     """A `ValueError` when float masks hold non-integer values (masks divided by 255?)."""
     fractional = block != np.floor(block)
     if not fractional.any():
@@ -558,7 +558,7 @@ def check_masks(images_shape, masks, num_classes, ignore_index=IGNORE_INDEX):
 def _mask_value_error(block, num_classes, ignore_index):
     """A `ValueError` for fractional labels or labels outside the classes, or None."""
     if _dtype_kind(block) in "fc":
-        error = _fraction_error(block, num_classes, ignore_index)
+        error = fraction_error(block, num_classes, ignore_index)
         if error:
             return error
     unlabelled = (
@@ -590,7 +590,7 @@ def check_sample_weight(sample_weight):
 
     The losses take `sum(s w l) / sum(s w)`: a negative weight gave a loss of about
     -5e16 and NaN weights after one step of `fit`, a NaN weight a NaN loss, with no
-    word on the cause. Other types (tensors, lists Keras converts) pass unchecked.
+    word on the cause. Other types pass unchecked (tensors; Keras refuses lists).
     """
     if not isinstance(sample_weight, np.ndarray) or sample_weight.size == 0:
         return
@@ -627,9 +627,14 @@ def check_compiled_call(backend, environment=None):
     of an earlier convolution of the same shape: `model(images)` gave logits off
     by 44% of their largest value (offset fields by 18-84%), without an error,
     where `predict` and `predict_on_batch` (compiled functions) give the model's
-    own. Arguments as `onednn_weights_frozen`.
+    own. A call being traced (`tf.function`) passes. Arguments as
+    `onednn_weights_frozen`.
     """
-    if onednn_weights_frozen(backend, environment):
+    if not onednn_weights_frozen(backend, environment):
+        return
+    import tensorflow as tf  # the variable is TensorFlow's: only its backend gets here
+
+    if tf.executing_eagerly():
         raise ValueError(
             f"{ONEDNN_FROZEN_WEIGHTS_VARIABLE} is set: TensorFlow's eager convolutions then "
             "reuse the kernels of earlier ones, and `model(images)` gives wrong logits. Use "

@@ -296,5 +296,5 @@ def test_sample_weights_that_are_negative_or_not_finite_are_refused():
     with pytest.raises(ValueError, match="must hold numbers"):
         check_sample_weight(np.array(["a", "b"]))
     for weights in (None, np.array([0.0, 2.5]), np.ones((2, 4, 4), "float16"), np.array([1, 0]),
-                    np.zeros((0,)), [1.0, -1.0]):  # a list: Keras converts it, unchecked
+                    np.zeros((0,)), [1.0, -1.0]):  # a list: not checked here (Keras refuses it)
         check_sample_weight(weights)

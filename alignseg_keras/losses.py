@@ -10,12 +10,14 @@ so logits are compared with labels at label resolution. Only `keras.ops`
 
 import math
 import numbers
+import warnings
 
 import keras
 import numpy as np
 from keras import ops
 
 from alignseg_keras.checks import IGNORE_INDEX
+from alignseg_keras.checks import fraction_error
 from alignseg_keras.checks import label_value_error
 from alignseg_keras.distribute import replicas_in_sync
 from alignseg_keras.layers.alignment import resize_bilinear
@@ -51,12 +53,15 @@ def _prepare(y_true, y_pred, ignore_index):
 
 def _check_numpy_labels(y_true, y_pred, ignore_index):
     """A `ValueError` naming the values of NumPy labels that are neither a class id nor
-    `ignore_index` (as `fit` and `evaluate` refuse such masks); tensors pass (`_prepare`)."""
+    `ignore_index`, or fractional (masks divided by 255), as `fit` and `evaluate` refuse
+    such masks; tensors pass (`_prepare`)."""
     classes = getattr(y_pred, "shape", (None,))[-1]
-    if isinstance(y_true, np.ndarray) and classes is not None:
-        error = label_value_error(y_true, classes, "`y_true`", ignore_index)
-        if error is not None:
-            raise error
+    if not isinstance(y_true, np.ndarray) or classes is None:
+        return
+    error = fraction_error(y_true, classes, ignore_index) if y_true.dtype.kind == "f" else None
+    error = error or label_value_error(y_true, classes, "`y_true`", ignore_index)
+    if error is not None:
+        raise error
 
 
 def _check_logits_shape(label_shape, logit_shape):
@@ -69,14 +74,22 @@ def _check_logits_shape(label_shape, logit_shape):
     if len(logit_shape) != 4 or None in labels or None in logits or logits == labels:
         return
     hint = ""
-    if tuple(logit_shape[2:4]) == labels:
+    if tuple(logit_shape[2:4]) == labels:  # (B, C, H, W), unless a map of the labels' shape
         hint = " They look channels-first (batch, classes, height, width): move the classes last."
-    if hint or logits[0] > labels[0] or logits[1] > labels[1]:
+    if (hint and _aspect_change(logits, labels) > 2.5) or logits[0] > labels[0] or logits[1] > labels[1]:
         raise ValueError(
             f"The logits {tuple(logit_shape)} do not fit the labels {tuple(label_shape)}: "
             "logits are (batch, height, width, classes), at the labels' height and width or "
             f"smaller (then upsampled to them).{hint}"
         )
+
+
+def _aspect_change(size, reference):
+    """How many times the height-to-width ratio of `size` differs from `reference`'s: a
+    network's smaller logits keep the labels' (up to rounding), channels-first logits
+    `(C, H)` of labels `(H, W)` rarely do."""
+    ratio = (size[0] * reference[1]) / max(size[1] * reference[0], 1)
+    return max(ratio, 1 / ratio) if ratio > 0 else float("inf")
 
 
 def _pixel_cross_entropy(labels, logits):
@@ -161,8 +174,24 @@ class _ScalarLoss(keras.losses.Loss):
             )
         super().__init__(name=name, reduction=reduction, dtype=dtype)
 
+    @classmethod
+    def from_config(cls, config):
+        """A saved loss; a `reduction` other than the default, which files written before
+        2026-12-08 may hold (it was ignored then), is dropped with a warning."""
+        reduction = config.get("reduction", "sum_over_batch_size")
+        if reduction != "sum_over_batch_size":
+            warnings.warn(f"{cls.__name__} was saved with reduction={reduction!r}, which it "
+                          "ignored: it loads with the default (a mean over the batch).",
+                          stacklevel=2)
+            config = {**config, "reduction": "sum_over_batch_size"}
+        return super().from_config(config)
+
+    # Whether `__call__` refuses NumPy labels that are no class id nor the ignore label.
+    checks_numpy_labels = True
+
     def __call__(self, y_true, y_pred, sample_weight=None):
-        _check_numpy_labels(y_true, y_pred, getattr(self, "ignore_index", IGNORE_INDEX))
+        if self.checks_numpy_labels:
+            _check_numpy_labels(y_true, y_pred, getattr(self, "ignore_index", IGNORE_INDEX))
         value = super().__call__(y_true, y_pred, sample_weight)
         return _replica_share(value) if self.divides_by_replicas else value
 
@@ -781,6 +810,9 @@ class CombinedLoss(_SampleWeightedLoss):
     # Keras' reduced ones divide themselves; unreduced values are averaged and divided
     # here. Keras divides no "sum" (per-replica sums add up to the global one).
     divides_by_replicas = False
+    # Its terms check NumPy labels with their own ignore labels (a Keras term's
+    # `ignore_class` is none of this loss's `ignore_index`).
+    checks_numpy_labels = False
 
     def __init__(self, losses, name="combined_loss", **kwargs):
         if not isinstance(name, str):  # CombinedLoss([a, b], [1.0, 0.5]): weights as the name

@@ -114,8 +114,44 @@ def test_logits_larger_than_the_labels_or_channels_first_are_refused(loss):
     labels, logits = random_case(23)
     with pytest.raises(ValueError, match=r"logits \(3, 10, 12, 4\) do not fit the labels \(3, 5, 6\)"):
         loss(labels, np.repeat(np.repeat(logits, 2, axis=1), 2, axis=2))
+    labels, logits = random_case(23, shape=(3, 16, 24))
     with pytest.raises(ValueError, match="look channels-first"):
-        loss(labels, np.transpose(logits, (0, 3, 1, 2)))  # (3, 4, 5, 6): PyTorch's layout
+        loss(labels, np.transpose(logits, (0, 3, 1, 2)))  # (3, 4, 16, 24): PyTorch's layout
+
+
+@pytest.mark.parametrize("loss", ALL_LOSSES, ids=ALL_IDS)
+def test_smaller_logits_that_could_be_channels_first_are_taken_when_they_fit(loss):
+    # (3, 4, 8, 8) against labels (3, 8, 8): a map of half height, 8 classes; the
+    # channels-first hint refused it.
+    labels, _ = random_case(27, shape=(3, 8, 8))
+    logits = np.random.default_rng(0).normal(size=(3, 4, 8, 4)).astype("float32")
+    direct = float(loss(labels, logits))
+    upsampled = np.asarray(resize_bilinear(logits, (8, 8), align_corners=True))
+    np.testing.assert_allclose(direct, float(loss(labels, upsampled)), rtol=1e-6)
+
+
+def test_fractional_numpy_labels_are_refused():
+    # Masks divided by 255 (255 / 255 = 1.0: class 1) were taken as class ids.
+    labels, logits = random_case(28)
+    with pytest.raises(ValueError, match="Were they divided by 255"):
+        SegmentationCrossEntropy()(labels / 255.0, logits)
+
+
+def test_a_combination_of_keras_terms_takes_their_own_ignore_label():
+    labels, logits = random_case(29)
+    labels = np.where(labels == IGNORE_INDEX, -1, labels)
+    keras_ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=-1)
+    np.testing.assert_allclose(float(CombinedLoss([keras_ce])(labels, logits)),
+                               float(keras_ce(labels, logits)), rtol=1e-6)
+
+
+def test_a_loss_saved_with_an_ignored_reduction_loads_with_a_warning():
+    # Saved before 2026-12-08, when the reduction was ignored: such a model did not load.
+    config = keras.saving.serialize_keras_object(SegmentationCrossEntropy())
+    config["config"]["reduction"] = "sum"
+    with pytest.warns(UserWarning, match="saved with reduction='sum', which it ignored"):
+        loss = keras.saving.deserialize_keras_object(config)
+    assert loss.reduction == "sum_over_batch_size"
 
 
 def test_class_weights_of_the_cross_entropies_are_checked():

@@ -182,8 +182,10 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None):
     across processes unless `keras.utils.set_random_seed` set one already.
     Processes wait for each other here (JAX's coordinator times out after a
     few minutes; so does a job where two processes were given the same id).
-    Processes given different process counts (JAX takes the coordinator's)
-    raise a `JobDisagreementError` naming them.
+    Processes given a smaller process count than the coordinator's (JAX takes
+    the coordinator's) raise a `JobDisagreementError` naming them; a coordinator
+    given a larger count than there are processes waits for the missing ones
+    until JAX's timeout.
 
     Returns:
         A `Job`.
@@ -342,19 +344,22 @@ class JobDisagreementError(ValueError):
     `alignseg train` reports it as a wrong command, in one line)."""
 
 
-def assert_same_on_all_processes(value, what):
+def assert_same_on_all_processes(value, what, show_values=True):
     """Raises `JobDisagreementError` unless `value` (a number, or arrays) is equal in every process.
 
     Uses `jax.experimental.multihost_utils.assert_equal`; a no-op in one process.
+    The message names `what`, then (`show_values`) the values seen, which a digest
+    would only clutter.
     """
     if process_count() == 1:
         return
     from jax.experimental import multihost_utils
 
     try:
-        multihost_utils.assert_equal(value, fail_message=what)
+        multihost_utils.assert_equal(value, fail_message="")
     except AssertionError as error:
-        raise JobDisagreementError(f"The processes of the job disagree on {what}: {error}") from None
+        values = f" ({str(error).strip()})" if show_values else ""
+        raise JobDisagreementError(f"The processes of the job disagree on {what}{values}.") from None
 
 
 def raise_if_chief_refused(refusal):
@@ -421,7 +426,8 @@ def add_job_arguments(parser):
 
 def check_job_arguments(args):
     """Raises ValueError for job options that cannot start a job: given without
-    `--distribute data_parallel`, or incomplete or out of range (`job_options`).
+    `--distribute data_parallel`, that option on another backend than JAX, or
+    options incomplete or out of range (`job_options`).
     Reads no more than the arguments and the environment, so a command can check
     them before it makes anything."""
     if getattr(args, "distribute", None) != "data_parallel":
@@ -431,6 +437,7 @@ def check_job_arguments(args):
         if given:
             raise ValueError(f"{', '.join(given)} need(s) --distribute data_parallel (JAX).")
         return
+    _require_jax("--distribute data_parallel")
     job_options(args.coordinator_address, args.num_processes, args.process_id)
 
 
@@ -442,7 +449,6 @@ def start_data_parallel(args):
     check_job_arguments(args)
     if getattr(args, "distribute", None) != "data_parallel":
         return None
-    _require_jax("--distribute data_parallel")
     initialize(args.coordinator_address, args.num_processes, args.process_id)
     distribution = data_parallel()
     check_global_batch_size(args.batch_size, distribution)
@@ -553,6 +559,7 @@ def check_same_backups(backups, backup_dir):
         np.frombuffer(digest, np.int32).copy(),
         f"the backups to resume from (process {process_index()} sees {len(backups)} in "
         f"{backup_dir}): every process must read the same --output-dir, on shared storage",
+        show_values=False,
     )
 
 

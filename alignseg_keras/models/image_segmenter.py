@@ -174,6 +174,13 @@ def _run_keeping_state(model, method, arguments):
             arguments["callbacks"].callbacks.remove(keeper)
 
 
+def _check_compiled_call(images):
+    """`checks.check_compiled_call` for a call of a model on `images`; symbolic inputs
+    (a functional model being built) pass."""
+    if not isinstance(images, keras.KerasTensor):
+        check_compiled_call(keras.backend.backend())
+
+
 class StateKeepingModel(keras.Model):
     """A functional `keras.Model` whose `fit`, `evaluate` and `predict` put its variables
     back when they fail on JAX (`_KeepStateUntilFirstStep`), as `ImageSegmenter`'s do.
@@ -187,6 +194,12 @@ class StateKeepingModel(keras.Model):
     offsets = StateKeepingModel(model.inputs[0], model.offset_outputs)
     ```
     """
+
+    def __call__(self, *args, **kwargs):
+        """Keras' `__call__`, refusing an eager call where TensorFlow freezes oneDNN
+        kernels (it gave offsets off by 18-84%; `checks.check_compiled_call`)."""
+        _check_compiled_call(args[0] if args else kwargs.get("inputs"))
+        return super().__call__(*args, **kwargs)
 
     def fit(self, *args, **kwargs):
         return _run_keeping_state(self, super().fit, _given_arguments(keras.Model.fit, args, kwargs))
@@ -236,16 +249,15 @@ class ImageSegmenter(keras.Model):
     def __call__(self, *args, **kwargs):
         """Keras' `__call__`, refusing NumPy images with a NaN or infinite value, as
         `predict` does: one such pixel made every logit of the image NaN, without a word;
-        and refusing an eager call of NumPy images on TensorFlow under
-        `TF_ONEDNN_ASSUME_FROZEN_WEIGHTS`, which gives wrong logits there
-        (`checks.check_compiled_call`). Tensors (already on a device) are passed on
-        unchecked, as by the `*_on_batch` methods."""
+        and refusing an eager call on TensorFlow under `TF_ONEDNN_ASSUME_FROZEN_WEIGHTS`,
+        which gives wrong logits there (`checks.check_compiled_call`). Tensors (already on
+        a device) are otherwise passed on unchecked, as by the `*_on_batch` methods."""
         images = args[0] if args else kwargs.get("inputs")
         if isinstance(images, dict):  # {input name: images}; another key is `call`'s error
             images = images.get(self.inputs[0].name) if self.inputs else None
         if isinstance(images, np.ndarray):
             check_finite_images(images)
-            check_compiled_call(keras.backend.backend())
+        _check_compiled_call(images)
         return super().__call__(*args, **kwargs)
 
     @property
