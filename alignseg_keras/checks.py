@@ -615,9 +615,10 @@ def onednn_weights_frozen(backend, environment=None):
         backend: the Keras backend's name.
         environment: the environment variables (`os.environ` when None).
     """
+    if backend != "tensorflow":  # every call of a model asks: JAX and torch need no lookup
+        return False
     environment = os.environ if environment is None else environment
-    value = environment.get(ONEDNN_FROZEN_WEIGHTS_VARIABLE, "")
-    return backend == "tensorflow" and value.strip().lower() in ("1", "true")
+    return environment.get(ONEDNN_FROZEN_WEIGHTS_VARIABLE, "").strip().lower() in ("1", "true")
 
 
 def check_compiled_call(backend, environment=None):

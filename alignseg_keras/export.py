@@ -66,6 +66,7 @@ from alignseg_keras.export_formats import check_export_file
 from alignseg_keras.export_formats import check_float32_computation
 from alignseg_keras.export_formats import format_for_path
 from alignseg_keras.image_files import MAX_PIXELS
+from alignseg_keras.inference import float_image_signature
 from alignseg_keras.inference import input_image_size
 from alignseg_keras.inference import output_classes
 from alignseg_keras.layers.alignment import portable_sampling
@@ -409,8 +410,7 @@ def export_model(model, path, format="saved_model", max_pixels=MAX_PIXELS):
     check_keras_model(model)
     check_float32_computation(model, format)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    input_signature = [keras.InputSpec(shape=(None, *input_image_size(model), 3),
-                                       dtype="float32", name=SERVING_INPUT)]
+    input_signature = float_image_signature(model, SERVING_INPUT)
     # TensorFlow's fused sampling kernel is a SavedModel op only: LiteRT has no builtin
     # for it, and ONNX Runtime (and its int8 quantisation) runs the gathers.
     # The file is written under a temporary name beside `path`, then renamed.

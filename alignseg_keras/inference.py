@@ -220,6 +220,13 @@ def input_image_size(model):
     return size if len(size) == 2 else (None, None)
 
 
+def float_image_signature(model, name="images"):
+    """The input signature of a file that takes float32 images `[batch, height, width,
+    3]` (0..255) at the model's size (`input_image_size`), as the ONNX and LiteRT
+    exports write them (`export.export_model`, `AlignSeg.export`)."""
+    return [keras.InputSpec(shape=(None, *input_image_size(model), 3), dtype="float32", name=name)]
+
+
 def _empty_probabilities(model, images, single):
     """Probabilities for an empty batch or 0-sized images: zeros of shape (B, H, W, classes)."""
     probabilities = np.zeros(images.shape[:3] + (output_classes(model),), "float32")

@@ -164,6 +164,8 @@ class _ScalarLoss(keras.losses.Loss):
 
     # CombinedLoss sums terms that each did the division.
     divides_by_replicas = True
+    # Whether `__call__` refuses NumPy labels that are no class id nor the ignore label.
+    checks_numpy_labels = True
 
     def __init__(self, name=None, reduction="sum_over_batch_size", dtype=None):
         if reduction != "sum_over_batch_size":  # Keras' reduction would be ignored
@@ -185,9 +187,6 @@ class _ScalarLoss(keras.losses.Loss):
                           stacklevel=2)
             config = {**config, "reduction": "sum_over_batch_size"}
         return super().from_config(config)
-
-    # Whether `__call__` refuses NumPy labels that are no class id nor the ignore label.
-    checks_numpy_labels = True
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         if self.checks_numpy_labels:

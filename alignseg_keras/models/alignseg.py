@@ -791,8 +791,9 @@ class AlignSeg(ImageSegmenter):
             return super().export(filepath, format, verbose, input_signature, **kwargs)
         check_float32_computation(self, format)  # ONNX and LiteRT only
         if input_signature is None:  # Keras' ONNX export refused a model never called
-            input_signature = [keras.InputSpec(shape=(None, *self.image_shape[:2], 3),
-                                               dtype="float32", name=self.inputs[0].name)]
+            from alignseg_keras.inference import float_image_signature
+
+            input_signature = float_image_signature(self, self.inputs[0].name)
         with portable_sampling():
             return super().export(filepath, format, verbose, input_signature, **kwargs)
 
